@@ -1,0 +1,222 @@
+"""`export()`: the Python API behind ``autotimm-export``. Build once, export each format into a
+scratch folder, reload and verify it, then move it into place and write its manifest last."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from exporter.errors import ExportFailed, UserError, first_line
+from exporter.formats import ExportContext, ExportOptions, Exported, export_order, get_format
+from exporter.manifest import (
+    Manifest,
+    TensorSig,
+    build_environment,
+    file_entries,
+    load_manifest,
+    manifest_path,
+    write_manifest,
+)
+from exporter.spec import ModelSpec
+
+TASK_SUFFIX = {"classification": "", "detection": "-det", "semantic-segmentation": "-seg",
+               "instance-segmentation": "-inst"}
+
+
+@dataclass
+class ExportResult:
+    format: str
+    artifact: Path | None = None
+    manifest: Path | None = None
+    bytes: int = 0
+    export_seconds: float = 0.0
+    verify_seconds: float = 0.0
+    parity: dict[str, Any] | None = None
+    error: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and (self.parity is None or self.parity["verdict"] == "pass")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "artifact": str(self.artifact) if self.artifact else None,
+            "manifest": str(self.manifest) if self.manifest else None,
+            "size_mb": self.bytes / 2**20,
+            "export_seconds": self.export_seconds,
+            "verify_seconds": self.verify_seconds,
+            "exporter": self.info.get("exporter"),
+            "parity": self.parity,
+            "error": self.error,
+            "ok": self.ok,
+        }
+
+
+def default_stem(spec: ModelSpec, precision: str = "fp32") -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.model).strip("_") + TASK_SUFFIX[spec.task]
+    return stem if precision == "fp32" else f"{stem}-{precision}"
+
+
+def planned_paths(formats: Iterable[str], out_dir: Path, stem: str) -> dict[str, Path]:
+    return {f: out_dir / f"{stem}{get_format(f).suffix}" for f in export_order(list(formats))}
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output path {out_dir} exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {out_dir}: {e.strerror or e}") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise UserError(f"output folder {out_dir} is not writable; pass -o with a folder you can write")
+
+
+def export(
+    spec: ModelSpec,
+    formats: Iterable[str] = ("onnx",),
+    out_dir: str | Path = "out",
+    options: ExportOptions | None = None,
+    verify: bool = True,
+    force: bool = False,
+    name: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[ExportResult]:
+    """Export ``spec`` to each of ``formats``; every artifact is verified unless ``verify=False``.
+
+    Raises `UserError` for bad input before anything is written. A format that fails to export, or
+    an artifact that fails parity, is reported in its `ExportResult` (``ok`` is False)."""
+    from exporter.models import build_model
+    from exporter.verify import verify as check_parity
+
+    options = options or ExportOptions()
+    step = progress or (lambda _text: None)
+    out_dir = Path(out_dir)
+    order = export_order(list(formats))
+    for fmt in order:
+        reason = get_format(fmt).unavailable_reason()
+        if reason:
+            raise UserError(f"format {fmt!r} cannot run here: {reason}")
+        if options.precision not in get_format(fmt).precisions:
+            raise UserError(f"format {fmt!r} does not support {options.precision}")
+    stem = name or default_stem(spec, options.precision)
+    targets = planned_paths(order, out_dir, stem)
+    if not force:
+        taken = [p for t in targets.values() for p in (t, manifest_path(t)) if p.exists()]
+        if taken:
+            raise UserError(f"{taken[0]} already exists; pass --force to overwrite it")
+    _prepare_out_dir(out_dir)
+
+    step(f"build {spec.model}")
+    model = build_model(spec)
+    spec = model.spec
+    io = _io_signature(model, options)
+    results: list[ExportResult] = []
+    workdir = Path(tempfile.mkdtemp(prefix=".autotimm-", dir=out_dir))
+    try:
+        ctx = ExportContext(model=model, spec=spec, options=options, workdir=workdir, stem=stem)
+        for fmt in order:
+            result = ExportResult(format=fmt)
+            results.append(result)
+            parent = get_format(fmt).derives_from
+            if parent and parent not in ctx.done:
+                result.error = f"needs the {parent} artifact, which failed"
+                continue
+            step(f"export {fmt}")
+            t0 = time.perf_counter()
+            try:
+                exported = get_format(fmt)().export(ctx)
+            except (ExportFailed, UserError) as e:
+                result.error = str(e)
+                continue
+            except Exception as e:  # noqa: BLE001 - an exporter crash on one format must not stop the rest
+                result.error = f"{type(e).__name__}: {first_line(e)}"
+                continue
+            result.export_seconds = time.perf_counter() - t0
+            result.info = exported.info
+            ctx.done[fmt] = exported
+            manifest = _manifest(fmt, exported, model, io, options, result.export_seconds)
+            if verify:
+                step(f"verify {fmt}")
+                t0 = time.perf_counter()
+                result.parity = _verify(check_parity, model, exported, manifest, options.precision)
+                result.verify_seconds = time.perf_counter() - t0
+                manifest.parity = result.parity
+            result.artifact, result.manifest = _install(exported, manifest, targets[fmt], force)
+            result.bytes = sum(v["bytes"] for v in manifest.files.values())
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+def _verify(check_parity, model, exported: Exported, manifest: Manifest, precision: str) -> dict:
+    from profiler.runtimes import open_session
+
+    try:
+        with open_session(exported.artifact, manifest=manifest) as session:
+            return check_parity(model, session, precision=precision)
+    except Exception as e:  # noqa: BLE001 - an artifact its runtime cannot load fails parity
+        return {"verdict": "fail", "precision": precision, "metrics": {"load": {"error": first_line(e)}},
+                "failures": [f"reload failed: {first_line(e)}"], "notes": []}
+
+
+def _io_signature(model, options: ExportOptions) -> dict[str, Any]:
+    import torch
+
+    spec = model.spec
+    batch = options.batch_size if options.static else 2
+    with torch.no_grad():
+        outs = model(torch.zeros(batch, spec.in_chans, *spec.img_size))
+    dim0 = options.batch_size if options.static else "batch"
+    return {
+        "inputs": [TensorSig("input", "float32", [dim0, spec.in_chans, *spec.img_size])],
+        "outputs": [
+            TensorSig(n, str(t.dtype).replace("torch.", ""), [dim0, *t.shape[1:]])
+            for n, t in zip(model.output_names, outs)
+        ],
+        "batch": {"dynamic": False, "min": options.batch_size, "max": options.batch_size}
+        if options.static
+        else {"dynamic": True, "min": 1, "max": None, "opt": options.batch_size},
+    }
+
+
+def _manifest(fmt, exported: Exported, model, io, options: ExportOptions, seconds: float) -> Manifest:
+    return Manifest(
+        format=fmt,
+        artifact=exported.artifact.name,
+        spec=model.spec.to_dict(),
+        precision=options.precision,
+        task_outputs=list(model.output_names),
+        inputs=io["inputs"],
+        outputs=io["outputs"],
+        batch=io["batch"],
+        preprocessing=model.preprocessing,
+        export={**exported.info, "seconds": round(seconds, 3), "options": vars(options).copy()},
+        model=dict(model.build_info),
+        environment=build_environment(),
+        files=file_entries(exported.files),
+    )
+
+
+def _install(exported: Exported, manifest: Manifest, target: Path, force: bool) -> tuple[Path, Path]:
+    """Move the scratch files into place, companions before the artifact, manifest last, so a
+    reader that sees the manifest sees complete files."""
+    out_dir = target.parent
+    if force and manifest_path(target).exists():
+        try:
+            stale = set(load_manifest(target).files) - set(manifest.files)
+        except UserError:
+            stale = set()
+        for name in stale:
+            (out_dir / name).unlink(missing_ok=True)
+    for f in exported.files[1:] + exported.files[:1]:
+        os.replace(f, out_dir / f.name)
+    return target, write_manifest(manifest, target)

@@ -1,0 +1,45 @@
+"""What both CLIs share: one-line errors, exit codes, the rich consoles."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from rich.console import Console
+
+from exporter.errors import UserError, first_line
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+stderr = Console(stderr=True)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit 2."""
+
+    def error(self, message: str):  # noqa: D401
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(EXIT_USAGE)
+
+
+def run_cli(prog: str, main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv=None) -> int:
+    """Parse, run, and turn every exception a user can meet into one line and an exit code."""
+    args = parser.parse_args(argv)
+    try:
+        return main(args)
+    except UserError as e:
+        sys.stderr.write(f"{prog}: error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted; no partial files were left\n")
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - a bug: still one line, traceback only on request
+        if getattr(args, "debug", False):
+            raise
+        sys.stderr.write(f"{prog}: internal error: {type(e).__name__}: {first_line(e)} (rerun with --debug)\n")
+        return EXIT_FAILED
+
+
+def csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]

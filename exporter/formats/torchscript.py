@@ -1,0 +1,25 @@
+"""TorchScript: ``torch.jit.trace`` then ``torch.jit.freeze``; saved as ``.pt``."""
+
+from __future__ import annotations
+
+import warnings
+
+from exporter.formats import ExportContext, Exported, Format, register_format
+
+
+@register_format
+class TorchScriptFormat(Format):
+    name = "torchscript"
+    suffix = ".pt"
+    description = "TorchScript (traced, frozen) for libtorch / torch.jit.load"
+
+    def export(self, ctx: ExportContext) -> Exported:
+        import torch
+
+        path = ctx.path(self.suffix)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # TracerWarnings and torch.jit's deprecation notice
+            traced = torch.jit.trace(ctx.model, ctx.example_input(), check_trace=False, strict=False)
+            frozen = torch.jit.freeze(traced.eval())
+            torch.jit.save(frozen, str(path))
+        return Exported([path], {"exporter": "torch.jit.trace+freeze"})

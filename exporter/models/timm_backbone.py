@@ -1,0 +1,114 @@
+"""Everything that asks timm about a model name: validation, defaults, construction, preprocessing."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+
+import timm
+import torch
+from timm.models import get_pretrained_cfg
+
+from exporter.errors import UserError, first_line
+from exporter.spec import ModelSpec
+
+
+@functools.lru_cache(maxsize=1)
+def _all_names() -> tuple[str, ...]:
+    return tuple(timm.list_models())
+
+
+def _is_hub_name(name: str) -> bool:
+    return name.startswith(("hf-hub:", "hf_hub:", "local-dir:"))
+
+
+def check_model_name(name: str) -> None:
+    base = name.split(".", 1)[0]
+    if _is_hub_name(name) or timm.is_model(base):
+        return
+    close = difflib.get_close_matches(base, _all_names(), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+    raise UserError(f"unknown timm model {name!r}{hint}")
+
+
+def _cfg(name: str):
+    if _is_hub_name(name):
+        return None
+    try:
+        return get_pretrained_cfg(name)
+    except Exception:  # noqa: BLE001 - a missing cfg only means "no defaults known"
+        return None
+
+
+def resolve_spec(spec: ModelSpec) -> ModelSpec:
+    """Fill ``img_size`` and ``num_classes`` from timm's defaults; validate the name."""
+    check_model_name(spec.model)
+    cfg = _cfg(spec.model)
+    changes = {}
+    if spec.img_size is None:
+        size = tuple(cfg.input_size[-2:]) if cfg and cfg.input_size else (224, 224)
+        changes["img_size"] = size
+    if spec.num_classes is None and spec.task == "classification":
+        changes["num_classes"] = int(cfg.num_classes) if cfg and cfg.num_classes else 1000
+    return spec.replace(**changes) if changes else spec
+
+
+def create_timm_model(spec: ModelSpec, **extra) -> torch.nn.Module:
+    """``timm.create_model`` with ``exportable=True`` and the spec's geometry, errors made one line."""
+    cfg = _cfg(spec.model)
+    kwargs = dict(exportable=True, in_chans=spec.in_chans, **extra)
+    default_size = tuple(cfg.input_size[-2:]) if cfg and cfg.input_size else None
+    if cfg is not None and cfg.fixed_input_size and spec.img_size != default_size:
+        kwargs["img_size"] = spec.img_size
+    pretrained = spec.weights == "pretrained"
+    torch.manual_seed(spec.seed)
+    try:
+        model = timm.create_model(spec.model, pretrained=pretrained, **kwargs)
+    except Exception as e:  # noqa: BLE001 - timm raises many types; all become one line here
+        reason = first_line(e)
+        if pretrained:
+            raise UserError(
+                f"could not load pretrained weights for {spec.model}: {reason} "
+                "(offline? download them once with network, or pass --checkpoint PATH)"
+            ) from None
+        if "img_size" in kwargs:
+            raise UserError(f"{spec.model} cannot be built at {_hw(spec)}: {reason}") from None
+        raise UserError(f"could not build {spec.model}: {reason}") from None
+    return model.eval()
+
+
+def preprocessing(model: torch.nn.Module, spec: ModelSpec) -> dict:
+    """Mean/std/interpolation/crop a caller must apply, from the model's pretrained config."""
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    mean = list(cfg.get("mean") or timm.data.IMAGENET_DEFAULT_MEAN)
+    std = list(cfg.get("std") or timm.data.IMAGENET_DEFAULT_STD)
+    if len(mean) != spec.in_chans:  # timm adapts the stem to in_chans, not the stats: use their average
+        mean = [sum(mean) / len(mean)] * spec.in_chans
+        std = [sum(std) / len(std)] * spec.in_chans
+    return {
+        "input_size": [spec.in_chans, *spec.img_size],
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "interpolation": cfg.get("interpolation", "bicubic"),
+        "crop_pct": float(cfg.get("crop_pct", 0.875)),
+        "crop_mode": cfg.get("crop_mode", "center"),
+        "color_space": "RGB" if spec.in_chans == 3 else f"{spec.in_chans}-channel",
+        "layout": "NCHW",
+        "scale": "pixel / 255, then (x - mean) / std",
+    }
+
+
+def _hw(spec: ModelSpec) -> str:
+    return f"{spec.img_size[0]}x{spec.img_size[1]}"
+
+
+def check_forward(model: torch.nn.Module, spec: ModelSpec) -> None:
+    """Run one zero batch so a size the architecture cannot take fails here, in one line."""
+    x = torch.zeros(1, spec.in_chans, *spec.img_size)
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(
+            f"{spec.model} cannot run at {_hw(spec)} with {spec.in_chans} channel(s): {first_line(e)}"
+        ) from None

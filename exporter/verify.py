@@ -1,0 +1,178 @@
+"""Parity: an artifact, reloaded from disk through its runtime, against the eager model on the same
+deterministic inputs, at batch 1 and a larger batch (to prove the dynamic batch).
+
+Per output tensor we report:
+- ``max_abs``: max |artifact - eager|
+- ``max_rel``: max_abs / max |eager| (None when the reference is all zeros: only ``max_abs`` counts then)
+- ``cosine``: cosine similarity of the flattened tensors
+- ``spread``: how much the reference varies across the batch, relative to its scale. A model whose
+  output barely depends on its input (a zero-initialised classifier with random weights) would make
+  every other metric pass by accident; below ``MIN_SPREAD`` the report says so.
+- ``delta_cosine``: cosine of (output - batch mean), i.e. of the input-dependent part only, where the
+  spread allows. A large constant bias can hide a broken backbone from ``cosine``; not from this.
+- ``top1_agreement`` (2-D outputs): argmax agreement over the rows whose top-2 reference gap exceeds
+  the precision's error budget (near-ties excluded; their count is reported).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from exporter.errors import first_line
+from exporter.samples import sample_images
+
+MIN_SPREAD = 1e-3
+BATCHES = (1, 4)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    max_rel: float  # on max_rel
+    max_abs: float  # used only when the reference is all zeros
+    cosine: float
+    delta_cosine: float
+    top1: float
+
+
+TOLERANCES = {
+    "fp32": Tolerance(max_rel=1e-3, max_abs=1e-4, cosine=0.99999, delta_cosine=0.9999, top1=1.0),
+    "fp16": Tolerance(max_rel=2e-2, max_abs=1e-2, cosine=0.999, delta_cosine=0.99, top1=0.95),
+    "bf16": Tolerance(max_rel=6e-2, max_abs=5e-2, cosine=0.995, delta_cosine=0.98, top1=0.9),
+    "int8": Tolerance(max_rel=0.15, max_abs=0.1, cosine=0.98, delta_cosine=0.9, top1=0.8),
+}
+
+
+def compare(ref: np.ndarray, out: np.ndarray, tol: Tolerance) -> dict:
+    """Metrics for one output tensor (see module docstring)."""
+    if ref.shape != out.shape:
+        return {"error": f"shape {list(out.shape)} != eager {list(ref.shape)}"}
+    r = ref.astype(np.float64)
+    o = out.astype(np.float64)
+    if not np.isfinite(o).all():
+        return {"error": "artifact produced NaN or Inf"}
+    err = np.abs(o - r)
+    scale = float(np.abs(r).max()) if r.size else 0.0
+    m = {"max_abs": float(err.max()) if r.size else 0.0, "scale": scale}
+    m["max_rel"] = m["max_abs"] / scale if scale > 0 else None
+    m["cosine"] = _cosine(r, o)
+    if r.ndim >= 1 and r.shape[0] >= 2:
+        dr, do = r - r.mean(0, keepdims=True), o - o.mean(0, keepdims=True)
+        m["spread"] = float(np.abs(dr).max()) / scale if scale > 0 else 0.0
+        m["delta_cosine"] = _cosine(dr, do) if m["spread"] >= MIN_SPREAD else None
+    if r.ndim == 2 and r.shape[1] >= 2 and np.issubdtype(ref.dtype, np.floating):
+        top2 = np.sort(r, axis=1)[:, -2:]
+        decisive = (top2[:, 1] - top2[:, 0]) > 2 * tol.max_rel * max(scale, 1e-12)
+        agree = r.argmax(1) == o.argmax(1)
+        m["top1_rows"] = int(decisive.sum())
+        m["top1_agreement"] = float(agree[decisive].mean()) if decisive.any() else None
+    return m
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float | None:
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        return None
+    return float(np.dot(a.ravel(), b.ravel()) / (na * nb))
+
+
+def failures(m: dict, tol: Tolerance) -> list[str]:
+    if "error" in m:
+        return [m["error"]]
+    bad = []
+    if m["max_rel"] is None:
+        if m["max_abs"] > tol.max_abs:
+            bad.append(f"max_abs {m['max_abs']:.3g} > {tol.max_abs:g} (zero reference)")
+    elif m["max_rel"] > tol.max_rel:
+        bad.append(f"max_rel {m['max_rel']:.3g} > {tol.max_rel:g}")
+    if m["cosine"] is not None and m["cosine"] < tol.cosine:
+        bad.append(f"cosine {m['cosine']:.6f} < {tol.cosine}")
+    if m.get("delta_cosine") is not None and m["delta_cosine"] < tol.delta_cosine:
+        bad.append(f"delta_cosine {m['delta_cosine']:.6f} < {tol.delta_cosine}")
+    if m.get("top1_agreement") is not None and m["top1_agreement"] < tol.top1:
+        bad.append(f"top1 {m['top1_agreement']:.2%} < {tol.top1:.0%}")
+    return bad
+
+
+# How the per-batch metrics of one output combine into the reported one: always the worse value.
+_WORST = {"max_abs": max, "max_rel": max, "scale": max, "cosine": min, "spread": min, "delta_cosine": min,
+          "top1_agreement": min, "top1_rows": sum}
+
+
+def _worst(metrics: list[dict]) -> dict:
+    errors = [m for m in metrics if "error" in m]
+    if errors:
+        return errors[0]
+    out = {}
+    for key, pick in _WORST.items():
+        if any(key in m for m in metrics):
+            values = [m[key] for m in metrics if m.get(key) is not None]
+            out[key] = pick(values) if values else None
+    return out
+
+
+def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | None = None) -> dict:
+    """Run ``session`` (an open `profiler.runtimes` session on the artifact) and the eager ``model``
+    on the same pictures; return the parity report that goes into the manifest."""
+    import torch
+
+    tol = TOLERANCES[precision]
+    lo, hi = session.batch_range()
+    if batches is None:
+        batches = (lo,) if hi == lo else tuple(b for b in BATCHES if b >= lo and (hi is None or b <= hi)) or (lo,)
+    spec, prep = model.spec, model.preprocessing
+    input_name = session.inputs[0].name
+    per_batch, offset = {}, 0
+    for b in batches:
+        x = sample_images(b, spec.in_chans, spec.img_size, prep["mean"], prep["std"], offset=offset)
+        offset += b
+        with torch.no_grad():
+            ref = dict(zip(model.output_names, (t.numpy() for t in model(torch.from_numpy(x)))))
+        try:
+            out = session.infer({input_name: x})
+        except Exception as e:  # noqa: BLE001 - a runtime crash is a parity failure, reported as such
+            per_batch[str(b)] = {name: {"error": f"runtime failed: {first_line(e, 200)}"} for name in ref}
+        else:
+            per_batch[str(b)] = {
+                name: compare(ref[name], out[name], tol) if name in out else {"error": "output missing"}
+                for name in ref
+            }
+    merged = {name: _worst([pb[name] for pb in per_batch.values()]) for name in model.output_names}
+    problems = [f"{name}: {p}" for name, m in merged.items() for p in failures(m, tol)]
+    notes = [
+        f"{name}: the eager output barely depends on the input (spread {m['spread']:.2g}); parity covers little"
+        for name, m in merged.items()
+        if "error" not in m and m.get("spread") is not None and m["spread"] < MIN_SPREAD
+    ]
+    return {
+        "verdict": "fail" if problems else "pass",
+        "precision": precision,
+        "runtime": session.name,
+        "device": session.device,
+        "batches": list(batches),
+        "inputs": "scikit-image sample pictures, resized and normalised as the manifest's preprocessing",
+        "tolerance": asdict(tol),
+        "metrics": merged,
+        "per_batch": per_batch,
+        "failures": problems,
+        "notes": notes,
+    }
+
+
+def summary(report: dict | None) -> str:
+    """One short line for tables: verdict and the primary output's key numbers."""
+    if not report:
+        return "skipped"
+    name, m = next(iter(report["metrics"].items()))
+    if "error" in m:
+        return f"{report['verdict']}: {m['error']}"
+    parts = [report["verdict"]]
+    parts.append(f"rel={m['max_rel']:.1e}" if m.get("max_rel") is not None else f"abs={m['max_abs']:.1e}")
+    if m.get("cosine") is not None:
+        parts.append(f"cos={m['cosine']:.6f}")
+    if m.get("top1_agreement") is not None:
+        parts.append(f"top1={m['top1_agreement']:.0%}")
+    if report["notes"]:
+        parts.append("(degenerate reference)")
+    return " ".join(parts)

@@ -1,0 +1,1 @@
+"""autotimm-deploy profiler: latency and throughput of deployed artifacts against eager PyTorch."""

@@ -1,0 +1,50 @@
+"""Runtime registry. Entries name their module lazily so that listing runtimes imports nothing heavy;
+adding a runtime is adding one module and one line here."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+
+from exporter.errors import MissingExtra, UserError
+from exporter.manifest import Manifest
+from profiler.runtimes.base import Session
+
+# name -> (module, class, extra that provides it, modules it needs)
+RUNTIMES: dict[str, tuple[str, str, str | None, tuple[str, ...]]] = {
+    "eager": ("profiler.runtimes.eager", "EagerSession", None, ("torch", "timm")),
+    "torchscript": ("profiler.runtimes.torchscript", "TorchScriptSession", None, ("torch",)),
+    "pt2": ("profiler.runtimes.pt2", "PT2Session", None, ("torch",)),
+    "onnxruntime": ("profiler.runtimes.onnxruntime", "OnnxRuntimeSession", None, ("onnxruntime",)),
+}
+
+# The runtime an artifact format runs on unless the user picks another.
+DEFAULT_RUNTIME = {"torchscript": "torchscript", "pt2": "pt2", "onnx": "onnxruntime"}
+
+
+def runtime_class(name: str) -> type[Session]:
+    if name not in RUNTIMES:
+        raise UserError(f"unknown runtime {name!r} (available: {', '.join(RUNTIMES)})")
+    module, cls, extra, needs = RUNTIMES[name]
+    missing = [m for m in needs if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingExtra(f"the {name} runtime ({', '.join(missing)})", extra or "dev")
+    return getattr(importlib.import_module(module), cls)
+
+
+def open_session(path: str | Path | None, runtime: str | None = None, manifest: Manifest | None = None,
+                 device: str = "cpu", threads: int | None = None, **options) -> Session:
+    """Load an artifact for execution. ``runtime`` defaults from the manifest's format."""
+    if runtime is None:
+        if manifest is None:
+            raise UserError(f"cannot tell which runtime runs {path}: no manifest and no --runtime")
+        runtime = DEFAULT_RUNTIME.get(manifest.format)
+        if runtime is None:
+            raise UserError(f"no runtime for format {manifest.format!r}; pass --runtime")
+    cls = runtime_class(runtime)
+    if device.split(":")[0] not in cls.devices:
+        raise UserError(f"the {runtime} runtime does not run on {device} (it runs on: {', '.join(cls.devices)})")
+    if manifest is not None and cls.formats != ("eager",) and manifest.format not in cls.formats:
+        raise UserError(f"the {runtime} runtime cannot run a {manifest.format} artifact")
+    return cls(path, manifest, device=device, threads=threads, **options)

@@ -1,0 +1,91 @@
+"""The one `Session` interface every runtime implements. Runtimes never time themselves: the
+harness in `profiler.timing` calls `run` and `synchronize` around its own clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from exporter.manifest import Manifest, TensorSig
+
+BATCH_NAMES = ("batch", "N", "batch_size")
+
+
+class Session:
+    name: ClassVar[str]
+    formats: ClassVar[tuple[str, ...]] = ()  # artifact formats this runtime executes
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    extra: ClassVar[str | None] = None  # pip extra providing `requires`
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, path: str | Path | None, manifest: Manifest | None = None, device: str = "cpu",
+                 threads: int | None = None, **options: Any):
+        self.path = Path(path) if path is not None else None
+        self.manifest = manifest
+        self.device = device
+        self.threads = threads
+        self.options = options
+        self.inputs: list[TensorSig] = list(manifest.inputs) if manifest else []
+        self.outputs: list[TensorSig] = list(manifest.outputs) if manifest else []
+
+    # --- description -------------------------------------------------------------------------
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.outputs]
+
+    def batch_range(self) -> tuple[int, int | None]:
+        """(min, max) batch this artifact accepts; max None means unbounded."""
+        if not self.inputs:
+            return 1, None
+        dim0 = self.inputs[0].shape[0]
+        if isinstance(dim0, int) and dim0 > 0:
+            return dim0, dim0
+        if self.manifest and self.manifest.batch:
+            return int(self.manifest.batch.get("min") or 1), self.manifest.batch.get("max")
+        return 1, None
+
+    def input_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
+        shapes = {}
+        for sig in self.inputs:
+            dims = [batch if i == 0 and not isinstance(d, int) else d for i, d in enumerate(sig.shape)]
+            if not all(isinstance(d, int) and d > 0 for d in dims):
+                raise ValueError(f"input {sig.name} has unknown dimensions {sig.shape}")
+            shapes[sig.name] = tuple(dims)
+        return shapes
+
+    # --- data --------------------------------------------------------------------------------
+    def random_arrays(self, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        return {n: rng.standard_normal(s, dtype=np.float32) for n, s in self.input_shapes(batch).items()}
+
+    def make_inputs(self, batch: int, seed: int = 0) -> Any:
+        """Inputs for one batch, already where `run` wants them (untimed)."""
+        return self.prepare(self.random_arrays(batch, seed))
+
+    def prepare(self, arrays: dict[str, np.ndarray]) -> Any:
+        raise NotImplementedError
+
+    def run(self, prepared: Any) -> Any:
+        raise NotImplementedError
+
+    def fetch(self, outputs: Any) -> dict[str, np.ndarray]:
+        """Runtime-native outputs -> host numpy arrays by output name."""
+        raise NotImplementedError
+
+    def synchronize(self) -> None:
+        """Block until queued work is done (CUDA runtimes); no-op on the CPU."""
+
+    def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Convenience for parity checks: prepare, run, fetch."""
+        return self.fetch(self.run(self.prepare(arrays)))
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

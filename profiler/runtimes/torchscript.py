@@ -1,0 +1,15 @@
+"""TorchScript artifacts via ``torch.jit.load``."""
+
+from profiler.runtimes._torch import TorchSession
+
+
+class TorchScriptSession(TorchSession):
+    name = "torchscript"
+    formats = ("torchscript",)
+
+    def load(self):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self.torch.jit.load(str(self.path), map_location=self.device).eval()
