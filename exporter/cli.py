@@ -25,7 +25,7 @@ def build_parser() -> OneLineParser:
     g = p.add_argument_group("model")
     g.add_argument("--task", default="classification", choices=TASKS)
     g.add_argument("--num-classes", type=int)
-    g.add_argument("--img-size", type=parse_img_size, metavar="H[,W]")
+    g.add_argument("--img-size", metavar="H[,W]", help="input size (default: the model's own)")
     g.add_argument("--in-chans", type=int, default=3)
     w = g.add_mutually_exclusive_group()
     w.add_argument("--pretrained", action="store_true", help="timm's pretrained weights (needs network once)")
@@ -70,8 +70,16 @@ def spec_from_args(a) -> ModelSpec:
         weights = "checkpoint"
     else:
         weights = "pretrained" if a.pretrained else "random"
-    return ModelSpec(model=a.model, task=a.task, num_classes=a.num_classes, img_size=a.img_size,
-                     in_chans=a.in_chans, weights=weights, checkpoint=a.checkpoint, seed=a.seed)
+    return ModelSpec(
+        model=a.model,
+        task=a.task,
+        num_classes=a.num_classes,
+        img_size=parse_img_size(a.img_size) if a.img_size else None,
+        in_chans=a.in_chans,
+        weights=weights,
+        checkpoint=a.checkpoint,
+        seed=a.seed,
+    )
 
 
 def main(a) -> int:
@@ -91,7 +99,8 @@ def main(a) -> int:
     options = ExportOptions(opset=a.opset, static=a.static, batch_size=a.batch_size, simplify=not a.no_simplify)
     steps = 1 + len(export_order(formats)) * (1 if a.no_verify else 2)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=stderr, transient=True) as bar:
+                  TimeElapsedColumn(), console=stderr, transient=True,
+                  disable=not stderr.is_terminal) as bar:
         task = bar.add_task(f"{spec.model}", total=steps)
         first = [True]
 

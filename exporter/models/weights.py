@@ -27,7 +27,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt, truncated, pickled objects, ...
-        raise UserError(f"cannot read checkpoint {path}: {first_line(e, 200)}") from None
+        raise UserError(
+            f"cannot read checkpoint {path} (not a safetensors or torch state-dict file?): {type(e).__name__}: {first_line(e, 200)}"
+        ) from None
     if isinstance(obj, dict):
         for key in _NESTED_KEYS:
             if isinstance(obj.get(key), dict) and obj[key]:

@@ -1,0 +1,26 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download weights
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(module: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
+    """Run a CLI in a fresh interpreter, as a user would."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=600)
+
+
+@pytest.fixture
+def export_cli():
+    return lambda *args, **kw: run_cli("exporter.cli", *args, **kw)
+
+
+def files_under(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []

@@ -1,0 +1,90 @@
+"""``autotimm-export`` as a user runs it: in a fresh interpreter, with its exit codes and streams."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from tests.conftest import files_under
+
+
+def test_export_json_and_table(tmp_path, export_cli):
+    out = tmp_path / "out"
+    p = export_cli("test_resnet", "--img-size", "64", "--num-classes", "4", "-f", "onnx,torchscript", "-o", str(out),
+                   "--json")
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)  # stdout is pure JSON; the table went to stderr
+    assert [r["format"] for r in data["results"]] == ["onnx", "torchscript"]
+    assert all(r["ok"] and r["parity"]["verdict"] == "pass" for r in data["results"])
+    assert "autotimm-export" in p.stderr and "pass" in p.stderr
+    assert files_under(out) == ["test_resnet.onnx", "test_resnet.onnx.json", "test_resnet.pt", "test_resnet.pt.json"]
+    # again without --force: refused, nothing touched
+    again = export_cli("test_resnet", "--img-size", "64", "-f", "onnx", "-o", str(out))
+    assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_list_formats(export_cli):
+    p = export_cli("--list-formats", "--json")
+    assert p.returncode == 0
+    rows = {r["format"]: r for r in json.loads(p.stdout)}
+    assert {"onnx", "torchscript", "pt2"} <= set(rows) and rows["onnx"]["available"]
+
+
+def _bad_checkpoints(tmp_path):
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(os.urandom(256))
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, wrong)
+    return garbage, wrong
+
+
+BAD = {
+    "unknown model": (["resnet5000"], "unknown timm model"),
+    "unknown format": (["test_resnet", "-f", "onnx,tflite", "--img-size", "64"], "unknown format 'tflite'"),
+    "bad size text": (["test_resnet", "--img-size", "0"], "--img-size"),
+    "impossible size": (["test_vit", "--img-size", "50"], "cannot run at 50x50"),
+    "bad task": (["test_resnet", "--task", "pose"], "invalid choice"),
+    "no model": ([], "give a timm model name"),
+    "pretrained offline": (["test_resnet", "--pretrained", "--img-size", "64"], "could not load pretrained weights"),
+    "missing checkpoint": (["test_resnet", "--checkpoint", "nope.pth", "--img-size", "64"], "checkpoint not found"),
+    "garbage checkpoint": (["test_resnet", "--checkpoint", "{garbage}", "--img-size", "64"], "cannot read checkpoint"),
+    "wrong checkpoint": (["test_resnet", "--checkpoint", "{wrong}", "--img-size", "64"], "does not match the model"),
+    "num classes": (["test_resnet", "--num-classes", "0", "--img-size", "64"], "--num-classes"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, export_cli):
+    args, message = BAD[case]
+    garbage, wrong = _bad_checkpoints(tmp_path)
+    args = [a.format(garbage=garbage, wrong=wrong) for a in args]
+    out = tmp_path / "out"
+    p = export_cli(*args, "-o", str(out))
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], p.stderr
+    assert "Traceback" not in p.stderr and p.stdout == ""
+    assert files_under(out) == []
+
+
+def test_unwritable_output(tmp_path, export_cli):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    p = export_cli("test_resnet", "--img-size", "64", "-o", str(blocker))
+    assert p.returncode == 2 and "not a folder" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    p = export_cli("test_resnet", "--img-size", "64", "-o", str(blocker / "sub"))
+    assert p.returncode == 2 and "cannot create output folder" in p.stderr
+
+
+def test_failed_parity_exits_1(tmp_path, monkeypatch, capsys):
+    import exporter.verify as v
+    from exporter.cli import entry
+
+    monkeypatch.setitem(v.TOLERANCES, "fp32", v.Tolerance(max_rel=-1, max_abs=-1, cosine=2, delta_cosine=2, top1=2))
+    assert entry(["test_resnet", "--img-size", "64", "-f", "torchscript", "-o", str(tmp_path), "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["results"][0]["parity"]["verdict"] == "fail"
+    assert entry(["test_resnet", "--img-size", "64", "-f", "torchscript", "-o", str(tmp_path), "--force",
+                  "--no-verify", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["parity"] is None

@@ -1,0 +1,112 @@
+import pytest
+import torch
+
+from exporter.errors import UserError
+from exporter.models import build_model
+from exporter.models.weights import load_checkpoint, seed_zero_head
+from exporter.spec import ModelSpec, parse_img_size
+
+
+def test_parse_img_size():
+    assert parse_img_size("224") == (224, 224)
+    assert parse_img_size("96,128") == (96, 128)
+    assert parse_img_size("96x128") == (96, 128)
+    for bad in ("0", "a", "1,2,3", "-5", ""):
+        with pytest.raises(UserError):
+            parse_img_size(bad)
+
+
+def test_spec_roundtrip_and_validation():
+    s = ModelSpec("resnet18", num_classes=10, img_size=(64, 96))
+    assert ModelSpec.from_dict(s.to_dict()) == s
+    with pytest.raises(UserError):
+        ModelSpec("resnet18", task="pose")
+    with pytest.raises(UserError):
+        ModelSpec("resnet18", num_classes=0)
+    with pytest.raises(UserError):
+        ModelSpec.from_dict({"model": "resnet18", "bogus": 1})
+
+
+def test_build_fills_defaults_from_timm():
+    m = build_model(ModelSpec("test_resnet"))
+    assert m.spec.img_size == (160, 160) and m.spec.num_classes == 1000
+    assert m.preprocessing["mean"] == [0.5, 0.5, 0.5]
+    assert m.build_info["params"] > 0
+
+
+@pytest.mark.parametrize("name,size", [("test_vit", (64, 96)), ("resnet18", (72, 40)), ("mobilenetv3_small_100", (64, 64))])
+def test_build_non_default_size_and_channels(name, size):
+    m = build_model(ModelSpec(name, num_classes=7, img_size=size, in_chans=1))
+    (logits,) = m(torch.zeros(2, 1, *size))
+    assert logits.shape == (2, 7)
+    assert m.output_names == ("logits",)
+    assert len(m.preprocessing["mean"]) == 1
+
+
+def test_unknown_model_suggests_names():
+    with pytest.raises(UserError, match="did you mean.*resnet50"):
+        build_model(ModelSpec("resnet5"))
+
+
+def test_impossible_size_is_one_line():
+    with pytest.raises(UserError, match="cannot run at 50x50.*divisible"):
+        build_model(ModelSpec("test_vit", img_size=(50, 50)))
+
+
+def _net():
+    import timm
+
+    return timm.create_model("resnet18", num_classes=5, pretrained=False).eval()
+
+
+@pytest.mark.parametrize("suffix,wrap", [(".pth", "module."), (".pt", "model."), (".bin", ""), (".safetensors", "")])
+def test_checkpoint_loading_with_prefixes(tmp_path, suffix, wrap):
+    torch.manual_seed(123)
+    src = _net()
+    sd = {wrap + k: v.clone() for k, v in src.state_dict().items()}
+    path = tmp_path / f"w{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(sd, str(path))
+    else:
+        torch.save({"state_dict": sd, "epoch": 3} if wrap == "model." else sd, str(path))
+    m = build_model(ModelSpec("resnet18", num_classes=5, img_size=(64, 64), weights="checkpoint", checkpoint=str(path)))
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(m(x)[0], src(x))
+
+
+def test_checkpoint_mismatch_names_keys_and_hints(tmp_path):
+    sd = _net().state_dict()
+    path = tmp_path / "w.pth"
+    torch.save(sd, path)
+    with pytest.raises(UserError, match=r"fc.weight \(5, 512\) vs model \(1000, 512\).*--num-classes 5"):
+        build_model(ModelSpec("resnet18", img_size=(64, 64), weights="checkpoint", checkpoint=str(path)))
+    sd.pop("fc.bias")
+    sd["extra.thing"] = torch.zeros(1)
+    torch.save(sd, path)
+    with pytest.raises(UserError, match=r"1 missing \(e.g. fc.bias\); 1 unexpected \(e.g. extra.thing\)"):
+        load_checkpoint(_net(), path)
+
+
+def test_corrupt_checkpoint(tmp_path):
+    path = tmp_path / "w.pth"
+    path.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        load_checkpoint(_net(), path)
+    with pytest.raises(UserError, match="not found"):
+        load_checkpoint(_net(), tmp_path / "missing.safetensors")
+    torch.save({"a": 1}, path)
+    with pytest.raises(UserError, match="state dict of tensors"):
+        load_checkpoint(_net(), path)
+
+
+def test_zero_head_is_reseeded_only_when_zero():
+    net = _net()
+    assert seed_zero_head(net, 0) is False
+    torch.nn.init.zeros_(net.fc.weight)
+    assert seed_zero_head(net, 0) is True
+    assert net.fc.weight.abs().max() > 0
+    before = net.fc.weight.clone()
+    assert seed_zero_head(net, 0) is False
+    torch.testing.assert_close(net.fc.weight, before)
