@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from exporter.cli_common import EXIT_FAILED, EXIT_OK, OneLineParser, csv_list, run_cli, stderr
+from exporter.cli_common import EXIT_FAILED, EXIT_OK, OneLineParser, console, csv_list, run_cli, stderr
 from exporter.errors import UserError
 from exporter.spec import TASKS, ModelSpec, parse_img_size
 
@@ -61,7 +61,7 @@ def list_formats(as_json: bool) -> int:
     for r in rows:
         t.add_row(r["format"], r["suffix"], r["derives_from"] or "model", ",".join(r["precisions"]),
                   "yes" if r["available"] else f"[red]no[/]: {r['reason']}", r["description"])
-    Console().print(t)
+    console().print(t)
     return EXIT_OK
 
 
@@ -114,7 +114,7 @@ def main(a) -> int:
         bar.advance(task)
     if a.json:
         print(json.dumps({"model": spec.model, "results": [r.to_dict() for r in results]}, indent=2, default=str))
-    print_table(results, Console(stderr=a.json))
+    print_table(results, console(a.json))
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
 

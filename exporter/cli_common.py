@@ -43,3 +43,9 @@ def run_cli(prog: str, main: Callable[[argparse.Namespace], int], parser: argpar
 
 def csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def console(to_stderr: bool = False) -> Console:
+    """A console for results: wide when not a terminal, so piped tables are not truncated."""
+    c = Console(stderr=to_stderr)
+    return c if c.is_terminal else Console(stderr=to_stderr, width=200)

@@ -45,6 +45,6 @@ def open_session(path: str | Path | None, runtime: str | None = None, manifest: 
     cls = runtime_class(runtime)
     if device.split(":")[0] not in cls.devices:
         raise UserError(f"the {runtime} runtime does not run on {device} (it runs on: {', '.join(cls.devices)})")
-    if manifest is not None and cls.formats != ("eager",) and manifest.format not in cls.formats:
+    if manifest is not None and manifest.format not in cls.formats:
         raise UserError(f"the {runtime} runtime cannot run a {manifest.format} artifact")
     return cls(path, manifest, device=device, threads=threads, **options)

@@ -1,0 +1,186 @@
+"""`profile()`: the Python API behind ``autotimm-profile``.
+
+Targets are measured in *groups*: a group's sessions live in one process and are measured
+interleaved (an artifact with its eager twin under ``compare_eager``; every target under
+``interleave``); otherwise each target is its own group. With ``isolate`` each group runs in its own
+subprocess (`profiler.worker`), so peak memory belongs to that group alone.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from exporter.errors import UserError
+from exporter.spec import ModelSpec
+from profiler.env import current_rss_mb, environment, peak_rss_mb
+from profiler.sweep import batches_in_range, sweep
+from profiler.targets import Target, eager_twin, open_target, resolve
+from profiler.timing import HarnessConfig, clock_for
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Settings:
+    device: str = "cpu"
+    threads: int | None = None
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
+    device_io: bool = False
+    harness: HarnessConfig = field(default_factory=HarnessConfig)
+    eager_options: dict[str, Any] = field(default_factory=dict)  # channels_last, bf16
+    img_size: tuple[int, int] | None = None  # for artifacts without a manifest
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["copies_timed"] = not self.device_io
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Settings":
+        d = {k: v for k, v in d.items() if k != "copies_timed"}
+        d["harness"] = HarnessConfig(**d["harness"])
+        d["img_size"] = tuple(d["img_size"]) if d.get("img_size") else None
+        return cls(**d)
+
+
+def check_device(device: str) -> None:
+    if device == "cpu":
+        return
+    if not device.startswith("cuda"):
+        raise UserError(f"unknown device {device!r}; use cpu or cuda[:N]")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for, but no CUDA GPU is visible here; use --device cpu")
+
+
+def _target_to_dict(t: Target) -> dict:
+    if t.runtime == "eager" and t.path is None:
+        return {"eager": t.spec.to_dict()}
+    return {"path": str(t.path), "runtime": t.runtime}
+
+
+def _target_from_dict(d: dict, img_size) -> Target:
+    if "eager" in d:
+        spec = ModelSpec.from_dict(d["eager"])
+        return Target(label=f"{spec.model} [eager]", runtime="eager", format="eager", spec=spec)
+    return resolve(d["path"], d["runtime"], img_size)
+
+
+def run_group(targets: list[Target], settings: Settings,
+              on_progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Open every target of one group, sweep them together, return one run record per target."""
+    step = on_progress or (lambda _t: None)
+    sessions, loaded = [], []
+    for t in targets:
+        step(f"loading {t.label}")
+        before = current_rss_mb()
+        sessions.append(open_target(t, settings.device, settings.threads,
+                                    settings.eager_options if t.runtime == "eager" else None, settings.img_size))
+        loaded.append(current_rss_mb() - before)
+    lo = max(s.batch_range()[0] for s in sessions)
+    his = [s.batch_range()[1] for s in sessions if s.batch_range()[1] is not None]
+    hi = min(his) if his else None
+    if hi is not None and hi < lo:
+        raise UserError("these targets accept no common batch size: " + ", ".join(t.label for t in targets))
+    kept, dropped = batches_in_range(settings.batch_sizes, lo, hi)
+    gpu = settings.device.startswith("cuda")
+    if gpu:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    points = sweep(sessions, kept, settings.harness, clock_for(settings.device), settings.device_io,
+                   on_point=lambda b, _s: step(f"{' vs '.join(t.label for t in targets)}: batch {b}"))
+    peak_gpu = None
+    if gpu:
+        import torch
+
+        peak_gpu = torch.cuda.max_memory_allocated() / 2**20
+    runs = []
+    for i, (t, s) in enumerate(zip(targets, sessions)):
+        base = None
+        rows = []
+        for p in points:
+            if p.error:
+                rows.append({"batch": p.batch, "error": p.error})
+                continue
+            st = p.stats[i]
+            ips = p.batch / (st["p50"] / 1e3)
+            base = base or (ips if p.batch == kept[0] else None)
+            rows.append({"batch": p.batch, "stats_ms": st, "images_per_s": ips,
+                         "speedup_vs_batch1": ips / base if base and kept[0] == 1 else None,
+                         "vs_baseline": p.speedup[i], "samples": p.samples, "stop": p.stop})
+        runs.append({
+            "target": t.describe(),
+            "runtime": s.name,
+            "device": settings.device,
+            "baseline": targets[0].label if i > 0 else None,
+            "batches_skipped": dropped,
+            "points": rows,
+            "memory": {"loaded_mb": loaded[i], "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": peak_gpu,
+                       "process_holds": [x.label for x in targets]},
+        })
+        s.close()
+    return runs
+
+
+def _run_isolated(targets: list[Target], settings: Settings, on_progress) -> list[dict]:
+    job = {"targets": [_target_to_dict(t) for t in targets], "settings": settings.to_dict()}
+    proc = subprocess.Popen([sys.executable, "-m", "profiler.worker"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdin.write(json.dumps(job))
+    proc.stdin.close()
+    last = ""
+    for line in proc.stderr:
+        last = line.strip() or last
+        if last.startswith("progress: ") and on_progress:
+            on_progress(last[len("progress: "):])
+    out = proc.stdout.read()
+    proc.wait()
+    if proc.returncode == 2:
+        raise UserError(last.removeprefix("error: "))
+    if proc.returncode != 0:
+        raise RuntimeError(f"profiling worker failed ({proc.returncode}): {last}")
+    return json.loads(out)
+
+
+def plan_groups(targets: list[Target], compare_eager: bool, interleave: bool) -> list[list[Target]]:
+    if interleave:
+        return [targets]
+    groups = []
+    for t in targets:
+        groups.append([eager_twin(t), t] if compare_eager and t.runtime != "eager" else [t])
+    return groups
+
+
+def profile(target_texts: list[str], settings: Settings | None = None, runtime: str | None = None,
+            compare_eager: bool = False, interleave: bool = False, isolate: bool | None = None,
+            on_progress: Callable[[str], None] | None = None) -> dict:
+    """Measure every target; return the report (schema_version 1, raw floats, times in ms)."""
+    settings = settings or Settings()
+    check_device(settings.device)
+    if not target_texts:
+        raise UserError("give at least one artifact or timm model name")
+    if any(b < 1 for b in settings.batch_sizes):
+        raise UserError(f"batch sizes must be positive, got {settings.batch_sizes}")
+    targets = [resolve(t, runtime, settings.img_size) for t in target_texts]
+    groups = plan_groups(targets, compare_eager, interleave)
+    if isolate is None:
+        isolate = len(groups) > 1
+    runs = []
+    for group in groups:
+        runs += _run_isolated(group, settings, on_progress) if isolate else run_group(group, settings, on_progress)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "autotimm-profile",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "environment": environment(settings.threads),
+        "settings": {**settings.to_dict(), "isolate": isolate, "compare_eager": compare_eager,
+                     "interleave": interleave, "clock": clock_for(settings.device).name},
+        "runs": runs,
+    }

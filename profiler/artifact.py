@@ -1,0 +1,78 @@
+"""What is this file? The manifest says, else the extension and the file's magic. Unreadable or
+corrupt files are refused here, in one line, before any runtime touches them."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+from exporter.errors import UserError
+from exporter.manifest import Manifest, load_manifest, manifest_path
+
+EXTENSIONS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
+              ".jit": "torchscript", ".pt2": "pt2", ".engine": "trt", ".plan": "trt", ".xml": "openvino"}
+
+
+def detect(path: Path) -> tuple[str, Manifest | None]:
+    """(format, manifest or None) for an artifact path."""
+    if not path.exists():
+        raise UserError(f"no such file: {path}")
+    if not path.is_file():
+        raise UserError(f"{path} is not a file")
+    manifest = load_manifest(path) if manifest_path(path).exists() else None
+    fmt = manifest.format if manifest else EXTENSIONS.get(path.suffix.lower())
+    if fmt is None:
+        raise UserError(
+            f"cannot tell what {path.name} is: unknown extension {path.suffix or '(none)'} and no manifest "
+            f"beside it; pass --runtime (known extensions: {', '.join(sorted(EXTENSIONS))})"
+        )
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is empty")
+    CHECKS.get(fmt, lambda p: None)(path)
+    if manifest:
+        _check_hashes(path, manifest)
+    return fmt, manifest
+
+
+def _check_zip(kind: str, marker: str):
+    def check(path: Path) -> None:
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+                bad = z.testzip()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise UserError(f"{path} is not a valid {kind} file (corrupt or truncated: {e})") from None
+        if bad is not None:
+            raise UserError(f"{path} is corrupt: member {bad} fails its checksum")
+        if not any(marker in n for n in names):
+            raise UserError(f"{path} is a zip file but not a {kind} archive")
+
+    return check
+
+
+def _check_onnx(path: Path) -> None:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - DecodeError and friends
+        raise UserError(f"{path} is not a valid ONNX file (corrupt or truncated): {type(e).__name__}") from None
+    if not model.graph.node or not model.graph.input:
+        raise UserError(f"{path} is not a valid ONNX file (no graph inside; corrupt or truncated?)")
+
+
+CHECKS = {
+    "onnx": _check_onnx,
+    "torchscript": _check_zip("TorchScript", "constants.pkl"),
+    "pt2": _check_zip("torch.export (.pt2)", "archive_format"),
+}
+
+
+def _check_hashes(path: Path, manifest: Manifest) -> None:
+    """Sizes must match the manifest (cheap); a changed file means a stale or corrupt artifact."""
+    for name, entry in manifest.files.items():
+        f = path.parent / name
+        if not f.exists():
+            raise UserError(f"{f} is listed in the manifest but missing")
+        if f.stat().st_size != entry.get("bytes"):
+            raise UserError(f"{f} has {f.stat().st_size} bytes, its manifest says {entry.get('bytes')}: corrupt or replaced; re-export it")

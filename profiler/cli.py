@@ -1,0 +1,119 @@
+"""``autotimm-profile``: a thin shell over `profiler.api.profile` and the report renderers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from exporter.cli_common import EXIT_OK, OneLineParser, console, csv_list, run_cli, stderr
+from exporter.errors import UserError
+from exporter.spec import parse_img_size
+
+PROG = "autotimm-profile"
+
+
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog=PROG, description="Latency and throughput of deployed artifacts, eager vs deployed.")
+    p.add_argument("targets", nargs="*", help="artifacts (.onnx, .pt, .pt2, ...) or timm model names (eager)")
+    p.add_argument("--runtime", help="force a runtime (eager, torchscript, pt2, onnxruntime)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--threads", type=int, help="intra-op threads for every runtime alike")
+    b = p.add_mutually_exclusive_group()
+    b.add_argument("--batch-sizes", help="comma-separated batch sizes (default 1)")
+    b.add_argument("--max-batch", type=int, help="sweep powers of two from 1 up to this")
+    p.add_argument("--compare-eager", action="store_true", help="measure each artifact interleaved with eager PyTorch")
+    p.add_argument("--interleave", action="store_true", help="measure all targets interleaved; the first is the baseline")
+    iso = p.add_mutually_exclusive_group()
+    iso.add_argument("--isolate", dest="isolate", action="store_true", default=None,
+                     help="each group in its own process (default with more than one group)")
+    iso.add_argument("--no-isolate", dest="isolate", action="store_false")
+    h = p.add_argument_group("harness")
+    h.add_argument("--max-time", type=float, default=10.0, help="seconds of sampling per batch size (default 10)")
+    h.add_argument("--warmup-time", type=float, default=5.0, help="seconds of warm-up at most (default 5)")
+    h.add_argument("--iterations", type=int, help="force this many timed iterations")
+    h.add_argument("--target-ci", type=float, default=0.02, help="stop when the median's 95%% CI is within ± this")
+    h.add_argument("--device-io", action="store_true", help="time compute only: inputs already on the device")
+    e = p.add_argument_group("eager options")
+    e.add_argument("--channels-last", action="store_true")
+    e.add_argument("--bf16", action="store_true", help="bf16 autocast for eager")
+    p.add_argument("--img-size", metavar="H[,W]", help="input size for an artifact without a manifest, or an eager model")
+    o = p.add_argument_group("reports")
+    o.add_argument("--json", nargs="?", const="-", metavar="PATH", help="JSON report to PATH, or stdout with no PATH or -")
+    o.add_argument("--csv", metavar="PATH")
+    o.add_argument("--markdown", metavar="PATH")
+    o.add_argument("--plot", metavar="PATH", help="PNG: latency and throughput vs batch size")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    return p
+
+
+def _batches(a) -> list[int]:
+    from profiler.sweep import powers_of_two
+
+    if a.max_batch is not None:
+        if a.max_batch < 1:
+            raise UserError(f"--max-batch must be positive, got {a.max_batch}")
+        return powers_of_two(a.max_batch)
+    if not a.batch_sizes:
+        return [1]
+    try:
+        values = [int(v) for v in csv_list(a.batch_sizes)]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise UserError(f"--batch-sizes takes positive integers like 1,8,32, got {a.batch_sizes!r}")
+    return sorted(set(values))
+
+
+def _check_outputs(a) -> None:
+    for path in (a.json if a.json not in (None, "-") else None, a.csv, a.markdown, a.plot):
+        if path is None:
+            continue
+        parent = Path(path).resolve().parent
+        if not parent.is_dir():
+            raise UserError(f"cannot write {path}: folder {parent} does not exist")
+
+
+def main(a) -> int:
+    from profiler.api import Settings, profile
+    from profiler.report import RENDERERS, table
+    from profiler.timing import HarnessConfig
+
+    if a.threads is not None and a.threads < 1:
+        raise UserError(f"--threads must be positive, got {a.threads}")
+    if a.iterations is not None and a.iterations < 1:
+        raise UserError(f"--iterations must be positive, got {a.iterations}")
+    if a.max_time <= 0 or a.warmup_time < 0:
+        raise UserError("--max-time must be positive and --warmup-time not negative")
+    _check_outputs(a)
+    settings = Settings(
+        device=a.device,
+        threads=a.threads,
+        batch_sizes=_batches(a),
+        device_io=a.device_io,
+        harness=HarnessConfig(max_time=a.max_time, warmup_time=a.warmup_time, iterations=a.iterations,
+                              target_ci=a.target_ci),
+        eager_options={k: True for k in ("channels_last", "bf16") if getattr(a, k)},
+        img_size=parse_img_size(a.img_size) if a.img_size else None,
+    )
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=stderr,
+                  transient=True, disable=not stderr.is_terminal) as bar:
+        task = bar.add_task("starting", total=None)
+        report = profile(a.targets, settings, runtime=a.runtime, compare_eager=a.compare_eager,
+                         interleave=a.interleave, isolate=a.isolate,
+                         on_progress=lambda text: bar.update(task, description=text))
+    to_stdout = a.json == "-"
+    table.render(report, console(to_stdout))
+    for name, path in (("json", a.json), ("csv", a.csv), ("markdown", a.markdown), ("plot", a.plot)):
+        if path:
+            RENDERERS[name](report, path)
+    return EXIT_OK
+
+
+def entry(argv=None) -> int:
+    return run_cli(PROG, main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(entry())

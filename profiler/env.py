@@ -1,0 +1,72 @@
+"""The machine a measurement ran on, recorded in every report."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+
+PACKAGES = ("torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "numpy")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(threads: int | None = None) -> dict:
+    import torch
+
+    env = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "threads": threads or torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "packages": {},
+        "gpu": None,
+    }
+    for name in PACKAGES:
+        try:
+            env["packages"][name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        env["gpu"] = {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
+                      "memory_gb": round(props.total_memory / 2**30, 1), "cuda": torch.version.cuda,
+                      "driver": _nvidia_driver()}
+    return env
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            first = f.readline()
+        return first.split("Kernel Module")[1].split()[0] if "Kernel Module" in first else first.strip()
+    except (OSError, IndexError):
+        return None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux: ru_maxrss is in KiB)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def current_rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return peak_rss_mb()

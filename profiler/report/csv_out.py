@@ -1,0 +1,22 @@
+"""CSV: one row per target and batch size."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from exporter.manifest import atomic_write_text
+from profiler.report.table import rows
+
+FIELDS = ("target", "runtime", "device", "batch", "median_ms", "ci_low_ms", "ci_high_ms", "p90_ms", "p95_ms",
+          "p99_ms", "n", "images_per_s", "speedup_vs_batch1", "baseline", "speedup_vs_baseline", "speedup_ci_low",
+          "speedup_ci_high", "peak_rss_mb", "peak_gpu_mb", "error")
+
+
+def write(report: dict, path: str) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows(report))
+    atomic_write_text(Path(path), buf.getvalue())

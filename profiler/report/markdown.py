@@ -1,0 +1,26 @@
+"""Markdown: the table plus the environment it was measured in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from exporter.manifest import atomic_write_text
+from profiler.report.table import COLUMNS, caption, cells, rows
+
+
+def render(report: dict) -> str:
+    env = report["environment"]
+    lines = ["# autotimm-profile report", ""]
+    gpu = f"; GPU {env['gpu']['name']} (driver {env['gpu'].get('driver')})" if env.get("gpu") else ""
+    pk = ", ".join(f"{k} {v}" for k, v in env["packages"].items())
+    lines += [f"CPU {env['cpu']}, {env['cores']} cores, {env['threads']} threads{gpu}. {pk}.", "",
+              f"*{caption(report)}.*", ""]
+    lines.append("| " + " | ".join(COLUMNS) + " |")
+    lines.append("|" + "|".join("---" if c in ("target", "runtime", "device") else "---:" for c in COLUMNS) + "|")
+    for r in rows(report):
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells(r)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write(report: dict, path: str) -> None:
+    atomic_write_text(Path(path), render(report))

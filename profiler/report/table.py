@@ -1,0 +1,68 @@
+"""Rich table, plus the flat rows every tabular renderer shares."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+COLUMNS = ("target", "runtime", "device", "batch", "median ms", "p90 ms", "p95 ms", "p99 ms", "images/s",
+           "x batch 1", "speedup vs baseline (95% CI)", "peak RSS MB", "n")
+
+
+def _fmt(v, spec=".2f"):
+    return "-" if v is None else format(v, spec)
+
+
+def rows(report: dict) -> list[dict]:
+    out = []
+    for run in report["runs"]:
+        mem = run["memory"]
+        for p in run["points"]:
+            row = {"target": run["target"]["label"], "runtime": run["runtime"], "device": run["device"],
+                   "batch": p["batch"], "baseline": run["baseline"], "error": p.get("error"),
+                   "peak_rss_mb": mem.get("peak_rss_mb"), "peak_gpu_mb": mem.get("peak_gpu_mb")}
+            if not p.get("error"):
+                st = p["stats_ms"]
+                vs = p.get("vs_baseline") or {}
+                row.update({"median_ms": st["p50"], "p90_ms": st["p90"], "p95_ms": st["p95"], "p99_ms": st["p99"],
+                            "ci_low_ms": st["ci_low"], "ci_high_ms": st["ci_high"], "n": st["n"],
+                            "images_per_s": p["images_per_s"], "speedup_vs_batch1": p["speedup_vs_batch1"],
+                            "speedup_vs_baseline": vs.get("ratio"), "speedup_ci_low": vs.get("ci_low"),
+                            "speedup_ci_high": vs.get("ci_high")})
+            out.append(row)
+    return out
+
+
+def speedup_text(r: dict) -> str:
+    if r.get("speedup_vs_baseline") is None:
+        return "-"
+    return f"{r['speedup_vs_baseline']:.2f}x [{r['speedup_ci_low']:.2f}, {r['speedup_ci_high']:.2f}]"
+
+
+def cells(r: dict) -> list[str]:
+    if r.get("error"):
+        return [r["target"], r["runtime"], r["device"], str(r["batch"]), f"error: {r['error']}"] + [""] * (len(COLUMNS) - 5)
+    return [r["target"], r["runtime"], r["device"], str(r["batch"]), _fmt(r["median_ms"], ".3f"),
+            _fmt(r["p90_ms"], ".3f"), _fmt(r["p95_ms"], ".3f"), _fmt(r["p99_ms"], ".3f"), _fmt(r["images_per_s"], ".1f"),
+            _fmt(r["speedup_vs_batch1"]), speedup_text(r),
+            _fmt(r["peak_gpu_mb"] if r["peak_gpu_mb"] is not None else r["peak_rss_mb"], ".0f"), str(r["n"])]
+
+
+def render(report: dict, console: Console) -> None:
+    env = report["environment"]
+    title = (f"autotimm-profile: {env['cpu']} ({env['threads']} threads)"
+             + (f", {env['gpu']['name']}" if env.get("gpu") else ""))
+    t = Table(title=title, caption=caption(report))
+    for c in COLUMNS:
+        t.add_column(c, justify="left" if c in ("target", "runtime", "device") else "right")
+    for r in rows(report):
+        t.add_row(*cells(r), style="red" if r.get("error") else None)
+    console.print(t)
+
+
+def caption(report: dict) -> str:
+    s = report["settings"]
+    copies = "host<->device copies inside the timed region" if s["copies_timed"] else "compute only (--device-io)"
+    base = "speedup = baseline median / this median, per interleaved round" if any(
+        r["baseline"] for r in report["runs"]) else ""
+    return "; ".join(x for x in (f"clock {s['clock']}", copies, base) if x)

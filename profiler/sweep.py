@@ -1,0 +1,74 @@
+"""Batch sweep: the harness at each batch size, within the artifact's declared batch range. An
+error at one size (out of memory, a runtime refusing a shape) is recorded and ends the sweep."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from exporter.errors import first_line
+from profiler.timing import HarnessConfig, measure
+
+
+def powers_of_two(max_batch: int) -> list[int]:
+    out, b = [], 1
+    while b <= max_batch:
+        out.append(b)
+        b *= 2
+    return out
+
+
+def batches_in_range(batches: Sequence[int], lo: int, hi: int | None) -> tuple[list[int], list[int]]:
+    """(kept, dropped) batch sizes; a static artifact keeps only its own batch."""
+    if hi == lo:
+        return [lo], [b for b in batches if b != lo]
+    kept = [b for b in batches if b >= lo and (hi is None or b <= hi)]
+    return kept, [b for b in batches if b not in kept]
+
+
+def timed_call(session, batch: int, device_io: bool, seed: int = 0) -> Callable[[], Any]:
+    """What one timed iteration does. Default: host arrays in, host arrays out (a deployed caller
+    pays the copies); ``device_io``: inputs already on the device, compute only."""
+    if device_io:
+        prepared = session.make_inputs(batch, seed)
+
+        def compute():
+            session.run(prepared)
+            session.synchronize()
+
+        return compute
+    host = session.random_arrays(batch, seed)
+    return lambda: session.fetch(session.run(session.prepare(host)))
+
+
+@dataclass
+class Point:
+    batch: int
+    stats: list[dict] = field(default_factory=list)  # per session
+    speedup: list[dict | None] = field(default_factory=list)  # per session vs the first (None for it)
+    samples: int = 0
+    stop: str = ""
+    error: str | None = None
+
+
+def sweep(sessions: Sequence, batches: Sequence[int], cfg: HarnessConfig, clock, device_io: bool = False,
+          on_point: Callable[[int, str], None] | None = None) -> list[Point]:
+    """Measure ``sessions`` (interleaved when more than one) at each batch size in turn."""
+    points = []
+    for b in batches:
+        if on_point:
+            on_point(b, "measuring")
+        try:
+            fns = [timed_call(s, b, device_io) for s in sessions]
+            m = measure(fns, cfg, clock)
+        except Exception as e:  # noqa: BLE001 - OOM or a runtime error ends the sweep, recorded
+            points.append(Point(batch=b, error=f"{type(e).__name__}: {first_line(e, 200)}"))
+            break
+        points.append(Point(
+            batch=b,
+            stats=[m.stats(i).to_dict() for i in range(len(sessions))],
+            speedup=[None] + [m.ratio(i) for i in range(1, len(sessions))],
+            samples=min(len(s) for s in m.samples),
+            stop=m.stop,
+        ))
+    return points

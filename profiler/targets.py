@@ -1,0 +1,86 @@
+"""A profiling target: an artifact file, or a timm model name measured in eager PyTorch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from exporter.errors import UserError
+from exporter.manifest import Manifest, TensorSig
+from exporter.spec import ModelSpec
+from profiler.artifact import detect
+from profiler.runtimes import DEFAULT_RUNTIME, open_session
+
+
+@dataclass
+class Target:
+    label: str
+    runtime: str
+    format: str  # "eager" for a model name
+    path: Path | None = None
+    manifest: Manifest | None = None
+    spec: ModelSpec | None = None  # what eager builds
+
+    def describe(self) -> dict[str, Any]:
+        return {"label": self.label, "runtime": self.runtime, "format": self.format,
+                "path": str(self.path) if self.path else None,
+                "model": self.spec.model if self.spec else None,
+                "img_size": list(self.spec.img_size) if self.spec and self.spec.img_size else None,
+                "precision": self.manifest.precision if self.manifest else "fp32"}
+
+
+def resolve(text: str, runtime: str | None = None, img_size: tuple[int, int] | None = None) -> Target:
+    """``text`` is a path to an artifact, or a timm model name (eager baseline)."""
+    path = Path(text)
+    if path.exists() or path.suffix.lower() in (".onnx", ".pt", ".pt2", ".engine", ".plan", ".xml", ".ts", ".json"):
+        if path.name.endswith(".json") and path.with_suffix("").exists():
+            path = path.with_suffix("")  # a manifest was given: profile its artifact
+        fmt, manifest = detect(path)
+        spec = ModelSpec.from_dict(manifest.spec) if manifest else None
+        rt = runtime or DEFAULT_RUNTIME.get(fmt)
+        if rt is None:
+            raise UserError(f"no runtime for {fmt} artifacts in this version; pass --runtime")
+        return Target(label=f"{path.name} [{rt}]", runtime=rt, format=fmt, path=path, manifest=manifest, spec=spec)
+    from exporter.models.timm_backbone import check_model_name
+
+    if runtime not in (None, "eager"):
+        raise UserError(f"{text} is a model name, which only the eager runtime can profile (got --runtime {runtime})")
+    check_model_name(text)  # one line naming close matches when it is neither file nor model
+    return Target(label=f"{text} [eager]", runtime="eager", format="eager", spec=ModelSpec(text, img_size=img_size))
+
+
+def eager_twin(target: Target) -> Target:
+    """The eager baseline for an artifact, built from its manifest's spec (random weights: speed
+    does not depend on them, and this keeps the profiler offline)."""
+    if target.spec is None:
+        raise UserError(f"--compare-eager needs the manifest beside {target.path} to know the model")
+    spec = target.spec.replace(weights="random", checkpoint=None)
+    return Target(label=f"{spec.model} [eager]", runtime="eager", format="eager", spec=spec)
+
+
+def open_target(target: Target, device: str, threads: int | None, options: dict[str, Any] | None = None,
+                img_size: tuple[int, int] | None = None):
+    options = dict(options or {})
+    if target.runtime == "eager":
+        from exporter.models import build_model
+
+        model = build_model(target.spec)
+        target.spec = model.spec
+        spec = model.spec
+        manifest = Manifest(format="eager", artifact="", spec=spec.to_dict(),
+                            inputs=[TensorSig("input", "float32", ["batch", spec.in_chans, *spec.img_size])],
+                            outputs=[TensorSig(n, "float32", ["batch"]) for n in model.output_names],
+                            batch={"dynamic": True, "min": 1, "max": None})
+        return open_session(None, "eager", manifest, device=device, threads=threads, model=model, **options)
+    session = open_session(target.path, target.runtime, target.manifest if target.manifest else None,
+                           device=device, threads=threads, **options)
+    if not session.inputs or not _concrete(session.inputs):
+        if img_size is None:
+            raise UserError(f"{target.path} has no manifest and its input shape is unknown; pass --img-size H,W")
+        session.inputs = [TensorSig("input", "float32", ["batch", 3, *img_size])]
+    return session
+
+
+def _concrete(inputs: list[TensorSig]) -> bool:
+    return all(isinstance(d, int) for sig in inputs for d in sig.shape[1:])
