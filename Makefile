@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine (see README.md):
-#   make demo   set up, export resnet50 to every CPU format (each parity-checked)
+#   make demo   set up, export resnet50 to every CPU format (each parity-checked), profile it against eager
 #   make test   set up, run the test suite (what .ci/run calls)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -23,6 +23,7 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(BIN)/autotimm-export resnet50 --format onnx,torchscript,pt2 -o $(OUT) --force
+	$(BIN)/autotimm-profile $(OUT)/resnet50.onnx --compare-eager --batch-sizes 1,8 --markdown $(OUT)/profile.md --plot $(OUT)/profile.png
 
 test: setup
 	$(BIN)/python -m pytest -q

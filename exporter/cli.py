@@ -118,7 +118,7 @@ def main(a) -> int:
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
 
-def print_table(results, console: Console) -> None:
+def print_table(results, out: Console) -> None:
     from exporter.verify import summary
 
     t = Table(title="autotimm-export")
@@ -133,10 +133,10 @@ def print_table(results, console: Console) -> None:
         style = "green" if r.ok else "red"
         t.add_row(r.format, r.artifact.name, f"{r.bytes / 2**20:.1f}", f"{r.export_seconds:.1f}",
                   str(r.info.get("exporter", "")), f"[{style}]{verdict}[/]")
-    console.print(t)
+    out.print(t)
     for r in results:
         for f in (r.parity or {}).get("failures", []):
-            console.print(f"[red]{r.format} parity[/]: {f}")
+            out.print(f"[red]{r.format} parity[/]: {f}")
 
 
 def entry(argv=None) -> int:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from exporter.errors import UserError
 from exporter.spec import ModelSpec
+from profiler.runtimes import RUNTIMES
 from profiler.env import current_rss_mb, environment, peak_rss_mb
 from profiler.sweep import batches_in_range, sweep
 from profiler.targets import Target, eager_twin, open_target, resolve
@@ -166,6 +167,8 @@ def profile(target_texts: list[str], settings: Settings | None = None, runtime: 
     check_device(settings.device)
     if not target_texts:
         raise UserError("give at least one artifact or timm model name")
+    if runtime is not None and runtime not in RUNTIMES:
+        raise UserError(f"unknown runtime {runtime!r} (available: {', '.join(RUNTIMES)})")
     if any(b < 1 for b in settings.batch_sizes):
         raise UserError(f"batch sizes must be positive, got {settings.batch_sizes}")
     targets = [resolve(t, runtime, settings.img_size) for t in target_texts]

@@ -1,0 +1,179 @@
+"""Runtimes on a tiny exported model, the profiler API and CLI, its renderers and bad inputs."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from exporter.api import export
+from exporter.errors import UserError
+from exporter.manifest import load_manifest
+from exporter.models import build_model
+from exporter.spec import ModelSpec
+from profiler.api import Settings, profile
+from profiler.runtimes import RUNTIMES, open_session
+from profiler.targets import open_target, resolve
+from profiler.timing import HarnessConfig
+from tests.conftest import files_under, run_cli
+
+SPEC = ModelSpec("test_resnet", num_classes=6, img_size=(64, 64))
+FAST = HarnessConfig(max_time=0.3, warmup_time=0.1, min_samples=3)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    out = tmp_path_factory.mktemp("artifacts")
+    results = export(SPEC, ["onnx", "torchscript", "pt2"], out, verify=False)
+    return {r.format: r.artifact for r in results}
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "pt2"])
+def test_each_runtime_matches_eager(artifacts, fmt):
+    model = build_model(SPEC)
+    x = np.random.default_rng(1).standard_normal((3, 3, 64, 64), dtype=np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x))[0].numpy()
+    target = resolve(str(artifacts[fmt]))
+    with open_target(target, "cpu", threads=1) as s:
+        assert s.batch_range() == (1, None)
+        out = s.infer({"input": x})
+    np.testing.assert_allclose(out["logits"], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_eager_runtime_options():
+    target = resolve("test_resnet", img_size=(64, 64))
+    for opts in ({}, {"channels_last": True}, {"bf16": True}):
+        with open_target(target, "cpu", threads=1, options=opts) as s:
+            out = s.infer(s.random_arrays(2))
+        assert out["logits"].shape == (2, 1000) and out["logits"].dtype == np.float32
+
+
+def test_profile_report_schema_and_compare_eager(artifacts):
+    report = profile([str(artifacts["onnx"])], Settings(batch_sizes=[1, 2], harness=FAST), compare_eager=True)
+    assert report["schema_version"] == 1 and report["settings"]["copies_timed"] is True
+    assert report["settings"]["isolate"] is False  # one group: measured in this process
+    eager, onnx_run = report["runs"]
+    assert eager["runtime"] == "eager" and eager["baseline"] is None
+    assert onnx_run["runtime"] == "onnxruntime" and onnx_run["baseline"] == "test_resnet [eager]"
+    for run in report["runs"]:
+        assert [p["batch"] for p in run["points"]] == [1, 2]
+        for p in run["points"]:
+            st = p["stats_ms"]
+            assert st["n"] >= 3 and st["min"] <= st["p50"] <= st["p90"] <= st["p95"] <= st["p99"] <= st["max"]
+            assert st["ci_low"] <= st["p50"] <= st["ci_high"]
+            assert p["images_per_s"] == pytest.approx(p["batch"] / (st["p50"] / 1e3))
+        assert run["points"][0]["speedup_vs_batch1"] == 1.0
+        assert run["memory"]["peak_rss_mb"] > 0
+    vs = onnx_run["points"][0]["vs_baseline"]
+    assert vs["ci_low"] <= vs["ratio"] <= vs["ci_high"] and vs["rounds"] >= 1
+    assert report["environment"]["cpu"] and report["environment"]["packages"]["onnxruntime"]
+
+
+def test_static_artifact_profiles_only_its_batch(tmp_path):
+    from exporter.formats import ExportOptions
+
+    (r,) = export(SPEC, ["onnx"], tmp_path, ExportOptions(static=True, batch_size=2), verify=False)
+    report = profile([str(r.artifact)], Settings(batch_sizes=[1, 2, 4], harness=FAST))
+    (run,) = report["runs"]
+    assert [p["batch"] for p in run["points"]] == [2] and run["batches_skipped"] == [1, 4]
+
+
+def test_cli_isolated_with_every_renderer(artifacts, tmp_path):
+    paths = {k: tmp_path / f"r.{k}" for k in ("json", "csv", "md", "png")}
+    p = run_cli("profiler.cli", str(artifacts["onnx"]), str(artifacts["torchscript"]), "--batch-sizes", "1,2",
+                "--max-time", "0.3", "--warmup-time", "0.1", "--threads", "1",
+                "--json", str(paths["json"]), "--csv", str(paths["csv"]), "--markdown", str(paths["md"]),
+                "--plot", str(paths["png"]))
+    assert p.returncode == 0, p.stderr
+    report = json.loads(paths["json"].read_text())
+    assert report["settings"]["isolate"] is True and report["environment"]["threads"] == 1
+    assert [r["runtime"] for r in report["runs"]] == ["onnxruntime", "torchscript"]
+    # each group ran in its own process: the memory each reports holds only its own session
+    assert [r["memory"]["process_holds"] for r in report["runs"]] == [["test_resnet.onnx [onnxruntime]"],
+                                                                       ["test_resnet.pt [torchscript]"]]
+    csv_lines = paths["csv"].read_text().splitlines()
+    assert csv_lines[0].startswith("target,runtime,device,batch,median_ms") and len(csv_lines) == 5
+    medians = [r["points"][0]["stats_ms"]["p50"] for r in report["runs"]]
+    md = paths["md"].read_text()
+    assert md.count("| test_resnet.") == 4 and f"{medians[0]:.3f}" in md and f"{medians[1]:.3f}" in md
+    png = paths["png"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    assert matplotlib.image.imread(str(paths["png"])).shape[0] > 100
+    assert "median ms" in p.stdout  # the rich table
+
+
+def test_cli_json_to_stdout_and_eager_by_name():
+    p = run_cli("profiler.cli", "test_resnet", "--img-size", "64", "--iterations", "3", "--warmup-time", "0",
+                "--json")
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    (run,) = report["runs"]
+    assert run["runtime"] == "eager" and run["points"][0]["stats_ms"]["n"] == 3
+    assert run["target"]["img_size"] == [64, 64]
+    assert "median ms" in p.stderr
+
+
+def _corrupt_files(tmp, artifacts):
+    trunc = tmp / "trunc.onnx"
+    trunc.write_bytes(artifacts["onnx"].read_bytes()[:5000])
+    rnd = tmp / "random.onnx"
+    rnd.write_bytes(os.urandom(4096))
+    rndpt = tmp / "random.pt"
+    rndpt.write_bytes(os.urandom(4096))
+    weird = tmp / "model.bin"
+    weird.write_bytes(b"1234")
+    empty = tmp / "empty.pt2"
+    empty.write_bytes(b"")
+    return {"onnx": artifacts["onnx"], "trunc": trunc, "random": rnd, "randompt": rndpt, "weird": weird, "empty": empty}
+
+
+BAD = {
+    "missing file": (["nope/model.onnx"], "no such file"),
+    "truncated onnx": (["{trunc}"], "not a valid ONNX file"),
+    "random bytes onnx": (["{random}"], "not a valid ONNX file"),
+    "random bytes torchscript": (["{randompt}"], "not a valid TorchScript file"),
+    "unknown extension": (["{weird}"], "unknown extension .bin and no manifest"),
+    "empty file": (["{empty}"], "is empty"),
+    "not a file nor a model": (["resnet5000"], "unknown timm model"),
+    "cuda without gpu": (["test_resnet", "--device", "cuda"], "no CUDA GPU"),
+    "bad batch sizes": (["test_resnet", "--batch-sizes", "0,x"], "--batch-sizes"),
+    "no target": ([], "at least one"),
+    "unknown runtime": (["{onnx}", "--runtime", "tflite"], "unknown runtime"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_exit_2(case, artifacts, tmp_path):
+    if case == "cuda without gpu" and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    files = _corrupt_files(tmp_path, artifacts)
+    args, message = BAD[case]
+    args = [a.format(**files) for a in args]
+    p = run_cli("profiler.cli", *args, "--iterations", "2", "--csv", str(tmp_path / "out.csv"))
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], p.stderr
+    assert "Traceback" not in p.stderr and not (tmp_path / "out.csv").exists()
+
+
+def test_missing_runtime_names_the_extra(monkeypatch, artifacts):
+    monkeypatch.setitem(RUNTIMES, "onnxruntime", ("x", "Y", "gpu", ("surely_not_installed_mod",)))
+    with pytest.raises(UserError, match=r"install the \[gpu\] extra"):
+        open_session(artifacts["onnx"], manifest=load_manifest(artifacts["onnx"]))
+
+
+def test_manifest_size_mismatch_is_refused(artifacts, tmp_path):
+    import shutil
+
+    for f in (artifacts["torchscript"], artifacts["torchscript"].with_name("test_resnet.pt.json")):
+        shutil.copy(f, tmp_path / f.name)
+    art = tmp_path / "test_resnet.pt"
+    with open(art, "ab") as f:
+        f.write(b"extra")
+    with pytest.raises(UserError, match="its manifest says"):
+        resolve(str(art))
+    assert files_under(tmp_path) == ["test_resnet.pt", "test_resnet.pt.json"]
