@@ -1,0 +1,53 @@
+"""Export a random sample of timm architectures to every CPU format and report parity. Run by hand:
+
+    .venv/bin/python benchmarks/arch_sample.py [--n 30] [--seed 0] [--formats onnx,torchscript,pt2]
+
+Models are built with random weights at their default input size (capped at 224 px for models
+that accept any size). Prints one Markdown row per model and format, and a summary."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+
+import timm
+
+from exporter.api import export
+from exporter.errors import UserError
+from exporter.spec import ModelSpec
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--formats", default="onnx,torchscript,pt2")
+    ap.add_argument("--models", help="comma-separated names instead of a random sample")
+    a = ap.parse_args()
+    names = a.models.split(",") if a.models else random.Random(a.seed).sample(timm.list_models(), a.n)
+    tally = {"pass": 0, "fail": 0, "error": 0}
+    print("| model | format | exporter | s | parity |\n|---|---|---|---:|---|")
+    for name in names:
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                results = export(ModelSpec(name), a.formats.split(","), d)
+        except UserError as e:
+            print(f"| {name} | - | - | - | user error: {e} |", flush=True)
+            tally["error"] += 1
+            continue
+        for r in results:
+            if r.error:
+                verdict = f"ERROR {r.error[:160]}"
+                tally["error"] += 1
+            else:
+                m = next(iter(r.parity["metrics"].values()))
+                verdict = f"{r.parity['verdict']} rel={m.get('max_rel')} {'; '.join(r.parity['failures'])[:160]}"
+                tally[r.parity["verdict"]] += 1
+            print(f"| {name} | {r.format} | {r.info.get('exporter', '-')} | {r.export_seconds:.1f} | {verdict} |",
+                  flush=True)
+    print(f"\n{tally}")
+
+
+if __name__ == "__main__":
+    main()
