@@ -107,6 +107,7 @@ def export(
             raise UserError(f"format {fmt!r} cannot run here: {reason}")
         if options.precision not in get_format(fmt).precisions:
             raise UserError(f"format {fmt!r} does not support {options.precision}")
+        get_format(fmt).check_options(options)
     stem = name or default_stem(spec, options.precision)
     targets = planned_paths(order, out_dir, stem)
     if not force:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Callable
 
@@ -26,6 +27,7 @@ class OneLineParser(argparse.ArgumentParser):
 def run_cli(prog: str, main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv=None) -> int:
     """Parse, run, and turn every exception a user can meet into one line and an exit code."""
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)  # clean up scratch files on `kill` as on Ctrl-C
     try:
         return main(args)
     except UserError as e:
@@ -39,6 +41,10 @@ def run_cli(prog: str, main: Callable[[argparse.Namespace], int], parser: argpar
             raise
         sys.stderr.write(f"{prog}: internal error: {type(e).__name__}: {first_line(e)} (rerun with --debug)\n")
         return EXIT_FAILED
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
 
 
 def csv_list(text: str) -> list[str]:

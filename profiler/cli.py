@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -73,6 +74,10 @@ def _check_outputs(a) -> None:
         parent = Path(path).resolve().parent
         if not parent.is_dir():
             raise UserError(f"cannot write {path}: folder {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise UserError(f"cannot write {path}: folder {parent} is not writable")
+        if Path(path).is_dir():
+            raise UserError(f"cannot write {path}: it is a folder")
 
 
 def main(a) -> int:

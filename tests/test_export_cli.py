@@ -50,6 +50,9 @@ BAD = {
     "missing checkpoint": (["test_resnet", "--checkpoint", "nope.pth", "--img-size", "64"], "checkpoint not found"),
     "garbage checkpoint": (["test_resnet", "--checkpoint", "{garbage}", "--img-size", "64"], "cannot read checkpoint"),
     "wrong checkpoint": (["test_resnet", "--checkpoint", "{wrong}", "--img-size", "64"], "does not match the model"),
+    "opset out of range": (["test_resnet", "--opset", "99", "--img-size", "64"], "--opset 99 is out of range"),
+    "in chans": (["test_resnet", "--in-chans", "0", "--img-size", "64"], "--in-chans"),
+    "unsupported task": (["test_resnet", "--task", "detection", "--img-size", "64"], "not supported by this version"),
     "num classes": (["test_resnet", "--num-classes", "0", "--img-size", "64"], "--num-classes"),
 }
 
@@ -88,3 +91,24 @@ def test_failed_parity_exits_1(tmp_path, monkeypatch, capsys):
     assert entry(["test_resnet", "--img-size", "64", "-f", "torchscript", "-o", str(tmp_path), "--force",
                   "--no-verify", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["results"][0]["parity"] is None
+
+
+def test_interrupted_export_leaves_nothing(tmp_path):
+    """SIGTERM in the middle of an export: exit 130, no artifact, no scratch folder."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "exporter.cli", "resnet18", "--img-size", "64", "-f",
+                             "torchscript,onnx,pt2", "-o", str(out)], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(out.glob(".autotimm-*")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert list(out.glob(".autotimm-*")), "the export never started"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err
+    leftover = [p.name for p in out.iterdir() if not p.name.endswith((".pt", ".pt.json"))]
+    assert leftover == []  # torchscript may have finished and been installed; nothing partial remains

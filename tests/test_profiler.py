@@ -128,7 +128,7 @@ def _corrupt_files(tmp, artifacts):
     weird.write_bytes(b"1234")
     empty = tmp / "empty.pt2"
     empty.write_bytes(b"")
-    return {"onnx": artifacts["onnx"], "trunc": trunc, "random": rnd, "randompt": rndpt, "weird": weird, "empty": empty}
+    return {"folder": tmp, "onnx": artifacts["onnx"], "trunc": trunc, "random": rnd, "randompt": rndpt, "weird": weird, "empty": empty}
 
 
 BAD = {
@@ -142,6 +142,8 @@ BAD = {
     "cuda without gpu": (["test_resnet", "--device", "cuda"], "no CUDA GPU"),
     "bad batch sizes": (["test_resnet", "--batch-sizes", "0,x"], "--batch-sizes"),
     "no target": ([], "at least one"),
+    "directory target": (["{folder}"], "is not a file"),
+    "report into missing folder": (["test_resnet", "--json", "no/such/dir/r.json"], "does not exist"),
     "unknown runtime": (["{onnx}", "--runtime", "tflite"], "unknown runtime"),
 }
 

@@ -80,6 +80,10 @@ class Format:
             return str(MissingExtra(", ".join(missing), cls.extra or "dev"))
         return None
 
+    @staticmethod
+    def check_options(options: ExportOptions) -> None:
+        """Raise `UserError` for options this format cannot honour (before anything is built)."""
+
     def export(self, ctx: ExportContext) -> Exported:  # pragma: no cover - abstract
         raise NotImplementedError
 

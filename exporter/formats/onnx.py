@@ -8,11 +8,12 @@ import io
 import warnings
 from pathlib import Path
 
-from exporter.errors import ExportFailed, first_line
+from exporter.errors import ExportFailed, UserError, first_line
 from exporter.formats import ExportContext, Exported, Format, register_format
 
 INLINE_LIMIT = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave room for the graph itself
 DYNAMO_MIN_OPSET = 18
+MIN_OPSET = 9  # the oldest the TorchScript-based exporter writes
 BATCH = "batch"
 
 
@@ -82,6 +83,14 @@ class OnnxFormat(Format):
     name = "onnx"
     suffix = ".onnx"
     description = "ONNX (onnxruntime, TensorRT, OpenVINO, ...)"
+
+    @staticmethod
+    def check_options(options) -> None:
+        import onnx
+
+        top = onnx.defs.onnx_opset_version()
+        if not MIN_OPSET <= options.opset <= top:
+            raise UserError(f"--opset {options.opset} is out of range: this onnx supports {MIN_OPSET} to {top}")
 
     def export(self, ctx: ExportContext) -> Exported:
         import onnx
