@@ -69,15 +69,34 @@ def planned_paths(formats: Iterable[str], out_dir: Path, stem: str) -> dict[str,
     return {f: out_dir / f"{stem}{get_format(f).suffix}" for f in export_order(list(formats))}
 
 
-def _prepare_out_dir(out_dir: Path) -> None:
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse an output folder we could not write, without creating anything yet."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output path {out_dir} exists and is not a folder")
+    existing = out_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot create output folder {out_dir}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"output folder {out_dir} is not writable; pass -o with a folder you can write")
+
+
+def _make_out_dir(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create output folder {out_dir}: {e.strerror or e}") from None
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise UserError(f"output folder {out_dir} is not writable; pass -o with a folder you can write")
+
+
+def _check_calibration_source(options: ExportOptions) -> None:
+    if options.precision != "int8":
+        return
+    if options.calib_data is None and not options.calib_random:
+        raise UserError("int8 needs calibration data: pass --calib-data DIR|FILE.npy "
+                        "(or --calib-random for a smoke test whose accuracy means nothing)")
+    if options.calib_data is not None and not Path(options.calib_data).exists():
+        raise UserError(f"calibration data not found: {options.calib_data}")
 
 
 def export(
@@ -114,16 +133,25 @@ def export(
         taken = [p for t in targets.values() for p in (t, manifest_path(t)) if p.exists()]
         if taken:
             raise UserError(f"{taken[0]} already exists; pass --force to overwrite it")
-    _prepare_out_dir(out_dir)
+    _check_out_dir(out_dir)
+    _check_calibration_source(options)
 
     step(f"build {spec.model}")
     model = build_model(spec)
     spec = model.spec
     io = _io_signature(model, options)
+    calibration, calibration_info = None, None
+    if options.precision == "int8":
+        from exporter.calibration import load_calibration
+
+        calibration, calibration_info = load_calibration(options.calib_data, options.calib_samples,
+                                                         model.preprocessing, options.calib_random, spec.seed)
+    _make_out_dir(out_dir)
     results: list[ExportResult] = []
     workdir = Path(tempfile.mkdtemp(prefix=".autotimm-", dir=out_dir))
     try:
-        ctx = ExportContext(model=model, spec=spec, options=options, workdir=workdir, stem=stem)
+        ctx = ExportContext(model=model, spec=spec, options=options, workdir=workdir, stem=stem,
+                            calibration=calibration, calibration_info=calibration_info)
         for fmt in order:
             result = ExportResult(format=fmt)
             results.append(result)

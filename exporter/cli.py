@@ -36,6 +36,14 @@ def build_parser() -> OneLineParser:
     e.add_argument("--static", action="store_true", help="fix the batch dimension to --batch-size")
     e.add_argument("--batch-size", type=int, default=1, help="the batch for --static (default 1)")
     e.add_argument("--no-simplify", action="store_true", help="skip onnxslim graph simplification")
+    pr = e.add_mutually_exclusive_group()
+    pr.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"), default="fp32")
+    for name in ("fp16", "bf16", "int8"):
+        pr.add_argument(f"--{name}", dest="precision", action="store_const", const=name, help=f"same as --precision {name}")
+    c = p.add_argument_group("int8 calibration")
+    c.add_argument("--calib-data", metavar="DIR|FILE.npy", help="images (a folder) or a .npy array for int8 calibration")
+    c.add_argument("--calib-samples", type=int, default=32, help="calibration samples to use (default 32)")
+    c.add_argument("--calib-random", action="store_true", help="calibrate on random data (smoke tests only; flagged)")
     e.add_argument("--no-verify", action="store_true", help="skip the parity check")
     e.add_argument("--force", action="store_true", help="overwrite existing artifacts")
     p.add_argument("--json", action="store_true", help="print results as JSON on stdout (table to stderr)")
@@ -96,7 +104,13 @@ def main(a) -> int:
     if a.batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {a.batch_size}")
     spec = spec_from_args(a)
-    options = ExportOptions(opset=a.opset, static=a.static, batch_size=a.batch_size, simplify=not a.no_simplify)
+    if a.calib_samples < 1:
+        raise UserError(f"--calib-samples must be positive, got {a.calib_samples}")
+    if (a.calib_data or a.calib_random) and a.precision != "int8":
+        raise UserError("--calib-data and --calib-random only apply to --int8")
+    options = ExportOptions(opset=a.opset, static=a.static, batch_size=a.batch_size, simplify=not a.no_simplify,
+                            precision=a.precision, calib_data=a.calib_data, calib_samples=a.calib_samples,
+                            calib_random=a.calib_random)
     steps = 1 + len(export_order(formats)) * (1 if a.no_verify else 2)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=stderr, transient=True,

@@ -61,7 +61,16 @@ def _check_onnx(path: Path) -> None:
         raise UserError(f"{path} is not a valid ONNX file (no graph inside; corrupt or truncated?)")
 
 
+def _check_openvino(path: Path) -> None:
+    head = path.read_bytes()[:512].lstrip()
+    if not head.startswith(b"<?xml") and not head.startswith(b"<net"):
+        raise UserError(f"{path} is not an OpenVINO IR .xml file")
+    if not path.with_suffix(".bin").exists():
+        raise UserError(f"{path.with_suffix('.bin')} is missing: an OpenVINO IR needs its .bin beside the .xml")
+
+
 CHECKS = {
+    "openvino": _check_openvino,
     "onnx": _check_onnx,
     "torchscript": _check_zip("TorchScript", "constants.pkl"),
     "pt2": _check_zip("torch.export (.pt2)", "archive_format"),

@@ -25,6 +25,9 @@ class ExportOptions:
     batch_size: int = 1  # the fixed batch when static; the batch examples are traced at otherwise
     simplify: bool = True
     precision: str = "fp32"
+    calib_data: str | None = None  # folder of images or .npy, for int8
+    calib_samples: int = 32
+    calib_random: bool = False
 
 
 @dataclass
@@ -47,6 +50,9 @@ class ExportContext:
     workdir: Path
     stem: str
     done: dict[str, Exported] = field(default_factory=dict)  # artifacts already made this run
+    calibration: Any = None  # np.ndarray [N,C,H,W] for int8, loaded once by the API
+    calibration_info: dict[str, Any] | None = None
+    cache: dict[str, Any] = field(default_factory=dict)  # intermediates formats share (fp32 ONNX, ...)
 
     @property
     def example_batch(self) -> int:
@@ -118,4 +124,4 @@ def export_order(names: list[str]) -> list[str]:
     return order
 
 
-from exporter.formats import onnx, pt2, torchscript  # noqa: E402,F401  (register)
+from exporter.formats import onnx, openvino, pt2, torchscript  # noqa: E402,F401  (register)

@@ -82,7 +82,8 @@ def save_onnx(proto, path: Path) -> list[Path]:
 class OnnxFormat(Format):
     name = "onnx"
     suffix = ".onnx"
-    description = "ONNX (onnxruntime, TensorRT, OpenVINO, ...)"
+    description = "ONNX (onnxruntime, TensorRT, OpenVINO, ...); --int8: Q/DQ via onnxruntime static quantization"
+    precisions = ("fp32", "int8")
 
     @staticmethod
     def check_options(options) -> None:
@@ -93,38 +94,60 @@ class OnnxFormat(Format):
             raise UserError(f"--opset {options.opset} is out of range: this onnx supports {MIN_OPSET} to {top}")
 
     def export(self, ctx: ExportContext) -> Exported:
-        import onnx
-        import torch
-
-        names = (["input"], list(ctx.model.output_names))
-        candidates = list(EXPORTERS) if ctx.options.opset >= DYNAMO_MIN_OPSET else ["torch.onnx.torchscript"]
-        failures: dict[str, str] = {}
-        proto = None
-        for exporter in candidates:
-            try:
-                with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-                    warnings.simplefilter("ignore")
-                    proto = EXPORTERS[exporter](ctx, names)
-                break
-            except Exception as e:  # noqa: BLE001 - any exporter failure means "try the next one"
-                failures[exporter] = first_line(e)
-        if proto is None:
-            raise ExportFailed("; ".join(f"{k}: {v}" for k, v in failures.items()))
-        info = {"exporter": exporter, "opset": ctx.options.opset}
-        if failures:
-            info["fallback_from"] = failures
-
-        if ctx.options.simplify:
-            proto, info["simplifier"] = _simplify(proto)
+        proto, info = fp32_proto(ctx)
         path = ctx.path(self.suffix)
+        if ctx.options.precision == "int8":
+            from exporter.formats.onnx_int8 import quantize_qdq
+
+            proto, info["quantization"] = quantize_qdq(proto, ctx)
         files = save_onnx(proto, path)
-        try:
-            onnx.checker.check_model(str(path))
-        except Exception as e:  # noqa: BLE001
-            raise ExportFailed(f"onnx.checker rejected the graph: {first_line(e)}") from e
-        _check_batch_dim(path, dynamic=not ctx.options.static)
+        check_saved(path, dynamic=not ctx.options.static)
         info["external_data"] = len(files) > 1
         return Exported(files, info)
+
+
+def fp32_proto(ctx: ExportContext):
+    """The fp32 ONNX graph of ``ctx.model`` (exported once per run, shared by formats built on it)."""
+    if "onnx_fp32" not in ctx.cache:
+        ctx.cache["onnx_fp32"] = _export_fp32(ctx)
+    proto, info = ctx.cache["onnx_fp32"]
+    return proto, dict(info)
+
+
+def _export_fp32(ctx: ExportContext):
+    import torch
+
+    names = (["input"], list(ctx.model.output_names))
+    candidates = list(EXPORTERS) if ctx.options.opset >= DYNAMO_MIN_OPSET else ["torch.onnx.torchscript"]
+    failures: dict[str, str] = {}
+    proto = None
+    for exporter in candidates:
+        try:
+            with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                proto = EXPORTERS[exporter](ctx, names)
+            break
+        except Exception as e:  # noqa: BLE001 - any exporter failure means "try the next one"
+            failures[exporter] = first_line(e)
+    if proto is None:
+        raise ExportFailed("; ".join(f"{k}: {v}" for k, v in failures.items()))
+    info = {"exporter": exporter, "opset": ctx.options.opset}
+    if failures:
+        info["fallback_from"] = failures
+
+    if ctx.options.simplify:
+        proto, info["simplifier"] = _simplify(proto)
+    return proto, info
+
+
+def check_saved(path: Path, dynamic: bool) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as e:  # noqa: BLE001
+        raise ExportFailed(f"onnx.checker rejected the graph: {first_line(e)}") from e
+    _check_batch_dim(path, dynamic)
 
 
 def _simplify(proto):

@@ -17,10 +17,11 @@ RUNTIMES: dict[str, tuple[str, str, str | None, tuple[str, ...]]] = {
     "torchscript": ("profiler.runtimes.torchscript", "TorchScriptSession", None, ("torch",)),
     "pt2": ("profiler.runtimes.pt2", "PT2Session", None, ("torch",)),
     "onnxruntime": ("profiler.runtimes.onnxruntime", "OnnxRuntimeSession", None, ("onnxruntime",)),
+    "openvino": ("profiler.runtimes.openvino", "OpenVinoSession", "openvino", ("openvino",)),
 }
 
 # The runtime an artifact format runs on unless the user picks another.
-DEFAULT_RUNTIME = {"torchscript": "torchscript", "pt2": "pt2", "onnx": "onnxruntime"}
+DEFAULT_RUNTIME = {"torchscript": "torchscript", "pt2": "pt2", "onnx": "onnxruntime", "openvino": "openvino"}
 
 
 def runtime_class(name: str) -> type[Session]:

@@ -1,0 +1,95 @@
+"""Calibration data for int8: a folder of images or a ``.npy`` file, preprocessed exactly as the
+manifest's preprocessing says. Random data only when asked for explicitly (and flagged)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from exporter.errors import UserError, first_line
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+_RESAMPLE = {"bilinear": 2, "bicubic": 3, "nearest": 0, "lanczos": 1}  # PIL.Image.Resampling values
+
+
+def preprocess(img: np.ndarray, prep: dict) -> np.ndarray:
+    """HWC uint8/float RGB image -> CHW float32, the timm eval transform: resize the shorter side to
+    size / crop_pct, centre-crop to size, scale to [0, 1], normalise."""
+    from PIL import Image
+
+    c, h, w = prep["input_size"]
+    if img.dtype != np.uint8:
+        img = np.clip(img * (255.0 if img.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    pil = Image.fromarray(img).convert("RGB" if c != 1 else "L")
+    scale = max(h, w) / prep.get("crop_pct", 1.0)
+    ratio = scale / min(pil.size)
+    new = (max(w, round(pil.size[0] * ratio)), max(h, round(pil.size[1] * ratio)))
+    pil = pil.resize(new, resample=_RESAMPLE.get(prep.get("interpolation"), 3))
+    left, top = (new[0] - w) // 2, (new[1] - h) // 2
+    arr = np.asarray(pil.crop((left, top, left + w, top + h)), dtype=np.float32) / 255.0
+    arr = arr[..., None] if arr.ndim == 2 else arr
+    if arr.shape[2] != c:
+        arr = np.repeat(arr.mean(2, keepdims=True), c, axis=2)
+    mean = np.asarray(prep["mean"], dtype=np.float32)
+    std = np.asarray(prep["std"], dtype=np.float32)
+    return ((arr - mean) / std).transpose(2, 0, 1).astype(np.float32)
+
+
+def _from_folder(folder: Path, n: int, prep: dict) -> np.ndarray:
+    from PIL import Image
+
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise UserError(f"calibration folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)})")
+    out = []
+    for p in files[:n]:
+        try:
+            with Image.open(p) as im:
+                img = np.asarray(im.convert("RGB"))
+        except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
+            raise UserError(f"cannot read calibration image {p}: {first_line(e, 150)}") from None
+        out.append(preprocess(img, prep))
+    return np.stack(out)
+
+
+def _from_npy(path: Path, n: int, prep: dict) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"cannot read calibration file {path}: {first_line(e, 150)}") from None
+    c, h, w = prep["input_size"]
+    if arr.ndim == 4 and tuple(arr.shape[1:]) == (c, h, w) and np.issubdtype(arr.dtype, np.floating):
+        return np.ascontiguousarray(arr[:n], dtype=np.float32)  # already preprocessed NCHW
+    if arr.ndim == 4 and arr.shape[-1] in (1, 3) and arr.dtype == np.uint8:
+        return np.stack([preprocess(a if a.shape[-1] == 3 else a[..., 0], prep) for a in arr[:n]])
+    raise UserError(
+        f"calibration file {path} has shape {list(arr.shape)} {arr.dtype}; expected float32 [N,{c},{h},{w}] "
+        "(preprocessed) or uint8 [N,H,W,3] images"
+    )
+
+
+def load_calibration(source: str | None, samples: int, prep: dict, allow_random: bool = False,
+                     seed: int = 0) -> tuple[np.ndarray, dict]:
+    """(data [N,C,H,W] float32, description for the manifest)."""
+    if samples < 1:
+        raise UserError(f"--calib-samples must be positive, got {samples}")
+    if source is None:
+        if not allow_random:
+            raise UserError("int8 needs calibration data: pass --calib-data DIR|FILE.npy "
+                            "(or --calib-random for a smoke test whose accuracy means nothing)")
+        rng = np.random.default_rng(seed)
+        data = rng.standard_normal((samples, *prep["input_size"]), dtype=np.float32)
+        return data, {"source": "random", "samples": samples, "warning": "random calibration: accuracy is meaningless"}
+    path = Path(source)
+    if path.is_dir():
+        data = _from_folder(path, samples, prep)
+    elif path.is_file() and path.suffix == ".npy":
+        data = _from_npy(path, samples, prep)
+    elif path.exists():
+        raise UserError(f"--calib-data takes a folder of images or a .npy file, got {path}")
+    else:
+        raise UserError(f"calibration data not found: {path}")
+    if len(data) == 0:
+        raise UserError(f"calibration data {path} holds no samples")
+    return data, {"source": str(path), "samples": int(len(data))}

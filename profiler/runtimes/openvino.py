@@ -1,0 +1,89 @@
+"""OpenVINO on the CPU. Batch 1 runs a model compiled with the LATENCY hint; larger batches a
+model compiled with the THROUGHPUT hint, the batch split across its parallel infer requests.
+The inference precision comes from the manifest (fp32 is pinned to f32: OpenVINO would otherwise
+pick bf16 on CPUs that have it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from exporter.errors import MissingExtra, UserError, first_line
+from exporter.manifest import TensorSig
+from profiler.runtimes.base import Session
+
+
+class OpenVinoSession(Session):
+    name = "openvino"
+    formats = ("openvino",)
+    devices = ("cpu",)
+    extra = "openvino"
+    requires = ("openvino",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        try:
+            import openvino as ov
+        except ImportError:
+            raise MissingExtra("openvino", "openvino") from None
+        self.core = ov.Core()
+        try:
+            self.model = self.core.read_model(str(self.path))
+        except Exception as e:  # noqa: BLE001
+            raise UserError(f"OpenVINO cannot read {self.path}: {first_line(e, 200)}") from None
+        export = self.manifest.export if self.manifest else {}
+        self.precision = self.options.get("inference_precision") or export.get("inference_precision", "f32")
+        self._compiled: dict[str, Any] = {}
+        self._queue = None
+        if not self.inputs:
+            self.inputs = [_sig(p, "input") for p in self.model.inputs]
+        if not self.outputs:
+            self.outputs = [_sig(p, f"output{i}") for i, p in enumerate(self.model.outputs)]
+        self.request = self.compiled("LATENCY").create_infer_request()
+
+    def compiled(self, hint: str):
+        if hint not in self._compiled:
+            config = {"PERFORMANCE_HINT": hint}
+            if self.precision != "default":
+                config["INFERENCE_PRECISION_HINT"] = self.precision
+            if self.threads:
+                config["INFERENCE_NUM_THREADS"] = int(self.threads)
+            self._compiled[hint] = self.core.compile_model(self.model, "CPU", config)
+        return self._compiled[hint]
+
+    def prepare(self, arrays: dict[str, np.ndarray]) -> Any:
+        return [np.ascontiguousarray(a) for a in arrays.values()]
+
+    def run(self, prepared: Any) -> Any:
+        batch = prepared[0].shape[0]
+        if batch == 1 or self.options.get("hint") == "latency":
+            result = self.request.infer(prepared)
+            return [np.array(result[o]) for o in self.request.model_outputs]
+        return self._run_throughput(prepared, batch)
+
+    def _run_throughput(self, prepared, batch: int):
+        import openvino as ov
+
+        compiled = self.compiled("THROUGHPUT")
+        if self._queue is None:
+            n = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+            self._queue = ov.AsyncInferQueue(compiled, n)
+            self._parts: dict[int, list[np.ndarray]] = {}
+            self._queue.set_callback(
+                lambda req, idx: self._parts.__setitem__(idx, [np.array(t.data) for t in req.output_tensors]))
+        chunks = np.array_split(np.arange(batch), min(len(self._queue), batch))
+        self._parts.clear()
+        for idx, rows in enumerate(chunks):
+            self._queue.start_async([a[rows[0]:rows[-1] + 1] for a in prepared], userdata=idx)
+        self._queue.wait_all()
+        return [np.concatenate([self._parts[i][k] for i in range(len(chunks))]) for k in range(len(self.outputs))]
+
+    def fetch(self, outputs: Any) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, outputs))
+
+
+def _sig(port, fallback: str) -> TensorSig:
+    shape = [d.get_length() if d.is_static else "batch" for d in port.get_partial_shape()]
+    names = port.get_names()
+    return TensorSig(sorted(names)[0] if names else fallback, port.get_element_type().get_type_name(), shape)

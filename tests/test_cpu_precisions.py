@@ -1,0 +1,129 @@
+"""OpenVINO (fp32 / bf16 / int8) and ONNX int8: export, reload, parity; the calibration loader."""
+
+import numpy as np
+import pytest
+
+from exporter.api import export
+from exporter.calibration import load_calibration, preprocess
+from exporter.errors import UserError
+from exporter.formats import ExportOptions
+from exporter.manifest import load_manifest
+from exporter.spec import ModelSpec
+from profiler.targets import open_target, resolve
+
+pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
+
+SPEC = ModelSpec("resnet18", num_classes=10, img_size=(64, 64))
+PREP = {"input_size": [3, 64, 64], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+        "interpolation": "bicubic", "crop_pct": 0.875}
+
+
+@pytest.fixture(scope="module")
+def calib_dir(tmp_path_factory):
+    """A few real pictures written as image files, as a user's calibration folder would hold."""
+    import skimage.data
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("calib")
+    (d / "sub").mkdir()
+    for name in ("astronaut", "chelsea", "coffee", "rocket", "camera"):
+        Image.fromarray(getattr(skimage.data, name)()).save(d / f"{name}.png")
+    Image.fromarray(skimage.data.cat()).save(d / "sub" / "cat.jpg")
+    return d
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_openvino_export_reload_parity(tmp_path, precision):
+    (r,) = export(SPEC, ["openvino"], tmp_path, ExportOptions(precision=precision))
+    assert r.ok, r.parity and r.parity["failures"]
+    m = load_manifest(r.artifact)
+    assert m.format == "openvino" and m.precision == precision
+    assert set(m.files) == {r.artifact.name, r.artifact.with_suffix(".bin").name}
+    assert m.export["inference_precision"] == {"fp32": "f32", "bf16": "bf16"}[precision]
+    metrics = r.parity["metrics"]["logits"]
+    if precision == "fp32":
+        assert metrics["max_rel"] < 1e-4
+    else:  # bf16 really ran in bf16: measurably less exact than fp32, still inside the bf16 gate
+        assert 1e-4 < metrics["max_rel"] < 6e-2
+
+
+def test_openvino_throughput_path_matches_latency_path(tmp_path):
+    (r,) = export(SPEC, ["openvino"], tmp_path, verify=False)
+    with open_target(resolve(str(r.artifact)), "cpu", threads=2) as s:
+        x = s.random_arrays(5)
+        sliced = np.concatenate([s.infer({"input": x["input"][i:i + 1]})["logits"] for i in range(5)])
+        batched = s.infer(x)["logits"]  # THROUGHPUT-compiled model, batch split across requests
+    np.testing.assert_allclose(batched, sliced, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_int8_with_calibration_images(tmp_path, calib_dir, fmt):
+    opts = ExportOptions(precision="int8", calib_data=str(calib_dir), calib_samples=6)
+    (r,) = export(SPEC, [fmt], tmp_path, opts)
+    assert r.artifact.name.startswith("resnet18-int8")
+    assert r.ok, r.parity["failures"]
+    m = load_manifest(r.artifact)
+    q = m.export["quantization"]
+    assert q["calibration"] == {"source": str(calib_dir), "samples": 6}
+    assert r.parity["tolerance"]["max_rel"] == 0.15
+    if fmt == "onnx":
+        import onnx
+
+        ops = {n.op_type for n in onnx.load(str(r.artifact)).graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_random_calibration_is_flagged(tmp_path):
+    (r,) = export(SPEC, ["onnx"], tmp_path, ExportOptions(precision="int8", calib_random=True, calib_samples=4))
+    q = load_manifest(r.artifact).export["quantization"]["calibration"]
+    assert q["source"] == "random" and "meaningless" in q["warning"]
+
+
+def test_calibration_loader(tmp_path, calib_dir):
+    data, info = load_calibration(str(calib_dir), 4, PREP)
+    assert data.shape == (4, 3, 64, 64) and data.dtype == np.float32 and info["samples"] == 4
+    data, _ = load_calibration(str(calib_dir), 100, PREP)
+    assert len(data) == 6  # every image, subfolders included
+    np.save(tmp_path / "pre.npy", data)
+    again, _ = load_calibration(str(tmp_path / "pre.npy"), 3, PREP)
+    np.testing.assert_array_equal(again, data[:3])
+    raw = np.zeros((2, 80, 100, 3), dtype=np.uint8)
+    np.save(tmp_path / "raw.npy", raw)
+    assert load_calibration(str(tmp_path / "raw.npy"), 5, PREP)[0].shape == (2, 3, 64, 64)
+    # preprocessing: a mid-grey image normalises to (0.5 - mean) / std everywhere
+    grey = preprocess(np.full((50, 70, 3), 127.5 / 255, dtype=np.float32), PREP)
+    np.testing.assert_allclose(grey[0], (0.5 - 0.485) / 0.229, atol=3e-2)
+
+
+@pytest.mark.parametrize("case", ["empty", "unreadable", "npy shape", "missing", "none", "not npy"])
+def test_calibration_errors(tmp_path, case):
+    if case == "empty":
+        (tmp_path / "empty").mkdir()
+        src, msg = str(tmp_path / "empty"), "has no images"
+    elif case == "unreadable":
+        (tmp_path / "bad").mkdir()
+        (tmp_path / "bad" / "x.jpg").write_bytes(b"not a jpeg")
+        src, msg = str(tmp_path / "bad"), "cannot read calibration image"
+    elif case == "npy shape":
+        np.save(tmp_path / "w.npy", np.zeros((2, 5), dtype=np.float32))
+        src, msg = str(tmp_path / "w.npy"), r"has shape \[2, 5\]"
+    elif case == "missing":
+        src, msg = str(tmp_path / "nope"), "not found"
+    elif case == "not npy":
+        (tmp_path / "f.txt").write_text("x")
+        src, msg = str(tmp_path / "f.txt"), "a folder of images or a .npy file"
+    else:
+        src, msg = None, "int8 needs calibration data"
+    with pytest.raises(UserError, match=msg):
+        load_calibration(src, 4, PREP)
+
+
+def test_int8_bad_calibration_writes_nothing(tmp_path, export_cli):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    for args, msg in ((["--int8"], "int8 needs calibration data"),
+                      (["--int8", "--calib-data", str(tmp_path / "empty")], "has no images"),
+                      (["--calib-random"], "only apply to --int8")):
+        p = export_cli("test_resnet", "--img-size", "64", "-f", "onnx", "-o", str(out), *args)
+        assert p.returncode == 2 and msg in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert not out.exists()
