@@ -46,6 +46,11 @@ def build_parser() -> OneLineParser:
     c.add_argument("--calib-random", action="store_true", help="calibrate on random data (smoke tests only; flagged)")
     e.add_argument("--no-verify", action="store_true", help="skip the parity check")
     e.add_argument("--force", action="store_true", help="overwrite existing artifacts")
+    t = p.add_argument_group("choose for a target")
+    t.add_argument("--target", choices=("cpu",), help="export every CPU candidate, keep the fastest that passes parity")
+    t.add_argument("--recipe-out", metavar="PATH", help="with --target: write the chosen configuration as YAML")
+    t.add_argument("--max-time", type=float, default=15.0, help="with --target: seconds to time the candidates (default 15)")
+    t.add_argument("--threads", type=int, help="with --target: intra-op threads for every runtime alike")
     p.add_argument("--json", action="store_true", help="print results as JSON on stdout (table to stderr)")
     p.add_argument("--list-formats", action="store_true", help="list formats and whether each can run here")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
@@ -106,11 +111,13 @@ def main(a) -> int:
     spec = spec_from_args(a)
     if a.calib_samples < 1:
         raise UserError(f"--calib-samples must be positive, got {a.calib_samples}")
-    if (a.calib_data or a.calib_random) and a.precision != "int8":
-        raise UserError("--calib-data and --calib-random only apply to --int8")
+    if (a.calib_data or a.calib_random) and a.precision != "int8" and not a.target:
+        raise UserError("--calib-data and --calib-random only apply to --int8 (or --target)")
     options = ExportOptions(opset=a.opset, static=a.static, batch_size=a.batch_size, simplify=not a.no_simplify,
                             precision=a.precision, calib_data=a.calib_data, calib_samples=a.calib_samples,
                             calib_random=a.calib_random)
+    if a.target:
+        return run_target(a, spec, options)
     steps = 1 + len(export_order(formats)) * (1 if a.no_verify else 2)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=stderr, transient=True,
@@ -130,6 +137,63 @@ def main(a) -> int:
         print(json.dumps({"model": spec.model, "results": [r.to_dict() for r in results]}, indent=2, default=str))
     print_table(results, console(a.json))
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
+def run_target(a, spec: ModelSpec, options) -> int:
+    from exporter.target import target_cpu
+
+    if a.no_verify:
+        raise UserError("--target needs parity: it cannot be combined with --no-verify")
+    if a.max_time <= 0:
+        raise UserError(f"--max-time must be positive, got {a.max_time}")
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=stderr,
+                  transient=True, disable=not stderr.is_terminal) as bar:
+        task = bar.add_task(f"{spec.model}: --target {a.target}", total=None)
+        winner, ranked, eager = target_cpu(spec, a.out, options, force=a.force, max_time=a.max_time,
+                                           threads=a.threads, progress=lambda t: bar.update(task, description=t))
+    rows = [c.row(c is winner) for c in ranked]
+    if a.json:
+        print(json.dumps({"model": spec.model, "target": a.target, "eager_ms": eager.get("median_ms"),
+                          "chosen": str(winner.result.artifact) if winner else None, "candidates": rows}, indent=2))
+    print_ranking(rows, eager, console(a.json))
+    if winner is None:
+        stderr.print("[red]no candidate passed its parity gate[/]")
+        return EXIT_FAILED
+    if a.recipe_out:
+        write_recipe(a.recipe_out, spec, winner, options)
+    return EXIT_OK
+
+
+def write_recipe(path: str, spec: ModelSpec, winner, options) -> None:
+    import yaml
+
+    from exporter.manifest import atomic_write_text, load_manifest
+
+    resolved = load_manifest(winner.result.artifact).spec
+    recipe = {"models": [spec.model], "task": spec.task, "img_size": resolved["img_size"],
+              "num_classes": resolved["num_classes"], "formats": [winner.format], "precisions": [winner.precision],
+              "batch_sizes": [1], "devices": ["cpu"], "chosen_by": "autotimm-export --target cpu",
+              "median_ms": winner.median_ms, "speedup_vs_eager": winner.speedup and winner.speedup["ratio"]}
+    if winner.precision == "int8":
+        recipe["calibration"] = {"data": options.calib_data, "samples": options.calib_samples}
+    from pathlib import Path
+
+    atomic_write_text(Path(path), yaml.safe_dump(recipe, sort_keys=False))
+
+
+def print_ranking(rows: list[dict], eager: dict, out: Console) -> None:
+    t = Table(title=f"--target cpu (eager fp32: {eager.get('median_ms') or float('nan'):.2f} ms at batch 1)")
+    for col in ("", "format", "precision", "median ms", "speedup vs eager [95% CI]", "parity", "max_rel", "top1", "note"):
+        t.add_column(col, justify="right" if col in ("median ms", "max_rel", "top1") else "left")
+    for r in rows:
+        sp = r["speedup_vs_eager"]
+        t.add_row("[green]chosen[/]" if r["chosen"] else "", r["format"], r["precision"],
+                  f"{r['median_ms']:.2f}" if r["median_ms"] is not None else "-",
+                  f"{sp['ratio']:.2f}x [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]" if sp else "-",
+                  r["parity"] or "-", f"{r['max_rel']:.1e}" if r["max_rel"] is not None else "-",
+                  f"{r['top1_agreement']:.0%}" if r["top1_agreement"] is not None else "-",
+                  r["note"] or "; ".join(r["failures"])[:80])
+    out.print(t)
 
 
 def print_table(results, out: Console) -> None:

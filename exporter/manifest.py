@@ -45,6 +45,7 @@ class Manifest:
     environment: dict[str, Any] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {sha256, bytes}
     parity: dict[str, Any] | None = None
+    target: dict[str, Any] | None = None  # set by --target: the candidates ranked and why this one won
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
 

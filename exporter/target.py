@@ -1,0 +1,148 @@
+"""``--target cpu``: export every CPU candidate (runtime x precision), verify each, time the ones that
+pass parity at batch 1 interleaved with eager PyTorch, and keep the fastest.
+
+This module crosses from the exporter into the profiler (`profiler.api.run_group`): choosing needs
+both halves. It is the one place that does; see the README's "Choosing for a CPU target".
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from exporter.api import ExportResult, _check_out_dir, default_stem, export, planned_paths
+from exporter.errors import UserError
+from exporter.formats import ExportOptions
+from exporter.manifest import load_manifest, manifest_path, write_manifest
+from exporter.spec import ModelSpec
+
+# (format, precision): every artifact a CPU deployment could use, in the order they are exported.
+CPU_CANDIDATES = [("onnx", "fp32"), ("onnx", "int8"), ("torchscript", "fp32"),
+                  ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")]
+
+
+@dataclass
+class Candidate:
+    format: str
+    precision: str
+    result: ExportResult | None = None
+    median_ms: float | None = None
+    speedup: dict[str, float] | None = None  # vs eager: ratio, ci_low, ci_high
+    skipped: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.format} {self.precision}"
+
+    @property
+    def passed(self) -> bool:
+        return self.skipped is None and self.result is not None and self.result.ok
+
+    def row(self, chosen: bool) -> dict[str, Any]:
+        parity = (self.result.parity or {}) if self.result else {}
+        m = next(iter(parity.get("metrics", {}).values()), {})
+        return {"format": self.format, "precision": self.precision, "median_ms": self.median_ms,
+                "speedup_vs_eager": self.speedup, "parity": parity.get("verdict"),
+                "max_rel": m.get("max_rel"), "cosine": m.get("cosine"), "top1_agreement": m.get("top1_agreement"),
+                "failures": parity.get("failures", []),
+                "note": self.skipped or (self.result.error if self.result and self.result.error else None),
+                "chosen": chosen}
+
+
+def rank(candidates: list[Candidate]) -> list[Candidate]:
+    """Fastest first among those that passed parity and were timed; then the rest, in input order."""
+    timed = sorted((c for c in candidates if c.passed and c.median_ms is not None), key=lambda c: c.median_ms)
+    return timed + [c for c in candidates if c not in timed]
+
+
+def choose(candidates: list[Candidate]) -> Candidate | None:
+    best = rank(candidates)[0] if candidates else None
+    return best if best is not None and best.passed and best.median_ms is not None else None
+
+
+def available_candidates(options: ExportOptions) -> list[Candidate]:
+    from exporter.formats import get_format
+
+    out = []
+    for fmt, precision in CPU_CANDIDATES:
+        c = Candidate(fmt, precision)
+        reason = get_format(fmt).unavailable_reason()
+        if reason:
+            c.skipped = reason
+        elif precision == "int8" and options.calib_data is None and not options.calib_random:
+            c.skipped = "no calibration data (--calib-data)"
+        out.append(c)
+    return out
+
+
+def target_cpu(spec: ModelSpec, out_dir: str | Path, options: ExportOptions | None = None, force: bool = False,
+               max_time: float = 15.0, threads: int | None = None,
+               progress: Callable[[str], None] | None = None) -> tuple[Candidate | None, list[Candidate], dict]:
+    """Returns (winner or None, all candidates ranked, eager timing). The winner's files are moved
+    into ``out_dir`` and its manifest records the ranking under ``target``."""
+    from profiler.api import Settings, run_group
+    from profiler.targets import eager_twin, resolve
+    from profiler.timing import HarnessConfig
+
+    options = options or ExportOptions()
+    step = progress or (lambda _t: None)
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    candidates = available_candidates(options)
+    if not force:
+        for c in candidates:
+            path = planned_paths([c.format], out_dir, default_stem(spec, c.precision))[c.format]
+            if path.exists():
+                raise UserError(f"{path} already exists; pass --force to overwrite it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".autotimm-target-", dir=out_dir))
+    try:
+        for c in candidates:
+            if c.skipped:
+                continue
+            step(f"export + verify {c.label}")
+            (c.result,) = export(spec, [c.format], scratch / f"{c.format}-{c.precision}",
+                                 replace(options, precision=c.precision), verify=True)
+        passing = [c for c in candidates if c.passed]
+        if not passing:
+            return None, rank(candidates), {}
+        step(f"timing {len(passing)} candidates against eager, interleaved")
+        targets = [resolve(str(c.result.artifact)) for c in passing]
+        targets.insert(0, eager_twin(targets[0]))
+        settings = Settings(threads=threads, batch_sizes=[1],
+                            harness=HarnessConfig(max_time=max_time, warmup_time=min(5.0, max_time / 3)))
+        runs = run_group(targets, settings, on_progress=step)
+        eager = runs[0]["points"][0]
+        for c, run in zip(passing, runs[1:]):
+            point = run["points"][0]
+            if point.get("error"):
+                c.skipped = f"timing failed: {point['error']}"
+                continue
+            c.median_ms = point["stats_ms"]["p50"]
+            c.speedup = point["vs_baseline"]
+        ranked = rank(candidates)
+        winner = choose(candidates)
+        eager_info = {"median_ms": eager["stats_ms"]["p50"] if not eager.get("error") else None}
+        if winner is not None:
+            _install_winner(winner, ranked, eager_info, out_dir)
+        return winner, ranked, eager_info
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _install_winner(winner: Candidate, ranked: list[Candidate], eager: dict, out_dir: Path) -> None:
+    src = winner.result.artifact
+    manifest = load_manifest(src)
+    manifest.target = {"name": "cpu", "eager_ms": eager["median_ms"],
+                       "ranking": [c.row(c is winner) for c in ranked],
+                       "rule": "fastest batch-1 median among candidates that passed their precision's parity gate"}
+    for name in [n for n in manifest.files if n != manifest.artifact] + [manifest.artifact]:
+        os.replace(src.parent / name, out_dir / name)
+    manifest_path(src).unlink(missing_ok=True)
+    write_manifest(manifest, out_dir / manifest.artifact)
+    winner.result.artifact = out_dir / manifest.artifact
+    winner.result.manifest = manifest_path(winner.result.artifact)

@@ -1,0 +1,68 @@
+"""--target cpu: the choice among candidates with known timings and parity, and end to end."""
+
+import json
+
+import pytest
+import yaml
+
+from exporter.api import ExportResult
+from exporter.target import Candidate, choose, rank
+
+pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
+
+
+def _cand(fmt, precision, ms, verdict="pass", error=None, skipped=None):
+    r = ExportResult(format=fmt, error=error, parity={"verdict": verdict, "metrics": {"logits": {"max_rel": 0.01}},
+                                                      "failures": [] if verdict == "pass" else ["logits: max_rel"]})
+    return Candidate(fmt, precision, result=r, median_ms=ms, skipped=skipped,
+                     speedup={"ratio": 50.0 / ms, "ci_low": 0, "ci_high": 0} if ms else None)
+
+
+def test_fastest_passing_candidate_wins():
+    cands = [_cand("onnx", "fp32", 29.0), _cand("openvino", "int8", 3.0, verdict="fail"),
+             _cand("openvino", "bf16", 6.4), _cand("openvino", "fp32", 20.0), _cand("torchscript", "fp32", 50.0)]
+    win = choose(cands)
+    assert (win.format, win.precision) == ("openvino", "bf16")
+    assert [c.label for c in rank(cands)] == ["openvino bf16", "openvino fp32", "onnx fp32", "torchscript fp32",
+                                              "openvino int8"]  # the failed one is ranked last, however fast
+    rows = [c.row(c is win) for c in rank(cands)]
+    assert rows[0]["chosen"] and not any(r["chosen"] for r in rows[1:])
+    assert rows[-1]["parity"] == "fail" and rows[-1]["failures"] == ["logits: max_rel"]
+
+
+def test_skipped_and_errored_candidates_never_win():
+    cands = [_cand("onnx", "int8", 1.0, skipped="no calibration data (--calib-data)"),
+             _cand("onnx", "fp32", None, error="exporter crashed"), _cand("torchscript", "fp32", 9.0)]
+    assert choose(cands).format == "torchscript"
+    assert choose([_cand("onnx", "fp32", 2.0, verdict="fail")]) is None
+    assert choose([]) is None
+
+
+def test_target_cpu_end_to_end(tmp_path, export_cli):
+    import skimage.data
+    from PIL import Image
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        Image.fromarray(getattr(skimage.data, name)()).save(calib / f"{name}.png")
+    out = tmp_path / "out"
+    p = export_cli("test_resnet", "--img-size", "64", "--target", "cpu", "--calib-data", str(calib), "-o", str(out),
+                   "--max-time", "1.5", "--json", "--recipe-out", str(tmp_path / "chosen.yaml"))
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    cands = data["candidates"]
+    assert len(cands) == 6 and sum(c["chosen"] for c in cands) == 1 and cands[0]["chosen"]
+    timed = [c["median_ms"] for c in cands if c["median_ms"] is not None]
+    assert timed == sorted(timed) and len(timed) == 6  # every candidate passed and was timed
+    chosen = cands[0]
+    from exporter.manifest import load_manifest
+
+    m = load_manifest(data["chosen"])
+    assert m.target["name"] == "cpu" and m.target["ranking"][0]["chosen"]
+    assert (m.format, m.precision) == (chosen["format"], chosen["precision"])
+    # only the winner is kept: its files, its manifest, the recipe
+    assert sorted(x.name for x in out.iterdir()) == sorted(list(m.files) + [m.artifact + ".json"])
+    recipe = yaml.safe_load((tmp_path / "chosen.yaml").read_text())
+    assert recipe["formats"] == [chosen["format"]] and recipe["precisions"] == [chosen["precision"]]
+    assert recipe["num_classes"] == 1000
