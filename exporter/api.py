@@ -108,11 +108,15 @@ def export(
     force: bool = False,
     name: str | None = None,
     progress: Callable[[str], None] | None = None,
+    model=None,
+    cache: dict | None = None,
 ) -> list[ExportResult]:
     """Export ``spec`` to each of ``formats``; every artifact is verified unless ``verify=False``.
 
     Raises `UserError` for bad input before anything is written. A format that fails to export, or
-    an artifact that fails parity, is reported in its `ExportResult` (``ok`` is False)."""
+    an artifact that fails parity, is reported in its `ExportResult` (``ok`` is False).
+    ``model`` (built from ``spec`` by `build_model`) and ``cache`` let several calls share one build
+    and its intermediates (the fp32 ONNX graph), as ``--target`` does."""
     from exporter.models import build_model
     from exporter.verify import verify as check_parity
 
@@ -136,8 +140,9 @@ def export(
     _check_out_dir(out_dir)
     _check_calibration_source(options)
 
-    step(f"build {spec.model}")
-    model = build_model(spec)
+    if model is None:
+        step(f"build {spec.model}")
+        model = build_model(spec)
     spec = model.spec
     io = _io_signature(model, options)
     calibration, calibration_info = None, None
@@ -152,6 +157,8 @@ def export(
     try:
         ctx = ExportContext(model=model, spec=spec, options=options, workdir=workdir, stem=stem,
                             calibration=calibration, calibration_info=calibration_info)
+        if cache is not None:
+            ctx.cache = cache
         for fmt in order:
             result = ExportResult(format=fmt)
             results.append(result)

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from exporter.api import ExportResult, _check_out_dir, default_stem, export, planned_paths
+from exporter.api import ExportResult, _check_calibration_source, _check_out_dir, default_stem, export, planned_paths
+from exporter.calibration import load_calibration
 from exporter.errors import UserError
 from exporter.formats import ExportOptions
 from exporter.manifest import load_manifest, manifest_path, write_manifest
+from exporter.models import build_model
 from exporter.spec import ModelSpec
 
 # (format, precision): every artifact a CPU deployment could use, in the order they are exported.
@@ -98,15 +100,22 @@ def target_cpu(spec: ModelSpec, out_dir: str | Path, options: ExportOptions | No
             path = planned_paths([c.format], out_dir, default_stem(spec, c.precision))[c.format]
             if path.exists():
                 raise UserError(f"{path} already exists; pass --force to overwrite it")
+    if options.calib_data or options.calib_random:
+        _check_calibration_source(replace(options, precision="int8"))
+    step(f"build {spec.model}")
+    model = build_model(spec)
+    if any(c.precision == "int8" and not c.skipped for c in candidates):  # bad calibration data: fail now
+        load_calibration(options.calib_data, options.calib_samples, model.preprocessing, options.calib_random)
     out_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".autotimm-target-", dir=out_dir))
+    shared: dict = {}  # one fp32 ONNX graph serves the ONNX and OpenVINO candidates
     try:
         for c in candidates:
             if c.skipped:
                 continue
             step(f"export + verify {c.label}")
             (c.result,) = export(spec, [c.format], scratch / f"{c.format}-{c.precision}",
-                                 replace(options, precision=c.precision), verify=True)
+                                 replace(options, precision=c.precision), verify=True, model=model, cache=shared)
         passing = [c for c in candidates if c.passed]
         if not passing:
             return None, rank(candidates), {}

@@ -66,3 +66,12 @@ def test_target_cpu_end_to_end(tmp_path, export_cli):
     recipe = yaml.safe_load((tmp_path / "chosen.yaml").read_text())
     assert recipe["formats"] == [chosen["format"]] and recipe["precisions"] == [chosen["precision"]]
     assert recipe["num_classes"] == 1000
+
+
+def test_target_with_bad_calibration_writes_nothing(tmp_path, export_cli):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    p = export_cli("test_resnet", "--img-size", "64", "--target", "cpu", "--calib-data", str(tmp_path / "empty"),
+                   "-o", str(out))
+    assert p.returncode == 2 and "has no images" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert not out.exists()

@@ -1,0 +1,75 @@
+"""``--target cpu`` on real-size models: eager fp32 against the artifact it chooses. Run by hand on
+a quiet machine:
+
+    .venv/bin/python benchmarks/cpu_targets.py [--models resnet50,...] [--max-time 20] [--out bench-cpu]
+
+Calibration: 32 images made from scikit-image's pictures (random 224-px crops, flips) written as PNG
+files, as a user's folder would be. Prints a Markdown table and the geometric-mean speedup."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from exporter.formats import ExportOptions
+from exporter.spec import ModelSpec
+from exporter.target import target_cpu
+
+MODELS = "resnet50,mobilenetv3_small_100,efficientnet_b0,convnext_tiny,vit_base_patch16_224"
+
+
+def calibration_folder(folder: Path, n: int = 32, seed: int = 0) -> Path:
+    import skimage.data
+    from PIL import Image
+
+    names = ("astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry", "hubble_deep_field", "camera")
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        img = getattr(skimage.data, names[i % len(names)])()
+        img = np.repeat(img[..., None], 3, 2) if img.ndim == 2 else img[..., :3]
+        h, w = img.shape[:2]
+        s = int(rng.integers(min(h, w) // 2, min(h, w) + 1))
+        y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+        crop = img[y:y + s, x:x + s]
+        Image.fromarray(crop[:, ::-1] if i % 2 else crop).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default=MODELS)
+    ap.add_argument("--max-time", type=float, default=20.0)
+    ap.add_argument("--out", default="bench-cpu")
+    a = ap.parse_args()
+    speedups = []
+    print("| model | eager fp32 ms | chosen | its ms | speedup [95% CI] | max_rel | cosine | top1 | runner-up |")
+    print("|---|---:|---|---:|---|---:|---:|---:|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        calib = calibration_folder(Path(tmp))
+        for model in a.models.split(","):
+            opts = ExportOptions(calib_data=str(calib), calib_samples=32)
+            winner, ranked, eager = target_cpu(ModelSpec(model), Path(a.out) / model, opts, force=True,
+                                               max_time=a.max_time)
+            if winner is None:
+                print(f"| {model} | {eager.get('median_ms')} | none passed | | | | | | |")
+                continue
+            row = winner.row(True)
+            second = next((c for c in ranked if c is not winner and c.median_ms is not None), None)
+            sp = winner.speedup
+            speedups.append(sp["ratio"])
+            top1 = "-" if row["top1_agreement"] is None else f"{row['top1_agreement']:.0%}"
+            print(f"| {model} | {eager['median_ms']:.2f} | {winner.label} | {winner.median_ms:.2f} | "
+                  f"{sp['ratio']:.2f}x [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}] | {row['max_rel']:.1e} | "
+                  f"{row['cosine']:.5f} | {top1} | "
+                  f"{second.label + f' {second.median_ms:.2f} ms' if second else '-'} |", flush=True)
+    if speedups:
+        geo = math.exp(sum(math.log(s) for s in speedups) / len(speedups))
+        print(f"\ngeometric-mean speedup over eager fp32: {geo:.2f}x over {len(speedups)} models")
+
+
+if __name__ == "__main__":
+    main()
