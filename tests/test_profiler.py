@@ -168,6 +168,22 @@ def test_missing_runtime_names_the_extra(monkeypatch, artifacts):
         open_session(artifacts["onnx"], manifest=load_manifest(artifacts["onnx"]))
 
 
+def test_artifact_without_manifest(artifacts, tmp_path):
+    import shutil
+
+    bare = tmp_path / "bare.pt"
+    shutil.copy(artifacts["torchscript"], bare)
+    p = run_cli("profiler.cli", str(bare), "--iterations", "2", "--warmup-time", "0")
+    assert p.returncode == 2 and "pass --img-size" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    p = run_cli("profiler.cli", str(bare), "--img-size", "64", "--iterations", "2", "--warmup-time", "0", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["runs"][0]["runtime"] == "torchscript"
+    onnx_bare = tmp_path / "bare.onnx"  # ONNX knows its own input shape
+    shutil.copy(artifacts["onnx"], onnx_bare)
+    p = run_cli("profiler.cli", str(onnx_bare), "--iterations", "2", "--warmup-time", "0", "--json")
+    assert p.returncode == 0, p.stderr
+
+
 def test_manifest_size_mismatch_is_refused(artifacts, tmp_path):
     import shutil
 
