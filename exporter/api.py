@@ -3,6 +3,7 @@ scratch folder, reload and verify it, then move it into place and write its mani
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import shutil
@@ -25,8 +26,7 @@ from exporter.manifest import (
 )
 from exporter.spec import ModelSpec
 
-TASK_SUFFIX = {"classification": "", "detection": "-det", "semantic-segmentation": "-seg",
-               "instance-segmentation": "-inst"}
+TASK_SUFFIX = {"classification": "", "detection": "-det", "instance-segmentation": "-inst"}
 
 
 @dataclass
@@ -35,6 +35,7 @@ class ExportResult:
     artifact: Path | None = None
     manifest: Path | None = None
     bytes: int = 0
+    params: int = 0
     export_seconds: float = 0.0
     verify_seconds: float = 0.0
     parity: dict[str, Any] | None = None
@@ -51,6 +52,7 @@ class ExportResult:
             "artifact": str(self.artifact) if self.artifact else None,
             "manifest": str(self.manifest) if self.manifest else None,
             "size_mb": self.bytes / 2**20,
+            "params": self.params,
             "export_seconds": self.export_seconds,
             "verify_seconds": self.verify_seconds,
             "exporter": self.info.get("exporter"),
@@ -61,7 +63,8 @@ class ExportResult:
 
 
 def default_stem(spec: ModelSpec, precision: str = "fp32") -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.model).strip("_") + TASK_SUFFIX[spec.task]
+    suffix = f"-{spec.head.get('head', 'fcn')}" if spec.task == "semantic-segmentation" else TASK_SUFFIX[spec.task]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.model).strip("_") + suffix
     return stem if precision == "fp32" else f"{stem}-{precision}"
 
 
@@ -158,9 +161,9 @@ def export(
         ctx = ExportContext(model=model, spec=spec, options=options, workdir=workdir, stem=stem,
                             calibration=calibration, calibration_info=calibration_info)
         if cache is not None:
-            ctx.cache = cache
+            ctx.cache, ctx.share_intermediates = cache, True
         for fmt in order:
-            result = ExportResult(format=fmt)
+            result = ExportResult(format=fmt, params=model.build_info.get("params", 0))
             results.append(result)
             parent = get_format(fmt).derives_from
             if parent and parent not in ctx.done:
@@ -179,6 +182,7 @@ def export(
             result.export_seconds = time.perf_counter() - t0
             result.info = exported.info
             ctx.done[fmt] = exported
+            gc.collect()  # a large model's export graph is gigabytes: free it before the next format
             manifest = _manifest(fmt, exported, model, io, options, result.export_seconds)
             if verify:
                 step(f"verify {fmt}")

@@ -14,6 +14,8 @@ from exporter.errors import UserError
 from exporter.spec import TASKS, ModelSpec, parse_img_size
 
 PROG = "autotimm-export"
+HEAD_FLAGS = ("head", "head_channels", "argmax", "fpn_channels", "depthwise", "score_threshold", "iou_threshold",
+              "max_detections", "raw")
 
 
 def build_parser() -> OneLineParser:
@@ -31,6 +33,16 @@ def build_parser() -> OneLineParser:
     w.add_argument("--pretrained", action="store_true", help="timm's pretrained weights (needs network once)")
     w.add_argument("--checkpoint", metavar="PATH", help="local .safetensors / .pth / .pt / .bin state dict")
     g.add_argument("--seed", type=int, default=0, help="seed for random weights (default 0)")
+    th = p.add_argument_group("task heads")
+    th.add_argument("--head", help="semantic segmentation head: fcn (default) or deeplabv3plus")
+    th.add_argument("--head-channels", type=int, help="segmentation head width")
+    th.add_argument("--argmax", action="store_true", default=None, help="segmentation: also output mask [B,H,W]")
+    th.add_argument("--fpn-channels", type=int, help="detection: FPN width")
+    th.add_argument("--depthwise", action="store_true", default=None, help="detection: depthwise FPN/head convs")
+    th.add_argument("--score-threshold", type=float, help="detection: minimum score kept")
+    th.add_argument("--iou-threshold", type=float, help="detection: NMS IoU threshold")
+    th.add_argument("--max-detections", type=int, help="detection: N, the padded output length")
+    th.add_argument("--raw", action="store_true", default=None, help="detection: per-level head outputs, no decode/NMS")
     e = p.add_argument_group("export")
     e.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18; below 18 uses the TorchScript exporter)")
     e.add_argument("--static", action="store_true", help="fix the batch dimension to --batch-size")
@@ -92,6 +104,7 @@ def spec_from_args(a) -> ModelSpec:
         weights=weights,
         checkpoint=a.checkpoint,
         seed=a.seed,
+        head={k: getattr(a, k) for k in HEAD_FLAGS if getattr(a, k) is not None},
     )
 
 
@@ -200,16 +213,17 @@ def print_table(results, out: Console) -> None:
     from exporter.verify import summary
 
     t = Table(title="autotimm-export")
-    for col, just in (("format", "left"), ("file", "left"), ("size (MB)", "right"), ("export s", "right"),
+    for col, just in (("format", "left"), ("file", "left"), ("params (M)", "right"), ("size (MB)", "right"),
+                      ("export s", "right"),
                       ("exporter", "left"), ("parity", "left")):
         t.add_column(col, justify=just)
     for r in results:
         if r.error:
-            t.add_row(r.format, "-", "-", "-", "-", f"[red]error[/]: {r.error}")
+            t.add_row(r.format, "-", "-", "-", "-", "-", f"[red]error[/]: {r.error}")
             continue
         verdict = summary(r.parity)
         style = "green" if r.ok else "red"
-        t.add_row(r.format, r.artifact.name, f"{r.bytes / 2**20:.1f}", f"{r.export_seconds:.1f}",
+        t.add_row(r.format, r.artifact.name, f"{r.params / 1e6:.1f}", f"{r.bytes / 2**20:.1f}", f"{r.export_seconds:.1f}",
                   str(r.info.get("exporter", "")), f"[{style}]{verdict}[/]")
     out.print(t)
     for r in results:

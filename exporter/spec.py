@@ -9,6 +9,15 @@ from exporter.errors import UserError
 
 TASKS = ("classification", "detection", "semantic-segmentation", "instance-segmentation")
 WEIGHTS = ("random", "pretrained", "checkpoint")
+DEFAULT_CLASSES = {"detection": 80, "semantic-segmentation": 21, "instance-segmentation": 80}
+# Head options each task accepts (``ModelSpec.head`` keys); anything else is a user error.
+HEAD_OPTIONS = {
+    "classification": (),
+    "semantic-segmentation": ("head", "head_channels", "argmax"),
+    "detection": ("fpn_channels", "depthwise", "score_threshold", "iou_threshold", "max_detections", "raw"),
+    "instance-segmentation": ("fpn_channels", "depthwise", "score_threshold", "iou_threshold", "max_detections"),
+}
+SEG_HEADS = ("fcn", "deeplabv3plus")
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,20 @@ class ModelSpec:
             raise UserError(f"--num-classes must be a positive integer, got {self.num_classes}")
         if self.in_chans < 1:
             raise UserError(f"--in-chans must be a positive integer, got {self.in_chans}")
+        allowed = HEAD_OPTIONS[self.task]
+        for key in self.head:
+            if key not in allowed:
+                flag = "--" + key.replace("_", "-")
+                raise UserError(f"{flag} does not apply to {self.task}"
+                                + (f" (it takes: {', '.join('--' + k.replace('_', '-') for k in allowed)})" if allowed else ""))
+        if self.head.get("head") not in (None, *SEG_HEADS):
+            raise UserError(f"unknown segmentation head {self.head['head']!r}; choose one of: {', '.join(SEG_HEADS)}")
+        for key in ("head_channels", "fpn_channels", "max_detections"):
+            if key in self.head and (not isinstance(self.head[key], int) or self.head[key] < 1):
+                raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {self.head[key]!r}")
+        for key in ("score_threshold", "iou_threshold"):
+            if key in self.head and not 0.0 <= float(self.head[key]) <= 1.0:
+                raise UserError(f"--{key.replace('_', '-')} must be between 0 and 1, got {self.head[key]}")
         if self.img_size is not None:
             h, w = self.img_size
             if h < 1 or w < 1:

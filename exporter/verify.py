@@ -35,13 +35,18 @@ class Tolerance:
     delta_cosine: float
     top1: float
     tie_margin: float  # top-2 gaps below tie_margin * max|eager| are near-ties, left out of top1
+    pixel: float  # argmax agreement of dense outputs (segmentation) and equality of integer outputs
 
 
 TOLERANCES = {
-    "fp32": Tolerance(max_rel=1e-3, max_abs=1e-4, cosine=0.99999, delta_cosine=0.9999, top1=1.0, tie_margin=2e-3),
-    "fp16": Tolerance(max_rel=2e-2, max_abs=1e-2, cosine=0.999, delta_cosine=0.99, top1=0.95, tie_margin=1e-2),
-    "bf16": Tolerance(max_rel=6e-2, max_abs=5e-2, cosine=0.995, delta_cosine=0.98, top1=0.9, tie_margin=2e-2),
-    "int8": Tolerance(max_rel=0.15, max_abs=0.1, cosine=0.98, delta_cosine=0.9, top1=0.8, tie_margin=2e-2),
+    "fp32": Tolerance(max_rel=1e-3, max_abs=1e-4, cosine=0.99999, delta_cosine=0.9999, top1=1.0, tie_margin=2e-3,
+                      pixel=0.999),
+    "fp16": Tolerance(max_rel=2e-2, max_abs=1e-2, cosine=0.999, delta_cosine=0.99, top1=0.95, tie_margin=1e-2,
+                      pixel=0.99),
+    "bf16": Tolerance(max_rel=6e-2, max_abs=5e-2, cosine=0.995, delta_cosine=0.98, top1=0.9, tie_margin=2e-2,
+                      pixel=0.98),
+    "int8": Tolerance(max_rel=0.15, max_abs=0.1, cosine=0.98, delta_cosine=0.9, top1=0.8, tie_margin=2e-2,
+                      pixel=0.9),
 }
 
 
@@ -49,6 +54,8 @@ def compare(ref: np.ndarray, out: np.ndarray, tol: Tolerance) -> dict:
     """Metrics for one output tensor (see module docstring)."""
     if ref.shape != out.shape:
         return {"error": f"shape {list(out.shape)} != eager {list(ref.shape)}"}
+    if not np.issubdtype(ref.dtype, np.floating):  # labels, masks, counts: exact agreement
+        return {"agreement": float((ref == out).mean()) if ref.size else 1.0}
     r = ref.astype(np.float64)
     o = out.astype(np.float64)
     if not np.isfinite(o).all():
@@ -68,6 +75,11 @@ def compare(ref: np.ndarray, out: np.ndarray, tol: Tolerance) -> dict:
         agree = r.argmax(1) == o.argmax(1)
         m["top1_rows"] = int(decisive.sum())
         m["top1_agreement"] = float(agree[decisive].mean()) if decisive.any() else None
+    if r.ndim == 4 and r.shape[1] >= 2:  # dense logits [B, K, H, W]: per-pixel argmax, near-ties left out
+        top2 = np.sort(r, axis=1)[:, -2:]
+        decisive = (top2[:, 1] - top2[:, 0]) > tol.tie_margin * max(scale, 1e-12)
+        agree = r.argmax(1) == o.argmax(1)
+        m["pixel_agreement"] = float(agree[decisive].mean()) if decisive.any() else None
     return m
 
 
@@ -81,6 +93,8 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float | None:
 def failures(m: dict, tol: Tolerance) -> list[str]:
     if "error" in m:
         return [m["error"]]
+    if "agreement" in m:
+        return [f"agreement {m['agreement']:.4%} < {tol.pixel:.1%}"] if m["agreement"] < tol.pixel else []
     bad = []
     if m["max_rel"] is None:
         if m["max_abs"] > tol.max_abs:
@@ -93,12 +107,14 @@ def failures(m: dict, tol: Tolerance) -> list[str]:
         bad.append(f"delta_cosine {m['delta_cosine']:.6f} < {tol.delta_cosine}")
     if m.get("top1_agreement") is not None and m["top1_agreement"] < tol.top1:
         bad.append(f"top1 {m['top1_agreement']:.2%} < {tol.top1:.0%}")
+    if m.get("pixel_agreement") is not None and m["pixel_agreement"] < tol.pixel:
+        bad.append(f"pixel agreement {m['pixel_agreement']:.4%} < {tol.pixel:.1%}")
     return bad
 
 
 # How the per-batch metrics of one output combine into the reported one: always the worse value.
 _WORST = {"max_abs": max, "max_rel": max, "scale": max, "cosine": min, "spread": min, "delta_cosine": min,
-          "top1_agreement": min, "top1_rows": sum}
+          "top1_agreement": min, "top1_rows": sum, "pixel_agreement": min, "agreement": min}
 
 
 def _worst(metrics: list[dict]) -> dict:
@@ -174,6 +190,8 @@ def summary(report: dict | None) -> str:
         parts.append(f"cos={m['cosine']:.6f}")
     if m.get("top1_agreement") is not None:
         parts.append(f"top1={m['top1_agreement']:.0%}")
+    if m.get("pixel_agreement") is not None:
+        parts.append(f"pixels={m['pixel_agreement']:.2%}")
     if report["notes"]:
         parts.append("(degenerate reference)")
     return " ".join(parts)

@@ -53,6 +53,7 @@ class ExportContext:
     calibration: Any = None  # np.ndarray [N,C,H,W] for int8, loaded once by the API
     calibration_info: dict[str, Any] | None = None
     cache: dict[str, Any] = field(default_factory=dict)  # intermediates formats share (fp32 ONNX, ...)
+    share_intermediates: bool = False
 
     @property
     def example_batch(self) -> int:

@@ -107,10 +107,14 @@ class OnnxFormat(Format):
 
 
 def fp32_proto(ctx: ExportContext):
-    """The fp32 ONNX graph of ``ctx.model`` (exported once per run, shared by formats built on it)."""
-    if "onnx_fp32" not in ctx.cache:
-        ctx.cache["onnx_fp32"] = _export_fp32(ctx)
-    proto, info = ctx.cache["onnx_fp32"]
+    """The fp32 ONNX graph of ``ctx.model``. Kept in ``ctx.cache`` only when the caller shares one
+    (``--target``), since a large model's graph is gigabytes."""
+    if "onnx_fp32" in ctx.cache:
+        proto, info = ctx.cache["onnx_fp32"]
+        return proto, dict(info)
+    proto, info = _export_fp32(ctx)
+    if ctx.share_intermediates:
+        ctx.cache["onnx_fp32"] = (proto, info)
     return proto, dict(info)
 
 

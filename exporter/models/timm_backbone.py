@@ -10,7 +10,7 @@ import torch
 from timm.models import get_pretrained_cfg
 
 from exporter.errors import UserError, first_line
-from exporter.spec import ModelSpec
+from exporter.spec import DEFAULT_CLASSES, ModelSpec
 
 
 @functools.lru_cache(maxsize=1)
@@ -48,8 +48,11 @@ def resolve_spec(spec: ModelSpec) -> ModelSpec:
     if spec.img_size is None:
         size = tuple(cfg.input_size[-2:]) if cfg and cfg.input_size else (224, 224)
         changes["img_size"] = size
-    if spec.num_classes is None and spec.task == "classification":
-        changes["num_classes"] = int(cfg.num_classes) if cfg and cfg.num_classes else 1000
+    if spec.num_classes is None:
+        if spec.task == "classification":
+            changes["num_classes"] = int(cfg.num_classes) if cfg and cfg.num_classes else 1000
+        else:
+            changes["num_classes"] = DEFAULT_CLASSES[spec.task]
     return spec.replace(**changes) if changes else spec
 
 
