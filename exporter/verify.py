@@ -50,6 +50,51 @@ TOLERANCES = {
 }
 
 
+# Detection gates per precision: share of detections matched (IoU >= 0.5, greedy), their mean IoU,
+# the largest score difference of a matched pair, label agreement of matched pairs.
+DETECTION_TOLERANCES = {
+    "fp32": {"match_rate": 0.98, "mean_iou": 0.999, "max_score_diff": 1e-3, "label_agreement": 0.99},
+    "fp16": {"match_rate": 0.9, "mean_iou": 0.98, "max_score_diff": 1e-2, "label_agreement": 0.95},
+    "bf16": {"match_rate": 0.85, "mean_iou": 0.95, "max_score_diff": 3e-2, "label_agreement": 0.9},
+    "int8": {"match_rate": 0.7, "mean_iou": 0.9, "max_score_diff": 5e-2, "label_agreement": 0.85},
+}
+DETECTION_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area = lambda x: np.clip(x[:, 2] - x[:, 0], 0, None) * np.clip(x[:, 3] - x[:, 1], 0, None)  # noqa: E731
+    iou = inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-9)
+    same = np.abs(a[:, None, :] - b[None, :, :]).max(-1) <= 1e-3  # identical (even zero-area) boxes
+    return np.where(same, 1.0, iou)
+
+
+def compare_detections(ref: dict, out: dict) -> dict:
+    """Match each image's detections greedily by IoU (>= 0.5, labels ignored for matching)."""
+    matched = total_ref = total_out = same_count = 0
+    ious, score_diffs, labels_same = [], [], []
+    for b in range(len(ref["num_detections"])):
+        nr, no = int(ref["num_detections"][b]), int(out["num_detections"][b])
+        total_ref, total_out, same_count = total_ref + nr, total_out + no, same_count + (nr == no)
+        if not nr or not no:
+            continue
+        iou = _iou(ref["boxes"][b, :nr].astype(np.float64), out["boxes"][b, :no].astype(np.float64))
+        while iou.size and iou.max() >= 0.5:
+            i, j = np.unravel_index(iou.argmax(), iou.shape)
+            ious.append(iou[i, j])
+            score_diffs.append(abs(float(ref["scores"][b, i]) - float(out["scores"][b, j])))
+            labels_same.append(int(ref["labels"][b, i]) == int(out["labels"][b, j]))
+            iou[i, :], iou[:, j] = -1, -1
+            matched += 1
+    denom = max(total_ref, total_out)
+    return {"match_rate": matched / denom if denom else 1.0, "mean_iou": float(np.mean(ious)) if ious else None,
+            "max_score_diff": max(score_diffs) if score_diffs else None,
+            "label_agreement": float(np.mean(labels_same)) if labels_same else None,
+            "count_agreement": same_count / len(ref["num_detections"]), "matched": matched, "ref_detections": total_ref}
+
+
 def compare(ref: np.ndarray, out: np.ndarray, tol: Tolerance) -> dict:
     """Metrics for one output tensor (see module docstring)."""
     if ref.shape != out.shape:
@@ -93,6 +138,8 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float | None:
 def failures(m: dict, tol: Tolerance) -> list[str]:
     if "error" in m:
         return [m["error"]]
+    if "match_rate" in m:
+        return detection_failures(m, precision_of(tol))
     if "agreement" in m:
         return [f"agreement {m['agreement']:.4%} < {tol.pixel:.1%}"] if m["agreement"] < tol.pixel else []
     bad = []
@@ -112,9 +159,28 @@ def failures(m: dict, tol: Tolerance) -> list[str]:
     return bad
 
 
+def precision_of(tol: Tolerance) -> str:
+    return next((k for k, v in TOLERANCES.items() if v == tol), "fp32")
+
+
+def detection_failures(m: dict, precision: str) -> list[str]:
+    gate = DETECTION_TOLERANCES[precision]
+    bad = []
+    if m["match_rate"] < gate["match_rate"]:
+        bad.append(f"match_rate {m['match_rate']:.2%} < {gate['match_rate']:.0%}")
+    for key in ("mean_iou", "label_agreement"):
+        if m.get(key) is not None and m[key] < gate[key]:
+            bad.append(f"{key} {m[key]:.4f} < {gate[key]}")
+    if m.get("max_score_diff") is not None and m["max_score_diff"] > gate["max_score_diff"]:
+        bad.append(f"max_score_diff {m['max_score_diff']:.2g} > {gate['max_score_diff']:g}")
+    return bad
+
+
 # How the per-batch metrics of one output combine into the reported one: always the worse value.
 _WORST = {"max_abs": max, "max_rel": max, "scale": max, "cosine": min, "spread": min, "delta_cosine": min,
-          "top1_agreement": min, "top1_rows": sum, "pixel_agreement": min, "agreement": min}
+          "top1_agreement": min, "top1_rows": sum, "pixel_agreement": min, "agreement": min,
+          "match_rate": min, "mean_iou": min, "max_score_diff": max, "label_agreement": min, "count_agreement": min,
+          "matched": sum, "ref_detections": sum}
 
 
 def _worst(metrics: list[dict]) -> dict:
@@ -127,6 +193,20 @@ def _worst(metrics: list[dict]) -> dict:
             values = [m[key] for m in metrics if m.get(key) is not None]
             out[key] = pick(values) if values else None
     return out
+
+
+def compare_outputs(ref: dict, out: dict, tol: Tolerance) -> dict:
+    """Per-output metrics; final detections (boxes/scores/labels/count) are compared as detections."""
+    missing = [n for n in ref if n not in out]
+    if missing:
+        return {n: {"error": "output missing"} for n in missing}
+    if set(DETECTION_OUTPUTS) <= set(ref):
+        metrics = {"detections": compare_detections(ref, out)}
+        rest = [n for n in ref if n not in DETECTION_OUTPUTS]
+    else:
+        metrics, rest = {}, list(ref)
+    metrics.update({n: compare(ref[n], out[n], tol) for n in rest})
+    return metrics
 
 
 def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | None = None) -> dict:
@@ -149,13 +229,11 @@ def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | N
         try:
             out = session.infer({input_name: x})
         except Exception as e:  # noqa: BLE001 - a runtime crash is a parity failure, reported as such
-            per_batch[str(b)] = {name: {"error": f"runtime failed: {first_line(e, 200)}"} for name in ref}
+            per_batch[str(b)] = {"runtime": {"error": f"runtime failed: {first_line(e, 200)}"}}
         else:
-            per_batch[str(b)] = {
-                name: compare(ref[name], out[name], tol) if name in out else {"error": "output missing"}
-                for name in ref
-            }
-    merged = {name: _worst([pb[name] for pb in per_batch.values()]) for name in model.output_names}
+            per_batch[str(b)] = compare_outputs(ref, out, tol)
+    names = dict.fromkeys(name for pb in per_batch.values() for name in pb)
+    merged = {name: _worst([pb[name] for pb in per_batch.values() if name in pb]) for name in names}
     problems = [f"{name}: {p}" for name, m in merged.items() for p in failures(m, tol)]
     notes = [
         f"{name}: the eager output barely depends on the input (spread {m['spread']:.2g}); parity covers little"
@@ -190,6 +268,10 @@ def summary(report: dict | None) -> str:
         parts.append(f"cos={m['cosine']:.6f}")
     if m.get("top1_agreement") is not None:
         parts.append(f"top1={m['top1_agreement']:.0%}")
+    if "match_rate" in m:
+        parts = [report["verdict"], f"matched={m['match_rate']:.1%}"]
+        if m.get("mean_iou") is not None:
+            parts.append(f"iou={m['mean_iou']:.4f} dscore={m['max_score_diff']:.1e}")
     if m.get("pixel_agreement") is not None:
         parts.append(f"pixels={m['pixel_agreement']:.2%}")
     if report["notes"]:

@@ -28,6 +28,7 @@ class ExportOptions:
     calib_data: str | None = None  # folder of images or .npy, for int8
     calib_samples: int = 32
     calib_random: bool = False
+    optimize_dynamo: bool = True  # onnxscript's optimizer; off for graphs it is slow on (unrolled NMS)
 
 
 @dataclass

@@ -30,7 +30,7 @@ def _dynamo(ctx: ExportContext, names: tuple[list[str], list[str]]):
         input_names=names[0],
         output_names=names[1],
         opset_version=ctx.options.opset,
-        optimize=True,
+        optimize=ctx.options.optimize_dynamo,
         verbose=False,
     )
     return program.model_proto
