@@ -52,7 +52,11 @@ BAD = {
     "wrong checkpoint": (["test_resnet", "--checkpoint", "{wrong}", "--img-size", "64"], "does not match the model"),
     "opset out of range": (["test_resnet", "--opset", "99", "--img-size", "64"], "--opset 99 is out of range"),
     "in chans": (["test_resnet", "--in-chans", "0", "--img-size", "64"], "--in-chans"),
-    "unsupported task": (["test_resnet", "--task", "detection", "--img-size", "64"], "not supported by this version"),
+    "unsupported task": (["test_resnet", "--task", "instance-segmentation", "--img-size", "128"],
+                         "not supported by this version"),
+    "detection size": (["test_resnet", "--task", "detection", "--img-size", "100"], "must be divisible by 128"),
+    "option for another task": (["test_resnet", "--fpn-channels", "64", "--img-size", "64"],
+                                "--fpn-channels does not apply to classification"),
     "num classes": (["test_resnet", "--num-classes", "0", "--img-size", "64"], "--num-classes"),
 }
 
