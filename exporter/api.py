@@ -121,7 +121,6 @@ def export(
     ``model`` (built from ``spec`` by `build_model`) and ``cache`` let several calls share one build
     and its intermediates (the fp32 ONNX graph), as ``--target`` does."""
     from exporter.models import build_model
-    from exporter.verify import verify as check_parity
 
     options = options or ExportOptions()
     step = progress or (lambda _text: None)
@@ -187,7 +186,7 @@ def export(
             if verify:
                 step(f"verify {fmt}")
                 t0 = time.perf_counter()
-                result.parity = _verify(check_parity, model, exported, manifest, options.precision)
+                result.parity = _verify(model, exported, manifest, options.precision)
                 result.verify_seconds = time.perf_counter() - t0
                 manifest.parity = result.parity
             result.artifact, result.manifest = _install(exported, manifest, targets[fmt], force)
@@ -197,7 +196,8 @@ def export(
     return results
 
 
-def _verify(check_parity, model, exported: Exported, manifest: Manifest, precision: str) -> dict:
+def _verify(model, exported: Exported, manifest: Manifest, precision: str) -> dict:
+    from exporter.verify import verify as check_parity
     from profiler.runtimes import open_session
 
     try:

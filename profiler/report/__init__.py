@@ -14,10 +14,4 @@ RENDERERS: dict[str, Callable[[dict, str], None]] = {
     "plot": plot.write,
 }
 
-
-def rows(report: dict) -> list[dict]:
-    """One flat row per run and batch size: what the table, CSV and Markdown show."""
-    return table.rows(report)
-
-
-__all__ = ["RENDERERS", "rows", "table"]
+__all__ = ["RENDERERS", "table"]

@@ -14,6 +14,7 @@ def _fmt(v, spec=".2f"):
 
 
 def rows(report: dict) -> list[dict]:
+    """One flat row per run and batch size: what the table, CSV and Markdown show."""
     out = []
     for run in report["runs"]:
         mem = run["memory"]

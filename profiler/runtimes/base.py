@@ -10,7 +10,6 @@ import numpy as np
 
 from exporter.manifest import Manifest, TensorSig
 
-BATCH_NAMES = ("batch", "N", "batch_size")
 
 
 class Session:
