@@ -6,6 +6,7 @@ import json
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -205,7 +206,7 @@ def print_ranking(rows: list[dict], eager: dict, out: Console) -> None:
                   f"{sp['ratio']:.2f}x [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]" if sp else "-",
                   r["parity"] or "-", f"{r['max_rel']:.1e}" if r["max_rel"] is not None else "-",
                   f"{r['top1_agreement']:.0%}" if r["top1_agreement"] is not None else "-",
-                  r["note"] or "; ".join(r["failures"])[:80])
+                  escape(r["note"] or "; ".join(r["failures"])[:80]))
     out.print(t)
 
 
@@ -219,7 +220,7 @@ def print_table(results, out: Console) -> None:
         t.add_column(col, justify=just)
     for r in results:
         if r.error:
-            t.add_row(r.format, "-", "-", "-", "-", "-", f"[red]error[/]: {r.error}")
+            t.add_row(r.format, "-", "-", "-", "-", "-", f"[red]error[/]: {escape(r.error)}")
             continue
         verdict = summary(r.parity)
         style = "green" if r.ok else "red"
@@ -228,7 +229,7 @@ def print_table(results, out: Console) -> None:
     out.print(t)
     for r in results:
         for f in (r.parity or {}).get("failures", []):
-            out.print(f"[red]{r.format} parity[/]: {f}")
+            out.print(f"[red]{r.format} parity[/]: {escape(f)}")
 
 
 def entry(argv=None) -> int:

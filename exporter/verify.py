@@ -270,15 +270,18 @@ def summary(report: dict | None) -> str:
     if "error" in m:
         return f"{report['verdict']}: {m['error']}"
     parts = [report["verdict"]]
-    parts.append(f"rel={m['max_rel']:.1e}" if m.get("max_rel") is not None else f"abs={m['max_abs']:.1e}")
+    if "match_rate" in m:
+        parts.append(f"matched={m['match_rate']:.1%}")
+        if m.get("mean_iou") is not None:
+            parts.append(f"iou={m['mean_iou']:.4f} dscore={m['max_score_diff']:.1e}")
+    elif "agreement" in m:
+        parts.append(f"agreement={m['agreement']:.2%}")
+    else:
+        parts.append(f"rel={m['max_rel']:.1e}" if m.get("max_rel") is not None else f"abs={m['max_abs']:.1e}")
     if m.get("cosine") is not None:
         parts.append(f"cos={m['cosine']:.6f}")
     if m.get("top1_agreement") is not None:
         parts.append(f"top1={m['top1_agreement']:.0%}")
-    if "match_rate" in m:
-        parts = [report["verdict"], f"matched={m['match_rate']:.1%}"]
-        if m.get("mean_iou") is not None:
-            parts.append(f"iou={m['mean_iou']:.4f} dscore={m['max_score_diff']:.1e}")
     if m.get("pixel_agreement") is not None:
         parts.append(f"pixels={m['pixel_agreement']:.2%}")
     if report["notes"]:

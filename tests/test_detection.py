@@ -86,3 +86,14 @@ def test_detection_metrics():
 def test_bad_detection_sizes():
     with pytest.raises(UserError, match="must be divisible by 128"):
         build_model(ModelSpec("resnet18", task="detection", img_size=(100, 128)))
+
+
+def test_summary_lines_for_every_task():
+    from exporter.verify import summary
+
+    det = {"verdict": "pass", "notes": [], "metrics": {"detections": {"match_rate": 1.0, "mean_iou": 0.9999,
+                                                                     "max_score_diff": 1e-6}}}
+    assert summary(det) == "pass matched=100.0% iou=0.9999 dscore=1.0e-06"
+    mask = {"verdict": "fail", "notes": [], "metrics": {"mask": {"agreement": 0.5}}}
+    assert summary(mask) == "fail agreement=50.00%"
+    assert summary(None) == "skipped"

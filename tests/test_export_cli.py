@@ -116,3 +116,14 @@ def test_interrupted_export_leaves_nothing(tmp_path):
     assert proc.returncode == 130 and "interrupted" in err
     leftover = [p.name for p in out.iterdir() if not p.name.endswith((".pt", ".pt.json"))]
     assert leftover == []  # torchscript may have finished and been installed; nothing partial remains
+
+
+def test_task_heads_through_the_cli(tmp_path, export_cli):
+    p = export_cli("test_resnet", "--task", "detection", "--img-size", "128", "--fpn-channels", "32",
+                   "-f", "torchscript", "-o", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    assert "test_resnet-det.pt" in p.stdout and "matched=100.0%" in p.stdout
+    p = export_cli("test_resnet", "--task", "semantic-segmentation", "--argmax", "--img-size", "64",
+                   "-f", "torchscript", "-o", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    assert "test_resnet-fcn.pt" in p.stdout and "pixels=100.00%" in p.stdout

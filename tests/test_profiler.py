@@ -114,7 +114,7 @@ def test_cli_json_to_stdout_and_eager_by_name():
     (run,) = report["runs"]
     assert run["runtime"] == "eager" and run["points"][0]["stats_ms"]["n"] == 3
     assert run["target"]["img_size"] == [64, 64]
-    assert "median ms" in p.stderr
+    assert "median ms" in p.stderr and "test_resnet [eager]" in p.stderr  # labels are not eaten as markup
 
 
 def _corrupt_files(tmp, artifacts):

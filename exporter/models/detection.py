@@ -22,7 +22,7 @@ from torch import nn
 
 from exporter.models import register_task
 from exporter.models.features import Features, check_divisible
-from exporter.models.timm_backbone import preprocessing
+from exporter.models.timm_backbone import check_forward, preprocessing
 from exporter.models.weights import load_checkpoint
 from exporter.spec import ModelSpec
 
@@ -80,7 +80,9 @@ class FCOSHead(nn.Module):
         def tower():
             layers = []
             for _ in range(num_convs):
-                layers += [conv(width, width, depthwise=depthwise), nn.GroupNorm(math.gcd(32, width), width), nn.ReLU()]
+                # at most 32 groups of at least 2 channels: GroupNorm refuses 1 value per group (P7 can be 1x1)
+                groups = math.gcd(32, max(1, width // 2))
+                layers += [conv(width, width, depthwise=depthwise), nn.GroupNorm(groups, width), nn.ReLU()]
             return nn.Sequential(*layers)
 
         self.cls_tower, self.reg_tower = tower(), tower()
@@ -205,5 +207,7 @@ def build_detector(spec: ModelSpec) -> nn.Module:
     model.build_info = {"params": sum(p.numel() for p in model.parameters()),
                         "backbone_params": sum(p.numel() for p in features.parameters()),
                         "feature_strides": features.strides, "fpn_strides": list(STRIDES), **opts}
+    model.eval()
+    check_forward(model, spec)
     model.preprocessing = preprocessing(features.net, spec)
     return model

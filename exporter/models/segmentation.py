@@ -20,7 +20,7 @@ from torch import nn
 
 from exporter.models import register_task
 from exporter.models.features import Features
-from exporter.models.timm_backbone import preprocessing
+from exporter.models.timm_backbone import check_forward, preprocessing
 from exporter.models.weights import load_checkpoint
 from exporter.spec import ModelSpec
 
@@ -106,5 +106,7 @@ def build_segmenter(spec: ModelSpec) -> nn.Module:
                         "backbone_params": sum(p.numel() for p in features.parameters()),
                         "head": opts.get("head", "fcn"), "feature_strides": features.strides,
                         "feature_channels": features.channels}
+    model.eval()
+    check_forward(model, spec)
     model.preprocessing = preprocessing(features.net, spec)
     return model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 COLUMNS = ("target", "runtime", "device", "batch", "median ms", "p90 ms", "p95 ms", "p99 ms", "images/s",
@@ -57,7 +58,7 @@ def render(report: dict, console: Console) -> None:
     for c in COLUMNS:
         t.add_column(c, justify="left" if c in ("target", "runtime", "device") else "right")
     for r in rows(report):
-        t.add_row(*cells(r), style="red" if r.get("error") else None)
+        t.add_row(*(escape(c) for c in cells(r)), style="red" if r.get("error") else None)
     console.print(t)
 
 
