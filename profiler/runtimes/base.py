@@ -15,9 +15,7 @@ from exporter.manifest import Manifest, TensorSig
 class Session:
     name: ClassVar[str]
     formats: ClassVar[tuple[str, ...]] = ()  # artifact formats this runtime executes
-    devices: ClassVar[tuple[str, ...]] = ("cpu",)
-    extra: ClassVar[str | None] = None  # pip extra providing `requires`
-    requires: ClassVar[tuple[str, ...]] = ()
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)  # what a runtime needs installed is in the registry
 
     def __init__(self, path: str | Path | None, manifest: Manifest | None = None, device: str = "cpu",
                  threads: int | None = None, **options: Any):

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter.errors import MissingExtra, UserError
+from exporter.errors import UserError, first_line
 from exporter.manifest import TensorSig
 from profiler.runtimes.base import Session
 
@@ -24,14 +24,11 @@ class OnnxRuntimeSession(Session):
     name = "onnxruntime"
     formats = ("onnx",)
     devices = ("cpu", "cuda")
-    requires = ("onnxruntime",)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise MissingExtra("onnxruntime", "gpu") from None
+        import onnxruntime as ort  # the registry checked it is installed
+
         self.ort = ort
         provider_key = self.options.get("provider") or ("cuda" if self.device.startswith("cuda") else "cpu")
         wanted = PROVIDERS[provider_key]
@@ -49,8 +46,6 @@ class OnnxRuntimeSession(Session):
         try:
             self.sess = ort.InferenceSession(str(self.path), sess_options=so, providers=wanted)
         except Exception as e:  # noqa: BLE001 - corrupt or unsupported file
-            from exporter.errors import first_line
-
             raise UserError(f"onnxruntime cannot load {self.path}: {first_line(e, 200)}") from None
         self.on_gpu = wanted[0] != "CPUExecutionProvider"
         self.device_id = int(self.device.split(":")[1]) if ":" in self.device else 0

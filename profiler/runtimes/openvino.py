@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from exporter.errors import MissingExtra, UserError, first_line
+from exporter.errors import UserError, first_line
 from exporter.manifest import TensorSig
 from profiler.runtimes.base import Session
 
@@ -18,15 +18,11 @@ class OpenVinoSession(Session):
     name = "openvino"
     formats = ("openvino",)
     devices = ("cpu",)
-    extra = "openvino"
-    requires = ("openvino",)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        try:
-            import openvino as ov
-        except ImportError:
-            raise MissingExtra("openvino", "openvino") from None
+        import openvino as ov  # the registry checked it is installed
+
         self.core = ov.Core()
         try:
             self.model = self.core.read_model(str(self.path))
