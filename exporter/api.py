@@ -237,7 +237,7 @@ def _manifest(fmt, exported: Exported, model, io, options: ExportOptions, second
         task_outputs=list(model.output_names),
         inputs=io["inputs"],
         outputs=io["outputs"],
-        batch=io["batch"],
+        batch=exported.info.pop("batch", None) or io["batch"],
         preprocessing=model.preprocessing,
         export={**exported.info, "seconds": round(seconds, 3), "options": vars(options).copy()},
         model=dict(model.build_info),

@@ -57,6 +57,15 @@ def build_parser() -> OneLineParser:
     c.add_argument("--calib-data", metavar="DIR|FILE.npy", help="images (a folder) or a .npy array for int8 calibration")
     c.add_argument("--calib-samples", type=int, default=32, help="calibration samples to use (default 32)")
     c.add_argument("--calib-random", action="store_true", help="calibrate on random data (smoke tests only; flagged)")
+    r = p.add_argument_group("TensorRT (--format trt)")
+    r.add_argument("--dynamic-batch", metavar="MIN:OPT:MAX",
+                   help="the engine's optimization profile (default 1:BATCH:32, or the --static batch)")
+    r.add_argument("--workspace", type=float, metavar="GiB", help="builder workspace limit")
+    r.add_argument("--opt-level", type=int, metavar="0-5", help="builder optimization level (TensorRT's default 3)")
+    r.add_argument("--timing-cache", metavar="PATH", help="tactic timing cache, read if present and updated")
+    r.add_argument("--dla-core", type=int, metavar="N", help="Jetson: run on DLA core N, GPU fallback on")
+    r.add_argument("--version-compatible", action="store_true", help="engine runs on later TensorRT of the same major")
+    r.add_argument("--hardware-compatible", metavar="LEVEL", help="ampere+ (any sm_80+ GPU) or same-cc")
     e.add_argument("--no-verify", action="store_true", help="skip the parity check")
     e.add_argument("--force", action="store_true", help="overwrite existing artifacts")
     t = p.add_argument_group("choose for a target")
@@ -86,7 +95,7 @@ def list_formats(as_json: bool) -> int:
         t.add_column(col)
     for r in rows:
         t.add_row(r["format"], r["suffix"], r["derives_from"] or "model", ",".join(r["precisions"]),
-                  "yes" if r["available"] else f"[red]no[/]: {r['reason']}", r["description"])
+                  "yes" if r["available"] else f"[red]no[/]: {escape(r['reason'])}", escape(r["description"]))
     console().print(t)
     return EXIT_OK
 
@@ -109,6 +118,23 @@ def spec_from_args(a) -> ModelSpec:
     )
 
 
+TRT_FLAGS = {"dynamic_batch": "--dynamic-batch", "workspace": "--workspace", "opt_level": "--opt-level",
+             "timing_cache": "--timing-cache", "dla_core": "--dla-core", "version_compatible": "--version-compatible",
+             "hardware_compatible": "--hardware-compatible"}
+
+
+def _trt_options(a, formats: list[str]) -> dict:
+    given = [flag for attr, flag in TRT_FLAGS.items() if getattr(a, attr) not in (None, False)]
+    if given and "trt" not in formats:
+        raise UserError(f"{given[0]} only applies to --format trt")
+    from exporter.formats.tensorrt import parse_dynamic_batch
+
+    return {"dynamic_batch": parse_dynamic_batch(a.dynamic_batch) if a.dynamic_batch else None,
+            "workspace_gib": a.workspace, "opt_level": a.opt_level, "timing_cache": a.timing_cache,
+            "dla_core": a.dla_core, "version_compatible": a.version_compatible,
+            "hardware_compatibility": a.hardware_compatible}
+
+
 def main(a) -> int:
     if a.list_formats:
         return list_formats(a.json)
@@ -129,7 +155,7 @@ def main(a) -> int:
         raise UserError("--calib-data and --calib-random only apply to --int8 (or --target)")
     options = ExportOptions(opset=a.opset, static=a.static, batch_size=a.batch_size, simplify=not a.no_simplify,
                             precision=a.precision, calib_data=a.calib_data, calib_samples=a.calib_samples,
-                            calib_random=a.calib_random)
+                            calib_random=a.calib_random, **_trt_options(a, formats))
     if a.target:
         return run_target(a, spec, options)
     steps = 1 + len(export_order(formats)) * (1 if a.no_verify else 2)

@@ -8,6 +8,7 @@ subprocess (`profiler.worker`), so peak memory belongs to that group alone.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -17,9 +18,9 @@ from typing import Any, Callable
 
 from exporter.errors import UserError
 from exporter.spec import ModelSpec
-from profiler.runtimes import RUNTIMES
+from profiler.runtimes import RUNTIMES, runtime_class
 from profiler.env import current_rss_mb, environment, peak_rss_mb
-from profiler.sweep import batches_in_range, sweep
+from profiler.sweep import batches_in_range, phase_split, sweep
 from profiler.targets import Target, eager_twin, open_target, resolve
 from profiler.timing import HarnessConfig, clock_for
 
@@ -28,12 +29,13 @@ SCHEMA_VERSION = 1
 
 @dataclass
 class Settings:
-    device: str = "cpu"
+    device: str | None = "cpu"  # None: cuda when a target's runtime only runs there, else cpu
     threads: int | None = None
     batch_sizes: list[int] = field(default_factory=lambda: [1])
     device_io: bool = False
     harness: HarnessConfig = field(default_factory=HarnessConfig)
     eager_options: dict[str, Any] = field(default_factory=dict)  # channels_last, bf16
+    runtime_options: dict[str, Any] = field(default_factory=dict)  # for artifact runtimes: cuda_graph
     img_size: tuple[int, int] | None = None  # for artifacts without a manifest
 
     def to_dict(self) -> dict:
@@ -82,7 +84,8 @@ def run_group(targets: list[Target], settings: Settings,
         step(f"loading {t.label}")
         before = current_rss_mb()
         sessions.append(open_target(t, settings.device, settings.threads,
-                                    settings.eager_options if t.runtime == "eager" else None, settings.img_size))
+                                    settings.eager_options if t.runtime == "eager" else settings.runtime_options,
+                                    settings.img_size))
         loaded.append(current_rss_mb() - before)
     lo = max(s.batch_range()[0] for s in sessions)
     his = [s.batch_range()[1] for s in sessions if s.batch_range()[1] is not None]
@@ -97,11 +100,16 @@ def run_group(targets: list[Target], settings: Settings,
         torch.cuda.reset_peak_memory_stats()
     points = sweep(sessions, kept, settings.harness, clock_for(settings.device), settings.device_io,
                    on_point=lambda b, _s: step(f"{' vs '.join(t.label for t in targets)}: batch {b}"))
-    peak_gpu = None
+    peak_gpu, phases = None, {}
     if gpu:
         import torch
 
         peak_gpu = torch.cuda.max_memory_allocated() / 2**20
+        short = dataclasses.replace(settings.harness, max_time=min(settings.harness.max_time, 3.0))
+        for i, s in enumerate(sessions):
+            if kept and not any(p.error for p in points):
+                step(f"{targets[i].label}: copy / compute split at batch {kept[0]}")
+                phases[i] = {"batch": kept[0], **phase_split(s, kept[0], short, clock_for(settings.device))}
     runs = []
     for i, (t, s) in enumerate(zip(targets, sessions)):
         base = None
@@ -122,6 +130,7 @@ def run_group(targets: list[Target], settings: Settings,
             "device": settings.device,
             "baseline": targets[0].label if i > 0 else None,
             "batches_skipped": dropped,
+            "phases_ms": phases.get(i),
             "points": rows,
             "memory": {"loaded_mb": loaded[i], "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": peak_gpu,
                        "process_holds": [x.label for x in targets]},
@@ -164,7 +173,6 @@ def profile(target_texts: list[str], settings: Settings | None = None, runtime: 
             on_progress: Callable[[str], None] | None = None) -> dict:
     """Measure every target; return the report (schema_version 1, raw floats, times in ms)."""
     settings = settings or Settings()
-    check_device(settings.device)
     if not target_texts:
         raise UserError("give at least one artifact or timm model name")
     if runtime is not None and runtime not in RUNTIMES:
@@ -172,6 +180,9 @@ def profile(target_texts: list[str], settings: Settings | None = None, runtime: 
     if any(b < 1 for b in settings.batch_sizes):
         raise UserError(f"batch sizes must be positive, got {settings.batch_sizes}")
     targets = [resolve(t, runtime, settings.img_size) for t in target_texts]
+    if settings.device is None:  # a GPU-only runtime (TensorRT) puts the whole comparison on the GPU
+        settings.device = "cuda" if any("cpu" not in runtime_class(t.runtime).devices for t in targets) else "cpu"
+    check_device(settings.device)
     groups = plan_groups(targets, compare_eager, interleave)
     if isolate is None:
         isolate = len(groups) > 1

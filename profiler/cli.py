@@ -18,8 +18,9 @@ PROG = "autotimm-profile"
 def build_parser() -> OneLineParser:
     p = OneLineParser(prog=PROG, description="Latency and throughput of deployed artifacts, eager vs deployed.")
     p.add_argument("targets", nargs="*", help="artifacts (.onnx, .pt, .pt2, ...) or timm model names (eager)")
-    p.add_argument("--runtime", help="force a runtime (eager, torchscript, pt2, onnxruntime)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--runtime", help="force a runtime (eager, torchscript, pt2, onnxruntime, onnxruntime-cuda, "
+                                     "onnxruntime-trt, openvino, tensorrt)")
+    p.add_argument("--device", help="cpu or cuda[:N] (default: cuda for TensorRT engines, else cpu)")
     p.add_argument("--threads", type=int, help="intra-op threads for every runtime alike")
     b = p.add_mutually_exclusive_group()
     b.add_argument("--batch-sizes", help="comma-separated batch sizes (default 1)")
@@ -36,6 +37,7 @@ def build_parser() -> OneLineParser:
     h.add_argument("--iterations", type=int, help="force this many timed iterations")
     h.add_argument("--target-ci", type=float, default=0.02, help="stop when the median's 95%% CI is within ± this")
     h.add_argument("--device-io", action="store_true", help="time compute only: inputs already on the device")
+    h.add_argument("--cuda-graph", action="store_true", help="tensorrt: capture and replay a CUDA graph per batch size")
     e = p.add_argument_group("eager options")
     e.add_argument("--channels-last", action="store_true")
     e.add_argument("--bf16", action="store_true", help="bf16 autocast for eager")
@@ -100,6 +102,7 @@ def main(a) -> int:
         harness=HarnessConfig(max_time=a.max_time, warmup_time=a.warmup_time, iterations=a.iterations,
                               target_ci=a.target_ci),
         eager_options={k: True for k in ("channels_last", "bf16") if getattr(a, k)},
+        runtime_options={"cuda_graph": True} if a.cuda_graph else {},
         img_size=parse_img_size(a.img_size) if a.img_size else None,
     )
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=stderr,

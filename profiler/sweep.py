@@ -41,6 +41,30 @@ def timed_call(session, batch: int, device_io: bool, seed: int = 0) -> Callable[
     return lambda: session.fetch(session.run(session.prepare(host)))
 
 
+PHASES = ("h2d_ms", "compute_ms", "d2h_ms")
+
+
+def phase_split(session, batch: int, cfg: HarnessConfig, clock, seed: int = 0) -> dict[str, float]:
+    """Median ms of the host->device copy, the compute and the device->host copy of one batch,
+    each timed on its own (trtexec's H2D / GPU compute / D2H split)."""
+    host = session.random_arrays(batch, seed)
+    prepared = session.prepare(host)
+    session.synchronize()
+    outputs = session.run(prepared)
+    session.synchronize()
+
+    def h2d():
+        session.prepare(host)
+        session.synchronize()
+
+    def compute():
+        session.run(prepared)
+        session.synchronize()
+
+    m = measure([h2d, compute, lambda: session.fetch(outputs)], cfg, clock)
+    return {k: m.stats(i).p50 for i, k in enumerate(PHASES)}
+
+
 @dataclass
 class Point:
     batch: int

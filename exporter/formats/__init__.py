@@ -29,6 +29,14 @@ class ExportOptions:
     calib_samples: int = 32
     calib_random: bool = False
     optimize_dynamo: bool = True  # onnxscript's optimizer; off for graphs it is slow on (unrolled NMS)
+    # TensorRT engine build (format trt)
+    dynamic_batch: tuple[int, int, int] | None = None  # optimization profile MIN:OPT:MAX batch
+    workspace_gib: float | None = None
+    opt_level: int | None = None  # builder optimization level 0-5
+    timing_cache: str | None = None
+    dla_core: int | None = None
+    version_compatible: bool = False
+    hardware_compatibility: str | None = None  # ampere+ | same-cc
 
 
 @dataclass
@@ -126,4 +134,4 @@ def export_order(names: list[str]) -> list[str]:
     return order
 
 
-from exporter.formats import onnx, openvino, pt2, torchscript  # noqa: E402,F401  (register)
+from exporter.formats import onnx, openvino, pt2, tensorrt, torchscript  # noqa: E402,F401  (register)

@@ -82,8 +82,9 @@ def save_onnx(proto, path: Path) -> list[Path]:
 class OnnxFormat(Format):
     name = "onnx"
     suffix = ".onnx"
-    description = "ONNX (onnxruntime, TensorRT, OpenVINO, ...); --int8: Q/DQ via onnxruntime static quantization"
-    precisions = ("fp32", "int8")
+    description = ("ONNX (onnxruntime, TensorRT, OpenVINO, ...); --fp16: fp16 compute, fp32 I/O; "
+                   "--int8: Q/DQ via onnxruntime static quantization")
+    precisions = ("fp32", "fp16", "int8")
 
     @staticmethod
     def check_options(options) -> None:
@@ -94,16 +95,26 @@ class OnnxFormat(Format):
             raise UserError(f"--opset {options.opset} is out of range: this onnx supports {MIN_OPSET} to {top}")
 
     def export(self, ctx: ExportContext) -> Exported:
-        proto, info = fp32_proto(ctx)
+        proto, info = precision_proto(ctx, ctx.options.precision)
         path = ctx.path(self.suffix)
-        if ctx.options.precision == "int8":
-            from exporter.formats.onnx_int8 import quantize_qdq
-
-            proto, info["quantization"] = quantize_qdq(proto, ctx)
         files = save_onnx(proto, path)
         check_saved(path, dynamic=not ctx.options.static)
         info["external_data"] = len(files) > 1
         return Exported(files, info)
+
+
+def precision_proto(ctx: ExportContext, precision: str):
+    """The ONNX graph for ``precision``: fp32; fp16/bf16 compute with fp32 I/O; int8 Q/DQ."""
+    if precision in ("fp16", "bf16"):
+        from exporter.formats.onnx_reduced import reduced_proto
+
+        return reduced_proto(ctx, precision)
+    proto, info = fp32_proto(ctx)
+    if precision == "int8":
+        from exporter.formats.onnx_int8 import quantize_qdq
+
+        proto, info["quantization"] = quantize_qdq(proto, ctx)
+    return proto, info
 
 
 def fp32_proto(ctx: ExportContext):
@@ -112,13 +123,14 @@ def fp32_proto(ctx: ExportContext):
     if "onnx_fp32" in ctx.cache:
         proto, info = ctx.cache["onnx_fp32"]
         return proto, dict(info)
-    proto, info = _export_fp32(ctx)
+    proto, info = export_graph(ctx)
     if ctx.share_intermediates:
         ctx.cache["onnx_fp32"] = (proto, info)
     return proto, dict(info)
 
 
-def _export_fp32(ctx: ExportContext):
+def export_graph(ctx: ExportContext):
+    """Export ``ctx.model`` with the first exporter that succeeds, then simplify."""
     import torch
 
     names = (["input"], list(ctx.model.output_names))

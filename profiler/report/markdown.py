@@ -19,6 +19,12 @@ def render(report: dict) -> str:
     lines.append("|" + "|".join("---" if c in ("target", "runtime", "device") else "---:" for c in COLUMNS) + "|")
     for r in rows(report):
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells(r)) + " |")
+    split = [(r["target"]["label"], r["phases_ms"]) for r in report["runs"] if r.get("phases_ms")]
+    if split:
+        lines += ["", "GPU time split (medians, each phase timed alone):", "",
+                  "| target | batch | host->device ms | compute ms | device->host ms |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {label} | {ph['batch']} | {ph['h2d_ms']:.3f} | {ph['compute_ms']:.3f} | {ph['d2h_ms']:.3f} |"
+                  for label, ph in split]
     return "\n".join(lines) + "\n"
 
 

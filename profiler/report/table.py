@@ -60,6 +60,14 @@ def render(report: dict, console: Console) -> None:
     for r in rows(report):
         t.add_row(*(escape(c) for c in cells(r)), style="red" if r.get("error") else None)
     console.print(t)
+    split = [(r["target"]["label"], r["phases_ms"]) for r in report["runs"] if r.get("phases_ms")]
+    if split:
+        t = Table(title="GPU time split (medians, each phase timed alone)")
+        for c in ("target", "batch", "host->device ms", "compute ms", "device->host ms"):
+            t.add_column(c, justify="left" if c == "target" else "right")
+        for label, ph in split:
+            t.add_row(escape(label), str(ph["batch"]), *(_fmt(ph[k], ".3f") for k in ("h2d_ms", "compute_ms", "d2h_ms")))
+        console.print(t)
 
 
 def caption(report: dict) -> str:

@@ -18,10 +18,14 @@ RUNTIMES: dict[str, tuple[str, str, str | None, tuple[str, ...]]] = {
     "pt2": ("profiler.runtimes.pt2", "PT2Session", None, ("torch",)),
     "onnxruntime": ("profiler.runtimes.onnxruntime", "OnnxRuntimeSession", None, ("onnxruntime",)),
     "openvino": ("profiler.runtimes.openvino", "OpenVinoSession", "openvino", ("openvino",)),
+    "tensorrt": ("profiler.runtimes.tensorrt", "TensorRTSession", "trt", ("tensorrt", "torch")),
+    "onnxruntime-cuda": ("profiler.runtimes.onnxruntime", "OnnxRuntimeCudaSession", "gpu", ("onnxruntime",)),
+    "onnxruntime-trt": ("profiler.runtimes.onnxruntime", "OnnxRuntimeTensorRTSession", "gpu", ("onnxruntime",)),
 }
 
 # The runtime an artifact format runs on unless the user picks another.
-DEFAULT_RUNTIME = {"torchscript": "torchscript", "pt2": "pt2", "onnx": "onnxruntime", "openvino": "openvino"}
+DEFAULT_RUNTIME = {"torchscript": "torchscript", "pt2": "pt2", "onnx": "onnxruntime", "openvino": "openvino",
+                   "trt": "tensorrt"}
 
 
 def runtime_class(name: str) -> type[Session]:
@@ -35,8 +39,9 @@ def runtime_class(name: str) -> type[Session]:
 
 
 def open_session(path: str | Path | None, runtime: str | None = None, manifest: Manifest | None = None,
-                 device: str = "cpu", threads: int | None = None, **options) -> Session:
-    """Load an artifact for execution. ``runtime`` defaults from the manifest's format."""
+                 device: str | None = None, threads: int | None = None, **options) -> Session:
+    """Load an artifact for execution. ``runtime`` defaults from the manifest's format, ``device``
+    to the runtime's first (the CPU, or the GPU for GPU-only runtimes)."""
     if runtime is None:
         if manifest is None:
             raise UserError(f"cannot tell which runtime runs {path}: no manifest and no --runtime")
@@ -44,6 +49,7 @@ def open_session(path: str | Path | None, runtime: str | None = None, manifest: 
         if runtime is None:
             raise UserError(f"no runtime for format {manifest.format!r}; pass --runtime")
     cls = runtime_class(runtime)
+    device = device or cls.devices[0]
     if device.split(":")[0] not in cls.devices:
         raise UserError(f"the {runtime} runtime does not run on {device} (it runs on: {', '.join(cls.devices)})")
     if manifest is not None and manifest.format not in cls.formats:

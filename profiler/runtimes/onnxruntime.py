@@ -24,19 +24,22 @@ class OnnxRuntimeSession(Session):
     name = "onnxruntime"
     formats = ("onnx",)
     devices = ("cpu", "cuda")
+    provider: str | None = None  # PROVIDERS key; None: from the device
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         import onnxruntime as ort  # the registry checked it is installed
 
         self.ort = ort
-        provider_key = self.options.get("provider") or ("cuda" if self.device.startswith("cuda") else "cpu")
+        provider_key = (self.options.get("provider") or self.provider
+                        or ("cuda" if self.device.startswith("cuda") else "cpu"))
         wanted = PROVIDERS[provider_key]
         if wanted[0] not in ort.get_available_providers():
             raise UserError(
                 f"onnxruntime has no {wanted[0]} here (available: {', '.join(ort.get_available_providers())}); "
                 "install the [gpu] extra on a CUDA machine"
             )
+        self.device_id = int(self.device.split(":")[1]) if ":" in self.device else 0
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
@@ -44,15 +47,30 @@ class OnnxRuntimeSession(Session):
             so.intra_op_num_threads = int(self.threads)
             so.inter_op_num_threads = 1
         try:
-            self.sess = ort.InferenceSession(str(self.path), sess_options=so, providers=wanted)
+            self.sess = ort.InferenceSession(str(self.path), sess_options=so,
+                                             providers=self._provider_options(wanted))
         except Exception as e:  # noqa: BLE001 - corrupt or unsupported file
             raise UserError(f"onnxruntime cannot load {self.path}: {first_line(e, 200)}") from None
         self.on_gpu = wanted[0] != "CPUExecutionProvider"
-        self.device_id = int(self.device.split(":")[1]) if ":" in self.device else 0
         if not self.inputs:  # no manifest: describe the graph itself
             self.inputs = [_sig(i) for i in self.sess.get_inputs()]
         if not self.outputs:
             self.outputs = [_sig(o) for o in self.sess.get_outputs()]
+
+    def _provider_options(self, providers: list[str]) -> list:
+        """TensorRT EP: cache engines and tactics on disk (else every session rebuilds for minutes);
+        fp16 when the artifact was exported for fp16 or ``fp16=True`` is asked for."""
+        if providers[0] != "TensorrtExecutionProvider":
+            return providers
+        from pathlib import Path
+
+        cache = Path.home() / ".cache" / "autotimm-deploy" / "ort-trt"
+        cache.mkdir(parents=True, exist_ok=True)
+        fp16 = bool(self.options.get("fp16")) or bool(self.manifest and self.manifest.precision == "fp16")
+        trt = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+               "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache), "trt_fp16_enable": fp16,
+               "device_id": self.device_id}
+        return [(providers[0], trt), *providers[1:]]
 
     def prepare(self, arrays: dict[str, np.ndarray]) -> Any:
         if not self.on_gpu:
@@ -82,3 +100,19 @@ class OnnxRuntimeSession(Session):
 def _sig(node) -> TensorSig:
     shape = [d if isinstance(d, int) else (d or "batch") for d in node.shape]
     return TensorSig(node.name, _ORT_TYPES.get(node.type, node.type), shape)
+
+
+class OnnxRuntimeCudaSession(OnnxRuntimeSession):
+    """ONNX Runtime's CUDA execution provider (``onnxruntime-gpu``, the ``[gpu]`` extra)."""
+
+    name = "onnxruntime-cuda"
+    devices = ("cuda",)
+    provider = "cuda"
+
+
+class OnnxRuntimeTensorRTSession(OnnxRuntimeSession):
+    """ONNX Runtime's TensorRT execution provider, CUDA then CPU for what TensorRT cannot run."""
+
+    name = "onnxruntime-trt"
+    devices = ("cuda",)
+    provider = "tensorrt"

@@ -1,0 +1,331 @@
+"""TensorRT engine (``.engine``) from our ONNX graph, built with Polygraphy's lazy loaders.
+
+Two precision paths, picked from the installed TensorRT's major version:
+
+- **weak typing** (TensorRT 10 and older): the fp32 ONNX, and builder flags (FP16, BF16, INT8 + FP16)
+  let TensorRT choose each layer's precision; int8 is calibrated with Polygraphy's calibrator on
+  ``--calib-data`` (entropy calibration, TensorRT's default).
+- **strong typing** (TensorRT 11 removed the precision flags): the network is parsed strongly typed
+  and the ONNX itself says the precision: fp16/bf16 compute with fp32 I/O
+  (`exporter.formats.onnx_reduced`), or the Q/DQ int8 graph (`exporter.formats.onnx_int8`).
+
+`plan_build` turns options into a plain `BuildPlan` and `loader_chain` turns a plan into the
+Polygraphy loader graph; neither needs TensorRT or a GPU, so tests inspect both. Only calling the
+chain builds. Everything the chain needs from ``tensorrt`` itself (workspace pool, DLA core,
+hardware compatibility) is applied by `_ConfigTweaks` at build time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from exporter.errors import ExportFailed, MissingExtra, UserError, first_line
+from exporter.formats import ExportContext, ExportOptions, Exported, Format, register_format
+
+STRONG_TYPING_FROM = 11  # first TensorRT major version without weak-typing precision flags
+DEFAULT_MAX_BATCH = 32
+HARDWARE_LEVELS = {"ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
+
+
+def trt_major(version: str) -> int:
+    try:
+        return int(version.split(".")[0])
+    except ValueError:
+        raise UserError(f"cannot read the TensorRT version {version!r}") from None
+
+
+def typing_for(version: str) -> str:
+    return "strong" if trt_major(version) >= STRONG_TYPING_FROM else "weak"
+
+
+def batch_profile(options: ExportOptions) -> tuple[int, int, int]:
+    """(min, opt, max) batch of the engine's one optimization profile."""
+    if options.dynamic_batch is not None:
+        lo, opt, hi = options.dynamic_batch
+    elif options.static:
+        lo = opt = hi = options.batch_size
+    else:
+        lo, opt, hi = 1, options.batch_size, max(DEFAULT_MAX_BATCH, options.batch_size)
+    if not 1 <= lo <= opt <= hi:
+        raise UserError(f"--dynamic-batch needs 1 <= MIN <= OPT <= MAX, got {lo}:{opt}:{hi}")
+    return lo, opt, hi
+
+
+def parse_dynamic_batch(text: str) -> tuple[int, int, int]:
+    parts = text.split(":")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise UserError(f"--dynamic-batch takes MIN:OPT:MAX like 1:8:32, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+@dataclass
+class BuildPlan:
+    """Everything about one engine build, as plain data (it goes into the manifest)."""
+
+    tensorrt: str
+    typing: str  # weak | strong
+    precision: str
+    network: str  # which ONNX is parsed: fp32 | fp16-compute | bf16-compute | int8-qdq
+    builder_flags: list[str]  # weak typing only
+    calibrator: bool  # weak-typing int8
+    input_name: str
+    profile: dict[str, list[int]]  # min / opt / max input shapes
+    workspace_bytes: int | None = None
+    opt_level: int | None = None
+    timing_cache: str | None = None
+    dla_core: int | None = None
+    version_compatible: bool = False
+    hardware_compatibility: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+NETWORK = {"fp32": "fp32", "fp16": "fp16-compute", "bf16": "bf16-compute", "int8": "int8-qdq"}
+WEAK_FLAGS = {"fp32": [], "fp16": ["fp16"], "bf16": ["bf16"], "int8": ["int8", "fp16"]}
+
+
+def plan_build(options: ExportOptions, input_shape: tuple[int, ...], version: str,
+               input_name: str = "input") -> BuildPlan:
+    """The build for ``options`` on TensorRT ``version`` (``input_shape`` without the batch)."""
+    typing = typing_for(version)
+    precision = options.precision
+    lo, opt, hi = batch_profile(options)
+    plan = BuildPlan(
+        tensorrt=version, typing=typing, precision=precision,
+        network="fp32" if typing == "weak" else NETWORK[precision],
+        builder_flags=list(WEAK_FLAGS[precision]) if typing == "weak" else [],
+        calibrator=typing == "weak" and precision == "int8",
+        input_name=input_name,
+        profile={k: [b, *input_shape] for k, b in (("min", lo), ("opt", opt), ("max", hi))},
+        workspace_bytes=int(options.workspace_gib * 2**30) if options.workspace_gib else None,
+        opt_level=options.opt_level,
+        timing_cache=str(Path(options.timing_cache).resolve()) if options.timing_cache else None,
+        dla_core=options.dla_core,
+        version_compatible=options.version_compatible,
+        hardware_compatibility=options.hardware_compatibility,
+    )
+    if plan.dla_core is not None:
+        plan.notes.append("DLA with GPU fallback for layers DLA cannot run")
+        if typing == "weak" and precision == "fp32":
+            plan.notes.append("DLA runs fp16/int8 only: every layer falls back to the GPU at fp32")
+    return plan
+
+
+def check_plan_options(options: ExportOptions) -> None:
+    batch_profile(options)
+    if options.workspace_gib is not None and options.workspace_gib <= 0:
+        raise UserError(f"--workspace takes a positive size in GiB, got {options.workspace_gib}")
+    if options.opt_level is not None and not 0 <= options.opt_level <= 5:
+        raise UserError(f"--opt-level takes 0 to 5, got {options.opt_level}")
+    if options.dla_core is not None and options.dla_core < 0:
+        raise UserError(f"--dla-core takes a core index (0 or 1 on Jetson), got {options.dla_core}")
+    if options.hardware_compatibility is not None and options.hardware_compatibility not in HARDWARE_LEVELS:
+        raise UserError(f"--hardware-compatible takes {' or '.join(HARDWARE_LEVELS)}, "
+                        f"got {options.hardware_compatibility!r}")
+    if options.timing_cache is not None:
+        parent = Path(options.timing_cache).resolve().parent
+        if not parent.is_dir():
+            raise UserError(f"--timing-cache {options.timing_cache}: folder {parent} does not exist")
+        if Path(options.timing_cache).is_dir():
+            raise UserError(f"--timing-cache {options.timing_cache} is a folder; give a file path")
+
+
+class _ConfigTweaks:
+    """Applies the settings that need ``tensorrt`` objects to the builder config at build time
+    (Polygraphy's `PostprocessConfig` callback). Plain data until called."""
+
+    def __init__(self, plan: BuildPlan):
+        self.workspace_bytes = plan.workspace_bytes
+        self.dla_core = plan.dla_core
+        self.hardware_compatibility = plan.hardware_compatibility
+
+    def __call__(self, builder, network, config) -> None:
+        import tensorrt as trt
+
+        if self.workspace_bytes:
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_bytes)
+        if self.dla_core is not None:
+            if builder.num_DLA_cores <= self.dla_core:
+                raise UserError(f"--dla-core {self.dla_core}: this device has {builder.num_DLA_cores} DLA cores")
+            config.DLA_core = self.dla_core
+        if self.hardware_compatibility:
+            config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel,
+                                                          HARDWARE_LEVELS[self.hardware_compatibility])
+
+
+class _Config:
+    """Polygraphy's `CreateConfig` with the given keyword arguments, made at build time, because its
+    int8 calibrator subclasses a ``tensorrt`` class. `create` makes it without a calibrator, which
+    needs no TensorRT (tests inspect it)."""
+
+    def __init__(self, kwargs: dict[str, Any], calibration_batches: list | None = None,
+                 calibration_cache: str | None = None):
+        self.kwargs = kwargs
+        self.calibration_batches = calibration_batches
+        self.calibration_cache = calibration_cache
+
+    def create(self, calibrator=None):
+        from polygraphy.backend.trt import CreateConfig
+
+        return CreateConfig(**self.kwargs, calibrator=calibrator)
+
+    def __call__(self, builder, network):
+        calibrator = None
+        if self.calibration_batches is not None:
+            from polygraphy.backend.trt import Calibrator
+
+            calibrator = Calibrator(self.calibration_batches, cache=self.calibration_cache)
+        return self.create(calibrator)(builder, network)
+
+
+def loader_chain(plan: BuildPlan, onnx_path: Path, engine_path: Path, calibration=None,
+                 calibration_cache: Path | None = None):
+    """Polygraphy's lazy loader graph for ``plan``: nothing runs until it is called."""
+    from polygraphy.backend.common import SaveBytes
+    from polygraphy.backend.trt import EngineBytesFromNetwork, NetworkFromOnnxPath, PostprocessConfig, Profile
+
+    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=plan.typing == "strong")
+    profile = Profile().add(plan.input_name, min=tuple(plan.profile["min"]), opt=tuple(plan.profile["opt"]),
+                            max=tuple(plan.profile["max"]))
+    batches = None
+    if plan.calibrator:
+        if calibration is None:
+            raise UserError("int8 needs calibration data: pass --calib-data DIR|FILE.npy")
+        batches = _calibration_batches(calibration, plan)
+    flags = set(plan.builder_flags)
+    config = _Config({
+        "fp16": "fp16" in flags, "bf16": "bf16" in flags, "int8": "int8" in flags,
+        "profiles": [profile],
+        "builder_optimization_level": plan.opt_level,
+        "load_timing_cache": plan.timing_cache if plan.timing_cache and Path(plan.timing_cache).exists() else None,
+        "use_dla": plan.dla_core is not None, "allow_gpu_fallback": plan.dla_core is not None,
+        "version_compatible": plan.version_compatible or None,
+        "exclude_lean_runtime": False if plan.version_compatible else None,
+    }, batches, str(calibration_cache) if calibration_cache else None)
+    tweaks = _ConfigTweaks(plan)
+    engine = EngineBytesFromNetwork(network, config=PostprocessConfig(config, tweaks),
+                                    save_timing_cache=plan.timing_cache)
+    return BuildChain(network, config, tweaks, engine, SaveBytes(engine, str(engine_path)))
+
+
+@dataclass
+class BuildChain:
+    """The loaders, kept by name so they can be inspected; calling the chain builds and saves."""
+
+    network: Any  # NetworkFromOnnxPath
+    config: _Config
+    tweaks: _ConfigTweaks
+    engine: Any  # EngineBytesFromNetwork
+    save: Any  # SaveBytes
+
+    def __call__(self):
+        return self.save()
+
+
+def _calibration_batches(data, plan: BuildPlan):
+    """Calibration feeds at the profile's smallest batch (the calibration profile's shapes)."""
+    b = plan.profile["min"][0]
+    n = (len(data) // b) * b or b
+    if len(data) < b:
+        raise UserError(f"int8 calibration at batch {b} needs at least {b} samples, got {len(data)}")
+    return [{plan.input_name: data[i:i + b]} for i in range(0, n, b)]
+
+
+def environment() -> dict[str, Any]:
+    """The TensorRT, CUDA and GPU an engine is built for (recorded; checked when it is loaded)."""
+    import tensorrt as trt
+    import torch
+
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return {"version": trt.__version__, "cuda": torch.version.cuda, "gpu": props.name,
+            "compute_capability": f"{props.major}.{props.minor}"}
+
+
+def sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@register_format
+class TensorRTFormat(Format):
+    name = "trt"
+    suffix = ".engine"
+    description = "TensorRT engine for NVIDIA GPUs (built on the GPU it runs on); fp32, fp16, bf16, int8"
+    # built from an ONNX graph of its own precision (see the module docstring), not from the onnx
+    # artifact, so `--format trt --bf16` needs no bf16 .onnx artifact beside the engine
+    extra = "trt"
+    requires = ("tensorrt", "polygraphy")
+    precisions = ("fp32", "fp16", "bf16", "int8")
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
+        problems = []
+        if missing:
+            problems.append(str(MissingExtra(", ".join(missing), "trt")).rstrip("."))
+        if not _cuda_available():
+            problems.append("no CUDA GPU is visible (TensorRT builds an engine on the GPU that will run it)")
+        return "; ".join(problems) or None
+
+    @staticmethod
+    def check_options(options) -> None:
+        check_plan_options(options)
+
+    def export(self, ctx: ExportContext) -> Exported:
+        from exporter.formats.onnx import precision_proto, save_onnx
+
+        env = environment()
+        spec = ctx.spec
+        plan = plan_build(ctx.options, (spec.in_chans, *spec.img_size), env["version"])
+        proto, info = precision_proto(ctx, "fp32" if plan.network == "fp32" else plan.precision)
+        src = ctx.workdir / f".{ctx.stem}.trt-src.onnx"
+        save_onnx(proto, src)
+        del proto
+        engine = ctx.path(self.suffix)
+        chain = loader_chain(plan, src, engine, ctx.calibration, ctx.workdir / f".{ctx.stem}.calib.cache")
+        _quiet_polygraphy()
+        try:
+            chain()
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - parser or builder errors
+            raise ExportFailed(f"TensorRT build failed: {first_line(e)}") from e
+        if not engine.exists() or engine.stat().st_size == 0:
+            raise ExportFailed("TensorRT build produced no engine (see TensorRT's log above)")
+        lo, opt, hi = (plan.profile[k][0] for k in ("min", "opt", "max"))
+        info.update({
+            "source": f"onnx ({info.pop('exporter')})",
+            "tensorrt": {**env, "typing": plan.typing, "version_compatible": plan.version_compatible,
+                         "hardware_compatibility": plan.hardware_compatibility},
+            "build": plan.to_dict(),
+            "timing_cache_sha256": sha256(plan.timing_cache) if plan.timing_cache else None,
+            "batch": {"dynamic": hi > lo, "min": lo, "opt": opt, "max": hi},
+        })
+        if plan.calibrator:
+            info["calibration"] = ctx.calibration_info
+        return Exported([engine], info)
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _quiet_polygraphy() -> None:
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = G_LOGGER.WARNING

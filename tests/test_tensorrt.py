@@ -1,0 +1,275 @@
+"""TensorRT: everything up to the TensorRT calls, on the CPU. The build plan and Polygraphy loader
+chain per precision and TensorRT major version (inspected, not executed), the fp16 / bf16 compute
+ONNX and its parity in ONNX Runtime, the Q/DQ int8 graph, calibration batches, the engine
+compatibility check, and the CLI without TensorRT. GPU tests at the end skip here."""
+
+import importlib.util
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from exporter.api import export
+from exporter.errors import UserError
+from exporter.formats import ExportOptions, get_format
+from exporter.formats.tensorrt import BuildPlan, batch_profile, loader_chain, parse_dynamic_batch, plan_build
+from exporter.manifest import load_manifest
+from exporter.spec import ModelSpec
+from profiler.runtimes.tensorrt import compatibility_problem
+from tests.conftest import files_under
+
+pytest.importorskip("polygraphy", reason="polygraphy (the [dev] or [trt] extra) is not installed")
+
+SHAPE = (3, 64, 64)
+TRT10, TRT11 = "10.13.0.35", "11.4.0.106"
+
+
+@pytest.mark.parametrize("version,typing", [(TRT10, "weak"), ("8.6.1", "weak"), (TRT11, "strong")])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
+def test_plan_per_precision_and_version(precision, version, typing):
+    plan = plan_build(ExportOptions(precision=precision), SHAPE, version)
+    assert plan.typing == typing and plan.precision == precision
+    if typing == "weak":  # the fp32 graph; builder flags choose precision per layer
+        assert plan.network == "fp32"
+        assert plan.builder_flags == {"fp32": [], "fp16": ["fp16"], "bf16": ["bf16"], "int8": ["int8", "fp16"]}[precision]
+        assert plan.calibrator is (precision == "int8")
+    else:  # TensorRT 11: no precision flags; the ONNX carries the precision
+        assert plan.builder_flags == [] and plan.calibrator is False
+        assert plan.network == {"fp32": "fp32", "fp16": "fp16-compute", "bf16": "bf16-compute",
+                                "int8": "int8-qdq"}[precision]
+    assert plan.profile == {"min": [1, *SHAPE], "opt": [1, *SHAPE], "max": [32, *SHAPE]}
+    json.dumps(plan.to_dict())  # goes into the manifest as plain data
+
+
+@pytest.mark.parametrize("version", [TRT10, TRT11])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
+def test_loader_chain_inspected_not_built(tmp_path, precision, version):
+    cache = tmp_path / "tactics.cache"
+    cache.write_bytes(b"x")
+    opts = ExportOptions(precision=precision, dynamic_batch=(2, 4, 8), workspace_gib=1.5, opt_level=5,
+                         timing_cache=str(cache), version_compatible=True, hardware_compatibility="ampere+")
+    plan = plan_build(opts, SHAPE, version)
+    calib = np.zeros((10, *SHAPE), np.float32)
+    chain = loader_chain(plan, tmp_path / "m.onnx", tmp_path / "m.engine", calib, tmp_path / "calib.cache")
+    assert chain.network.path == str(tmp_path / "m.onnx")
+    assert chain.network.strongly_typed is (plan.typing == "strong")
+    cfg = chain.config.create()  # CreateConfig without the calibrator: needs no TensorRT
+    assert (cfg.fp16, cfg.bf16, cfg.int8) == tuple(f in plan.builder_flags for f in ("fp16", "bf16", "int8"))
+    (profile,) = cfg.profiles
+    shapes = profile["input"]
+    assert (tuple(shapes.min), tuple(shapes.opt), tuple(shapes.max)) == ((2, *SHAPE), (4, *SHAPE), (8, *SHAPE))
+    assert cfg.builder_optimization_level == 5
+    assert cfg.timing_cache_path == str(cache) and chain.engine.timing_cache_path == str(cache)
+    assert cfg.version_compatible is True and cfg.exclude_lean_runtime is False
+    assert chain.tweaks.workspace_bytes == int(1.5 * 2**30)
+    assert chain.tweaks.hardware_compatibility == "ampere+"
+    if plan.calibrator:  # weak int8: calibration at the profile's smallest batch, all samples used
+        batches = chain.config.calibration_batches
+        assert [b["input"].shape[0] for b in batches] == [2] * 5
+        assert chain.config.calibration_cache == str(tmp_path / "calib.cache")
+    else:
+        assert chain.config.calibration_batches is None
+
+
+def test_dla_and_missing_timing_cache(tmp_path):
+    plan = plan_build(ExportOptions(precision="fp16", dla_core=1, timing_cache=str(tmp_path / "new.cache")),
+                      SHAPE, TRT10)
+    chain = loader_chain(plan, tmp_path / "m.onnx", tmp_path / "m.engine")
+    cfg = chain.config.create()
+    assert cfg.use_dla and cfg.allow_gpu_fallback and chain.tweaks.dla_core == 1
+    assert cfg.timing_cache_path is None  # nothing to load yet ...
+    assert chain.engine.timing_cache_path == str(tmp_path / "new.cache")  # ... but the build writes it
+    assert any("DLA" in n for n in plan.notes)
+
+
+def test_batch_profile_rules():
+    assert batch_profile(ExportOptions()) == (1, 1, 32)
+    assert batch_profile(ExportOptions(batch_size=8)) == (1, 8, 32)
+    assert batch_profile(ExportOptions(static=True, batch_size=4)) == (4, 4, 4)
+    assert batch_profile(ExportOptions(dynamic_batch=(1, 16, 64))) == (1, 16, 64)
+    assert parse_dynamic_batch("1:8:32") == (1, 8, 32)
+    for bad in ("8:1:32", "0:1:2"):
+        with pytest.raises(UserError, match="MIN <= OPT <= MAX"):
+            batch_profile(ExportOptions(dynamic_batch=parse_dynamic_batch(bad)))
+    for bad in ("1:8", "a:b:c", "1:2:3:4"):
+        with pytest.raises(UserError, match="MIN:OPT:MAX"):
+            parse_dynamic_batch(bad)
+
+
+def test_weak_int8_needs_enough_calibration(tmp_path):
+    plan = plan_build(ExportOptions(precision="int8", dynamic_batch=(4, 4, 8)), SHAPE, TRT10)
+    with pytest.raises(UserError, match="at least 4 samples"):
+        loader_chain(plan, tmp_path / "m.onnx", tmp_path / "m.engine", np.zeros((3, *SHAPE), np.float32))
+    with pytest.raises(UserError, match="calibration data"):
+        loader_chain(plan, tmp_path / "m.onnx", tmp_path / "m.engine", None)
+
+
+@pytest.mark.parametrize("spec", [ModelSpec("resnet18", num_classes=10, img_size=(64, 64)),
+                                  ModelSpec("resnet18", task="detection", img_size=(128, 128))],
+                         ids=["classification", "detection"])
+def test_fp16_compute_onnx_parity_in_onnxruntime(tmp_path, spec):
+    """The graph TensorRT 11 parses for --fp16: fp16 weights and compute, fp32 inputs and outputs,
+    post-processing in fp32; it runs in ONNX Runtime on the CPU and passes the fp16 gate."""
+    (r,) = export(spec, ["onnx"], tmp_path, ExportOptions(precision="fp16"))
+    assert r.ok, r.parity and r.parity["failures"]
+    graph = onnx.load(str(r.artifact)).graph
+    f16 = onnx.TensorProto.FLOAT16
+    assert all(v.type.tensor_type.elem_type != f16 for v in list(graph.input) + list(graph.output))
+    weights = [t for t in graph.initializer if t.data_type in (onnx.TensorProto.FLOAT, f16) and len(t.dims) == 4]
+    assert weights and all(t.data_type == f16 for t in weights)  # every conv kernel is fp16
+    m = load_manifest(r.artifact)
+    assert m.precision == "fp16" and m.export["compute"]["dtype"] == "float16"
+    if spec.task == "classification":  # really ran in fp16: less exact than fp32, inside the fp16 gate
+        assert 1e-5 < r.parity["metrics"]["logits"]["max_rel"] < 2e-2
+
+
+def test_bf16_compute_onnx_is_a_valid_typed_graph(tmp_path):
+    """bf16 compute (opset 22): ONNX Runtime has no CPU bf16 kernels, so here the graph is checked
+    by ONNX's full type inference and the cast model's numerics against fp32 in PyTorch."""
+    import torch
+
+    from exporter.formats import ExportContext
+    from exporter.formats.onnx_reduced import cast_model, reduced_proto
+    from exporter.models import build_model
+
+    spec = ModelSpec("resnet18", num_classes=10, img_size=(64, 64))
+    model = build_model(spec)
+    ctx = ExportContext(model=model, spec=model.spec, options=ExportOptions(precision="bf16"), workdir=tmp_path,
+                        stem="m")
+    proto, info = reduced_proto(ctx, "bf16")
+    onnx.checker.check_model(proto, full_check=True)
+    assert info["opset"] == 22 and info["compute"]["dtype"] == "bfloat16"
+    bf16 = onnx.TensorProto.BFLOAT16
+    assert any(t.data_type == bf16 for t in proto.graph.initializer)
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert proto.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    x = torch.randn(2, *SHAPE)
+    with torch.no_grad():
+        ref, out = model(x)[0], cast_model(model, "bf16")(x)[0]
+    assert out.dtype == torch.float32
+    rel = float((out - ref).abs().max() / ref.abs().max())
+    assert 1e-4 < rel < 6e-2
+
+
+def test_qdq_int8_graph_is_symmetric_for_tensorrt(tmp_path):
+    """TensorRT's explicit int8 path (TensorRT 11's only one) needs Q/DQ pairs with zero points 0."""
+    from onnx import numpy_helper
+
+    spec = ModelSpec("resnet18", num_classes=10, img_size=(64, 64))
+    (r,) = export(spec, ["onnx"], tmp_path, ExportOptions(precision="int8", calib_random=True, calib_samples=4))
+    assert r.ok, r.parity and r.parity["failures"]
+    graph = onnx.load(str(r.artifact)).graph
+    ops = [n.op_type for n in graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    inits = {t.name: t for t in graph.initializer}
+    zero_points = [inits[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zero_points and all(z.data_type == onnx.TensorProto.INT8 and not numpy_helper.to_array(z).any()
+                               for z in zero_points)
+
+
+BUILT = {"version": "10.13.0", "gpu": "NVIDIA L4", "compute_capability": "8.9"}
+
+
+@pytest.mark.parametrize("built,current,problem", [
+    (BUILT, dict(BUILT), None),
+    (None, dict(BUILT), None),
+    (BUILT, {**BUILT, "version": "10.14.1"}, "TensorRT 10.13.0 (this machine has 10.14.1)"),
+    ({**BUILT, "version_compatible": True}, {**BUILT, "version": "10.14.1"}, None),
+    ({**BUILT, "version_compatible": True}, {**BUILT, "version": "11.0.0"}, "TensorRT 10.13.0"),
+    ({**BUILT, "version_compatible": True}, {**BUILT, "version": "10.9.0"}, "TensorRT 10.13.0"),
+    (BUILT, {**BUILT, "gpu": "NVIDIA H100", "compute_capability": "9.0"}, "sm_89 (this GPU, NVIDIA H100, is sm_90)"),
+    ({**BUILT, "hardware_compatibility": "ampere+"}, {**BUILT, "compute_capability": "9.0"}, None),
+    ({**BUILT, "hardware_compatibility": "ampere+"}, {**BUILT, "compute_capability": "7.5"}, "sm_89"),
+    (BUILT, {"version": "10.9.0", "gpu": "Tesla T4", "compute_capability": "7.5"}, "sm_89 (this GPU, Tesla T4, is sm_75) with TensorRT"),
+])
+def test_engine_compatibility_check(built, current, problem):
+    got = compatibility_problem(built, current)
+    if problem is None:
+        assert got is None
+    else:
+        assert got.startswith("engine built for ") and problem in got and "rebuild" in got and "\n" not in got
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_cli_without_tensorrt_one_line_nothing_written(tmp_path, export_cli):
+    out = tmp_path / "out"
+    r = export_cli("resnet18", "--format", "trt", "--fp16", "--img-size", "64", "-o", str(out))
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "tensorrt" in lines[0] and "[trt]" in lines[0], lines
+    assert files_under(out) == [] and not out.exists()
+    r = export_cli("--list-formats", "--json")
+    trt = {row["format"]: row for row in json.loads(r.stdout)}["trt"]
+    assert not trt["available"] and "tensorrt" in trt["reason"]
+    assert get_format("trt").unavailable_reason() == trt["reason"]
+
+
+def test_cli_trt_option_errors(tmp_path, export_cli):
+    for args, msg in ((["--format", "onnx", "--workspace", "2"], "--workspace only applies to --format trt"),
+                      (["--format", "onnx", "--dynamic-batch", "1:2:4"], "--dynamic-batch only applies"),
+                      (["--format", "trt", "--dynamic-batch", "1:2"], "MIN:OPT:MAX"),
+                      (["--format", "onnx", "--bf16"], "does not support bf16")):
+        r = export_cli("resnet18", "--img-size", "64", "-o", str(tmp_path / "o"), *args)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, (args, r.stderr)
+        assert not (tmp_path / "o").exists()
+
+
+def test_plan_option_validation():
+    from exporter.formats.tensorrt import check_plan_options
+
+    for opts, msg in ((ExportOptions(opt_level=7), "--opt-level"), (ExportOptions(workspace_gib=0), "--workspace"),
+                      (ExportOptions(dla_core=-1), "--dla-core"),
+                      (ExportOptions(hardware_compatibility="turing+"), "--hardware-compatible"),
+                      (ExportOptions(timing_cache="/no/such/dir/t.cache"), "does not exist")):
+        with pytest.raises(UserError, match=msg):
+            check_plan_options(opts)
+    assert isinstance(plan_build(ExportOptions(), SHAPE, TRT11), BuildPlan)
+
+
+# --- on a GPU with TensorRT (skipped here) ----------------------------------------------------------------
+
+def _gpu_with_trt() -> str | None:
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed (pip install 'autotimm-deploy[trt]' on a CUDA machine)"
+    import torch
+
+    return None if torch.cuda.is_available() else "no CUDA GPU visible"
+
+
+needs_trt = pytest.mark.skipif(_gpu_with_trt() is not None, reason=_gpu_with_trt() or "")
+
+
+@pytest.mark.gpu
+@needs_trt
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_engine_build_reload_parity_on_gpu(tmp_path, precision):
+    from profiler.api import Settings, profile
+    from profiler.timing import HarnessConfig
+
+    spec = ModelSpec("resnet18", num_classes=10, img_size=(64, 64))
+    cache = tmp_path / "tactics.cache"
+    (r,) = export(spec, ["trt"], tmp_path, ExportOptions(precision=precision, timing_cache=str(cache)))
+    assert r.ok, r.error or r.parity["failures"]
+    m = load_manifest(r.artifact)
+    assert m.export["tensorrt"]["compute_capability"] and m.export["timing_cache_sha256"] and cache.exists()
+    report = profile([str(r.artifact)], Settings(device=None, batch_sizes=[1, 4],
+                                                 harness=HarnessConfig(max_time=1, warmup_time=0.5)),
+                     compare_eager=True, isolate=False)
+    run = report["runs"][1]
+    assert run["runtime"] == "tensorrt" and run["phases_ms"]["compute_ms"] > 0
+    assert all(not p.get("error") for p in run["points"])
+
+
+@pytest.mark.gpu
+@needs_trt
+def test_engine_int8_and_cuda_graph_on_gpu(tmp_path):
+    from profiler.runtimes import open_session
+
+    spec = ModelSpec("resnet18", num_classes=10, img_size=(64, 64))
+    (r,) = export(spec, ["trt"], tmp_path, ExportOptions(precision="int8", calib_random=True, calib_samples=8))
+    assert r.ok, r.error or r.parity["failures"]
+    m = load_manifest(r.artifact)
+    with open_session(r.artifact, manifest=m) as plain, open_session(r.artifact, manifest=m, cuda_graph=True) as g:
+        x = plain.random_arrays(2)
+        np.testing.assert_allclose(g.infer(x)["logits"], plain.infer(x)["logits"], rtol=1e-3, atol=1e-3)
