@@ -54,11 +54,12 @@ TOLERANCES = {
 # Detection gates per precision: share of detections matched (IoU >= 0.5, greedy), their mean IoU,
 # the largest score difference of a matched pair, label agreement of matched pairs.
 DETECTION_TOLERANCES = {
-    "fp32": {"match_rate": 0.98, "mean_iou": 0.999, "max_score_diff": 1e-3, "label_agreement": 0.99},
-    "fp16": {"match_rate": 0.9, "mean_iou": 0.98, "max_score_diff": 1e-2, "label_agreement": 0.95},
-    "bf16": {"match_rate": 0.85, "mean_iou": 0.95, "max_score_diff": 3e-2, "label_agreement": 0.9},
-    "int8": {"match_rate": 0.7, "mean_iou": 0.9, "max_score_diff": 5e-2, "label_agreement": 0.85},
+    "fp32": {"match_rate": 0.98, "mean_iou": 0.999, "max_score_diff": 1e-3, "label_agreement": 0.99, "mask_iou": 0.99},
+    "fp16": {"match_rate": 0.9, "mean_iou": 0.98, "max_score_diff": 1e-2, "label_agreement": 0.95, "mask_iou": 0.95},
+    "bf16": {"match_rate": 0.85, "mean_iou": 0.95, "max_score_diff": 3e-2, "label_agreement": 0.9, "mask_iou": 0.9},
+    "int8": {"match_rate": 0.7, "mean_iou": 0.9, "max_score_diff": 5e-2, "label_agreement": 0.85, "mask_iou": 0.8},
 }
+MASK_THRESHOLD = 0.5
 DETECTION_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
 
 
@@ -72,10 +73,18 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(same, 1.0, iou)
 
 
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > MASK_THRESHOLD, b > MASK_THRESHOLD
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
 def compare_detections(ref: dict, out: dict) -> dict:
-    """Match each image's detections greedily by IoU (>= 0.5, labels ignored for matching)."""
+    """Match each image's detections greedily by IoU (>= 0.5, labels ignored for matching); with
+    ``masks`` (instance segmentation), also the mask IoU of each matched pair at 0.5."""
     matched = total_ref = total_out = same_count = 0
-    ious, score_diffs, labels_same = [], [], []
+    ious, score_diffs, labels_same, mask_ious = [], [], [], []
+    masks = "masks" in ref and "masks" in out
     for b in range(len(ref["num_detections"])):
         nr, no = int(ref["num_detections"][b]), int(out["num_detections"][b])
         total_ref, total_out, same_count = total_ref + nr, total_out + no, same_count + (nr == no)
@@ -87,13 +96,20 @@ def compare_detections(ref: dict, out: dict) -> dict:
             ious.append(iou[i, j])
             score_diffs.append(abs(float(ref["scores"][b, i]) - float(out["scores"][b, j])))
             labels_same.append(int(ref["labels"][b, i]) == int(out["labels"][b, j]))
+            if masks:
+                mask_ious.append(_mask_iou(ref["masks"][b, i], out["masks"][b, j]))
             iou[i, :], iou[:, j] = -1, -1
             matched += 1
     denom = max(total_ref, total_out)
-    return {"match_rate": matched / denom if denom else 1.0, "mean_iou": float(np.mean(ious)) if ious else None,
-            "max_score_diff": max(score_diffs) if score_diffs else None,
-            "label_agreement": float(np.mean(labels_same)) if labels_same else None,
-            "count_agreement": same_count / len(ref["num_detections"]), "matched": matched, "ref_detections": total_ref}
+    result = {"match_rate": matched / denom if denom else 1.0, "mean_iou": float(np.mean(ious)) if ious else None,
+              "max_score_diff": max(score_diffs) if score_diffs else None,
+              "label_agreement": float(np.mean(labels_same)) if labels_same else None,
+              "count_agreement": same_count / len(ref["num_detections"]), "matched": matched,
+              "ref_detections": total_ref}
+    if masks:
+        result["mask_iou"] = float(np.mean(mask_ious)) if mask_ious else None
+        result["min_mask_iou"] = float(np.min(mask_ious)) if mask_ious else None
+    return result
 
 
 def compare(ref: np.ndarray, out: np.ndarray, tol: Tolerance) -> dict:
@@ -170,7 +186,7 @@ def detection_failures(m: dict, precision: str) -> list[str]:
     bad = []
     if m["match_rate"] < gate["match_rate"]:
         bad.append(f"match_rate {m['match_rate']:.2%} < {gate['match_rate']:.0%}")
-    for key in ("mean_iou", "label_agreement"):
+    for key in ("mean_iou", "label_agreement", "mask_iou"):
         if m.get(key) is not None and m[key] < gate[key]:
             bad.append(f"{key} {m[key]:.4f} < {gate[key]}")
     if m.get("max_score_diff") is not None and m["max_score_diff"] > gate["max_score_diff"]:
@@ -183,6 +199,7 @@ def detection_failures(m: dict, precision: str) -> list[str]:
 _WORST = {"max_abs": max, "max_rel": max, "scale": max, "cosine": min, "spread": min, "delta_cosine": min,
           "top1_rows": sum, "top1_hits": sum, "pixel_rows": sum, "pixel_hits": sum, "agreement": min,
           "match_rate": min, "mean_iou": min, "max_score_diff": max, "label_agreement": min, "count_agreement": min,
+          "mask_iou": min, "min_mask_iou": min,
           "matched": sum, "ref_detections": sum}
 
 
@@ -208,7 +225,7 @@ def compare_outputs(ref: dict, out: dict, tol: Tolerance) -> dict:
         return {n: {"error": "output missing"} for n in missing}
     if set(DETECTION_OUTPUTS) <= set(ref):
         metrics = {"detections": compare_detections(ref, out)}
-        rest = [n for n in ref if n not in DETECTION_OUTPUTS]
+        rest = [n for n in ref if n not in DETECTION_OUTPUTS and n != "masks"]
     else:
         metrics, rest = {}, list(ref)
     metrics.update({n: compare(ref[n], out[n], tol) for n in rest})
@@ -274,6 +291,8 @@ def summary(report: dict | None) -> str:
         parts.append(f"matched={m['match_rate']:.1%}")
         if m.get("mean_iou") is not None:
             parts.append(f"iou={m['mean_iou']:.4f} dscore={m['max_score_diff']:.1e}")
+        if m.get("mask_iou") is not None:
+            parts.append(f"mask_iou={m['mask_iou']:.4f}")
     elif "agreement" in m:
         parts.append(f"agreement={m['agreement']:.2%}")
     else:

@@ -40,7 +40,7 @@ def test_nms_in_graph_equals_torchvision_batched_nms():
     model = build_model(SPECS["resnet18"])
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((3, 3, 128, 128), dtype=np.float32))
     with torch.no_grad():
-        boxes, scores, labels = model.candidates(model.head_outputs(x))
+        boxes, scores, labels, _ = model.candidates(model.head_outputs(x))
         out_boxes, out_scores, out_labels, count = model(x)
     for b in range(3):
         keep = torchvision.ops.batched_nms(boxes[b], scores[b], labels[b], 0.6)

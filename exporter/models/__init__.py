@@ -41,4 +41,4 @@ def build_model(spec: ModelSpec) -> torch.nn.Module:
     return model
 
 
-from exporter.models import classification, detection, segmentation  # noqa: E402,F401  (register the tasks)
+from exporter.models import classification, detection, instance, segmentation  # noqa: E402,F401  (register the tasks)

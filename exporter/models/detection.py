@@ -96,6 +96,11 @@ class FCOSHead(nn.Module):
         return self.cls_logits(c), F.relu(self.bbox_pred(r)), self.centerness(r)
 
 
+def flat_levels(levels, i: int) -> torch.Tensor:
+    """The i-th head output of every level, as [B, locations, channels]."""
+    return torch.cat([level[i].flatten(2) for level in levels], 2).transpose(1, 2)
+
+
 def pairwise_iou(boxes: torch.Tensor) -> torch.Tensor:
     """boxes [B, K, 4] -> IoU [B, K, K]."""
     area = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
@@ -107,7 +112,16 @@ def pairwise_iou(boxes: torch.Tensor) -> torch.Tensor:
 
 def batched_greedy_nms(boxes, scores, labels, iou_threshold: float, score_threshold: float, rounds: int):
     """boxes [B, K, 4], scores [B, K], labels [B, K] (candidates) -> the first ``rounds`` boxes greedy
-    class-aware NMS keeps, padded: (boxes [B, N, 4], scores [B, N], labels [B, N], count [B]).
+    class-aware NMS keeps, padded: (boxes [B, N, 4], scores [B, N], labels [B, N], count [B])."""
+    idx, best, valid = greedy_nms_picks(boxes, scores, labels, iou_threshold, score_threshold, rounds)
+    out_boxes = torch.gather(boxes, 1, idx[..., None].expand(-1, -1, 4))
+    out_boxes = torch.where(valid[..., None], out_boxes, torch.zeros_like(out_boxes))
+    out_labels = torch.where(valid, torch.gather(labels, 1, idx), torch.full_like(idx, -1))
+    return out_boxes, torch.where(valid, best, torch.zeros_like(best)), out_labels, valid.sum(1)
+
+
+def greedy_nms_picks(boxes, scores, labels, iou_threshold: float, score_threshold: float, rounds: int):
+    """(candidate index [B, N], its score [B, N], valid [B, N]) of the first ``rounds`` picks.
 
     Which candidate suppresses which is computed once ([B, K, K]); each round is then five ops:
     take the best live candidate, look up its row, retire what it suppresses (itself included)."""
@@ -124,11 +138,7 @@ def batched_greedy_nms(boxes, scores, labels, iou_threshold: float, score_thresh
         row = torch.gather(kills, 1, idx[:, None, None].expand(-1, 1, k))[:, 0]
         live = torch.where(row, torch.full_like(live, -1.0), live)
     idx, best = torch.stack(picks, 1), torch.stack(bests, 1)
-    valid = best >= 0
-    out_boxes = torch.gather(boxes, 1, idx[..., None].expand(-1, -1, 4))
-    out_boxes = torch.where(valid[..., None], out_boxes, torch.zeros_like(out_boxes))
-    out_labels = torch.where(valid, torch.gather(labels, 1, idx), torch.full_like(idx, -1))
-    return out_boxes, torch.where(valid, best, torch.zeros_like(best)), out_labels, valid.sum(1)
+    return idx, best, best >= 0
 
 
 class Detector(nn.Module):
@@ -159,11 +169,10 @@ class Detector(nn.Module):
         return [self.head(p) for p in self.fpn(self.backbone(x))]
 
     def candidates(self, levels):
-        """Decode every level and keep the top PRE_NMS (location, class) pairs per image."""
+        """Decode every level and keep the top PRE_NMS (location, class) pairs per image:
+        (boxes [B, P, 4], scores [B, P], labels [B, P], location index [B, P])."""
         b = levels[0][0].shape[0]
-        cls = torch.cat([c.flatten(2) for c, _, _ in levels], 2).transpose(1, 2)  # [B, A, K]
-        reg = torch.cat([r.flatten(2) for _, r, _ in levels], 2).transpose(1, 2)  # [B, A, 4]
-        ctr = torch.cat([t.flatten(2) for _, _, t in levels], 2).transpose(1, 2)  # [B, A, 1]
+        cls, reg, ctr = (flat_levels(levels, i) for i in range(3))  # [B, A, K], [B, A, 4], [B, A, 1]
         scores = torch.sqrt(torch.sigmoid(cls) * torch.sigmoid(ctr))
         dist = reg * self.point_strides[None, :, None]
         boxes = torch.cat([self.points[None] - dist[..., :2], self.points[None] + dist[..., 2:]], -1)
@@ -172,20 +181,21 @@ class Detector(nn.Module):
         top, idx = scores.reshape(b, -1).topk(k, dim=1)
         anchor = torch.div(idx, self.num_classes, rounding_mode="floor")
         labels = idx - anchor * self.num_classes
-        return torch.gather(boxes, 1, anchor[..., None].expand(-1, -1, 4)), top, labels
+        return torch.gather(boxes, 1, anchor[..., None].expand(-1, -1, 4)), top, labels, anchor
 
     def forward(self, x: torch.Tensor):
         levels = self.head_outputs(x)
         if self.opts["raw"]:
             return tuple(t for level in levels for t in level)
-        boxes, scores, labels = self.candidates(levels)
+        boxes, scores, labels, _ = self.candidates(levels)
         return batched_greedy_nms(boxes, scores, labels, self.opts["iou_threshold"], self.opts["score_threshold"],
                                   self.opts["max_detections"])
 
 
-def seed_head(head: FCOSHead, seed: int) -> None:
+def seed_head(model: "Detector", seed: int) -> None:
     """Random weights give near-identical scores everywhere, so NMS order would hinge on rounding.
     Spread the final layers' weights (seeded) so scores differ clearly across locations and inputs."""
+    head = model.head
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for layer in (head.cls_logits, head.centerness, head.bbox_pred):
@@ -195,15 +205,20 @@ def seed_head(head: FCOSHead, seed: int) -> None:
 
 @register_task("detection")
 def build_detector(spec: ModelSpec) -> nn.Module:
+    return build_fpn_model(spec, Detector, DEFAULTS, seed_head)
+
+
+def build_fpn_model(spec: ModelSpec, cls, defaults: dict, seed_fn) -> nn.Module:
+    """Backbone features + ``cls`` (a Detector); ``seed_fn(model, seed)`` spreads a new head's weights."""
     check_divisible(spec, STRIDES[-1])
-    opts = {**DEFAULTS, **spec.head}
+    opts = {**defaults, **spec.head}
     features = Features(spec)
     torch.manual_seed(spec.seed + 1)
-    model = Detector(features, spec, opts)
+    model = cls(features, spec, opts)
     if spec.weights == "checkpoint":
         load_checkpoint(model, spec.checkpoint)
     elif spec.weights in ("random", "pretrained"):  # pretrained covers the backbone only: the head is new
-        seed_head(model.head, spec.seed)
+        seed_fn(model, spec.seed)
     model.build_info = {"params": sum(p.numel() for p in model.parameters()),
                         "backbone_params": sum(p.numel() for p in features.parameters()),
                         "feature_strides": features.strides, "fpn_strides": list(STRIDES), **opts}
