@@ -98,7 +98,9 @@ def _check_calibration_source(options: ExportOptions) -> None:
     if options.calib_data is None and not options.calib_random:
         raise UserError("int8 needs calibration data: pass --calib-data DIR|FILE.npy "
                         "(or --calib-random for a smoke test whose accuracy means nothing)")
-    if options.calib_data is not None and not Path(options.calib_data).exists():
+    from exporter.calibration import SAMPLE_PICTURES
+
+    if options.calib_data not in (None, SAMPLE_PICTURES) and not Path(options.calib_data).exists():
         raise UserError(f"calibration data not found: {options.calib_data}")
 
 

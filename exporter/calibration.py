@@ -9,6 +9,7 @@ import numpy as np
 
 from exporter.errors import UserError, first_line
 
+SAMPLE_PICTURES = "sample-pictures"  # --calib-data keyword: the pictures scikit-image ships
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 _RESAMPLE = {"bilinear": 2, "bicubic": 3, "nearest": 0, "lanczos": 1}  # PIL.Image.Resampling values
 
@@ -81,6 +82,13 @@ def load_calibration(source: str | None, samples: int, prep: dict, allow_random:
         rng = np.random.default_rng(seed)
         data = rng.standard_normal((samples, *prep["input_size"]), dtype=np.float32)
         return data, {"source": "random", "samples": samples, "warning": "random calibration: accuracy is meaningless"}
+    if source == SAMPLE_PICTURES:
+        from exporter.samples import sample_images
+
+        c, h, w = prep["input_size"]
+        data = sample_images(samples, c, (h, w), prep["mean"], prep["std"])
+        return data, {"source": SAMPLE_PICTURES, "samples": samples,
+                      "note": "scikit-image's sample pictures: real images, but not your data"}
     path = Path(source)
     if path.is_dir():
         data = _from_folder(path, samples, prep)

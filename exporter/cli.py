@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -22,6 +23,7 @@ HEAD_FLAGS = ("head", "head_channels", "argmax", "fpn_channels", "depthwise", "s
 def build_parser() -> OneLineParser:
     p = OneLineParser(prog=PROG, description="Export a timm model to deployable artifacts, each parity-checked.")
     p.add_argument("model", nargs="?", help="timm model name, e.g. resnet50")
+    p.add_argument("--recipe", metavar="FILE.yaml", help="export a recipe's whole matrix into OUT/<recipe name>/ (see recipes/)")
     p.add_argument("-f", "--format", default="onnx", help="comma-separated formats (see --list-formats); default onnx")
     p.add_argument("-o", "--out", default="out", help="output folder (default: out/)")
     p.add_argument("--name", help="file stem for the artifacts (default: model name, plus task and precision)")
@@ -54,7 +56,7 @@ def build_parser() -> OneLineParser:
     for name in ("fp16", "bf16", "int8"):
         pr.add_argument(f"--{name}", dest="precision", action="store_const", const=name, help=f"same as --precision {name}")
     c = p.add_argument_group("int8 calibration")
-    c.add_argument("--calib-data", metavar="DIR|FILE.npy", help="images (a folder) or a .npy array for int8 calibration")
+    c.add_argument("--calib-data", metavar="DIR|FILE.npy", help="images (a folder), a .npy array, or sample-pictures (scikit-image's) for int8 calibration")
     c.add_argument("--calib-samples", type=int, default=32, help="calibration samples to use (default 32)")
     c.add_argument("--calib-random", action="store_true", help="calibrate on random data (smoke tests only; flagged)")
     r = p.add_argument_group("TensorRT (--format trt)")
@@ -71,7 +73,8 @@ def build_parser() -> OneLineParser:
     t = p.add_argument_group("choose for a target")
     t.add_argument("--target", choices=("cpu",), help="export every CPU candidate, keep the fastest that passes parity")
     t.add_argument("--recipe-out", metavar="PATH", help="with --target: write the chosen configuration as YAML")
-    t.add_argument("--max-time", type=float, default=15.0, help="with --target: seconds to time the candidates (default 15)")
+    t.add_argument("--max-time", type=float, help="with --target: seconds to time the candidates (default 15); "
+                   "with --recipe: the run's time budget (no new export starts after it)")
     t.add_argument("--threads", type=int, help="with --target: intra-op threads for every runtime alike")
     p.add_argument("--json", action="store_true", help="print results as JSON on stdout (table to stderr)")
     p.add_argument("--list-formats", action="store_true", help="list formats and whether each can run here")
@@ -138,8 +141,12 @@ def _trt_options(a, formats: list[str]) -> dict:
 def main(a) -> int:
     if a.list_formats:
         return list_formats(a.json)
+    if a.recipe:
+        if a.model:
+            raise UserError("give a model name or --recipe, not both")
+        return run_recipe(a)
     if not a.model:
-        raise UserError("give a timm model name, e.g. autotimm-export resnet50 (or --list-formats)")
+        raise UserError("give a timm model name, e.g. autotimm-export resnet50 (or --list-formats, --recipe)")
     from exporter.api import export
     from exporter.formats import ExportOptions, export_order
 
@@ -179,11 +186,33 @@ def main(a) -> int:
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
 
+def run_recipe(a) -> int:
+    from exporter.cli_common import print_recipe_rows, recipe_progress
+    from exporter.recipe import load_recipe, run_exports
+
+    recipe = load_recipe(a.recipe, a.out)
+    if a.max_time is not None and a.max_time <= 0:
+        raise UserError(f"--max-time must be positive, got {a.max_time}")
+    from exporter.api import _check_out_dir
+
+    _check_out_dir(Path(a.out))
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
+        task = bar.add_task(f"recipe {recipe.name}", total=None)
+        rows = run_exports(recipe, a.max_time, recipe_progress(bar, task), force=a.force)
+    if a.json:
+        print(json.dumps({"recipe": str(recipe.path), "out": str(recipe.root), "rows": rows}, indent=2))
+    print_recipe_rows(f"autotimm-export --recipe {recipe.name} -> {recipe.artifacts_dir}", rows,
+                      ("model", "task", "format", "precision"), console(a.json))
+    return EXIT_FAILED if any(r["status"] == "failed" for r in rows) else EXIT_OK
+
+
 def run_target(a, spec: ModelSpec, options) -> int:
     from exporter.target import target_cpu
 
     if a.no_verify:
         raise UserError("--target needs parity: it cannot be combined with --no-verify")
+    a.max_time = 15.0 if a.max_time is None else a.max_time
     if a.max_time <= 0:
         raise UserError(f"--max-time must be positive, got {a.max_time}")
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=stderr,

@@ -55,3 +55,35 @@ def console(to_stderr: bool = False) -> Console:
     """A console for results: wide when not a terminal, so piped tables are not truncated."""
     c = Console(stderr=to_stderr)
     return c if c.is_terminal else Console(stderr=to_stderr, width=200)
+
+
+STATUS_STYLE = {"exported": "green", "profiled": "green", "up to date": "cyan", "skipped": "yellow",
+                "not run": "yellow", "failed": "red"}
+
+
+def recipe_progress(bar, task):
+    """A progress callback ``(text, done, total)`` for the recipe runners."""
+    def update(text: str, done: int, total: int) -> None:
+        bar.update(task, description=text, completed=done, total=total)
+
+    return update
+
+
+def print_recipe_rows(title: str, rows: list[dict], columns: tuple[str, ...], out: Console) -> None:
+    """One line per recipe job: its columns, status, and why (reason / error / parity)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in (*columns, "status", "note"):
+        t.add_column(c)
+    for r in rows:
+        note = r.get("reason") or r.get("error") or (f"parity {r['parity']}" if r.get("parity") else "")
+        style = STATUS_STYLE.get(r["status"], "")
+        t.add_row(*(escape(str(r.get(c) or "")) for c in columns), f"[{style}]{r['status']}[/]",
+                  escape(str(note))[:120])
+    out.print(t)
+    counts = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    out.print(", ".join(f"{n} {s}" for s, n in counts.items()))

@@ -9,6 +9,7 @@ subprocess (`profiler.worker`), so peak memory belongs to that group alone.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import subprocess
 import sys
@@ -80,6 +81,13 @@ def run_group(targets: list[Target], settings: Settings,
     """Open every target of one group, sweep them together, return one run record per target."""
     step = on_progress or (lambda _t: None)
     sessions, loaded = [], []
+    for t in targets:  # import each runtime's libraries first: the baseline holds them, not the model
+        for module in RUNTIMES[t.runtime][3]:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                pass  # opening the session below says which extra to install
+    baseline_rss = current_rss_mb()
     for t in targets:
         step(f"loading {t.label}")
         before = current_rss_mb()
@@ -132,7 +140,8 @@ def run_group(targets: list[Target], settings: Settings,
             "batches_skipped": dropped,
             "phases_ms": phases.get(i),
             "points": rows,
-            "memory": {"loaded_mb": loaded[i], "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": peak_gpu,
+            "memory": {"loaded_mb": loaded[i], "peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": baseline_rss,
+                       "peak_gpu_mb": peak_gpu,
                        "process_holds": [x.label for x in targets]},
         })
         s.close()
@@ -168,10 +177,11 @@ def plan_groups(targets: list[Target], compare_eager: bool, interleave: bool) ->
     return groups
 
 
-def profile(target_texts: list[str], settings: Settings | None = None, runtime: str | None = None,
+def profile(target_texts: list, settings: Settings | None = None, runtime: str | None = None,
             compare_eager: bool = False, interleave: bool = False, isolate: bool | None = None,
             on_progress: Callable[[str], None] | None = None) -> dict:
-    """Measure every target; return the report (schema_version 1, raw floats, times in ms)."""
+    """Measure every target (artifact paths, timm names, or `Target`s); return the report
+    (schema_version 1, raw floats, times in ms)."""
     settings = settings or Settings()
     if not target_texts:
         raise UserError("give at least one artifact or timm model name")
@@ -179,7 +189,7 @@ def profile(target_texts: list[str], settings: Settings | None = None, runtime: 
         raise UserError(f"unknown runtime {runtime!r} (available: {', '.join(RUNTIMES)})")
     if any(b < 1 for b in settings.batch_sizes):
         raise UserError(f"batch sizes must be positive, got {settings.batch_sizes}")
-    targets = [resolve(t, runtime, settings.img_size) for t in target_texts]
+    targets = [t if isinstance(t, Target) else resolve(t, runtime, settings.img_size) for t in target_texts]
     if settings.device is None:  # a GPU-only runtime (TensorRT) puts the whole comparison on the GPU
         settings.device = "cuda" if any("cpu" not in runtime_class(t.runtime).devices for t in targets) else "cpu"
     check_device(settings.device)

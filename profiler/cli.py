@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from exporter.cli_common import EXIT_OK, OneLineParser, console, csv_list, run_cli, stderr
 from exporter.errors import UserError
@@ -18,6 +19,10 @@ PROG = "autotimm-profile"
 def build_parser() -> OneLineParser:
     p = OneLineParser(prog=PROG, description="Latency and throughput of deployed artifacts, eager vs deployed.")
     p.add_argument("targets", nargs="*", help="artifacts (.onnx, .pt, .pt2, ...) or timm model names (eager)")
+    p.add_argument("--recipe", metavar="FILE.yaml", help="profile everything a recipe exported (autotimm-export --recipe)")
+    p.add_argument("--report", choices=("seed",), help="with --recipe: render the seed page's tables (Markdown + PNG)")
+    p.add_argument("-o", "--out", default="out", help="with --recipe: the folder autotimm-export --recipe wrote into")
+    p.add_argument("--force", action="store_true", help="with --recipe: re-profile even what is up to date")
     p.add_argument("--runtime", help="force a runtime (eager, torchscript, pt2, onnxruntime, onnxruntime-cuda, "
                                      "onnxruntime-trt, openvino, tensorrt)")
     p.add_argument("--device", help="cpu or cuda[:N] (default: cuda for TensorRT engines, else cpu)")
@@ -32,7 +37,8 @@ def build_parser() -> OneLineParser:
                      help="each group in its own process (default with more than one group)")
     iso.add_argument("--no-isolate", dest="isolate", action="store_false")
     h = p.add_argument_group("harness")
-    h.add_argument("--max-time", type=float, default=10.0, help="seconds of sampling per batch size (default 10)")
+    h.add_argument("--max-time", type=float, help="seconds of sampling per batch size (default 10); with --recipe: "
+                   "the run's time budget (sampling time then comes from the recipe)")
     h.add_argument("--warmup-time", type=float, default=5.0, help="seconds of warm-up at most (default 5)")
     h.add_argument("--iterations", type=int, help="force this many timed iterations")
     h.add_argument("--target-ci", type=float, default=0.02, help="stop when the median's 95%% CI is within ± this")
@@ -82,10 +88,50 @@ def _check_outputs(a) -> None:
             raise UserError(f"cannot write {path}: it is a folder")
 
 
+def run_recipe(a) -> int:
+    from exporter.cli_common import EXIT_FAILED, print_recipe_rows, recipe_progress
+    from exporter.recipe import load_recipe
+    from profiler.recipe import run_profiles
+
+    if a.targets:
+        raise UserError("give artifacts or --recipe, not both")
+    recipe = load_recipe(a.recipe, a.out)
+    if a.max_time is not None and a.max_time <= 0:
+        raise UserError(f"--max-time must be positive, got {a.max_time}")
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
+        task = bar.add_task(f"recipe {recipe.name}", total=None)
+        rows = run_profiles(recipe, a.max_time, recipe_progress(bar, task), force=a.force)
+    report = None
+    if a.report == "seed":
+        from profiler.report import seed
+
+        md, pngs, _ = seed.write(recipe)
+        report = {"markdown": str(md), "png": [str(p) for p in pngs]}
+    payload = json.dumps({"recipe": str(recipe.path), "out": str(recipe.root), "rows": rows, "report": report}, indent=2)
+    if a.json == "-":
+        print(payload)
+    elif a.json:
+        from exporter.manifest import atomic_write_text
+
+        atomic_write_text(Path(a.json), payload)
+    out = console(a.json == "-")
+    print_recipe_rows(f"autotimm-profile --recipe {recipe.name}", rows, ("key", "device", "runtime"), out)
+    if report:
+        out.print(f"seed report: {report['markdown']}" + "".join(f", {p}" for p in report["png"]))
+    return EXIT_FAILED if any(r["status"] == "failed" for r in rows) else EXIT_OK
+
+
 def main(a) -> int:
     from profiler.api import Settings, profile
     from profiler.report import RENDERERS, table
     from profiler.timing import HarnessConfig
+
+    if a.recipe:
+        return run_recipe(a)
+    if a.report:
+        raise UserError("--report seed renders a recipe's results: use it with --recipe FILE.yaml")
+    a.max_time = 10.0 if a.max_time is None else a.max_time
 
     if a.threads is not None and a.threads < 1:
         raise UserError(f"--threads must be positive, got {a.threads}")

@@ -9,6 +9,12 @@ from pathlib import Path
 from exporter.errors import ExportFailed, first_line
 
 
+# Q/DQ only on the inputs of the compute-heavy ops, the placement TensorRT's explicit int8 path
+# expects; post-processing (box decode, NMS, resizes, concatenations) stays in float, where
+# quantizing it would cost accuracy (box coordinates) and can produce graphs ORT cannot load.
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
 class _Reader:
     """onnxruntime's CalibrationDataReader protocol over an in-memory array."""
 
@@ -40,12 +46,13 @@ def quantize_qdq(proto, ctx):
                 str(pre), str(dst), _Reader(proto.graph.input[0].name, data),
                 quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
+                calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(QUANTIZED_OPS),
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
             )
         except Exception as e:  # noqa: BLE001
             raise ExportFailed(f"onnxruntime static quantization failed: {first_line(e)}") from e
         out = onnx.load(str(dst))
-    info = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "activations": "int8 symmetric",
+    info = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "ops": list(QUANTIZED_OPS),
+            "activations": "int8 symmetric",
             "weights": "int8 per-channel symmetric", "calibration": ctx.calibration_info}
     return out, info

@@ -1,0 +1,443 @@
+"""Recipes: a YAML file naming a matrix of models x tasks x formats x precisions (exported by
+``autotimm-export --recipe``) and batch sizes x devices (profiled by ``autotimm-profile --recipe``).
+
+The file is validated on load; every error names the file and line. Schema (README.md, "Recipes")::
+
+    recipe: 1                        # schema version
+    name: edge                       # output folder name under --out (default: the file's stem)
+    description: ...
+    models: [mobilenetv3_small_100, {model: resnet18, img_size: 160, reference: {...}}]
+    tasks: [classification, {task: detection, fpn_channels: 128, depthwise: true, img_size: 640}]
+    formats: [onnx, openvino]
+    precisions: [fp32, int8]         # a format without a precision skips it (listed)
+    batch_sizes: [1, 8, 32]
+    devices: [cpu]
+    img_size: 224                    # defaults for every entry (else the model's own)
+    num_classes: 1000
+    calibration: {data: sample-pictures, samples: 16}    # for int8: a folder, a .npy, sample-pictures
+    profile: {max_time: 3, warmup_time: 1, threads: null}
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from exporter.errors import UserError
+
+SCHEMA_VERSION = 1
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+TOP_KEYS = {"recipe", "name", "description", "models", "tasks", "formats", "precisions", "batch_sizes", "devices",
+            "img_size", "num_classes", "calibration", "profile"}
+MODEL_KEYS = {"model", "img_size", "num_classes", "reference"}
+TASK_KEYS = {"task", "img_size", "num_classes", "label"}  # plus the task's head options
+CALIBRATION_KEYS = {"data", "samples", "random"}
+PROFILE_KEYS = {"max_time", "warmup_time", "threads", "iterations"}
+
+
+# --- YAML with line numbers ---------------------------------------------------------------------
+
+class _Map(dict):
+    line = 0
+    lines: dict
+
+
+class _Seq(list):
+    line = 0
+    lines: list
+
+
+def _loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node):
+        loader.flatten_mapping(node)
+        out = _Map()
+        out.line, out.lines = node.start_mark.line + 1, {}
+        for k_node, v_node in node.value:
+            key = loader.construct_object(k_node, deep=True)
+            if key in out:
+                raise _LineError(k_node.start_mark.line + 1, f"duplicate key {key!r}")
+            out[key] = loader.construct_object(v_node, deep=True)
+            out.lines[key] = k_node.start_mark.line + 1
+        return out
+
+    def sequence(loader, node):
+        out = _Seq(loader.construct_object(c, deep=True) for c in node.value)
+        out.line, out.lines = node.start_mark.line + 1, [c.start_mark.line + 1 for c in node.value]
+        return out
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, sequence)
+    return Loader
+
+
+class _LineError(Exception):
+    def __init__(self, line: int, message: str):
+        super().__init__(message)
+        self.line = line
+
+
+def _line(container, key, default: int) -> int:
+    lines = getattr(container, "lines", None)
+    if isinstance(lines, dict):
+        return lines.get(key, default)
+    if isinstance(lines, list) and isinstance(key, int) and key < len(lines):
+        return lines[key]
+    return default
+
+
+# --- the recipe -----------------------------------------------------------------------------------
+
+@dataclass
+class ModelEntry:
+    name: str
+    img_size: tuple[int, int] | None = None
+    num_classes: int | None = None
+    reference: dict[str, Any] = field(default_factory=dict)  # the seed page's numbers, for display
+
+
+@dataclass
+class TaskEntry:
+    task: str
+    head: dict[str, Any] = field(default_factory=dict)
+    img_size: tuple[int, int] | None = None
+    num_classes: int | None = None
+    label: str | None = None
+
+
+@dataclass
+class ExportJob:
+    model: ModelEntry
+    task: TaskEntry
+    format: str
+    precision: str
+    spec: Any  # ModelSpec
+    stem: str
+    artifact: Path
+    skipped: str | None = None  # why this combination is not made (format lacks the precision, ...)
+
+    @property
+    def key(self) -> str:
+        return self.artifact.name
+
+
+@dataclass
+class Recipe:
+    path: Path
+    name: str
+    description: str
+    models: list[ModelEntry]
+    tasks: list[TaskEntry]
+    formats: list[str]
+    precisions: list[str]
+    batch_sizes: list[int]
+    devices: list[str]
+    calibration: dict[str, Any]
+    profile: dict[str, Any]
+    out_dir: Path = Path("out")
+
+    @property
+    def root(self) -> Path:
+        return self.out_dir / self.name
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.root / "results"
+
+    def export_jobs(self) -> list[ExportJob]:
+        from exporter.api import default_stem
+        from exporter.formats import get_format
+        from exporter.spec import ModelSpec
+
+        jobs, seen = [], {}
+        for m in self.models:
+            for t in self.tasks:
+                spec = ModelSpec(m.name, task=t.task, head=dict(t.head), img_size=t.img_size or m.img_size,
+                                 num_classes=t.num_classes or m.num_classes)
+                for fmt in self.formats:
+                    cls = get_format(fmt)
+                    for p in self.precisions:
+                        stem = default_stem(spec, p) + (f"-{t.label}" if t.label else "")
+                        job = ExportJob(m, t, fmt, p, spec, stem, self.artifacts_dir / f"{stem}{cls.suffix}")
+                        if p not in cls.precisions:
+                            job.skipped = f"{fmt} has no {p} (it has {', '.join(cls.precisions)})"
+                        elif job.key in seen:
+                            raise UserError(f"{self.path}: two entries make {job.key}; give a task a `label:`")
+                        seen[job.key] = job
+                        jobs.append(job)
+        return jobs
+
+
+def load_recipe(path: str | Path, out_dir: str | Path = "out") -> Recipe:
+    """Read and validate a recipe; `UserError` ``"<file>:<line>: <what is wrong>"`` otherwise."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe {path} not found" + ("" if path.suffix in (".yaml", ".yml") else
+                                                      " (recipes are .yaml files; see recipes/)"))
+    try:
+        data = yaml.load(path.read_text(), Loader=_loader())  # noqa: S506 - a SafeLoader subclass
+    except _LineError as e:
+        raise UserError(f"{path}:{e.line}: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file") from None
+    try:
+        return _build(path, data, Path(out_dir))
+    except _LineError as e:
+        raise UserError(f"{path}:{e.line}: {e}") from None
+
+
+def _unknown(d: dict, allowed: set[str], what: str) -> None:
+    for key in d:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(allowed))})"
+            raise _LineError(_line(d, key, d.line), f"unknown key {key!r} in {what}{hint}")
+
+
+def _list(d: dict, key: str, required: bool = True) -> list:
+    value = d.get(key)
+    if value is None:
+        if required:
+            raise _LineError(d.line, f"missing {key!r}")
+        return []
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        value = _Seq([value])
+        value.line, value.lines = _line(d, key, d.line), [_line(d, key, d.line)]
+    if not isinstance(value, list) or not value:
+        raise _LineError(_line(d, key, d.line), f"{key!r} must be a non-empty list")
+    return value
+
+
+def _size(value, line: int) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value, value
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value):
+        return value[0], value[1]
+    raise _LineError(line, f"img_size must be a positive integer or [H, W], got {value!r}")
+
+
+def _positive(value, line: int, what: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise _LineError(line, f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def _build(path: Path, data, out_dir: Path) -> Recipe:
+    from exporter.formats import FORMATS
+    from exporter.models.timm_backbone import check_model_name
+    from exporter.spec import HEAD_OPTIONS, TASKS, ModelSpec
+
+    if not isinstance(data, dict):
+        raise _LineError(getattr(data, "line", 1), "a recipe is a mapping of keys (recipe, models, tasks, formats, ...)")
+    _unknown(data, TOP_KEYS, "the recipe")
+    version = data.get("recipe", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise _LineError(_line(data, "recipe", data.line), f"recipe schema {version!r}; this version reads {SCHEMA_VERSION}")
+    default_size = _size(data.get("img_size"), _line(data, "img_size", data.line))
+    default_classes = _positive(data.get("num_classes"), _line(data, "num_classes", data.line), "num_classes")
+
+    models = []
+    entries = _list(data, "models")
+    for i, entry in enumerate(entries):
+        line = _line(entries, i, entries.line)
+        if isinstance(entry, str):
+            entry = _Map(model=entry)
+            entry.line, entry.lines = line, {}
+        if not isinstance(entry, dict) or not isinstance(entry.get("model"), str):
+            raise _LineError(line, "a model is a timm name or a mapping with `model: <timm name>`")
+        _unknown(entry, MODEL_KEYS, "a model")
+        try:
+            check_model_name(entry["model"])
+        except UserError as e:
+            raise _LineError(_line(entry, "model", line), str(e)) from None
+        reference = entry.get("reference") or {}
+        if not isinstance(reference, dict):
+            raise _LineError(_line(entry, "reference", line), "reference must be a mapping (the seed page's numbers)")
+        models.append(ModelEntry(entry["model"], _size(entry.get("img_size"), _line(entry, "img_size", line))
+                                 or default_size,
+                                 _positive(entry.get("num_classes"), _line(entry, "num_classes", line), "num_classes")
+                                 or default_classes, dict(reference)))
+
+    tasks = []
+    entries = _list(data, "tasks", required=False) or _Seq(["classification"])
+    for i, entry in enumerate(entries):
+        line = _line(entries, i, getattr(entries, "line", 1))
+        if isinstance(entry, str):
+            entry = _Map(task=entry)
+            entry.line, entry.lines = line, {}
+        if not isinstance(entry, dict) or entry.get("task") not in TASKS:
+            got = entry.get("task") if isinstance(entry, dict) else entry
+            raise _LineError(line, f"unknown task {got!r}; choose one of: {', '.join(TASKS)}")
+        _unknown(entry, TASK_KEYS | set(HEAD_OPTIONS[entry["task"]]), f"a {entry['task']} task")
+        head = {k: v for k, v in entry.items() if k not in TASK_KEYS}
+        try:
+            ModelSpec("resnet18", task=entry["task"], head=head)
+        except UserError as e:
+            raise _LineError(line, str(e)) from None
+        label = entry.get("label")
+        if label is not None and (not isinstance(label, str) or not label.replace("-", "").replace("_", "").isalnum()):
+            raise _LineError(_line(entry, "label", line), f"label must be a short name (letters, digits, - _), got {label!r}")
+        tasks.append(TaskEntry(entry["task"], head, _size(entry.get("img_size"), _line(entry, "img_size", line)),
+                               _positive(entry.get("num_classes"), _line(entry, "num_classes", line), "num_classes"),
+                               label))
+
+    formats = _list(data, "formats")
+    for i, fmt in enumerate(formats):
+        if fmt not in FORMATS:
+            close = difflib.get_close_matches(str(fmt), FORMATS, n=1)
+            hint = f"; did you mean {close[0]}?" if close else f" (known: {', '.join(FORMATS)})"
+            raise _LineError(_line(formats, i, formats.line), f"unknown format {fmt!r}{hint}")
+    precisions = _list(data, "precisions", required=False) or ["fp32"]
+    for i, p in enumerate(precisions):
+        if p not in PRECISIONS:
+            raise _LineError(_line(precisions, i, getattr(precisions, "line", 1)),
+                             f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
+    batches = _list(data, "batch_sizes", required=False) or [1]
+    for i, b in enumerate(batches):
+        if not isinstance(b, int) or isinstance(b, bool) or b < 1:
+            raise _LineError(_line(batches, i, getattr(batches, "line", 1)),
+                             f"batch_sizes must be positive integers like [1, 8, 32], got {b!r}")
+    devices = _list(data, "devices", required=False) or ["cpu"]
+    for i, d in enumerate(devices):
+        if not isinstance(d, str) or not (d == "cpu" or d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit())):
+            raise _LineError(_line(devices, i, getattr(devices, "line", 1)), f"unknown device {d!r}; use cpu or cuda[:N]")
+
+    calibration = data.get("calibration") or {}
+    if not isinstance(calibration, dict):
+        raise _LineError(_line(data, "calibration", data.line), "calibration must be a mapping (data, samples, random)")
+    if calibration:
+        _unknown(calibration, CALIBRATION_KEYS, "calibration")
+        _positive(calibration.get("samples"), _line(calibration, "samples", calibration.line), "samples")
+        source = calibration.get("data")
+        if isinstance(source, str) and source != "sample-pictures" and not Path(source).is_absolute():
+            calibration = {**calibration, "data": str((path.parent / source).resolve())}
+    if "int8" in precisions and not calibration.get("data") and not calibration.get("random"):
+        raise _LineError(_line(data, "precisions", data.line),
+                         "int8 needs calibration: add `calibration: {data: DIR|FILE.npy|sample-pictures}`")
+    profile = data.get("profile") or {}
+    if not isinstance(profile, dict):
+        raise _LineError(_line(data, "profile", data.line), "profile must be a mapping")
+    if profile:
+        _unknown(profile, PROFILE_KEYS, "profile")
+        for key in ("max_time", "warmup_time"):
+            v = profile.get(key)
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
+                raise _LineError(_line(profile, key, profile.line), f"{key} must be seconds (a positive number)")
+    name = data.get("name") or path.stem
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise _LineError(_line(data, "name", data.line), f"name must be a short name (letters, digits, - _), got {name!r}")
+    recipe = Recipe(path=path, name=name, description=str(data.get("description") or ""), models=models, tasks=tasks,
+                    formats=list(formats), precisions=list(precisions), batch_sizes=sorted(set(batches)),
+                    devices=list(devices), calibration=dict(calibration), profile=dict(profile), out_dir=out_dir)
+    recipe.export_jobs()  # name collisions are errors now, not halfway through a run
+    return recipe
+
+
+# --- running the export matrix --------------------------------------------------------------------
+
+def is_current(job: ExportJob) -> bool:
+    """The artifact and manifest exist, describe this job, and every file matches its hash."""
+    from exporter.manifest import load_manifest, manifest_path, sha256_file
+
+    if not job.artifact.exists() or not manifest_path(job.artifact).exists():
+        return False
+    try:
+        m = load_manifest(job.artifact)
+    except UserError:
+        return False
+    if m.format != job.format or m.precision != job.precision:
+        return False
+    wanted = job.spec.to_dict()
+    for key in ("model", "task", "head", "in_chans", "weights"):
+        if m.spec.get(key) != wanted[key]:
+            return False
+    for key in ("img_size", "num_classes"):
+        if wanted[key] is not None and m.spec.get(key) != wanted[key]:
+            return False
+    for name, entry in m.files.items():
+        f = job.artifact.parent / name
+        if not f.exists() or f.stat().st_size != entry["bytes"] or sha256_file(f) != entry["sha256"]:
+            return False
+    return True
+
+
+def run_exports(recipe: Recipe, max_time: float | None = None, progress: Callable[[str, int, int], None] | None = None,
+                force: bool = False) -> list[dict]:
+    """Export every job of the matrix not already done; results are written to
+    ``<root>/results/export.json`` after each job, so an interrupted run keeps what it finished."""
+    from exporter.api import export
+    from exporter.formats import ExportOptions, get_format
+    from exporter.models import build_model
+
+    jobs = recipe.export_jobs()
+    recipe.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    recipe.results_dir.mkdir(parents=True, exist_ok=True)
+    start, results = time.monotonic(), []
+    built: dict[str, Any] = {}  # one eager build per (model, task) serves all its formats
+    for i, job in enumerate(jobs):
+        if progress:
+            progress(job.key, i, len(jobs))
+        row = {"artifact": str(job.artifact), "model": job.model.name, "task": job.task.task, "label": job.task.label,
+               "format": job.format, "precision": job.precision}
+        reason = job.skipped or get_format(job.format).unavailable_reason()
+        if reason:
+            row.update(status="skipped", reason=reason)
+        elif not force and is_current(job):
+            from exporter.manifest import load_manifest
+
+            parity = load_manifest(job.artifact).parity or {}
+            failed = parity.get("verdict") == "fail"
+            row.update(status="failed" if failed else "up to date", parity=parity.get("verdict"),
+                       error=(parity.get("failures") or [None])[0] if failed else None)
+        elif max_time is not None and time.monotonic() - start > max_time:
+            row.update(status="not run", reason=f"--max-time {max_time:g} s spent")
+        else:
+            key = repr(job.spec)
+            options = ExportOptions(precision=job.precision, calib_data=recipe.calibration.get("data"),
+                                    calib_samples=recipe.calibration.get("samples", 32),
+                                    calib_random=bool(recipe.calibration.get("random")))
+            try:
+                if key not in built:
+                    built.clear()  # keep one model in memory at a time
+                    built[key] = build_model(job.spec)
+                (r,) = export(job.spec, [job.format], recipe.artifacts_dir, options, force=True, name=job.stem,
+                              model=built[key])
+            except UserError as e:  # this combination cannot be built (size, calibration ...): record, go on
+                row.update(status="failed", error=str(e))
+            else:
+                failures = (r.parity or {}).get("failures") or [None]
+                row.update(status="exported" if r.ok else "failed", error=r.error or failures[0],
+                           parity=r.parity["verdict"] if r.parity else None, seconds=round(r.export_seconds, 2))
+        results.append(row)
+        _write_results(recipe, "export.json", results)
+    return results
+
+
+def _write_results(recipe: Recipe, name: str, rows: list[dict]) -> None:
+    import json
+
+    from exporter.manifest import atomic_write_text
+
+    atomic_write_text(recipe.results_dir / name, json.dumps({"recipe": str(recipe.path), "name": recipe.name,
+                                                             "rows": rows}, indent=2))
