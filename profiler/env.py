@@ -56,10 +56,18 @@ def _nvidia_driver() -> str | None:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux: ru_maxrss is in KiB)."""
+    """Peak resident memory of this process so far. Linux: ``VmHWM``, which starts afresh at exec
+    (``ru_maxrss`` keeps the forking parent's peak, so a worker process would report its parent's)."""
     import resource
     import sys
 
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 

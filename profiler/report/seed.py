@@ -30,9 +30,10 @@ def collect(recipe) -> dict:
             continue
         m = load_manifest(job.artifact)
         params[_model_key(job)] = m.model.get("params")
-        artifacts.append({"model": job.model.name, "task": _task_label(job), "format": job.format,
+        artifacts.append({"artifact": job.artifact.name, "model": job.model.name, "task": _task_label(job), "format": job.format,
                           "precision": job.precision, "mb": sum(e["bytes"] for e in m.files.values()) / 2**20,
                           "parity": (m.parity or {}).get("verdict", "not checked"), "params": m.model.get("params")})
+    verdicts = {a["artifact"]: a["parity"] for a in artifacts}
     records, environment = [], None
     for pj in profile_jobs(recipe):
         path = result_path(recipe, pj)
@@ -52,6 +53,7 @@ def collect(recipe) -> dict:
             "ips": {b: p["images_per_s"] for b, p in points.items()},
             "peak_mb": _inference_memory(mem),
             "reference": pj.export.model.reference, "task_kind": pj.export.task.task,
+            "parity": "pass" if pj.kind == "eager" else verdicts.get(pj.export.artifact.name),
         })
     return {"records": records, "artifacts": artifacts, "environment": environment,
             "references": {m.name: m.reference for m in recipe.models if m.reference}}
@@ -138,13 +140,25 @@ def _backbones(recs, device, references) -> list[str]:
     for model, by_rt in by_model.items():
         params = next((r["params"] for r in by_rt.values() if r["params"]), None)
         row = [f"`{model}`", _m(params), _f(params * 4 / 2**20 if params else None, ".0f")]
-        row += [_f(by_rt[rt]["ms"].get(1) if rt in by_rt else None) for rt in runtimes]
+        row += [_ms_cell(by_rt.get(rt)) for rt in runtimes]
         if with_ref:
             ref = references.get(model) or {}
             row += [f"{ref['params_m']}M" if "params_m" in ref else "-", _f(ref.get("size_mb"), "g"),
                     _f(ref.get("v100_ms"), "g")]
         rows.append(row)
-    return [f"## Backbone comparison ({device}, batch 1)", ""] + _table(header, rows)
+    lines = [f"## Backbone comparison ({device}, batch 1)", ""] + _table(header, rows)
+    if any(r["parity"] == "fail" for r in cls):
+        lines += [f"{FAILED_MARK} the artifact failed its parity gate (see Artifacts): its speed is not a usable result.", ""]
+    return lines
+
+
+FAILED_MARK = "†"
+
+
+def _ms_cell(r) -> str:
+    if r is None or r["ms"].get(1) is None:
+        return "-"
+    return f"{r['ms'][1]:.2f}" + (f" {FAILED_MARK}" if r["parity"] == "fail" else "")
 
 
 def _batch(recs, device, batches) -> list[str]:
@@ -156,7 +170,7 @@ def _batch(recs, device, batches) -> list[str]:
         if r["task_kind"] != "classification" or 1 not in r["ips"]:
             continue
         top = max(b for b in r["ips"])
-        rows.append([f"`{r['model']}`", r["runtime"]] + [f"{r['ms'][b]:.2f} ms" if b in r["ms"] else "-" for b in shown]
+        rows.append([f"`{r['model']}`", r["runtime"] + (f" {FAILED_MARK}" if r["parity"] == "fail" else "")] + [f"{r['ms'][b]:.2f} ms" if b in r["ms"] else "-" for b in shown]
                     + [f"{r['ips'][top] / r['ips'][1]:.1f}x"])
     if not rows:
         return []

@@ -1,0 +1,212 @@
+"""Recipes: parsing and its file:line errors, the shipped recipes, resume/skip of export and profile,
+the seed report (Markdown tables and PNGs holding the measured values), and the 25 backbones'
+parameter counts against the seed page."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from exporter.errors import UserError
+from exporter.recipe import load_recipe, run_exports
+from tests.conftest import files_under
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+TINY = """\
+recipe: 1
+name: tiny
+models:
+  - test_resnet
+  - {model: test_vit, reference: {params_m: 0.1, v100_ms: 0.5}}
+tasks: [classification]
+formats: [onnx, torchscript, trt]
+precisions: [fp32, int8]
+batch_sizes: [1, 2]
+img_size: 64
+num_classes: 4
+calibration: {data: sample-pictures, samples: 4}
+profile: {iterations: 3, warmup_time: 0.1}
+"""
+
+
+def write(tmp_path, text: str, name: str = "r.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_load(path):
+    recipe = load_recipe(path)
+    jobs = recipe.export_jobs()
+    assert jobs and recipe.models and recipe.formats
+    assert all(j.skipped is None or "has no" in j.skipped for j in jobs)
+
+
+@pytest.mark.parametrize("edit,line,message", [
+    (("formats: [onnx, torchscript, trt]", "formts: [onnx]"), 7, "unknown key 'formts' in the recipe (did you mean 'formats'?)"),
+    (("  - test_resnet", "  - resnet_5O"), 4, "unknown timm model 'resnet_5O'"),
+    (("batch_sizes: [1, 2]", "batch_sizes: [1, 0]"), 9, "batch_sizes must be positive integers"),
+    (("batch_sizes: [1, 2]", "batch_sizes: [1, two]"), 9, "batch_sizes must be positive integers"),
+    (("tasks: [classification]", "tasks: [clasification]"), 6, "unknown task 'clasification'"),
+    (("formats: [onnx, torchscript, trt]", "formats: [onx]"), 7, "unknown format 'onx'; did you mean onnx?"),
+    (("precisions: [fp32, int8]", "precisions: [fp8]"), 8, "unknown precision 'fp8'"),
+    (("img_size: 64", "img_size: -3"), 10, "img_size must be a positive integer"),
+    (("profile: {iterations: 3, warmup_time: 0.1}", "profile: {max_tme: 3}"), 13, "unknown key 'max_tme' in profile"),
+    (("  - {model: test_vit, reference: {params_m: 0.1, v100_ms: 0.5}}", "  - {model: test_vit, size: 3}"), 5,
+     "unknown key 'size' in a model"),
+    (("calibration: {data: sample-pictures, samples: 4}", ""), 8, "int8 needs calibration"),
+    (("recipe: 1", "recipe: 7"), 1, "recipe schema 7"),
+    (("num_classes: 4", "num_classes: 4\nnum_classes: 5"), 12, "duplicate key 'num_classes'"),
+    (("tasks: [classification]", "tasks:\n  - {task: detection, head: fcn}"), 7, "unknown key 'head' in a detection task"),
+    (("tasks: [classification]", "tasks:\n  - {task: detection, fpn_channels: 0}"), 7, "must be a positive integer"),
+    (("batch_sizes: [1, 2]", "batch_sizes: [1, 2"), 10, "not valid YAML"),
+])
+def test_recipe_errors_name_file_and_line(tmp_path, edit, line, message):
+    path = write(tmp_path, TINY.replace(*edit))
+    with pytest.raises(UserError) as e:
+        load_recipe(path)
+    text = str(e.value)
+    assert text.startswith(f"{path}:{line}: ") and message in text and "\n" not in text, text
+
+
+def test_recipe_matrix_and_skips(tmp_path):
+    recipe = load_recipe(write(tmp_path, TINY), tmp_path / "out")
+    jobs = recipe.export_jobs()
+    assert len(jobs) == 2 * 3 * 2
+    skipped = {(j.model.name, j.format, j.precision): j.skipped for j in jobs if j.skipped}
+    assert skipped == {(m, "torchscript", "int8"): "torchscript has no int8 (it has fp32)" for m in ("test_resnet", "test_vit")}
+    assert {j.artifact.name for j in jobs if j.format == "onnx"} == {
+        "test_resnet.onnx", "test_resnet-int8.onnx", "test_vit.onnx", "test_vit-int8.onnx"}
+    assert all(j.artifact.parent == tmp_path / "out" / "tiny" / "artifacts" for j in jobs)
+
+
+def test_recipe_cli_errors_one_line(tmp_path, export_cli):
+    bad = write(tmp_path, TINY.replace("batch_sizes: [1, 2]", "batch_sizes: oops"))
+    out = tmp_path / "o"
+    for args, msg in ((["--recipe", str(bad)], f"{bad}:9:"), (["--recipe", str(tmp_path / "none.yaml")], "not found"),
+                      (["resnet18", "--recipe", str(bad)], "not both")):
+        r = export_cli(*args, "-o", str(out))
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, (args, r.stderr)
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """Export and profile the tiny recipe once (through the CLIs, as a user would)."""
+    from tests.conftest import run_cli
+
+    tmp = tmp_path_factory.mktemp("recipe")
+    path = write(tmp, TINY)
+    out = tmp / "out"
+    exp = run_cli("exporter.cli", "--recipe", str(path), "-o", str(out), "--json")
+    prof = run_cli("profiler.cli", "--recipe", str(path), "-o", str(out), "--report", "seed", "--json")
+    return path, out, exp, prof
+
+
+def test_recipe_export_then_resume(tiny_run):
+    path, out, exp, _ = tiny_run
+    assert exp.returncode in (0, 1), exp.stderr
+    rows = {Path(r["artifact"]).name: r for r in json.loads(exp.stdout)["rows"]}
+    assert rows["test_resnet.onnx"]["status"] == "exported" and rows["test_resnet.pt"]["status"] == "exported"
+    assert rows["test_resnet.engine"]["status"] == "skipped" and "tensorrt" in rows["test_resnet.engine"]["reason"]
+    assert rows["test_resnet-int8.pt"]["status"] == "skipped"
+    saved = json.loads((out / "tiny" / "results" / "export.json").read_text())["rows"]
+    assert len(saved) == len(rows)  # partial results file holds every job
+
+    recipe = load_recipe(path, out)
+    again = {Path(r["artifact"]).name: r for r in run_exports(recipe)}
+    for name, r in rows.items():
+        if r["status"] == "exported":
+            assert again[name]["status"] == "up to date", name
+    # a damaged artifact is redone, the rest stays
+    damaged = out / "tiny" / "artifacts" / "test_vit.onnx"
+    damaged.write_bytes(damaged.read_bytes()[:-10])
+    third = {Path(r["artifact"]).name: r for r in run_exports(recipe)}
+    assert third["test_vit.onnx"]["status"] == "exported"
+    assert third["test_resnet.onnx"]["status"] == "up to date"
+
+
+def test_recipe_export_time_budget(tmp_path, monkeypatch):
+    import itertools
+
+    import exporter.recipe
+
+    recipe = load_recipe(write(tmp_path, TINY.replace("formats: [onnx, torchscript, trt]", "formats: [torchscript]")),
+                         tmp_path / "out")
+    ticks = itertools.count()  # a clock that advances one second per reading
+    monkeypatch.setattr(exporter.recipe.time, "monotonic", lambda: float(next(ticks)))
+    rows = run_exports(recipe, max_time=1.5)
+    statuses = [r["status"] for r in rows]
+    assert statuses.count("exported") == 1 and statuses.count("not run") == 1, statuses  # first job starts, then stop
+    assert all("--max-time" in r["reason"] for r in rows if r["status"] == "not run")
+
+
+def test_recipe_profile_resume_and_seed_report(tiny_run):
+    from profiler.recipe import run_profiles
+
+    path, out, _, prof = tiny_run
+    assert prof.returncode in (0, 1), prof.stderr
+    data = json.loads(prof.stdout)
+    rows = {r["key"]: r for r in data["rows"]}
+    assert rows["test_resnet.eager"]["status"] == "profiled" and rows["test_resnet.onnx"]["status"] == "profiled"
+    assert rows["test_resnet.engine"]["status"] == "skipped"
+
+    recipe = load_recipe(path, out)
+    again = {r["key"]: r["status"] for r in run_profiles(recipe)}
+    assert all(again[k] == "up to date" for k, r in rows.items() if r["status"] == "profiled"), again
+
+    md = Path(data["report"]["markdown"])
+    text = md.read_text()
+    for heading in ("## Backbone comparison (cpu, batch 1)", "## Batch inference speedup (cpu)",
+                    "## Memory by backbone and task", "## Artifacts"):
+        assert heading in text
+    assert [Path(p).name for p in data["report"]["png"]] == ["params_vs_latency.png", "batch_speedup.png"]
+    for p in data["report"]["png"]:
+        assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the table holds the measured medians and the computed parameter counts
+    result = json.loads((out / "tiny" / "results" / "profile" / "test_resnet.onnx.cpu.json").read_text())
+    ms = result["report"]["runs"][0]["points"][0]["stats_ms"]["p50"]
+    row = next(line for line in text.splitlines() if line.startswith("| `test_resnet` |") and "M |" in line)
+    assert f"{ms:.2f}" in row
+    from exporter.manifest import load_manifest
+
+    params = load_manifest(out / "tiny" / "artifacts" / "test_resnet.onnx").model["params"]
+    assert f"{params / 1e6:.1f}M" in row
+    vit = next(line for line in text.splitlines() if line.startswith("| `test_vit` |") and "M |" in line)
+    assert vit.rstrip(" |").endswith("0.5")  # the seed's own number, in its labelled column
+
+
+def test_profile_recipe_flags(tmp_path):
+    from tests.conftest import run_cli
+
+    r = run_cli("profiler.cli", "--report", "seed")
+    assert r.returncode == 2 and "--recipe" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+SEED_PARAMS = re.compile(r"params_m: ([0-9.]+)")
+
+
+def test_backbones_recipe_params_equal_the_seed_page():
+    """Counted on the built models (on the meta device: no memory, no weights) at 1000 classes."""
+    import timm
+    import torch
+
+    recipe = load_recipe(RECIPES / "backbones.yaml")
+    assert len(recipe.models) == 25
+    for m in recipe.models:
+        with torch.device("meta"):
+            net = timm.create_model(m.name, pretrained=False, num_classes=1000)
+        params = sum(p.numel() for p in net.parameters())
+        assert abs(params / 1e6 - m.reference["params_m"]) <= 0.1, (m.name, params)
+        # the page's sizes are the fp32 weights, rounded somewhere between MiB and MB (1e6 bytes)
+        assert params * 4 / 2**20 - 0.5 <= m.reference["size_mb"] <= params * 4 / 1e6 + 0.5, (m.name, params)
+
+
+def test_nothing_written_for_a_bad_recipe(tmp_path, export_cli):
+    bad = write(tmp_path, TINY.replace("  - test_resnet", "  - not_a_model_at_all"))
+    out = tmp_path / "o"
+    r = export_cli("--recipe", str(bad), "-o", str(out))
+    assert r.returncode == 2 and files_under(out) == []
