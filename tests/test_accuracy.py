@@ -68,4 +68,5 @@ def test_reduced_precision_keeps_digits_accuracy(tmp_path, digits, fmt, precisio
     (r,) = export(spec, [fmt], tmp_path, opts)
     assert r.error is None, r.error
     acc = _accuracy(r.artifact, images, labels)
+    print(f"digits accuracy {fmt} {precision}: {acc:.4f} (eager fp32 {eager_acc:.4f})")
     assert acc >= eager_acc - 0.015, (fmt, precision, acc, eager_acc)

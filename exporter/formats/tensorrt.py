@@ -18,7 +18,6 @@ hardware compatibility) is applied by `_ConfigTweaks` at build time.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 from exporter.errors import ExportFailed, MissingExtra, UserError, first_line
 from exporter.formats import ExportContext, ExportOptions, Exported, Format, register_format
+from exporter.manifest import sha256_file
 
 STRONG_TYPING_FROM = 11  # first TensorRT major version without weak-typing precision flags
 DEFAULT_MAX_BATCH = 32
@@ -252,10 +252,6 @@ def environment() -> dict[str, Any]:
             "compute_capability": f"{props.major}.{props.minor}"}
 
 
-def sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 @register_format
 class TensorRTFormat(Format):
     name = "trt"
@@ -308,7 +304,7 @@ class TensorRTFormat(Format):
             "tensorrt": {**env, "typing": plan.typing, "version_compatible": plan.version_compatible,
                          "hardware_compatibility": plan.hardware_compatibility},
             "build": plan.to_dict(),
-            "timing_cache_sha256": sha256(plan.timing_cache) if plan.timing_cache else None,
+            "timing_cache_sha256": sha256_file(plan.timing_cache) if plan.timing_cache else None,
             "batch": {"dynamic": hi > lo, "min": lo, "opt": opt, "max": hi},
         })
         if plan.calibrator:

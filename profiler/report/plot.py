@@ -31,7 +31,13 @@ def write(report: dict, path: str) -> None:
     env = report["environment"]
     fig.suptitle(f"{env['cpu']}" + (f" / {env['gpu']['name']}" if env.get("gpu") else ""), fontsize=9)
     fig.tight_layout()
-    target = Path(path)
+    save_png(fig, Path(path))
+
+
+def save_png(fig, target: Path) -> None:
+    """Write ``fig`` to ``target`` through a temporary file and a rename; close it."""
+    import matplotlib.pyplot as plt
+
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
     os.close(fd)
     try:

@@ -12,12 +12,11 @@ V100 page's.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 from exporter.manifest import atomic_write_text, load_manifest
+from profiler.report.plot import save_png
 
 
 def collect(recipe) -> dict:
@@ -176,7 +175,7 @@ def _batch(recs, device, batches) -> list[str]:
         return []
     header = ["Backbone", "Runtime"] + [f"Batch {b}" for b in shown] + ["Speedup"]
     return ([f"## Batch inference speedup ({device})", "",
-             f"Time per batch; speedup = images/s at the largest batch / images/s at batch 1.", ""]
+             "Time per batch; speedup = images/s at the largest batch / images/s at batch 1.", ""]
             + _table(header, rows))
 
 
@@ -221,17 +220,6 @@ def _artifacts(arts) -> list[str]:
     return ["## Artifacts", ""] + _table(["Model", "Task", "Format", "Precision", "File MB", "Parity"], rows)
 
 
-def _save(fig, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def plots(data: dict, folder: Path) -> list[Path]:
     import matplotlib
 
@@ -255,8 +243,7 @@ def plots(data: dict, folder: Path) -> list[Path]:
         ax.legend(fontsize=7)
         fig.tight_layout()
         written.append(folder / "params_vs_latency.png")
-        _save(fig, written[-1])
-        plt.close(fig)
+        save_png(fig, written[-1])
     sp = [(f"{r['model']}\n{r['runtime']}", r["ips"][max(r["ips"])] / r["ips"][1], max(r["ips"]))
           for r in data["records"] if 1 in r["ips"] and len(r["ips"]) > 1]
     if sp:
@@ -268,8 +255,7 @@ def plots(data: dict, folder: Path) -> list[Path]:
         ax.axhline(1.0, color="gray", lw=0.8)
         fig.tight_layout()
         written.append(folder / "batch_speedup.png")
-        _save(fig, written[-1])
-        plt.close(fig)
+        save_png(fig, written[-1])
     return written
 
 
