@@ -221,7 +221,8 @@ def test_plan_option_validation():
     for opts, msg in ((ExportOptions(opt_level=7), "--opt-level"), (ExportOptions(workspace_gib=0), "--workspace"),
                       (ExportOptions(dla_core=-1), "--dla-core"),
                       (ExportOptions(hardware_compatibility="turing+"), "--hardware-compatible"),
-                      (ExportOptions(timing_cache="/no/such/dir/t.cache"), "does not exist")):
+                      (ExportOptions(timing_cache="/no/such/dir/t.cache"), "does not exist"),
+                      (ExportOptions(static=True, dynamic_batch=(1, 2, 4)), "--static")):
         with pytest.raises(UserError, match=msg):
             check_plan_options(opts)
     assert isinstance(plan_build(ExportOptions(), SHAPE, TRT11), BuildPlan)

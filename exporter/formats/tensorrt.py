@@ -123,6 +123,8 @@ def plan_build(options: ExportOptions, input_shape: tuple[int, ...], version: st
 
 
 def check_plan_options(options: ExportOptions) -> None:
+    if options.static and options.dynamic_batch is not None:
+        raise UserError("--static fixes the batch to --batch-size; it cannot be combined with --dynamic-batch")
     batch_profile(options)
     if options.workspace_gib is not None and options.workspace_gib <= 0:
         raise UserError(f"--workspace takes a positive size in GiB, got {options.workspace_gib}")
