@@ -430,11 +430,12 @@ def run_exports(recipe: Recipe, max_time: float | None = None, progress: Callabl
                 row.update(status="exported" if r.ok else "failed", error=r.error or failures[0],
                            parity=r.parity["verdict"] if r.parity else None, seconds=round(r.export_seconds, 2))
         results.append(row)
-        _write_results(recipe, "export.json", results)
+        write_results(recipe, "export.json", results)
     return results
 
 
-def _write_results(recipe: Recipe, name: str, rows: list[dict]) -> None:
+def write_results(recipe: Recipe, name: str, rows: list[dict]) -> None:
+    """``<root>/results/<name>``: the rows so far, replaced atomically after every job."""
     import json
 
     from exporter.manifest import atomic_write_text

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from exporter.errors import UserError, first_line
 from exporter.manifest import atomic_write_text, load_manifest
-from exporter.recipe import ExportJob, Recipe, _write_results
+from exporter.recipe import ExportJob, Recipe, write_results
 
 
 @dataclass
@@ -119,7 +119,7 @@ def run_profiles(recipe: Recipe, max_time: float | None = None,
                 reason = "not exported (run autotimm-export --recipe first)"
         if reason:
             rows.append({**row, "status": "skipped", "reason": reason})
-            _write_results(recipe, "profile.json", rows)
+            write_results(recipe, "profile.json", rows)
             continue
         settings = _settings(recipe, job.device)
         fingerprint = _fingerprint(job, settings)
@@ -135,7 +135,7 @@ def run_profiles(recipe: Recipe, max_time: float | None = None,
             else:
                 atomic_write_text(out, json.dumps({"fingerprint": fingerprint, "job": row, "report": report}, indent=1))
                 rows.append({**row, "status": "profiled"})
-        _write_results(recipe, "profile.json", rows)
+        write_results(recipe, "profile.json", rows)
     return rows
 
 
