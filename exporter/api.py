@@ -55,7 +55,7 @@ class ExportResult:
             "params": self.params,
             "export_seconds": self.export_seconds,
             "verify_seconds": self.verify_seconds,
-            "exporter": self.info.get("exporter"),
+            "exporter": self.info.get("exporter") or self.info.get("source"),  # derived formats name their source
             "parity": self.parity,
             "error": self.error,
             "ok": self.ok,

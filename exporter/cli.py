@@ -280,7 +280,7 @@ def print_table(results, out: Console) -> None:
         verdict = summary(r.parity)
         style = "green" if r.ok else "red"
         t.add_row(r.format, r.artifact.name, f"{r.params / 1e6:.1f}", f"{r.bytes / 2**20:.1f}", f"{r.export_seconds:.1f}",
-                  str(r.info.get("exporter", "")), f"[{style}]{verdict}[/]")
+                  str(r.info.get("exporter") or r.info.get("source") or ""), f"[{style}]{verdict}[/]")
     out.print(t)
     for r in results:
         for f in (r.parity or {}).get("failures", []):
