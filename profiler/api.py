@@ -52,6 +52,12 @@ class Settings:
         return cls(**d)
 
 
+def _cuda_visible() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def check_device(device: str) -> None:
     if device == "cpu":
         return
@@ -191,7 +197,10 @@ def profile(target_texts: list, settings: Settings | None = None, runtime: str |
         raise UserError(f"batch sizes must be positive, got {settings.batch_sizes}")
     targets = [t if isinstance(t, Target) else resolve(t, runtime, settings.img_size) for t in target_texts]
     if settings.device is None:  # a GPU-only runtime (TensorRT) puts the whole comparison on the GPU
-        settings.device = "cuda" if any("cpu" not in runtime_class(t.runtime).devices for t in targets) else "cpu"
+        gpu_only = [t.runtime for t in targets if "cpu" not in runtime_class(t.runtime).devices]
+        settings.device = "cuda" if gpu_only else "cpu"
+        if gpu_only and not _cuda_visible():
+            raise UserError(f"the {gpu_only[0]} runtime needs a CUDA GPU and none is visible here")
     check_device(settings.device)
     groups = plan_groups(targets, compare_eager, interleave)
     if isolate is None:

@@ -93,6 +93,9 @@ def run_profiles(recipe: Recipe, max_time: float | None = None,
     from profiler.runtimes import runtime_class
 
     jobs = profile_jobs(recipe)
+    if not any(Path(str(j.export.artifact) + ".json").exists() for j in jobs):
+        raise UserError(f"nothing of recipe {recipe.name} is exported under {recipe.artifacts_dir}; run "
+                        f"autotimm-export --recipe {recipe.path} -o {recipe.out_dir} first")
     (recipe.results_dir / "profile").mkdir(parents=True, exist_ok=True)
     start, rows = time.monotonic(), []
     exported: dict[str, bool] = {}  # artifact -> its manifest is there

@@ -210,3 +210,13 @@ def test_nothing_written_for_a_bad_recipe(tmp_path, export_cli):
     out = tmp_path / "o"
     r = export_cli("--recipe", str(bad), "-o", str(out))
     assert r.returncode == 2 and files_under(out) == []
+
+
+def test_profile_recipe_before_export_is_one_line(tmp_path):
+    from tests.conftest import run_cli
+
+    path = write(tmp_path, TINY)
+    out = tmp_path / "o"
+    r = run_cli("profiler.cli", "--recipe", str(path), "-o", str(out))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "autotimm-export --recipe" in r.stderr
+    assert not out.exists()
