@@ -184,6 +184,10 @@ def load_recipe(path: str | Path, out_dir: str | Path = "out") -> Recipe:
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        shipped = sorted(p.name for p in path.glob("*.yaml"))[:4]
+        raise UserError(f"recipe {path} is a folder; give one .yaml file"
+                        + (f" in it ({', '.join(shipped)}, ...)" if shipped else ""))
     if not path.is_file():
         raise UserError(f"recipe {path} not found" + ("" if path.suffix in (".yaml", ".yml") else
                                                       " (recipes are .yaml files; see recipes/)"))

@@ -87,7 +87,8 @@ def test_recipe_cli_errors_one_line(tmp_path, export_cli):
     bad = write(tmp_path, TINY.replace("batch_sizes: [1, 2]", "batch_sizes: oops"))
     out = tmp_path / "o"
     for args, msg in ((["--recipe", str(bad)], f"{bad}:9:"), (["--recipe", str(tmp_path / "none.yaml")], "not found"),
-                      (["resnet18", "--recipe", str(bad)], "not both")):
+                      (["resnet18", "--recipe", str(bad)], "not both"),
+                      (["--recipe", str(RECIPES)], "is a folder; give one .yaml file")):
         r = export_cli(*args, "-o", str(out))
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, (args, r.stderr)
     assert not out.exists()
