@@ -127,6 +127,13 @@ class ExportJob:
     def key(self) -> str:
         return self.artifact.name
 
+    @property
+    def exported(self) -> bool:
+        """The artifact and its manifest are on disk (the manifest is written last)."""
+        from exporter.manifest import manifest_path
+
+        return self.artifact.exists() and manifest_path(self.artifact).exists()
+
 
 @dataclass
 class Recipe:
@@ -360,30 +367,31 @@ def _build(path: Path, data, out_dir: Path) -> Recipe:
 
 # --- running the export matrix --------------------------------------------------------------------
 
-def is_current(job: ExportJob) -> bool:
-    """The artifact and manifest exist, describe this job, and every file matches its hash."""
-    from exporter.manifest import load_manifest, manifest_path, sha256_file
+def current_manifest(job: ExportJob):
+    """The job's manifest when the artifact and manifest exist, describe this job and every file
+    matches its hash; else None (the job is to be done)."""
+    from exporter.manifest import load_manifest, sha256_file
 
-    if not job.artifact.exists() or not manifest_path(job.artifact).exists():
-        return False
+    if not job.exported:
+        return None
     try:
         m = load_manifest(job.artifact)
     except UserError:
-        return False
+        return None
     if m.format != job.format or m.precision != job.precision:
-        return False
+        return None
     wanted = job.spec.to_dict()
     for key in ("model", "task", "head", "in_chans", "weights"):
         if m.spec.get(key) != wanted[key]:
-            return False
+            return None
     for key in ("img_size", "num_classes"):
         if wanted[key] is not None and m.spec.get(key) != wanted[key]:
-            return False
+            return None
     for name, entry in m.files.items():
         f = job.artifact.parent / name
         if not f.exists() or f.stat().st_size != entry["bytes"] or sha256_file(f) != entry["sha256"]:
-            return False
-    return True
+            return None
+    return m
 
 
 def run_exports(recipe: Recipe, max_time: float | None = None, progress: Callable[[str, int, int], None] | None = None,
@@ -407,10 +415,8 @@ def run_exports(recipe: Recipe, max_time: float | None = None, progress: Callabl
         reason = job.skipped or get_format(job.format).unavailable_reason()
         if reason:
             row.update(status="skipped", reason=reason)
-        elif not force and is_current(job):
-            from exporter.manifest import load_manifest
-
-            parity = load_manifest(job.artifact).parity or {}
+        elif not force and (done := current_manifest(job)) is not None:
+            parity = done.parity or {}
             failed = parity.get("verdict") == "fail"
             row.update(status="failed" if failed else "up to date", parity=parity.get("verdict"),
                        error=(parity.get("failures") or [None])[0] if failed else None)

@@ -8,6 +8,7 @@ subprocess (`profiler.worker`), so peak memory belongs to that group alone.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -52,7 +53,7 @@ class Settings:
         return cls(**d)
 
 
-def _cuda_visible() -> bool:
+def cuda_visible() -> bool:
     import torch
 
     return bool(torch.cuda.is_available())
@@ -89,10 +90,8 @@ def run_group(targets: list[Target], settings: Settings,
     sessions, loaded = [], []
     for t in targets:  # import each runtime's libraries first: the baseline holds them, not the model
         for module in RUNTIMES[t.runtime][3]:
-            try:
+            with contextlib.suppress(ImportError):  # opening the session below names the extra to install
                 importlib.import_module(module)
-            except ImportError:
-                pass  # opening the session below says which extra to install
     baseline_rss = current_rss_mb()
     for t in targets:
         step(f"loading {t.label}")
@@ -120,8 +119,8 @@ def run_group(targets: list[Target], settings: Settings,
 
         peak_gpu = torch.cuda.max_memory_allocated() / 2**20
         short = dataclasses.replace(settings.harness, max_time=min(settings.harness.max_time, 3.0))
-        for i, s in enumerate(sessions):
-            if kept and not any(p.error for p in points):
+        if kept and not any(p.error for p in points):
+            for i, s in enumerate(sessions):
                 step(f"{targets[i].label}: copy / compute split at batch {kept[0]}")
                 phases[i] = {"batch": kept[0], **phase_split(s, kept[0], short, clock_for(settings.device))}
     runs = []
@@ -199,7 +198,7 @@ def profile(target_texts: list, settings: Settings | None = None, runtime: str |
     if settings.device is None:  # a GPU-only runtime (TensorRT) puts the whole comparison on the GPU
         gpu_only = [t.runtime for t in targets if "cpu" not in runtime_class(t.runtime).devices]
         settings.device = "cuda" if gpu_only else "cpu"
-        if gpu_only and not _cuda_visible():
+        if gpu_only and not cuda_visible():
             raise UserError(f"the {gpu_only[0]} runtime needs a CUDA GPU and none is visible here")
     check_device(settings.device)
     groups = plan_groups(targets, compare_eager, interleave)

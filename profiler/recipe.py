@@ -89,26 +89,23 @@ def run_profiles(recipe: Recipe, max_time: float | None = None,
                  progress: Callable[[str, int, int], None] | None = None, force: bool = False) -> list[dict]:
     """Profile each job not already current; returns one summary row per job."""
     from exporter.formats import get_format
-    from profiler.api import profile
+    from profiler.api import cuda_visible, profile
     from profiler.runtimes import runtime_class
 
     jobs = profile_jobs(recipe)
-    if not any(Path(str(j.export.artifact) + ".json").exists() for j in jobs):
+    if not any(j.export.exported for j in jobs):
         raise UserError(f"nothing of recipe {recipe.name} is exported under {recipe.artifacts_dir}; run "
                         f"autotimm-export --recipe {recipe.path} -o {recipe.out_dir} first")
     (recipe.results_dir / "profile").mkdir(parents=True, exist_ok=True)
     start, rows = time.monotonic(), []
-    exported: dict[str, bool] = {}  # artifact -> its manifest is there
     for i, job in enumerate(jobs):
         if progress:
             progress(f"{job.key} on {job.device}", i, len(jobs))
         out = result_path(recipe, job)
         row = {"key": job.key, "kind": job.kind, "device": job.device, "runtime": job.runtime,
                "model": job.export.model.name, "task": job.export.task.task, "result": str(out)}
-        art = job.export.artifact
-        exported.setdefault(art.name, art.exists() and Path(str(art) + ".json").exists())
         reason = None
-        if job.device.startswith("cuda") and not _cuda():
+        if job.device.startswith("cuda") and not cuda_visible():
             reason = "no CUDA GPU visible here"
         elif job.kind == "artifact":
             reason = get_format(job.export.format).unavailable_reason()
@@ -118,7 +115,7 @@ def run_profiles(recipe: Recipe, max_time: float | None = None,
                         reason = f"the {job.runtime} runtime does not run on {job.device}"
                 except UserError as e:
                     reason = str(e)
-            if reason is None and not exported[art.name]:
+            if reason is None and not job.export.exported:
                 reason = "not exported (run autotimm-export --recipe first)"
         if reason:
             rows.append({**row, "status": "skipped", "reason": reason})
@@ -140,12 +137,6 @@ def run_profiles(recipe: Recipe, max_time: float | None = None,
                 rows.append({**row, "status": "profiled"})
         write_results(recipe, "profile.json", rows)
     return rows
-
-
-def _cuda() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
 
 
 def _current(path: Path, fingerprint: dict) -> bool:

@@ -25,7 +25,7 @@ def collect(recipe) -> dict:
 
     params, artifacts = {}, []
     for job in recipe.export_jobs():
-        if job.skipped or not Path(str(job.artifact) + ".json").exists():
+        if job.skipped or not job.exported:
             continue
         m = load_manifest(job.artifact)
         params[_model_key(job)] = m.model.get("params")
