@@ -14,9 +14,9 @@ import tempfile
 
 import timm
 
-from exporter.api import export
-from exporter.errors import UserError
-from exporter.spec import ModelSpec
+from autotimm_deploy.exporter.pipeline import export
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.spec import ModelSpec
 
 BIG = re.compile(r"giant|huge|gigantic|large|xlarge|_l2|_b7|_b8|[0-9]+b_|_e\d|_h\d|_g\d|7b|3b|1b")
 

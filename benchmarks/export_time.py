@@ -11,8 +11,8 @@ import argparse
 import statistics
 import tempfile
 
-from exporter.api import export
-from exporter.spec import ModelSpec
+from autotimm_deploy.exporter.pipeline import export
+from autotimm_deploy.exporter.core.spec import ModelSpec
 
 
 def main() -> None:

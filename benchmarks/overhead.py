@@ -4,7 +4,7 @@
 
 1. resnet50 ONNX on onnxruntime, batch 1: the harness's median (default path: host arrays in and
    out) against a bare ``session.run`` loop, alternated in rounds so drift hits both; goal: within 3 %.
-2. resnet50 ONNX batch sweep 1..32 through `profiler.api.profile` with default settings; goal: < 2 min.
+2. resnet50 ONNX batch sweep 1..32 through `autotimm_deploy.profiler.pipeline.profile` with default settings; goal: < 2 min.
 3. Eager vs ONNX Runtime at batch 1 (interleaved, with CI) for resnet50, mobilenetv3_small_100,
    efficientnet_b0 at 224 px.
 """
@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 
-from exporter.api import export
-from exporter.spec import ModelSpec
-from profiler.api import Settings, profile
-from profiler.sweep import powers_of_two, timed_call
-from profiler.targets import open_target, resolve
-from profiler.timing import HarnessConfig, measure
+from autotimm_deploy.exporter.pipeline import export
+from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.profiler.pipeline import Settings, profile
+from autotimm_deploy.profiler.measure.sweep import powers_of_two, timed_call
+from autotimm_deploy.profiler.targets import open_target, resolve
+from autotimm_deploy.profiler.measure.timing import HarnessConfig, measure
 
 
 def artifact(model: str, out: Path) -> Path:

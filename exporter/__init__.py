@@ -1,18 +1,19 @@
 """autotimm-deploy exporter: timm backbone + task head -> deployable artifacts, each parity-checked."""
 
-from exporter.errors import ExportFailed, MissingExtra, UserError
-from exporter.spec import ModelSpec
+import importlib
+
+from autotimm_deploy.exporter.core.errors import ExportFailed, MissingExtra, UserError
+from autotimm_deploy.exporter.core.spec import ModelSpec
 
 __all__ = ["ModelSpec", "UserError", "MissingExtra", "ExportFailed", "export", "build_model"]
 
 
-def __getattr__(name):  # lazy: keep `import exporter` cheap
-    if name == "export":
-        from exporter.api import export
+# Loaded on first use: every module of the package imports this file first, and these two pull in
+# torch and timm, which a reader of manifests (the profiler, a CI job) should not pay for.
+_LAZY = {"export": "autotimm_deploy.exporter.pipeline", "build_model": "autotimm_deploy.exporter.models"}
 
-        return export
-    if name == "build_model":
-        from exporter.models import build_model
 
-        return build_model
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(name)

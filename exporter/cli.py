@@ -1,4 +1,4 @@
-"""``autotimm-export``: a thin shell over `exporter.api.export`."""
+"""``autotimm-export``: a thin shell over `autotimm_deploy.exporter.pipeline.export`."""
 
 from __future__ import annotations
 
@@ -8,16 +8,32 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from exporter.cli_common import EXIT_FAILED, EXIT_OK, OneLineParser, console, csv_list, run_cli, stderr
-from exporter.errors import UserError
-from exporter.spec import TASKS, ModelSpec, parse_img_size
+from autotimm_deploy.exporter.core.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    OneLineParser,
+    console,
+    csv_list,
+    progress_bar,
+    run_cli,
+    stderr,
+)
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.files import atomic_write_text
+from autotimm_deploy.exporter.core.manifest import load_manifest
+from autotimm_deploy.exporter.core.spec import ALL_HEAD_OPTIONS, PRECISIONS, SEG_HEADS, TASKS, ModelSpec, parse_img_size
+from autotimm_deploy.exporter.formats import FORMATS, ExportOptions, export_order
+from autotimm_deploy.exporter.formats.tensorrt import TensorRTOptions, parse_dynamic_batch
+from autotimm_deploy.exporter.parity import summary
+from autotimm_deploy.exporter.pipeline import check_out_dir, export
+from autotimm_deploy.exporter.select import target_cpu
+from autotimm_deploy.recipes.console import any_failed, print_recipe_rows, recipe_progress
+from autotimm_deploy.recipes.runner import run_exports
+from autotimm_deploy.recipes.schema import load_recipe
 
 PROG = "autotimm-export"
-HEAD_FLAGS = ("head", "head_channels", "argmax", "fpn_channels", "depthwise", "score_threshold", "iou_threshold",
-              "max_detections", "raw")
 
 
 def build_parser() -> OneLineParser:
@@ -37,7 +53,7 @@ def build_parser() -> OneLineParser:
     w.add_argument("--checkpoint", metavar="PATH", help="local .safetensors / .pth / .pt / .bin state dict")
     g.add_argument("--seed", type=int, default=0, help="seed for random weights (default 0)")
     th = p.add_argument_group("task heads")
-    th.add_argument("--head", help="semantic segmentation head: fcn (default) or deeplabv3plus")
+    th.add_argument("--head", help=f"semantic segmentation head: {' or '.join(SEG_HEADS)} (default {SEG_HEADS[0]})")
     th.add_argument("--head-channels", type=int, help="segmentation head width")
     th.add_argument("--argmax", action="store_true", default=None, help="segmentation: also output mask [B,H,W]")
     th.add_argument("--fpn-channels", type=int, help="detection: FPN width")
@@ -52,8 +68,8 @@ def build_parser() -> OneLineParser:
     e.add_argument("--batch-size", type=int, default=1, help="the batch for --static (default 1)")
     e.add_argument("--no-simplify", action="store_true", help="skip onnxslim graph simplification")
     pr = e.add_mutually_exclusive_group()
-    pr.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"), default="fp32")
-    for name in ("fp16", "bf16", "int8"):
+    pr.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0])
+    for name in PRECISIONS[1:]:
         pr.add_argument(f"--{name}", dest="precision", action="store_const", const=name, help=f"same as --precision {name}")
     c = p.add_argument_group("int8 calibration")
     c.add_argument("--calib-data", metavar="DIR|FILE.npy", help="images (a folder), a .npy array, or sample-pictures (scikit-image's) for int8 calibration")
@@ -83,8 +99,6 @@ def build_parser() -> OneLineParser:
 
 
 def list_formats(as_json: bool) -> int:
-    from exporter.formats import FORMATS
-
     rows = [
         {"format": n, "suffix": c.suffix, "derives_from": c.derives_from, "precisions": list(c.precisions),
          "available": c.unavailable_reason() is None, "reason": c.unavailable_reason(), "description": c.description}
@@ -117,7 +131,7 @@ def spec_from_args(a) -> ModelSpec:
         weights=weights,
         checkpoint=a.checkpoint,
         seed=a.seed,
-        head={k: getattr(a, k) for k in HEAD_FLAGS if getattr(a, k) is not None},
+        head={k: getattr(a, k) for k in ALL_HEAD_OPTIONS if getattr(a, k) is not None},
     )
 
 
@@ -130,12 +144,10 @@ def _trt_options(a, formats: list[str]) -> dict:
     given = [flag for attr, flag in TRT_FLAGS.items() if getattr(a, attr) not in (None, False)]
     if given and "trt" not in formats:
         raise UserError(f"{given[0]} only applies to --format trt")
-    from exporter.formats.tensorrt import parse_dynamic_batch
-
-    return {"dynamic_batch": parse_dynamic_batch(a.dynamic_batch) if a.dynamic_batch else None,
-            "workspace_gib": a.workspace, "opt_level": a.opt_level, "timing_cache": a.timing_cache,
-            "dla_core": a.dla_core, "version_compatible": a.version_compatible,
-            "hardware_compatibility": a.hardware_compatible}
+    return {"trt": TensorRTOptions(
+        dynamic_batch=parse_dynamic_batch(a.dynamic_batch) if a.dynamic_batch else None, workspace_gib=a.workspace,
+        opt_level=a.opt_level, timing_cache=a.timing_cache, dla_core=a.dla_core,
+        version_compatible=a.version_compatible, hardware_compatibility=a.hardware_compatible)}
 
 
 def main(a) -> int:
@@ -147,9 +159,6 @@ def main(a) -> int:
         return run_recipe(a)
     if not a.model:
         raise UserError("give a timm model name, e.g. autotimm-export resnet50 (or --list-formats, --recipe)")
-    from exporter.api import export
-    from exporter.formats import ExportOptions, export_order
-
     formats = csv_list(a.format)
     if not formats:
         raise UserError("--format needs at least one format")
@@ -162,13 +171,11 @@ def main(a) -> int:
         raise UserError("--calib-data and --calib-random only apply to --int8 (or --target)")
     options = ExportOptions(opset=a.opset, static=a.static, batch_size=a.batch_size, simplify=not a.no_simplify,
                             precision=a.precision, calib_data=a.calib_data, calib_samples=a.calib_samples,
-                            calib_random=a.calib_random, **_trt_options(a, formats))
+                            calib_random=a.calib_random, format_options=_trt_options(a, formats))
     if a.target:
         return run_target(a, spec, options)
     steps = 1 + len(export_order(formats)) * (1 if a.no_verify else 2)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=stderr, transient=True,
-                  disable=not stderr.is_terminal) as bar:
+    with progress_bar(counts=True) as bar:
         task = bar.add_task(f"{spec.model}", total=steps)
         first = [True]
 
@@ -178,7 +185,8 @@ def main(a) -> int:
             first[0] = False
             bar.update(task, description=text)
 
-        results = export(spec, formats, a.out, options, verify=not a.no_verify, force=a.force, progress=progress)
+        results = export(spec, formats, a.out, options, verify=not a.no_verify, force=a.force, name=a.name,
+                         progress=progress)
         bar.advance(task)
     if a.json:
         print(json.dumps({"model": spec.model, "results": [r.to_dict() for r in results]}, indent=2, default=str))
@@ -187,36 +195,27 @@ def main(a) -> int:
 
 
 def run_recipe(a) -> int:
-    from exporter.cli_common import print_recipe_rows, recipe_progress
-    from exporter.recipe import load_recipe, run_exports
-
     recipe = load_recipe(a.recipe, a.out)
     if a.max_time is not None and a.max_time <= 0:
         raise UserError(f"--max-time must be positive, got {a.max_time}")
-    from exporter.api import _check_out_dir
-
-    _check_out_dir(Path(a.out))
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
+    check_out_dir(Path(a.out))
+    with progress_bar(counts=True) as bar:
         task = bar.add_task(f"recipe {recipe.name}", total=None)
         rows = run_exports(recipe, a.max_time, recipe_progress(bar, task), force=a.force)
     if a.json:
         print(json.dumps({"recipe": str(recipe.path), "out": str(recipe.root), "rows": rows}, indent=2))
     print_recipe_rows(f"autotimm-export --recipe {recipe.name} -> {recipe.artifacts_dir}", rows,
                       ("model", "task", "format", "precision"), console(a.json))
-    return EXIT_FAILED if any(r["status"] == "failed" for r in rows) else EXIT_OK
+    return EXIT_FAILED if any_failed(rows) else EXIT_OK
 
 
 def run_target(a, spec: ModelSpec, options) -> int:
-    from exporter.target import target_cpu
-
     if a.no_verify:
         raise UserError("--target needs parity: it cannot be combined with --no-verify")
     a.max_time = 15.0 if a.max_time is None else a.max_time
     if a.max_time <= 0:
         raise UserError(f"--max-time must be positive, got {a.max_time}")
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=stderr,
-                  transient=True, disable=not stderr.is_terminal) as bar:
+    with progress_bar() as bar:
         task = bar.add_task(f"{spec.model}: --target {a.target}", total=None)
         winner, ranked, eager = target_cpu(spec, a.out, options, force=a.force, max_time=a.max_time,
                                            threads=a.threads, progress=lambda t: bar.update(task, description=t))
@@ -236,8 +235,6 @@ def run_target(a, spec: ModelSpec, options) -> int:
 def write_recipe(path: str, spec: ModelSpec, winner, options) -> None:
     import yaml
 
-    from exporter.manifest import atomic_write_text, load_manifest
-
     resolved = load_manifest(winner.result.artifact).spec
     recipe = {"models": [spec.model], "task": spec.task, "img_size": resolved["img_size"],
               "num_classes": resolved["num_classes"], "formats": [winner.format], "precisions": [winner.precision],
@@ -245,8 +242,6 @@ def write_recipe(path: str, spec: ModelSpec, winner, options) -> None:
               "median_ms": winner.median_ms, "speedup_vs_eager": winner.speedup and winner.speedup["ratio"]}
     if winner.precision == "int8":
         recipe["calibration"] = {"data": options.calib_data, "samples": options.calib_samples}
-    from pathlib import Path
-
     atomic_write_text(Path(path), yaml.safe_dump(recipe, sort_keys=False))
 
 
@@ -266,8 +261,6 @@ def print_ranking(rows: list[dict], eager: dict, out: Console) -> None:
 
 
 def print_table(results, out: Console) -> None:
-    from exporter.verify import summary
-
     t = Table(title="autotimm-export")
     for col, just in (("format", "left"), ("file", "left"), ("params (M)", "right"), ("size (MB)", "right"),
                       ("export s", "right"),

@@ -6,8 +6,8 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from exporter.errors import UserError
-from exporter.manifest import Manifest, load_manifest, manifest_path
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.manifest import Manifest, load_manifest, manifest_path
 
 EXTENSIONS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
               ".jit": "torchscript", ".pt2": "pt2", ".engine": "trt", ".plan": "trt", ".xml": "openvino"}

@@ -1,4 +1,4 @@
-"""``autotimm-profile``: a thin shell over `profiler.api.profile` and the report renderers."""
+"""``autotimm-profile``: a thin shell over `autotimm_deploy.profiler.pipeline.profile` and the report renderers."""
 
 from __future__ import annotations
 
@@ -7,11 +7,18 @@ import os
 import sys
 from pathlib import Path
 
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-from exporter.cli_common import EXIT_OK, OneLineParser, console, csv_list, run_cli, stderr
-from exporter.errors import UserError
-from exporter.spec import parse_img_size
+from autotimm_deploy.exporter.core.cli import EXIT_FAILED, EXIT_OK, OneLineParser, console, csv_list, progress_bar, run_cli
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.files import atomic_write_text
+from autotimm_deploy.exporter.core.spec import parse_img_size
+from autotimm_deploy.profiler.measure.sweep import powers_of_two
+from autotimm_deploy.profiler.measure.timing import HarnessConfig
+from autotimm_deploy.profiler.pipeline import Settings, profile
+from autotimm_deploy.profiler.report import RENDERERS, table
+from autotimm_deploy.recipes import benchmark
+from autotimm_deploy.recipes.console import any_failed, print_recipe_rows, recipe_progress
+from autotimm_deploy.recipes.runner import run_profiles
+from autotimm_deploy.recipes.schema import load_recipe
 
 PROG = "autotimm-profile"
 
@@ -20,7 +27,9 @@ def build_parser() -> OneLineParser:
     p = OneLineParser(prog=PROG, description="Latency and throughput of deployed artifacts, eager vs deployed.")
     p.add_argument("targets", nargs="*", help="artifacts (.onnx, .pt, .pt2, ...) or timm model names (eager)")
     p.add_argument("--recipe", metavar="FILE.yaml", help="profile everything a recipe exported (autotimm-export --recipe)")
-    p.add_argument("--report", choices=("seed",), help="with --recipe: render the seed page's tables (Markdown + PNG)")
+    p.add_argument("--report", choices=("benchmark", "seed"),
+                   help="with --recipe: render the benchmark page, the seed page's tables measured here (Markdown + "
+                        "PNG); seed is the old name of benchmark")
     p.add_argument("-o", "--out", default="out", help="with --recipe: the folder autotimm-export --recipe wrote into")
     p.add_argument("--force", action="store_true", help="with --recipe: re-profile even what is up to date")
     p.add_argument("--runtime", help="force a runtime (eager, torchscript, pt2, onnxruntime, onnxruntime-cuda, "
@@ -58,8 +67,6 @@ def build_parser() -> OneLineParser:
 
 
 def _batches(a) -> list[int]:
-    from profiler.sweep import powers_of_two
-
     if a.max_batch is not None:
         if a.max_batch < 1:
             raise UserError(f"--max-batch must be positive, got {a.max_batch}")
@@ -89,48 +96,35 @@ def _check_outputs(a) -> None:
 
 
 def run_recipe(a) -> int:
-    from exporter.cli_common import EXIT_FAILED, print_recipe_rows, recipe_progress
-    from exporter.recipe import load_recipe
-    from profiler.recipe import run_profiles
-
     if a.targets:
         raise UserError("give artifacts or --recipe, not both")
     recipe = load_recipe(a.recipe, a.out)
     if a.max_time is not None and a.max_time <= 0:
         raise UserError(f"--max-time must be positive, got {a.max_time}")
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
+    with progress_bar(counts=True) as bar:
         task = bar.add_task(f"recipe {recipe.name}", total=None)
         rows = run_profiles(recipe, a.max_time, recipe_progress(bar, task), force=a.force)
     report = None
-    if a.report == "seed":
-        from profiler.report import seed
-
-        md, pngs, _ = seed.write(recipe)
+    if a.report:
+        md, pngs, _ = benchmark.write(recipe)
         report = {"markdown": str(md), "png": [str(p) for p in pngs]}
     payload = json.dumps({"recipe": str(recipe.path), "out": str(recipe.root), "rows": rows, "report": report}, indent=2)
     if a.json == "-":
         print(payload)
     elif a.json:
-        from exporter.manifest import atomic_write_text
-
         atomic_write_text(Path(a.json), payload)
     out = console(a.json == "-")
     print_recipe_rows(f"autotimm-profile --recipe {recipe.name}", rows, ("key", "device", "runtime"), out)
     if report:
-        out.print(f"seed report: {report['markdown']}" + "".join(f", {p}" for p in report["png"]))
-    return EXIT_FAILED if any(r["status"] == "failed" for r in rows) else EXIT_OK
+        out.print(f"benchmark page: {report['markdown']}" + "".join(f", {p}" for p in report["png"]))
+    return EXIT_FAILED if any_failed(rows) else EXIT_OK
 
 
 def main(a) -> int:
-    from profiler.api import Settings, profile
-    from profiler.report import RENDERERS, table
-    from profiler.timing import HarnessConfig
-
     if a.recipe:
         return run_recipe(a)
     if a.report:
-        raise UserError("--report seed renders a recipe's results: use it with --recipe FILE.yaml")
+        raise UserError(f"--report {a.report} renders a recipe's results: use it with --recipe FILE.yaml")
     a.max_time = 10.0 if a.max_time is None else a.max_time
 
     if a.threads is not None and a.threads < 1:
@@ -151,8 +145,7 @@ def main(a) -> int:
         runtime_options={"cuda_graph": True} if a.cuda_graph else {},
         img_size=parse_img_size(a.img_size) if a.img_size else None,
     )
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=stderr,
-                  transient=True, disable=not stderr.is_terminal) as bar:
+    with progress_bar() as bar:
         task = bar.add_task("starting", total=None)
         report = profile(a.targets, settings, runtime=a.runtime, compare_eager=a.compare_eager,
                          interleave=a.interleave, isolate=a.isolate,

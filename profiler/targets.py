@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exporter.errors import UserError
-from exporter.manifest import Manifest, TensorSig
-from exporter.spec import ModelSpec
-from profiler.artifact import detect
-from profiler.runtimes import DEFAULT_RUNTIME, open_session
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig
+from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.models import build_model, check_model_name
+from autotimm_deploy.profiler.artifact import detect
+from autotimm_deploy.profiler.runtimes import DEFAULT_RUNTIME, open_session
 
 
 @dataclass
@@ -42,8 +43,6 @@ def resolve(text: str, runtime: str | None = None, img_size: tuple[int, int] | N
         if rt is None:
             raise UserError(f"no runtime for {fmt} artifacts in this version; pass --runtime")
         return Target(label=f"{path.name} [{rt}]", runtime=rt, format=fmt, path=path, manifest=manifest, spec=spec)
-    from exporter.models.timm_backbone import check_model_name
-
     if runtime not in (None, "eager"):
         raise UserError(f"{text} is a model name, which only the eager runtime can profile (got --runtime {runtime})")
     check_model_name(text)  # one line naming close matches when it is neither file nor model
@@ -63,8 +62,6 @@ def open_target(target: Target, device: str, threads: int | None, options: dict[
                 img_size: tuple[int, int] | None = None):
     options = dict(options or {})
     if target.runtime == "eager":
-        from exporter.models import build_model
-
         model = build_model(target.spec)
         target.spec = model.spec
         spec = model.spec

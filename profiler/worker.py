@@ -1,21 +1,20 @@
 """One isolated profiling group: reads a job (JSON) on stdin, writes its runs (JSON) on stdout,
-progress lines on stderr. Started by `profiler.api` so each group's peak memory is its own."""
+progress lines on stderr. Started by `autotimm_deploy.profiler.pipeline` so each group's peak memory is its own."""
 
 from __future__ import annotations
 
 import json
 import sys
 
-from exporter.errors import UserError
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.profiler.pipeline import Settings, run_group, target_from_dict
 
 
 def main() -> int:
-    from profiler.api import Settings, _target_from_dict, run_group
-
     job = json.loads(sys.stdin.read())
     settings = Settings.from_dict(job["settings"])
     try:
-        targets = [_target_from_dict(d, settings.img_size) for d in job["targets"]]
+        targets = [target_from_dict(d, settings.img_size) for d in job["targets"]]
         runs = run_group(targets, settings, on_progress=lambda t: print(f"progress: {t}", file=sys.stderr, flush=True))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -19,7 +19,7 @@ def run_cli(module: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def export_cli():
-    return lambda *args, **kw: run_cli("exporter.cli", *args, **kw)
+    return lambda *args, **kw: run_cli("autotimm_deploy.exporter.cli", *args, **kw)
 
 
 def files_under(path: Path) -> list[str]:

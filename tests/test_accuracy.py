@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.api import export
-from exporter.formats import ExportOptions
-from exporter.manifest import load_manifest
-from exporter.spec import ModelSpec
-from profiler.runtimes import open_session
+from autotimm_deploy.exporter.pipeline import export
+from autotimm_deploy.exporter.formats import ExportOptions
+from autotimm_deploy.exporter.core.manifest import load_manifest
+from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.profiler.runtimes import open_session
 
 SIZE = 32
 

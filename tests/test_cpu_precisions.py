@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from exporter.api import export
-from exporter.calibration import load_calibration, preprocess
-from exporter.errors import UserError
-from exporter.formats import ExportOptions
-from exporter.manifest import load_manifest
-from exporter.spec import ModelSpec
-from profiler.targets import open_target, resolve
+from autotimm_deploy.exporter.pipeline import export
+from autotimm_deploy.exporter.inputs.calibration import load_calibration, preprocess
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.formats import ExportOptions
+from autotimm_deploy.exporter.core.manifest import load_manifest
+from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.profiler.targets import open_target, resolve
 
 pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
 

@@ -5,13 +5,13 @@ import pytest
 import torch
 import torchvision
 
-from exporter.api import export
-from exporter.errors import UserError
-from exporter.manifest import load_manifest
-from exporter.models import build_model
-from exporter.models.detection import batched_greedy_nms
-from exporter.spec import ModelSpec
-from exporter.verify import compare_detections
+from autotimm_deploy.exporter.pipeline import export
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.manifest import load_manifest
+from autotimm_deploy.exporter.models import build_model
+from autotimm_deploy.exporter.models.detection import batched_greedy_nms
+from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.parity import compare_detections
 
 HEAD = {"fpn_channels": 64, "max_detections": 50}
 SPECS = {
@@ -34,6 +34,10 @@ def test_detection_exports_with_task_parity(name, tmp_path):
         assert [o.name for o in m.outputs] == ["boxes", "scores", "labels", "num_detections"]
         assert m.outputs[0].shape == ["batch", 50, 4] and m.outputs[2].dtype == "int64"
     assert results[0].artifact.name == f"{name}-det.onnx"
+    import torch  # multi-output tasks keep their tuple in TorchScript
+
+    outs = torch.jit.load(str(results[1].artifact))(torch.zeros(1, 3, *spec.img_size))
+    assert isinstance(outs, tuple) and len(outs) == 4
 
 
 def test_nms_in_graph_equals_torchvision_batched_nms():
@@ -89,7 +93,7 @@ def test_bad_detection_sizes():
 
 
 def test_summary_lines_for_every_task():
-    from exporter.verify import summary
+    from autotimm_deploy.exporter.parity import summary
 
     det = {"verdict": "pass", "notes": [], "metrics": {"detections": {"match_rate": 1.0, "mean_iou": 0.9999,
                                                                      "max_score_diff": 1e-6}}}

@@ -85,8 +85,8 @@ def test_unwritable_output(tmp_path, export_cli):
 
 
 def test_failed_parity_exits_1(tmp_path, monkeypatch, capsys):
-    import exporter.verify as v
-    from exporter.cli import entry
+    import autotimm_deploy.exporter.parity as v
+    from autotimm_deploy.exporter.cli import entry
 
     monkeypatch.setitem(v.TOLERANCES, "fp32", v.Tolerance(max_rel=-1, max_abs=-1, cosine=2, delta_cosine=2, top1=2, tie_margin=0, pixel=2))
     assert entry(["test_resnet", "--img-size", "64", "-f", "torchscript", "-o", str(tmp_path), "--json"]) == 1
@@ -105,7 +105,7 @@ def test_interrupted_export_leaves_nothing(tmp_path):
     import time
 
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "exporter.cli", "resnet18", "--img-size", "64", "-f",
+    proc = subprocess.Popen([sys.executable, "-m", "autotimm_deploy.exporter.cli", "resnet18", "--img-size", "64", "-f",
                              "torchscript,onnx,pt2", "-o", str(out)], stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not list(out.glob(".autotimm-*")) and time.time() < deadline and proc.poll() is None:

@@ -4,12 +4,13 @@ import numpy as np
 import onnx
 import pytest
 
-from exporter.api import export
-from exporter.errors import UserError
-from exporter.formats import FORMATS, ExportOptions, export_order
-from exporter.manifest import load_manifest, sha256_file
-from exporter.spec import ModelSpec
-from profiler.runtimes import open_session
+from autotimm_deploy.exporter.pipeline import export
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.formats import FORMATS, ExportOptions, export_order
+from autotimm_deploy.exporter.core.files import sha256_file
+from autotimm_deploy.exporter.core.manifest import load_manifest
+from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.profiler.runtimes import open_session
 
 CPU_FORMATS = ["onnx", "torchscript", "pt2"]
 MODELS = {
@@ -40,6 +41,17 @@ def test_every_format_exports_with_parity(exported):
     names = sorted(p.name for p in out.iterdir())
     stems = {".onnx", ".pt", ".pt2"}
     assert names == sorted([f"{name}{s}" for s in stems] + [f"{name}{s}.json" for s in stems])
+
+
+def test_single_output_programs_return_the_tensor(exported):
+    """A classifier's TorchScript and torch.export artifacts return the logits tensor itself."""
+    import torch
+
+    name, out, results = exported
+    x = torch.zeros(2, 3, *MODELS[name].img_size)
+    for fmt, load in (("torchscript", torch.jit.load), ("pt2", lambda p: torch.export.load(p).module())):
+        y = load(str(results[fmt].artifact))(x)
+        assert isinstance(y, torch.Tensor) and tuple(y.shape) == (2, 10), (fmt, type(y))
 
 
 def test_manifest_contents(exported):
@@ -95,7 +107,7 @@ def test_old_opset_uses_torchscript_exporter_without_simplify(tmp_path):
 
 
 def test_dynamo_failure_falls_back_and_is_recorded(tmp_path, monkeypatch):
-    import exporter.formats.onnx as fo
+    import autotimm_deploy.exporter.formats.onnx_graph as fo
 
     def broken(ctx, names):
         raise RuntimeError("dynamo cannot trace this\nsecond line")
@@ -107,7 +119,7 @@ def test_dynamo_failure_falls_back_and_is_recorded(tmp_path, monkeypatch):
 
 
 def test_large_models_use_external_data(tmp_path, monkeypatch):
-    import exporter.formats.onnx as fo
+    import autotimm_deploy.exporter.formats.onnx_graph as fo
 
     monkeypatch.setattr(fo, "INLINE_LIMIT", 0)
     (r,) = export(SMALL, ["onnx"], tmp_path)
@@ -129,7 +141,7 @@ def test_existing_outputs_need_force(tmp_path):
 
 
 def test_failed_parity_keeps_the_verdict(tmp_path, monkeypatch):
-    import exporter.verify as v
+    import autotimm_deploy.exporter.parity as v
 
     monkeypatch.setitem(v.TOLERANCES, "fp32", v.Tolerance(max_rel=-1, max_abs=-1, cosine=2, delta_cosine=2, top1=2, tie_margin=0, pixel=2))
     (r,) = export(SMALL, ["torchscript"], tmp_path)
@@ -138,7 +150,7 @@ def test_failed_parity_keeps_the_verdict(tmp_path, monkeypatch):
 
 
 def test_missing_extra_refuses_before_writing(tmp_path, monkeypatch):
-    from exporter.formats import Format
+    from autotimm_deploy.exporter.formats import Format
 
     class Needy(Format):
         name, suffix, extra, requires = "needy", ".needy", "trt", ("surely_not_installed_mod",)
@@ -150,7 +162,7 @@ def test_missing_extra_refuses_before_writing(tmp_path, monkeypatch):
 
 
 def test_export_order_puts_parents_first(monkeypatch):
-    from exporter.formats import Format
+    from autotimm_deploy.exporter.formats import Format
 
     class Child(Format):
         name, suffix, derives_from = "child", ".c", "onnx"
@@ -162,7 +174,7 @@ def test_export_order_puts_parents_first(monkeypatch):
 
 
 def test_parity_inputs_are_real_pictures():
-    from exporter.samples import sample_images
+    from autotimm_deploy.exporter.inputs.samples import sample_images
 
     x = sample_images(4, 3, (32, 48), [0.5] * 3, [0.25] * 3)
     assert x.shape == (4, 3, 32, 48) and x.dtype == np.float32

@@ -5,9 +5,9 @@ import itertools
 import numpy as np
 import pytest
 
-from profiler.stats import median_ci, median_ci_ranks, summarize
-from profiler.sweep import Point, batches_in_range, powers_of_two, sweep
-from profiler.timing import HarnessConfig, measure
+from autotimm_deploy.profiler.measure.stats import median_ci, median_ci_ranks, summarize
+from autotimm_deploy.profiler.measure.sweep import Point, batches_in_range, powers_of_two, sweep
+from autotimm_deploy.profiler.measure.timing import HarnessConfig, measure
 
 
 class FakeClock:

@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from exporter.errors import UserError
-from exporter.manifest import Manifest, TensorSig, load_manifest, manifest_path, sha256_file, write_manifest
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.files import sha256_file
+from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig, load_manifest, manifest_path, write_manifest
 
 
 def _manifest():

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.api import export
-from exporter.errors import UserError
-from exporter.manifest import load_manifest
-from exporter.models import build_model
-from exporter.spec import ModelSpec
-from profiler.api import Settings, profile
-from profiler.runtimes import RUNTIMES, open_session
-from profiler.targets import open_target, resolve
-from profiler.timing import HarnessConfig
+from autotimm_deploy.exporter.pipeline import export
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.manifest import load_manifest
+from autotimm_deploy.exporter.models import build_model
+from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.profiler.pipeline import Settings, profile
+from autotimm_deploy.profiler.runtimes import RUNTIMES, open_session
+from autotimm_deploy.profiler.targets import open_target, resolve
+from autotimm_deploy.profiler.measure.timing import HarnessConfig
 from tests.conftest import files_under, run_cli
 
 SPEC = ModelSpec("test_resnet", num_classes=6, img_size=(64, 64))
@@ -72,7 +72,7 @@ def test_profile_report_schema_and_compare_eager(artifacts):
 
 
 def test_static_artifact_profiles_only_its_batch(tmp_path):
-    from exporter.formats import ExportOptions
+    from autotimm_deploy.exporter.formats import ExportOptions
 
     (r,) = export(SPEC, ["onnx"], tmp_path, ExportOptions(static=True, batch_size=2), verify=False)
     report = profile([str(r.artifact)], Settings(batch_sizes=[1, 2, 4], harness=FAST))
@@ -82,7 +82,7 @@ def test_static_artifact_profiles_only_its_batch(tmp_path):
 
 def test_cli_isolated_with_every_renderer(artifacts, tmp_path):
     paths = {k: tmp_path / f"r.{k}" for k in ("json", "csv", "md", "png")}
-    p = run_cli("profiler.cli", str(artifacts["onnx"]), str(artifacts["torchscript"]), "--batch-sizes", "1,2",
+    p = run_cli("autotimm_deploy.profiler.cli", str(artifacts["onnx"]), str(artifacts["torchscript"]), "--batch-sizes", "1,2",
                 "--max-time", "0.3", "--warmup-time", "0.1", "--threads", "1",
                 "--json", str(paths["json"]), "--csv", str(paths["csv"]), "--markdown", str(paths["md"]),
                 "--plot", str(paths["png"]))
@@ -107,7 +107,7 @@ def test_cli_isolated_with_every_renderer(artifacts, tmp_path):
 
 
 def test_cli_json_to_stdout_and_eager_by_name():
-    p = run_cli("profiler.cli", "test_resnet", "--img-size", "64", "--iterations", "3", "--warmup-time", "0",
+    p = run_cli("autotimm_deploy.profiler.cli", "test_resnet", "--img-size", "64", "--iterations", "3", "--warmup-time", "0",
                 "--json")
     assert p.returncode == 0, p.stderr
     report = json.loads(p.stdout)
@@ -155,7 +155,7 @@ def test_bad_input_is_one_line_exit_2(case, artifacts, tmp_path):
     files = _corrupt_files(tmp_path, artifacts)
     args, message = BAD[case]
     args = [a.format(**files) for a in args]
-    p = run_cli("profiler.cli", *args, "--iterations", "2", "--csv", str(tmp_path / "out.csv"))
+    p = run_cli("autotimm_deploy.profiler.cli", *args, "--iterations", "2", "--csv", str(tmp_path / "out.csv"))
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], p.stderr
@@ -173,14 +173,14 @@ def test_artifact_without_manifest(artifacts, tmp_path):
 
     bare = tmp_path / "bare.pt"
     shutil.copy(artifacts["torchscript"], bare)
-    p = run_cli("profiler.cli", str(bare), "--iterations", "2", "--warmup-time", "0")
+    p = run_cli("autotimm_deploy.profiler.cli", str(bare), "--iterations", "2", "--warmup-time", "0")
     assert p.returncode == 2 and "pass --img-size" in p.stderr and len(p.stderr.strip().splitlines()) == 1
-    p = run_cli("profiler.cli", str(bare), "--img-size", "64", "--iterations", "2", "--warmup-time", "0", "--json")
+    p = run_cli("autotimm_deploy.profiler.cli", str(bare), "--img-size", "64", "--iterations", "2", "--warmup-time", "0", "--json")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["runs"][0]["runtime"] == "torchscript"
     onnx_bare = tmp_path / "bare.onnx"  # ONNX knows its own input shape
     shutil.copy(artifacts["onnx"], onnx_bare)
-    p = run_cli("profiler.cli", str(onnx_bare), "--iterations", "2", "--warmup-time", "0", "--json")
+    p = run_cli("autotimm_deploy.profiler.cli", str(onnx_bare), "--iterations", "2", "--warmup-time", "0", "--json")
     assert p.returncode == 0, p.stderr
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter.errors import UserError
-from exporter.recipe import load_recipe, run_exports
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.recipes.runner import run_exports
+from autotimm_deploy.recipes.schema import load_recipe
 from tests.conftest import files_under
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -102,8 +103,8 @@ def tiny_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("recipe")
     path = write(tmp, TINY)
     out = tmp / "out"
-    exp = run_cli("exporter.cli", "--recipe", str(path), "-o", str(out), "--json")
-    prof = run_cli("profiler.cli", "--recipe", str(path), "-o", str(out), "--report", "seed", "--json")
+    exp = run_cli("autotimm_deploy.exporter.cli", "--recipe", str(path), "-o", str(out), "--json")
+    prof = run_cli("autotimm_deploy.profiler.cli", "--recipe", str(path), "-o", str(out), "--report", "seed", "--json")
     return path, out, exp, prof
 
 
@@ -133,12 +134,12 @@ def test_recipe_export_then_resume(tiny_run):
 def test_recipe_export_time_budget(tmp_path, monkeypatch):
     import itertools
 
-    import exporter.recipe
+    import autotimm_deploy.recipes.runner
 
     recipe = load_recipe(write(tmp_path, TINY.replace("formats: [onnx, torchscript, trt]", "formats: [torchscript]")),
                          tmp_path / "out")
     ticks = itertools.count()  # a clock that advances one second per reading
-    monkeypatch.setattr(exporter.recipe.time, "monotonic", lambda: float(next(ticks)))
+    monkeypatch.setattr(autotimm_deploy.recipes.runner.time, "monotonic", lambda: float(next(ticks)))
     rows = run_exports(recipe, max_time=1.5)
     statuses = [r["status"] for r in rows]
     assert statuses.count("exported") == 1 and statuses.count("not run") == 1, statuses  # first job starts, then stop
@@ -146,7 +147,7 @@ def test_recipe_export_time_budget(tmp_path, monkeypatch):
 
 
 def test_recipe_profile_resume_and_seed_report(tiny_run):
-    from profiler.recipe import run_profiles
+    from autotimm_deploy.recipes.runner import run_profiles
 
     path, out, _, prof = tiny_run
     assert prof.returncode in (0, 1), prof.stderr
@@ -172,7 +173,7 @@ def test_recipe_profile_resume_and_seed_report(tiny_run):
     ms = result["report"]["runs"][0]["points"][0]["stats_ms"]["p50"]
     row = next(line for line in text.splitlines() if line.startswith("| `test_resnet` |") and "M |" in line)
     assert f"{ms:.2f}" in row
-    from exporter.manifest import load_manifest
+    from autotimm_deploy.exporter.core.manifest import load_manifest
 
     params = load_manifest(out / "tiny" / "artifacts" / "test_resnet.onnx").model["params"]
     assert f"{params / 1e6:.1f}M" in row
@@ -183,7 +184,7 @@ def test_recipe_profile_resume_and_seed_report(tiny_run):
 def test_profile_recipe_flags(tmp_path):
     from tests.conftest import run_cli
 
-    r = run_cli("profiler.cli", "--report", "seed")
+    r = run_cli("autotimm_deploy.profiler.cli", "--report", "seed")
     assert r.returncode == 2 and "--recipe" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -218,6 +219,6 @@ def test_profile_recipe_before_export_is_one_line(tmp_path):
 
     path = write(tmp_path, TINY)
     out = tmp_path / "o"
-    r = run_cli("profiler.cli", "--recipe", str(path), "-o", str(out))
+    r = run_cli("autotimm_deploy.profiler.cli", "--recipe", str(path), "-o", str(out))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "autotimm-export --recipe" in r.stderr
     assert not out.exists()

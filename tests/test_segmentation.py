@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.api import export
-from exporter.errors import UserError
-from exporter.manifest import load_manifest
-from exporter.models import build_model
-from exporter.spec import ModelSpec
-from exporter.verify import TOLERANCES, compare
+from autotimm_deploy.exporter.pipeline import export
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.manifest import load_manifest
+from autotimm_deploy.exporter.models import build_model
+from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.parity import TOLERANCES, compare
 
 CASES = {
     "resnet18-fcn": ModelSpec("resnet18", task="semantic-segmentation", num_classes=5, img_size=(64, 96),
@@ -68,7 +68,7 @@ def test_backbone_levels_are_normalised(monkeypatch):
     assert len(m.backbone.channels) == 3  # levit has three levels; the head takes what there is
     assert m(torch.zeros(1, 3, 64, 64))[0].shape == (1, 3, 64, 64)
 
-    import exporter.models.features as features
+    import autotimm_deploy.exporter.models.features as features
 
     def no_features(spec, **kw):
         raise UserError(f"could not build {spec.model}: features_only not implemented for this model")

@@ -5,8 +5,8 @@ import json
 import pytest
 import yaml
 
-from exporter.api import ExportResult
-from exporter.target import Candidate, choose, rank
+from autotimm_deploy.exporter.pipeline import ExportResult
+from autotimm_deploy.exporter.select import Candidate, choose, rank
 
 pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
 
@@ -56,7 +56,7 @@ def test_target_cpu_end_to_end(tmp_path, export_cli):
     timed = [c["median_ms"] for c in cands if c["median_ms"] is not None]
     assert timed == sorted(timed) and len(timed) == 6  # every candidate passed and was timed
     chosen = cands[0]
-    from exporter.manifest import load_manifest
+    from autotimm_deploy.exporter.core.manifest import load_manifest
 
     m = load_manifest(data["chosen"])
     assert m.target["name"] == "cpu" and m.target["ranking"][0]["chosen"]

@@ -10,25 +10,38 @@ import numpy as np
 import onnx
 import pytest
 
-from exporter.api import export
-from exporter.errors import UserError
-from exporter.formats import ExportOptions, get_format
-from exporter.formats.tensorrt import BuildPlan, batch_profile, loader_chain, parse_dynamic_batch, plan_build
-from exporter.manifest import load_manifest
-from exporter.spec import ModelSpec
-from profiler.runtimes.tensorrt import compatibility_problem
+from autotimm_deploy.exporter.pipeline import export
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.formats import ExportOptions, get_format
+from autotimm_deploy.exporter.formats.tensorrt import (
+    BuildPlan,
+    TensorRTOptions,
+    batch_profile,
+    loader_chain,
+    parse_dynamic_batch,
+    plan_build,
+)
+from autotimm_deploy.exporter.core.manifest import load_manifest
+from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.profiler.runtimes.tensorrt import compatibility_problem
 from tests.conftest import files_under
 
 pytest.importorskip("polygraphy", reason="polygraphy (the [dev] or [trt] extra) is not installed")
 
 SHAPE = (3, 64, 64)
+
+
+def trt_options(**kw) -> ExportOptions:
+    """ExportOptions with the TensorRT-only options routed into their own object."""
+    trt = {k: kw.pop(k) for k in list(kw) if k in TensorRTOptions.__dataclass_fields__}
+    return ExportOptions(**kw, format_options={"trt": TensorRTOptions(**trt)} if trt else {})
 TRT10, TRT11 = "10.13.0.35", "11.4.0.106"
 
 
 @pytest.mark.parametrize("version,typing", [(TRT10, "weak"), ("8.6.1", "weak"), (TRT11, "strong")])
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
 def test_plan_per_precision_and_version(precision, version, typing):
-    plan = plan_build(ExportOptions(precision=precision), SHAPE, version)
+    plan = plan_build(trt_options(precision=precision), SHAPE, version)
     assert plan.typing == typing and plan.precision == precision
     if typing == "weak":  # the fp32 graph; builder flags choose precision per layer
         assert plan.network == "fp32"
@@ -47,7 +60,7 @@ def test_plan_per_precision_and_version(precision, version, typing):
 def test_loader_chain_inspected_not_built(tmp_path, precision, version):
     cache = tmp_path / "tactics.cache"
     cache.write_bytes(b"x")
-    opts = ExportOptions(precision=precision, dynamic_batch=(2, 4, 8), workspace_gib=1.5, opt_level=5,
+    opts = trt_options(precision=precision, dynamic_batch=(2, 4, 8), workspace_gib=1.5, opt_level=5,
                          timing_cache=str(cache), version_compatible=True, hardware_compatibility="ampere+")
     plan = plan_build(opts, SHAPE, version)
     calib = np.zeros((10, *SHAPE), np.float32)
@@ -73,7 +86,7 @@ def test_loader_chain_inspected_not_built(tmp_path, precision, version):
 
 
 def test_dla_and_missing_timing_cache(tmp_path):
-    plan = plan_build(ExportOptions(precision="fp16", dla_core=1, timing_cache=str(tmp_path / "new.cache")),
+    plan = plan_build(trt_options(precision="fp16", dla_core=1, timing_cache=str(tmp_path / "new.cache")),
                       SHAPE, TRT10)
     chain = loader_chain(plan, tmp_path / "m.onnx", tmp_path / "m.engine")
     cfg = chain.config.create()
@@ -84,21 +97,21 @@ def test_dla_and_missing_timing_cache(tmp_path):
 
 
 def test_batch_profile_rules():
-    assert batch_profile(ExportOptions()) == (1, 1, 32)
-    assert batch_profile(ExportOptions(batch_size=8)) == (1, 8, 32)
-    assert batch_profile(ExportOptions(static=True, batch_size=4)) == (4, 4, 4)
-    assert batch_profile(ExportOptions(dynamic_batch=(1, 16, 64))) == (1, 16, 64)
+    assert batch_profile(trt_options()) == (1, 1, 32)
+    assert batch_profile(trt_options(batch_size=8)) == (1, 8, 32)
+    assert batch_profile(trt_options(static=True, batch_size=4)) == (4, 4, 4)
+    assert batch_profile(trt_options(dynamic_batch=(1, 16, 64))) == (1, 16, 64)
     assert parse_dynamic_batch("1:8:32") == (1, 8, 32)
     for bad in ("8:1:32", "0:1:2"):
         with pytest.raises(UserError, match="MIN <= OPT <= MAX"):
-            batch_profile(ExportOptions(dynamic_batch=parse_dynamic_batch(bad)))
+            batch_profile(trt_options(dynamic_batch=parse_dynamic_batch(bad)))
     for bad in ("1:8", "a:b:c", "1:2:3:4"):
         with pytest.raises(UserError, match="MIN:OPT:MAX"):
             parse_dynamic_batch(bad)
 
 
 def test_weak_int8_needs_enough_calibration(tmp_path):
-    plan = plan_build(ExportOptions(precision="int8", dynamic_batch=(4, 4, 8)), SHAPE, TRT10)
+    plan = plan_build(trt_options(precision="int8", dynamic_batch=(4, 4, 8)), SHAPE, TRT10)
     with pytest.raises(UserError, match="at least 4 samples"):
         loader_chain(plan, tmp_path / "m.onnx", tmp_path / "m.engine", np.zeros((3, *SHAPE), np.float32))
     with pytest.raises(UserError, match="calibration data"):
@@ -111,7 +124,7 @@ def test_weak_int8_needs_enough_calibration(tmp_path):
 def test_fp16_compute_onnx_parity_in_onnxruntime(tmp_path, spec):
     """The graph TensorRT 11 parses for --fp16: fp16 weights and compute, fp32 inputs and outputs,
     post-processing in fp32; it runs in ONNX Runtime on the CPU and passes the fp16 gate."""
-    (r,) = export(spec, ["onnx"], tmp_path, ExportOptions(precision="fp16"))
+    (r,) = export(spec, ["onnx"], tmp_path, trt_options(precision="fp16"))
     assert r.ok, r.parity and r.parity["failures"]
     graph = onnx.load(str(r.artifact)).graph
     f16 = onnx.TensorProto.FLOAT16
@@ -129,13 +142,13 @@ def test_bf16_compute_onnx_is_a_valid_typed_graph(tmp_path):
     by ONNX's full type inference and the cast model's numerics against fp32 in PyTorch."""
     import torch
 
-    from exporter.formats import ExportContext
-    from exporter.formats.onnx_reduced import cast_model, reduced_proto
-    from exporter.models import build_model
+    from autotimm_deploy.exporter.formats import ExportContext
+    from autotimm_deploy.exporter.formats.onnx_reduced import cast_model, reduced_proto
+    from autotimm_deploy.exporter.models import build_model
 
     spec = ModelSpec("resnet18", num_classes=10, img_size=(64, 64))
     model = build_model(spec)
-    ctx = ExportContext(model=model, spec=model.spec, options=ExportOptions(precision="bf16"), workdir=tmp_path,
+    ctx = ExportContext(model=model, spec=model.spec, options=trt_options(precision="bf16"), workdir=tmp_path,
                         stem="m")
     proto, info = reduced_proto(ctx, "bf16")
     onnx.checker.check_model(proto, full_check=True)
@@ -157,7 +170,7 @@ def test_qdq_int8_graph_is_symmetric_for_tensorrt(tmp_path):
     from onnx import numpy_helper
 
     spec = ModelSpec("resnet18", num_classes=10, img_size=(64, 64))
-    (r,) = export(spec, ["onnx"], tmp_path, ExportOptions(precision="int8", calib_random=True, calib_samples=4))
+    (r,) = export(spec, ["onnx"], tmp_path, trt_options(precision="int8", calib_random=True, calib_samples=4))
     assert r.ok, r.parity and r.parity["failures"]
     graph = onnx.load(str(r.artifact)).graph
     ops = [n.op_type for n in graph.node]
@@ -216,16 +229,16 @@ def test_cli_trt_option_errors(tmp_path, export_cli):
 
 
 def test_plan_option_validation():
-    from exporter.formats.tensorrt import check_plan_options
+    from autotimm_deploy.exporter.formats.tensorrt import check_plan_options
 
-    for opts, msg in ((ExportOptions(opt_level=7), "--opt-level"), (ExportOptions(workspace_gib=0), "--workspace"),
-                      (ExportOptions(dla_core=-1), "--dla-core"),
-                      (ExportOptions(hardware_compatibility="turing+"), "--hardware-compatible"),
-                      (ExportOptions(timing_cache="/no/such/dir/t.cache"), "does not exist"),
-                      (ExportOptions(static=True, dynamic_batch=(1, 2, 4)), "--static")):
+    for opts, msg in ((trt_options(opt_level=7), "--opt-level"), (trt_options(workspace_gib=0), "--workspace"),
+                      (trt_options(dla_core=-1), "--dla-core"),
+                      (trt_options(hardware_compatibility="turing+"), "--hardware-compatible"),
+                      (trt_options(timing_cache="/no/such/dir/t.cache"), "does not exist"),
+                      (trt_options(static=True, dynamic_batch=(1, 2, 4)), "--static")):
         with pytest.raises(UserError, match=msg):
             check_plan_options(opts)
-    assert isinstance(plan_build(ExportOptions(), SHAPE, TRT11), BuildPlan)
+    assert isinstance(plan_build(trt_options(), SHAPE, TRT11), BuildPlan)
 
 
 # --- on a GPU with TensorRT (skipped here) ----------------------------------------------------------------
@@ -245,12 +258,12 @@ needs_trt = pytest.mark.skipif(_gpu_with_trt() is not None, reason=_gpu_with_trt
 @needs_trt
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_engine_build_reload_parity_on_gpu(tmp_path, precision):
-    from profiler.api import Settings, profile
-    from profiler.timing import HarnessConfig
+    from autotimm_deploy.profiler.pipeline import Settings, profile
+    from autotimm_deploy.profiler.measure.timing import HarnessConfig
 
     spec = ModelSpec("resnet18", num_classes=10, img_size=(64, 64))
     cache = tmp_path / "tactics.cache"
-    (r,) = export(spec, ["trt"], tmp_path, ExportOptions(precision=precision, timing_cache=str(cache)))
+    (r,) = export(spec, ["trt"], tmp_path, trt_options(precision=precision, timing_cache=str(cache)))
     assert r.ok, r.error or r.parity["failures"]
     m = load_manifest(r.artifact)
     assert m.export["tensorrt"]["compute_capability"] and m.export["timing_cache_sha256"] and cache.exists()
@@ -265,10 +278,10 @@ def test_engine_build_reload_parity_on_gpu(tmp_path, precision):
 @pytest.mark.gpu
 @needs_trt
 def test_engine_int8_and_cuda_graph_on_gpu(tmp_path):
-    from profiler.runtimes import open_session
+    from autotimm_deploy.profiler.runtimes import open_session
 
     spec = ModelSpec("resnet18", num_classes=10, img_size=(64, 64))
-    (r,) = export(spec, ["trt"], tmp_path, ExportOptions(precision="int8", calib_random=True, calib_samples=8))
+    (r,) = export(spec, ["trt"], tmp_path, trt_options(precision="int8", calib_random=True, calib_samples=8))
     assert r.ok, r.error or r.parity["failures"]
     m = load_manifest(r.artifact)
     with open_session(r.artifact, manifest=m) as plain, open_session(r.artifact, manifest=m, cuda_graph=True) as g:

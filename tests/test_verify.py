@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from exporter.models import build_model
-from exporter.spec import ModelSpec
-from exporter.verify import TOLERANCES, compare, failures, verify
-from profiler.runtimes.base import Session
+from autotimm_deploy.exporter.models import build_model
+from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.parity import TOLERANCES, compare, failures, verify
+from autotimm_deploy.profiler.runtimes.base import Session
 
 FP32 = TOLERANCES["fp32"]
 
@@ -76,7 +76,7 @@ class _Scaled(Session):
     name = "fake"
 
     def __init__(self, model, factor):
-        from exporter.manifest import TensorSig
+        from autotimm_deploy.exporter.core.manifest import TensorSig
 
         super().__init__(None)
         self.model, self.factor = model, factor

@@ -1,81 +1,13 @@
-"""ONNX: torch's dynamo exporter first (opset >= 18), the TorchScript-based one as fallback; checked
-with ``onnx.checker``, simplified with onnxslim, weights inline under 2 GB and external above."""
+"""ONNX (``.onnx``): the model's graph (`onnx_graph`) at the precision asked for: fp32; fp16 compute
+with fp32 I/O (`onnx_reduced`); int8 Q/DQ (`onnx_int8`)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
-from pathlib import Path
-
-from exporter.errors import ExportFailed, UserError, first_line
-from exporter.formats import ExportContext, Exported, Format, register_format
-
-INLINE_LIMIT = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave room for the graph itself
-DYNAMO_MIN_OPSET = 18
-MIN_OPSET = 9  # the oldest the TorchScript-based exporter writes
-BATCH = "batch"
-
-
-def _dynamo(ctx: ExportContext, names: tuple[list[str], list[str]]):
-    import torch
-    from torch.export import Dim
-
-    dynamic = None if ctx.options.static else ({0: Dim(BATCH, min=1)},)
-    program = torch.onnx.export(
-        ctx.model,
-        (ctx.example_input(),),
-        dynamo=True,
-        dynamic_shapes=dynamic,
-        input_names=names[0],
-        output_names=names[1],
-        opset_version=ctx.options.opset,
-        optimize=ctx.options.optimize_dynamo,
-        verbose=False,
-    )
-    return program.model_proto
-
-
-def _torchscript(ctx: ExportContext, names: tuple[list[str], list[str]]):
-    import onnx
-    import torch
-
-    raw = ctx.workdir / f".{ctx.stem}.raw.onnx"
-    axes = None if ctx.options.static else {n: {0: BATCH} for n in names[0] + names[1]}
-    torch.onnx.export(
-        ctx.model,
-        (ctx.example_input(),),
-        str(raw),
-        dynamo=False,
-        input_names=names[0],
-        output_names=names[1],
-        dynamic_axes=axes,
-        opset_version=ctx.options.opset,
-        do_constant_folding=True,
-    )
-    proto = onnx.load(str(raw))  # pulls any external data in
-    for p in raw.parent.glob(raw.name + "*"):
-        p.unlink()
-    return proto
-
-
-EXPORTERS = {"torch.onnx.dynamo": _dynamo, "torch.onnx.torchscript": _torchscript}
-
-
-def _initializer_bytes(proto) -> int:
-    return sum(t.ByteSize() for t in proto.graph.initializer)
-
-
-def save_onnx(proto, path: Path) -> list[Path]:
-    """Write ``proto`` to ``path``; weights go to ``<name>.data`` beside it when too large to inline."""
-    import onnx
-
-    if _initializer_bytes(proto) < INLINE_LIMIT:
-        onnx.save_model(proto, str(path))
-        return [path]
-    data = path.with_name(path.name + ".data")
-    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
-    return [path, data]
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
+from autotimm_deploy.exporter.formats.onnx_graph import MIN_OPSET, check_saved, fp32_proto, save_onnx
+from autotimm_deploy.exporter.formats.onnx_int8 import quantize_qdq
+from autotimm_deploy.exporter.formats.onnx_reduced import reduced_proto
 
 
 @register_format
@@ -106,83 +38,8 @@ class OnnxFormat(Format):
 def precision_proto(ctx: ExportContext, precision: str):
     """The ONNX graph for ``precision``: fp32; fp16/bf16 compute with fp32 I/O; int8 Q/DQ."""
     if precision in ("fp16", "bf16"):
-        from exporter.formats.onnx_reduced import reduced_proto
-
         return reduced_proto(ctx, precision)
     proto, info = fp32_proto(ctx)
     if precision == "int8":
-        from exporter.formats.onnx_int8 import quantize_qdq
-
         proto, info["quantization"] = quantize_qdq(proto, ctx)
     return proto, info
-
-
-def fp32_proto(ctx: ExportContext):
-    """The fp32 ONNX graph of ``ctx.model``. Kept in ``ctx.cache`` only when the caller shares one
-    (``--target``), since a large model's graph is gigabytes."""
-    if "onnx_fp32" in ctx.cache:
-        proto, info = ctx.cache["onnx_fp32"]
-        return proto, dict(info)
-    proto, info = export_graph(ctx)
-    if ctx.share_intermediates:
-        ctx.cache["onnx_fp32"] = (proto, info)
-    return proto, dict(info)
-
-
-def export_graph(ctx: ExportContext):
-    """Export ``ctx.model`` with the first exporter that succeeds, then simplify."""
-    import torch
-
-    names = (["input"], list(ctx.model.output_names))
-    candidates = list(EXPORTERS) if ctx.options.opset >= DYNAMO_MIN_OPSET else ["torch.onnx.torchscript"]
-    failures: dict[str, str] = {}
-    proto = None
-    for exporter in candidates:
-        try:
-            with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-                warnings.simplefilter("ignore")
-                proto = EXPORTERS[exporter](ctx, names)
-            break
-        except Exception as e:  # noqa: BLE001 - any exporter failure means "try the next one"
-            failures[exporter] = first_line(e)
-    if proto is None:
-        raise ExportFailed("; ".join(f"{k}: {v}" for k, v in failures.items()))
-    info = {"exporter": exporter, "opset": ctx.options.opset}
-    if failures:
-        info["fallback_from"] = failures
-
-    if ctx.options.simplify:
-        proto, info["simplifier"] = _simplify(proto)
-    return proto, info
-
-
-def check_saved(path: Path, dynamic: bool) -> None:
-    import onnx
-
-    try:
-        onnx.checker.check_model(str(path))
-    except Exception as e:  # noqa: BLE001
-        raise ExportFailed(f"onnx.checker rejected the graph: {first_line(e)}") from e
-    _check_batch_dim(path, dynamic)
-
-
-def _simplify(proto):
-    try:
-        import onnxslim
-
-        before = len(proto.graph.node)
-        with contextlib.redirect_stdout(io.StringIO()):
-            slim = onnxslim.slim(proto)
-        return slim, {"tool": "onnxslim", "version": onnxslim.__version__, "nodes": [before, len(slim.graph.node)]}
-    except Exception as e:  # noqa: BLE001 - simplification is an optimisation; keep the plain graph
-        return proto, {"tool": "onnxslim", "error": first_line(e)}
-
-
-def _check_batch_dim(path: Path, dynamic: bool) -> None:
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    for value in list(graph.input) + list(graph.output):
-        dim0 = value.type.tensor_type.shape.dim[0]
-        if dynamic and not dim0.dim_param:
-            raise ExportFailed(f"{value.name} lost its dynamic batch dimension (got {dim0.dim_value}); try --static")

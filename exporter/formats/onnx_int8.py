@@ -6,7 +6,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from exporter.errors import ExportFailed, first_line
+from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
 
 
 # Q/DQ only on the inputs of the compute-heavy ops, the placement TensorRT's explicit int8 path

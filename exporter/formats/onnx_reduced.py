@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+from autotimm_deploy.exporter.formats.onnx_graph import export_graph
+
 DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
 # ONNX gives Conv and most compute ops a bfloat16 signature only from opset 22
 MIN_OPSET = {"fp16": 18, "bf16": 22}
@@ -57,8 +59,6 @@ def _cast(value, src, dst):
 
 def reduced_proto(ctx, precision: str):
     """(ONNX ModelProto with ``precision`` compute, info) for the model in ``ctx``."""
-    from exporter.formats.onnx import export_graph
-
     opset = max(ctx.options.opset, MIN_OPSET[precision])
     # onnxscript's optimizer folds BatchNorm into an fp32 Conv bias inside a bf16 graph (an invalid
     # model), so bf16 graphs are exported without it; TensorRT fuses BatchNorm itself.

@@ -8,8 +8,9 @@
 
 from __future__ import annotations
 
-from exporter.errors import ExportFailed, first_line
-from exporter.formats import ExportContext, Exported, Format, register_format
+from autotimm_deploy.exporter.core.errors import ExportFailed, MissingExtra, first_line
+from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
+from autotimm_deploy.exporter.formats.onnx_graph import fp32_proto, save_onnx
 
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "default"}
 
@@ -27,15 +28,11 @@ class OpenVinoFormat(Format):
     def check_options(options) -> None:
         import importlib.util
 
-        from exporter.errors import MissingExtra
-
         if options.precision == "int8" and importlib.util.find_spec("nncf") is None:
             raise MissingExtra("nncf (for OpenVINO int8)", "openvino")
 
     def export(self, ctx: ExportContext) -> Exported:
         import openvino as ov
-
-        from exporter.formats.onnx import fp32_proto
 
         proto, info = fp32_proto(ctx)
         try:
@@ -53,8 +50,6 @@ class OpenVinoFormat(Format):
 
 
 def _to_file(proto, ctx: ExportContext) -> str:
-    from exporter.formats.onnx import save_onnx
-
     path = ctx.workdir / f".{ctx.stem}.ov-src.onnx"
     save_onnx(proto, path)
     return str(path)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from exporter.errors import ExportFailed, first_line
-from exporter.formats import ExportContext, Exported, Format, register_format
+from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
+from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
+from autotimm_deploy.exporter.formats.torch_program import program_module
 
 
 @register_format
@@ -20,7 +21,7 @@ class PT2Format(Format):
         dynamic = None if ctx.options.static else ({0: Dim("batch", min=1)},)
         try:
             with torch.no_grad():
-                program = torch.export.export(ctx.model, (ctx.example_input(),), dynamic_shapes=dynamic, strict=False)
+                program = torch.export.export(program_module(ctx.model), (ctx.example_input(),), dynamic_shapes=dynamic, strict=False)
         except Exception as e:  # noqa: BLE001
             hint = " (try --static: the model may fix its batch size)" if dynamic else ""
             raise ExportFailed(f"torch.export failed: {first_line(e)}{hint}") from e

@@ -7,7 +7,7 @@ Two precision paths, picked from the installed TensorRT's major version:
   ``--calib-data`` (entropy calibration, TensorRT's default).
 - **strong typing** (TensorRT 11 removed the precision flags): the network is parsed strongly typed
   and the ONNX itself says the precision: fp16/bf16 compute with fp32 I/O
-  (`exporter.formats.onnx_reduced`), or the Q/DQ int8 graph (`exporter.formats.onnx_int8`).
+  (`autotimm_deploy.exporter.formats.onnx_reduced`), or the Q/DQ int8 graph (`autotimm_deploy.exporter.formats.onnx_int8`).
 
 `plan_build` turns options into a plain `BuildPlan` and `loader_chain` turns a plan into the
 Polygraphy loader graph; neither needs TensorRT or a GPU, so tests inspect both. Only calling the
@@ -23,9 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exporter.errors import ExportFailed, MissingExtra, UserError, first_line
-from exporter.formats import ExportContext, ExportOptions, Exported, Format, register_format
-from exporter.manifest import sha256_file
+from autotimm_deploy.exporter.core.errors import ExportFailed, MissingExtra, UserError, first_line
+from autotimm_deploy.exporter.formats.base import ExportContext, ExportOptions, Exported, Format, register_format
+from autotimm_deploy.exporter.formats.onnx import precision_proto
+from autotimm_deploy.exporter.formats.onnx_graph import save_onnx
+from autotimm_deploy.exporter.core.environment import tensorrt_environment
+from autotimm_deploy.exporter.core.files import sha256_file
 
 STRONG_TYPING_FROM = 11  # first TensorRT major version without weak-typing precision flags
 DEFAULT_MAX_BATCH = 32
@@ -43,10 +46,24 @@ def typing_for(version: str) -> str:
     return "strong" if trt_major(version) >= STRONG_TYPING_FROM else "weak"
 
 
+@dataclass
+class TensorRTOptions:
+    """What only a TensorRT build takes (``ExportOptions.format_options["trt"]``)."""
+
+    dynamic_batch: tuple[int, int, int] | None = None  # optimization profile MIN:OPT:MAX batch
+    workspace_gib: float | None = None
+    opt_level: int | None = None  # builder optimization level 0-5
+    timing_cache: str | None = None
+    dla_core: int | None = None
+    version_compatible: bool = False
+    hardware_compatibility: str | None = None  # ampere+ | same-cc
+
+
 def batch_profile(options: ExportOptions) -> tuple[int, int, int]:
     """(min, opt, max) batch of the engine's one optimization profile."""
-    if options.dynamic_batch is not None:
-        lo, opt, hi = options.dynamic_batch
+    trt = options.of("trt")
+    if trt.dynamic_batch is not None:
+        lo, opt, hi = trt.dynamic_batch
     elif options.static:
         lo = opt = hi = options.batch_size
     else:
@@ -100,6 +117,7 @@ def plan_build(options: ExportOptions, input_shape: tuple[int, ...], version: st
     """The build for ``options`` on TensorRT ``version`` (``input_shape`` without the batch)."""
     typing = typing_for(version)
     precision = options.precision
+    trt = options.of("trt")
     lo, opt, hi = batch_profile(options)
     plan = BuildPlan(
         tensorrt=version, typing=typing, precision=precision,
@@ -108,12 +126,12 @@ def plan_build(options: ExportOptions, input_shape: tuple[int, ...], version: st
         calibrator=typing == "weak" and precision == "int8",
         input_name=input_name,
         profile={k: [b, *input_shape] for k, b in (("min", lo), ("opt", opt), ("max", hi))},
-        workspace_bytes=int(options.workspace_gib * 2**30) if options.workspace_gib else None,
-        opt_level=options.opt_level,
-        timing_cache=str(Path(options.timing_cache).resolve()) if options.timing_cache else None,
-        dla_core=options.dla_core,
-        version_compatible=options.version_compatible,
-        hardware_compatibility=options.hardware_compatibility,
+        workspace_bytes=int(trt.workspace_gib * 2**30) if trt.workspace_gib else None,
+        opt_level=trt.opt_level,
+        timing_cache=str(Path(trt.timing_cache).resolve()) if trt.timing_cache else None,
+        dla_core=trt.dla_core,
+        version_compatible=trt.version_compatible,
+        hardware_compatibility=trt.hardware_compatibility,
     )
     if plan.dla_core is not None:
         plan.notes.append("DLA with GPU fallback for layers DLA cannot run")
@@ -123,24 +141,25 @@ def plan_build(options: ExportOptions, input_shape: tuple[int, ...], version: st
 
 
 def check_plan_options(options: ExportOptions) -> None:
-    if options.static and options.dynamic_batch is not None:
+    trt = options.of("trt")
+    if options.static and trt.dynamic_batch is not None:
         raise UserError("--static fixes the batch to --batch-size; it cannot be combined with --dynamic-batch")
     batch_profile(options)
-    if options.workspace_gib is not None and options.workspace_gib <= 0:
-        raise UserError(f"--workspace takes a positive size in GiB, got {options.workspace_gib}")
-    if options.opt_level is not None and not 0 <= options.opt_level <= 5:
-        raise UserError(f"--opt-level takes 0 to 5, got {options.opt_level}")
-    if options.dla_core is not None and options.dla_core < 0:
-        raise UserError(f"--dla-core takes a core index (0 or 1 on Jetson), got {options.dla_core}")
-    if options.hardware_compatibility is not None and options.hardware_compatibility not in HARDWARE_LEVELS:
+    if trt.workspace_gib is not None and trt.workspace_gib <= 0:
+        raise UserError(f"--workspace takes a positive size in GiB, got {trt.workspace_gib}")
+    if trt.opt_level is not None and not 0 <= trt.opt_level <= 5:
+        raise UserError(f"--opt-level takes 0 to 5, got {trt.opt_level}")
+    if trt.dla_core is not None and trt.dla_core < 0:
+        raise UserError(f"--dla-core takes a core index (0 or 1 on Jetson), got {trt.dla_core}")
+    if trt.hardware_compatibility is not None and trt.hardware_compatibility not in HARDWARE_LEVELS:
         raise UserError(f"--hardware-compatible takes {' or '.join(HARDWARE_LEVELS)}, "
-                        f"got {options.hardware_compatibility!r}")
-    if options.timing_cache is not None:
-        parent = Path(options.timing_cache).resolve().parent
+                        f"got {trt.hardware_compatibility!r}")
+    if trt.timing_cache is not None:
+        parent = Path(trt.timing_cache).resolve().parent
         if not parent.is_dir():
-            raise UserError(f"--timing-cache {options.timing_cache}: folder {parent} does not exist")
-        if Path(options.timing_cache).is_dir():
-            raise UserError(f"--timing-cache {options.timing_cache} is a folder; give a file path")
+            raise UserError(f"--timing-cache {trt.timing_cache}: folder {parent} does not exist")
+        if Path(trt.timing_cache).is_dir():
+            raise UserError(f"--timing-cache {trt.timing_cache} is a folder; give a file path")
 
 
 class _ConfigTweaks:
@@ -244,16 +263,6 @@ def _calibration_batches(data, plan: BuildPlan):
     return [{plan.input_name: data[i:i + b]} for i in range(0, n, b)]
 
 
-def environment() -> dict[str, Any]:
-    """The TensorRT, CUDA and GPU an engine is built for (recorded; checked when it is loaded)."""
-    import tensorrt as trt
-    import torch
-
-    props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    return {"version": trt.__version__, "cuda": torch.version.cuda, "gpu": props.name,
-            "compute_capability": f"{props.major}.{props.minor}"}
-
-
 @register_format
 class TensorRTFormat(Format):
     name = "trt"
@@ -264,6 +273,7 @@ class TensorRTFormat(Format):
     extra = "trt"
     requires = ("tensorrt", "polygraphy")
     precisions = ("fp32", "fp16", "bf16", "int8")
+    Options = TensorRTOptions
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -280,9 +290,9 @@ class TensorRTFormat(Format):
         check_plan_options(options)
 
     def export(self, ctx: ExportContext) -> Exported:
-        from exporter.formats.onnx import precision_proto, save_onnx
+        import torch
 
-        env = environment()
+        env = tensorrt_environment(torch.cuda.current_device())
         spec = ctx.spec
         plan = plan_build(ctx.options, (spec.in_chans, *spec.img_size), env["version"])
         proto, info = precision_proto(ctx, "fp32" if plan.network == "fp32" else plan.precision)

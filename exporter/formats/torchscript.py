@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import warnings
 
-from exporter.formats import ExportContext, Exported, Format, register_format
+from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
+from autotimm_deploy.exporter.formats.torch_program import program_module
 
 
 @register_format
@@ -19,7 +20,7 @@ class TorchScriptFormat(Format):
         path = ctx.path(self.suffix)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TracerWarnings and torch.jit's deprecation notice
-            traced = torch.jit.trace(ctx.model, ctx.example_input(), check_trace=False, strict=False)
+            traced = torch.jit.trace(program_module(ctx.model), ctx.example_input(), check_trace=False, strict=False)
             frozen = torch.jit.freeze(traced.eval())
             torch.jit.save(frozen, str(path))
         return Exported([path], {"exporter": "torch.jit.trace+freeze"})

@@ -1,31 +1,21 @@
 """Model building: `build_model(spec)` -> an eval-mode module whose forward returns a tuple of tensors.
 
-Every built model carries ``output_names`` (one per returned tensor, fixed per task, see DESIGN.md)
+Every built model carries ``output_names`` (one per returned tensor, fixed per task, see docs/formats.md)
 and ``build_info`` (what the manifest should know about how it was built). Task builders register
-themselves by task name; `exporter.models.classification` is the first.
+themselves by task name; `autotimm_deploy.exporter.models.classification` is the first.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
-from exporter.errors import UserError
-from exporter.models.timm_backbone import resolve_spec
-from exporter.spec import ModelSpec
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.models import classification, detection, instance, segmentation  # noqa: F401  (register)
+from autotimm_deploy.exporter.models.registry import TASK_BUILDERS, register_task
+from autotimm_deploy.exporter.models.timm_backbone import check_model_name, resolve_spec
 
-INPUT_NAME = "input"
-
-TASK_BUILDERS: dict[str, Callable[[ModelSpec], torch.nn.Module]] = {}
-
-
-def register_task(name: str):
-    def deco(fn):
-        TASK_BUILDERS[name] = fn
-        return fn
-
-    return deco
+__all__ = ["build_model", "check_model_name", "register_task", "TASK_BUILDERS"]
 
 
 def build_model(spec: ModelSpec) -> torch.nn.Module:
@@ -40,5 +30,3 @@ def build_model(spec: ModelSpec) -> torch.nn.Module:
     model.spec = spec
     return model
 
-
-from exporter.models import classification, detection, instance, segmentation  # noqa: E402,F401  (register the tasks)

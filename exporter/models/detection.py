@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporter.models import register_task
-from exporter.models.features import Features, check_divisible
-from exporter.models.timm_backbone import check_forward, preprocessing
-from exporter.models.weights import load_checkpoint
-from exporter.spec import ModelSpec
+from autotimm_deploy.exporter.models.registry import register_task
+from autotimm_deploy.exporter.models.features import Features, check_divisible
+from autotimm_deploy.exporter.models.timm_backbone import check_forward, preprocessing
+from autotimm_deploy.exporter.models.weights import load_checkpoint
+from autotimm_deploy.exporter.core.spec import ModelSpec
 
 STRIDES = (8, 16, 32, 64, 128)
 DEFAULTS = {"fpn_channels": 256, "depthwise": False, "score_threshold": 0.05, "iou_threshold": 0.6,

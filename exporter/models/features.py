@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporter.errors import UserError, first_line
-from exporter.models.timm_backbone import create_timm_model
-from exporter.spec import ModelSpec
+from autotimm_deploy.exporter.core.errors import UserError, first_line
+from autotimm_deploy.exporter.models.timm_backbone import create_timm_model
+from autotimm_deploy.exporter.core.spec import ModelSpec
 
 class Features(nn.Module):
     """``forward(x) -> list[Tensor]`` of NCHW maps (the deepest four, or all where a model has fewer),

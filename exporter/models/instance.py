@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporter.models import register_task
-from exporter.models.detection import (
+from autotimm_deploy.exporter.models.registry import register_task
+from autotimm_deploy.exporter.models.detection import (
     DEFAULTS,
     Detector,
     FCOSHead,
@@ -28,7 +28,7 @@ from exporter.models.detection import (
     greedy_nms_picks,
     seed_head,
 )
-from exporter.spec import ModelSpec
+from autotimm_deploy.exporter.core.spec import ModelSpec
 
 PROTOTYPES = 32
 MASK_STRIDE = 4

@@ -18,14 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from exporter.models import register_task
-from exporter.models.features import Features
-from exporter.models.timm_backbone import check_forward, preprocessing
-from exporter.models.weights import load_checkpoint
-from exporter.spec import ModelSpec
-
-HEADS = ("fcn", "deeplabv3plus")
-
+from autotimm_deploy.exporter.models.registry import register_task
+from autotimm_deploy.exporter.models.features import Features
+from autotimm_deploy.exporter.models.timm_backbone import check_forward, preprocessing
+from autotimm_deploy.exporter.models.weights import load_checkpoint
+from autotimm_deploy.exporter.core.spec import ModelSpec
 
 def conv_bn_relu(cin: int, cout: int, k: int = 3, dilation: int = 1, separable: bool = False) -> nn.Sequential:
     pad = dilation * (k // 2)
@@ -96,7 +93,7 @@ def build_segmenter(spec: ModelSpec) -> nn.Module:
     opts = spec.head
     features = Features(spec)
     num_classes = spec.num_classes
-    head_cls = {"fcn": FCNHead, "deeplabv3plus": DeepLabV3PlusHead}[opts.get("head", "fcn")]
+    head_cls = {"fcn": FCNHead, "deeplabv3plus": DeepLabV3PlusHead}[spec.seg_head]
     torch.manual_seed(spec.seed + 1)  # the head's random init is part of the spec: deterministic parity
     head = head_cls(features.channels, num_classes, **({"width": opts["head_channels"]} if opts.get("head_channels") else {}))
     model = Segmenter(features, head, bool(opts.get("argmax")))
@@ -104,7 +101,7 @@ def build_segmenter(spec: ModelSpec) -> nn.Module:
         load_checkpoint(model, spec.checkpoint)
     model.build_info = {"params": sum(p.numel() for p in model.parameters()),
                         "backbone_params": sum(p.numel() for p in features.parameters()),
-                        "head": opts.get("head", "fcn"), "feature_strides": features.strides,
+                        "head": spec.seg_head, "feature_strides": features.strides,
                         "feature_channels": features.channels}
     model.eval()
     check_forward(model, spec)

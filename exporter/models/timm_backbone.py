@@ -9,8 +9,8 @@ import timm
 import torch
 from timm.models import get_pretrained_cfg
 
-from exporter.errors import UserError, first_line
-from exporter.spec import DEFAULT_CLASSES, ModelSpec
+from autotimm_deploy.exporter.core.errors import UserError, first_line
+from autotimm_deploy.exporter.core.spec import DEFAULT_CLASSES, ModelSpec
 
 
 @functools.lru_cache(maxsize=1)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from exporter.errors import UserError, first_line
+from autotimm_deploy.exporter.core.errors import UserError, first_line
 
 # Containers that training scripts wrap a state dict in, tried in this order.
 _NESTED_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module", "net")

@@ -6,8 +6,8 @@ import csv
 import io
 from pathlib import Path
 
-from exporter.manifest import atomic_write_text
-from profiler.report.table import rows
+from autotimm_deploy.exporter.core.files import atomic_write_text
+from autotimm_deploy.profiler.report.table import rows
 
 FIELDS = ("target", "runtime", "device", "batch", "median_ms", "ci_low_ms", "ci_high_ms", "p90_ms", "p95_ms",
           "p99_ms", "n", "images_per_s", "speedup_vs_batch1", "baseline", "speedup_vs_baseline", "speedup_ci_low",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from exporter.manifest import atomic_write_text
+from autotimm_deploy.exporter.core.files import atomic_write_text
 
 
 def write(report: dict, path: str) -> None:

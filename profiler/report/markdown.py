@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from exporter.manifest import atomic_write_text
-from profiler.report.table import COLUMNS, caption, cells, rows
+from autotimm_deploy.exporter.core.files import atomic_write_text
+from autotimm_deploy.profiler.report.table import COLUMNS, caption, cells, rows
 
 
 def render(report: dict) -> str:

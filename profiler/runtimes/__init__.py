@@ -7,20 +7,20 @@ import importlib
 import importlib.util
 from pathlib import Path
 
-from exporter.errors import MissingExtra, UserError
-from exporter.manifest import Manifest
-from profiler.runtimes.base import Session
+from autotimm_deploy.exporter.core.errors import MissingExtra, UserError
+from autotimm_deploy.exporter.core.manifest import Manifest
+from autotimm_deploy.profiler.runtimes.base import Session
 
 # name -> (module, class, extra that provides it, modules it needs)
 RUNTIMES: dict[str, tuple[str, str, str | None, tuple[str, ...]]] = {
-    "eager": ("profiler.runtimes.eager", "EagerSession", None, ("torch", "timm")),
-    "torchscript": ("profiler.runtimes.torchscript", "TorchScriptSession", None, ("torch",)),
-    "pt2": ("profiler.runtimes.pt2", "PT2Session", None, ("torch",)),
-    "onnxruntime": ("profiler.runtimes.onnxruntime", "OnnxRuntimeSession", None, ("onnxruntime",)),
-    "openvino": ("profiler.runtimes.openvino", "OpenVinoSession", "openvino", ("openvino",)),
-    "tensorrt": ("profiler.runtimes.tensorrt", "TensorRTSession", "trt", ("tensorrt", "torch")),
-    "onnxruntime-cuda": ("profiler.runtimes.onnxruntime", "OnnxRuntimeCudaSession", "gpu", ("onnxruntime",)),
-    "onnxruntime-trt": ("profiler.runtimes.onnxruntime", "OnnxRuntimeTensorRTSession", "gpu", ("onnxruntime",)),
+    "eager": ("autotimm_deploy.profiler.runtimes.eager", "EagerSession", None, ("torch", "timm")),
+    "torchscript": ("autotimm_deploy.profiler.runtimes.torchscript", "TorchScriptSession", None, ("torch",)),
+    "pt2": ("autotimm_deploy.profiler.runtimes.pt2", "PT2Session", None, ("torch",)),
+    "onnxruntime": ("autotimm_deploy.profiler.runtimes.onnxruntime", "OnnxRuntimeSession", None, ("onnxruntime",)),
+    "openvino": ("autotimm_deploy.profiler.runtimes.openvino", "OpenVinoSession", "openvino", ("openvino",)),
+    "tensorrt": ("autotimm_deploy.profiler.runtimes.tensorrt", "TensorRTSession", "trt", ("tensorrt", "torch")),
+    "onnxruntime-cuda": ("autotimm_deploy.profiler.runtimes.onnxruntime", "OnnxRuntimeCudaSession", "gpu", ("onnxruntime",)),
+    "onnxruntime-trt": ("autotimm_deploy.profiler.runtimes.onnxruntime", "OnnxRuntimeTensorRTSession", "gpu", ("onnxruntime",)),
 }
 
 # The runtime an artifact format runs on unless the user picks another.

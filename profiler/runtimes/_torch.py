@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from profiler.runtimes.base import Session
+from autotimm_deploy.profiler.runtimes.base import Session
 
 
 class TorchSession(Session):

@@ -1,5 +1,5 @@
 """The one `Session` interface every runtime implements. Runtimes never time themselves: the
-harness in `profiler.timing` calls `run` and `synchronize` around its own clock."""
+harness in `autotimm_deploy.profiler.measure.timing` calls `run` and `synchronize` around its own clock."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from exporter.manifest import Manifest, TensorSig
+from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig
 
 
 

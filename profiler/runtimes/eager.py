@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from profiler.runtimes._torch import TorchSession
+from autotimm_deploy.profiler.runtimes._torch import TorchSession
 
 
 class EagerSession(TorchSession):

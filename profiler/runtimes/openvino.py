@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from exporter.errors import UserError, first_line
-from exporter.manifest import TensorSig
-from profiler.runtimes.base import Session
+from autotimm_deploy.exporter.core.errors import UserError, first_line
+from autotimm_deploy.exporter.core.manifest import TensorSig
+from autotimm_deploy.profiler.runtimes.base import Session
 
 
 class OpenVinoSession(Session):

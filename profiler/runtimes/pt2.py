@@ -1,6 +1,6 @@
 """torch.export programs (``.pt2``) via ``torch.export.load(...).module()``."""
 
-from profiler.runtimes._torch import TorchSession
+from autotimm_deploy.profiler.runtimes._torch import TorchSession
 
 
 class PT2Session(TorchSession):

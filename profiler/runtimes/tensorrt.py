@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from exporter.errors import UserError, first_line
-from exporter.manifest import TensorSig
-from profiler.runtimes.base import Session
+from autotimm_deploy.exporter.core.environment import tensorrt_environment
+from autotimm_deploy.exporter.core.errors import UserError, first_line
+from autotimm_deploy.exporter.core.manifest import TensorSig
+from autotimm_deploy.profiler.runtimes.base import Session
 
 _DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",
            "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}
@@ -50,13 +51,6 @@ def compatibility_problem(built: dict | None, current: dict) -> str | None:
             "version and GPU architecture they were built with)")
 
 
-def current_environment(device_index: int = 0) -> dict[str, str]:
-    import tensorrt as trt
-    import torch
-
-    props = torch.cuda.get_device_properties(device_index)
-    return {"version": trt.__version__, "gpu": props.name, "compute_capability": f"{props.major}.{props.minor}"}
-
 
 class TensorRTSession(Session):
     name = "tensorrt"
@@ -73,7 +67,7 @@ class TensorRTSession(Session):
         self.torch, self.trt = torch, trt
         self.dev = torch.device(self.device if ":" in self.device else "cuda:0")
         built = (self.manifest.export or {}).get("tensorrt") if self.manifest else None
-        problem = compatibility_problem(built, current_environment(self.dev.index or 0))
+        problem = compatibility_problem(built, tensorrt_environment(self.dev.index or 0))
         if problem:
             raise UserError(problem)
         self.logger = trt.Logger(trt.Logger.ERROR)

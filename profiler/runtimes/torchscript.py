@@ -1,6 +1,6 @@
 """TorchScript artifacts via ``torch.jit.load``."""
 
-from profiler.runtimes._torch import TorchSession
+from autotimm_deploy.profiler.runtimes._torch import TorchSession
 
 
 class TorchScriptSession(TorchSession):

@@ -13,21 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from exporter.errors import ExportFailed, UserError, first_line
-from exporter.formats import ExportContext, ExportOptions, Exported, export_order, get_format
-from exporter.manifest import (
-    Manifest,
-    TensorSig,
-    build_environment,
-    file_entries,
-    load_manifest,
-    manifest_path,
-    write_manifest,
-)
-from exporter.spec import ModelSpec
-
-TASK_SUFFIX = {"classification": "", "detection": "-det", "instance-segmentation": "-inst"}
-
+from autotimm_deploy.exporter.core.environment import build_environment
+from autotimm_deploy.exporter.core.errors import ExportFailed, UserError, first_line
+from autotimm_deploy.exporter.core.files import file_entries
+from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig, load_manifest, manifest_path, write_manifest
+from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.formats import ExportContext, ExportOptions, Exported, export_order, get_format
+from autotimm_deploy.exporter.inputs.calibration import SAMPLE_PICTURES, load_calibration
+from autotimm_deploy.exporter.models import build_model
+from autotimm_deploy.exporter.parity import verify as check_parity
+from autotimm_deploy.profiler.runtimes import open_session
 
 @dataclass
 class ExportResult:
@@ -62,17 +57,11 @@ class ExportResult:
         }
 
 
-def default_stem(spec: ModelSpec, precision: str = "fp32") -> str:
-    suffix = f"-{spec.head.get('head', 'fcn')}" if spec.task == "semantic-segmentation" else TASK_SUFFIX[spec.task]
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.model).strip("_") + suffix
-    return stem if precision == "fp32" else f"{stem}-{precision}"
-
-
 def planned_paths(formats: Iterable[str], out_dir: Path, stem: str) -> dict[str, Path]:
     return {f: out_dir / f"{stem}{get_format(f).suffix}" for f in export_order(list(formats))}
 
 
-def _check_out_dir(out_dir: Path) -> None:
+def check_out_dir(out_dir: Path) -> None:
     """Refuse an output folder we could not write, without creating anything yet."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output path {out_dir} exists and is not a folder")
@@ -92,14 +81,12 @@ def _make_out_dir(out_dir: Path) -> None:
         raise UserError(f"cannot create output folder {out_dir}: {e.strerror or e}") from None
 
 
-def _check_calibration_source(options: ExportOptions) -> None:
+def check_calibration_source(options: ExportOptions) -> None:
     if options.precision != "int8":
         return
     if options.calib_data is None and not options.calib_random:
         raise UserError("int8 needs calibration data: pass --calib-data DIR|FILE.npy "
                         "(or --calib-random for a smoke test whose accuracy means nothing)")
-    from exporter.calibration import SAMPLE_PICTURES
-
     if options.calib_data not in (None, SAMPLE_PICTURES) and not Path(options.calib_data).exists():
         raise UserError(f"calibration data not found: {options.calib_data}")
 
@@ -122,8 +109,6 @@ def export(
     an artifact that fails parity, is reported in its `ExportResult` (``ok`` is False).
     ``model`` (built from ``spec`` by `build_model`) and ``cache`` let several calls share one build
     and its intermediates (the fp32 ONNX graph), as ``--target`` does."""
-    from exporter.models import build_model
-
     options = options or ExportOptions()
     step = progress or (lambda _text: None)
     out_dir = Path(out_dir)
@@ -135,14 +120,14 @@ def export(
         if options.precision not in get_format(fmt).precisions:
             raise UserError(f"format {fmt!r} does not support {options.precision}")
         get_format(fmt).check_options(options)
-    stem = name or default_stem(spec, options.precision)
+    stem = name or spec.stem(options.precision)
     targets = planned_paths(order, out_dir, stem)
     if not force:
         taken = [p for t in targets.values() for p in (t, manifest_path(t)) if p.exists()]
         if taken:
             raise UserError(f"{taken[0]} already exists; pass --force to overwrite it")
-    _check_out_dir(out_dir)
-    _check_calibration_source(options)
+    check_out_dir(out_dir)
+    check_calibration_source(options)
 
     if model is None:
         step(f"build {spec.model}")
@@ -151,8 +136,6 @@ def export(
     io = _io_signature(model, options)
     calibration, calibration_info = None, None
     if options.precision == "int8":
-        from exporter.calibration import load_calibration
-
         calibration, calibration_info = load_calibration(options.calib_data, options.calib_samples,
                                                          model.preprocessing, options.calib_random, spec.seed)
     _make_out_dir(out_dir)
@@ -199,9 +182,6 @@ def export(
 
 
 def _verify(model, exported: Exported, manifest: Manifest, precision: str) -> dict:
-    from exporter.verify import verify as check_parity
-    from profiler.runtimes import open_session
-
     try:
         with open_session(exported.artifact, manifest=manifest) as session:
             return check_parity(model, session, precision=precision)
@@ -241,7 +221,7 @@ def _manifest(fmt, exported: Exported, model, io, options: ExportOptions, second
         outputs=io["outputs"],
         batch=exported.info.pop("batch", None) or io["batch"],
         preprocessing=model.preprocessing,
-        export={**exported.info, "seconds": round(seconds, 3), "options": vars(options).copy()},
+        export={**exported.info, "seconds": round(seconds, 3), "options": options.record(fmt)},
         model=dict(model.build_info),
         environment=build_environment(),
         files=file_entries(exported.files),

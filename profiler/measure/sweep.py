@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from exporter.errors import first_line
-from profiler.timing import HarnessConfig, measure
+from autotimm_deploy.exporter.core.errors import first_line
+from autotimm_deploy.profiler.measure.timing import HarnessConfig, measure
 
 
 def powers_of_two(max_batch: int) -> list[int]:

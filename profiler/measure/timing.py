@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from profiler.stats import Stats, ci_halfwidth_rel, ratio_summary, summarize
+from autotimm_deploy.profiler.measure.stats import Stats, ci_halfwidth_rel, ratio_summary, summarize
 
 
 class CpuClock:

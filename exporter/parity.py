@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from exporter.errors import first_line
-from exporter.samples import sample_images
+from autotimm_deploy.exporter.core.errors import first_line
+from autotimm_deploy.exporter.inputs.samples import sample_images
 
 MIN_SPREAD = 1e-3
 BATCHES = (1, 4)
@@ -233,7 +233,7 @@ def compare_outputs(ref: dict, out: dict, tol: Tolerance) -> dict:
 
 
 def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | None = None) -> dict:
-    """Run ``session`` (an open `profiler.runtimes` session on the artifact) and the eager ``model``
+    """Run ``session`` (an open `autotimm_deploy.profiler.runtimes` session on the artifact) and the eager ``model``
     on the same pictures; return the parity report that goes into the manifest."""
     import torch
 

@@ -1,8 +1,8 @@
 """``--target cpu``: export every CPU candidate (runtime x precision), verify each, time the ones that
 pass parity at batch 1 interleaved with eager PyTorch, and keep the fastest.
 
-This module crosses from the exporter into the profiler (`profiler.api.run_group`): choosing needs
-both halves. It is the one place that does; see the README's "Choosing for a CPU target".
+A pipeline above both the export and the profile pipelines (`autotimm_deploy.profiler.pipeline.run_group`):
+choosing needs both halves. See docs/formats.md, "Choosing for a CPU target".
 """
 
 from __future__ import annotations
@@ -14,13 +14,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from exporter.api import ExportResult, _check_calibration_source, _check_out_dir, default_stem, export, planned_paths
-from exporter.calibration import load_calibration
-from exporter.errors import UserError
-from exporter.formats import ExportOptions
-from exporter.manifest import load_manifest, manifest_path, write_manifest
-from exporter.models import build_model
-from exporter.spec import ModelSpec
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.manifest import load_manifest, manifest_path, write_manifest
+from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.formats import ExportOptions, get_format
+from autotimm_deploy.exporter.inputs.calibration import load_calibration
+from autotimm_deploy.exporter.models import build_model
+from autotimm_deploy.exporter.pipeline import (
+    ExportResult,
+    check_calibration_source,
+    check_out_dir,
+    export,
+    planned_paths,
+)
+from autotimm_deploy.profiler.measure.timing import HarnessConfig
+from autotimm_deploy.profiler.pipeline import Settings, run_group
+from autotimm_deploy.profiler.targets import eager_twin, resolve
 
 # (format, precision): every artifact a CPU deployment could use, in the order they are exported.
 CPU_CANDIDATES = [("onnx", "fp32"), ("onnx", "int8"), ("torchscript", "fp32"),
@@ -67,8 +76,6 @@ def choose(candidates: list[Candidate]) -> Candidate | None:
 
 
 def available_candidates(options: ExportOptions) -> list[Candidate]:
-    from exporter.formats import get_format
-
     out = []
     for fmt, precision in CPU_CANDIDATES:
         c = Candidate(fmt, precision)
@@ -86,22 +93,18 @@ def target_cpu(spec: ModelSpec, out_dir: str | Path, options: ExportOptions | No
                progress: Callable[[str], None] | None = None) -> tuple[Candidate | None, list[Candidate], dict]:
     """Returns (winner or None, all candidates ranked, eager timing). The winner's files are moved
     into ``out_dir`` and its manifest records the ranking under ``target``."""
-    from profiler.api import Settings, run_group
-    from profiler.targets import eager_twin, resolve
-    from profiler.timing import HarnessConfig
-
     options = options or ExportOptions()
     step = progress or (lambda _t: None)
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir)
+    check_out_dir(out_dir)
     candidates = available_candidates(options)
     if not force:
         for c in candidates:
-            path = planned_paths([c.format], out_dir, default_stem(spec, c.precision))[c.format]
+            path = planned_paths([c.format], out_dir, spec.stem(c.precision))[c.format]
             if path.exists():
                 raise UserError(f"{path} already exists; pass --force to overwrite it")
     if options.calib_data or options.calib_random:
-        _check_calibration_source(replace(options, precision="int8"))
+        check_calibration_source(replace(options, precision="int8"))
     step(f"build {spec.model}")
     model = build_model(spec)
     if any(c.precision == "int8" and not c.skipped for c in candidates):  # bad calibration data: fail now

@@ -3,18 +3,14 @@ profiler reads manifests too."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import platform
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from exporter.errors import UserError
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.files import atomic_write_text, sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST_SUFFIX = ".json"
@@ -94,56 +90,16 @@ def write_manifest(manifest: Manifest, artifact: str | Path) -> Path:
     return path
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def file_entries(paths: list[Path]) -> dict[str, dict[str, Any]]:
-    return {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in paths}
-
-
-def package_versions(names=("torch", "timm", "onnx", "onnxscript", "onnxruntime", "onnxslim", "numpy")) -> dict:
-    out = {}
-    for n in names:
-        try:
-            out[n] = metadata.version(n)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
-def build_environment(extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    env = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "packages": package_versions(),
-    }
-    try:
-        env["autotimm_deploy"] = metadata.version("autotimm-deploy")
-    except metadata.PackageNotFoundError:
-        pass
-    env.update(extra or {})
-    return env
+def verify_files(manifest: Manifest, folder: Path) -> None:
+    """Every file the manifest lists is in ``folder`` with its recorded size and sha256; a
+    `UserError` naming the first that is not (missing, truncated, replaced or corrupt)."""
+    for name, entry in manifest.files.items():
+        f = Path(folder) / name
+        if not f.is_file():
+            raise UserError(f"{f} is listed in the manifest but missing; re-export it")
+        size = f.stat().st_size
+        if size != entry.get("bytes"):
+            raise UserError(f"{f} has {size} bytes, its manifest says {entry.get('bytes')}: corrupt or replaced; "
+                            "re-export it")
+        if sha256_file(f) != entry.get("sha256"):
+            raise UserError(f"{f} does not match the sha256 in its manifest: corrupt or replaced; re-export it")

@@ -1,7 +1,7 @@
 """Recipes: a YAML file naming a matrix of models x tasks x formats x precisions (exported by
 ``autotimm-export --recipe``) and batch sizes x devices (profiled by ``autotimm-profile --recipe``).
 
-The file is validated on load; every error names the file and line. Schema (README.md, "Recipes")::
+The file is validated on load; every error names the file and line. Schema (docs/recipes.md)::
 
     recipe: 1                        # schema version
     name: edge                       # output folder name under --out (default: the file's stem)
@@ -21,15 +21,19 @@ The file is validated on load; every error names the file and line. Schema (READ
 from __future__ import annotations
 
 import difflib
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from exporter.errors import UserError
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.spec import HEAD_OPTIONS, PRECISIONS, TASKS, ModelSpec
+from autotimm_deploy.exporter.formats import FORMATS
+from autotimm_deploy.exporter.inputs.calibration import SAMPLE_PICTURES
+from autotimm_deploy.exporter.models.timm_backbone import check_model_name
+from autotimm_deploy.recipes.jobs import ExportJob, ProfileJob, export_jobs, profile_jobs
 
 SCHEMA_VERSION = 1
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+SHIPPED = Path(__file__).resolve().parent  # the recipes that ship with the package: recipes/*.yaml
 TOP_KEYS = {"recipe", "name", "description", "models", "tasks", "formats", "precisions", "batch_sizes", "devices",
             "img_size", "num_classes", "calibration", "profile"}
 MODEL_KEYS = {"model", "img_size", "num_classes", "reference"}
@@ -113,29 +117,6 @@ class TaskEntry:
 
 
 @dataclass
-class ExportJob:
-    model: ModelEntry
-    task: TaskEntry
-    format: str
-    precision: str
-    spec: Any  # ModelSpec
-    stem: str
-    artifact: Path
-    skipped: str | None = None  # why this combination is not made (format lacks the precision, ...)
-
-    @property
-    def key(self) -> str:
-        return self.artifact.name
-
-    @property
-    def exported(self) -> bool:
-        """The artifact and its manifest are on disk (the manifest is written last)."""
-        from exporter.manifest import manifest_path
-
-        return self.artifact.exists() and manifest_path(self.artifact).exists()
-
-
-@dataclass
 class Recipe:
     path: Path
     name: str
@@ -163,34 +144,20 @@ class Recipe:
         return self.root / "results"
 
     def export_jobs(self) -> list[ExportJob]:
-        from exporter.api import default_stem
-        from exporter.formats import get_format
-        from exporter.spec import ModelSpec
+        return export_jobs(self)
 
-        jobs, seen = [], {}
-        for m in self.models:
-            for t in self.tasks:
-                spec = ModelSpec(m.name, task=t.task, head=dict(t.head), img_size=t.img_size or m.img_size,
-                                 num_classes=t.num_classes or m.num_classes)
-                for fmt in self.formats:
-                    cls = get_format(fmt)
-                    for p in self.precisions:
-                        stem = default_stem(spec, p) + (f"-{t.label}" if t.label else "")
-                        job = ExportJob(m, t, fmt, p, spec, stem, self.artifacts_dir / f"{stem}{cls.suffix}")
-                        if p not in cls.precisions:
-                            job.skipped = f"{fmt} has no {p} (it has {', '.join(cls.precisions)})"
-                        elif job.key in seen:
-                            raise UserError(f"{self.path}: two entries make {job.key}; give a task a `label:`")
-                        seen[job.key] = job
-                        jobs.append(job)
-        return jobs
+    def profile_jobs(self) -> list[ProfileJob]:
+        return profile_jobs(self)
 
 
 def load_recipe(path: str | Path, out_dir: str | Path = "out") -> Recipe:
-    """Read and validate a recipe; `UserError` ``"<file>:<line>: <what is wrong>"`` otherwise."""
+    """Read and validate a recipe (a path, or the name of a shipped one such as ``edge``);
+    `UserError` ``"<file>:<line>: <what is wrong>"`` otherwise."""
     import yaml
 
     path = Path(path)
+    if not path.exists() and path.parent == Path(".") and (SHIPPED / f"{path.stem}.yaml").is_file():
+        path = SHIPPED / f"{path.stem}.yaml"  # a shipped recipe by name: --recipe edge
     if path.is_dir():
         shipped = sorted(p.name for p in path.glob("*.yaml"))[:4]
         raise UserError(f"recipe {path} is a folder; give one .yaml file"
@@ -255,10 +222,6 @@ def _positive(value, line: int, what: str) -> int | None:
 
 
 def _build(path: Path, data, out_dir: Path) -> Recipe:
-    from exporter.formats import FORMATS
-    from exporter.models.timm_backbone import check_model_name
-    from exporter.spec import HEAD_OPTIONS, TASKS, ModelSpec
-
     if not isinstance(data, dict):
         raise _LineError(getattr(data, "line", 1), "a recipe is a mapping of keys (recipe, models, tasks, formats, ...)")
     _unknown(data, TOP_KEYS, "the recipe")
@@ -341,7 +304,7 @@ def _build(path: Path, data, out_dir: Path) -> Recipe:
         _unknown(calibration, CALIBRATION_KEYS, "calibration")
         _positive(calibration.get("samples"), _line(calibration, "samples", calibration.line), "samples")
         source = calibration.get("data")
-        if isinstance(source, str) and source != "sample-pictures" and not Path(source).is_absolute():
+        if isinstance(source, str) and source != SAMPLE_PICTURES and not Path(source).is_absolute():
             calibration = {**calibration, "data": str((path.parent / source).resolve())}
     if "int8" in precisions and not calibration.get("data") and not calibration.get("random"):
         raise _LineError(_line(data, "precisions", data.line),
@@ -363,92 +326,3 @@ def _build(path: Path, data, out_dir: Path) -> Recipe:
                     devices=list(devices), calibration=dict(calibration), profile=dict(profile), out_dir=out_dir)
     recipe.export_jobs()  # name collisions are errors now, not halfway through a run
     return recipe
-
-
-# --- running the export matrix --------------------------------------------------------------------
-
-def current_manifest(job: ExportJob):
-    """The job's manifest when the artifact and manifest exist, describe this job and every file
-    matches its hash; else None (the job is to be done)."""
-    from exporter.manifest import load_manifest, sha256_file
-
-    if not job.exported:
-        return None
-    try:
-        m = load_manifest(job.artifact)
-    except UserError:
-        return None
-    if m.format != job.format or m.precision != job.precision:
-        return None
-    wanted = job.spec.to_dict()
-    for key in ("model", "task", "head", "in_chans", "weights"):
-        if m.spec.get(key) != wanted[key]:
-            return None
-    for key in ("img_size", "num_classes"):
-        if wanted[key] is not None and m.spec.get(key) != wanted[key]:
-            return None
-    for name, entry in m.files.items():
-        f = job.artifact.parent / name
-        if not f.exists() or f.stat().st_size != entry["bytes"] or sha256_file(f) != entry["sha256"]:
-            return None
-    return m
-
-
-def run_exports(recipe: Recipe, max_time: float | None = None, progress: Callable[[str, int, int], None] | None = None,
-                force: bool = False) -> list[dict]:
-    """Export every job of the matrix not already done; results are written to
-    ``<root>/results/export.json`` after each job, so an interrupted run keeps what it finished."""
-    from exporter.api import export
-    from exporter.formats import ExportOptions, get_format
-    from exporter.models import build_model
-
-    jobs = recipe.export_jobs()
-    recipe.artifacts_dir.mkdir(parents=True, exist_ok=True)
-    recipe.results_dir.mkdir(parents=True, exist_ok=True)
-    start, results = time.monotonic(), []
-    built: dict[str, Any] = {}  # one eager build per (model, task) serves all its formats
-    for i, job in enumerate(jobs):
-        if progress:
-            progress(job.key, i, len(jobs))
-        row = {"artifact": str(job.artifact), "model": job.model.name, "task": job.task.task, "label": job.task.label,
-               "format": job.format, "precision": job.precision}
-        reason = job.skipped or get_format(job.format).unavailable_reason()
-        if reason:
-            row.update(status="skipped", reason=reason)
-        elif not force and (done := current_manifest(job)) is not None:
-            parity = done.parity or {}
-            failed = parity.get("verdict") == "fail"
-            row.update(status="failed" if failed else "up to date", parity=parity.get("verdict"),
-                       error=(parity.get("failures") or [None])[0] if failed else None)
-        elif max_time is not None and time.monotonic() - start > max_time:
-            row.update(status="not run", reason=f"--max-time {max_time:g} s spent")
-        else:
-            key = repr(job.spec)
-            options = ExportOptions(precision=job.precision, calib_data=recipe.calibration.get("data"),
-                                    calib_samples=recipe.calibration.get("samples", 32),
-                                    calib_random=bool(recipe.calibration.get("random")))
-            try:
-                if key not in built:
-                    built.clear()  # keep one model in memory at a time
-                    built[key] = build_model(job.spec)
-                (r,) = export(job.spec, [job.format], recipe.artifacts_dir, options, force=True, name=job.stem,
-                              model=built[key])
-            except UserError as e:  # this combination cannot be built (size, calibration ...): record, go on
-                row.update(status="failed", error=str(e))
-            else:
-                failures = (r.parity or {}).get("failures") or [None]
-                row.update(status="exported" if r.ok else "failed", error=r.error or failures[0],
-                           parity=r.parity["verdict"] if r.parity else None, seconds=round(r.export_seconds, 2))
-        results.append(row)
-        write_results(recipe, "export.json", results)
-    return results
-
-
-def write_results(recipe: Recipe, name: str, rows: list[dict]) -> None:
-    """``<root>/results/<name>``: the rows so far, replaced atomically after every job."""
-    import json
-
-    from exporter.manifest import atomic_write_text
-
-    atomic_write_text(recipe.results_dir / name, json.dumps({"recipe": str(recipe.path), "name": recipe.name,
-                                                             "rows": rows}, indent=2))

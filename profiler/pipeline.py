@@ -3,7 +3,7 @@
 Targets are measured in *groups*: a group's sessions live in one process and are measured
 interleaved (an artifact with its eager twin under ``compare_eager``; every target under
 ``interleave``); otherwise each target is its own group. With ``isolate`` each group runs in its own
-subprocess (`profiler.worker`), so peak memory belongs to that group alone.
+subprocess (`autotimm_deploy.profiler.worker`), so peak memory belongs to that group alone.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from exporter.errors import UserError
-from exporter.spec import ModelSpec
-from profiler.runtimes import RUNTIMES, runtime_class
-from profiler.env import current_rss_mb, environment, peak_rss_mb
-from profiler.sweep import batches_in_range, phase_split, sweep
-from profiler.targets import Target, eager_twin, open_target, resolve
-from profiler.timing import HarnessConfig, clock_for
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.profiler.runtimes import RUNTIMES, runtime_class
+from autotimm_deploy.exporter.core.environment import current_rss_mb, environment, peak_rss_mb
+from autotimm_deploy.profiler.measure.sweep import batches_in_range, phase_split, sweep
+from autotimm_deploy.profiler.targets import Target, eager_twin, open_target, resolve
+from autotimm_deploy.profiler.measure.timing import HarnessConfig, clock_for
 
 SCHEMA_VERSION = 1
 
@@ -70,13 +70,13 @@ def check_device(device: str) -> None:
         raise UserError(f"--device {device} asked for, but no CUDA GPU is visible here; use --device cpu")
 
 
-def _target_to_dict(t: Target) -> dict:
+def target_to_dict(t: Target) -> dict:
     if t.runtime == "eager" and t.path is None:
         return {"eager": t.spec.to_dict()}
     return {"path": str(t.path), "runtime": t.runtime}
 
 
-def _target_from_dict(d: dict, img_size) -> Target:
+def target_from_dict(d: dict, img_size) -> Target:
     if "eager" in d:
         spec = ModelSpec.from_dict(d["eager"])
         return Target(label=f"{spec.model} [eager]", runtime="eager", format="eager", spec=spec)
@@ -154,8 +154,11 @@ def run_group(targets: list[Target], settings: Settings,
 
 
 def _run_isolated(targets: list[Target], settings: Settings, on_progress) -> list[dict]:
-    job = {"targets": [_target_to_dict(t) for t in targets], "settings": settings.to_dict()}
-    proc = subprocess.Popen([sys.executable, "-m", "profiler.worker"], stdin=subprocess.PIPE,
+    job = {"targets": [target_to_dict(t) for t in targets], "settings": settings.to_dict()}
+    # -P (-I before Python 3.11): the worker never imports from the current folder, where a stray
+    # module of the same name as one of ours or a dependency's could otherwise run
+    isolation = "-P" if sys.version_info >= (3, 11) else "-I"
+    proc = subprocess.Popen([sys.executable, isolation, "-m", "autotimm_deploy.profiler.worker"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stdin.write(json.dumps(job))
     proc.stdin.close()

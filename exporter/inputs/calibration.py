@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.errors import UserError, first_line
+from autotimm_deploy.exporter.core.errors import UserError, first_line
+from autotimm_deploy.exporter.inputs.samples import sample_images
 
 SAMPLE_PICTURES = "sample-pictures"  # --calib-data keyword: the pictures scikit-image ships
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
@@ -83,8 +84,6 @@ def load_calibration(source: str | None, samples: int, prep: dict, allow_random:
         data = rng.standard_normal((samples, *prep["input_size"]), dtype=np.float32)
         return data, {"source": "random", "samples": samples, "warning": "random calibration: accuracy is meaningless"}
     if source == SAMPLE_PICTURES:
-        from exporter.samples import sample_images
-
         c, h, w = prep["input_size"]
         data = sample_images(samples, c, (h, w), prep["mean"], prep["std"])
         return data, {"source": SAMPLE_PICTURES, "samples": samples,

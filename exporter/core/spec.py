@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from exporter.errors import UserError
+from autotimm_deploy.exporter.core.errors import UserError
 
 TASKS = ("classification", "detection", "semantic-segmentation", "instance-segmentation")
 WEIGHTS = ("random", "pretrained", "checkpoint")
@@ -17,14 +18,18 @@ HEAD_OPTIONS = {
     "detection": ("fpn_channels", "depthwise", "score_threshold", "iou_threshold", "max_detections", "raw"),
     "instance-segmentation": ("fpn_channels", "depthwise", "score_threshold", "iou_threshold", "max_detections"),
 }
-SEG_HEADS = ("fcn", "deeplabv3plus")
+SEG_HEADS = ("fcn", "deeplabv3plus")  # the first is the default
+# every head option any task takes, in the order the CLI lists them
+ALL_HEAD_OPTIONS = tuple(dict.fromkeys(k for opts in HEAD_OPTIONS.values() for k in opts))
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+TASK_SUFFIX = {"classification": "", "detection": "-det", "instance-segmentation": "-inst"}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """A timm backbone, a task head and its options, input geometry and where the weights come from.
 
-    ``img_size`` and ``num_classes`` may be left ``None``: `exporter.models.resolve_spec` fills them
+    ``img_size`` and ``num_classes`` may be left ``None``: `autotimm_deploy.exporter.models.resolve_spec` fills them
     from timm's pretrained config, so a manifest always holds concrete values.
     """
 
@@ -68,6 +73,17 @@ class ModelSpec:
             if h < 1 or w < 1:
                 raise UserError(f"--img-size must be positive, got {h}x{w}")
             object.__setattr__(self, "img_size", (int(h), int(w)))
+
+    @property
+    def seg_head(self) -> str | None:
+        """The semantic-segmentation head (its default filled in); None for other tasks."""
+        return self.head.get("head", SEG_HEADS[0]) if self.task == "semantic-segmentation" else None
+
+    def stem(self, precision: str = "fp32") -> str:
+        """The default file stem of this model's artifacts: name, task, precision."""
+        suffix = f"-{self.seg_head}" if self.seg_head else TASK_SUFFIX[self.task]
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", self.model).strip("_") + suffix
+        return stem if precision == "fp32" else f"{stem}-{precision}"
 
     def replace(self, **changes) -> "ModelSpec":
         return replace(self, **changes)

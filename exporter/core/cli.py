@@ -8,8 +8,9 @@ import sys
 from typing import Callable
 
 from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from exporter.errors import UserError, first_line
+from autotimm_deploy.exporter.core.errors import UserError, first_line
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -57,33 +58,10 @@ def console(to_stderr: bool = False) -> Console:
     return c if c.is_terminal else Console(stderr=to_stderr, width=200)
 
 
-STATUS_STYLE = {"exported": "green", "profiled": "green", "up to date": "cyan", "skipped": "yellow",
-                "not run": "yellow", "failed": "red"}
-
-
-def recipe_progress(bar, task):
-    """A progress callback ``(text, done, total)`` for the recipe runners."""
-    def update(text: str, done: int, total: int) -> None:
-        bar.update(task, description=text, completed=done, total=total)
-
-    return update
-
-
-def print_recipe_rows(title: str, rows: list[dict], columns: tuple[str, ...], out: Console) -> None:
-    """One line per recipe job: its columns, status, and why (reason / error / parity)."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    t = Table(title=title)
-    for c in (*columns, "status", "note"):
-        t.add_column(c)
-    for r in rows:
-        note = r.get("reason") or r.get("error") or (f"parity {r['parity']}" if r.get("parity") else "")
-        style = STATUS_STYLE.get(r["status"], "")
-        t.add_row(*(escape(str(r.get(c) or "")) for c in columns), f"[{style}]{r['status']}[/]",
-                  escape(str(note))[:120])
-    out.print(t)
-    counts = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    out.print(", ".join(f"{n} {s}" for s, n in counts.items()))
+def progress_bar(counts: bool = False) -> Progress:
+    """The rich progress bar every long command shows on stderr (off when stderr is not a terminal);
+    ``counts`` adds a bar and done/total for work of known size."""
+    columns = [SpinnerColumn(), TextColumn("{task.description}")]
+    if counts:
+        columns += [BarColumn(), TextColumn("{task.completed}/{task.total}")]
+    return Progress(*columns, TimeElapsedColumn(), console=stderr, transient=True, disable=not stderr.is_terminal)

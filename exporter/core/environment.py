@@ -1,12 +1,55 @@
-"""The machine a measurement ran on, recorded in every report."""
+"""The software and machine an artifact was built with (manifests) and a measurement ran on
+(profile reports): one package list, one GPU description, one TensorRT description."""
 
 from __future__ import annotations
 
 import os
 import platform
 from importlib import metadata
+from typing import Any
 
-PACKAGES = ("torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "numpy")
+PACKAGES = ("torch", "timm", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "onnxslim", "openvino", "nncf",
+            "tensorrt", "polygraphy", "numpy")
+
+
+def package_versions(names=PACKAGES) -> dict[str, str]:
+    """Installed versions of ``names`` (absent packages are left out)."""
+    out = {}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def build_environment() -> dict[str, Any]:
+    """What the manifest records about the machine that exported an artifact."""
+    env = {"python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine(),
+           "packages": package_versions()}
+    try:
+        env["autotimm_deploy"] = metadata.version("autotimm-deploy")
+    except metadata.PackageNotFoundError:
+        pass
+    return env
+
+
+def gpu_environment(index: int = 0) -> dict[str, Any]:
+    """The CUDA GPU ``index`` as torch sees it."""
+    import torch
+
+    props = torch.cuda.get_device_properties(index)
+    return {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
+            "memory_gb": round(props.total_memory / 2**30, 1), "cuda": torch.version.cuda, "driver": _nvidia_driver()}
+
+
+def tensorrt_environment(index: int = 0) -> dict[str, str]:
+    """The TensorRT version and GPU an engine is built for (recorded) or loaded on (checked)."""
+    import tensorrt as trt
+
+    gpu = gpu_environment(index)
+    return {"version": trt.__version__, "cuda": gpu["cuda"], "gpu": gpu["name"],
+            "compute_capability": gpu["compute_capability"]}
 
 
 def cpu_model() -> str:
@@ -30,19 +73,9 @@ def environment(threads: int | None = None) -> dict:
         "threads": threads or torch.get_num_threads(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "packages": {},
-        "gpu": None,
+        "packages": package_versions(),
+        "gpu": gpu_environment(0) if torch.cuda.is_available() else None,
     }
-    for name in PACKAGES:
-        try:
-            env["packages"][name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        env["gpu"] = {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
-                      "memory_gb": round(props.total_memory / 2**30, 1), "cuda": torch.version.cuda,
-                      "driver": _nvidia_driver()}
     return env
 
 

@@ -1,0 +1,127 @@
+"""The typed results every reader shares: the parity report (written by `exporter.parity`, kept in
+the manifest) and the profile result (written by `profiler.pipeline`, read by the reports, the CPU
+target choice and the recipes). Each converts to and from the plain JSON that files hold."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+from typing import Any
+
+
+class Verdict(str, Enum):
+    PASS = "pass"
+    FAIL = "fail"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class MetricKind(str, Enum):
+    """What one output's parity metrics measure; `exporter.parity` gates each kind by its own rule."""
+
+    TENSOR = "tensor"  # float tensors: max_rel / max_abs, cosine, spread, top-1 / pixel agreement
+    EXACT = "exact"  # integer outputs (labels, masks, counts): share of equal elements
+    DETECTIONS = "detections"  # boxes + scores + labels (+ masks) matched as detections
+    ERROR = "error"  # the output is missing, has the wrong shape, NaN, or the runtime failed
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass
+class ParityReport:
+    verdict: Verdict
+    precision: str
+    metrics: dict[str, dict[str, Any]]  # output name -> metrics, each with "kind": MetricKind
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    runtime: str | None = None
+    device: str | None = None
+    batches: list[int] = field(default_factory=list)
+    inputs: str | None = None
+    tolerance: dict[str, Any] = field(default_factory=dict)
+    per_batch: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == Verdict.PASS
+
+    @property
+    def primary(self) -> tuple[str, dict[str, Any]]:
+        """The first output's (name, metrics): what one-line summaries show."""
+        return next(iter(self.metrics.items()), ("", {"kind": MetricKind.ERROR, "error": "no outputs compared"}))
+
+    @classmethod
+    def failed(cls, precision: str, what: str, reason: str) -> "ParityReport":
+        """A report for an artifact that could not even be compared (``what`` names the stage)."""
+        return cls(Verdict.FAIL, precision, {what: {"kind": MetricKind.ERROR, "error": reason}},
+                   failures=[f"{what} failed: {reason}"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ParityReport":
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        return cls(**{**d, "verdict": Verdict(d["verdict"])})
+
+
+@dataclass
+class ProfilePoint:
+    """One batch size of one run: latency statistics (ms), throughput, speedup over the baseline."""
+
+    batch: int
+    stats_ms: dict[str, float] | None = None  # n, mean, std, min, p50, p90, p95, p99, max, ci_low, ci_high
+    images_per_s: float | None = None
+    speedup_vs_batch1: float | None = None
+    vs_baseline: dict[str, float] | None = None  # ratio, ci_low, ci_high, rounds
+    samples: int = 0
+    stop: str = ""
+    error: str | None = None
+
+    @property
+    def median_ms(self) -> float | None:
+        return self.stats_ms["p50"] if self.stats_ms else None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.error:
+            return {"batch": self.batch, "error": self.error}
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ProfilePoint":
+        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
+
+
+@dataclass
+class ProfileRun:
+    """One target measured on one device: its points per batch size, memory, GPU time split."""
+
+    target: dict[str, Any]
+    runtime: str
+    device: str
+    points: list[ProfilePoint]
+    memory: dict[str, Any] = field(default_factory=dict)
+    baseline: str | None = None
+    batches_skipped: list[int] = field(default_factory=list)
+    phases_ms: dict[str, float] | None = None
+
+    @property
+    def label(self) -> str:
+        return self.target["label"]
+
+    def point(self, batch: int) -> ProfilePoint | None:
+        return next((p for p in self.points if p.batch == batch), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["points"] = [p.to_dict() for p in self.points]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ProfileRun":
+        known = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in d.items() if k in known},
+                      "points": [ProfilePoint.from_dict(p) for p in d["points"]]})

@@ -1,0 +1,20 @@
+"""What the PyTorch formats (TorchScript, torch.export) compile: the task model, except that a model
+with one output returns that tensor rather than a one-element tuple, so ``torch.jit.load(p)(x)``
+gives the logits a user expects; multi-output tasks keep their tuple of named outputs."""
+
+from __future__ import annotations
+
+import torch
+
+
+class SingleOutput(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[0]
+
+
+def program_module(model: torch.nn.Module) -> torch.nn.Module:
+    return SingleOutput(model).eval() if len(model.output_names) == 1 else model

@@ -1,0 +1,317 @@
+"""The benchmark page (``--report benchmark``): the tables of AutoTimm's benchmark page, which this
+project grew from, regenerated from a recipe's results on this machine, for each device and runtime
+present. Markdown plus PNG charts. It renders plain records (`autotimm_deploy.recipes.benchmark`
+collects them from a recipe's manifests and result files).
+
+Tables: backbone comparison (parameters, size, batch-1 ms per runtime), batch inference speedup,
+inference speed by device, memory by backbone and task, detection and segmentation speed, and the
+artifacts with their parity. Parameters come from the export manifests (counted on the built model),
+``Size (MB)`` is the fp32 weights in MiB as on the seed page (parameters x 4 bytes). Where the recipe
+carries the seed page's own numbers (``reference:``), they are shown in columns labelled as the
+V100 page's.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autotimm_deploy.exporter.core.files import atomic_write_text
+from autotimm_deploy.profiler.report.plot import save_png
+
+
+@dataclass
+class PageData:
+    """What the page shows: one record per profiled (model, task, runtime, device), the exported
+    artifacts, the environment measured in, the seed page's own numbers per model."""
+
+    name: str
+    description: str
+    batch_sizes: list[int]
+    records: list[dict] = field(default_factory=list)
+    artifacts: list[dict] = field(default_factory=list)
+    environment: dict | None = None
+    references: dict[str, dict] = field(default_factory=dict)
+
+
+def _m(v) -> str:
+    return "-" if v is None else f"{v / 1e6:.1f}M"
+
+
+def _f(v, spec=".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return out + [""]
+
+
+def render(data: PageData) -> str:
+    recs, env = data.records, data.environment
+    lines = [f"# Benchmarks: recipe `{data.name}` on this machine", ""]
+    if data.description:
+        lines += [data.description, ""]
+    if env:
+        gpu = f"; GPU {env['gpu']['name']}" if env.get("gpu") else ""
+        pk = ", ".join(f"{k} {v}" for k, v in env["packages"].items())
+        lines += [f"Measured on {env['cpu']}, {env['cores']} cores, {env['threads']} threads{gpu}. {pk}.", ""]
+    lines += ["Latency is the median of the shared harness (warm-up, then sampling until the median's 95 % CI is "
+              "within ±2 % or the time budget ends); batch-1 unless stated. Parameters are counted on the built "
+              "model; Size (MB) is the fp32 weights (parameters × 4 bytes, MiB) as on the seed page. Columns marked "
+              "*seed V100* are the seed page's own numbers (NVIDIA V100), shown for reference only.", ""]
+    devices = sorted({r["device"] for r in recs})
+    for device in devices:
+        mine = [r for r in recs if r["device"] == device]
+        lines += _backbones(mine, device, data.references)
+        lines += _batch(mine, device, data.batch_sizes)
+        lines += _tasks(mine, device)
+    if len(devices) > 1:
+        lines += _by_device(recs, devices)
+    lines += _memory(recs)
+    lines += _artifacts(data.artifacts)
+    return "\n".join(lines)
+
+
+def _runtimes(recs) -> list[str]:
+    names = sorted({r["runtime"] for r in recs})
+    return (["eager"] if "eager" in names else []) + [n for n in names if n != "eager"]
+
+
+def _backbones(recs, device, references) -> list[str]:
+    cls = [r for r in recs if r["task_kind"] == "classification"]
+    if not cls:
+        return []
+    runtimes = _runtimes(cls)
+    by_model = defaultdict(dict)
+    for r in cls:
+        by_model[r["model"]][r["runtime"]] = r
+    with_ref = any(references.get(m) for m in by_model)
+    header = ["Backbone", "Parameters", "Size (MB)"] + [f"{rt} (ms)" for rt in runtimes]
+    if with_ref:
+        header += ["*seed V100* Parameters", "*seed V100* Size (MB)", "*seed V100* Inference (ms)"]
+    rows = []
+    for model, by_rt in by_model.items():
+        params = next((r["params"] for r in by_rt.values() if r["params"]), None)
+        row = [f"`{model}`", _m(params), _f(params * 4 / 2**20 if params else None, ".0f")]
+        row += [_ms_cell(by_rt.get(rt)) for rt in runtimes]
+        if with_ref:
+            ref = references.get(model) or {}
+            row += [f"{ref['params_m']}M" if "params_m" in ref else "-", _f(ref.get("size_mb"), "g"),
+                    _f(ref.get("v100_ms"), "g")]
+        rows.append(row)
+    lines = [f"## Backbone comparison ({device}, batch 1)", ""] + _table(header, rows)
+    if any(r["parity"] == "fail" for r in cls):
+        lines += [f"{FAILED_MARK} the artifact failed its parity gate (see Artifacts): its speed is not a usable result.", ""]
+    return lines
+
+
+FAILED_MARK = "†"
+
+
+def _ms_cell(r) -> str:
+    if r is None or r["ms"].get(1) is None:
+        return "-"
+    return f"{r['ms'][1]:.2f}" + (f" {FAILED_MARK}" if r["parity"] == "fail" else "")
+
+
+def _batch(recs, device, batches) -> list[str]:
+    shown = sorted(batches)
+    if len(shown) < 2:
+        return []
+    rows = []
+    for r in recs:
+        if r["task_kind"] != "classification" or 1 not in r["ips"]:
+            continue
+        top = max(b for b in r["ips"])
+        rows.append([f"`{r['model']}`", r["runtime"] + (f" {FAILED_MARK}" if r["parity"] == "fail" else "")] + [f"{r['ms'][b]:.2f} ms" if b in r["ms"] else "-" for b in shown]
+                    + [f"{r['ips'][top] / r['ips'][1]:.1f}x"])
+    if not rows:
+        return []
+    header = ["Backbone", "Runtime"] + [f"Batch {b}" for b in shown] + ["Speedup"]
+    return ([f"## Batch inference speedup ({device})", "",
+             "Time per batch; speedup = images/s at the largest batch / images/s at batch 1.", ""]
+            + _table(header, rows))
+
+
+def _tasks(recs, device) -> list[str]:
+    rows = [[f"`{r['model']}`", r["task"], "x".join(map(str, r["img_size"] or ["?"])), r["runtime"],
+             _f(r["ms"].get(1)), _f(1000 / r["ms"][1] if r["ms"].get(1) else None, ".1f")]
+            for r in recs if r["task_kind"] != "classification"]
+    if not rows:
+        return []
+    return ([f"## Detection and segmentation speed ({device}, batch 1)", ""]
+            + _table(["Model", "Task", "Input", "Runtime", "ms", "FPS"], rows))
+
+
+def _by_device(recs, devices) -> list[str]:
+    table = defaultdict(dict)
+    for r in recs:
+        table[(r["model"], r["task"], r["runtime"])][r["device"]] = r["ms"].get(1)
+    rows = [[f"`{m}`", t, rt] + [_f(by.get(d)) for d in devices] for (m, t, rt), by in table.items()]
+    return (["## Inference speed by device (batch 1, ms)", ""]
+            + _table(["Model", "Task", "Runtime"] + devices, rows))
+
+
+def _memory(recs) -> list[str]:
+    tasks = sorted({r["task"] for r in recs})
+    table = defaultdict(dict)
+    for r in recs:
+        table[(r["model"], r["device"], r["runtime"])][r["task"]] = r["peak_mb"]
+    rows = [[f"`{m}`", d, rt] + [_f(by.get(t), ".0f") for t in tasks] for (m, d, rt), by in table.items()]
+    if not rows:
+        return []
+    return (["## Memory by backbone and task (peak MB during inference)", "",
+             "Each artifact is profiled in its own process: peak resident memory of that process above what "
+             "it held before loading the model (on a GPU, torch's peak allocated memory), over every batch "
+             "size profiled.", ""]
+            + _table(["Backbone", "Device", "Runtime"] + tasks, rows))
+
+
+def _artifacts(arts) -> list[str]:
+    if not arts:
+        return []
+    rows = [[f"`{a['model']}`", a["task"], a["format"], a["precision"], f"{a['mb']:.1f}", a["parity"]] for a in arts]
+    return ["## Artifacts", ""] + _table(["Model", "Task", "Format", "Precision", "File MB", "Parity"], rows)
+
+
+def plots(data: PageData, folder: Path) -> list[Path]:
+    """``params_vs_latency.png`` (batch-1 latency against model size per device and runtime) and
+    ``batch_speedup.png`` (throughput at the largest batch over batch 1, grouped by model); returns the
+    paths written, in that order. Axes carry plain numbers; each model is named once per chart."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from autotimm_deploy.profiler.report.plot import FONT, log_ticks, plain_linear_axis, plain_log_axis, short_label
+
+    env = data.environment or {}
+    machine = (env.get("cpu") or "") + (f", GPU {env['gpu']['name']}" if (env.get("gpu") or {}).get("name") else "")
+    multi_device = len({r["device"] for r in data.records}) > 1
+    order = _runtimes(data.records)
+    colors = plt.get_cmap("tab10").colors
+    color = {rt: colors[i % len(colors)] for i, rt in enumerate(order)}
+    markers = dict(zip(sorted({r["device"] for r in data.records}), "osD^v<>"))
+
+    def series(r) -> str:
+        return r["runtime"] + (f" ({r['device']})" if multi_device else "")
+
+    written = []
+    recs = [r for r in data.records if r["params"] and r["ms"].get(1)]
+    if recs:
+        fig, ax = plt.subplots(figsize=(10, 5.6), layout="constrained")
+        for key in sorted({(r["device"], r["runtime"]) for r in recs}, key=lambda k: (k[0], order.index(k[1]))):
+            pts = [r for r in recs if (r["device"], r["runtime"]) == key]
+            ax.scatter([r["params"] / 1e6 for r in pts], [r["ms"][1] for r in pts], s=42, zorder=3,
+                       color=color[key[1]], marker=markers[key[0]], edgecolors="white", linewidths=0.6,
+                       label=series(pts[0]))
+        labels = []
+        for model in dict.fromkeys(r["model"] for r in recs):  # one thin line and one name per model
+            mine = sorted(((r["params"] / 1e6, r["ms"][1]) for r in recs if r["model"] == model), key=lambda p: p[1])
+            if len(mine) > 1:
+                ax.plot([p[0] for p in mine], [p[1] for p in mine], color="0.6", lw=0.8, zorder=2)
+            labels.append(ax.annotate(short_label(model, 28), mine[-1], xytext=(5, 5), textcoords="offset points",
+                                      fontsize=FONT - 0.5, color="0.15", zorder=2.5,
+                                      bbox={"fc": "white", "ec": "none", "pad": 0.5, "alpha": 0.75}))
+        xs = [r["params"] / 1e6 for r in recs]
+        ys = [r["ms"][1] for r in recs]
+        for which, lo, hi in (("x", min(xs), max(xs)), ("y", min(ys), max(ys))):
+            pad = max(hi / lo, 1.5) ** 0.12
+            (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+            (ax.set_xlim if which == "x" else ax.set_ylim)(lo / pad, hi * pad * (1.15 if which == "y" else 1.25))
+            plain_log_axis(ax.xaxis if which == "x" else ax.yaxis, log_ticks(lo / pad, hi * pad))
+        x0, x1 = (math.log(v) for v in ax.get_xlim())
+        for ann in labels:  # names of points in the right quarter go to their left, inside the axes
+            if (math.log(ann.xy[0]) - x0) / (x1 - x0) > 0.75:
+                ann.set_horizontalalignment("right")
+                ann.xyann = (-5, 5)
+        fig.canvas.draw()  # lift model names that would overlap a name already placed
+        renderer = fig.canvas.get_renderer()
+        placed = []
+        for ann in sorted(labels, key=lambda a: (a.xy[1], a.xy[0])):
+            for _ in range(12):
+                box = ann.get_window_extent(renderer)
+                hit = next((b for b in placed if box.overlaps(b)), None)
+                if hit is None:
+                    break
+                dx, dy = ann.xyann
+                ann.xyann = (dx, dy + (hit.y1 - box.y0 + 1) * 72 / fig.dpi)
+            placed.append(ann.get_window_extent(renderer))
+        ax.set_xlabel("parameters (millions)", fontsize=FONT + 1)
+        ax.set_ylabel("batch-1 median latency (ms)", fontsize=FONT + 1)
+        ax.tick_params(labelsize=FONT)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=FONT, title="runtime", title_fontsize=FONT, alignment="left", frameon=False,
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        fig.suptitle("batch-1 latency vs model size" + (f": {machine}" if machine else ""), fontsize=FONT + 2)
+        written.append(folder / "params_vs_latency.png")
+        save_png(fig, written[-1])
+
+    sp = [r for r in data.records if 1 in r["ips"] and len(r["ips"]) > 1]
+    if sp:
+        top = max(max(r["ips"]) for r in sp)
+        tasks = defaultdict(set)
+        for r in sp:
+            tasks[r["model"]].add(r["task"])
+        group_of = {id(r): r["model"] + (f"\n{r['task']}" if len(tasks[r["model"]]) > 1 else "") for r in sp}
+        groups = list(dict.fromkeys(group_of[id(r)] for r in sp))
+        names = list(dict.fromkeys(series(r) for r in sorted(sp, key=lambda r: (order.index(r["runtime"]), r["device"]))))
+        width = 0.8 / len(names)
+        fig_w = min(22.0, max(7.5, 1.5 + 0.34 * len(sp) + 0.3 * len(groups)))
+        fig, ax = plt.subplots(figsize=(fig_w, 5.2), layout="constrained")
+        group_in = (fig_w - 1.0) / len(groups)  # inches per model group, roughly
+        crowded = group_in * width < 0.3  # value labels wider than their bars: turn them
+        tick_names = [short_label(g, 24) for g in groups]
+        turn_ticks = max(len(line) for t in tick_names for line in t.split("\n")) * 0.075 > group_in * 0.95
+        failed = False
+        for j, name in enumerate(names):
+            mine = [(groups.index(group_of[id(r)]), r) for r in sp if series(r) == name]
+            vals = [r["ips"][max(r["ips"])] / r["ips"][1] for _, r in mine]
+            bars = ax.bar([g - 0.4 + width * (j + 0.5) for g, _ in mine], vals, width * 0.92, label=name,
+                          color=colors[j % len(colors)], zorder=3,
+                          hatch=[("//" if r["parity"] == "fail" else None) for _, r in mine] if any(
+                              r["parity"] == "fail" for _, r in mine) else None)
+            failed |= any(r["parity"] == "fail" for _, r in mine)
+            sep = " " if crowded else "\n"
+            texts = [f"{v:.1f}x" + (f"{sep}@{max(r['ips'])}" if max(r["ips"]) != top else "")
+                     + (f"{sep}{FAILED_MARK}" if r["parity"] == "fail" else "") for v, (_, r) in zip(vals, mine)]
+            ax.bar_label(bars, texts, padding=2, fontsize=FONT - (1.5 if crowded else 0.5),
+                         rotation=90 if crowded else 0)
+        peak = max(r["ips"][max(r["ips"])] / r["ips"][1] for r in sp)
+        ax.set_ylim(0, max(1.2, peak) * (1.3 if crowded else 1.15))
+        plain_linear_axis(ax.yaxis, suffix="x")
+        ax.axhline(1.0, color="0.3", lw=1, ls="--", zorder=2)
+        ax.set_xticks(range(len(groups)), tick_names, rotation=30 if turn_ticks else 0,
+                      ha="right" if turn_ticks else "center")
+        ax.tick_params(labelsize=FONT)
+        ax.set_xlim(-0.6, len(groups) - 0.4)
+        ax.set_ylabel(f"throughput at batch {top} / batch 1", fontsize=FONT + 1)
+        ax.grid(True, axis="y", alpha=0.3, zorder=0)
+        ax.legend(fontsize=FONT, ncol=min(len(names), 5), frameon=False, loc="lower left", bbox_to_anchor=(0, 1.0))
+        note = f"throughput at batch {top} over batch 1"
+        if any(max(r["ips"]) != top for r in sp):
+            note += f"; @N: batch {top} did not run, batch N was the largest that did"
+        if failed:
+            note += f"; hatched {FAILED_MARK}: failed its parity gate"
+        fig.suptitle("batch inference speedup" + (f": {machine}" if machine else ""), fontsize=FONT + 2)
+        fig.supxlabel(note, fontsize=FONT - 1, color="0.35")
+        written.append(folder / "batch_speedup.png")
+        save_png(fig, written[-1])
+    return written
+
+
+def write(data: PageData, folder: Path) -> tuple[Path, list[Path]]:
+    """Render ``<folder>/benchmarks.md`` and its PNGs; returns (markdown path, PNG paths)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pngs = plots(data, folder)
+    text = render(data)
+    if pngs:
+        text += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
+    md = folder / "benchmarks.md"
+    atomic_write_text(md, text)
+    return md, pngs
