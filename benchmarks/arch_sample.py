@@ -49,9 +49,9 @@ def main() -> None:
                 verdict = f"ERROR {r.error[:160]}"
                 tally["error"] += 1
             else:
-                m = next(iter(r.parity["metrics"].values()))
-                verdict = f"{r.parity['verdict']} rel={m.get('max_rel')} {'; '.join(r.parity['failures'])[:160]}"
-                tally[r.parity["verdict"]] += 1
+                m = r.parity.primary[1]
+                verdict = f"{r.parity.verdict} rel={m.get('max_rel')} {'; '.join(r.parity.failures)[:160]}"
+                tally[str(r.parity.verdict)] += 1
             print(f"| {name} | {r.format} | {r.info.get('exporter', '-')} | {r.export_seconds:.1f} | {verdict} |",
                   flush=True)
     print(f"\n{tally}")

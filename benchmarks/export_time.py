@@ -33,8 +33,8 @@ def main() -> None:
                         raise SystemExit(f"{model} {fmt}: {r.error}")
                     times.append(r.export_seconds)
                     first = first or r
-            verdict = first.parity["verdict"] if first.parity else "-"
-            rel = first.parity["metrics"]["logits"].get("max_rel") if first.parity else None
+            verdict = str(first.parity.verdict) if first.parity else "-"
+            rel = first.parity.metrics["logits"].get("max_rel") if first.parity else None
             print(f"| {model} | {fmt} | {first.info.get('exporter')} | {statistics.median(times):.2f} | "
                   f"{', '.join(f'{t:.2f}' for t in times)} | {first.bytes / 2**20:.1f} | {verdict} (max_rel {rel:.1e}) |",
                   flush=True)

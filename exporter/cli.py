@@ -276,7 +276,7 @@ def print_table(results, out: Console) -> None:
                   str(r.info.get("exporter") or r.info.get("source") or ""), f"[{style}]{verdict}[/]")
     out.print(t)
     for r in results:
-        for f in (r.parity or {}).get("failures", []):
+        for f in r.parity.failures if r.parity else []:
             out.print(f"[red]{r.format} parity[/]: {escape(f)}")
 
 

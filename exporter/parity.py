@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from autotimm_deploy.exporter.core.errors import first_line
+from autotimm_deploy.exporter.core.results import MetricKind, ParityReport, Verdict
 from autotimm_deploy.exporter.inputs.samples import sample_images
 
 MIN_SPREAD = 1e-3
@@ -101,7 +102,7 @@ def compare_detections(ref: dict, out: dict) -> dict:
             iou[i, :], iou[:, j] = -1, -1
             matched += 1
     denom = max(total_ref, total_out)
-    result = {"match_rate": matched / denom if denom else 1.0, "mean_iou": float(np.mean(ious)) if ious else None,
+    result = {"kind": MetricKind.DETECTIONS, "match_rate": matched / denom if denom else 1.0, "mean_iou": float(np.mean(ious)) if ious else None,
               "max_score_diff": max(score_diffs) if score_diffs else None,
               "label_agreement": float(np.mean(labels_same)) if labels_same else None,
               "count_agreement": same_count / len(ref["num_detections"]), "matched": matched,
@@ -115,16 +116,16 @@ def compare_detections(ref: dict, out: dict) -> dict:
 def compare(ref: np.ndarray, out: np.ndarray, tol: Tolerance) -> dict:
     """Metrics for one output tensor (see module docstring)."""
     if ref.shape != out.shape:
-        return {"error": f"shape {list(out.shape)} != eager {list(ref.shape)}"}
+        return error_metrics(f"shape {list(out.shape)} != eager {list(ref.shape)}")
     if not np.issubdtype(ref.dtype, np.floating):  # labels, masks, counts: exact agreement
-        return {"agreement": float((ref == out).mean()) if ref.size else 1.0}
+        return {"kind": MetricKind.EXACT, "agreement": float((ref == out).mean()) if ref.size else 1.0}
     r = ref.astype(np.float64)
     o = out.astype(np.float64)
     if not np.isfinite(o).all():
-        return {"error": "artifact produced NaN or Inf"}
+        return error_metrics("artifact produced NaN or Inf")
     err = np.abs(o - r)
     scale = float(np.abs(r).max()) if r.size else 0.0
-    m = {"max_abs": float(err.max()) if r.size else 0.0, "scale": scale}
+    m = {"kind": MetricKind.TENSOR, "max_abs": float(err.max()) if r.size else 0.0, "scale": scale}
     m["max_rel"] = m["max_abs"] / scale if scale > 0 else None
     m["cosine"] = _cosine(r, o)
     if r.ndim >= 1 and r.shape[0] >= 2:
@@ -153,13 +154,26 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.dot(a.ravel(), b.ravel()) / (na * nb))
 
 
-def failures(m: dict, tol: Tolerance) -> list[str]:
-    if "error" in m:
-        return [m["error"]]
-    if "match_rate" in m:
-        return detection_failures(m, precision_of(tol))
-    if "agreement" in m:
-        return [f"agreement {m['agreement']:.4%} < {tol.pixel:.1%}"] if m["agreement"] < tol.pixel else []
+def error_metrics(reason: str) -> dict:
+    return {"kind": MetricKind.ERROR, "error": reason}
+
+
+def failures(m: dict, precision: str) -> list[str]:
+    """What in one output's metrics breaks the gate of ``precision`` (empty: it passes)."""
+    return GATES[MetricKind(m["kind"])](m, precision)
+
+
+def _error_failures(m: dict, precision: str) -> list[str]:
+    return [m["error"]]
+
+
+def _exact_failures(m: dict, precision: str) -> list[str]:
+    tol = TOLERANCES[precision]
+    return [f"agreement {m['agreement']:.4%} < {tol.pixel:.1%}"] if m["agreement"] < tol.pixel else []
+
+
+def _tensor_failures(m: dict, precision: str) -> list[str]:
+    tol = TOLERANCES[precision]
     bad = []
     if m["max_rel"] is None:
         if m["max_abs"] > tol.max_abs:
@@ -177,10 +191,6 @@ def failures(m: dict, tol: Tolerance) -> list[str]:
     return bad
 
 
-def precision_of(tol: Tolerance) -> str:
-    return next((k for k, v in TOLERANCES.items() if v == tol), "fp32")
-
-
 def detection_failures(m: dict, precision: str) -> list[str]:
     gate = DETECTION_TOLERANCES[precision]
     bad = []
@@ -194,6 +204,10 @@ def detection_failures(m: dict, precision: str) -> list[str]:
     return bad
 
 
+GATES = {MetricKind.ERROR: _error_failures, MetricKind.EXACT: _exact_failures, MetricKind.TENSOR: _tensor_failures,
+         MetricKind.DETECTIONS: detection_failures}
+
+
 # How the per-batch metrics of one output combine into the reported one: the worse value, except
 # agreement rates, which are pooled over every row / pixel of every batch.
 _WORST = {"max_abs": max, "max_rel": max, "scale": max, "cosine": min, "spread": min, "delta_cosine": min,
@@ -204,10 +218,10 @@ _WORST = {"max_abs": max, "max_rel": max, "scale": max, "cosine": min, "spread":
 
 
 def _worst(metrics: list[dict]) -> dict:
-    errors = [m for m in metrics if "error" in m]
+    errors = [m for m in metrics if m["kind"] == MetricKind.ERROR]
     if errors:
         return errors[0]
-    out = {}
+    out = {"kind": metrics[0]["kind"]}
     for key, pick in _WORST.items():
         if any(key in m for m in metrics):
             values = [m[key] for m in metrics if m.get(key) is not None]
@@ -222,7 +236,7 @@ def compare_outputs(ref: dict, out: dict, tol: Tolerance) -> dict:
     """Per-output metrics; final detections (boxes/scores/labels/count) are compared as detections."""
     missing = [n for n in ref if n not in out]
     if missing:
-        return {n: {"error": "output missing"} for n in missing}
+        return {n: error_metrics("output missing") for n in missing}
     if set(DETECTION_OUTPUTS) <= set(ref):
         metrics = {"detections": compare_detections(ref, out)}
         rest = [n for n in ref if n not in DETECTION_OUTPUTS and n != "masks"]
@@ -253,47 +267,48 @@ def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | N
         try:
             out = session.infer({input_name: x})
         except Exception as e:  # noqa: BLE001 - a runtime crash is a parity failure, reported as such
-            per_batch[str(b)] = {"runtime": {"error": f"runtime failed: {first_line(e, 200)}"}}
+            per_batch[str(b)] = {"runtime": error_metrics(f"runtime failed: {first_line(e, 200)}")}
         else:
             per_batch[str(b)] = compare_outputs(ref, out, tol)
     names = dict.fromkeys(name for pb in per_batch.values() for name in pb)
     merged = {name: _worst([pb[name] for pb in per_batch.values() if name in pb]) for name in names}
-    problems = [f"{name}: {p}" for name, m in merged.items() for p in failures(m, tol)]
+    problems = [f"{name}: {p}" for name, m in merged.items() for p in failures(m, precision)]
     notes = [
         f"{name}: the eager output barely depends on the input (spread {m['spread']:.2g}); parity covers little"
         for name, m in merged.items()
-        if "error" not in m and m.get("spread") is not None and m["spread"] < MIN_SPREAD
+        if m["kind"] == MetricKind.TENSOR and m.get("spread") is not None and m["spread"] < MIN_SPREAD
     ]
-    return {
-        "verdict": "fail" if problems else "pass",
-        "precision": precision,
-        "runtime": session.name,
-        "device": session.device,
-        "batches": list(batches),
-        "inputs": "scikit-image sample pictures, resized and normalised as the manifest's preprocessing",
-        "tolerance": asdict(tol),
-        "metrics": merged,
-        "per_batch": per_batch,
-        "failures": problems,
-        "notes": notes,
-    }
+    return ParityReport(
+        verdict=Verdict.FAIL if problems else Verdict.PASS,
+        precision=precision,
+        runtime=session.name,
+        device=session.device,
+        batches=list(batches),
+        inputs="scikit-image sample pictures, resized and normalised as the manifest's preprocessing",
+        tolerance=asdict(tol),
+        metrics=merged,
+        per_batch=per_batch,
+        failures=problems,
+        notes=notes,
+    )
 
 
-def summary(report: dict | None) -> str:
+def summary(report: ParityReport | None) -> str:
     """One short line for tables: verdict and the primary output's key numbers."""
     if not report:
         return "skipped"
-    name, m = next(iter(report["metrics"].items()))
-    if "error" in m:
-        return f"{report['verdict']}: {m['error']}"
-    parts = [report["verdict"]]
-    if "match_rate" in m:
+    _, m = report.primary
+    kind = MetricKind(m["kind"])
+    if kind == MetricKind.ERROR:
+        return f"{report.verdict}: {m['error']}"
+    parts = [str(report.verdict)]
+    if kind == MetricKind.DETECTIONS:
         parts.append(f"matched={m['match_rate']:.1%}")
         if m.get("mean_iou") is not None:
             parts.append(f"iou={m['mean_iou']:.4f} dscore={m['max_score_diff']:.1e}")
         if m.get("mask_iou") is not None:
             parts.append(f"mask_iou={m['mask_iou']:.4f}")
-    elif "agreement" in m:
+    elif kind == MetricKind.EXACT:
         parts.append(f"agreement={m['agreement']:.2%}")
     else:
         parts.append(f"rel={m['max_rel']:.1e}" if m.get("max_rel") is not None else f"abs={m['max_abs']:.1e}")
@@ -303,6 +318,6 @@ def summary(report: dict | None) -> str:
         parts.append(f"top1={m['top1_agreement']:.0%}")
     if m.get("pixel_agreement") is not None:
         parts.append(f"pixels={m['pixel_agreement']:.2%}")
-    if report["notes"]:
+    if report.notes:
         parts.append("(degenerate reference)")
     return " ".join(parts)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 from autotimm_deploy.exporter.core.environment import build_environment
 from autotimm_deploy.exporter.core.errors import ExportFailed, UserError, first_line
 from autotimm_deploy.exporter.core.files import file_entries
+from autotimm_deploy.exporter.core.results import ParityReport
 from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig, load_manifest, manifest_path, write_manifest
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.formats import ExportContext, ExportOptions, Exported, export_order, get_format
@@ -33,13 +34,13 @@ class ExportResult:
     params: int = 0
     export_seconds: float = 0.0
     verify_seconds: float = 0.0
-    parity: dict[str, Any] | None = None
+    parity: ParityReport | None = None
     error: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.error is None and (self.parity is None or self.parity["verdict"] == "pass")
+        return self.error is None and (self.parity is None or self.parity.passed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,7 +52,7 @@ class ExportResult:
             "export_seconds": self.export_seconds,
             "verify_seconds": self.verify_seconds,
             "exporter": self.info.get("exporter") or self.info.get("source"),  # derived formats name their source
-            "parity": self.parity,
+            "parity": self.parity.to_dict() if self.parity else None,
             "error": self.error,
             "ok": self.ok,
         }
@@ -186,8 +187,7 @@ def _verify(model, exported: Exported, manifest: Manifest, precision: str) -> di
         with open_session(exported.artifact, manifest=manifest) as session:
             return check_parity(model, session, precision=precision)
     except Exception as e:  # noqa: BLE001 - an artifact its runtime cannot load fails parity
-        return {"verdict": "fail", "precision": precision, "metrics": {"load": {"error": first_line(e)}},
-                "failures": [f"reload failed: {first_line(e)}"], "notes": []}
+        return ParityReport.failed(precision, "reload", first_line(e))
 
 
 def _io_signature(model, options: ExportOptions) -> dict[str, Any]:

@@ -54,12 +54,12 @@ class Candidate:
         return self.skipped is None and self.result is not None and self.result.ok
 
     def row(self, chosen: bool) -> dict[str, Any]:
-        parity = (self.result.parity or {}) if self.result else {}
-        m = next(iter(parity.get("metrics", {}).values()), {})
+        parity = self.result.parity if self.result else None
+        m = parity.primary[1] if parity else {}
         return {"format": self.format, "precision": self.precision, "median_ms": self.median_ms,
-                "speedup_vs_eager": self.speedup, "parity": parity.get("verdict"),
+                "speedup_vs_eager": self.speedup, "parity": str(parity.verdict) if parity else None,
                 "max_rel": m.get("max_rel"), "cosine": m.get("cosine"), "top1_agreement": m.get("top1_agreement"),
-                "failures": parity.get("failures", []),
+                "failures": parity.failures if parity else [],
                 "note": self.skipped or (self.result.error if self.result and self.result.error else None),
                 "chosen": chosen}
 
@@ -128,17 +128,17 @@ def target_cpu(spec: ModelSpec, out_dir: str | Path, options: ExportOptions | No
         settings = Settings(threads=threads, batch_sizes=[1],
                             harness=HarnessConfig(max_time=max_time, warmup_time=min(5.0, max_time / 3)))
         runs = run_group(targets, settings, on_progress=step)
-        eager = runs[0]["points"][0]
+        eager = runs[0].points[0]
         for c, run in zip(passing, runs[1:]):
-            point = run["points"][0]
-            if point.get("error"):
-                c.skipped = f"timing failed: {point['error']}"
+            point = run.points[0]
+            if point.error:
+                c.skipped = f"timing failed: {point.error}"
                 continue
-            c.median_ms = point["stats_ms"]["p50"]
-            c.speedup = point["vs_baseline"]
+            c.median_ms = point.median_ms
+            c.speedup = point.vs_baseline
         ranked = rank(candidates)
         winner = choose(candidates)
-        eager_info = {"median_ms": eager["stats_ms"]["p50"] if not eager.get("error") else None}
+        eager_info = {"median_ms": eager.median_ms}
         if winner is not None:
             _install_winner(winner, ranked, eager_info, out_dir)
         return winner, ranked, eager_info

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.results import ProfilePoint, ProfileRun
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.profiler.runtimes import RUNTIMES, runtime_class
 from autotimm_deploy.exporter.core.environment import current_rss_mb, environment, peak_rss_mb
@@ -84,7 +85,7 @@ def target_from_dict(d: dict, img_size) -> Target:
 
 
 def run_group(targets: list[Target], settings: Settings,
-              on_progress: Callable[[str], None] | None = None) -> list[dict]:
+              on_progress: Callable[[str], None] | None = None) -> list[ProfileRun]:
     """Open every target of one group, sweep them together, return one run record per target."""
     step = on_progress or (lambda _t: None)
     sessions, loaded = [], []
@@ -129,31 +130,30 @@ def run_group(targets: list[Target], settings: Settings,
         rows = []
         for p in points:
             if p.error:
-                rows.append({"batch": p.batch, "error": p.error})
+                rows.append(ProfilePoint(p.batch, error=p.error))
                 continue
             st = p.stats[i]
             ips = p.batch / (st["p50"] / 1e3)
             base = base or (ips if p.batch == kept[0] else None)
-            rows.append({"batch": p.batch, "stats_ms": st, "images_per_s": ips,
-                         "speedup_vs_batch1": ips / base if base and kept[0] == 1 else None,
-                         "vs_baseline": p.speedup[i], "samples": p.samples, "stop": p.stop})
-        runs.append({
-            "target": t.describe(),
-            "runtime": s.name,
-            "device": settings.device,
-            "baseline": targets[0].label if i > 0 else None,
-            "batches_skipped": dropped,
-            "phases_ms": phases.get(i),
-            "points": rows,
-            "memory": {"loaded_mb": loaded[i], "peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": baseline_rss,
-                       "peak_gpu_mb": peak_gpu,
-                       "process_holds": [x.label for x in targets]},
-        })
+            rows.append(ProfilePoint(p.batch, stats_ms=st, images_per_s=ips,
+                                     speedup_vs_batch1=ips / base if base and kept[0] == 1 else None,
+                                     vs_baseline=p.speedup[i], samples=p.samples, stop=p.stop))
+        runs.append(ProfileRun(
+            target=t.describe(),
+            runtime=s.name,
+            device=settings.device,
+            baseline=targets[0].label if i > 0 else None,
+            batches_skipped=dropped,
+            phases_ms=phases.get(i),
+            points=rows,
+            memory={"loaded_mb": loaded[i], "peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": baseline_rss,
+                    "peak_gpu_mb": peak_gpu, "process_holds": [x.label for x in targets]},
+        ))
         s.close()
     return runs
 
 
-def _run_isolated(targets: list[Target], settings: Settings, on_progress) -> list[dict]:
+def _run_isolated(targets: list[Target], settings: Settings, on_progress) -> list[ProfileRun]:
     job = {"targets": [target_to_dict(t) for t in targets], "settings": settings.to_dict()}
     # -P (-I before Python 3.11): the worker never imports from the current folder, where a stray
     # module of the same name as one of ours or a dependency's could otherwise run
@@ -173,7 +173,7 @@ def _run_isolated(targets: list[Target], settings: Settings, on_progress) -> lis
         raise UserError(last.removeprefix("error: "))
     if proc.returncode != 0:
         raise RuntimeError(f"profiling worker failed ({proc.returncode}): {last}")
-    return json.loads(out)
+    return [ProfileRun.from_dict(d) for d in json.loads(out)]
 
 
 def plan_groups(targets: list[Target], compare_eager: bool, interleave: bool) -> list[list[Target]]:
@@ -217,5 +217,5 @@ def profile(target_texts: list, settings: Settings | None = None, runtime: str |
         "environment": environment(settings.threads),
         "settings": {**settings.to_dict(), "isolate": isolate, "compare_eager": compare_eager,
                      "interleave": interleave, "clock": clock_for(settings.device).name},
-        "runs": runs,
+        "runs": [r.to_dict() for r in runs],
     }

@@ -19,7 +19,7 @@ def main() -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    json.dump(runs, sys.stdout)
+    json.dump([r.to_dict() for r in runs], sys.stdout)
     return 0
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from autotimm_deploy.exporter.core.manifest import load_manifest
+from autotimm_deploy.exporter.core.results import ProfileRun
 from autotimm_deploy.profiler.report import benchmark_page
 from autotimm_deploy.recipes.jobs import ExportJob
 from autotimm_deploy.recipes.schema import Recipe
@@ -25,7 +26,7 @@ def collect(recipe: Recipe) -> benchmark_page.PageData:
         data.artifacts.append({"artifact": job.artifact.name, "model": job.model.name, "task": _task_label(job),
                                "format": job.format, "precision": job.precision,
                                "mb": sum(e["bytes"] for e in m.files.values()) / 2**20,
-                               "parity": (m.parity or {}).get("verdict", "not checked"),
+                               "parity": str(m.parity.verdict) if m.parity else "not checked",
                                "params": m.model.get("params")})
     verdicts = {a["artifact"]: a["parity"] for a in data.artifacts}
     for pj in recipe.profile_jobs():
@@ -34,15 +35,15 @@ def collect(recipe: Recipe) -> benchmark_page.PageData:
             continue
         report = json.loads(path.read_text())["report"]
         data.environment = data.environment or report["environment"]
-        run = report["runs"][0]
-        points = {p["batch"]: p for p in run["points"] if not p.get("error")}
+        run = ProfileRun.from_dict(report["runs"][0])
+        points = {p.batch: p for p in run.points if not p.error}
         data.records.append({
             "model": pj.export.model.name, "task": _task_label(pj.export), "device": pj.device,
             "runtime": "eager" if pj.kind == "eager" else f"{pj.runtime} {pj.export.precision}",
             "params": params.get(_model_key(pj.export)), "img_size": pj.export.spec.img_size,
-            "ms": {b: p["stats_ms"]["p50"] for b, p in points.items()},
-            "ips": {b: p["images_per_s"] for b, p in points.items()},
-            "peak_mb": _inference_memory(run["memory"]),
+            "ms": {b: p.median_ms for b, p in points.items()},
+            "ips": {b: p.images_per_s for b, p in points.items()},
+            "peak_mb": _inference_memory(run.memory),
             "reference": pj.export.model.reference, "task_kind": pj.export.task.task,
             "parity": "pass" if pj.kind == "eager" else verdicts.get(pj.export.artifact.name),
         })

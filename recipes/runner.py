@@ -47,10 +47,10 @@ def run_exports(recipe: Recipe, max_time: float | None = None, progress: Progres
         if reason:
             row.update(status=JobStatus.SKIPPED, reason=reason)
         elif not force and (done := job.current_manifest()) is not None:
-            parity = done.parity or {}
-            failed = parity.get("verdict") == "fail"
-            row.update(status=JobStatus.FAILED if failed else JobStatus.UP_TO_DATE, parity=parity.get("verdict"),
-                       error=(parity.get("failures") or [None])[0] if failed else None)
+            parity = done.parity
+            failed = parity is not None and not parity.passed
+            row.update(status=JobStatus.FAILED if failed else JobStatus.UP_TO_DATE,
+                       parity=str(parity.verdict) if parity else None, error=parity.failures[0] if failed else None)
         elif _over_budget(start, max_time):
             row.update(status=JobStatus.NOT_RUN, reason=f"--max-time {max_time:g} s spent")
         else:
@@ -64,9 +64,9 @@ def run_exports(recipe: Recipe, max_time: float | None = None, progress: Progres
             except UserError as e:  # this combination cannot be built (size, calibration ...): record, go on
                 row.update(status=JobStatus.FAILED, error=str(e))
             else:
-                failures = (r.parity or {}).get("failures") or [None]
+                failures = (r.parity.failures if r.parity else None) or [None]
                 row.update(status=JobStatus.EXPORTED if r.ok else JobStatus.FAILED, error=r.error or failures[0],
-                           parity=r.parity["verdict"] if r.parity else None, seconds=round(r.export_seconds, 2))
+                           parity=str(r.parity.verdict) if r.parity else None, seconds=round(r.export_seconds, 2))
         results.append(row)
         write_results(recipe, "export.json", results)
     return results

@@ -35,12 +35,12 @@ def calib_dir(tmp_path_factory):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_openvino_export_reload_parity(tmp_path, precision):
     (r,) = export(SPEC, ["openvino"], tmp_path, ExportOptions(precision=precision))
-    assert r.ok, r.parity and r.parity["failures"]
+    assert r.ok, r.parity and r.parity.failures
     m = load_manifest(r.artifact)
     assert m.format == "openvino" and m.precision == precision
     assert set(m.files) == {r.artifact.name, r.artifact.with_suffix(".bin").name}
     assert m.export["inference_precision"] == {"fp32": "f32", "bf16": "bf16"}[precision]
-    metrics = r.parity["metrics"]["logits"]
+    metrics = r.parity.metrics["logits"]
     if precision == "fp32":
         assert metrics["max_rel"] < 1e-4
     else:  # bf16 really ran in bf16: measurably less exact than fp32, still inside the bf16 gate
@@ -61,11 +61,11 @@ def test_int8_with_calibration_images(tmp_path, calib_dir, fmt):
     opts = ExportOptions(precision="int8", calib_data=str(calib_dir), calib_samples=6)
     (r,) = export(SPEC, [fmt], tmp_path, opts)
     assert r.artifact.name.startswith("resnet18-int8")
-    assert r.ok, r.parity["failures"]
+    assert r.ok, r.parity.failures
     m = load_manifest(r.artifact)
     q = m.export["quantization"]
     assert q["calibration"] == {"source": str(calib_dir), "samples": 6}
-    assert r.parity["tolerance"]["max_rel"] == 0.15
+    assert r.parity.tolerance["max_rel"] == 0.15
     if fmt == "onnx":
         import onnx
 

@@ -26,8 +26,8 @@ def test_detection_exports_with_task_parity(name, tmp_path):
     spec = SPECS[name]
     results = export(spec, ["onnx", "torchscript", "pt2"], tmp_path)
     for r in results:
-        assert r.ok, (r.format, r.error, r.parity and r.parity["failures"])
-        d = r.parity["metrics"]["detections"]
+        assert r.ok, (r.format, r.error, r.parity and r.parity.failures)
+        d = r.parity.metrics["detections"]
         assert d["match_rate"] == 1.0 and d["mean_iou"] > 0.999 and d["label_agreement"] == 1.0
         assert d["ref_detections"] > 0  # the seeded head really detects something
         m = load_manifest(r.artifact)
@@ -95,9 +95,11 @@ def test_bad_detection_sizes():
 def test_summary_lines_for_every_task():
     from autotimm_deploy.exporter.parity import summary
 
-    det = {"verdict": "pass", "notes": [], "metrics": {"detections": {"match_rate": 1.0, "mean_iou": 0.9999,
-                                                                     "max_score_diff": 1e-6}}}
+    from autotimm_deploy.exporter.core.results import ParityReport, Verdict
+
+    det = ParityReport(Verdict.PASS, "fp32", {"detections": {"kind": "detections", "match_rate": 1.0,
+                                                             "mean_iou": 0.9999, "max_score_diff": 1e-6}})
     assert summary(det) == "pass matched=100.0% iou=0.9999 dscore=1.0e-06"
-    mask = {"verdict": "fail", "notes": [], "metrics": {"mask": {"agreement": 0.5}}}
+    mask = ParityReport(Verdict.FAIL, "fp32", {"mask": {"kind": "exact", "agreement": 0.5}})
     assert summary(mask) == "fail agreement=50.00%"
     assert summary(None) == "skipped"

@@ -31,9 +31,9 @@ def test_every_format_exports_with_parity(exported):
     name, out, results = exported
     assert set(results) == set(CPU_FORMATS)
     for fmt, r in results.items():
-        assert r.ok, (fmt, r.error, r.parity and r.parity["failures"])
-        assert r.parity["batches"] == [1, 4]
-        m = r.parity["metrics"]["logits"]
+        assert r.ok, (fmt, r.error, r.parity and r.parity.failures)
+        assert r.parity.batches == [1, 4]
+        m = r.parity.metrics["logits"]
         assert m["max_rel"] < 1e-3 and m["cosine"] > 0.99999 and m["top1_agreement"] == 1.0
         assert m["spread"] > 1e-3  # the reference depends on the input: the check means something
         assert r.artifact.exists() and r.manifest.exists()
@@ -67,7 +67,7 @@ def test_manifest_contents(exported):
         assert m.preprocessing["mean"] and m.preprocessing["interpolation"]
         assert m.environment["packages"]["torch"] and m.environment["packages"]["timm"]
         assert m.files[r.artifact.name]["sha256"] == sha256_file(r.artifact)
-        assert m.parity["verdict"] == "pass"
+        assert m.parity.verdict == "pass"
         assert m.export["exporter"]
     assert load_manifest(results["onnx"].artifact).export["opset"] == 18
 
@@ -94,7 +94,7 @@ SMALL = ModelSpec("test_resnet", num_classes=5, img_size=(64, 64))
 
 def test_static_batch(tmp_path):
     (r,) = export(SMALL, ["onnx"], tmp_path, ExportOptions(static=True, batch_size=2))
-    assert r.ok and r.parity["batches"] == [2]
+    assert r.ok and r.parity.batches == [2]
     m = load_manifest(r.artifact)
     assert m.inputs[0].shape[0] == 2 and m.batch == {"dynamic": False, "min": 2, "max": 2}
     assert onnx.load(str(r.artifact)).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
@@ -145,8 +145,8 @@ def test_failed_parity_keeps_the_verdict(tmp_path, monkeypatch):
 
     monkeypatch.setitem(v.TOLERANCES, "fp32", v.Tolerance(max_rel=-1, max_abs=-1, cosine=2, delta_cosine=2, top1=2, tie_margin=0, pixel=2))
     (r,) = export(SMALL, ["torchscript"], tmp_path)
-    assert not r.ok and r.parity["verdict"] == "fail"
-    assert load_manifest(r.artifact).parity["verdict"] == "fail"
+    assert not r.ok and r.parity.verdict == "fail"
+    assert load_manifest(r.artifact).parity.verdict == "fail"
 
 
 def test_missing_extra_refuses_before_writing(tmp_path, monkeypatch):

@@ -24,8 +24,8 @@ SPECS = {
 def test_instance_exports_with_mask_parity(name, tmp_path):
     results = export(SPECS[name], ["onnx", "torchscript", "pt2"], tmp_path)
     for r in results:
-        assert r.ok, (r.format, r.error, r.parity and r.parity["failures"])
-        d = r.parity["metrics"]["detections"]
+        assert r.ok, (r.format, r.error, r.parity and r.parity.failures)
+        d = r.parity.metrics["detections"]
         assert d["ref_detections"] > 0 and d["match_rate"] == 1.0
         assert d["mask_iou"] > 0.999 and d["min_mask_iou"] > 0.99
         m = load_manifest(r.artifact)

@@ -24,15 +24,15 @@ def test_segmentation_exports_with_task_parity(case, tmp_path):
     spec = CASES[case]
     results = export(spec, ["onnx", "torchscript", "pt2"], tmp_path)
     for r in results:
-        assert r.ok, (r.format, r.error, r.parity and r.parity["failures"])
-        logits = r.parity["metrics"]["logits"]
+        assert r.ok, (r.format, r.error, r.parity and r.parity.failures)
+        logits = r.parity.metrics["logits"]
         assert logits["pixel_agreement"] == 1.0 and logits["max_rel"] < 1e-4
         m = load_manifest(r.artifact)
         h, w = spec.img_size
         assert m.outputs[0].shape == ["batch", spec.num_classes, h, w]
         if spec.head.get("argmax"):
             assert m.outputs[1].name == "mask" and m.outputs[1].shape == ["batch", h, w]
-            assert m.outputs[1].dtype == "int64" and r.parity["metrics"]["mask"]["agreement"] == 1.0
+            assert m.outputs[1].dtype == "int64" and r.parity.metrics["mask"]["agreement"] == 1.0
     assert results[0].artifact.name == f"{spec.model}-{spec.head['head']}.onnx"
 
 
@@ -59,7 +59,7 @@ def test_dense_metrics():
     out[0, 2, 0, 0] = 9.0  # one pixel flips to class 2
     assert compare(ref, out, tol)["pixel_agreement"] == 0.75
     mask = np.array([[1, 2], [3, 4]])
-    assert compare(mask, mask.copy(), tol) == {"agreement": 1.0}
+    assert compare(mask, mask.copy(), tol) == {"kind": "exact", "agreement": 1.0}
     assert compare(mask, np.array([[1, 2], [3, 0]]), tol) == {"agreement": 0.75}
 
 

@@ -5,6 +5,7 @@ import json
 import pytest
 import yaml
 
+from autotimm_deploy.exporter.core.results import ParityReport, Verdict
 from autotimm_deploy.exporter.pipeline import ExportResult
 from autotimm_deploy.exporter.select import Candidate, choose, rank
 
@@ -12,8 +13,9 @@ pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
 
 
 def _cand(fmt, precision, ms, verdict="pass", error=None, skipped=None):
-    r = ExportResult(format=fmt, error=error, parity={"verdict": verdict, "metrics": {"logits": {"max_rel": 0.01}},
-                                                      "failures": [] if verdict == "pass" else ["logits: max_rel"]})
+    parity = ParityReport(Verdict(verdict), precision, {"logits": {"kind": "tensor", "max_rel": 0.01}},
+                          failures=[] if verdict == "pass" else ["logits: max_rel"])
+    r = ExportResult(format=fmt, error=error, parity=parity)
     return Candidate(fmt, precision, result=r, median_ms=ms, skipped=skipped,
                      speedup={"ratio": 50.0 / ms, "ci_low": 0, "ci_high": 0} if ms else None)
 

@@ -18,7 +18,7 @@ def test_exact_match():
     assert m["max_abs"] == 0 and m["max_rel"] == 0
     assert m["cosine"] == pytest.approx(1.0)
     assert m["top1_agreement"] == 1.0 and m["top1_rows"] == 2
-    assert failures(m, FP32) == []
+    assert failures(m, "fp32") == []
 
 
 def test_known_error_values():
@@ -28,16 +28,16 @@ def test_known_error_values():
     m = compare(ref, out, FP32)
     assert m["max_abs"] == pytest.approx(0.01)
     assert m["max_rel"] == pytest.approx(0.01 / 4.0)
-    assert failures(m, FP32) == [f"max_rel {0.0025:.3g} > 0.001"]
+    assert failures(m, "fp32") == [f"max_rel {0.0025:.3g} > 0.001"]
 
 
 def test_zero_reference_guards_relative_metrics():
     ref = np.zeros((2, 4))
     m = compare(ref, ref.copy(), FP32)
     assert m["max_rel"] is None and m["cosine"] is None
-    assert failures(m, FP32) == []
+    assert failures(m, "fp32") == []
     m = compare(ref, ref + 1e-3, FP32)
-    assert failures(m, FP32) == ["max_abs 0.001 > 0.0001 (zero reference)"]
+    assert failures(m, "fp32") == ["max_abs 0.001 > 0.0001 (zero reference)"]
 
 
 def test_constant_reference_is_flagged_and_bias_cannot_hide_errors():
@@ -52,7 +52,7 @@ def test_constant_reference_is_flagged_and_bias_cannot_hide_errors():
     m = compare(ref, out, FP32)
     assert m["cosine"] > 0.9999  # cosine alone would pass
     assert m["delta_cosine"] == pytest.approx(-1.0)
-    assert any(f.startswith("delta_cosine") for f in failures(m, FP32))
+    assert any(f.startswith("delta_cosine") for f in failures(m, "fp32"))
 
 
 def test_near_ties_are_excluded_from_top1():
@@ -97,8 +97,8 @@ class _Scaled(Session):
 def test_verify_catches_a_broken_artifact_and_passes_a_good_one():
     model = build_model(ModelSpec("test_resnet", num_classes=10, img_size=(64, 64)))
     good = verify(model, _Scaled(model, 1.0))
-    assert good["verdict"] == "pass" and good["batches"] == [1, 4]
-    assert set(good["per_batch"]) == {"1", "4"}
+    assert good.verdict == "pass" and good.batches == [1, 4]
+    assert set(good.per_batch) == {"1", "4"}
     bad = verify(model, _Scaled(model, 1.01))
-    assert bad["verdict"] == "fail"
-    assert bad["failures"][0].startswith("logits: max_rel")
+    assert bad.verdict == "fail"
+    assert bad.failures[0].startswith("logits: max_rel")

@@ -11,6 +11,7 @@ from typing import Any
 
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.files import atomic_write_text, sha256_file
+from autotimm_deploy.exporter.core.results import ParityReport
 
 SCHEMA_VERSION = 1
 MANIFEST_SUFFIX = ".json"
@@ -40,7 +41,7 @@ class Manifest:
     model: dict[str, Any] = field(default_factory=dict)  # params, build notes
     environment: dict[str, Any] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {sha256, bytes}
-    parity: dict[str, Any] | None = None
+    parity: ParityReport | None = None
     target: dict[str, Any] | None = None  # set by --target: the candidates ranked and why this one won
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
@@ -53,6 +54,8 @@ class Manifest:
         d = dict(d)
         for key in ("inputs", "outputs"):
             d[key] = [TensorSig(**t) for t in d.get(key, [])]
+        if d.get("parity") is not None:
+            d["parity"] = ParityReport.from_dict(d["parity"])
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -80,7 +83,7 @@ def load_manifest(path: str | Path) -> Manifest:
         )
     try:
         return Manifest.from_dict(data)
-    except TypeError as e:
+    except (TypeError, KeyError, ValueError) as e:
         raise UserError(f"manifest {path} is malformed: {e}") from None
 
 

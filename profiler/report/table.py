@@ -6,6 +6,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from autotimm_deploy.exporter.core.results import ProfileRun
+
 COLUMNS = ("target", "runtime", "device", "batch", "median ms", "p90 ms", "p95 ms", "p99 ms", "images/s",
            "x batch 1", "speedup vs baseline (95% CI)", "peak RSS MB", "n")
 
@@ -17,18 +19,17 @@ def _fmt(v, spec=".2f"):
 def rows(report: dict) -> list[dict]:
     """One flat row per run and batch size: what the table, CSV and Markdown show."""
     out = []
-    for run in report["runs"]:
-        mem = run["memory"]
-        for p in run["points"]:
-            row = {"target": run["target"]["label"], "runtime": run["runtime"], "device": run["device"],
-                   "batch": p["batch"], "baseline": run["baseline"], "error": p.get("error"),
-                   "peak_rss_mb": mem.get("peak_rss_mb"), "peak_gpu_mb": mem.get("peak_gpu_mb")}
-            if not p.get("error"):
-                st = p["stats_ms"]
-                vs = p.get("vs_baseline") or {}
+    for run in map(ProfileRun.from_dict, report["runs"]):
+        for p in run.points:
+            row = {"target": run.label, "runtime": run.runtime, "device": run.device,
+                   "batch": p.batch, "baseline": run.baseline, "error": p.error,
+                   "peak_rss_mb": run.memory.get("peak_rss_mb"), "peak_gpu_mb": run.memory.get("peak_gpu_mb")}
+            if not p.error:
+                st = p.stats_ms
+                vs = p.vs_baseline or {}
                 row.update({"median_ms": st["p50"], "p90_ms": st["p90"], "p95_ms": st["p95"], "p99_ms": st["p99"],
                             "ci_low_ms": st["ci_low"], "ci_high_ms": st["ci_high"], "n": st["n"],
-                            "images_per_s": p["images_per_s"], "speedup_vs_batch1": p["speedup_vs_batch1"],
+                            "images_per_s": p.images_per_s, "speedup_vs_batch1": p.speedup_vs_batch1,
                             "speedup_vs_baseline": vs.get("ratio"), "speedup_ci_low": vs.get("ci_low"),
                             "speedup_ci_high": vs.get("ci_high")})
             out.append(row)
