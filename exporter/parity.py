@@ -260,7 +260,7 @@ def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | N
     input_name = session.inputs[0].name
     per_batch, offset = {}, 0
     for b in batches:
-        x = sample_images(b, spec.in_chans, spec.img_size, prep["mean"], prep["std"], offset=offset)
+        x = sample_images(b, prep, offset=offset)
         offset += b
         with torch.no_grad():
             ref = dict(zip(model.output_names, (t.numpy() for t in model(torch.from_numpy(x)))))

@@ -20,7 +20,7 @@ from autotimm_deploy.exporter.core.results import ParityReport
 from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig, load_manifest, manifest_path, write_manifest
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.formats import ExportContext, ExportOptions, Exported, export_order, get_format
-from autotimm_deploy.exporter.inputs.calibration import SAMPLE_PICTURES, load_calibration
+from autotimm_deploy.exporter.inputs.calibration import NEEDS_DATA, SAMPLE_PICTURES, load_calibration
 from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.parity import verify as check_parity
 from autotimm_deploy.profiler.runtimes import open_session
@@ -86,8 +86,7 @@ def check_calibration_source(options: ExportOptions) -> None:
     if options.precision != "int8":
         return
     if options.calib_data is None and not options.calib_random:
-        raise UserError("int8 needs calibration data: pass --calib-data DIR|FILE.npy "
-                        "(or --calib-random for a smoke test whose accuracy means nothing)")
+        raise UserError(NEEDS_DATA)
     if options.calib_data not in (None, SAMPLE_PICTURES) and not Path(options.calib_data).exists():
         raise UserError(f"calibration data not found: {options.calib_data}")
 

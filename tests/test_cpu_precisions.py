@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from autotimm_deploy.exporter.pipeline import export
-from autotimm_deploy.exporter.inputs.calibration import load_calibration, preprocess
+from autotimm_deploy.exporter.inputs.calibration import load_calibration
+from autotimm_deploy.exporter.inputs.preprocess import preprocess
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.formats import ExportOptions
 from autotimm_deploy.exporter.core.manifest import load_manifest

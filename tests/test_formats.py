@@ -176,7 +176,15 @@ def test_export_order_puts_parents_first(monkeypatch):
 def test_parity_inputs_are_real_pictures():
     from autotimm_deploy.exporter.inputs.samples import sample_images
 
-    x = sample_images(4, 3, (32, 48), [0.5] * 3, [0.25] * 3)
+    prep = {"input_size": [3, 32, 48], "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear",
+            "crop_pct": 0.875}
+    x = sample_images(4, prep)
     assert x.shape == (4, 3, 32, 48) and x.dtype == np.float32
     assert not np.allclose(x[0], x[1])
-    np.testing.assert_array_equal(x, sample_images(4, 3, (32, 48), [0.5] * 3, [0.25] * 3))
+    np.testing.assert_array_equal(x, sample_images(4, prep))
+    # the same path as calibration images: preprocess, then the faint seeded noise
+    from autotimm_deploy.exporter.inputs.preprocess import preprocess
+    from autotimm_deploy.exporter.inputs.samples import PICTURES, _picture
+
+    clean = preprocess(_picture(PICTURES[0]), prep)
+    assert np.abs(x[0] - clean).max() < 10 * (2 / 255) / 0.25

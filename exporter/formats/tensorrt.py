@@ -27,6 +27,7 @@ from autotimm_deploy.exporter.core.errors import ExportFailed, MissingExtra, Use
 from autotimm_deploy.exporter.formats.base import ExportContext, ExportOptions, Exported, Format, register_format
 from autotimm_deploy.exporter.formats.onnx import precision_proto
 from autotimm_deploy.exporter.formats.onnx_graph import save_onnx
+from autotimm_deploy.exporter.inputs.calibration import NEEDS_DATA
 from autotimm_deploy.exporter.core.environment import tensorrt_environment
 from autotimm_deploy.exporter.core.files import sha256_file
 
@@ -222,7 +223,7 @@ def loader_chain(plan: BuildPlan, onnx_path: Path, engine_path: Path, calibratio
     batches = None
     if plan.calibrator:
         if calibration is None:
-            raise UserError("int8 needs calibration data: pass --calib-data DIR|FILE.npy")
+            raise UserError(NEEDS_DATA)
         batches = _calibration_batches(calibration, plan)
     flags = set(plan.builder_flags)
     config = _Config({

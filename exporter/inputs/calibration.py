@@ -1,5 +1,6 @@
-"""Calibration data for int8: a folder of images or a ``.npy`` file, preprocessed exactly as the
-manifest's preprocessing says. Random data only when asked for explicitly (and flagged)."""
+"""Calibration data for int8: a folder of images, a ``.npy`` file, or scikit-image's sample pictures,
+each preprocessed exactly as the manifest's preprocessing says (`preprocess`). Random data only
+when asked for explicitly (and flagged)."""
 
 from __future__ import annotations
 
@@ -8,34 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from autotimm_deploy.exporter.core.errors import UserError, first_line
+from autotimm_deploy.exporter.inputs.preprocess import preprocess
 from autotimm_deploy.exporter.inputs.samples import sample_images
 
 SAMPLE_PICTURES = "sample-pictures"  # --calib-data keyword: the pictures scikit-image ships
+NEEDS_DATA = ("int8 needs calibration data: pass --calib-data DIR|FILE.npy|sample-pictures "
+              "(or --calib-random for a smoke test whose accuracy means nothing)")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
-_RESAMPLE = {"bilinear": 2, "bicubic": 3, "nearest": 0, "lanczos": 1}  # PIL.Image.Resampling values
-
-
-def preprocess(img: np.ndarray, prep: dict) -> np.ndarray:
-    """HWC uint8/float RGB image -> CHW float32, the timm eval transform: resize the shorter side to
-    size / crop_pct, centre-crop to size, scale to [0, 1], normalise."""
-    from PIL import Image
-
-    c, h, w = prep["input_size"]
-    if img.dtype != np.uint8:
-        img = np.clip(img * (255.0 if img.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-    pil = Image.fromarray(img).convert("RGB" if c != 1 else "L")
-    scale = max(h, w) / prep.get("crop_pct", 1.0)
-    ratio = scale / min(pil.size)
-    new = (max(w, round(pil.size[0] * ratio)), max(h, round(pil.size[1] * ratio)))
-    pil = pil.resize(new, resample=_RESAMPLE.get(prep.get("interpolation"), 3))
-    left, top = (new[0] - w) // 2, (new[1] - h) // 2
-    arr = np.asarray(pil.crop((left, top, left + w, top + h)), dtype=np.float32) / 255.0
-    arr = arr[..., None] if arr.ndim == 2 else arr
-    if arr.shape[2] != c:
-        arr = np.repeat(arr.mean(2, keepdims=True), c, axis=2)
-    mean = np.asarray(prep["mean"], dtype=np.float32)
-    std = np.asarray(prep["std"], dtype=np.float32)
-    return ((arr - mean) / std).transpose(2, 0, 1).astype(np.float32)
 
 
 def _from_folder(folder: Path, n: int, prep: dict) -> np.ndarray:
@@ -78,14 +58,12 @@ def load_calibration(source: str | None, samples: int, prep: dict, allow_random:
         raise UserError(f"--calib-samples must be positive, got {samples}")
     if source is None:
         if not allow_random:
-            raise UserError("int8 needs calibration data: pass --calib-data DIR|FILE.npy "
-                            "(or --calib-random for a smoke test whose accuracy means nothing)")
+            raise UserError(NEEDS_DATA)
         rng = np.random.default_rng(seed)
         data = rng.standard_normal((samples, *prep["input_size"]), dtype=np.float32)
         return data, {"source": "random", "samples": samples, "warning": "random calibration: accuracy is meaningless"}
     if source == SAMPLE_PICTURES:
-        c, h, w = prep["input_size"]
-        data = sample_images(samples, c, (h, w), prep["mean"], prep["std"])
+        data = sample_images(samples, prep)
         return data, {"source": SAMPLE_PICTURES, "samples": samples,
                       "note": "scikit-image's sample pictures: real images, but not your data"}
     path = Path(source)

@@ -1,5 +1,5 @@
-"""Deterministic, real-looking model inputs: the pictures that ship inside scikit-image, resized and
-normalised the way the model expects. Used for parity (and calibration when no data is given)."""
+"""Deterministic, real model inputs: the pictures that ship inside scikit-image, preprocessed as the
+model's manifest says (`preprocess`). Used for parity (and calibration when no data is given)."""
 
 from __future__ import annotations
 
@@ -7,42 +7,41 @@ import functools
 
 import numpy as np
 
+from autotimm_deploy.exporter.inputs.preprocess import preprocess
+
 PICTURES = ("astronaut", "chelsea", "coffee", "rocket", "camera", "cat", "immunohistochemistry", "hubble_deep_field")
 
 
 @functools.lru_cache(maxsize=None)
 def _picture(name: str) -> np.ndarray:
-    """HWC float32 in [0, 1], always three channels."""
+    """HWC uint8 RGB."""
     import skimage.data
 
-    img = np.asarray(getattr(skimage.data, name)(), dtype=np.float32)
+    img = np.asarray(getattr(skimage.data, name)())
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     img = img[..., :3]
-    return img / 255.0 if img.max() > 1.0 else img
+    if img.dtype != np.uint8:
+        img = np.clip(img * (255.0 if img.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(img)
 
 
-def sample_images(n: int, in_chans: int, size: tuple[int, int], mean, std, offset: int = 0) -> np.ndarray:
-    """``n`` pictures as float32 NCHW, resized (bilinear, antialiased) to ``size`` and normalised.
+def sample_images(n: int, prep: dict, offset: int = 0) -> np.ndarray:
+    """``n`` pictures as float32 NCHW, preprocessed as ``prep`` (a manifest's ``preprocessing``).
     Picture ``i`` is ``PICTURES[(offset + i) % len]``, mirrored on every second pass through the list,
     with faint seeded noise (std 2/255)."""
-    import torch
-    import torch.nn.functional as F
-
+    c = prep["input_size"][0]
+    unit = {**prep, "mean": [0.0] * c, "std": [1.0] * c}  # [0, 1]: the noise is added before normalising
     out = []
     for i in range(offset, offset + n):
-        img = torch.from_numpy(_picture(PICTURES[i % len(PICTURES)])).permute(2, 0, 1)[None]
+        img = _picture(PICTURES[i % len(PICTURES)])
         if (i // len(PICTURES)) % 2:
-            img = img.flip(-1)
-        img = F.interpolate(img, size=size, mode="bilinear", align_corners=False, antialias=True)[0]
-        if in_chans != 3:
-            gray = img.mean(0, keepdim=True)
-            img = gray.repeat(in_chans, 1, 1)
-        out.append(img)
-    x = torch.stack(out).numpy()
+            img = np.ascontiguousarray(img[:, ::-1])
+        out.append(preprocess(img, unit))
+    x = np.stack(out)
     # faint, seeded sensor noise: flat regions would otherwise give bit-identical features at many
     # locations, and runtimes may break such exact ties (top-k, NMS order) differently
     x = x + np.random.default_rng(offset).normal(0, 2 / 255, x.shape).astype(np.float32)
-    m = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    s = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
+    m = np.asarray(prep["mean"], dtype=np.float32).reshape(1, -1, 1, 1)
+    s = np.asarray(prep["std"], dtype=np.float32).reshape(1, -1, 1, 1)
     return np.ascontiguousarray((x - m) / s, dtype=np.float32)
