@@ -13,10 +13,9 @@ import re
 import tempfile
 
 import timm
-
-from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.pipeline import export
 
 BIG = re.compile(r"giant|huge|gigantic|large|xlarge|_l2|_b7|_b8|[0-9]+b_|_e\d|_h\d|_g\d|7b|3b|1b")
 

@@ -14,9 +14,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
-from autotimm_deploy.exporter.formats import ExportOptions
 from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.formats import ExportOptions
 from autotimm_deploy.exporter.select import target_cpu
 
 MODELS = "resnet50,mobilenetv3_small_100,efficientnet_b0,convnext_tiny,vit_base_patch16_224"

@@ -11,8 +11,8 @@ import argparse
 import statistics
 import tempfile
 
-from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.pipeline import export
 
 
 def main() -> None:

@@ -16,13 +16,13 @@ import statistics
 import time
 from pathlib import Path
 
-
-from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.exporter.core.spec import ModelSpec
-from autotimm_deploy.profiler.pipeline import Settings, profile
+from autotimm_deploy.exporter.pipeline import export
+from autotimm_deploy.profiler.measure.settings import Settings
 from autotimm_deploy.profiler.measure.sweep import powers_of_two, timed_call
-from autotimm_deploy.profiler.targets import open_target, resolve
 from autotimm_deploy.profiler.measure.timing import HarnessConfig, measure
+from autotimm_deploy.profiler.pipeline import profile
+from autotimm_deploy.profiler.targets import open_target, resolve
 
 
 def artifact(model: str, out: Path) -> Path:

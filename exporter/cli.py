@@ -6,10 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
 from autotimm_deploy.exporter.core.cli import (
     EXIT_FAILED,
     EXIT_OK,
@@ -21,19 +17,22 @@ from autotimm_deploy.exporter.core.cli import (
     stderr,
 )
 from autotimm_deploy.exporter.core.errors import UserError
-from autotimm_deploy.exporter.core.files import atomic_write_text
+from autotimm_deploy.exporter.core.files import atomic_write_text, check_out_dir
 from autotimm_deploy.exporter.core.manifest import load_manifest
 from autotimm_deploy.exporter.core.spec import ALL_HEAD_OPTIONS, PRECISIONS, SEG_HEADS, TASKS, ModelSpec, parse_img_size
 from autotimm_deploy.exporter.formats import FORMATS, ExportOptions, export_order
 from autotimm_deploy.exporter.formats.tensorrt import TensorRTOptions, parse_dynamic_batch
 from autotimm_deploy.exporter.parity import summary
-from autotimm_deploy.exporter.pipeline import check_out_dir, export
-from autotimm_deploy.exporter.select import target_cpu
 from autotimm_deploy.recipes.console import any_failed, print_recipe_rows, recipe_progress
-from autotimm_deploy.recipes.runner import run_exports
-from autotimm_deploy.recipes.schema import load_recipe
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 PROG = "autotimm-export"
+
+# The command line is the top layer: nothing imports it, so deferring the pipelines (which load torch
+# and timm, ~4 s) to the command that runs them hides no cycle; it lets --help, --list-formats and
+# every input error answer at once. import-linter still checks these imports.
 
 
 def build_parser() -> OneLineParser:
@@ -174,6 +173,8 @@ def main(a) -> int:
                             calib_random=a.calib_random, format_options=_trt_options(a, formats))
     if a.target:
         return run_target(a, spec, options)
+    from autotimm_deploy.exporter.pipeline import export
+
     steps = 1 + len(export_order(formats)) * (1 if a.no_verify else 2)
     with progress_bar(counts=True) as bar:
         task = bar.add_task(f"{spec.model}", total=steps)
@@ -195,6 +196,9 @@ def main(a) -> int:
 
 
 def run_recipe(a) -> int:
+    from autotimm_deploy.recipes.runner import run_exports
+    from autotimm_deploy.recipes.schema import load_recipe
+
     recipe = load_recipe(a.recipe, a.out)
     if a.max_time is not None and a.max_time <= 0:
         raise UserError(f"--max-time must be positive, got {a.max_time}")
@@ -210,6 +214,8 @@ def run_recipe(a) -> int:
 
 
 def run_target(a, spec: ModelSpec, options) -> int:
+    from autotimm_deploy.exporter.select import target_cpu
+
     if a.no_verify:
         raise UserError("--target needs parity: it cannot be combined with --no-verify")
     a.max_time = 15.0 if a.max_time is None else a.max_time

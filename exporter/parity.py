@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-
 from autotimm_deploy.exporter.core.errors import first_line
 from autotimm_deploy.exporter.core.results import MetricKind, ParityReport, Verdict
 from autotimm_deploy.exporter.inputs.samples import sample_images
@@ -256,7 +255,7 @@ def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | N
     if batches is None:
         wanted = BATCHES if precision == "fp32" else BATCHES_REDUCED
         batches = (lo,) if hi == lo else tuple(b for b in wanted if b >= lo and (hi is None or b <= hi)) or (lo,)
-    spec, prep = model.spec, model.preprocessing
+    prep = model.preprocessing
     input_name = session.inputs[0].name
     per_batch, offset = {}, 0
     for b in batches:

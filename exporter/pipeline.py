@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -15,15 +14,16 @@ from typing import Any, Callable, Iterable
 
 from autotimm_deploy.exporter.core.environment import build_environment
 from autotimm_deploy.exporter.core.errors import ExportFailed, UserError, first_line
-from autotimm_deploy.exporter.core.files import file_entries
-from autotimm_deploy.exporter.core.results import ParityReport
+from autotimm_deploy.exporter.core.files import check_out_dir, file_entries, make_out_dir
 from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig, load_manifest, manifest_path, write_manifest
+from autotimm_deploy.exporter.core.results import ParityReport
 from autotimm_deploy.exporter.core.spec import ModelSpec
-from autotimm_deploy.exporter.formats import ExportContext, ExportOptions, Exported, export_order, get_format
+from autotimm_deploy.exporter.formats import ExportContext, Exported, ExportOptions, export_order, get_format
 from autotimm_deploy.exporter.inputs.calibration import NEEDS_DATA, SAMPLE_PICTURES, load_calibration
 from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.parity import verify as check_parity
 from autotimm_deploy.profiler.runtimes import open_session
+
 
 @dataclass
 class ExportResult:
@@ -60,26 +60,6 @@ class ExportResult:
 
 def planned_paths(formats: Iterable[str], out_dir: Path, stem: str) -> dict[str, Path]:
     return {f: out_dir / f"{stem}{get_format(f).suffix}" for f in export_order(list(formats))}
-
-
-def check_out_dir(out_dir: Path) -> None:
-    """Refuse an output folder we could not write, without creating anything yet."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"output path {out_dir} exists and is not a folder")
-    existing = out_dir
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"cannot create output folder {out_dir}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"output folder {out_dir} is not writable; pass -o with a folder you can write")
-
-
-def _make_out_dir(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {out_dir}: {e.strerror or e}") from None
 
 
 def check_calibration_source(options: ExportOptions) -> None:
@@ -138,7 +118,7 @@ def export(
     if options.precision == "int8":
         calibration, calibration_info = load_calibration(options.calib_data, options.calib_samples,
                                                          model.preprocessing, options.calib_random, spec.seed)
-    _make_out_dir(out_dir)
+    make_out_dir(out_dir)
     results: list[ExportResult] = []
     workdir = Path(tempfile.mkdtemp(prefix=".autotimm-", dir=out_dir))
     try:

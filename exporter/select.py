@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.files import check_out_dir
 from autotimm_deploy.exporter.core.manifest import load_manifest, manifest_path, write_manifest
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.formats import ExportOptions, get_format
@@ -23,12 +24,12 @@ from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.pipeline import (
     ExportResult,
     check_calibration_source,
-    check_out_dir,
     export,
     planned_paths,
 )
+from autotimm_deploy.profiler.measure.settings import Settings
 from autotimm_deploy.profiler.measure.timing import HarnessConfig
-from autotimm_deploy.profiler.pipeline import Settings, run_group
+from autotimm_deploy.profiler.pipeline import run_group
 from autotimm_deploy.profiler.targets import eager_twin, resolve
 
 # (format, precision): every artifact a CPU deployment could use, in the order they are exported.

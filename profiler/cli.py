@@ -7,20 +7,28 @@ import os
 import sys
 from pathlib import Path
 
-from autotimm_deploy.exporter.core.cli import EXIT_FAILED, EXIT_OK, OneLineParser, console, csv_list, progress_bar, run_cli
+from autotimm_deploy.exporter.core.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    OneLineParser,
+    console,
+    csv_list,
+    progress_bar,
+    run_cli,
+)
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.files import atomic_write_text
 from autotimm_deploy.exporter.core.spec import parse_img_size
+from autotimm_deploy.profiler.measure.settings import Settings
 from autotimm_deploy.profiler.measure.sweep import powers_of_two
 from autotimm_deploy.profiler.measure.timing import HarnessConfig
-from autotimm_deploy.profiler.pipeline import Settings, profile
 from autotimm_deploy.profiler.report import RENDERERS, table
-from autotimm_deploy.recipes import benchmark
 from autotimm_deploy.recipes.console import any_failed, print_recipe_rows, recipe_progress
-from autotimm_deploy.recipes.runner import run_profiles
-from autotimm_deploy.recipes.schema import load_recipe
 
 PROG = "autotimm-profile"
+
+# As in autotimm-export: the pipelines (torch, timm) are imported by the command that runs them, so
+# --help and input errors answer at once; nothing imports this top layer.
 
 
 def build_parser() -> OneLineParser:
@@ -96,6 +104,10 @@ def _check_outputs(a) -> None:
 
 
 def run_recipe(a) -> int:
+    from autotimm_deploy.recipes import benchmark
+    from autotimm_deploy.recipes.runner import run_profiles
+    from autotimm_deploy.recipes.schema import load_recipe
+
     if a.targets:
         raise UserError("give artifacts or --recipe, not both")
     recipe = load_recipe(a.recipe, a.out)
@@ -145,6 +157,8 @@ def main(a) -> int:
         runtime_options={"cuda_graph": True} if a.cuda_graph else {},
         img_size=parse_img_size(a.img_size) if a.img_size else None,
     )
+    from autotimm_deploy.profiler.pipeline import profile
+
     with progress_bar() as bar:
         task = bar.add_task("starting", total=None)
         report = profile(a.targets, settings, runtime=a.runtime, compare_eager=a.compare_eager,

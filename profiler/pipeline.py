@@ -14,44 +14,20 @@ import importlib
 import json
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Callable
 
+from autotimm_deploy.exporter.core.environment import current_rss_mb, environment, peak_rss_mb
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.results import ProfilePoint, ProfileRun
 from autotimm_deploy.exporter.core.spec import ModelSpec
-from autotimm_deploy.profiler.runtimes import RUNTIMES, runtime_class
-from autotimm_deploy.exporter.core.environment import current_rss_mb, environment, peak_rss_mb
+from autotimm_deploy.profiler.measure.settings import Settings
 from autotimm_deploy.profiler.measure.sweep import batches_in_range, phase_split, sweep
+from autotimm_deploy.profiler.measure.timing import clock_for
+from autotimm_deploy.profiler.runtimes import RUNTIMES, runtime_class
 from autotimm_deploy.profiler.targets import Target, eager_twin, open_target, resolve
-from autotimm_deploy.profiler.measure.timing import HarnessConfig, clock_for
 
 SCHEMA_VERSION = 1
-
-
-@dataclass
-class Settings:
-    device: str | None = "cpu"  # None: cuda when a target's runtime only runs there, else cpu
-    threads: int | None = None
-    batch_sizes: list[int] = field(default_factory=lambda: [1])
-    device_io: bool = False
-    harness: HarnessConfig = field(default_factory=HarnessConfig)
-    eager_options: dict[str, Any] = field(default_factory=dict)  # channels_last, bf16
-    runtime_options: dict[str, Any] = field(default_factory=dict)  # for artifact runtimes: cuda_graph
-    img_size: tuple[int, int] | None = None  # for artifacts without a manifest
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["copies_timed"] = not self.device_io
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Settings":
-        d = {k: v for k, v in d.items() if k != "copies_timed"}
-        d["harness"] = HarnessConfig(**d["harness"])
-        d["img_size"] = tuple(d["img_size"]) if d.get("img_size") else None
-        return cls(**d)
 
 
 def cuda_visible() -> bool:

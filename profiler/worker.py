@@ -7,7 +7,8 @@ import json
 import sys
 
 from autotimm_deploy.exporter.core.errors import UserError
-from autotimm_deploy.profiler.pipeline import Settings, run_group, target_from_dict
+from autotimm_deploy.profiler.measure.settings import Settings
+from autotimm_deploy.profiler.pipeline import run_group, target_from_dict
 
 
 def main() -> int:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from autotimm_deploy.recipes.jobs import JobStatus
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-
-from autotimm_deploy.recipes.jobs import JobStatus
 
 
 def recipe_progress(bar, task):

@@ -16,8 +16,9 @@ from autotimm_deploy.exporter.core.files import atomic_write_text
 from autotimm_deploy.exporter.formats import get_format
 from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.pipeline import export
+from autotimm_deploy.profiler.measure.settings import Settings
 from autotimm_deploy.profiler.measure.timing import HarnessConfig
-from autotimm_deploy.profiler.pipeline import Settings, cuda_visible, profile
+from autotimm_deploy.profiler.pipeline import cuda_visible, profile
 from autotimm_deploy.profiler.runtimes import runtime_class
 from autotimm_deploy.profiler.targets import Target, resolve
 from autotimm_deploy.recipes.jobs import JobStatus, ProfileJob, is_current

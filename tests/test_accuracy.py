@@ -6,11 +6,10 @@ outputs; this compares what users care about, the accuracy."""
 import numpy as np
 import pytest
 import torch
-
-from autotimm_deploy.exporter.pipeline import export
-from autotimm_deploy.exporter.formats import ExportOptions
 from autotimm_deploy.exporter.core.manifest import load_manifest
 from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.formats import ExportOptions
+from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.profiler.runtimes import open_session
 
 SIZE = 32

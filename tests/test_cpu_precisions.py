@@ -2,14 +2,13 @@
 
 import numpy as np
 import pytest
-
-from autotimm_deploy.exporter.pipeline import export
-from autotimm_deploy.exporter.inputs.calibration import load_calibration
-from autotimm_deploy.exporter.inputs.preprocess import preprocess
 from autotimm_deploy.exporter.core.errors import UserError
-from autotimm_deploy.exporter.formats import ExportOptions
 from autotimm_deploy.exporter.core.manifest import load_manifest
 from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.formats import ExportOptions
+from autotimm_deploy.exporter.inputs.calibration import load_calibration
+from autotimm_deploy.exporter.inputs.preprocess import preprocess
+from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.profiler.targets import open_target, resolve
 
 pytest.importorskip("openvino", reason="the [openvino] extra is not installed")

@@ -4,14 +4,13 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-
-from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.manifest import load_manifest
+from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.models.detection import batched_greedy_nms
-from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.parity import compare_detections
+from autotimm_deploy.exporter.pipeline import export
 
 HEAD = {"fpn_channels": 64, "max_detections": 50}
 SPECS = {
@@ -93,9 +92,8 @@ def test_bad_detection_sizes():
 
 
 def test_summary_lines_for_every_task():
-    from autotimm_deploy.exporter.parity import summary
-
     from autotimm_deploy.exporter.core.results import ParityReport, Verdict
+    from autotimm_deploy.exporter.parity import summary
 
     det = ParityReport(Verdict.PASS, "fp32", {"detections": {"kind": "detections", "match_rate": 1.0,
                                                              "mean_iou": 0.9999, "max_score_diff": 1e-6}})

@@ -3,13 +3,12 @@
 import numpy as np
 import onnx
 import pytest
-
-from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.exporter.core.errors import UserError
-from autotimm_deploy.exporter.formats import FORMATS, ExportOptions, export_order
 from autotimm_deploy.exporter.core.files import sha256_file
 from autotimm_deploy.exporter.core.manifest import load_manifest
 from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.formats import FORMATS, ExportOptions, export_order
+from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.profiler.runtimes import open_session
 
 CPU_FORMATS = ["onnx", "torchscript", "pt2"]

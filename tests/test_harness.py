@@ -4,7 +4,6 @@ import itertools
 
 import numpy as np
 import pytest
-
 from autotimm_deploy.profiler.measure.stats import median_ci, median_ci_ranks, summarize
 from autotimm_deploy.profiler.measure.sweep import Point, batches_in_range, powers_of_two, sweep
 from autotimm_deploy.profiler.measure.timing import HarnessConfig, measure

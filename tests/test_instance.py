@@ -3,14 +3,13 @@
 import numpy as np
 import pytest
 import torch
-
-from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.manifest import load_manifest
+from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.models.instance import MASK_STRIDE, PROTOTYPES
-from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.parity import compare_detections, detection_failures
+from autotimm_deploy.exporter.pipeline import export
 
 HEAD = {"fpn_channels": 64, "max_detections": 30}
 SPECS = {

@@ -1,7 +1,6 @@
 import json
 
 import pytest
-
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.files import sha256_file
 from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig, load_manifest, manifest_path, write_manifest

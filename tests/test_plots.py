@@ -8,10 +8,9 @@ import copy
 import re
 
 import pytest
-from matplotlib.container import BarContainer
-
 from autotimm_deploy.profiler.report import benchmark_page, plot
 from autotimm_deploy.profiler.report.benchmark_page import PageData
+from matplotlib.container import BarContainer
 
 PNG = b"\x89PNG\r\n\x1a\n"
 BASE = "resnet18 [eager]"

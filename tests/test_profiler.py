@@ -6,16 +6,17 @@ import os
 import numpy as np
 import pytest
 import torch
-
-from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.manifest import load_manifest
-from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.core.spec import ModelSpec
-from autotimm_deploy.profiler.pipeline import Settings, profile
+from autotimm_deploy.exporter.models import build_model
+from autotimm_deploy.exporter.pipeline import export
+from autotimm_deploy.profiler.measure.settings import Settings
+from autotimm_deploy.profiler.measure.timing import HarnessConfig
+from autotimm_deploy.profiler.pipeline import profile
 from autotimm_deploy.profiler.runtimes import RUNTIMES, open_session
 from autotimm_deploy.profiler.targets import open_target, resolve
-from autotimm_deploy.profiler.measure.timing import HarnessConfig
+
 from tests.conftest import files_under, run_cli
 
 SPEC = ModelSpec("test_resnet", num_classes=6, img_size=(64, 64))

@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
-
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.recipes.runner import run_exports
 from autotimm_deploy.recipes.schema import load_recipe
+
 from tests.conftest import files_under
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"

@@ -3,13 +3,12 @@
 import numpy as np
 import pytest
 import torch
-
-from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.manifest import load_manifest
-from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.parity import TOLERANCES, compare
+from autotimm_deploy.exporter.pipeline import export
 
 CASES = {
     "resnet18-fcn": ModelSpec("resnet18", task="semantic-segmentation", num_classes=5, img_size=(64, 96),

@@ -1,10 +1,9 @@
 import pytest
 import torch
-
 from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.spec import ModelSpec, parse_img_size
 from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.models.weights import load_checkpoint, seed_zero_head
-from autotimm_deploy.exporter.core.spec import ModelSpec, parse_img_size
 
 
 def test_parse_img_size():

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import yaml
-
 from autotimm_deploy.exporter.core.results import ParityReport, Verdict
 from autotimm_deploy.exporter.pipeline import ExportResult
 from autotimm_deploy.exporter.select import Candidate, choose, rank

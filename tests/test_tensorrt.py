@@ -9,9 +9,9 @@ import json
 import numpy as np
 import onnx
 import pytest
-
-from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.manifest import load_manifest
+from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.formats import ExportOptions, get_format
 from autotimm_deploy.exporter.formats.tensorrt import (
     BuildPlan,
@@ -21,9 +21,9 @@ from autotimm_deploy.exporter.formats.tensorrt import (
     parse_dynamic_batch,
     plan_build,
 )
-from autotimm_deploy.exporter.core.manifest import load_manifest
-from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.profiler.runtimes.tensorrt import compatibility_problem
+
 from tests.conftest import files_under
 
 pytest.importorskip("polygraphy", reason="polygraphy (the [dev] or [trt] extra) is not installed")
@@ -141,7 +141,6 @@ def test_bf16_compute_onnx_is_a_valid_typed_graph(tmp_path):
     """bf16 compute (opset 22): ONNX Runtime has no CPU bf16 kernels, so here the graph is checked
     by ONNX's full type inference and the cast model's numerics against fp32 in PyTorch."""
     import torch
-
     from autotimm_deploy.exporter.formats import ExportContext
     from autotimm_deploy.exporter.formats.onnx_reduced import cast_model, reduced_proto
     from autotimm_deploy.exporter.models import build_model
@@ -170,7 +169,7 @@ def test_qdq_int8_graph_is_symmetric_for_tensorrt(tmp_path):
     from onnx import numpy_helper
 
     spec = ModelSpec("resnet18", num_classes=10, img_size=(64, 64))
-    (r,) = export(spec, ["onnx"], tmp_path, trt_options(precision="int8", calib_random=True, calib_samples=4))
+    (r,) = export(spec, ["onnx"], tmp_path, trt_options(precision="int8", calib_data="sample-pictures", calib_samples=8))
     assert r.ok, r.parity and r.parity.failures
     graph = onnx.load(str(r.artifact)).graph
     ops = [n.op_type for n in graph.node]
@@ -258,8 +257,9 @@ needs_trt = pytest.mark.skipif(_gpu_with_trt() is not None, reason=_gpu_with_trt
 @needs_trt
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_engine_build_reload_parity_on_gpu(tmp_path, precision):
-    from autotimm_deploy.profiler.pipeline import Settings, profile
+    from autotimm_deploy.profiler.measure.settings import Settings
     from autotimm_deploy.profiler.measure.timing import HarnessConfig
+    from autotimm_deploy.profiler.pipeline import profile
 
     spec = ModelSpec("resnet18", num_classes=10, img_size=(64, 64))
     cache = tmp_path / "tactics.cache"

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 import torch
-
-from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.parity import TOLERANCES, compare, failures, verify
 from autotimm_deploy.profiler.runtimes.base import Session
 

@@ -7,10 +7,9 @@ import signal
 import sys
 from typing import Callable
 
+from autotimm_deploy.exporter.core.errors import UserError, first_line
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-from autotimm_deploy.exporter.core.errors import UserError, first_line
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 

@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from autotimm_deploy.exporter.core.errors import UserError
+
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
@@ -48,3 +50,23 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def file_entries(paths: list[Path]) -> dict[str, dict[str, Any]]:
     """The manifest's ``files``: name -> sha256 and size."""
     return {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in paths}
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an output folder we could not write, without creating anything yet."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output path {out_dir} exists and is not a folder")
+    existing = out_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot create output folder {out_dir}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"output folder {out_dir} is not writable; pass -o with a folder you can write")
+
+
+def make_out_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {out_dir}: {e.strerror or e}") from None

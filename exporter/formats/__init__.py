@@ -9,8 +9,8 @@ from autotimm_deploy.exporter.formats import onnx, openvino, pt2, tensorrt, torc
 from autotimm_deploy.exporter.formats.base import (
     FORMATS,
     ExportContext,
-    ExportOptions,
     Exported,
+    ExportOptions,
     Format,
     export_order,
     get_format,

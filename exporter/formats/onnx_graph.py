@@ -9,7 +9,7 @@ import io
 import warnings
 from pathlib import Path
 
-from autotimm_deploy.exporter.core.errors import ExportFailed, UserError, first_line
+from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
 from autotimm_deploy.exporter.formats.base import ExportContext
 
 INLINE_LIMIT = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave room for the graph itself

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
 
-
 # Q/DQ only on the inputs of the compute-heavy ops, the placement TensorRT's explicit int8 path
 # expects; post-processing (box decode, NMS, resizes, concatenations) stays in float, where
 # quantizing it would cost accuracy (box coordinates) and can produce graphs ORT cannot load.

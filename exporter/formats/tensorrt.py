@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autotimm_deploy.exporter.core.environment import tensorrt_environment
 from autotimm_deploy.exporter.core.errors import ExportFailed, MissingExtra, UserError, first_line
-from autotimm_deploy.exporter.formats.base import ExportContext, ExportOptions, Exported, Format, register_format
+from autotimm_deploy.exporter.core.files import sha256_file
+from autotimm_deploy.exporter.formats.base import ExportContext, Exported, ExportOptions, Format, register_format
 from autotimm_deploy.exporter.formats.onnx import precision_proto
 from autotimm_deploy.exporter.formats.onnx_graph import save_onnx
 from autotimm_deploy.exporter.inputs.calibration import NEEDS_DATA
-from autotimm_deploy.exporter.core.environment import tensorrt_environment
-from autotimm_deploy.exporter.core.files import sha256_file
 
 STRONG_TYPING_FROM = 11  # first TensorRT major version without weak-typing precision flags
 DEFAULT_MAX_BATCH = 32

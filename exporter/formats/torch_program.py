@@ -4,17 +4,16 @@ gives the logits a user expects; multi-output tasks keep their tuple of named ou
 
 from __future__ import annotations
 
-import torch
 
+def program_module(model):
+    import torch
 
-class SingleOutput(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
+    class SingleOutput(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module):
+            super().__init__()
+            self.model = inner
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)[0]
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(x)[0]
 
-
-def program_module(model: torch.nn.Module) -> torch.nn.Module:
     return SingleOutput(model).eval() if len(model.output_names) == 1 else model

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.inputs.preprocess import preprocess
 from autotimm_deploy.exporter.inputs.samples import sample_images

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-
 from autotimm_deploy.exporter.inputs.preprocess import preprocess
 
 PICTURES = ("astronaut", "chelsea", "coffee", "rocket", "camera", "cat", "immunohistochemistry", "hubble_deep_field")

@@ -8,7 +8,6 @@ themselves by task name; `autotimm_deploy.exporter.models.classification` is the
 from __future__ import annotations
 
 import torch
-
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.models import classification, detection, instance, segmentation  # noqa: F401  (register)

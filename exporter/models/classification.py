@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
-
+from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.models.registry import register_task
 from autotimm_deploy.exporter.models.timm_backbone import check_forward, create_timm_model, preprocessing
 from autotimm_deploy.exporter.models.weights import load_checkpoint, seed_zero_head
-from autotimm_deploy.exporter.core.spec import ModelSpec
 
 
 class Classifier(torch.nn.Module):

@@ -18,13 +18,12 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from autotimm_deploy.exporter.models.registry import register_task
+from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.models.features import Features, check_divisible
+from autotimm_deploy.exporter.models.registry import register_task
 from autotimm_deploy.exporter.models.timm_backbone import check_forward, preprocessing
 from autotimm_deploy.exporter.models.weights import load_checkpoint
-from autotimm_deploy.exporter.core.spec import ModelSpec
+from torch import nn
 
 STRIDES = (8, 16, 32, 64, 128)
 DEFAULTS = {"fpn_channels": 256, "depthwise": False, "score_threshold": 0.05, "iou_threshold": 0.6,

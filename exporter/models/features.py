@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from autotimm_deploy.exporter.core.errors import UserError, first_line
+from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.models.timm_backbone import create_timm_model
 from torch import nn
 
-from autotimm_deploy.exporter.core.errors import UserError, first_line
-from autotimm_deploy.exporter.models.timm_backbone import create_timm_model
-from autotimm_deploy.exporter.core.spec import ModelSpec
 
 class Features(nn.Module):
     """``forward(x) -> list[Tensor]`` of NCHW maps (the deepest four, or all where a model has fewer),

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from autotimm_deploy.exporter.models.registry import register_task
+from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.models.detection import (
     DEFAULTS,
     Detector,
@@ -28,7 +26,8 @@ from autotimm_deploy.exporter.models.detection import (
     greedy_nms_picks,
     seed_head,
 )
-from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.models.registry import register_task
+from torch import nn
 
 PROTOTYPES = 32
 MASK_STRIDE = 4

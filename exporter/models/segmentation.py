@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from autotimm_deploy.exporter.models.registry import register_task
+from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.models.features import Features
+from autotimm_deploy.exporter.models.registry import register_task
 from autotimm_deploy.exporter.models.timm_backbone import check_forward, preprocessing
 from autotimm_deploy.exporter.models.weights import load_checkpoint
-from autotimm_deploy.exporter.core.spec import ModelSpec
+from torch import nn
+
 
 def conv_bn_relu(cin: int, cout: int, k: int = 3, dilation: int = 1, separable: bool = False) -> nn.Sequential:
     pad = dilation * (k // 2)

@@ -1,21 +1,27 @@
-"""Everything that asks timm about a model name: validation, defaults, construction, preprocessing."""
+"""Everything that asks timm about a model name: validation, defaults, construction, preprocessing.
+
+timm (with torchvision and torch's compiler behind it, ~2 s) is imported by `_timm` on first use:
+profiling an exported artifact never needs it, only building a model does."""
 
 from __future__ import annotations
 
 import difflib
 import functools
 
-import timm
 import torch
-from timm.models import get_pretrained_cfg
-
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.spec import DEFAULT_CLASSES, ModelSpec
 
 
+def _timm():
+    import timm
+
+    return timm
+
+
 @functools.lru_cache(maxsize=1)
 def _all_names() -> tuple[str, ...]:
-    return tuple(timm.list_models())
+    return tuple(_timm().list_models())
 
 
 def _is_hub_name(name: str) -> bool:
@@ -24,7 +30,7 @@ def _is_hub_name(name: str) -> bool:
 
 def check_model_name(name: str) -> None:
     base = name.split(".", 1)[0]
-    if _is_hub_name(name) or timm.is_model(base):
+    if _is_hub_name(name) or _timm().is_model(base):
         return
     close = difflib.get_close_matches(base, _all_names(), n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
@@ -35,7 +41,7 @@ def _cfg(name: str):
     if _is_hub_name(name):
         return None
     try:
-        return get_pretrained_cfg(name)
+        return _timm().models.get_pretrained_cfg(name)
     except Exception:  # noqa: BLE001 - a missing cfg only means "no defaults known"
         return None
 
@@ -66,7 +72,7 @@ def create_timm_model(spec: ModelSpec, **extra) -> torch.nn.Module:
     pretrained = spec.weights == "pretrained"
     torch.manual_seed(spec.seed)
     try:
-        model = timm.create_model(spec.model, pretrained=pretrained, **kwargs)
+        model = _timm().create_model(spec.model, pretrained=pretrained, **kwargs)
     except Exception as e:  # noqa: BLE001 - timm raises many types; all become one line here
         reason = first_line(e)
         if pretrained:
@@ -83,8 +89,8 @@ def create_timm_model(spec: ModelSpec, **extra) -> torch.nn.Module:
 def preprocessing(model: torch.nn.Module, spec: ModelSpec) -> dict:
     """Mean/std/interpolation/crop a caller must apply, from the model's pretrained config."""
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    mean = list(cfg.get("mean") or timm.data.IMAGENET_DEFAULT_MEAN)
-    std = list(cfg.get("std") or timm.data.IMAGENET_DEFAULT_STD)
+    mean = list(cfg.get("mean") or _timm().data.IMAGENET_DEFAULT_MEAN)
+    std = list(cfg.get("std") or _timm().data.IMAGENET_DEFAULT_STD)
     if len(mean) != spec.in_chans:  # timm adapts the stem to in_chans, not the stats: use their average
         mean = [sum(mean) / len(mean)] * spec.in_chans
         std = [sum(std) / len(std)] * spec.in_chans

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 
 # Containers that training scripts wrap a state dict in, tried in this order.

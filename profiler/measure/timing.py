@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
-
 from autotimm_deploy.profiler.measure.stats import Stats, ci_halfwidth_rel, ratio_summary, summarize
 
 

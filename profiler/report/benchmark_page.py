@@ -187,7 +187,6 @@ def plots(data: PageData, folder: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from autotimm_deploy.profiler.report.plot import FONT, log_ticks, plain_linear_axis, plain_log_axis, short_label
 
     env = data.environment or {}

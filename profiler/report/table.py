@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from autotimm_deploy.exporter.core.results import ProfileRun
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-
-from autotimm_deploy.exporter.core.results import ProfileRun
 
 COLUMNS = ("target", "runtime", "device", "batch", "median ms", "p90 ms", "p95 ms", "p99 ms", "images/s",
            "x batch 1", "speedup vs baseline (95% CI)", "peak RSS MB", "n")

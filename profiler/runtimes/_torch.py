@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 from autotimm_deploy.profiler.runtimes.base import Session
 
 

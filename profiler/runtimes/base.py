@@ -7,9 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-
 from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig
-
 
 
 class Session:
