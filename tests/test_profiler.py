@@ -9,12 +9,13 @@ import torch
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.manifest import load_manifest
 from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.formats import available_formats
 from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.profiler.measure.settings import Settings
 from autotimm_deploy.profiler.measure.timing import HarnessConfig
 from autotimm_deploy.profiler.pipeline import profile
-from autotimm_deploy.profiler.runtimes import RUNTIMES, open_session
+from autotimm_deploy.profiler.runtimes import RUNTIMES, available_runtimes, open_session, runtime_class
 from autotimm_deploy.profiler.targets import open_target, resolve
 
 from tests.conftest import files_under, run_cli
@@ -26,17 +27,18 @@ FAST = HarnessConfig(max_time=0.3, warmup_time=0.1, min_samples=3)
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
     out = tmp_path_factory.mktemp("artifacts")
-    results = export(SPEC, ["onnx", "torchscript", "pt2"], out, verify=False)
+    results = export(SPEC, available_formats(), out, verify=False)
     return {r.format: r.artifact for r in results}
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "pt2"])
-def test_each_runtime_matches_eager(artifacts, fmt):
+@pytest.mark.parametrize("runtime", [r for r in available_runtimes("cpu") if r != "eager"])
+def test_each_runtime_matches_eager(artifacts, runtime):
     model = build_model(SPEC)
     x = np.random.default_rng(1).standard_normal((3, 3, 64, 64), dtype=np.float32)
     with torch.no_grad():
         ref = model(torch.from_numpy(x))[0].numpy()
-    target = resolve(str(artifacts[fmt]))
+    fmt = runtime_class(runtime).formats[0]
+    target = resolve(str(artifacts[fmt]), runtime)
     with open_target(target, "cpu", threads=1) as s:
         assert s.batch_range() == (1, None)
         out = s.infer({"input": x})

@@ -12,10 +12,11 @@ from autotimm_deploy.exporter.formats.base import (
     Exported,
     ExportOptions,
     Format,
+    available_formats,
     export_order,
     get_format,
     register_format,
 )
 
-__all__ = ["FORMATS", "ExportContext", "ExportOptions", "Exported", "Format", "export_order", "get_format",
-           "register_format"]
+__all__ = ["FORMATS", "ExportContext", "ExportOptions", "Exported", "Format", "available_formats", "export_order",
+           "get_format", "register_format"]

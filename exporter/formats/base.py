@@ -124,6 +124,11 @@ def get_format(name: str) -> type[Format]:
         raise UserError(f"unknown format {name!r}{hint} (available: {', '.join(FORMATS)})") from None
 
 
+def available_formats(precision: str = "fp32") -> list[str]:
+    """The formats that can export here (their extras installed, their device present) at ``precision``."""
+    return [n for n, cls in FORMATS.items() if precision in cls.precisions and cls.unavailable_reason() is None]
+
+
 def export_order(names: list[str]) -> list[str]:
     """Formats in dependency order, each once, with the formats they derive from added first."""
     order: list[str] = []

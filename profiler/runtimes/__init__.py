@@ -55,3 +55,16 @@ def open_session(path: str | Path | None, runtime: str | None = None, manifest: 
     if manifest is not None and manifest.format not in cls.formats:
         raise UserError(f"the {runtime} runtime cannot run a {manifest.format} artifact")
     return cls(path, manifest, device=device, threads=threads, **options)
+
+
+def available_runtimes(device: str = "cpu") -> list[str]:
+    """The runtimes installed here that run on ``device`` (cpu, cuda), in registry order."""
+    out = []
+    for name in RUNTIMES:
+        try:
+            cls = runtime_class(name)
+        except MissingExtra:
+            continue
+        if device.split(":")[0] in cls.devices:
+            out.append(name)
+    return out
