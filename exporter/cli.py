@@ -12,13 +12,24 @@ from autotimm_deploy.exporter.core.cli import (
     OneLineParser,
     console,
     csv_list,
+    float_in,
+    int_in,
     progress_bar,
     run_cli,
     stderr,
+    threads_type,
 )
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.files import atomic_write_text, check_out_dir
+from autotimm_deploy.exporter.core.limits import (
+    MAX_BATCH,
+    MAX_CALIBRATION_SAMPLES,
+    MAX_CLASSES,
+    MAX_IN_CHANS,
+    MAX_SECONDS,
+)
 from autotimm_deploy.exporter.core.manifest import load_manifest
+from autotimm_deploy.exporter.core.outputs import check_report_paths
 from autotimm_deploy.exporter.core.spec import ALL_HEAD_OPTIONS, PRECISIONS, SEG_HEADS, TASKS, ModelSpec, parse_img_size
 from autotimm_deploy.exporter.formats import FORMATS, ExportOptions, export_order
 from autotimm_deploy.exporter.formats.tensorrt import TensorRTOptions, parse_dynamic_batch
@@ -44,27 +55,27 @@ def build_parser() -> OneLineParser:
     p.add_argument("--name", help="file stem for the artifacts (default: model name, plus task and precision)")
     g = p.add_argument_group("model")
     g.add_argument("--task", default="classification", choices=TASKS)
-    g.add_argument("--num-classes", type=int)
+    g.add_argument("--num-classes", type=int_in(1, MAX_CLASSES))
     g.add_argument("--img-size", metavar="H[,W]", help="input size (default: the model's own)")
-    g.add_argument("--in-chans", type=int, default=3)
+    g.add_argument("--in-chans", type=int_in(1, MAX_IN_CHANS), default=3)
     w = g.add_mutually_exclusive_group()
     w.add_argument("--pretrained", action="store_true", help="timm's pretrained weights (needs network once)")
     w.add_argument("--checkpoint", metavar="PATH", help="local .safetensors / .pth / .pt / .bin state dict")
     g.add_argument("--seed", type=int, default=0, help="seed for random weights (default 0)")
     th = p.add_argument_group("task heads")
     th.add_argument("--head", help=f"semantic segmentation head: {' or '.join(SEG_HEADS)} (default {SEG_HEADS[0]})")
-    th.add_argument("--head-channels", type=int, help="segmentation head width")
+    th.add_argument("--head-channels", type=int_in(1, 4096), help="segmentation head width")
     th.add_argument("--argmax", action="store_true", default=None, help="segmentation: also output mask [B,H,W]")
-    th.add_argument("--fpn-channels", type=int, help="detection: FPN width")
+    th.add_argument("--fpn-channels", type=int_in(1, 4096), help="detection: FPN width")
     th.add_argument("--depthwise", action="store_true", default=None, help="detection: depthwise FPN/head convs")
-    th.add_argument("--score-threshold", type=float, help="detection: minimum score kept")
-    th.add_argument("--iou-threshold", type=float, help="detection: NMS IoU threshold")
-    th.add_argument("--max-detections", type=int, help="detection: N, the padded output length")
+    th.add_argument("--score-threshold", type=float_in(0, 1), help="detection: minimum score kept")
+    th.add_argument("--iou-threshold", type=float_in(0, 1), help="detection: NMS IoU threshold")
+    th.add_argument("--max-detections", type=int_in(1, 10000), help="detection: N, the padded output length")
     th.add_argument("--raw", action="store_true", default=None, help="detection: per-level head outputs, no decode/NMS")
     e = p.add_argument_group("export")
     e.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18; below 18 uses the TorchScript exporter)")
     e.add_argument("--static", action="store_true", help="fix the batch dimension to --batch-size")
-    e.add_argument("--batch-size", type=int, default=1, help="the batch for --static (default 1)")
+    e.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=1, help="the batch for --static (default 1)")
     e.add_argument("--no-simplify", action="store_true", help="skip onnxslim graph simplification")
     pr = e.add_mutually_exclusive_group()
     pr.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0])
@@ -72,15 +83,15 @@ def build_parser() -> OneLineParser:
         pr.add_argument(f"--{name}", dest="precision", action="store_const", const=name, help=f"same as --precision {name}")
     c = p.add_argument_group("int8 calibration")
     c.add_argument("--calib-data", metavar="DIR|FILE.npy", help="images (a folder), a .npy array, or sample-pictures (scikit-image's) for int8 calibration")
-    c.add_argument("--calib-samples", type=int, default=32, help="calibration samples to use (default 32)")
+    c.add_argument("--calib-samples", type=int_in(1, MAX_CALIBRATION_SAMPLES), default=32, help="calibration samples to use (default 32)")
     c.add_argument("--calib-random", action="store_true", help="calibrate on random data (smoke tests only; flagged)")
     r = p.add_argument_group("TensorRT (--format trt)")
     r.add_argument("--dynamic-batch", metavar="MIN:OPT:MAX",
                    help="the engine's optimization profile (default 1:BATCH:32, or the --static batch)")
-    r.add_argument("--workspace", type=float, metavar="GiB", help="builder workspace limit")
+    r.add_argument("--workspace", type=float_in(0, 1024, low_open=True), metavar="GiB", help="builder workspace limit")
     r.add_argument("--opt-level", type=int, metavar="0-5", help="builder optimization level (TensorRT's default 3)")
     r.add_argument("--timing-cache", metavar="PATH", help="tactic timing cache, read if present and updated")
-    r.add_argument("--dla-core", type=int, metavar="N", help="Jetson: run on DLA core N, GPU fallback on")
+    r.add_argument("--dla-core", type=int_in(0, 15), metavar="N", help="Jetson: run on DLA core N, GPU fallback on")
     r.add_argument("--version-compatible", action="store_true", help="engine runs on later TensorRT of the same major")
     r.add_argument("--hardware-compatible", metavar="LEVEL", help="ampere+ (any sm_80+ GPU) or same-cc")
     e.add_argument("--no-verify", action="store_true", help="skip the parity check")
@@ -88,9 +99,9 @@ def build_parser() -> OneLineParser:
     t = p.add_argument_group("choose for a target")
     t.add_argument("--target", choices=("cpu",), help="export every CPU candidate, keep the fastest that passes parity")
     t.add_argument("--recipe-out", metavar="PATH", help="with --target: write the chosen configuration as YAML")
-    t.add_argument("--max-time", type=float, help="with --target: seconds to time the candidates (default 15); "
+    t.add_argument("--max-time", type=float_in(0, MAX_SECONDS, low_open=True), help="with --target: seconds to time the candidates (default 15); "
                    "with --recipe: the run's time budget (no new export starts after it)")
-    t.add_argument("--threads", type=int, help="with --target: intra-op threads for every runtime alike")
+    t.add_argument("--threads", type=threads_type(), help="with --target: intra-op threads for every runtime alike")
     p.add_argument("--json", action="store_true", help="print results as JSON on stdout (table to stderr)")
     p.add_argument("--list-formats", action="store_true", help="list formats and whether each can run here")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
@@ -161,11 +172,9 @@ def main(a) -> int:
     formats = csv_list(a.format)
     if not formats:
         raise UserError("--format needs at least one format")
-    if a.batch_size < 1:
-        raise UserError(f"--batch-size must be positive, got {a.batch_size}")
     spec = spec_from_args(a)
-    if a.calib_samples < 1:
-        raise UserError(f"--calib-samples must be positive, got {a.calib_samples}")
+    if (a.recipe_out or a.threads) and not a.target:
+        raise UserError(f"{'--recipe-out' if a.recipe_out else '--threads'} only applies with --target cpu")
     if (a.calib_data or a.calib_random) and a.precision != "int8" and not a.target:
         raise UserError("--calib-data and --calib-random only apply to --int8 (or --target)")
     options = ExportOptions(opset=a.opset, static=a.static, batch_size=a.batch_size, simplify=not a.no_simplify,
@@ -200,8 +209,6 @@ def run_recipe(a) -> int:
     from autotimm_deploy.recipes.schema import load_recipe
 
     recipe = load_recipe(a.recipe, a.out)
-    if a.max_time is not None and a.max_time <= 0:
-        raise UserError(f"--max-time must be positive, got {a.max_time}")
     check_out_dir(Path(a.out))
     with progress_bar(counts=True) as bar:
         task = bar.add_task(f"recipe {recipe.name}", total=None)
@@ -218,9 +225,9 @@ def run_target(a, spec: ModelSpec, options) -> int:
 
     if a.no_verify:
         raise UserError("--target needs parity: it cannot be combined with --no-verify")
+    if a.recipe_out:  # checked now, not after the whole search
+        check_report_paths({"--recipe-out": a.recipe_out})
     a.max_time = 15.0 if a.max_time is None else a.max_time
-    if a.max_time <= 0:
-        raise UserError(f"--max-time must be positive, got {a.max_time}")
     with progress_bar() as bar:
         task = bar.add_task(f"{spec.model}: --target {a.target}", total=None)
         winner, ranked, eager = target_cpu(spec, a.out, options, force=a.force, max_time=a.max_time,
@@ -228,11 +235,14 @@ def run_target(a, spec: ModelSpec, options) -> int:
     rows = [c.row(c is winner) for c in ranked]
     if a.json:
         print(json.dumps({"model": spec.model, "target": a.target, "eager_ms": eager.get("median_ms"),
-                          "chosen": str(winner.result.artifact) if winner else None, "candidates": rows}, indent=2))
+                          "chosen": str(winner.result.artifact) if winner else None, "candidates": rows,
+                          "warnings": eager.get("warnings", [])}, indent=2))
     print_ranking(rows, eager, console(a.json))
     if winner is None:
         stderr.print("[red]no candidate passed its parity gate[/]")
         return EXIT_FAILED
+    for w in eager.get("warnings", []):
+        stderr.print(f"[yellow]warning: the timing was disturbed, the choice may be wrong[/]: {escape(w)}")
     if a.recipe_out:
         write_recipe(a.recipe_out, spec, winner, options)
     return EXIT_OK
@@ -284,6 +294,8 @@ def print_table(results, out: Console) -> None:
     for r in results:
         for f in r.parity.failures if r.parity else []:
             out.print(f"[red]{r.format} parity[/]: {escape(f)}")
+        if r.info.get("static_fallback"):
+            out.print(f"[yellow]{r.format}[/]: {escape(r.info['static_fallback'])}")
 
 
 def entry(argv=None) -> int:

@@ -120,6 +120,8 @@ def compare(ref: np.ndarray, out: np.ndarray, tol: Tolerance) -> dict:
         return {"kind": MetricKind.EXACT, "agreement": float((ref == out).mean()) if ref.size else 1.0}
     r = ref.astype(np.float64)
     o = out.astype(np.float64)
+    if not np.isfinite(r).all():
+        return error_metrics("the eager model itself produces NaN or Inf (broken weights?)")
     if not np.isfinite(o).all():
         return error_metrics("artifact produced NaN or Inf")
     err = np.abs(o - r)

@@ -3,18 +3,28 @@ scratch folder, reload and verify it, then move it into place and write its mani
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from autotimm_deploy.exporter.core.environment import build_environment
-from autotimm_deploy.exporter.core.errors import ExportFailed, UserError, first_line
-from autotimm_deploy.exporter.core.files import check_out_dir, file_entries, make_out_dir
+from autotimm_deploy.exporter.core.errors import ExportFailed, Fault, UserError, first_line
+from autotimm_deploy.exporter.core.files import (
+    check_free_space,
+    check_out_dir,
+    file_entries,
+    folder_lock,
+    make_out_dir,
+    plain_name,
+    remove_file,
+    remove_stale_scratch,
+    scratch_dir,
+)
 from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig, load_manifest, manifest_path, write_manifest
 from autotimm_deploy.exporter.core.results import ParityReport
 from autotimm_deploy.exporter.core.spec import ModelSpec
@@ -100,12 +110,10 @@ def export(
         if options.precision not in get_format(fmt).precisions:
             raise UserError(f"format {fmt!r} does not support {options.precision}")
         get_format(fmt).check_options(options)
-    stem = name or spec.stem(options.precision)
+    stem = check_stem(name) if name is not None else spec.stem(options.precision)
     targets = planned_paths(order, out_dir, stem)
     if not force:
-        taken = [p for t in targets.values() for p in (t, manifest_path(t)) if p.exists()]
-        if taken:
-            raise UserError(f"{taken[0]} already exists; pass --force to overwrite it")
+        _refuse_taken(targets)
     check_out_dir(out_dir)
     check_calibration_source(options)
 
@@ -113,14 +121,45 @@ def export(
         step(f"build {spec.model}")
         model = build_model(spec)
     spec = model.spec
-    io = _io_signature(model, options)
     calibration, calibration_info = None, None
     if options.precision == "int8":
         calibration, calibration_info = load_calibration(options.calib_data, options.calib_samples,
                                                          model.preprocessing, options.calib_random, spec.seed)
     make_out_dir(out_dir)
+    with folder_lock(out_dir):
+        if not force:
+            _refuse_taken(targets)  # again, now that no other export can write here
+        remove_stale_scratch(out_dir)
+        check_free_space(out_dir, _space_needed(model, order), f"exporting {spec.model} to {', '.join(order)}")
+        return _export_all(model, spec, order, targets, out_dir, stem, options, calibration, calibration_info,
+                           verify, force, step, cache)
+
+
+def _refuse_taken(targets: dict[str, Path]) -> None:
+    taken = [p for t in targets.values() for p in (t, manifest_path(t)) if p.exists() or p.is_symlink()]
+    if taken:
+        raise UserError(f"{taken[0]} already exists; pass --force to overwrite it")
+
+
+def check_stem(name: str) -> str:
+    """A user's ``--name``: a plain file stem in the output folder."""
+    plain_name(name, "--name")
+    if name.startswith("."):
+        raise UserError(f"--name {name!r} would make hidden files; give a name that starts with a letter or digit")
+    return name
+
+
+def _space_needed(model, order: list[str]) -> int:
+    """fp32 weights once per format, plus one intermediate ONNX graph, plus a margin."""
+    weights = 4 * int(model.build_info.get("params") or sum(p.numel() for p in model.parameters()))
+    return int(weights * (len(order) + 1) * 1.1) + 16 * 2**20
+
+
+def _export_all(model, spec, order, targets, out_dir, stem, options, calibration, calibration_info, verify, force,
+                step, cache) -> list[ExportResult]:
+    io = _io_signature(model, options)
     results: list[ExportResult] = []
-    workdir = Path(tempfile.mkdtemp(prefix=".autotimm-", dir=out_dir))
+    workdir = scratch_dir(out_dir)
     try:
         ctx = ExportContext(model=model, spec=spec, options=options, workdir=workdir, stem=stem,
                             calibration=calibration, calibration_info=calibration_info)
@@ -137,8 +176,16 @@ def export(
             t0 = time.perf_counter()
             try:
                 exported = get_format(fmt)().export(ctx)
+            except Fault:
+                raise
             except (ExportFailed, UserError) as e:
-                result.error = str(e)
+                result.error = first_line(e, 1000)
+                continue
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise Fault(f"no space left on the device writing {fmt} into {out_dir}: free some space and "
+                                "rerun") from None
+                result.error = f"{type(e).__name__}: {first_line(e)}"
                 continue
             except Exception as e:  # noqa: BLE001 - an exporter crash on one format must not stop the rest
                 result.error = f"{type(e).__name__}: {first_line(e)}"
@@ -190,15 +237,20 @@ def _io_signature(model, options: ExportOptions) -> dict[str, Any]:
 
 
 def _manifest(fmt, exported: Exported, model, io, options: ExportOptions, seconds: float) -> Manifest:
+    batch = exported.info.pop("batch", None) or io["batch"]
+    inputs, outputs = io["inputs"], io["outputs"]
+    if not batch["dynamic"]:  # a static batch (asked for, or the exporter's fallback) is a concrete dim
+        inputs, outputs = ([TensorSig(s.name, s.dtype, [batch["min"], *s.shape[1:]]) for s in sigs]
+                           for sigs in (inputs, outputs))
     return Manifest(
         format=fmt,
         artifact=exported.artifact.name,
         spec=model.spec.to_dict(),
         precision=options.precision,
         task_outputs=list(model.output_names),
-        inputs=io["inputs"],
-        outputs=io["outputs"],
-        batch=exported.info.pop("batch", None) or io["batch"],
+        inputs=inputs,
+        outputs=outputs,
+        batch=batch,
         preprocessing=model.preprocessing,
         export={**exported.info, "seconds": round(seconds, 3), "options": options.record(fmt)},
         model=dict(model.build_info),
@@ -217,7 +269,7 @@ def _install(exported: Exported, manifest: Manifest, target: Path, force: bool) 
         except UserError:
             stale = set()
         for name in stale:
-            (out_dir / name).unlink(missing_ok=True)
+            remove_file(out_dir, name)  # plain names only (load_manifest checked them): never outside out_dir
     for f in exported.files[1:] + exported.files[:1]:
         os.replace(f, out_dir / f.name)
     return target, write_manifest(manifest, target)

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from autotimm_deploy.exporter.core.errors import UserError
-from autotimm_deploy.exporter.core.files import check_out_dir
+from autotimm_deploy.exporter.core.files import (
+    check_out_dir,
+    folder_lock,
+    make_out_dir,
+    remove_stale_scratch,
+    scratch_dir,
+)
 from autotimm_deploy.exporter.core.manifest import load_manifest, manifest_path, write_manifest
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.formats import ExportOptions, get_format
@@ -110,41 +115,50 @@ def target_cpu(spec: ModelSpec, out_dir: str | Path, options: ExportOptions | No
     model = build_model(spec)
     if any(c.precision == "int8" and not c.skipped for c in candidates):  # bad calibration data: fail now
         load_calibration(options.calib_data, options.calib_samples, model.preprocessing, options.calib_random)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".autotimm-target-", dir=out_dir))
+    make_out_dir(out_dir)
+    with folder_lock(out_dir):
+        remove_stale_scratch(out_dir)
+        scratch = scratch_dir(out_dir, "target-")
+        try:
+            return _search(spec, model, candidates, options, scratch, out_dir, max_time, threads, step)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _search(spec, model, candidates: list[Candidate], options: ExportOptions, scratch: Path, out_dir: Path,
+            max_time: float, threads: int | None, step) -> tuple[Candidate | None, list[Candidate], dict]:
+    """Export and verify every candidate into ``scratch``, time the passing ones, install the winner."""
     shared: dict = {}  # one fp32 ONNX graph serves the ONNX and OpenVINO candidates
-    try:
-        for c in candidates:
-            if c.skipped:
-                continue
-            step(f"export + verify {c.label}")
-            (c.result,) = export(spec, [c.format], scratch / f"{c.format}-{c.precision}",
-                                 replace(options, precision=c.precision), verify=True, model=model, cache=shared)
-        passing = [c for c in candidates if c.passed]
-        if not passing:
-            return None, rank(candidates), {}
-        step(f"timing {len(passing)} candidates against eager, interleaved")
-        targets = [resolve(str(c.result.artifact)) for c in passing]
-        targets.insert(0, eager_twin(targets[0]))
-        settings = Settings(threads=threads, batch_sizes=[1],
-                            harness=HarnessConfig(max_time=max_time, warmup_time=min(5.0, max_time / 3)))
-        runs = run_group(targets, settings, on_progress=step)
-        eager = runs[0].points[0]
-        for c, run in zip(passing, runs[1:]):
-            point = run.points[0]
-            if point.error:
-                c.skipped = f"timing failed: {point.error}"
-                continue
-            c.median_ms = point.median_ms
-            c.speedup = point.vs_baseline
-        ranked = rank(candidates)
-        winner = choose(candidates)
-        eager_info = {"median_ms": eager.median_ms}
-        if winner is not None:
-            _install_winner(winner, ranked, eager_info, out_dir)
-        return winner, ranked, eager_info
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    for c in candidates:
+        if c.skipped:
+            continue
+        step(f"export + verify {c.label}")
+        (c.result,) = export(spec, [c.format], scratch / f"{c.format}-{c.precision}",
+                             replace(options, precision=c.precision), verify=True, model=model, cache=shared)
+    passing = [c for c in candidates if c.passed]
+    if not passing:
+        return None, rank(candidates), {}
+    step(f"timing {len(passing)} candidates against eager, interleaved")
+    targets = [resolve(str(c.result.artifact)) for c in passing]
+    targets.insert(0, eager_twin(targets[0]))
+    settings = Settings(threads=threads, batch_sizes=[1],
+                        harness=HarnessConfig(max_time=max_time, warmup_time=min(5.0, max_time / 3)))
+    runs = run_group(targets, settings, on_progress=step)
+    eager = runs[0].points[0]
+    for c, run in zip(passing, runs[1:]):
+        point = run.points[0]
+        if point.error:
+            c.skipped = f"timing failed: {point.error}"
+            continue
+        c.median_ms = point.median_ms
+        c.speedup = point.vs_baseline
+    ranked = rank(candidates)
+    winner = choose(candidates)
+    warnings = list(dict.fromkeys(w for run in runs for w in run.machine.get("warnings", [])))
+    eager_info = {"median_ms": eager.median_ms, "warnings": warnings}
+    if winner is not None:
+        _install_winner(winner, ranked, eager_info, out_dir)
+    return winner, ranked, eager_info
 
 
 def _install_winner(winner: Candidate, ranked: list[Candidate], eager: dict, out_dir: Path) -> None:
@@ -152,7 +166,8 @@ def _install_winner(winner: Candidate, ranked: list[Candidate], eager: dict, out
     manifest = load_manifest(src)
     manifest.target = {"name": "cpu", "eager_ms": eager["median_ms"],
                        "ranking": [c.row(c is winner) for c in ranked],
-                       "rule": "fastest batch-1 median among candidates that passed their precision's parity gate"}
+                       "rule": "fastest batch-1 median among candidates that passed their precision's parity gate",
+                       "warnings": eager.get("warnings", [])}
     for name in [n for n in manifest.files if n != manifest.artifact] + [manifest.artifact]:
         os.replace(src.parent / name, out_dir / name)
     manifest_path(src).unlink(missing_ok=True)

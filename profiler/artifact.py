@@ -7,7 +7,7 @@ import zipfile
 from pathlib import Path
 
 from autotimm_deploy.exporter.core.errors import UserError
-from autotimm_deploy.exporter.core.manifest import Manifest, load_manifest, manifest_path
+from autotimm_deploy.exporter.core.manifest import Manifest, load_manifest, manifest_path, verify_files
 
 EXTENSIONS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
               ".jit": "torchscript", ".pt2": "pt2", ".engine": "trt", ".plan": "trt", ".xml": "openvino"}
@@ -30,7 +30,7 @@ def detect(path: Path) -> tuple[str, Manifest | None]:
         raise UserError(f"{path} is empty")
     CHECKS.get(fmt, lambda p: None)(path)
     if manifest:
-        _check_hashes(path, manifest)
+        verify_files(manifest, path.parent)  # sizes and sha256 (cached by size and mtime)
     return fmt, manifest
 
 
@@ -75,13 +75,3 @@ CHECKS = {
     "torchscript": _check_zip("TorchScript", "constants.pkl"),
     "pt2": _check_zip("torch.export (.pt2)", "archive_format"),
 }
-
-
-def _check_hashes(path: Path, manifest: Manifest) -> None:
-    """Sizes must match the manifest (cheap); a changed file means a stale or corrupt artifact."""
-    for name, entry in manifest.files.items():
-        f = path.parent / name
-        if not f.exists():
-            raise UserError(f"{f} is listed in the manifest but missing")
-        if f.stat().st_size != entry.get("bytes"):
-            raise UserError(f"{f} has {f.stat().st_size} bytes, its manifest says {entry.get('bytes')}: corrupt or replaced; re-export it")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -13,17 +12,24 @@ from autotimm_deploy.exporter.core.cli import (
     OneLineParser,
     console,
     csv_list,
+    float_in,
+    int_in,
     progress_bar,
     run_cli,
+    stderr,
+    threads_type,
 )
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.files import atomic_write_text
+from autotimm_deploy.exporter.core.limits import MAX_BATCH, MAX_ITERATIONS, MAX_SECONDS
+from autotimm_deploy.exporter.core.outputs import artifact_files, check_report_paths
 from autotimm_deploy.exporter.core.spec import parse_img_size
 from autotimm_deploy.profiler.measure.settings import Settings
 from autotimm_deploy.profiler.measure.sweep import powers_of_two
 from autotimm_deploy.profiler.measure.timing import HarnessConfig
 from autotimm_deploy.profiler.report import RENDERERS, table
 from autotimm_deploy.recipes.console import any_failed, print_recipe_rows, recipe_progress
+from rich.markup import escape
 
 PROG = "autotimm-profile"
 
@@ -43,10 +49,10 @@ def build_parser() -> OneLineParser:
     p.add_argument("--runtime", help="force a runtime (eager, torchscript, pt2, onnxruntime, onnxruntime-cuda, "
                                      "onnxruntime-trt, openvino, tensorrt)")
     p.add_argument("--device", help="cpu or cuda[:N] (default: cuda for TensorRT engines, else cpu)")
-    p.add_argument("--threads", type=int, help="intra-op threads for every runtime alike")
+    p.add_argument("--threads", type=threads_type(), help="intra-op threads for every runtime alike")
     b = p.add_mutually_exclusive_group()
     b.add_argument("--batch-sizes", help="comma-separated batch sizes (default 1)")
-    b.add_argument("--max-batch", type=int, help="sweep powers of two from 1 up to this")
+    b.add_argument("--max-batch", type=int_in(1, MAX_BATCH), help="sweep powers of two from 1 up to this")
     p.add_argument("--compare-eager", action="store_true", help="measure each artifact interleaved with eager PyTorch")
     p.add_argument("--interleave", action="store_true", help="measure all targets interleaved; the first is the baseline")
     iso = p.add_mutually_exclusive_group()
@@ -54,11 +60,11 @@ def build_parser() -> OneLineParser:
                      help="each group in its own process (default with more than one group)")
     iso.add_argument("--no-isolate", dest="isolate", action="store_false")
     h = p.add_argument_group("harness")
-    h.add_argument("--max-time", type=float, help="seconds of sampling per batch size (default 10); with --recipe: "
+    h.add_argument("--max-time", type=float_in(0, MAX_SECONDS, low_open=True), help="seconds of sampling per batch size (default 10); with --recipe: "
                    "the run's time budget (sampling time then comes from the recipe)")
-    h.add_argument("--warmup-time", type=float, default=5.0, help="seconds of warm-up at most (default 5)")
-    h.add_argument("--iterations", type=int, help="force this many timed iterations")
-    h.add_argument("--target-ci", type=float, default=0.02, help="stop when the median's 95%% CI is within ± this")
+    h.add_argument("--warmup-time", type=float_in(0, 600), default=5.0, help="seconds of warm-up at most (default 5)")
+    h.add_argument("--iterations", type=int_in(1, MAX_ITERATIONS), help="force this many timed iterations")
+    h.add_argument("--target-ci", type=float_in(0, 0.5, low_open=True), default=0.02, help="stop when the median's 95%% CI is within ± this")
     h.add_argument("--device-io", action="store_true", help="time compute only: inputs already on the device")
     h.add_argument("--cuda-graph", action="store_true", help="tensorrt: capture and replay a CUDA graph per batch size")
     e = p.add_argument_group("eager options")
@@ -76,8 +82,6 @@ def build_parser() -> OneLineParser:
 
 def _batches(a) -> list[int]:
     if a.max_batch is not None:
-        if a.max_batch < 1:
-            raise UserError(f"--max-batch must be positive, got {a.max_batch}")
         return powers_of_two(a.max_batch)
     if not a.batch_sizes:
         return [1]
@@ -85,22 +89,17 @@ def _batches(a) -> list[int]:
         values = [int(v) for v in csv_list(a.batch_sizes)]
     except ValueError:
         values = []
-    if not values or min(values) < 1:
-        raise UserError(f"--batch-sizes takes positive integers like 1,8,32, got {a.batch_sizes!r}")
+    if not values or min(values) < 1 or max(values) > MAX_BATCH:
+        raise UserError(f"--batch-sizes takes integers from 1 to {MAX_BATCH} like 1,8,32, got {a.batch_sizes!r}")
     return sorted(set(values))
 
 
 def _check_outputs(a) -> None:
-    for path in (a.json if a.json not in (None, "-") else None, a.csv, a.markdown, a.plot):
-        if path is None:
-            continue
-        parent = Path(path).resolve().parent
-        if not parent.is_dir():
-            raise UserError(f"cannot write {path}: folder {parent} does not exist")
-        if not os.access(parent, os.W_OK):
-            raise UserError(f"cannot write {path}: folder {parent} is not writable")
-        if Path(path).is_dir():
-            raise UserError(f"cannot write {path}: it is a folder")
+    """Report paths are refused before any work when they would replace what they should not,
+    including the artifacts being profiled."""
+    protected = [q for target in a.targets if Path(target).exists() for q in artifact_files(Path(target))]
+    check_report_paths({"--json": a.json if a.json != "-" else None, "--csv": a.csv, "--markdown": a.markdown,
+                        "--plot": a.plot}, protected)
 
 
 def run_recipe(a) -> int:
@@ -111,8 +110,6 @@ def run_recipe(a) -> int:
     if a.targets:
         raise UserError("give artifacts or --recipe, not both")
     recipe = load_recipe(a.recipe, a.out)
-    if a.max_time is not None and a.max_time <= 0:
-        raise UserError(f"--max-time must be positive, got {a.max_time}")
     with progress_bar(counts=True) as bar:
         task = bar.add_task(f"recipe {recipe.name}", total=None)
         rows = run_profiles(recipe, a.max_time, recipe_progress(bar, task), force=a.force)
@@ -139,12 +136,6 @@ def main(a) -> int:
         raise UserError(f"--report {a.report} renders a recipe's results: use it with --recipe FILE.yaml")
     a.max_time = 10.0 if a.max_time is None else a.max_time
 
-    if a.threads is not None and a.threads < 1:
-        raise UserError(f"--threads must be positive, got {a.threads}")
-    if a.iterations is not None and a.iterations < 1:
-        raise UserError(f"--iterations must be positive, got {a.iterations}")
-    if a.max_time <= 0 or a.warmup_time < 0:
-        raise UserError("--max-time must be positive and --warmup-time not negative")
     _check_outputs(a)
     settings = Settings(
         device=a.device,
@@ -169,6 +160,11 @@ def main(a) -> int:
     for name, path in (("json", a.json), ("csv", a.csv), ("markdown", a.markdown), ("plot", a.plot)):
         if path:
             RENDERERS[name](report, path)
+    failed = [f"{run['target']['label']} at batch {p['batch']}" for run in report["runs"] for p in run["points"]
+              if p.get("error")]
+    if failed:
+        stderr.print(f"[red]{len(failed)} measurement(s) failed[/]: {escape(', '.join(failed))} (see the error rows)")
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -14,13 +14,16 @@ import importlib
 import json
 import subprocess
 import sys
+import tempfile
 from datetime import datetime, timezone
 from typing import Callable
 
-from autotimm_deploy.exporter.core.environment import current_rss_mb, environment, peak_rss_mb
+from autotimm_deploy.exporter.core.environment import cores_available, current_rss_mb, environment, peak_rss_mb
 from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.limits import MAX_BATCH, MAX_ITERATIONS, MAX_SECONDS
 from autotimm_deploy.exporter.core.results import ProfilePoint, ProfileRun
 from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.profiler.measure.load import CpuSnapshot, assess, loadavg
 from autotimm_deploy.profiler.measure.settings import Settings
 from autotimm_deploy.profiler.measure.sweep import batches_in_range, phase_split, sweep
 from autotimm_deploy.profiler.measure.timing import clock_for
@@ -28,6 +31,21 @@ from autotimm_deploy.profiler.runtimes import RUNTIMES, runtime_class
 from autotimm_deploy.profiler.targets import Target, eager_twin, open_target, resolve
 
 SCHEMA_VERSION = 1
+
+
+def check_settings(settings: Settings) -> None:
+    """Numbers that would make a run endless, exhaust memory or slow every runtime are refused."""
+    if not settings.batch_sizes or any(not 1 <= b <= MAX_BATCH for b in settings.batch_sizes):
+        raise UserError(f"batch sizes take 1 to {MAX_BATCH}, got {settings.batch_sizes}")
+    if settings.threads is not None and not 1 <= settings.threads <= cores_available():
+        raise UserError(f"--threads takes 1 to {cores_available()} (the cores usable here), got {settings.threads}")
+    h = settings.harness
+    if not (0 < h.max_time <= MAX_SECONDS and 0 <= h.warmup_time <= MAX_SECONDS):
+        raise UserError(f"sampling and warm-up times take seconds up to {MAX_SECONDS:g}, got {h.max_time}, "
+                        f"{h.warmup_time}")
+    if not 0 < h.target_ci < 1 or (h.iterations is not None and not 1 <= h.iterations <= MAX_ITERATIONS):
+        raise UserError(f"--target-ci takes a fraction above 0 and --iterations 1 to {MAX_ITERATIONS}, got {h.target_ci}, "
+                        f"{h.iterations}")
 
 
 def cuda_visible() -> bool:
@@ -88,8 +106,12 @@ def run_group(targets: list[Target], settings: Settings,
         import torch
 
         torch.cuda.reset_peak_memory_stats()
+    load_before, before = loadavg(), CpuSnapshot.take()
     points = sweep(sessions, kept, settings.harness, clock_for(settings.device), settings.device_io,
                    on_point=lambda b, _s: step(f"{' vs '.join(t.label for t in targets)}: batch {b}"))
+    unsettled = [t.label for i, t in enumerate(targets) if any(p.warmup_settled and p.warmup_settled[i] is False
+                                                               for p in points)]
+    machine = assess(_threads_used(settings), load_before, before, CpuSnapshot.take(), unsettled).to_dict()
     peak_gpu, phases = None, {}
     if gpu:
         import torch
@@ -122,6 +144,7 @@ def run_group(targets: list[Target], settings: Settings,
             batches_skipped=dropped,
             phases_ms=phases.get(i),
             points=rows,
+            machine=machine,
             memory={"loaded_mb": loaded[i], "peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": baseline_rss,
                     "peak_gpu_mb": peak_gpu, "process_holds": [x.label for x in targets]},
         ))
@@ -129,27 +152,52 @@ def run_group(targets: list[Target], settings: Settings,
     return runs
 
 
+def _threads_used(settings: Settings) -> int:
+    import torch
+
+    return settings.threads or torch.get_num_threads()
+
+
 def _run_isolated(targets: list[Target], settings: Settings, on_progress) -> list[ProfileRun]:
     job = {"targets": [target_to_dict(t) for t in targets], "settings": settings.to_dict()}
     # -P (-I before Python 3.11): the worker never imports from the current folder, where a stray
     # module of the same name as one of ours or a dependency's could otherwise run
     isolation = "-P" if sys.version_info >= (3, 11) else "-I"
-    proc = subprocess.Popen([sys.executable, isolation, "-m", "autotimm_deploy.profiler.worker"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    proc.stdin.write(json.dumps(job))
-    proc.stdin.close()
-    last = ""
-    for line in proc.stderr:
-        last = line.strip() or last
-        if last.startswith("progress: ") and on_progress:
-            on_progress(last[len("progress: "):])
-    out = proc.stdout.read()
-    proc.wait()
+    with tempfile.TemporaryFile("w+") as results:  # a file, not a pipe: a large result cannot block the worker
+        proc = subprocess.Popen([sys.executable, isolation, "-m", "autotimm_deploy.profiler.worker"],
+                                stdin=subprocess.PIPE, stdout=results, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        try:
+            proc.stdin.write(json.dumps(job))
+            proc.stdin.close()
+            last = ""
+            for line in proc.stderr:
+                last = line.strip() or last
+                if last.startswith("progress: ") and on_progress:
+                    on_progress(last[len("progress: "):])
+            proc.wait()
+        except BaseException:  # Ctrl-C, SIGTERM, a crash here: the worker goes with us, now
+            proc.kill()
+            proc.wait()
+            raise
+        results.seek(0)
+        out = results.read()
     if proc.returncode == 2:
         raise UserError(last.removeprefix("error: "))
     if proc.returncode != 0:
         raise RuntimeError(f"profiling worker failed ({proc.returncode}): {last}")
     return [ProfileRun.from_dict(d) for d in json.loads(out)]
+
+
+def _die_with_parent() -> None:
+    """In the worker, before it starts: the kernel kills it if this process dies (even by SIGKILL)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def plan_groups(targets: list[Target], compare_eager: bool, interleave: bool) -> list[list[Target]]:
@@ -171,8 +219,7 @@ def profile(target_texts: list, settings: Settings | None = None, runtime: str |
         raise UserError("give at least one artifact or timm model name")
     if runtime is not None and runtime not in RUNTIMES:
         raise UserError(f"unknown runtime {runtime!r} (available: {', '.join(RUNTIMES)})")
-    if any(b < 1 for b in settings.batch_sizes):
-        raise UserError(f"batch sizes must be positive, got {settings.batch_sizes}")
+    check_settings(settings)
     targets = [t if isinstance(t, Target) else resolve(t, runtime, settings.img_size) for t in target_texts]
     if settings.device is None:  # a GPU-only runtime (TensorRT) puts the whole comparison on the GPU
         gpu_only = [t.runtime for t in targets if "cpu" not in runtime_class(t.runtime).devices]
@@ -194,4 +241,5 @@ def profile(target_texts: list, settings: Settings | None = None, runtime: str |
         "settings": {**settings.to_dict(), "isolate": isolate, "compare_eager": compare_eager,
                      "interleave": interleave, "clock": clock_for(settings.device).name},
         "runs": [r.to_dict() for r in runs],
+        "warnings": list(dict.fromkeys(w for r in runs for w in r.machine.get("warnings", []))),
     }

@@ -21,11 +21,22 @@ The file is validated on load; every error names the file and line. Schema (docs
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autotimm_deploy.exporter.core.environment import cores_available
 from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.limits import (
+    MAX_BATCH,
+    MAX_CALIBRATION_SAMPLES,
+    MAX_CLASSES,
+    MAX_IMG_SIDE,
+    MAX_ITERATIONS,
+    MAX_RECIPE_BYTES,
+    MAX_SECONDS,
+)
 from autotimm_deploy.exporter.core.spec import HEAD_OPTIONS, PRECISIONS, TASKS, ModelSpec
 from autotimm_deploy.exporter.formats import FORMATS
 from autotimm_deploy.exporter.inputs.calibration import SAMPLE_PICTURES
@@ -58,7 +69,13 @@ def _loader():
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        def compose_node(self, parent, index):
+            # aliases (*name) let a few lines expand into gigabytes (the "billion laughs"); a recipe
+            # never needs them
+            if self.check_event(yaml.events.AliasEvent):
+                raise _LineError(self.peek_event().start_mark.line + 1,
+                                 "YAML aliases (*name) are not allowed in a recipe; write the values out")
+            return super().compose_node(parent, index)
 
     def mapping(loader, node):
         loader.flatten_mapping(node)
@@ -166,6 +183,9 @@ def load_recipe(path: str | Path, out_dir: str | Path = "out") -> Recipe:
         raise UserError(f"recipe {path} not found" + ("" if path.suffix in (".yaml", ".yml") else
                                                       " (recipes are .yaml files; see recipes/)"))
     try:
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise UserError(f"{path} is {path.stat().st_size} bytes; a recipe is at most {MAX_RECIPE_BYTES} bytes "
+                            "of YAML")
         data = yaml.load(path.read_text(), Loader=_loader())  # noqa: S506 - a SafeLoader subclass
     except _LineError as e:
         raise UserError(f"{path}:{e.line}: {e}") from None
@@ -206,19 +226,33 @@ def _list(d: dict, key: str, required: bool = True) -> list:
 def _size(value, line: int) -> tuple[int, int] | None:
     if value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    def side(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_IMG_SIDE
+
+    if side(value):
         return value, value
-    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value):
+    if isinstance(value, list) and len(value) == 2 and all(side(v) for v in value):
         return value[0], value[1]
-    raise _LineError(line, f"img_size must be a positive integer or [H, W], got {value!r}")
+    raise _LineError(line, f"img_size must be a positive integer up to {MAX_IMG_SIDE} or [H, W], got {value!r}")
 
 
-def _positive(value, line: int, what: str) -> int | None:
+def _positive(value, line: int, what: str, most: int | None = None) -> int | None:
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise _LineError(line, f"{what} must be a positive integer, got {value!r}")
+    if most is not None and value > most:
+        raise _LineError(line, f"{what} takes at most {most}, got {value}")
     return value
+
+
+def _seconds(value, line: int, what: str) -> float | None:
+    if value is None:
+        return None
+    if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+            or not 0 < value <= MAX_SECONDS):
+        raise _LineError(line, f"{what} must be seconds above 0 and at most {MAX_SECONDS:g}, got {value!r}")
+    return float(value)
 
 
 def _build(path: Path, data, out_dir: Path) -> Recipe:
@@ -229,7 +263,7 @@ def _build(path: Path, data, out_dir: Path) -> Recipe:
     if version != SCHEMA_VERSION:
         raise _LineError(_line(data, "recipe", data.line), f"recipe schema {version!r}; this version reads {SCHEMA_VERSION}")
     default_size = _size(data.get("img_size"), _line(data, "img_size", data.line))
-    default_classes = _positive(data.get("num_classes"), _line(data, "num_classes", data.line), "num_classes")
+    default_classes = _positive(data.get("num_classes", MAX_CLASSES), _line(data, "num_classes", data.line), "num_classes", MAX_CLASSES)
 
     models = []
     entries = _list(data, "models")
@@ -250,7 +284,7 @@ def _build(path: Path, data, out_dir: Path) -> Recipe:
             raise _LineError(_line(entry, "reference", line), "reference must be a mapping (the seed page's numbers)")
         models.append(ModelEntry(entry["model"], _size(entry.get("img_size"), _line(entry, "img_size", line))
                                  or default_size,
-                                 _positive(entry.get("num_classes"), _line(entry, "num_classes", line), "num_classes")
+                                 _positive(entry.get("num_classes", MAX_CLASSES), _line(entry, "num_classes", line), "num_classes", MAX_CLASSES)
                                  or default_classes, dict(reference)))
 
     tasks = []
@@ -273,7 +307,7 @@ def _build(path: Path, data, out_dir: Path) -> Recipe:
         if label is not None and (not isinstance(label, str) or not label.replace("-", "").replace("_", "").isalnum()):
             raise _LineError(_line(entry, "label", line), f"label must be a short name (letters, digits, - _), got {label!r}")
         tasks.append(TaskEntry(entry["task"], head, _size(entry.get("img_size"), _line(entry, "img_size", line)),
-                               _positive(entry.get("num_classes"), _line(entry, "num_classes", line), "num_classes"),
+                               _positive(entry.get("num_classes", MAX_CLASSES), _line(entry, "num_classes", line), "num_classes", MAX_CLASSES),
                                label))
 
     formats = _list(data, "formats")
@@ -289,9 +323,9 @@ def _build(path: Path, data, out_dir: Path) -> Recipe:
                              f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
     batches = _list(data, "batch_sizes", required=False) or [1]
     for i, b in enumerate(batches):
-        if not isinstance(b, int) or isinstance(b, bool) or b < 1:
+        if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= MAX_BATCH:
             raise _LineError(_line(batches, i, getattr(batches, "line", 1)),
-                             f"batch_sizes must be positive integers like [1, 8, 32], got {b!r}")
+                             f"batch_sizes must be positive integers up to {MAX_BATCH} like [1, 8, 32], got {b!r}")
     devices = _list(data, "devices", required=False) or ["cpu"]
     for i, d in enumerate(devices):
         if not isinstance(d, str) or not (d == "cpu" or d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit())):
@@ -302,7 +336,8 @@ def _build(path: Path, data, out_dir: Path) -> Recipe:
         raise _LineError(_line(data, "calibration", data.line), "calibration must be a mapping (data, samples, random)")
     if calibration:
         _unknown(calibration, CALIBRATION_KEYS, "calibration")
-        _positive(calibration.get("samples"), _line(calibration, "samples", calibration.line), "samples")
+        _positive(calibration.get("samples"), _line(calibration, "samples", calibration.line), "samples",
+                  MAX_CALIBRATION_SAMPLES)
         source = calibration.get("data")
         if isinstance(source, str) and source != SAMPLE_PICTURES and not Path(source).is_absolute():
             calibration = {**calibration, "data": str((path.parent / source).resolve())}
@@ -315,9 +350,9 @@ def _build(path: Path, data, out_dir: Path) -> Recipe:
     if profile:
         _unknown(profile, PROFILE_KEYS, "profile")
         for key in ("max_time", "warmup_time"):
-            v = profile.get(key)
-            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
-                raise _LineError(_line(profile, key, profile.line), f"{key} must be seconds (a positive number)")
+            _seconds(profile.get(key), _line(profile, key, profile.line), key)
+        _positive(profile.get("iterations"), _line(profile, "iterations", profile.line), "iterations", MAX_ITERATIONS)
+        _positive(profile.get("threads"), _line(profile, "threads", profile.line), "threads", cores_available())
     name = data.get("name") or path.stem
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         raise _LineError(_line(data, "name", data.line), f"name must be a short name (letters, digits, - _), got {name!r}")

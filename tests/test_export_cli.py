@@ -97,8 +97,9 @@ def test_failed_parity_exits_1(tmp_path, monkeypatch, capsys):
     assert json.loads(capsys.readouterr().out)["results"][0]["parity"] is None
 
 
-def test_interrupted_export_leaves_nothing(tmp_path):
-    """SIGTERM in the middle of an export: exit 130, no artifact, no scratch folder."""
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_interrupted_export_leaves_nothing(tmp_path, signame):
+    """A signal in the middle of an export: one line, exit 128 + signal, no artifact, no scratch folder."""
     import signal
     import subprocess
     import sys
@@ -111,9 +112,10 @@ def test_interrupted_export_leaves_nothing(tmp_path):
     while not list(out.glob(".autotimm-*")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert list(out.glob(".autotimm-*")), "the export never started"
-    proc.send_signal(signal.SIGTERM)
+    sig = getattr(signal, signame)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "interrupted" in err
+    assert proc.returncode == 128 + sig and f"interrupted ({signame})" in err and len(err.strip().splitlines()) == 1
     leftover = [p.name for p in out.iterdir() if not p.name.endswith((".pt", ".pt.json"))]
     assert leftover == []  # torchscript may have finished and been installed; nothing partial remains
 

@@ -8,7 +8,8 @@ from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig, load_man
 
 def _manifest():
     return Manifest(format="onnx", artifact="m.onnx", spec={"model": "resnet18"},
-                    inputs=[TensorSig("input", "float32", ["batch", 3, 64, 64])])
+                    inputs=[TensorSig("input", "float32", ["batch", 3, 64, 64])],
+                    files={"m.onnx": {"sha256": "0" * 64, "bytes": 1}})
 
 
 def test_roundtrip(tmp_path):
@@ -35,6 +36,25 @@ def test_schema_version_and_corruption(tmp_path):
         load_manifest(art)
     with pytest.raises(UserError, match="no manifest"):
         load_manifest(tmp_path / "other.onnx")
+
+
+@pytest.mark.parametrize("files,artifact", [
+    ({"../victim": {}, "m.onnx": {}}, "m.onnx"),
+    ({"/etc/passwd": {}, "m.onnx": {}}, "m.onnx"),
+    ({"sub/x": {}, "m.onnx": {}}, "m.onnx"),
+    ({"..": {}, "m.onnx": {}}, "m.onnx"),
+    ({"m.onnx": {}}, "../m.onnx"),
+    ({"other.onnx": {}}, "m.onnx"),
+])
+def test_manifest_names_outside_the_folder_are_refused(tmp_path, files, artifact):
+    """A manifest's file names are joined to its folder to replace and delete files: plain names only."""
+    art = tmp_path / "m.onnx"
+    path = write_manifest(_manifest(), art)
+    data = json.loads(path.read_text())
+    data["files"], data["artifact"] = files, artifact
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="malformed"):
+        load_manifest(art)
 
 
 def test_sha256(tmp_path):

@@ -63,13 +63,30 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def cores_available() -> int:
+    """The cores this process may run on (its CPU affinity), which may be fewer than the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def environment(threads: int | None = None) -> dict:
     import torch
 
     env = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores_available": cores_available(),
         "threads": threads or torch.get_num_threads(),
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -1,4 +1,7 @@
-"""Errors a user can cause. The CLIs print them as one line and exit with ``exit_code``."""
+"""Errors a user can cause, and faults of the machine. The CLIs print them as one line and exit with
+``exit_code``."""
+
+import re
 
 
 class UserError(Exception):
@@ -19,6 +22,27 @@ class ExportFailed(Exception):
     """A format could not export this model (not the user's fault; exit 1)."""
 
 
-def first_line(e: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message, for one-line reports."""
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+class Fault(Exception):
+    """The machine, not the input, stopped the work (disk full, ...): one line, exit 1."""
+
+    exit_code = 1
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, or a signal that ends the process (SIGTERM, SIGHUP): cleaned up like Ctrl-C."""
+
+    def __init__(self, signum: int = 2):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def first_line(e: BaseException | str, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (ANSI colour codes removed, at most
+    ``limit`` characters), for one-line reports."""
+    text = _ANSI.sub("", str(e))
+    line = next((s.strip() for s in text.splitlines() if s.strip()), type(e).__name__ if isinstance(e, BaseException)
+                else "")
+    return line if len(line) <= limit else line[:limit - 1] + "…"

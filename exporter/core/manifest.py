@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from autotimm_deploy.exporter.core.errors import UserError
-from autotimm_deploy.exporter.core.files import atomic_write_text, sha256_file
+from autotimm_deploy.exporter.core.errors import UserError, first_line
+from autotimm_deploy.exporter.core.files import atomic_write_text, plain_name, sha256_file
 from autotimm_deploy.exporter.core.results import ParityReport
 
 SCHEMA_VERSION = 1
@@ -82,9 +82,15 @@ def load_manifest(path: str | Path) -> Manifest:
             f"manifest {path} has schema_version {version!r}; this version reads {SCHEMA_VERSION} (re-export the artifact)"
         )
     try:
-        return Manifest.from_dict(data)
-    except (TypeError, KeyError, ValueError) as e:
-        raise UserError(f"manifest {path} is malformed: {e}") from None
+        manifest = Manifest.from_dict(data)
+        # names are joined to the manifest's folder to read, replace and delete files: plain names only
+        for name in [manifest.artifact, *manifest.files]:
+            plain_name(name, "a file")
+        if not isinstance(manifest.files, dict) or manifest.artifact not in manifest.files:
+            raise ValueError("its artifact is not among its files")
+    except (TypeError, KeyError, ValueError, AttributeError, UserError) as e:
+        raise UserError(f"manifest {path} is malformed: {first_line(e)}; re-export the artifact") from None
+    return manifest
 
 
 def write_manifest(manifest: Manifest, artifact: str | Path) -> Path:
@@ -97,7 +103,7 @@ def verify_files(manifest: Manifest, folder: Path) -> None:
     """Every file the manifest lists is in ``folder`` with its recorded size and sha256; a
     `UserError` naming the first that is not (missing, truncated, replaced or corrupt)."""
     for name, entry in manifest.files.items():
-        f = Path(folder) / name
+        f = Path(folder) / plain_name(name, "a file")
         if not f.is_file():
             raise UserError(f"{f} is listed in the manifest but missing; re-export it")
         size = f.stat().st_size

@@ -107,6 +107,7 @@ class ProfileRun:
     baseline: str | None = None
     batches_skipped: list[int] = field(default_factory=list)
     phases_ms: dict[str, float] | None = None
+    machine: dict[str, Any] = field(default_factory=dict)  # load while measuring and its warnings
 
     @property
     def label(self) -> str:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.limits import MAX_CLASSES, MAX_IMG_SIDE, MAX_IN_CHANS
 
 TASKS = ("classification", "detection", "semantic-segmentation", "instance-segmentation")
 WEIGHTS = ("random", "pretrained", "checkpoint")
@@ -50,10 +51,10 @@ class ModelSpec:
             raise UserError(f"unknown weights {self.weights!r}; choose one of: {', '.join(WEIGHTS)}")
         if (self.weights == "checkpoint") != (self.checkpoint is not None):
             raise UserError("weights='checkpoint' and a checkpoint path go together")
-        if self.num_classes is not None and self.num_classes < 1:
-            raise UserError(f"--num-classes must be a positive integer, got {self.num_classes}")
-        if self.in_chans < 1:
-            raise UserError(f"--in-chans must be a positive integer, got {self.in_chans}")
+        if self.num_classes is not None and not 1 <= self.num_classes <= MAX_CLASSES:
+            raise UserError(f"--num-classes takes 1 to {MAX_CLASSES}, got {self.num_classes}")
+        if not 1 <= self.in_chans <= MAX_IN_CHANS:
+            raise UserError(f"--in-chans takes 1 to {MAX_IN_CHANS}, got {self.in_chans}")
         allowed = HEAD_OPTIONS[self.task]
         for key in self.head:
             if key not in allowed:
@@ -70,8 +71,8 @@ class ModelSpec:
                 raise UserError(f"--{key.replace('_', '-')} must be between 0 and 1, got {self.head[key]}")
         if self.img_size is not None:
             h, w = self.img_size
-            if h < 1 or w < 1:
-                raise UserError(f"--img-size must be positive, got {h}x{w}")
+            if not (1 <= h <= MAX_IMG_SIDE and 1 <= w <= MAX_IMG_SIDE):
+                raise UserError(f"--img-size takes sides from 1 to {MAX_IMG_SIDE}, got {h}x{w}")
             object.__setattr__(self, "img_size", (int(h), int(w)))
 
     @property

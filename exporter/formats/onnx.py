@@ -30,7 +30,7 @@ class OnnxFormat(Format):
         proto, info = precision_proto(ctx, ctx.options.precision)
         path = ctx.path(self.suffix)
         files = save_onnx(proto, path)
-        check_saved(path, dynamic=not ctx.options.static)
+        check_saved(path, dynamic=not ctx.options.static and "static_fallback" not in info)
         info["external_data"] = len(files) > 1
         return Exported(files, info)
 

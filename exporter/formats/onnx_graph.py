@@ -5,10 +5,12 @@ saved with weights inline under 2 GB and external above; checked with ``onnx.che
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import warnings
 from pathlib import Path
 
+from autotimm_deploy.exporter.core.capture import captured_output
 from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
 from autotimm_deploy.exporter.formats.base import ExportContext
 
@@ -92,30 +94,47 @@ def fp32_proto(ctx: ExportContext):
 
 
 def export_graph(ctx: ExportContext):
-    """Export ``ctx.model`` with the first exporter that succeeds, then simplify."""
-    import torch
-
-    names = (["input"], list(ctx.model.output_names))
-    candidates = list(EXPORTERS) if ctx.options.opset >= DYNAMO_MIN_OPSET else ["torch.onnx.torchscript"]
-    failures: dict[str, str] = {}
-    proto = None
-    for exporter in candidates:
-        try:
-            with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-                warnings.simplefilter("ignore")
-                proto = EXPORTERS[exporter](ctx, names)
-            break
-        except Exception as e:  # noqa: BLE001 - any exporter failure means "try the next one"
-            failures[exporter] = first_line(e)
+    """Export ``ctx.model`` with the first exporter that succeeds, then simplify. When no exporter
+    can keep the batch dynamic (a model whose graph depends on the batch size, such as CondConv's
+    per-sample kernels), the graph is exported again with the batch fixed to ``--batch-size``, and
+    ``info["batch"]`` says so (the manifest then records a static batch)."""
+    proto, exporter, failures = _first_success(ctx)
+    info = {"exporter": exporter, "opset": ctx.options.opset}
+    if proto is None and not ctx.options.static:
+        fixed = dataclasses.replace(ctx, options=dataclasses.replace(ctx.options, static=True))
+        proto, exporter, static_failures = _first_success(fixed)
+        if proto is not None:
+            b = ctx.options.batch_size
+            info.update(exporter=exporter, batch={"dynamic": False, "min": b, "max": b},
+                        static_fallback=f"no exporter could keep the batch dynamic; the graph is fixed to batch {b} "
+                                        "(pass --batch-size to choose it)")
+        failures.update({f"{k} (static batch)": v for k, v in static_failures.items()})
     if proto is None:
         raise ExportFailed("; ".join(f"{k}: {v}" for k, v in failures.items()))
-    info = {"exporter": exporter, "opset": ctx.options.opset}
     if failures:
         info["fallback_from"] = failures
 
     if ctx.options.simplify:
         proto, info["simplifier"] = _simplify(proto)
     return proto, info
+
+
+def _first_success(ctx: ExportContext):
+    """(proto or None, exporter name, {exporter: why it failed}) over the exporters for the opset.
+    What the exporters print (graphs, warnings, C++ logs) is captured, not shown."""
+    import torch
+
+    names = (["input"], list(ctx.model.output_names))
+    candidates = list(EXPORTERS) if ctx.options.opset >= DYNAMO_MIN_OPSET else ["torch.onnx.torchscript"]
+    failures: dict[str, str] = {}
+    for exporter in candidates:
+        try:
+            with warnings.catch_warnings(), torch.no_grad(), captured_output():
+                warnings.simplefilter("ignore")
+                return EXPORTERS[exporter](ctx, names), exporter, failures
+        except Exception as e:  # noqa: BLE001 - any exporter failure means "try the next one"
+            failures[exporter] = first_line(e, 160)
+    return None, None, failures
 
 
 def check_saved(path: Path, dynamic: bool) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
 from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
+from autotimm_deploy.exporter.core.files import write_bytes
 from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
 from autotimm_deploy.exporter.formats.torch_program import program_module
 
@@ -25,6 +28,8 @@ class PT2Format(Format):
         except Exception as e:  # noqa: BLE001
             hint = " (try --static: the model may fix its batch size)" if dynamic else ""
             raise ExportFailed(f"torch.export failed: {first_line(e)}{hint}") from e
-        torch.export.save(program, str(path))
+        buf = io.BytesIO()  # serialised in memory: a full disk is then an OSError, not a C++ abort
+        torch.export.save(program, buf)
+        write_bytes(path, buf.getvalue())
         return Exported([path], {"exporter": "torch.export(strict=False)"})
 

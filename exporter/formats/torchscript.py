@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 
+from autotimm_deploy.exporter.core.files import write_bytes
 from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
 from autotimm_deploy.exporter.formats.torch_program import program_module
 
@@ -22,5 +24,7 @@ class TorchScriptFormat(Format):
             warnings.simplefilter("ignore")  # TracerWarnings and torch.jit's deprecation notice
             traced = torch.jit.trace(program_module(ctx.model), ctx.example_input(), check_trace=False, strict=False)
             frozen = torch.jit.freeze(traced.eval())
-            torch.jit.save(frozen, str(path))
+            buf = io.BytesIO()  # serialised in memory: a full disk is then an OSError, not a C++ abort
+            torch.jit.save(frozen, buf)
+        write_bytes(path, buf.getvalue())
         return Exported([path], {"exporter": "torch.jit.trace+freeze"})

@@ -7,7 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from autotimm_deploy.exporter.core.environment import available_memory
 from autotimm_deploy.exporter.core.errors import UserError, first_line
+from autotimm_deploy.exporter.core.limits import MAX_CALIBRATION_SAMPLES
 from autotimm_deploy.exporter.inputs.preprocess import preprocess
 from autotimm_deploy.exporter.inputs.samples import sample_images
 
@@ -53,8 +55,14 @@ def _from_npy(path: Path, n: int, prep: dict) -> np.ndarray:
 def load_calibration(source: str | None, samples: int, prep: dict, allow_random: bool = False,
                      seed: int = 0) -> tuple[np.ndarray, dict]:
     """(data [N,C,H,W] float32, description for the manifest)."""
-    if samples < 1:
-        raise UserError(f"--calib-samples must be positive, got {samples}")
+    if not 1 <= samples <= MAX_CALIBRATION_SAMPLES:
+        raise UserError(f"--calib-samples takes 1 to {MAX_CALIBRATION_SAMPLES}, got {samples}")
+    need = samples * int(np.prod(prep["input_size"])) * 4
+    available = available_memory()
+    if available is not None and need > available // 2:
+        raise UserError(f"{samples} calibration samples at {'x'.join(map(str, prep['input_size']))} need "
+                        f"{need / 2**30:.1f} GiB, more than half the memory free here ({available / 2**30:.1f} GiB); "
+                        "pass fewer --calib-samples")
     if source is None:
         if not allow_random:
             raise UserError(NEEDS_DATA)

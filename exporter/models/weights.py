@@ -72,7 +72,23 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
     if problems:
         hint = _hint(model, sd)
         raise UserError(f"checkpoint {path} does not match the model: {'; '.join(problems)}{hint}")
+    check_trained_floats(sd, expected, path)
     model.load_state_dict(sd, strict=True)
+
+
+def check_trained_floats(sd: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], path) -> None:
+    """A trained float model stores float weights and finite numbers: a tensor the model holds as
+    float but the file holds as integers, or any NaN / Inf, means a broken or wrong file (it would
+    otherwise load silently, and even pass parity against itself)."""
+    for k, want in expected.items():
+        got = sd[k]
+        if want.is_floating_point() and not got.is_floating_point():
+            raise UserError(f"checkpoint {path}: {k} is stored as {str(got.dtype).replace('torch.', '')} where the "
+                            f"model holds {str(want.dtype).replace('torch.', '')}: not a trained float checkpoint")
+        if got.is_floating_point() and got.numel() and not bool(torch.isfinite(got).all()):
+            bad = int((~torch.isfinite(got)).sum())
+            raise UserError(f"checkpoint {path}: {k} holds {bad} NaN/Inf value(s): training diverged or the file is "
+                            "damaged")
 
 
 def _hint(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> str:

@@ -73,6 +73,7 @@ class Point:
     samples: int = 0
     stop: str = ""
     error: str | None = None
+    warmup_settled: list[bool | None] = field(default_factory=list)  # per session
 
 
 def sweep(sessions: Sequence, batches: Sequence[int], cfg: HarnessConfig, clock, device_io: bool = False,
@@ -94,5 +95,6 @@ def sweep(sessions: Sequence, batches: Sequence[int], cfg: HarnessConfig, clock,
             speedup=[None] + [m.ratio(i) for i in range(1, len(sessions))],
             samples=min(len(s) for s in m.samples),
             stop=m.stop,
+            warmup_settled=m.warmup_settled,
         ))
     return points

@@ -72,6 +72,7 @@ class HarnessConfig:
 class Measurement:
     samples: list[list[float]]  # ms, per function
     warmup_iterations: list[int]
+    warmup_settled: list[bool | None] = field(default_factory=list)  # per function; None: not judged
     ratios: list[list[float]] = field(default_factory=list)  # per function i>0: round medians fn_i / fn_0
     stop: str = ""  # converged | time budget | iterations
 
@@ -83,8 +84,13 @@ class Measurement:
         return ratio_summary([1.0 / r for r in self.ratios[i - 1]])
 
 
-def _warm_up(fn: Callable[[], Any], clock, cfg: HarnessConfig) -> tuple[int, float]:
-    """Run until the latency is stable (or the warm-up budget is spent); return (iterations, last median)."""
+# A warm-up budget shorter than this cannot show whether latency settled; it is not judged.
+JUDGE_WARMUP_FROM = 1.0
+
+
+def _warm_up(fn: Callable[[], Any], clock, cfg: HarnessConfig) -> tuple[int, float, bool | None]:
+    """Run until the latency is stable (or the warm-up budget is spent); return (iterations, last
+    median, settled): settled is None when the budget was too short to tell."""
     times: list[float] = []
     start = clock.wall()
     w = cfg.warmup_window
@@ -93,10 +99,10 @@ def _warm_up(fn: Callable[[], Any], clock, cfg: HarnessConfig) -> tuple[int, flo
         if len(times) >= 2 * w:
             a, b = np.median(times[-2 * w:-w]), np.median(times[-w:])
             if abs(b - a) <= cfg.warmup_tolerance * a:
-                break
+                return len(times), float(b), True
         if clock.wall() - start >= cfg.warmup_time and len(times) >= 2:
-            break
-    return len(times), float(np.median(times[-w:]))
+            judged = cfg.warmup_time >= JUDGE_WARMUP_FROM and len(times) >= 2 * w
+            return len(times), float(np.median(times[-w:])), False if judged else None
 
 
 def measure(fns: Sequence[Callable[[], Any]], cfg: HarnessConfig | None = None, clock=None,
@@ -109,7 +115,7 @@ def measure(fns: Sequence[Callable[[], Any]], cfg: HarnessConfig | None = None, 
     if cfg.iterations:
         blocks = [1] * len(fns)
     else:
-        blocks = [max(1, min(100, int(cfg.round_time * 1e3 / max(ms, 1e-6)))) for _, ms in warm]
+        blocks = [max(1, min(100, int(cfg.round_time * 1e3 / max(ms, 1e-6)))) for _, ms, _ in warm]
     samples: list[list[float]] = [[] for _ in fns]
     ratios: list[list[float]] = [[] for _ in fns[1:]]
     start = clock.wall()
@@ -137,4 +143,5 @@ def measure(fns: Sequence[Callable[[], Any]], cfg: HarnessConfig | None = None, 
         if clock.wall() - start >= cfg.max_time:
             stop = "time budget"
             break
-    return Measurement(samples=samples, warmup_iterations=[w for w, _ in warm], ratios=ratios, stop=stop)
+    return Measurement(samples=samples, warmup_iterations=[w for w, _, _ in warm], ratios=ratios, stop=stop,
+                       warmup_settled=[s for _, _, s in warm])

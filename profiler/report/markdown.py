@@ -15,6 +15,7 @@ def render(report: dict) -> str:
     pk = ", ".join(f"{k} {v}" for k, v in env["packages"].items())
     lines += [f"CPU {env['cpu']}, {env['cores']} cores, {env['threads']} threads{gpu}. {pk}.", "",
               f"*{caption(report)}.*", ""]
+    lines += [f"> **Warning:** {w}" for w in report.get("warnings", [])] + ([""] if report.get("warnings") else [])
     lines.append("| " + " | ".join(COLUMNS) + " |")
     lines.append("|" + "|".join("---" if c in ("target", "runtime", "device") else "---:" for c in COLUMNS) + "|")
     for r in rows(report):

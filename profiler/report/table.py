@@ -60,6 +60,8 @@ def render(report: dict, console: Console) -> None:
     for r in rows(report):
         t.add_row(*(escape(c) for c in cells(r)), style="red" if r.get("error") else None)
     console.print(t)
+    for w in report.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {escape(w)}")
     split = [(r["target"]["label"], r["phases_ms"]) for r in report["runs"] if r.get("phases_ms")]
     if split:
         t = Table(title="GPU time split (medians, each phase timed alone)")

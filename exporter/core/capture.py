@@ -1,0 +1,48 @@
+"""Silence what libraries print: converters write graphs, warnings and C++ logs straight to the
+process's stdout and stderr (file descriptors 1 and 2), which Python's ``redirect_stdout`` cannot
+catch and which would flood the terminal. `captured_output` sends both descriptors to a temporary
+file for the duration and hands the text back (for ``--debug`` and error details)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from typing import Iterator
+
+
+class Captured:
+    text: str = ""
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[Captured]:
+    result = Captured()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:  # no real descriptors (an embedded interpreter): nothing to redirect
+        yield result
+        return
+    with tempfile.TemporaryFile("w+b") as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            with contextlib.redirect_stdout(open(os.devnull, "w")) as devnull:  # noqa: SIM115
+                try:
+                    yield result
+                finally:
+                    devnull.close()
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            result.text = sink.read().decode("utf-8", "replace")
