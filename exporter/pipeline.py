@@ -131,8 +131,16 @@ def export(
             _refuse_taken(targets)  # again, now that no other export can write here
         remove_stale_scratch(out_dir)
         check_free_space(out_dir, _space_needed(model, order), f"exporting {spec.model} to {', '.join(order)}")
-        return _export_all(model, spec, order, targets, out_dir, stem, options, calibration, calibration_info,
-                           verify, force, step, cache)
+        workdir = scratch_dir(out_dir)
+        try:
+            ctx = ExportContext(model=model, spec=spec, options=options, workdir=workdir, stem=stem,
+                                calibration=calibration, calibration_info=calibration_info)
+            if cache is not None:
+                ctx.cache, ctx.share_intermediates = cache, True
+            io = _io_signature(model, options)
+            return [_export_format(fmt, ctx, io, targets[fmt], verify, force, step) for fmt in order]
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _refuse_taken(targets: dict[str, Path]) -> None:
@@ -155,60 +163,47 @@ def _space_needed(model, order: list[str]) -> int:
     return int(weights * (len(order) + 1) * 1.1) + 16 * 2**20
 
 
-def _export_all(model, spec, order, targets, out_dir, stem, options, calibration, calibration_info, verify, force,
-                step, cache) -> list[ExportResult]:
-    io = _io_signature(model, options)
-    results: list[ExportResult] = []
-    workdir = scratch_dir(out_dir)
+def _export_format(fmt: str, ctx: ExportContext, io: dict, target: Path, verify: bool, force: bool,
+                   step: Callable[[str], None]) -> ExportResult:
+    """One format: export into the scratch folder, verify, install at ``target``."""
+    model, options = ctx.model, ctx.options
+    result = ExportResult(format=fmt, params=model.build_info.get("params", 0))
+    parent = get_format(fmt).derives_from
+    if parent and parent not in ctx.done:
+        result.error = f"needs the {parent} artifact, which failed"
+        return result
+    step(f"export {fmt}")
+    t0 = time.perf_counter()
     try:
-        ctx = ExportContext(model=model, spec=spec, options=options, workdir=workdir, stem=stem,
-                            calibration=calibration, calibration_info=calibration_info)
-        if cache is not None:
-            ctx.cache, ctx.share_intermediates = cache, True
-        for fmt in order:
-            result = ExportResult(format=fmt, params=model.build_info.get("params", 0))
-            results.append(result)
-            parent = get_format(fmt).derives_from
-            if parent and parent not in ctx.done:
-                result.error = f"needs the {parent} artifact, which failed"
-                continue
-            step(f"export {fmt}")
-            t0 = time.perf_counter()
-            try:
-                exported = get_format(fmt)().export(ctx)
-            except Fault:
-                raise
-            except (ExportFailed, UserError) as e:
-                result.error = first_line(e, 1000)
-                continue
-            except OSError as e:
-                if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise Fault(f"no space left on the device writing {fmt} into {out_dir}: free some space and "
-                                "rerun") from None
-                result.error = f"{type(e).__name__}: {first_line(e)}"
-                continue
-            except Exception as e:  # noqa: BLE001 - an exporter crash on one format must not stop the rest
-                result.error = f"{type(e).__name__}: {first_line(e)}"
-                continue
-            result.export_seconds = time.perf_counter() - t0
-            result.info = exported.info
-            ctx.done[fmt] = exported
-            gc.collect()  # a large model's export graph is gigabytes: free it before the next format
-            manifest = _manifest(fmt, exported, model, io, options, result.export_seconds)
-            if verify:
-                step(f"verify {fmt}")
-                t0 = time.perf_counter()
-                result.parity = _verify(model, exported, manifest, options.precision)
-                result.verify_seconds = time.perf_counter() - t0
-                manifest.parity = result.parity
-            result.artifact, result.manifest = _install(exported, manifest, targets[fmt], force)
-            result.bytes = sum(v["bytes"] for v in manifest.files.values())
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return results
+        exported = get_format(fmt)().export(ctx)
+    except Fault:
+        raise
+    except (ExportFailed, UserError) as e:
+        result.error = first_line(e, 1000)
+        return result
+    except Exception as e:  # noqa: BLE001 - an exporter crash on one format must not stop the rest
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise Fault(f"no space left on the device writing {fmt} into {target.parent}: free some space and "
+                        "rerun") from None
+        result.error = f"{type(e).__name__}: {first_line(e)}"
+        return result
+    result.export_seconds = time.perf_counter() - t0
+    result.info = exported.info
+    ctx.done[fmt] = exported
+    gc.collect()  # a large model's export graph is gigabytes: free it before the next format
+    manifest = _manifest(fmt, exported, model, io, options, result.export_seconds)
+    if verify:
+        step(f"verify {fmt}")
+        t0 = time.perf_counter()
+        result.parity = _verify(model, exported, manifest, options.precision)
+        result.verify_seconds = time.perf_counter() - t0
+        manifest.parity = result.parity
+    result.artifact, result.manifest = _install(exported, manifest, target, force)
+    result.bytes = sum(v["bytes"] for v in manifest.files.values())
+    return result
 
 
-def _verify(model, exported: Exported, manifest: Manifest, precision: str) -> dict:
+def _verify(model, exported: Exported, manifest: Manifest, precision: str) -> ParityReport:
     try:
         with open_session(exported.artifact, manifest=manifest) as session:
             return check_parity(model, session, precision=precision)
