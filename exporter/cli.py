@@ -29,7 +29,7 @@ from autotimm_deploy.exporter.core.limits import (
     MAX_SECONDS,
 )
 from autotimm_deploy.exporter.core.manifest import load_manifest
-from autotimm_deploy.exporter.core.outputs import check_report_paths
+from autotimm_deploy.exporter.core.outputs import artifact_files, check_report_paths
 from autotimm_deploy.exporter.core.spec import ALL_HEAD_OPTIONS, PRECISIONS, SEG_HEADS, TASKS, ModelSpec, parse_img_size
 from autotimm_deploy.exporter.formats import FORMATS, ExportOptions, export_order
 from autotimm_deploy.exporter.formats.tensorrt import TensorRTOptions, parse_dynamic_batch
@@ -61,7 +61,7 @@ def build_parser() -> OneLineParser:
     w = g.add_mutually_exclusive_group()
     w.add_argument("--pretrained", action="store_true", help="timm's pretrained weights (needs network once)")
     w.add_argument("--checkpoint", metavar="PATH", help="local .safetensors / .pth / .pt / .bin state dict")
-    g.add_argument("--seed", type=int, default=0, help="seed for random weights (default 0)")
+    g.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0, help="seed for random weights (default 0)")
     th = p.add_argument_group("task heads")
     th.add_argument("--head", help=f"semantic segmentation head: {' or '.join(SEG_HEADS)} (default {SEG_HEADS[0]})")
     th.add_argument("--head-channels", type=int_in(1, 4096), help="segmentation head width")
@@ -243,7 +243,8 @@ def run_target(a, spec: ModelSpec, options) -> int:
         return EXIT_FAILED
     for w in eager.get("warnings", []):
         stderr.print(f"[yellow]warning: the timing was disturbed, the choice may be wrong[/]: {escape(w)}")
-    if a.recipe_out:
+    if a.recipe_out:  # checked again: the winner's files now exist and must not be replaced
+        check_report_paths({"--recipe-out": a.recipe_out}, artifact_files(winner.result.artifact))
         write_recipe(a.recipe_out, spec, winner, options)
     return EXIT_OK
 
@@ -252,12 +253,16 @@ def write_recipe(path: str, spec: ModelSpec, winner, options) -> None:
     import yaml
 
     resolved = load_manifest(winner.result.artifact).spec
-    recipe = {"models": [spec.model], "task": spec.task, "img_size": resolved["img_size"],
+    speedup = f", {winner.speedup['ratio']:.2f}x eager" if winner.speedup else ""
+    task = {"task": spec.task, **spec.head} if spec.head else spec.task
+    recipe = {"recipe": 1, "description": f"chosen by autotimm-export --target cpu: {winner.format} "
+                                          f"{winner.precision}, {winner.median_ms:.2f} ms at batch 1{speedup}",
+              "models": [spec.model], "tasks": [task], "img_size": resolved["img_size"],
               "num_classes": resolved["num_classes"], "formats": [winner.format], "precisions": [winner.precision],
-              "batch_sizes": [1], "devices": ["cpu"], "chosen_by": "autotimm-export --target cpu",
-              "median_ms": winner.median_ms, "speedup_vs_eager": winner.speedup and winner.speedup["ratio"]}
+              "batch_sizes": [1], "devices": ["cpu"]}
     if winner.precision == "int8":
-        recipe["calibration"] = {"data": options.calib_data, "samples": options.calib_samples}
+        recipe["calibration"] = ({"data": options.calib_data, "samples": options.calib_samples}
+                                 if options.calib_data else {"random": True, "samples": options.calib_samples})
     atomic_write_text(Path(path), yaml.safe_dump(recipe, sort_keys=False))
 
 

@@ -24,6 +24,7 @@ from autotimm_deploy.exporter.core.files import (
     remove_file,
     remove_stale_scratch,
     scratch_dir,
+    sha256_file,
 )
 from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig, load_manifest, manifest_path, write_manifest
 from autotimm_deploy.exporter.core.results import ParityReport
@@ -112,8 +113,7 @@ def export(
         get_format(fmt).check_options(options)
     stem = check_stem(name) if name is not None else spec.stem(options.precision)
     targets = planned_paths(order, out_dir, stem)
-    if not force:
-        _refuse_taken(targets)
+    _refuse_taken(targets, force)
     check_out_dir(out_dir)
     check_calibration_source(options)
 
@@ -127,8 +127,7 @@ def export(
                                                          model.preprocessing, options.calib_random, spec.seed)
     make_out_dir(out_dir)
     with folder_lock(out_dir):
-        if not force:
-            _refuse_taken(targets)  # again, now that no other export can write here
+        _refuse_taken(targets, force)  # again, now that no other export can write here
         remove_stale_scratch(out_dir)
         check_free_space(out_dir, _space_needed(model, order), f"exporting {spec.model} to {', '.join(order)}")
         workdir = scratch_dir(out_dir)
@@ -143,7 +142,13 @@ def export(
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _refuse_taken(targets: dict[str, Path]) -> None:
+def _refuse_taken(targets: dict[str, Path], force: bool = False) -> None:
+    for t in targets.values():
+        for p in (t, manifest_path(t)):
+            if p.is_dir() and not p.is_symlink():
+                raise UserError(f"{p} is a folder where the artifact goes; move it or pass --name")
+    if force:
+        return
     taken = [p for t in targets.values() for p in (t, manifest_path(t)) if p.exists() or p.is_symlink()]
     if taken:
         raise UserError(f"{taken[0]} already exists; pass --force to overwrite it")
@@ -152,6 +157,8 @@ def _refuse_taken(targets: dict[str, Path]) -> None:
 def check_stem(name: str) -> str:
     """A user's ``--name``: a plain file stem in the output folder."""
     plain_name(name, "--name")
+    if not name.strip() or len(name.encode()) > 200:
+        raise UserError(f"--name takes 1 to 200 bytes of visible characters, got {name[:40]!r}")
     if name.startswith("."):
         raise UserError(f"--name {name!r} would make hidden files; give a name that starts with a letter or digit")
     return name
@@ -260,11 +267,30 @@ def _install(exported: Exported, manifest: Manifest, target: Path, force: bool) 
     out_dir = target.parent
     if force and manifest_path(target).exists():
         try:
-            stale = set(load_manifest(target).files) - set(manifest.files)
+            old = load_manifest(target).files
         except UserError:
-            stale = set()
-        for name in stale:
-            remove_file(out_dir, name)  # plain names only (load_manifest checked them): never outside out_dir
-    for f in exported.files[1:] + exported.files[:1]:
-        os.replace(f, out_dir / f.name)
-    return target, write_manifest(manifest, target)
+            old = {}
+        for name in set(old) - set(manifest.files):
+            if _own_companion(out_dir, name, target, old[name]):
+                remove_file(out_dir, name)  # plain names only (load_manifest checked them): never outside out_dir
+    moved = []
+    try:
+        for f in exported.files[1:] + exported.files[:1]:
+            os.replace(f, out_dir / f.name)
+            moved.append(out_dir / f.name)
+        return target, write_manifest(manifest, target)
+    except BaseException as e:  # no artifact without its manifest: take back what was moved
+        for p in moved:
+            p.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise Fault(f"no space left on the device writing {target}: free some space and rerun") from None
+        raise
+
+
+def _own_companion(folder: Path, name: str, target: Path, entry: dict) -> bool:
+    """A stale name of the old manifest is removed only when it is that artifact's own companion
+    (named after it, not another artifact or manifest) and still holds what the manifest recorded."""
+    path = folder / name
+    stem = target.name[:-len(target.suffix)] if target.suffix else target.name
+    return (name.startswith(stem) and not name.endswith(".json") and not manifest_path(path).exists()
+            and path.is_file() and not path.is_symlink() and sha256_file(path) == entry.get("sha256"))

@@ -104,7 +104,7 @@ def _check_outputs(a) -> None:
 
 def run_recipe(a) -> int:
     from autotimm_deploy.recipes import benchmark
-    from autotimm_deploy.recipes.runner import run_profiles
+    from autotimm_deploy.recipes.runner import check_no_links, run_profiles
     from autotimm_deploy.recipes.schema import load_recipe
 
     if a.targets:
@@ -115,6 +115,7 @@ def run_recipe(a) -> int:
         rows = run_profiles(recipe, a.max_time, recipe_progress(bar, task), force=a.force)
     report = None
     if a.report:
+        check_no_links(recipe)
         md, pngs, _ = benchmark.write(recipe)
         report = {"markdown": str(md), "png": [str(p) for p in pngs]}
     payload = json.dumps({"recipe": str(recipe.path), "out": str(recipe.root), "rows": rows, "report": report}, indent=2)

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import importlib
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from autotimm_deploy.exporter.core.environment import cores_available, current_rss_mb, environment, peak_rss_mb
-from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.limits import MAX_BATCH, MAX_ITERATIONS, MAX_SECONDS
 from autotimm_deploy.exporter.core.results import ProfilePoint, ProfileRun
 from autotimm_deploy.exporter.core.spec import ModelSpec
@@ -101,6 +102,9 @@ def run_group(targets: list[Target], settings: Settings,
     if hi is not None and hi < lo:
         raise UserError("these targets accept no common batch size: " + ", ".join(t.label for t in targets))
     kept, dropped = batches_in_range(settings.batch_sizes, lo, hi)
+    if not kept:
+        raise UserError(f"none of the batch sizes {settings.batch_sizes} fits the batch range "
+                        f"[{lo}, {hi if hi is not None else 'any'}] of " + ", ".join(t.label for t in targets))
     gpu = settings.device.startswith("cuda")
     if gpu:
         import torch
@@ -184,8 +188,11 @@ def _run_isolated(targets: list[Target], settings: Settings, on_progress) -> lis
         out = results.read()
     if proc.returncode == 2:
         raise UserError(last.removeprefix("error: "))
-    if proc.returncode != 0:
-        raise RuntimeError(f"profiling worker failed ({proc.returncode}): {last}")
+    if proc.returncode != 0:  # killed (out of memory, a signal) or crashed: error rows, the others go on
+        how = f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else f"exit {proc.returncode}"
+        why = f"the profiling worker died ({how}{': ' + first_line(last, 200) if last else ''})"
+        return [ProfileRun(target=t.describe(), runtime=t.runtime, device=settings.device,
+                           points=[ProfilePoint(b, error=why) for b in settings.batch_sizes]) for t in targets]
     return [ProfileRun.from_dict(d) for d in json.loads(out)]
 
 

@@ -35,6 +35,7 @@ def run_exports(recipe: Recipe, max_time: float | None = None, progress: Progres
                 force: bool = False) -> list[dict]:
     """Export every job of the matrix not already done; one row per job."""
     jobs = recipe.export_jobs()
+    check_no_links(recipe)
     recipe.artifacts_dir.mkdir(parents=True, exist_ok=True)
     recipe.results_dir.mkdir(parents=True, exist_ok=True)
     start, results = time.monotonic(), []
@@ -111,6 +112,7 @@ def run_profiles(recipe: Recipe, max_time: float | None = None, progress: Progre
     if not any(j.export.exported for j in jobs):
         raise UserError(f"nothing of recipe {recipe.name} is exported under {recipe.artifacts_dir}; run "
                         f"autotimm-export --recipe {recipe.path} -o {recipe.out_dir} first")
+    check_no_links(recipe)
     (recipe.results_dir / "profile").mkdir(parents=True, exist_ok=True)
     start, rows = time.monotonic(), []
     for i, job in enumerate(jobs):
@@ -141,6 +143,14 @@ def run_profiles(recipe: Recipe, max_time: float | None = None, progress: Progre
         rows.append(row)
         write_results(recipe, "profile.json", rows)
     return rows
+
+
+def check_no_links(recipe: Recipe) -> None:
+    """A recipe writes only inside ``<out>/<name>/``: none of its folders may be a link elsewhere."""
+    for d in (recipe.root, recipe.artifacts_dir, recipe.results_dir, recipe.results_dir / "profile",
+              recipe.root / "report"):
+        if d.is_symlink():
+            raise UserError(f"{d} is a symbolic link; a recipe writes only inside {recipe.root}: remove the link")
 
 
 def write_results(recipe: Recipe, name: str, rows: list[dict]) -> None:

@@ -193,6 +193,8 @@ def load_recipe(path: str | Path, out_dir: str | Path = "out") -> Recipe:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a recipe") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a text file") from None
     try:
@@ -263,7 +265,7 @@ def _build(path: Path, data, out_dir: Path) -> Recipe:
     if version != SCHEMA_VERSION:
         raise _LineError(_line(data, "recipe", data.line), f"recipe schema {version!r}; this version reads {SCHEMA_VERSION}")
     default_size = _size(data.get("img_size"), _line(data, "img_size", data.line))
-    default_classes = _positive(data.get("num_classes", MAX_CLASSES), _line(data, "num_classes", data.line), "num_classes", MAX_CLASSES)
+    default_classes = _positive(data.get("num_classes"), _line(data, "num_classes", data.line), "num_classes", MAX_CLASSES)
 
     models = []
     entries = _list(data, "models")
@@ -284,7 +286,7 @@ def _build(path: Path, data, out_dir: Path) -> Recipe:
             raise _LineError(_line(entry, "reference", line), "reference must be a mapping (the seed page's numbers)")
         models.append(ModelEntry(entry["model"], _size(entry.get("img_size"), _line(entry, "img_size", line))
                                  or default_size,
-                                 _positive(entry.get("num_classes", MAX_CLASSES), _line(entry, "num_classes", line), "num_classes", MAX_CLASSES)
+                                 _positive(entry.get("num_classes"), _line(entry, "num_classes", line), "num_classes", MAX_CLASSES)
                                  or default_classes, dict(reference)))
 
     tasks = []
@@ -307,7 +309,7 @@ def _build(path: Path, data, out_dir: Path) -> Recipe:
         if label is not None and (not isinstance(label, str) or not label.replace("-", "").replace("_", "").isalnum()):
             raise _LineError(_line(entry, "label", line), f"label must be a short name (letters, digits, - _), got {label!r}")
         tasks.append(TaskEntry(entry["task"], head, _size(entry.get("img_size"), _line(entry, "img_size", line)),
-                               _positive(entry.get("num_classes", MAX_CLASSES), _line(entry, "num_classes", line), "num_classes", MAX_CLASSES),
+                               _positive(entry.get("num_classes"), _line(entry, "num_classes", line), "num_classes", MAX_CLASSES),
                                label))
 
     formats = _list(data, "formats")

@@ -116,7 +116,7 @@ def test_scratch_left_by_a_killed_export_is_removed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale = out / f".autotimm-{dead.pid}-abc"
-    legacy = out / ".autotimm-k3j2h1"  # an older version's scratch, without a pid
+    legacy = out / ".autotimm-k3j2h1ab"  # an older version's scratch, without a pid
     live = out / f".autotimm-{os.getppid()}-live"  # a running process's: left alone
     for d in (stale, legacy, live):
         d.mkdir(parents=True)
@@ -324,3 +324,71 @@ def test_a_model_that_fixes_its_batch_is_exported_with_a_static_batch(tmp_path, 
     m = load_manifest(r.artifact)
     assert m.batch == {"dynamic": False, "min": 2, "max": 2} and m.inputs[0].shape == [2, 3, 64, 64]
     assert "fixed to batch 2" in m.export["static_fallback"] and r.parity.batches == [2]
+
+
+# found by a second hostile pass ------------------------------------------------------------------
+def test_recipe_num_classes_are_honoured(tmp_path):
+    path = tmp_path / "nc.yaml"
+    path.write_text("recipe: 1\nmodels: [{model: test_resnet, num_classes: 5}, test_vit]\nformats: [onnx]\n"
+                    "num_classes: 7\n")
+    jobs = load_recipe(path).export_jobs()
+    assert [j.spec.num_classes for j in jobs] == [5, 7]
+
+
+def test_force_removes_only_the_artifacts_own_stale_companions(tmp_path):
+    out = tmp_path / "out"
+    export(SPEC, ["onnx", "torchscript"], out, verify=False)
+    (out / "notes.txt").write_text("mine")
+    pt_manifest = out / "test_resnet.pt.json"
+    m = json.loads(pt_manifest.read_text())
+    for name in ("test_resnet.onnx", "test_resnet.onnx.json", "notes.txt"):
+        m["files"][name] = {"sha256": "0" * 64, "bytes": 1}
+    pt_manifest.write_text(json.dumps(m))
+    (r,) = export(SPEC, ["torchscript"], out, verify=False, force=True)
+    assert r.ok and (out / "notes.txt").exists() and (out / "test_resnet.onnx").exists()
+    assert load_manifest(out / "test_resnet.onnx").format == "onnx"
+
+
+@pytest.mark.parametrize("field,value", [("format", ["onnx"]), ("spec", {"model": "x", "img_size": "64"}),
+                                         ("files", {"test_resnet.onnx": {"bytes": "12"}}), ("schema_version", True)])
+def test_hand_edited_manifests_are_one_line(onnx_artifact, tmp_path, field, value):
+    import shutil
+
+    copy = tmp_path / onnx_artifact.name
+    shutil.copy(onnx_artifact, copy)
+    data = json.loads(manifest_path(onnx_artifact).read_text())
+    data[field] = value
+    manifest_path(copy).write_text(json.dumps(data))
+    with pytest.raises(UserError):
+        load_manifest(copy)
+
+
+def test_more_user_input_that_used_to_be_an_internal_error(tmp_path, capsys):
+    import numpy as np
+
+    out = tmp_path / "out"
+    base = ["test_resnet", "--img-size", "64", "-f", "torchscript", "--no-verify", "-o", str(out)]
+    with pytest.raises(SystemExit):
+        export_entry([*base, "--seed", "9" * 30])
+    assert "--seed" in _one_line(capsys)
+    assert export_entry([*base, "--name", "x" * 250]) == 2 and "--name" in _one_line(capsys)
+    (out / "test_resnet.pt").mkdir(parents=True)
+    assert export_entry([*base, "--force"]) == 2 and "is a folder" in _one_line(capsys)
+    nan = tmp_path / "nan.npy"
+    np.save(nan, np.full((4, 3, 64, 64), np.nan, np.float32))
+    assert export_entry(["test_resnet", "--img-size", "64", "-f", "onnx", "--int8", "--calib-data", str(nan),
+                         "-o", str(tmp_path / "o2")]) == 2
+    assert "NaN" in _one_line(capsys)
+
+
+def test_a_recipe_never_writes_through_a_linked_folder(tmp_path):
+    from autotimm_deploy.recipes.runner import run_exports
+
+    path = tmp_path / "r.yaml"
+    path.write_text("recipe: 1\nname: lk\nmodels: [test_resnet]\nformats: [torchscript]\nimg_size: 64\n")
+    (tmp_path / "out" / "lk").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out" / "lk" / "results").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match="symbolic link"):
+        run_exports(load_recipe(path, tmp_path / "out"))
+    assert list((tmp_path / "elsewhere").iterdir()) == []

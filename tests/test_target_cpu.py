@@ -67,6 +67,9 @@ def test_target_cpu_end_to_end(tmp_path, export_cli):
     recipe = yaml.safe_load((tmp_path / "chosen.yaml").read_text())
     assert recipe["formats"] == [chosen["format"]] and recipe["precisions"] == [chosen["precision"]]
     assert recipe["num_classes"] == 1000
+    from autotimm_deploy.recipes.schema import load_recipe
+
+    assert load_recipe(tmp_path / "chosen.yaml").formats == [chosen["format"]]  # a recipe the tool itself reads
 
 
 def test_target_with_bad_calibration_writes_nothing(tmp_path, export_cli):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import signal
 import sys
 from typing import Callable
@@ -16,6 +18,8 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # interrupted: 128 + the signal number, as shells report it
 
 stderr = Console(stderr=True)
+if not stderr.is_terminal:  # piped or captured: one line per message, not wrapped at 80 columns
+    stderr = Console(stderr=True, width=400)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -34,6 +38,10 @@ def run_cli(prog: str, main: Callable[[argparse.Namespace], int], parser: argpar
             signal.signal(sig, _terminate)
     try:
         return main(args)
+    except BrokenPipeError:  # the reader went away (`| head`): nothing more to say
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except (UserError, Fault) as e:
         sys.stderr.write(f"{prog}: error: {first_line(e, 2000)}\n")
         return e.exit_code

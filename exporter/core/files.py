@@ -20,7 +20,8 @@ from typing import Any, Iterator
 from autotimm_deploy.exporter.core.errors import Fault, UserError
 
 SCRATCH_PREFIX = ".autotimm-"
-_SCRATCH = re.compile(r"^\.autotimm-(?:(\d+)-)?")
+# ".autotimm-<pid>-…", or an older version's ".autotimm-[target-]xxxxxxxx" (mkdtemp's 8 characters)
+_SCRATCH = re.compile(r"^\.autotimm-(?:(\d+)-|(?:target-)?[a-z0-9_]{8}$)")
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
@@ -34,8 +35,10 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise Fault(f"no space left on the device writing {path}: free some space and rerun") from None
         raise
 
 

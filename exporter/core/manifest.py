@@ -12,6 +12,7 @@ from typing import Any
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.files import atomic_write_text, plain_name, sha256_file
 from autotimm_deploy.exporter.core.results import ParityReport
+from autotimm_deploy.exporter.core.spec import ModelSpec
 
 SCHEMA_VERSION = 1
 MANIFEST_SUFFIX = ".json"
@@ -74,10 +75,10 @@ def load_manifest(path: str | Path) -> Manifest:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"no manifest at {path}") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"manifest {path} is not valid JSON: {e}") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise UserError(f"manifest {path} is not valid JSON: {first_line(e, 120)}") from None
     version = data.get("schema_version") if isinstance(data, dict) else None
-    if version != SCHEMA_VERSION:
+    if version != SCHEMA_VERSION or isinstance(version, bool):
         raise UserError(
             f"manifest {path} has schema_version {version!r}; this version reads {SCHEMA_VERSION} (re-export the artifact)"
         )
@@ -88,6 +89,13 @@ def load_manifest(path: str | Path) -> Manifest:
             plain_name(name, "a file")
         if not isinstance(manifest.files, dict) or manifest.artifact not in manifest.files:
             raise ValueError("its artifact is not among its files")
+        for key, kind in (("format", str), ("precision", str), ("spec", dict), ("batch", dict), ("export", dict)):
+            if not isinstance(getattr(manifest, key), kind):
+                raise ValueError(f"{key} must be a {kind.__name__}")
+        if any(not isinstance(e, dict) or type(e.get("bytes")) is not int for e in manifest.files.values()):
+            raise ValueError("every file needs an integer byte count")
+        if manifest.spec:
+            ModelSpec.from_dict(manifest.spec)  # the spec it claims must be a valid one
     except (TypeError, KeyError, ValueError, AttributeError, UserError) as e:
         raise UserError(f"manifest {path} is malformed: {first_line(e)}; re-export the artifact") from None
     return manifest

@@ -84,4 +84,6 @@ def load_calibration(source: str | None, samples: int, prep: dict, allow_random:
         raise UserError(f"calibration data not found: {path}")
     if len(data) == 0:
         raise UserError(f"calibration data {path} holds no samples")
+    if not np.isfinite(data).all():
+        raise UserError(f"calibration data {path} holds NaN or Inf values; give real preprocessed images")
     return data, {"source": str(path), "samples": int(len(data))}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -24,10 +25,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             obj = load_file(str(path), device="cpu")
         else:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's advice to unpickle everything is not ours to give
+                warnings.simplefilter("ignore")
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt, truncated, pickled objects, ...
         raise UserError(
-            f"cannot read checkpoint {path} (not a safetensors or torch state-dict file?): {type(e).__name__}: {first_line(e, 200)}"
+            f"cannot read checkpoint {path}: not a safetensors file or a torch state dict of plain tensors "
+            f"({type(e).__name__}: {first_line(str(e).replace('weights_only=False', 'weights_only=…'), 120)})"
         ) from None
     if isinstance(obj, dict):
         for key in _NESTED_KEYS:

@@ -62,6 +62,10 @@ def render(report: dict, console: Console) -> None:
     console.print(t)
     for w in report.get("warnings", []):
         console.print(f"[yellow]warning:[/] {escape(w)}")
+    for run in report["runs"]:
+        if run.get("batches_skipped"):
+            console.print(f"{escape(run['target']['label'])}: batch sizes "
+                          f"{', '.join(map(str, run['batches_skipped']))} skipped (outside its batch range)")
     split = [(r["target"]["label"], r["phases_ms"]) for r in report["runs"] if r.get("phases_ms")]
     if split:
         t = Table(title="GPU time split (medians, each phase timed alone)")
