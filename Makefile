@@ -16,7 +16,7 @@ $(BIN)/python:
 # the project itself pins the same pair so no resolver can pull another torch later.
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[dev,openvino]'
+	$(BIN)/pip install --quiet -e '.[dev,openvino,autotimm]'
 	touch $@
 
 setup: $(VENV)/.installed

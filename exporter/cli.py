@@ -30,10 +30,20 @@ from autotimm_deploy.exporter.core.limits import (
 )
 from autotimm_deploy.exporter.core.manifest import load_manifest
 from autotimm_deploy.exporter.core.outputs import artifact_files, check_report_paths
-from autotimm_deploy.exporter.core.spec import ALL_HEAD_OPTIONS, PRECISIONS, SEG_HEADS, TASKS, ModelSpec, parse_img_size
+from autotimm_deploy.exporter.core.spec import (
+    ALL_HEAD_OPTIONS,
+    ARCHITECTURES,
+    DETECTION_ARCHS,
+    INTERPOLATIONS,
+    PRECISIONS,
+    SEG_HEADS,
+    TASKS,
+    ModelSpec,
+    parse_img_size,
+)
 from autotimm_deploy.exporter.formats import FORMATS, ExportOptions, export_order
 from autotimm_deploy.exporter.formats.tensorrt import TensorRTOptions, parse_dynamic_batch
-from autotimm_deploy.exporter.parity import summary
+from autotimm_deploy.exporter.parity import reference_summary, summary
 from autotimm_deploy.recipes.console import any_failed, print_recipe_rows, recipe_progress
 from rich.console import Console
 from rich.markup import escape
@@ -48,19 +58,22 @@ PROG = "autotimm-export"
 
 def build_parser() -> OneLineParser:
     p = OneLineParser(prog=PROG, description="Export a timm model to deployable artifacts, each parity-checked.")
-    p.add_argument("model", nargs="?", help="timm model name, e.g. resnet50")
+    p.add_argument("model", nargs="?", help="timm model name, e.g. resnet50 (an AutoTimm --checkpoint names its own)")
     p.add_argument("--recipe", metavar="FILE.yaml", help="export a recipe's whole matrix into OUT/<recipe name>/ (see recipes/)")
     p.add_argument("-f", "--format", default="onnx", help="comma-separated formats (see --list-formats); default onnx")
     p.add_argument("-o", "--out", default="out", help="output folder (default: out/)")
     p.add_argument("--name", help="file stem for the artifacts (default: model name, plus task and precision)")
     g = p.add_argument_group("model")
-    g.add_argument("--task", default="classification", choices=TASKS)
+    g.add_argument("--task", choices=TASKS, help="default classification (an AutoTimm --checkpoint names its own)")
+    g.add_argument("--architecture", choices=ARCHITECTURES, help="task heads: builtin (default, no dependency) or "
+                   "autotimm (AutoTimm's own modules, the [autotimm] extra; implied by an AutoTimm checkpoint)")
     g.add_argument("--num-classes", type=int_in(1, MAX_CLASSES))
     g.add_argument("--img-size", metavar="H[,W]", help="input size (default: the model's own)")
     g.add_argument("--in-chans", type=int_in(1, MAX_IN_CHANS), default=3)
     w = g.add_mutually_exclusive_group()
     w.add_argument("--pretrained", action="store_true", help="timm's pretrained weights (needs network once)")
-    w.add_argument("--checkpoint", metavar="PATH", help="local .safetensors / .pth / .pt / .bin state dict")
+    w.add_argument("--checkpoint", metavar="PATH", help="local .safetensors / .pth / .pt / .bin state dict, or an "
+                   "AutoTimm .ckpt (backbone, task, classes and head settings read from it)")
     g.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0, help="seed for random weights (default 0)")
     th = p.add_argument_group("task heads")
     th.add_argument("--head", help=f"semantic segmentation head: {' or '.join(SEG_HEADS)} (default {SEG_HEADS[0]})")
@@ -72,6 +85,17 @@ def build_parser() -> OneLineParser:
     th.add_argument("--iou-threshold", type=float_in(0, 1), help="detection: NMS IoU threshold")
     th.add_argument("--max-detections", type=int_in(1, 10000), help="detection: N, the padded output length")
     th.add_argument("--raw", action="store_true", default=None, help="detection: per-level head outputs, no decode/NMS")
+    th.add_argument("--arch", choices=DETECTION_ARCHS, help="AutoTimm detection head (default fcos)")
+    th.add_argument("--head-convs", type=int_in(1, 16), help="AutoTimm detection: convs per head branch (default 4)")
+    th.add_argument("--roi-size", type=int_in(1, 64), help="AutoTimm instance segmentation: RoIAlign size (default 14)")
+    th.add_argument("--multi-label", action="store_true", default=None, help="AutoTimm classification: sigmoid probs")
+    th.add_argument("--pre-nms", type=int_in(1, 100000), help="AutoTimm detection: locations NMS considers (default 1000)")
+    th.add_argument("--mask-threshold", type=float_in(0, 1), help="AutoTimm instance segmentation: mask probability cut")
+    pp = p.add_argument_group("preprocessing (default: the backbone's timm config)")
+    pp.add_argument("--mean", metavar="R,G,B", help="per-channel mean of the normalisation")
+    pp.add_argument("--std", metavar="R,G,B", help="per-channel std of the normalisation")
+    pp.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize filter")
+    pp.add_argument("--crop-pct", type=float_in(0, 1, low_open=True), help="centre crop share (1: no crop)")
     e = p.add_argument_group("export")
     e.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18; below 18 uses the TorchScript exporter)")
     e.add_argument("--static", action="store_true", help="fix the batch dimension to --batch-size")
@@ -127,22 +151,37 @@ def list_formats(as_json: bool) -> int:
     return EXIT_OK
 
 
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated numbers, e.g. 0.485,0.456,0.406; got {text!r}") from None
+
+
+def preprocess_from_args(a) -> dict:
+    pre = {"mean": _floats(a.mean, "--mean") if a.mean else None, "std": _floats(a.std, "--std") if a.std else None,
+           "interpolation": a.interpolation, "crop_pct": a.crop_pct}
+    return {k: v for k, v in pre.items() if v is not None}
+
+
 def spec_from_args(a) -> ModelSpec:
+    from autotimm_deploy.exporter.models.autotimm import is_autotimm_checkpoint, spec_from_checkpoint
+
+    head = {k: getattr(a, k) for k in ALL_HEAD_OPTIONS if getattr(a, k) is not None}
+    common = dict(img_size=parse_img_size(a.img_size) if a.img_size else None, in_chans=a.in_chans, seed=a.seed,
+                  preprocess=preprocess_from_args(a))
+    if a.checkpoint and (a.model is None or a.architecture == "autotimm" or is_autotimm_checkpoint(a.checkpoint)):
+        if a.architecture == "builtin":
+            raise UserError(f"{a.checkpoint} is an AutoTimm checkpoint: its architecture is AutoTimm's; drop "
+                            "--architecture builtin")
+        return spec_from_checkpoint(a.checkpoint, model=a.model, task=a.task, num_classes=a.num_classes, head=head,
+                                    **common)
     if a.checkpoint:
         weights = "checkpoint"
     else:
         weights = "pretrained" if a.pretrained else "random"
-    return ModelSpec(
-        model=a.model,
-        task=a.task,
-        num_classes=a.num_classes,
-        img_size=parse_img_size(a.img_size) if a.img_size else None,
-        in_chans=a.in_chans,
-        weights=weights,
-        checkpoint=a.checkpoint,
-        seed=a.seed,
-        head={k: getattr(a, k) for k in ALL_HEAD_OPTIONS if getattr(a, k) is not None},
-    )
+    return ModelSpec(model=a.model, task=a.task or TASKS[0], num_classes=a.num_classes, weights=weights,
+                     checkpoint=a.checkpoint, head=head, architecture=a.architecture or ARCHITECTURES[0], **common)
 
 
 TRT_FLAGS = {"dynamic_batch": "--dynamic-batch", "workspace": "--workspace", "opt_level": "--opt-level",
@@ -167,8 +206,9 @@ def main(a) -> int:
         if a.model:
             raise UserError("give a model name or --recipe, not both")
         return run_recipe(a)
-    if not a.model:
-        raise UserError("give a timm model name, e.g. autotimm-export resnet50 (or --list-formats, --recipe)")
+    if not a.model and not a.checkpoint:
+        raise UserError("give a timm model name, e.g. autotimm-export resnet50, or an AutoTimm --checkpoint "
+                        "(or --list-formats, --recipe)")
     formats = csv_list(a.format)
     if not formats:
         raise UserError("--format needs at least one format")
@@ -201,7 +241,23 @@ def main(a) -> int:
     if a.json:
         print(json.dumps({"model": spec.model, "results": [r.to_dict() for r in results]}, indent=2, default=str))
     print_table(results, console(a.json))
+    print_preprocessing(results, console(a.json))
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
+def print_preprocessing(results, out: Console) -> None:
+    """An AutoTimm checkpoint does not record its transforms: say which ones the manifest holds."""
+    done = next((r for r in results if r.manifest), None)
+    if done is None:
+        return
+    m = load_manifest(done.artifact)
+    if m.spec.get("architecture") != "autotimm" or m.spec.get("weights") != "checkpoint":
+        return
+    p = m.preprocessing
+    out.print(f"preprocessing in the manifest: {p['interpolation']} resize, crop {p['crop_pct']:g}, mean "
+              f"{[round(v, 4) for v in p['mean']]}, std {[round(v, 4) for v in p['std']]} ({escape(p.get('source', ''))}); "
+              "AutoTimm checkpoints do not record their transforms: pass --mean/--std/--interpolation/--crop-pct "
+              "if you trained with others")
 
 
 def run_recipe(a) -> int:
@@ -296,6 +352,9 @@ def print_table(results, out: Console) -> None:
         t.add_row(r.format, r.artifact.name, f"{r.params / 1e6:.1f}", f"{r.bytes / 2**20:.1f}", f"{r.export_seconds:.1f}",
                   str(r.info.get("exporter") or r.info.get("source") or ""), f"[{style}]{verdict}[/]")
     out.print(t)
+    for r in results:
+        if r.parity and r.parity.reference:
+            out.print(f"{r.format} vs {escape(r.parity.reference['against'])}: {escape(reference_summary(r.parity))}")
     for r in results:
         for f in r.parity.failures if r.parity else []:
             out.print(f"[red]{r.format} parity[/]: {escape(f)}")

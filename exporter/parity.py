@@ -259,26 +259,38 @@ def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | N
         batches = (lo,) if hi == lo else tuple(b for b in wanted if b >= lo and (hi is None or b <= hi)) or (lo,)
     prep = model.preprocessing
     input_name = session.inputs[0].name
-    per_batch, offset = {}, 0
+    reference = getattr(model, "reference", None)  # the model's own postprocessing, run eagerly
+    per_batch, against, offset = {}, {}, 0
     for b in batches:
         x = sample_images(b, prep, offset=offset)
         offset += b
         with torch.no_grad():
             ref = dict(zip(model.output_names, (t.numpy() for t in model(torch.from_numpy(x)))))
+            own = {k: v.numpy() for k, v in reference(torch.from_numpy(x)).items()} if reference else None
         try:
             out = session.infer({input_name: x})
         except Exception as e:  # noqa: BLE001 - a runtime crash is a parity failure, reported as such
             per_batch[str(b)] = {"runtime": error_metrics(f"runtime failed: {first_line(e, 200)}")}
+            against[str(b)] = per_batch[str(b)]
         else:
             per_batch[str(b)] = compare_outputs(ref, out, tol)
-    names = dict.fromkeys(name for pb in per_batch.values() for name in pb)
-    merged = {name: _worst([pb[name] for pb in per_batch.values() if name in pb]) for name in names}
+            if own is not None:
+                against[str(b)] = compare_outputs(own, out, tol)
+    merged = _merge(per_batch)
     problems = [f"{name}: {p}" for name, m in merged.items() for p in failures(m, precision)]
+    report_against = None
+    if reference:
+        metrics = _merge(against)
+        missed = [f"vs {model.reference_name}: {name}: {p}" for name, m in metrics.items() for p in failures(m, precision)]
+        problems += missed
+        report_against = {"against": model.reference_name, "metrics": metrics, "failures": missed}
     notes = [
         f"{name}: the eager output barely depends on the input (spread {m['spread']:.2g}); parity covers little"
         for name, m in merged.items()
         if m["kind"] == MetricKind.TENSOR and m.get("spread") is not None and m["spread"] < MIN_SPREAD
     ]
+    notes += [f"{name}: the eager model detects nothing in the sample pictures; parity covers little"
+              for name, m in merged.items() if m["kind"] == MetricKind.DETECTIONS and not m.get("ref_detections")]
     return ParityReport(
         verdict=Verdict.FAIL if problems else Verdict.PASS,
         precision=precision,
@@ -291,7 +303,13 @@ def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | N
         per_batch=per_batch,
         failures=problems,
         notes=notes,
+        reference=report_against,
     )
+
+
+def _merge(per_batch: dict[str, dict[str, dict]]) -> dict[str, dict]:
+    names = dict.fromkeys(name for pb in per_batch.values() for name in pb)
+    return {name: _worst([pb[name] for pb in per_batch.values() if name in pb]) for name in names}
 
 
 def summary(report: ParityReport | None) -> str:
@@ -299,10 +317,25 @@ def summary(report: ParityReport | None) -> str:
     if not report:
         return "skipped"
     _, m = report.primary
+    parts = [str(report.verdict), *_key_numbers(m)]
+    if report.notes:
+        parts.append("(degenerate reference)")
+    return " ".join(parts)
+
+
+def reference_summary(report: ParityReport) -> str:
+    """The same line for the artifact against the model's own reference (AutoTimm's predict())."""
+    ref = report.reference
+    verdict = Verdict.FAIL if ref["failures"] else Verdict.PASS
+    m = next(iter(ref["metrics"].values()), {"kind": MetricKind.ERROR, "error": "no outputs compared"})
+    return " ".join([str(verdict), *_key_numbers(m)])
+
+
+def _key_numbers(m: dict) -> list[str]:
     kind = MetricKind(m["kind"])
     if kind == MetricKind.ERROR:
-        return f"{report.verdict}: {m['error']}"
-    parts = [str(report.verdict)]
+        return [m["error"]]
+    parts = []
     if kind == MetricKind.DETECTIONS:
         parts.append(f"matched={m['match_rate']:.1%}")
         if m.get("mean_iou") is not None:
@@ -319,6 +352,4 @@ def summary(report: ParityReport | None) -> str:
         parts.append(f"top1={m['top1_agreement']:.0%}")
     if m.get("pixel_agreement") is not None:
         parts.append(f"pixels={m['pixel_agreement']:.2%}")
-    if report.notes:
-        parts.append("(degenerate reference)")
-    return " ".join(parts)
+    return parts

@@ -72,6 +72,5 @@ def _model_key(job: ExportJob) -> str:
 
 
 def _task_label(job: ExportJob) -> str:
-    t = job.task
-    label = f"segmentation ({job.spec.seg_head})" if job.spec.seg_head else t.task
-    return f"{label} [{t.label}]" if t.label else label
+    label = job.spec.task_label()
+    return f"{label} [{job.task.label}]" if job.task.label else label

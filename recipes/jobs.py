@@ -45,7 +45,8 @@ class JobStatus(str, Enum):
 
 # The spec fields a recipe decides; img_size and num_classes count only where the recipe sets them
 # (else the model's own, which the manifest records resolved).
-SPEC_KEYS = ("model", "task", "head", "in_chans", "weights", "img_size", "num_classes")
+SPEC_KEYS = ("model", "task", "head", "in_chans", "weights", "img_size", "num_classes", "architecture")
+SPEC_DEFAULTS = {"architecture": "builtin"}  # what a manifest written before the key existed means
 CALIBRATION_OPTIONS = ("calib_data", "calib_samples", "calib_random")  # what int8 results depend on
 
 
@@ -98,7 +99,7 @@ class ExportJob:
         """The fingerprint of what ``manifest`` describes, over the same keys as `fingerprint`."""
         wanted = self.fingerprint()
         fp = {"format": manifest.format, "precision": manifest.precision,
-              "spec": {k: manifest.spec.get(k) for k in wanted["spec"]}}
+              "spec": {k: manifest.spec.get(k, SPEC_DEFAULTS.get(k)) for k in wanted["spec"]}}
         if "calibration" in wanted:
             options = manifest.export.get("options", {})
             fp["calibration"] = {k: options.get(k) for k in CALIBRATION_OPTIONS}
@@ -149,7 +150,7 @@ def export_jobs(recipe: Recipe) -> list[ExportJob]:
     for m in recipe.models:
         for t in recipe.tasks:
             spec = ModelSpec(m.name, task=t.task, head=dict(t.head), img_size=t.img_size or m.img_size,
-                             num_classes=t.num_classes or m.num_classes)
+                             num_classes=t.num_classes or m.num_classes, architecture=t.architecture)
             for fmt in recipe.formats:
                 cls = get_format(fmt)
                 for p in recipe.precisions:

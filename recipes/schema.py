@@ -37,7 +37,14 @@ from autotimm_deploy.exporter.core.limits import (
     MAX_RECIPE_BYTES,
     MAX_SECONDS,
 )
-from autotimm_deploy.exporter.core.spec import HEAD_OPTIONS, PRECISIONS, TASKS, ModelSpec
+from autotimm_deploy.exporter.core.spec import (
+    ARCHITECTURES,
+    AUTOTIMM_HEAD_OPTIONS,
+    HEAD_OPTIONS,
+    PRECISIONS,
+    TASKS,
+    ModelSpec,
+)
 from autotimm_deploy.exporter.formats import FORMATS
 from autotimm_deploy.exporter.inputs.calibration import SAMPLE_PICTURES
 from autotimm_deploy.exporter.models.timm_backbone import check_model_name
@@ -48,7 +55,7 @@ SHIPPED = Path(__file__).resolve().parent  # the recipes that ship with the pack
 TOP_KEYS = {"recipe", "name", "description", "models", "tasks", "formats", "precisions", "batch_sizes", "devices",
             "img_size", "num_classes", "calibration", "profile"}
 MODEL_KEYS = {"model", "img_size", "num_classes", "reference"}
-TASK_KEYS = {"task", "img_size", "num_classes", "label"}  # plus the task's head options
+TASK_KEYS = {"task", "img_size", "num_classes", "label", "architecture"}  # plus the task's head options
 CALIBRATION_KEYS = {"data", "samples", "random"}
 PROFILE_KEYS = {"max_time", "warmup_time", "threads", "iterations"}
 
@@ -131,6 +138,7 @@ class TaskEntry:
     img_size: tuple[int, int] | None = None
     num_classes: int | None = None
     label: str | None = None
+    architecture: str = ARCHITECTURES[0]  # builtin heads, or AutoTimm's own (the [autotimm] extra)
 
 
 @dataclass
@@ -299,10 +307,15 @@ def _build(path: Path, data, out_dir: Path) -> Recipe:
         if not isinstance(entry, dict) or entry.get("task") not in TASKS:
             got = entry.get("task") if isinstance(entry, dict) else entry
             raise _LineError(line, f"unknown task {got!r}; choose one of: {', '.join(TASKS)}")
-        _unknown(entry, TASK_KEYS | set(HEAD_OPTIONS[entry["task"]]), f"a {entry['task']} task")
+        architecture = entry.get("architecture", ARCHITECTURES[0])
+        if architecture not in ARCHITECTURES:
+            raise _LineError(_line(entry, "architecture", line),
+                             f"unknown architecture {architecture!r}; choose one of: {', '.join(ARCHITECTURES)}")
+        options = (AUTOTIMM_HEAD_OPTIONS if architecture == "autotimm" else HEAD_OPTIONS)[entry["task"]]
+        _unknown(entry, TASK_KEYS | set(options), f"a {entry['task']} task ({architecture} architecture)")
         head = {k: v for k, v in entry.items() if k not in TASK_KEYS}
         try:
-            ModelSpec("resnet18", task=entry["task"], head=head)
+            ModelSpec("resnet18", task=entry["task"], head=head, architecture=architecture)
         except UserError as e:
             raise _LineError(line, str(e)) from None
         label = entry.get("label")
@@ -310,7 +323,7 @@ def _build(path: Path, data, out_dir: Path) -> Recipe:
             raise _LineError(_line(entry, "label", line), f"label must be a short name (letters, digits, - _), got {label!r}")
         tasks.append(TaskEntry(entry["task"], head, _size(entry.get("img_size"), _line(entry, "img_size", line)),
                                _positive(entry.get("num_classes"), _line(entry, "num_classes", line), "num_classes", MAX_CLASSES),
-                               label))
+                               label, architecture))
 
     formats = _list(data, "formats")
     for i, fmt in enumerate(formats):

@@ -42,6 +42,9 @@ class ParityReport:
     inputs: str | None = None
     tolerance: dict[str, Any] = field(default_factory=dict)
     per_batch: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # the same artifact outputs against the model's own reference implementation, where it has one
+    # (AutoTimm models: their predict()): {"against": str, "metrics": {...}, "failures": [...]}
+    reference: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:

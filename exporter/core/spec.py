@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -20,8 +21,24 @@ HEAD_OPTIONS = {
     "instance-segmentation": ("fpn_channels", "depthwise", "score_threshold", "iou_threshold", "max_detections"),
 }
 SEG_HEADS = ("fcn", "deeplabv3plus")  # the first is the default
+# Whose task architectures: our built-in heads (no dependency), or AutoTimm's own modules (the
+# [autotimm] extra; what AutoTimm checkpoints hold). AutoTimm's take these head options:
+ARCHITECTURES = ("builtin", "autotimm")
+AUTOTIMM_HEAD_OPTIONS = {
+    "classification": ("multi_label",),
+    "semantic-segmentation": ("head",),
+    "detection": ("arch", "fpn_channels", "head_convs", "score_threshold", "iou_threshold", "max_detections",
+                  "pre_nms"),
+    "instance-segmentation": ("fpn_channels", "head_convs", "roi_size", "score_threshold", "iou_threshold",
+                              "max_detections", "pre_nms", "mask_threshold"),
+}
+DETECTION_ARCHS = ("fcos", "yolox")  # AutoTimm's ObjectDetector heads; the first is the default
 # every head option any task takes, in the order the CLI lists them
-ALL_HEAD_OPTIONS = tuple(dict.fromkeys(k for opts in HEAD_OPTIONS.values() for k in opts))
+ALL_HEAD_OPTIONS = tuple(dict.fromkeys(k for table in (HEAD_OPTIONS, AUTOTIMM_HEAD_OPTIONS)
+                                       for opts in table.values() for k in opts))
+# Preprocessing a user may set instead of the backbone's timm defaults (--mean, --std, ...)
+PREPROCESS_KEYS = ("mean", "std", "interpolation", "crop_pct")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 TASK_SUFFIX = {"classification": "", "detection": "-det", "instance-segmentation": "-inst"}
 
@@ -43,6 +60,8 @@ class ModelSpec:
     checkpoint: str | None = None
     head: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    architecture: str = "builtin"
+    preprocess: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -55,18 +74,27 @@ class ModelSpec:
             raise UserError(f"--num-classes takes 1 to {MAX_CLASSES}, got {self.num_classes}")
         if not 1 <= self.in_chans <= MAX_IN_CHANS:
             raise UserError(f"--in-chans takes 1 to {MAX_IN_CHANS}, got {self.in_chans}")
-        allowed = HEAD_OPTIONS[self.task]
+        if self.architecture not in ARCHITECTURES:
+            raise UserError(f"unknown architecture {self.architecture!r}; choose one of: {', '.join(ARCHITECTURES)}")
+        allowed = (AUTOTIMM_HEAD_OPTIONS if self.architecture == "autotimm" else HEAD_OPTIONS)[self.task]
         for key in self.head:
             if key not in allowed:
                 flag = "--" + key.replace("_", "-")
-                raise UserError(f"{flag} does not apply to {self.task}"
+                whose = f"{self.task} ({self.architecture} architecture)" if self.architecture != "builtin" else self.task
+                raise UserError(f"{flag} does not apply to {whose}"
                                 + (f" (it takes: {', '.join('--' + k.replace('_', '-') for k in allowed)})" if allowed else ""))
+        if self.head.get("arch") not in (None, *DETECTION_ARCHS):
+            raise UserError(f"unknown detection architecture {self.head['arch']!r}; choose one of: "
+                            f"{', '.join(DETECTION_ARCHS)}")
         if self.head.get("head") not in (None, *SEG_HEADS):
             raise UserError(f"unknown segmentation head {self.head['head']!r}; choose one of: {', '.join(SEG_HEADS)}")
-        for key in ("head_channels", "fpn_channels", "max_detections"):
+        for key in ("head_channels", "fpn_channels", "max_detections", "pre_nms", "head_convs", "roi_size"):
             if key in self.head and (not isinstance(self.head[key], int) or self.head[key] < 1):
                 raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {self.head[key]!r}")
-        for key in ("score_threshold", "iou_threshold"):
+        for key in ("depthwise", "raw", "argmax", "multi_label"):
+            if key in self.head and not isinstance(self.head[key], bool):
+                raise UserError(f"--{key.replace('_', '-')} is a switch (true or false), got {self.head[key]!r}")
+        for key in ("score_threshold", "iou_threshold", "mask_threshold"):
             if key in self.head and not 0.0 <= float(self.head[key]) <= 1.0:
                 raise UserError(f"--{key.replace('_', '-')} must be between 0 and 1, got {self.head[key]}")
         if self.img_size is not None:
@@ -74,15 +102,31 @@ class ModelSpec:
             if not (1 <= h <= MAX_IMG_SIDE and 1 <= w <= MAX_IMG_SIDE):
                 raise UserError(f"--img-size takes sides from 1 to {MAX_IMG_SIDE}, got {h}x{w}")
             object.__setattr__(self, "img_size", (int(h), int(w)))
+        check_preprocess(self.preprocess, self.in_chans)
 
     @property
     def seg_head(self) -> str | None:
         """The semantic-segmentation head (its default filled in); None for other tasks."""
         return self.head.get("head", SEG_HEADS[0]) if self.task == "semantic-segmentation" else None
 
+    def task_label(self) -> str:
+        """The task and whose architecture, for reports: ``detection (autotimm fcos)``,
+        ``segmentation (fcn)`` (our built-in heads), ``classification``."""
+        detail = self.seg_head or (self.head.get("arch", DETECTION_ARCHS[0]) if self.task == "detection" else None)
+        if self.architecture != ARCHITECTURES[0]:
+            detail = f"{self.architecture} {detail}" if detail else self.architecture
+        task = "segmentation" if self.seg_head else self.task
+        return f"{task} ({detail})" if detail and (self.seg_head or self.architecture != ARCHITECTURES[0]) else task
+
     def stem(self, precision: str = "fp32") -> str:
-        """The default file stem of this model's artifacts: name, task, precision."""
-        suffix = f"-{self.seg_head}" if self.seg_head else TASK_SUFFIX[self.task]
+        """The default file stem of this model's artifacts: name, task (AutoTimm detectors: their head),
+        precision."""
+        if self.seg_head:
+            suffix = f"-{self.seg_head}"
+        elif self.architecture == "autotimm" and self.task == "detection":
+            suffix = f"-{self.head.get('arch', DETECTION_ARCHS[0])}"
+        else:
+            suffix = TASK_SUFFIX[self.task]
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", self.model).strip("_") + suffix
         return stem if precision == "fp32" else f"{stem}-{precision}"
 
@@ -104,6 +148,28 @@ class ModelSpec:
         if unknown:
             raise UserError(f"model spec has unknown keys: {', '.join(sorted(unknown))}")
         return cls(**d)
+
+
+def check_preprocess(pre: dict[str, Any], in_chans: int) -> None:
+    """Preprocessing overrides: per-channel mean/std (std > 0), a known interpolation, 0 < crop_pct <= 1."""
+    for key in pre:
+        if key not in PREPROCESS_KEYS:
+            raise UserError(f"unknown preprocessing key {key!r}; known: {', '.join(PREPROCESS_KEYS)}")
+    for key in ("mean", "std"):
+        if key not in pre:
+            continue
+        vals = pre[key]
+        if (not isinstance(vals, (list, tuple)) or len(vals) != in_chans
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vals)):
+            raise UserError(f"--{key} takes {in_chans} finite number(s), one per input channel, got {vals!r}")
+        if key == "std" and min(vals) <= 0:
+            raise UserError(f"--std values must be positive, got {list(vals)}")
+    if "interpolation" in pre and pre["interpolation"] not in INTERPOLATIONS:
+        raise UserError(f"--interpolation takes one of {', '.join(INTERPOLATIONS)}, got {pre['interpolation']!r}")
+    if "crop_pct" in pre:
+        v = pre["crop_pct"]
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 1:
+            raise UserError(f"--crop-pct takes a number in (0, 1], got {v!r}")
 
 
 def parse_img_size(text: str) -> tuple[int, int]:

@@ -101,26 +101,31 @@ def flat_levels(levels, i: int) -> torch.Tensor:
 
 
 def pairwise_iou(boxes: torch.Tensor) -> torch.Tensor:
-    """boxes [B, K, 4] -> IoU [B, K, K]."""
-    area = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+    """boxes [B, K, 4] -> IoU [B, K, K], computed as torchvision's NMS kernel computes it (areas not
+    clamped, no epsilon: two empty boxes give NaN, which suppresses nothing, as there)."""
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
     lt = torch.maximum(boxes[:, :, None, :2], boxes[:, None, :, :2])
     rb = torch.minimum(boxes[:, :, None, 2:], boxes[:, None, :, 2:])
     inter = (rb - lt).clamp(min=0).prod(-1)
-    return inter / (area[:, :, None] + area[:, None, :] - inter).clamp(min=1e-9)
+    return inter / (area[:, :, None] + area[:, None, :] - inter)
 
 
-def batched_greedy_nms(boxes, scores, labels, iou_threshold: float, score_threshold: float, rounds: int):
+def batched_greedy_nms(boxes, scores, labels, iou_threshold: float, score_threshold: float, rounds: int,
+                       strict: bool = False):
     """boxes [B, K, 4], scores [B, K], labels [B, K] (candidates) -> the first ``rounds`` boxes greedy
     class-aware NMS keeps, padded: (boxes [B, N, 4], scores [B, N], labels [B, N], count [B])."""
-    idx, best, valid = greedy_nms_picks(boxes, scores, labels, iou_threshold, score_threshold, rounds)
+    idx, best, valid = greedy_nms_picks(boxes, scores, labels, iou_threshold, score_threshold, rounds, strict)
     out_boxes = torch.gather(boxes, 1, idx[..., None].expand(-1, -1, 4))
     out_boxes = torch.where(valid[..., None], out_boxes, torch.zeros_like(out_boxes))
     out_labels = torch.where(valid, torch.gather(labels, 1, idx), torch.full_like(idx, -1))
     return out_boxes, torch.where(valid, best, torch.zeros_like(best)), out_labels, valid.sum(1)
 
 
-def greedy_nms_picks(boxes, scores, labels, iou_threshold: float, score_threshold: float, rounds: int):
+def greedy_nms_picks(boxes, scores, labels, iou_threshold: float, score_threshold: float, rounds: int,
+                     strict: bool = False):
     """(candidate index [B, N], its score [B, N], valid [B, N]) of the first ``rounds`` picks.
+    Candidates need a score ``>= score_threshold`` (``> score_threshold`` when ``strict``); a pick
+    retires the same-class candidates whose IoU with it is ``> iou_threshold``.
 
     Which candidate suppresses which is computed once ([B, K, K]); each round is then five ops:
     take the best live candidate, look up its row, retire what it suppresses (itself included)."""
@@ -128,7 +133,8 @@ def greedy_nms_picks(boxes, scores, labels, iou_threshold: float, score_threshol
     same = labels[:, :, None] == labels[:, None, :]
     eye = torch.arange(k, device=scores.device)[:, None] == torch.arange(k, device=scores.device)[None, :]
     kills = ((pairwise_iou(boxes) > iou_threshold) & same) | eye[None]
-    live = torch.where(scores >= score_threshold, scores, torch.full_like(scores, -1.0))
+    passing = scores > score_threshold if strict else scores >= score_threshold
+    live = torch.where(passing, scores, torch.full_like(scores, -1.0))
     picks, bests = [], []
     for _ in range(rounds):
         best, idx = live.max(dim=1)

@@ -87,14 +87,15 @@ def create_timm_model(spec: ModelSpec, **extra) -> torch.nn.Module:
 
 
 def preprocessing(model: torch.nn.Module, spec: ModelSpec) -> dict:
-    """Mean/std/interpolation/crop a caller must apply, from the model's pretrained config."""
+    """Mean/std/interpolation/crop a caller must apply: the model's pretrained config, with the
+    spec's overrides (``--mean`` ...) on top; ``source`` says which values came from where."""
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     mean = list(cfg.get("mean") or _timm().data.IMAGENET_DEFAULT_MEAN)
     std = list(cfg.get("std") or _timm().data.IMAGENET_DEFAULT_STD)
     if len(mean) != spec.in_chans:  # timm adapts the stem to in_chans, not the stats: use their average
         mean = [sum(mean) / len(mean)] * spec.in_chans
         std = [sum(std) / len(std)] * spec.in_chans
-    return {
+    prep = {
         "input_size": [spec.in_chans, *spec.img_size],
         "mean": [float(v) for v in mean],
         "std": [float(v) for v in std],
@@ -105,6 +106,11 @@ def preprocessing(model: torch.nn.Module, spec: ModelSpec) -> dict:
         "layout": "NCHW",
         "scale": "pixel / 255, then (x - mean) / std",
     }
+    given = {k: ([float(x) for x in v] if isinstance(v, (list, tuple)) else v) for k, v in spec.preprocess.items()}
+    prep.update(given)
+    source = f"timm's pretrained config of {spec.model}"
+    prep["source"] = f"{source}; set by the user: {', '.join(sorted(given))}" if given else source
+    return prep
 
 
 def _hw(spec: ModelSpec) -> str:

@@ -1,0 +1,216 @@
+"""AutoTimm's own task modules, rebuilt: from a checkpoint (weights and settings from the file) or
+with random weights (the speed tables of the architectures AutoTimm trains).
+
+The module is AutoTimm's class itself, constructed from the checkpoint's ``hyper_parameters`` with
+the backbone's ``pretrained=False`` (nothing is downloaded), no ``torch.compile`` and no global
+seeding; the inference submodules' weights are then loaded strictly. The deployable model is a
+fixed-shape wrapper (`wrappers`) around it."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import math
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from autotimm_deploy.exporter.core.capture import captured_output
+from autotimm_deploy.exporter.core.errors import MissingExtra, UserError, first_line
+from autotimm_deploy.exporter.core.files import sha256_file
+from autotimm_deploy.exporter.core.spec import DETECTION_ARCHS, ModelSpec
+from autotimm_deploy.exporter.models.autotimm.checkpoint import LightningCheckpoint, read_lightning_checkpoint
+from autotimm_deploy.exporter.models.autotimm.tasks import BY_TASK, STRUCTURAL, TASKS, AutoTimmTask, identify
+from autotimm_deploy.exporter.models.timm_backbone import preprocessing
+from autotimm_deploy.exporter.models.weights import check_trained_floats
+
+SUPPORTED = (0, 7)  # AutoTimm 0.7.x: the modules and predict() this code reproduces
+SUPPORTED_PIN = "autotimm>=0.7,<0.8"
+# constructor arguments we set ourselves, whatever the checkpoint says
+RESERVED = ("backbone", "compile_model", "compile_kwargs", "seed", "deterministic", "metrics", "logging_config",
+            "transform_config")
+_SHOW = 4
+PRIVATE = ("username",)  # AutoTimm records the trainer's login; manifests travel, so it stays out
+
+
+def autotimm_version() -> str | None:
+    try:
+        return importlib.metadata.version("autotimm")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def import_autotimm():
+    """AutoTimm, imported (~10 s: PyTorch Lightning); a missing or unsupported version is one line."""
+    version = autotimm_version()
+    if version is None:
+        raise MissingExtra("autotimm (needed for AutoTimm checkpoints and architectures)", "autotimm")
+    found = tuple(int(v) for v in re.findall(r"\d+", version)[:2])
+    if found != SUPPORTED:
+        raise UserError(f"autotimm {version} is installed; this autotimm-deploy rebuilds AutoTimm "
+                        f"{SUPPORTED[0]}.{SUPPORTED[1]}.x models: pip install '{SUPPORTED_PIN}'")
+    try:
+        with warnings.catch_warnings(), captured_output():
+            warnings.simplefilter("ignore")
+            import autotimm
+    except Exception as e:  # noqa: BLE001 - a broken install: say which package
+        raise UserError(f"autotimm {version} is installed but does not import: {first_line(e)} "
+                        f"(reinstall it: pip install --force-reinstall '{SUPPORTED_PIN}')") from None
+    return autotimm
+
+
+def load_autotimm_checkpoint(path: str | Path) -> tuple[LightningCheckpoint, AutoTimmTask]:
+    ck = read_lightning_checkpoint(path)
+    if ck is None:
+        raise UserError(f"{path} is not an AutoTimm (Lightning) checkpoint; to load a plain state dict into a timm "
+                        f"model, name the model: autotimm-export MODEL --checkpoint {path}")
+    found = identify(ck.hparams)
+    if found is None:
+        raise UserError(f"{path} is a Lightning checkpoint, but not of an AutoTimm task (its hyper_parameters name "
+                        f"none of {', '.join(t.cls_name for t in TASKS)}); to load its weights into a timm model, "
+                        f"name the model: autotimm-export MODEL --task TASK --checkpoint {path}")
+    if isinstance(found, str):
+        raise UserError(f"{path} is an AutoTimm {found} checkpoint, which this version cannot deploy yet "
+                        f"(supported: {', '.join(t.cls_name for t in TASKS)})")
+    return ck, found
+
+
+def is_autotimm_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a Lightning checkpoint that one of AutoTimm's tasks wrote."""
+    ck = read_lightning_checkpoint(path)
+    return ck is not None and identify(ck.hparams) is not None
+
+
+def _plain(v: Any) -> Any:
+    """Hyper-parameter values as JSON holds them (tuples as lists, infinities as strings)."""
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return repr(v)
+
+
+def spec_from_checkpoint(checkpoint: str | Path, model: str | None = None, task: str | None = None,
+                         num_classes: int | None = None, head: dict[str, Any] | None = None,
+                         **fields: Any) -> ModelSpec:
+    """The `ModelSpec` of an AutoTimm checkpoint: backbone, task, classes and head settings read from
+    its hyper-parameters. ``model``, ``task`` and ``num_classes``, when given, must agree with it;
+    ``head`` may change thresholds, not what shapes the weights. ``fields`` go to the spec as given
+    (img_size, preprocess, seed, ...)."""
+    ck, t = load_autotimm_checkpoint(checkpoint)
+    hp = ck.hparams
+    what = f"{checkpoint} holds an AutoTimm {t.describe(hp)}"
+    if model is not None and model != hp["backbone"]:
+        raise UserError(f"{what}: its backbone is {hp['backbone']}, not {model}; leave the model name out (the "
+                        "checkpoint names it)")
+    if task is not None and task != t.task:
+        raise UserError(f"{what}, a {t.task} model, not {task}: leave --task out")
+    if num_classes is not None and num_classes != hp["num_classes"]:
+        raise UserError(f"{what} with {hp['num_classes']} classes, not {num_classes}: leave --num-classes out")
+    settings = {opt: _plain(hp[arg]) for opt, arg in t.options.items() if arg in hp}
+    for key, value in (head or {}).items():
+        if key in STRUCTURAL and key in settings and value != settings[key]:
+            raise UserError(f"{what} trained with --{key.replace('_', '-')} {settings[key]}, not {value}: only "
+                            "thresholds can change after training")
+        settings[key] = value
+    return ModelSpec(model=hp["backbone"], task=t.task, num_classes=int(hp["num_classes"]), weights="checkpoint",
+                     checkpoint=str(checkpoint), head=settings, architecture="autotimm", **fields)
+
+
+def _load_weights(net: torch.nn.Module, ck: LightningCheckpoint, t: AutoTimmTask, version: str) -> int:
+    """Load the inference submodules' weights strictly; returns how many other entries (losses,
+    metrics) the checkpoint held and inference does not need."""
+    expected = {k: v for k, v in net.state_dict().items() if k.split(".", 1)[0] in t.parts}
+    given = {k: v for k, v in ck.state_dict.items() if k.split(".", 1)[0] in t.parts}
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    reshaped = [f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                if k in given and given[k].shape != v.shape]
+    problems = [f"{len(v)} {what} (e.g. {', '.join(v[:_SHOW])})" for v, what in
+                ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "with another shape")) if v]
+    if problems:
+        raise UserError(f"{ck.path} does not match the {t.describe(ck.hparams)} that autotimm {version} builds from "
+                        f"its hyper-parameters: {'; '.join(problems)} (written by another AutoTimm version, or edited?)")
+    check_trained_floats(given, expected, ck.path)
+    net.load_state_dict(given, strict=False)
+    return len(ck.state_dict) - len(given)
+
+
+def _spread_random_head(net: torch.nn.Module, seed: int) -> None:
+    """Random weights: AutoTimm initialises detection heads to score ~0.01 everywhere (below any
+    threshold), so nothing would be detected and parity would compare empty lists. Spread the final
+    layers (seeded) so scores and boxes differ across locations and pictures."""
+    gen = torch.Generator().manual_seed(seed)
+    head = getattr(net, "detection_head", None) or net.head
+    with torch.no_grad():
+        for name in ("cls_pred", "centerness_pred", "reg_pred"):
+            layer = getattr(head, name, None)
+            if layer is not None:
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * 0.05)
+                layer.bias.zero_()
+        head.reg_pred.bias.fill_(16.0)  # boxes of a few dozen pixels, not degenerate ones
+
+
+def build_autotimm(spec: ModelSpec) -> torch.nn.Module:
+    """AutoTimm's module for ``spec`` (a checkpoint's, or random weights), in its deployable wrapper."""
+    t = BY_TASK[spec.task]
+    if spec.in_chans != 3:
+        raise UserError(f"AutoTimm models take 3-channel RGB input; --in-chans {spec.in_chans} does not apply")
+    ck, hp = None, {}
+    if spec.weights == "checkpoint":
+        ck, found = load_autotimm_checkpoint(spec.checkpoint)
+        if found is not t:
+            raise UserError(f"{spec.checkpoint} holds an AutoTimm {found.cls_name}, not a {spec.task} model")
+        hp = ck.hparams
+    autotimm = import_autotimm()
+    version = autotimm_version()
+    cls = getattr(autotimm, t.cls_name)
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in hp.items() if k in params and k not in RESERVED}
+    kwargs["num_classes"] = spec.num_classes
+    kwargs.update({t.options[k]: v for k, v in spec.head.items() if k in t.options})
+    if t.task == "detection":
+        kwargs.setdefault("detection_arch", DETECTION_ARCHS[0])
+    config = autotimm.FeatureBackboneConfig if t.features else autotimm.BackboneConfig
+    kwargs.update(backbone=config(model_name=spec.model, pretrained=spec.weights == "pretrained"),
+                  compile_model=False, compile_kwargs=None, seed=None, deterministic=False, **t.construct)
+    torch.manual_seed(spec.seed)
+    try:
+        with warnings.catch_warnings(), captured_output():
+            warnings.simplefilter("ignore")
+            net = cls(**kwargs)
+    except Exception as e:  # noqa: BLE001 - AutoTimm raises many types; one line here
+        raise UserError(f"autotimm {version} could not build {t.cls_name}({spec.model}): {first_line(e)}") from None
+    ignored = _load_weights(net, ck, t, version) if ck else 0
+    if ck is None and t.task in ("detection", "instance-segmentation"):
+        _spread_random_head(net, spec.seed)
+    net.eval()
+    try:
+        with torch.no_grad():
+            model = t.wrapper(net, spec.img_size, {k: v for k, v in spec.head.items() if k not in t.options}).eval()
+            model(torch.zeros(1, 3, *spec.img_size))
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"AutoTimm's {t.cls_name}({spec.model}) cannot run at {spec.img_size[0]}x{spec.img_size[1]}: "
+                        f"{first_line(e)}") from None
+    model.build_info = {
+        "params": sum(p.numel() for p in model.parameters()),
+        "backbone_params": sum(p.numel() for p in net.backbone.parameters()),
+        "architecture": f"autotimm {t.cls_name}",
+        "autotimm": {
+            "version": version,
+            "class": t.cls_name,
+            "settings": _plain({k: v for k, v in kwargs.items() if k not in RESERVED}),
+            **({"checkpoint": Path(ck.path).name, "checkpoint_sha256": sha256_file(Path(ck.path)),
+                "compiled": ck.compiled, "lightning_version": ck.lightning_version,
+                "hyper_parameters": _plain({k: v for k, v in hp.items() if k not in PRIVATE}),
+                "unused_entries": ignored} if ck else {"weights": spec.weights}),
+        },
+    }
+    model.preprocessing = preprocessing(net.backbone, spec)
+    return model

@@ -1,0 +1,177 @@
+"""AutoTimm checkpoints (the [autotimm] extra): real checkpoints from Trainer.fit, rebuilt with
+AutoTimm's own modules, exported with predict()'s postprocessing in the graph, and checked against
+AutoTimm's eager predict()."""
+
+import json
+
+import pytest
+import torch
+from autotimm_deploy.exporter.core.errors import MissingExtra, UserError
+from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.formats import ExportOptions
+from autotimm_deploy.exporter.models import build_model, spec_from_checkpoint
+from autotimm_deploy.exporter.models.autotimm import build as autotimm_build
+from autotimm_deploy.exporter.models.autotimm.wrappers import paste_masks
+from autotimm_deploy.exporter.pipeline import export
+from conftest import files_under
+
+pytest.importorskip("autotimm", reason="the [autotimm] extra is not installed")
+
+from autotimm_models import CLASSES, COMPILED, SIZE, make_checkpoints  # noqa: E402
+
+# variant -> (task, our output names)
+EXPECTED = {
+    "classifier": ("classification", ("logits", "probs")),
+    "multilabel": ("classification", ("logits", "probs")),
+    "fcos": ("detection", ("boxes", "scores", "labels", "num_detections")),
+    "yolox": ("detection", ("boxes", "scores", "labels", "num_detections")),
+    "fcn": ("semantic-segmentation", ("logits", "mask")),
+    "deeplabv3plus": ("semantic-segmentation", ("logits", "mask")),
+    "instance": ("instance-segmentation", ("boxes", "scores", "labels", "num_detections", "masks")),
+}
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    return make_checkpoints(tmp_path_factory.mktemp("autotimm"))
+
+
+@pytest.mark.parametrize("variant", list(EXPECTED))
+def test_checkpoint_exports_with_predict_parity(variant, checkpoints, tmp_path):
+    """Every variant to ONNX, TorchScript and torch.export; each artifact agrees with eager and with
+    AutoTimm's own predict() on real pictures; the manifest says where the model came from."""
+    task, outputs = EXPECTED[variant]
+    spec = spec_from_checkpoint(checkpoints[variant], img_size=(SIZE, SIZE))
+    assert (spec.task, spec.model, spec.num_classes, spec.architecture) == (task, "test_resnet", CLASSES, "autotimm")
+    results = export(spec, ["onnx", "torchscript", "pt2"], tmp_path)
+    for r in results:
+        assert r.ok, (r.format, r.error, r.parity and r.parity.failures)
+        ref = r.parity.reference
+        assert ref["against"].startswith("AutoTimm ") and not ref["failures"]
+        manifest = json.loads(r.manifest.read_text())
+        assert tuple(manifest["task_outputs"]) == outputs
+        at = manifest["model"]["autotimm"]
+        assert at["version"].startswith("0.7.") and len(at["checkpoint_sha256"]) == 64
+        assert at["compiled"] == (variant in COMPILED)
+        assert at["hyper_parameters"]["backbone"] == "test_resnet" and "username" not in at["hyper_parameters"]
+        assert manifest["preprocessing"]["source"].startswith("timm's pretrained config of test_resnet")
+        if task in ("detection", "instance-segmentation"):
+            det = ref["metrics"]["detections"]
+            assert det["ref_detections"] > 0 and det["match_rate"] == 1.0 and det["mean_iou"] > 0.9999
+            if task == "instance-segmentation":
+                assert det["mask_iou"] > 0.99
+
+
+def test_thresholds_follow_the_checkpoint_and_can_change(checkpoints):
+    spec = spec_from_checkpoint(checkpoints["fcos"])
+    assert spec.head == {"arch": "fcos", "fpn_channels": 64, "head_convs": 1, "score_threshold": 0.02,
+                         "iou_threshold": 0.5, "max_detections": 8}
+    spec = spec_from_checkpoint(checkpoints["fcos"], img_size=(SIZE, SIZE), head={"score_threshold": 0.3,
+                                                                                   "max_detections": 3})
+    model = build_model(spec)
+    assert (model.task.score_thresh, model.task.max_detections_per_image) == (0.3, 3)  # predict() uses them too
+    assert model(torch.zeros(2, 3, SIZE, SIZE))[0].shape == (2, 3, 4)
+    with pytest.raises(UserError, match="trained with --fpn-channels 64, not 128"):
+        spec_from_checkpoint(checkpoints["fcos"], head={"fpn_channels": 128})
+    with pytest.raises(UserError, match="--depthwise does not apply"):
+        spec_from_checkpoint(checkpoints["fcos"], head={"depthwise": True})
+
+
+def test_checkpoint_contradictions_are_one_line(checkpoints):
+    with pytest.raises(UserError, match="its backbone is test_resnet, not resnet50"):
+        spec_from_checkpoint(checkpoints["fcn"], model="resnet50")
+    with pytest.raises(UserError, match="a semantic-segmentation model, not detection"):
+        spec_from_checkpoint(checkpoints["fcn"], task="detection")
+    with pytest.raises(UserError, match="with 3 classes, not 5"):
+        spec_from_checkpoint(checkpoints["fcn"], num_classes=5)
+
+
+def test_not_autotimm_checkpoints(tmp_path):
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {"layer.weight": torch.ones(2)}, "hyper_parameters": {"hidden": 3}}, plain)
+    with pytest.raises(UserError, match="not of an AutoTimm task"):
+        spec_from_checkpoint(plain)
+    weights = tmp_path / "weights.pth"
+    torch.save({"layer.weight": torch.ones(2)}, weights)
+    with pytest.raises(UserError, match="not an AutoTimm"):
+        spec_from_checkpoint(weights)
+    yolox = tmp_path / "yolox.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(1)}, "hyper_parameters": {
+        "model_name": "yolox-s", "num_classes": 80, "total_epochs": 300, "warmup_epochs": 5, "no_aug_epochs": 15}},
+        yolox)
+    with pytest.raises(UserError, match="AutoTimm YOLOXDetector checkpoint, which this version cannot deploy"):
+        spec_from_checkpoint(yolox)
+
+
+def test_missing_or_unsupported_autotimm(monkeypatch, checkpoints):
+    spec = spec_from_checkpoint(checkpoints["classifier"], img_size=(SIZE, SIZE))
+    monkeypatch.setattr(autotimm_build, "autotimm_version", lambda: None)
+    with pytest.raises(MissingExtra, match=r"autotimm-deploy\[autotimm\]"):
+        build_model(spec)
+    monkeypatch.setattr(autotimm_build, "autotimm_version", lambda: "0.9.1")
+    with pytest.raises(UserError, match="autotimm 0.9.1 is installed; .* pip install 'autotimm>=0.7,<0.8'"):
+        build_model(spec)
+
+
+def test_edited_checkpoint_names_the_mismatch(checkpoints, tmp_path):
+    ck = torch.load(checkpoints["classifier"], weights_only=True)
+    ck["state_dict"].pop(next(k for k in ck["state_dict"] if k.startswith("head.")))
+    edited = tmp_path / "edited.ckpt"
+    torch.save(ck, edited)
+    with pytest.raises(UserError, match="1 missing .*another AutoTimm version, or edited"):
+        build_model(spec_from_checkpoint(edited, img_size=(SIZE, SIZE)))
+
+
+def test_preprocessing_overrides_are_recorded(checkpoints, tmp_path):
+    spec = spec_from_checkpoint(checkpoints["classifier"], img_size=(SIZE, SIZE),
+                                preprocess={"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "crop_pct": 1.0})
+    [r] = export(spec, ["onnx"], tmp_path)
+    prep = json.loads(r.manifest.read_text())["preprocessing"]
+    assert (prep["mean"], prep["std"], prep["crop_pct"]) == ([0.5] * 3, [0.25] * 3, 1.0)
+    assert prep["source"].endswith("set by the user: crop_pct, mean, std")
+    with pytest.raises(UserError, match="--std values must be positive"):
+        ModelSpec("resnet18", preprocess={"std": [0.2, 0.0, 0.2]})
+
+
+def test_random_autotimm_architecture_exports(tmp_path):
+    """No checkpoint: AutoTimm's own YOLOX-head detector with random weights (what the speed tables of
+    AutoTimm's architectures measure), spread so that it detects something."""
+    spec = ModelSpec("test_resnet", task="detection", architecture="autotimm", img_size=(SIZE, SIZE), num_classes=4,
+                     head={"arch": "yolox", "fpn_channels": 64, "max_detections": 5})
+    [r] = export(spec, ["onnx"], tmp_path, ExportOptions())
+    assert r.ok and r.artifact.name == "test_resnet-yolox.onnx"
+    assert r.parity.metrics["detections"]["ref_detections"] > 0 and not r.parity.reference["failures"]
+    assert json.loads(r.manifest.read_text())["model"]["architecture"] == "autotimm ObjectDetector"
+
+
+def test_paste_masks_matches_interpolate():
+    """The in-graph paste equals predict()'s loop: box rounded out, bilinear resize, threshold."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.rand(1, 5, 28, 28, generator=gen)
+    boxes = torch.tensor([[[3.2, 4.7, 40.1, 30.0], [0.0, 0.0, 64.0, 64.0], [10.5, 10.5, 11.0, 11.2],
+                           [50.0, 2.0, 63.9, 60.0], [-3.0, 5.0, 20.0, 70.0]]])
+    got = paste_masks(probs, boxes.clamp(0, 64), (64, 64), 0.5)
+    for j, (x1, y1, x2, y2) in enumerate(boxes.clamp(0, 64)[0].tolist()):
+        want = torch.zeros(64, 64, dtype=torch.bool)
+        x1, y1 = int(min(max(int(x1), 0), 63)), int(min(max(int(y1), 0), 63))
+        x2 = int(min(max(torch.tensor(x2).ceil().item(), x1 + 1), 64))
+        y2 = int(min(max(torch.tensor(y2).ceil().item(), y1 + 1), 64))
+        want[y1:y2, x1:x2] = F.interpolate(probs[0, j][None, None], size=(y2 - y1, x2 - x1), mode="bilinear",
+                                           align_corners=False)[0, 0] > 0.5
+        assert (got[0, j] == want).float().mean() > 0.999
+
+
+@pytest.mark.slow
+def test_cli_exports_an_autotimm_checkpoint(export_cli, checkpoints, tmp_path):
+    out = tmp_path / "out"
+    r = export_cli("--checkpoint", str(checkpoints["deeplabv3plus"]), "--img-size", str(SIZE), "-o", str(out),
+                   "--format", "onnx")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "vs AutoTimm SemanticSegmentor.predict(): pass" in r.stdout
+    assert "AutoTimm checkpoints do not record their transforms" in r.stdout
+    assert files_under(out) == ["test_resnet-deeplabv3plus.onnx", "test_resnet-deeplabv3plus.onnx.json"]
+    bad = export_cli("resnet50", "--checkpoint", str(checkpoints["deeplabv3plus"]), "-o", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "its backbone is test_resnet, not resnet50" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
