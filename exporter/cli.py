@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -89,7 +90,7 @@ def build_parser() -> OneLineParser:
     th.add_argument("--head-convs", type=int_in(1, 16), help="AutoTimm detection: convs per head branch (default 4)")
     th.add_argument("--roi-size", type=int_in(1, 64), help="AutoTimm instance segmentation: RoIAlign size (default 14)")
     th.add_argument("--multi-label", action="store_true", default=None, help="AutoTimm classification: sigmoid probs")
-    th.add_argument("--pre-nms", type=int_in(1, 100000), help="AutoTimm detection: locations NMS considers (default 1000)")
+    th.add_argument("--strides", type=int_list, metavar="S,S,...", help="AutoTimm detection: FPN level strides")
     th.add_argument("--mask-threshold", type=float_in(0, 1), help="AutoTimm instance segmentation: mask probability cut")
     pp = p.add_argument_group("preprocessing (default: the backbone's timm config)")
     pp.add_argument("--mean", metavar="R,G,B", help="per-channel mean of the normalisation")
@@ -151,6 +152,14 @@ def list_formats(as_json: bool) -> int:
     return EXIT_OK
 
 
+def int_list(text: str) -> list[int]:
+    """An argparse type: comma-separated integers (their range is the spec's to check)."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes comma-separated integers, e.g. 8,16,32,64,128; got {text!r}") from None
+
+
 def _floats(text: str, flag: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
@@ -170,10 +179,11 @@ def spec_from_args(a) -> ModelSpec:
     head = {k: getattr(a, k) for k in ALL_HEAD_OPTIONS if getattr(a, k) is not None}
     common = dict(img_size=parse_img_size(a.img_size) if a.img_size else None, in_chans=a.in_chans, seed=a.seed,
                   preprocess=preprocess_from_args(a))
-    if a.checkpoint and (a.model is None or a.architecture == "autotimm" or is_autotimm_checkpoint(a.checkpoint)):
-        if a.architecture == "builtin":
-            raise UserError(f"{a.checkpoint} is an AutoTimm checkpoint: its architecture is AutoTimm's; drop "
-                            "--architecture builtin")
+    autotimm = bool(a.checkpoint) and is_autotimm_checkpoint(a.checkpoint)
+    if a.architecture == "builtin" and autotimm:
+        raise UserError(f"{a.checkpoint} is an AutoTimm checkpoint: its architecture is AutoTimm's; drop "
+                        "--architecture builtin")
+    if a.checkpoint and (autotimm or a.architecture == "autotimm" or (a.model is None and a.architecture is None)):
         return spec_from_checkpoint(a.checkpoint, model=a.model, task=a.task, num_classes=a.num_classes, head=head,
                                     **common)
     if a.checkpoint:
@@ -206,7 +216,7 @@ def main(a) -> int:
         if a.model:
             raise UserError("give a model name or --recipe, not both")
         return run_recipe(a)
-    if not a.model and not a.checkpoint:
+    if not a.model and (not a.checkpoint or a.architecture == "builtin"):
         raise UserError("give a timm model name, e.g. autotimm-export resnet50, or an AutoTimm --checkpoint "
                         "(or --list-formats, --recipe)")
     formats = csv_list(a.format)

@@ -266,20 +266,21 @@ def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | N
         offset += b
         with torch.no_grad():
             ref = dict(zip(model.output_names, (t.numpy() for t in model(torch.from_numpy(x)))))
-            own = {k: v.numpy() for k, v in reference(torch.from_numpy(x)).items()} if reference else None
+        own = _reference_outputs(reference, x) if reference else None
         try:
             out = session.infer({input_name: x})
         except Exception as e:  # noqa: BLE001 - a runtime crash is a parity failure, reported as such
             per_batch[str(b)] = {"runtime": error_metrics(f"runtime failed: {first_line(e, 200)}")}
-            against[str(b)] = per_batch[str(b)]
         else:
             per_batch[str(b)] = compare_outputs(ref, out, tol)
-            if own is not None:
+            if isinstance(own, str):
+                against[str(b)] = {"reference": error_metrics(own)}
+            elif own is not None:
                 against[str(b)] = compare_outputs(own, out, tol)
     merged = _merge(per_batch)
     problems = [f"{name}: {p}" for name, m in merged.items() for p in failures(m, precision)]
     report_against = None
-    if reference:
+    if reference and against:  # (none when the runtime itself failed: that failure is reported once, above)
         metrics = _merge(against)
         missed = [f"vs {model.reference_name}: {name}: {p}" for name, m in metrics.items() for p in failures(m, precision)]
         problems += missed
@@ -307,6 +308,17 @@ def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | N
     )
 
 
+def _reference_outputs(reference, x: np.ndarray) -> dict[str, np.ndarray] | str:
+    """The model's own reference outputs for ``x``, or why it could not run (a parity failure)."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            return {k: v.numpy() for k, v in reference(torch.from_numpy(x)).items()}
+    except Exception as e:  # noqa: BLE001 - the reference implementation's own error, in one line
+        return f"the reference failed: {type(e).__name__}: {first_line(e, 200)}"
+
+
 def _merge(per_batch: dict[str, dict[str, dict]]) -> dict[str, dict]:
     names = dict.fromkeys(name for pb in per_batch.values() for name in pb)
     return {name: _worst([pb[name] for pb in per_batch.values() if name in pb]) for name in names}
@@ -317,6 +329,8 @@ def summary(report: ParityReport | None) -> str:
     if not report:
         return "skipped"
     _, m = report.primary
+    if MetricKind(m["kind"]) == MetricKind.ERROR:
+        return f"{report.verdict}: {m['error']}"
     parts = [str(report.verdict), *_key_numbers(m)]
     if report.notes:
         parts.append("(degenerate reference)")
@@ -328,13 +342,13 @@ def reference_summary(report: ParityReport) -> str:
     ref = report.reference
     verdict = Verdict.FAIL if ref["failures"] else Verdict.PASS
     m = next(iter(ref["metrics"].values()), {"kind": MetricKind.ERROR, "error": "no outputs compared"})
+    if MetricKind(m["kind"]) == MetricKind.ERROR:
+        return f"{verdict}: {m['error']}"
     return " ".join([str(verdict), *_key_numbers(m)])
 
 
 def _key_numbers(m: dict) -> list[str]:
     kind = MetricKind(m["kind"])
-    if kind == MetricKind.ERROR:
-        return [m["error"]]
     parts = []
     if kind == MetricKind.DETECTIONS:
         parts.append(f"matched={m['match_rate']:.1%}")

@@ -25,8 +25,8 @@ EXPECTED = {
     "multilabel": ("classification", ("logits", "probs")),
     "fcos": ("detection", ("boxes", "scores", "labels", "num_detections")),
     "yolox": ("detection", ("boxes", "scores", "labels", "num_detections")),
-    "fcn": ("semantic-segmentation", ("logits", "mask")),
-    "deeplabv3plus": ("semantic-segmentation", ("logits", "mask")),
+    "fcn": ("semantic-segmentation", ("logits", "mask", "feature_mask")),
+    "deeplabv3plus": ("semantic-segmentation", ("logits", "mask", "feature_mask")),
     "instance": ("instance-segmentation", ("boxes", "scores", "labels", "num_detections", "masks")),
 }
 
@@ -64,8 +64,8 @@ def test_checkpoint_exports_with_predict_parity(variant, checkpoints, tmp_path):
 
 def test_thresholds_follow_the_checkpoint_and_can_change(checkpoints):
     spec = spec_from_checkpoint(checkpoints["fcos"])
-    assert spec.head == {"arch": "fcos", "fpn_channels": 64, "head_convs": 1, "score_threshold": 0.02,
-                         "iou_threshold": 0.5, "max_detections": 8}
+    assert spec.head == {"arch": "fcos", "fpn_channels": 64, "head_convs": 1, "strides": [8, 16, 32, 64, 128],
+                         "score_threshold": 0.02, "iou_threshold": 0.5, "max_detections": 8}
     spec = spec_from_checkpoint(checkpoints["fcos"], img_size=(SIZE, SIZE), head={"score_threshold": 0.3,
                                                                                    "max_detections": 3})
     model = build_model(spec)
@@ -101,6 +101,29 @@ def test_not_autotimm_checkpoints(tmp_path):
         yolox)
     with pytest.raises(UserError, match="AutoTimm YOLOXDetector checkpoint, which this version cannot deploy"):
         spec_from_checkpoint(yolox)
+
+
+def test_datamodule_objects_are_not_loaded(checkpoints, tmp_path):
+    """Lightning saves the DataModule's hyper-parameters too (paths, AutoTimm's TransformConfig), which
+    weights_only refuses: they are read as inert stand-ins, never imported or called; the training
+    image size becomes the default input size."""
+    import autotimm
+    from autotimm_deploy.exporter.models.autotimm.checkpoint import read_lightning_checkpoint
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    ck = torch.load(checkpoints["fcn"], weights_only=True)
+    ck["datamodule_hyper_parameters"] = {"data_dir": tmp_path / "data", "image_size": 96, "payload": Payload(),
+                                         "transform_config": autotimm.TransformConfig()}
+    ck["hyper_parameters"]["extra"] = Payload()
+    path = tmp_path / "with-datamodule.ckpt"
+    torch.save(ck, path)
+    read = read_lightning_checkpoint(path)
+    assert read.datamodule == {"image_size": 96} and "extra" not in read.hparams
+    assert spec_from_checkpoint(path).img_size == (96, 96)
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_missing_or_unsupported_autotimm(monkeypatch, checkpoints):
@@ -175,3 +198,32 @@ def test_cli_exports_an_autotimm_checkpoint(export_cli, checkpoints, tmp_path):
     bad = export_cli("resnet50", "--checkpoint", str(checkpoints["deeplabv3plus"]), "-o", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "its backbone is test_resnet, not resnet50" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+    plain = tmp_path / "plain.pth"
+    torch.save({"w": torch.ones(1)}, plain)
+    r = export_cli("--checkpoint", str(plain), "--architecture", "builtin", "-o", str(tmp_path / "bad"))
+    assert r.returncode == 2 and "give a timm model name" in r.stderr and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("locations", [300, 2600])  # the suppression-matrix path and the one-pick-per-round path
+def test_detect_equals_torchvision_batched_nms(locations):
+    """The in-graph NMS against torchvision's batched_nms on what predict() would hand it: every
+    passing location, heavy overlap, fewer than 1000 passing boxes (its coordinate trick) with exact
+    score ties, and more (its per-class loop, whose final sort leaves tie order undefined: no ties)."""
+    from autotimm_deploy.exporter.models.autotimm.decode import detect
+    from torchvision.ops import batched_nms
+
+    gen = torch.Generator().manual_seed(locations)
+    for thresh, ties in ((0.05, False), (0.7, True)):
+        xy = torch.rand(1, locations, 2, generator=gen) * 200
+        boxes = torch.cat([xy, xy + torch.rand(1, locations, 2, generator=gen) * 60 + 1], -1)
+        scores = torch.rand(1, locations, generator=gen)
+        scores = (scores * 20).round() / 20 if ties else scores
+        labels = torch.randint(0, 3, (1, locations), generator=gen)
+        got_boxes, got_scores, got_labels, count = detect(boxes, scores, labels, thresh, 0.5, 50)
+        keep = scores[0] > thresh
+        order = batched_nms(boxes[0][keep], scores[0][keep], labels[0][keep], 0.5)[:50]
+        n = int(count[0])
+        assert n == len(order)
+        assert torch.equal(got_boxes[0, :n], boxes[0][keep][order])
+        assert torch.equal(got_labels[0, :n], labels[0][keep][order])
+        assert torch.equal(got_scores[0, :n], scores[0][keep][order]) and bool((got_labels[0, n:] == -1).all())

@@ -62,7 +62,7 @@ def test_shipped_recipes_load(path):
     (("recipe: 1", "recipe: 7"), 1, "recipe schema 7"),
     (("num_classes: 4", "num_classes: 4\nnum_classes: 5"), 12, "duplicate key 'num_classes'"),
     (("tasks: [classification]", "tasks:\n  - {task: detection, head: fcn}"), 7, "unknown key 'head' in a detection task"),
-    (("tasks: [classification]", "tasks:\n  - {task: detection, fpn_channels: 0}"), 7, "must be a positive integer"),
+    (("tasks: [classification]", "tasks:\n  - {task: detection, fpn_channels: 0}"), 7, "--fpn-channels takes an integer from 1 to 4096"),
     (("batch_sizes: [1, 2]", "batch_sizes: [1, 2"), 10, "not valid YAML"),
 ])
 def test_recipe_errors_name_file_and_line(tmp_path, edit, line, message):

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from autotimm_deploy.exporter.core.errors import UserError
@@ -109,3 +111,33 @@ def test_zero_head_is_reseeded_only_when_zero():
     before = net.fc.weight.clone()
     assert seed_zero_head(net, 0) is False
     torch.testing.assert_close(net.fc.weight, before)
+
+
+def test_bring_your_own_module_with_its_postprocessing(tmp_path):
+    """A user's nn.Module (no timm, its own postprocessing, dict outputs) through export(model=...)."""
+    import torch
+    from autotimm_deploy.exporter import export, from_module
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+            self.fc = torch.nn.Linear(8, 5)
+
+        def forward(self, x):
+            logits = self.fc(self.conv(x).relu().mean((2, 3)))
+            return {"logits": logits, "top": logits.argmax(1), "probs": logits.softmax(1)}
+
+    torch.manual_seed(0)
+    model = from_module(Net(), "my-net", 64, output_names=("logits", "probs", "top"),
+                        preprocessing={"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]})
+    results = export(model.spec, ["onnx", "torchscript"], tmp_path, model=model)
+    assert [r.artifact.name for r in results] == ["my-net.onnx", "my-net.pt"]
+    assert all(r.ok for r in results), [r.parity.failures for r in results]
+    manifest = json.loads(results[0].manifest.read_text())
+    assert manifest["task_outputs"] == ["logits", "probs", "top"] and manifest["spec"]["weights"] == "module"
+    assert manifest["preprocessing"]["mean"] == [0.5] * 3 and manifest["model"]["architecture"] == "custom nn.Module"
+    with pytest.raises(UserError, match="returns 1 output"):
+        from_module(torch.nn.Conv2d(3, 4, 3), "conv", 64, output_names=("a", "b"))
+    with pytest.raises(UserError, match="cannot run on a"):
+        from_module(Net(), "my-net", 64, in_chans=1)

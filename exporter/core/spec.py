@@ -11,7 +11,7 @@ from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.limits import MAX_CLASSES, MAX_IMG_SIDE, MAX_IN_CHANS
 
 TASKS = ("classification", "detection", "semantic-segmentation", "instance-segmentation")
-WEIGHTS = ("random", "pretrained", "checkpoint")
+WEIGHTS = ("random", "pretrained", "checkpoint", "module")  # module: a user's own nn.Module, as given
 DEFAULT_CLASSES = {"detection": 80, "semantic-segmentation": 21, "instance-segmentation": 80}
 # Head options each task accepts (``ModelSpec.head`` keys); anything else is a user error.
 HEAD_OPTIONS = {
@@ -27,15 +27,18 @@ ARCHITECTURES = ("builtin", "autotimm")
 AUTOTIMM_HEAD_OPTIONS = {
     "classification": ("multi_label",),
     "semantic-segmentation": ("head",),
-    "detection": ("arch", "fpn_channels", "head_convs", "score_threshold", "iou_threshold", "max_detections",
-                  "pre_nms"),
-    "instance-segmentation": ("fpn_channels", "head_convs", "roi_size", "score_threshold", "iou_threshold",
-                              "max_detections", "pre_nms", "mask_threshold"),
+    "detection": ("arch", "fpn_channels", "head_convs", "strides", "score_threshold", "iou_threshold",
+                  "max_detections"),
+    "instance-segmentation": ("fpn_channels", "head_convs", "strides", "roi_size", "score_threshold", "iou_threshold",
+                              "max_detections", "mask_threshold"),
 }
 DETECTION_ARCHS = ("fcos", "yolox")  # AutoTimm's ObjectDetector heads; the first is the default
 # every head option any task takes, in the order the CLI lists them
 ALL_HEAD_OPTIONS = tuple(dict.fromkeys(k for table in (HEAD_OPTIONS, AUTOTIMM_HEAD_OPTIONS)
                                        for opts in table.values() for k in opts))
+# integer head options and their largest value (a checkpoint's values pass here too)
+HEAD_INT_LIMITS = {"head_channels": 4096, "fpn_channels": 4096, "max_detections": 10000,
+                   "head_convs": 16, "roi_size": 64}
 # Preprocessing a user may set instead of the backbone's timm defaults (--mean, --std, ...)
 PREPROCESS_KEYS = ("mean", "std", "interpolation", "crop_pct")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")
@@ -88,9 +91,15 @@ class ModelSpec:
                             f"{', '.join(DETECTION_ARCHS)}")
         if self.head.get("head") not in (None, *SEG_HEADS):
             raise UserError(f"unknown segmentation head {self.head['head']!r}; choose one of: {', '.join(SEG_HEADS)}")
-        for key in ("head_channels", "fpn_channels", "max_detections", "pre_nms", "head_convs", "roi_size"):
-            if key in self.head and (not isinstance(self.head[key], int) or self.head[key] < 1):
-                raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {self.head[key]!r}")
+        for key, top in HEAD_INT_LIMITS.items():
+            v = self.head.get(key)
+            if key in self.head and (not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= top):
+                raise UserError(f"--{key.replace('_', '-')} takes an integer from 1 to {top}, got {v!r}")
+        if "strides" in self.head:
+            v = self.head["strides"]
+            if (not isinstance(v, (list, tuple)) or not 1 <= len(v) <= 8
+                    or not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 1024 for x in v)):
+                raise UserError(f"--strides takes 1 to 8 integers from 1 to 1024, got {v!r}")
         for key in ("depthwise", "raw", "argmax", "multi_label"):
             if key in self.head and not isinstance(self.head[key], bool):
                 raise UserError(f"--{key.replace('_', '-')} is a switch (true or false), got {self.head[key]!r}")

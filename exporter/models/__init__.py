@@ -12,10 +12,11 @@ from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.models import classification, detection, instance, segmentation  # noqa: F401  (register)
 from autotimm_deploy.exporter.models.autotimm import build_autotimm, spec_from_checkpoint
+from autotimm_deploy.exporter.models.custom import from_module
 from autotimm_deploy.exporter.models.registry import TASK_BUILDERS, register_task
 from autotimm_deploy.exporter.models.timm_backbone import check_model_name, resolve_spec
 
-__all__ = ["build_model", "check_model_name", "register_task", "spec_from_checkpoint", "TASK_BUILDERS"]
+__all__ = ["build_model", "check_model_name", "from_module", "register_task", "spec_from_checkpoint", "TASK_BUILDERS"]
 
 
 def _build_builtin(spec: ModelSpec) -> torch.nn.Module:

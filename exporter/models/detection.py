@@ -111,10 +111,12 @@ def pairwise_iou(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def batched_greedy_nms(boxes, scores, labels, iou_threshold: float, score_threshold: float, rounds: int,
-                       strict: bool = False):
+                       strict: bool = False, iou_boxes=None):
     """boxes [B, K, 4], scores [B, K], labels [B, K] (candidates) -> the first ``rounds`` boxes greedy
-    class-aware NMS keeps, padded: (boxes [B, N, 4], scores [B, N], labels [B, N], count [B])."""
-    idx, best, valid = greedy_nms_picks(boxes, scores, labels, iou_threshold, score_threshold, rounds, strict)
+    class-aware NMS keeps, padded: (boxes [B, N, 4], scores [B, N], labels [B, N], count [B]).
+    ``iou_boxes`` (default ``boxes``): the coordinates overlaps are computed on."""
+    idx, best, valid = greedy_nms_picks(boxes if iou_boxes is None else iou_boxes, scores, labels, iou_threshold,
+                                        score_threshold, rounds, strict)
     out_boxes = torch.gather(boxes, 1, idx[..., None].expand(-1, -1, 4))
     out_boxes = torch.where(valid[..., None], out_boxes, torch.zeros_like(out_boxes))
     out_labels = torch.where(valid, torch.gather(labels, 1, idx), torch.full_like(idx, -1))

@@ -32,6 +32,10 @@ SUPPORTED_PIN = "autotimm>=0.7,<0.8"
 RESERVED = ("backbone", "compile_model", "compile_kwargs", "seed", "deterministic", "metrics", "logging_config",
             "transform_config")
 _SHOW = 4
+HUB_PREFIXES = ("hf-hub:", "hf_hub:", "timm/", "local-dir:")
+# AutoTimm's detection and segmentation eval transforms resize to the input size (letterbox or
+# stretch) with bilinear filtering and never crop; timm's classifier config would centre-crop
+DENSE_PREPROCESSING = {"crop_pct": 1.0, "interpolation": "bilinear"}
 PRIVATE = ("username",)  # AutoTimm records the trainer's login; manifests travel, so it stays out
 
 
@@ -106,6 +110,12 @@ def spec_from_checkpoint(checkpoint: str | Path, model: str | None = None, task:
     ck, t = load_autotimm_checkpoint(checkpoint)
     hp = ck.hparams
     what = f"{checkpoint} holds an AutoTimm {t.describe(hp)}"
+    classes = hp["num_classes"]
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+        raise UserError(f"{what} whose num_classes is {classes!r}, not a positive integer: a damaged checkpoint")
+    if model is None and hp["backbone"].startswith(HUB_PREFIXES):
+        raise UserError(f"{what}: its backbone {hp['backbone']!r} is read from the Hugging Face Hub or a folder; name "
+                        "it on the command line to allow that")
     if model is not None and model != hp["backbone"]:
         raise UserError(f"{what}: its backbone is {hp['backbone']}, not {model}; leave the model name out (the "
                         "checkpoint names it)")
@@ -113,13 +123,16 @@ def spec_from_checkpoint(checkpoint: str | Path, model: str | None = None, task:
         raise UserError(f"{what}, a {t.task} model, not {task}: leave --task out")
     if num_classes is not None and num_classes != hp["num_classes"]:
         raise UserError(f"{what} with {hp['num_classes']} classes, not {num_classes}: leave --num-classes out")
-    settings = {opt: _plain(hp[arg]) for opt, arg in t.options.items() if arg in hp}
+    settings = {opt: _plain(hp[arg]) for opt, arg in t.options.items() if arg in hp and hp[arg] is not None}
     for key, value in (head or {}).items():
         if key in STRUCTURAL and key in settings and value != settings[key]:
             raise UserError(f"{what} trained with --{key.replace('_', '-')} {settings[key]}, not {value}: only "
                             "thresholds can change after training")
         settings[key] = value
-    return ModelSpec(model=hp["backbone"], task=t.task, num_classes=int(hp["num_classes"]), weights="checkpoint",
+    size = ck.datamodule.get("image_size")
+    if fields.get("img_size") is None and isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        fields["img_size"] = (size, size)  # the DataModule's training size, when it was saved
+    return ModelSpec(model=hp["backbone"], task=t.task, num_classes=classes, weights="checkpoint",
                      checkpoint=str(checkpoint), head=settings, architecture="autotimm", **fields)
 
 
@@ -172,11 +185,14 @@ def build_autotimm(spec: ModelSpec) -> torch.nn.Module:
     version = autotimm_version()
     cls = getattr(autotimm, t.cls_name)
     params = inspect.signature(cls.__init__).parameters
-    kwargs = {k: v for k, v in hp.items() if k in params and k not in RESERVED}
+    kwargs = {k: hp[k] for k in t.keys if k in hp and k in params and hp[k] is not None}
     kwargs["num_classes"] = spec.num_classes
-    kwargs.update({t.options[k]: v for k, v in spec.head.items() if k in t.options})
+    kwargs.update({t.options[k]: (tuple(v) if isinstance(v, list) else v) for k, v in spec.head.items()
+                   if k in t.options})
     if t.task == "detection":
         kwargs.setdefault("detection_arch", DETECTION_ARCHS[0])
+    if spec.seg_head:
+        kwargs.setdefault("head_type", spec.seg_head)  # our default (fcn), which the spec's name and label say
     config = autotimm.FeatureBackboneConfig if t.features else autotimm.BackboneConfig
     kwargs.update(backbone=config(model_name=spec.model, pretrained=spec.weights == "pretrained"),
                   compile_model=False, compile_kwargs=None, seed=None, deterministic=False, **t.construct)
@@ -193,7 +209,7 @@ def build_autotimm(spec: ModelSpec) -> torch.nn.Module:
     net.eval()
     try:
         with torch.no_grad():
-            model = t.wrapper(net, spec.img_size, {k: v for k, v in spec.head.items() if k not in t.options}).eval()
+            model = t.wrapper(net, spec.img_size).eval()
             model(torch.zeros(1, 3, *spec.img_size))
     except Exception as e:  # noqa: BLE001
         raise UserError(f"AutoTimm's {t.cls_name}({spec.model}) cannot run at {spec.img_size[0]}x{spec.img_size[1]}: "
@@ -212,5 +228,16 @@ def build_autotimm(spec: ModelSpec) -> torch.nn.Module:
                 "unused_entries": ignored} if ck else {"weights": spec.weights}),
         },
     }
-    model.preprocessing = preprocessing(net.backbone, spec)
+    model.preprocessing = _preprocessing(net, spec)
     return model
+
+
+def _preprocessing(net: torch.nn.Module, spec: ModelSpec) -> dict[str, Any]:
+    prep = preprocessing(net.backbone, spec)
+    if spec.task == "classification":
+        return prep
+    dense = {k: v for k, v in DENSE_PREPROCESSING.items() if k not in spec.preprocess}
+    prep.update(dense)
+    if dense:
+        prep["source"] += f"; {' and '.join(sorted(dense))} as AutoTimm's {spec.task} eval transform (no crop)"
+    return prep

@@ -2,6 +2,10 @@
 
 The file is read with ``torch.load(weights_only=True)``: plain tensors and containers only, so a
 malicious ``.ckpt`` cannot run code (Lightning's own ``load_from_checkpoint`` unpickles everything).
+Lightning also saves the DataModule's hyper-parameters, which name classes (a ``Path``, AutoTimm's
+``TransformConfig``) that ``weights_only`` refuses; such a file is read again with an unpickler that
+resolves only the globals ``weights_only`` allows and puts an inert stand-in for every other, so
+nothing the file names is ever imported or called.
 Which AutoTimm task wrote it is read from its ``hyper_parameters`` (Lightning does not record the
 class): each task in `autotimm_deploy.exporter.models.autotimm.tasks` names the keys that mark it.
 Nothing here imports AutoTimm, so a checkpoint is recognised (and a missing extra reported) before
@@ -9,6 +13,8 @@ the ~10 s import."""
 
 from __future__ import annotations
 
+import functools
+import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +26,51 @@ from autotimm_deploy.exporter.core.errors import UserError, first_line
 COMPILED = "._orig_mod"  # torch.compile's wrapper, in keys saved with AutoTimm's compile_model=True
 
 
+class _NotLoaded:
+    """Stands in for every class or function a checkpoint names beyond torch's tensor building blocks
+    (a DataModule's paths and transform configs, ...): created empty, never the real thing, so
+    reading a file cannot run its code."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, value):
+        pass
+
+    def extend(self, values):
+        pass
+
+    def __repr__(self) -> str:
+        return "<not loaded>"
+
+
+def _tensors_only_pickle_module():
+    """A pickle module for `torch.load` whose unpickler resolves only the globals torch's own
+    ``weights_only`` loader allows and replaces every other with `_NotLoaded`."""
+    import pickle
+    import types
+
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    allowed = _get_allowed_globals()
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            found = allowed.get(f"{module}.{name}")
+            return found if found is not None else _NotLoaded
+
+    return types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load, __name__="tensors_only_pickle")
+
+
 @dataclass(frozen=True)
 class LightningCheckpoint:
     path: Path
@@ -27,23 +78,50 @@ class LightningCheckpoint:
     state_dict: dict[str, torch.Tensor]
     lightning_version: str | None
     compiled: bool  # saved from torch.compile'd modules (its keys held ._orig_mod, removed here)
+    datamodule: dict[str, Any]  # the DataModule's plain hyper-parameters (image_size, ...), if it saved any
+
+
+def _load(path: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "global" not in str(e).lower():
+                raise
+            return torch.load(str(path), map_location="cpu", weights_only=False,
+                              pickle_module=_tensors_only_pickle_module())
+
+
+def _plain_values(d: Any) -> dict[str, Any]:
+    """The entries of a dict whose values are plain (numbers, strings, flags, lists of them)."""
+    plain = (bool, int, float, str, type(None))
+    if not isinstance(d, dict):
+        return {}
+    return {k: v for k, v in d.items() if isinstance(k, str) and (isinstance(v, plain) or (
+        isinstance(v, (list, tuple)) and all(isinstance(x, plain) for x in v)))}
 
 
 def read_lightning_checkpoint(path: str | Path) -> LightningCheckpoint | None:
     """The checkpoint at ``path`` if it is a Lightning checkpoint (a dict with ``state_dict`` and
-    ``hyper_parameters``), else None. Unreadable or unsafe files are a `UserError`."""
+    ``hyper_parameters``), else None. Unreadable files are a `UserError`. The last file read is
+    kept, so recognising, describing and building one checkpoint reads it once."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    st = path.stat()
+    return _read(path.resolve(), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1)
+def _read(path: Path, size: int, mtime_ns: int) -> LightningCheckpoint | None:
     if path.suffix == ".safetensors":
         return None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt, truncated, pickled objects, ...
+        obj = _load(path)
+    except Exception as e:  # noqa: BLE001 - corrupt, truncated, not a torch file, ...
         raise UserError(
-            f"cannot read checkpoint {path}: not a torch checkpoint of plain tensors and values "
+            f"cannot read checkpoint {path}: not a torch checkpoint of tensors and plain values "
             f"({type(e).__name__}: {first_line(str(e).replace('weights_only=False', 'weights_only=…'), 120)})"
         ) from None
     if not (isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict)
@@ -55,5 +133,6 @@ def read_lightning_checkpoint(path: str | Path) -> LightningCheckpoint | None:
     compiled = any(COMPILED in k for k in sd)
     sd = {k.replace(COMPILED, ""): v for k, v in sd.items()}
     version = obj.get("pytorch-lightning_version")
-    return LightningCheckpoint(path, dict(obj["hyper_parameters"]), sd, version if isinstance(version, str) else None,
-                               compiled)
+    hparams = {k: v for k, v in obj["hyper_parameters"].items() if not isinstance(v, _NotLoaded)}
+    return LightningCheckpoint(path, hparams, sd, version if isinstance(version, str) else None, compiled,
+                               _plain_values(obj.get("datamodule_hyper_parameters")))

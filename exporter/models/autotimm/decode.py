@@ -8,14 +8,10 @@ fixed-shape graph code with the same meaning, for every location and class:
 - class-aware greedy NMS (``torchvision.ops.batched_nms``: a kept box retires the same-class boxes
   whose IoU with it is ``> nms_thresh``, in descending score order), first ``max_detections``.
 
-NMS runs on the best ``pre_nms`` locations (default 1000; `greedy_nms_picks` of our detection
-module, IoU computed as torchvision's kernel does). ``predict()`` has no such cap, yet the result
-is the same whenever at most ``pre_nms`` locations pass the threshold, or the first
-``max_detections`` boxes greedy NMS keeps lie among the best ``pre_nms`` (greedy NMS decides each
-box from the higher-scored ones only): a model would have to keep more than ``pre_nms`` locations
-and suppress all but a few of them for it to differ; raise ``pre_nms`` then. Outputs follow our
-detection contract: ``boxes [B, N, 4]`` (x1, y1, x2, y2, input pixels), ``scores [B, N]``,
-``labels [B, N]`` (int64, -1 for padding), ``num_detections [B]``.
+NMS visits every location (``predict()`` cuts nothing before NMS either), so the result is exact
+however many locations pass. Outputs follow our detection contract: ``boxes [B, N, 4]`` (x1, y1,
+x2, y2, input pixels), ``scores [B, N]``, ``labels [B, N]`` (int64, -1 for padding),
+``num_detections [B]``.
 """
 
 from __future__ import annotations
@@ -23,7 +19,8 @@ from __future__ import annotations
 import torch
 from autotimm_deploy.exporter.models.detection import batched_greedy_nms
 
-PRE_NMS = 1000
+VANILLA_ABOVE = 1000  # torchvision's CPU batched_nms switches from the coordinate trick to a per-class loop above this
+MATRIX_LIMIT = 2000  # locations up to which NMS computes the whole suppression matrix once
 
 
 def grid_points(shapes: list[tuple[int, int]], strides: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,10 +56,51 @@ def decode_locations(cls: list[torch.Tensor], reg: list[torch.Tensor], ctr: list
 
 
 def detect(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, score_thresh: float,
-           nms_thresh: float, max_detections: int, pre_nms: int):
-    """The best ``pre_nms`` locations, then greedy class-aware NMS; the first ``max_detections`` kept."""
-    k = min(pre_nms, scores.shape[1])
-    top, idx = scores.topk(k, dim=1)
-    boxes = torch.gather(boxes, 1, idx[..., None].expand(-1, -1, 4))
-    return batched_greedy_nms(boxes, top, torch.gather(labels, 1, idx), nms_thresh, score_thresh, max_detections,
-                              strict=True)
+           nms_thresh: float, max_detections: int):
+    """Greedy class-aware NMS over every location; the first ``max_detections`` kept, padded.
+
+    As ``torchvision.ops.batched_nms`` on the CPU: candidates in score order, ties to the earlier
+    location (its sort is stable); with at most ``VANILLA_ABOVE`` boxes passing, IoU is computed on
+    boxes shifted by ``label * (max coordinate + 1)`` (its "coordinate trick", whose rounding we
+    reproduce), otherwise on the boxes themselves. Up to ``MATRIX_LIMIT`` locations, which box
+    suppresses which is computed once as a matrix; above, each round compares its pick with every
+    location (no [A, A] matrix). Both visit every location: nothing is cut before NMS."""
+    passing = scores > score_thresh
+    corner = torch.where(passing[..., None], boxes, torch.full_like(boxes, float("-inf"))).amax(dim=(1, 2))
+    trick = passing.sum(1) <= VANILLA_ABOVE
+    shifted = torch.where(trick[:, None, None], boxes + (labels.to(boxes.dtype) * (corner + 1)[:, None])[..., None],
+                          boxes)
+    if scores.shape[1] <= MATRIX_LIMIT:
+        return batched_greedy_nms(boxes, scores, labels, nms_thresh, score_thresh, max_detections, strict=True,
+                                  iou_boxes=shifted)
+    return _nms_by_rounds(boxes, shifted, scores, labels, score_thresh, nms_thresh, max_detections)
+
+
+def _nms_by_rounds(boxes, shifted, scores, labels, score_thresh: float, nms_thresh: float, rounds: int):
+    """One pick per round: the best live location (the first on ties), its box selected by a one-hot
+    product (exact: one term is non-zero), IoU with every location, same-class overlaps retired."""
+    x1, y1, x2, y2 = shifted.unbind(-1)
+    corners = torch.stack([x1, y1, -x2, -y2], -1)  # max() over these gives the intersection's corners
+    areas = (x2 - x1) * (y2 - y1)
+    lab = labels.to(boxes.dtype)
+    packed = torch.cat([corners, areas[..., None], lab[..., None], boxes], -1)  # [B, A, 10]
+    live = torch.where(scores > score_thresh, scores, torch.full_like(scores, -1.0))
+    positions = torch.arange(scores.shape[1], device=scores.device)
+    picks, bests = [], []
+    for _ in range(rounds):
+        best, idx = live.max(dim=1, keepdim=True)
+        chosen = positions == idx
+        pick = (packed * chosen[..., None]).sum(1, keepdim=True)  # [B, 1, 10]
+        meet = torch.maximum(corners, pick[..., :4])
+        wh = (-(meet[..., :2] + meet[..., 2:4])).clamp(min=0)
+        inter = wh[..., 0] * wh[..., 1]
+        iou = inter / (pick[..., 4] + areas - inter)
+        retire = ((iou > nms_thresh) & (lab == pick[..., 5])) | chosen
+        live = torch.where(retire, torch.full_like(live, -1.0), live)
+        picks.append(pick[:, 0])
+        bests.append(best[:, 0])
+    pick, best = torch.stack(picks, 1), torch.stack(bests, 1)
+    valid = best >= 0
+    out_boxes = torch.where(valid[..., None], pick[..., 6:], torch.zeros_like(pick[..., 6:]))
+    out_labels = torch.where(valid, pick[..., 5].to(labels.dtype), torch.full_like(labels[:, :rounds], -1))
+    return out_boxes, torch.where(valid, best, torch.zeros_like(best)), out_labels, valid.sum(1)

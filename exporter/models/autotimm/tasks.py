@@ -13,11 +13,11 @@ from autotimm_deploy.exporter.models.autotimm import wrappers
 
 # our head option -> AutoTimm's __init__ argument (and hyper-parameter) of the same meaning
 DETECTION_OPTIONS = {"arch": "detection_arch", "fpn_channels": "fpn_channels", "head_convs": "head_num_convs",
-                     "score_threshold": "score_thresh", "iou_threshold": "nms_thresh",
+                     "strides": "strides", "score_threshold": "score_thresh", "iou_threshold": "nms_thresh",
                      "max_detections": "max_detections_per_image"}
 # options that make the network what it is: a checkpoint fixes them (and the spec records them, so
 # the profiler's eager twin is the same network); the others (thresholds) may be changed
-STRUCTURAL = ("arch", "fpn_channels", "head_convs", "head", "multi_label", "roi_size")
+STRUCTURAL = ("arch", "fpn_channels", "head_convs", "strides", "head", "multi_label", "roi_size")
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,14 @@ class AutoTimmTask:
 
     def describe(self, hparams: dict[str, Any]) -> str:
         extra = hparams.get("detection_arch") or hparams.get("head_type")
-        return f"{self.cls_name}({hparams.get('backbone')}{', ' + str(extra) if extra else ''})"
+        return f"{self.cls_name}({hparams.get('backbone')!r}{', ' + repr(extra) if extra else ''})"
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The constructor arguments taken from a checkpoint: those our options name (what shapes the
+        network and its postprocessing). Training settings (losses, optimizers, metrics) are left to
+        AutoTimm's defaults: inference does not use them, and nothing from a file picks a class."""
+        return ("num_classes", *self.options.values())
 
 
 # metrics=[]: the detection tasks' default metric (COCO mAP) needs pycocotools only to train; none is

@@ -7,8 +7,8 @@ Contracts (docs/formats.md, "AutoTimm models"):
   ``predict_step`` returns: softmax, or sigmoid for multi-label models);
 - detection (FCOS, YOLOX): ``boxes``, ``scores``, ``labels``, ``num_detections`` (see decode.py);
 - semantic segmentation: ``logits [B, K, H, W]`` at input resolution (AutoTimm's logits, at 1/4 or
-  1/32 of the input, upsampled bilinearly as its training loss does) and ``mask [B, H, W]``, their
-  arg-max; ``predict()`` returns the arg-max at feature resolution instead;
+  1/32 of the input, upsampled bilinearly as its training loss does), ``mask [B, H, W]``, their
+  arg-max, and ``feature_mask [B, h, w]``, the arg-max at feature resolution that ``predict()`` returns;
 - instance segmentation: the detection outputs and ``masks [B, N, H, W]`` (bool), each mask pasted
   into its box and thresholded as ``predict()`` does.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from autotimm_deploy.exporter.models.autotimm.decode import PRE_NMS, decode_locations, detect, grid_points
+from autotimm_deploy.exporter.models.autotimm.decode import decode_locations, detect, grid_points
 from torch import nn
 
 DETECTION_OUTPUTS = ("boxes", "scores", "labels", "num_detections")
@@ -31,7 +31,7 @@ class Wrapper(nn.Module):
     parts: tuple[str, ...] = ("backbone", "head")
     predict_method = "predict"
 
-    def __init__(self, net: nn.Module, img_size: tuple[int, int], options: dict):
+    def __init__(self, net: nn.Module, img_size: tuple[int, int]):
         super().__init__()
         for name in self.parts:
             self.add_module(name, getattr(net, name))
@@ -47,8 +47,8 @@ class Classifier(Wrapper):
     output_names = ("logits", "probs")
     predict_method = "predict_step"
 
-    def __init__(self, net: nn.Module, img_size: tuple[int, int], options: dict):
-        super().__init__(net, img_size, options)
+    def __init__(self, net: nn.Module, img_size: tuple[int, int]):
+        super().__init__(net, img_size)
         self.multi_label = bool(net.hparams.get("multi_label", False))
 
     def forward(self, x: torch.Tensor):
@@ -65,12 +65,11 @@ class Detector(Wrapper):
     parts = ("backbone", "fpn", "head")
     output_names = DETECTION_OUTPUTS
 
-    def __init__(self, net: nn.Module, img_size: tuple[int, int], options: dict):
-        super().__init__(net, img_size, options)
+    def __init__(self, net: nn.Module, img_size: tuple[int, int]):
+        super().__init__(net, img_size)
         self.score_thresh = float(net.score_thresh)
         self.nms_thresh = float(net.nms_thresh)
         self.max_detections = int(net.max_detections_per_image)
-        self.pre_nms = int(options.get("pre_nms", PRE_NMS))
         with torch.no_grad():
             cls = net(torch.zeros(1, 3, *img_size))[0]  # both tasks' forward: (cls, reg, ctr) per level
         points, _ = grid_points([tuple(t.shape[-2:]) for t in cls], list(net.strides))
@@ -83,7 +82,7 @@ class Detector(Wrapper):
     def detections(self, levels):
         cls, reg, ctr = levels
         boxes, scores, labels = decode_locations(cls, reg, ctr, self.points, self.img_size)
-        return detect(boxes, scores, labels, self.score_thresh, self.nms_thresh, self.max_detections, self.pre_nms)
+        return detect(boxes, scores, labels, self.score_thresh, self.nms_thresh, self.max_detections)
 
     def forward(self, x: torch.Tensor):
         return self.detections(self.levels(self.fpn(self.backbone(x))))
@@ -93,17 +92,19 @@ class Detector(Wrapper):
 
 
 class Segmentor(Wrapper):
-    output_names = ("logits", "mask")
+    output_names = ("logits", "mask", "feature_mask")
 
     def upsample(self, logits: torch.Tensor):
-        logits = F.interpolate(logits, size=self.img_size, mode="bilinear", align_corners=False)
-        return logits, logits.argmax(dim=1)
+        up = F.interpolate(logits, size=self.img_size, mode="bilinear", align_corners=False)
+        return up, up.argmax(dim=1)
 
     def forward(self, x: torch.Tensor):
-        return self.upsample(self.head(self.backbone(x)))
+        logits = self.head(self.backbone(x))
+        return (*self.upsample(logits), logits.argmax(dim=1))
 
     def reference(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return dict(zip(self.output_names, self.upsample(self.task.predict(x, return_logits=True))))
+        logits, mask = self.upsample(self.task.predict(x, return_logits=True))
+        return {"logits": logits, "mask": mask, "feature_mask": self.task.predict(x)}
 
 
 class InstanceSegmentor(Detector):
@@ -113,8 +114,8 @@ class InstanceSegmentor(Detector):
     parts = ("backbone", "fpn", "detection_head", "mask_head")
     output_names = (*DETECTION_OUTPUTS, "masks")
 
-    def __init__(self, net: nn.Module, img_size: tuple[int, int], options: dict):
-        super().__init__(net, img_size, options)
+    def __init__(self, net: nn.Module, img_size: tuple[int, int]):
+        super().__init__(net, img_size)
         self.roi_size = int(net.roi_pool_size)
         self.mask_threshold = float(net.mask_threshold)
 
@@ -178,7 +179,7 @@ def paste_masks(probs: torch.Tensor, boxes: torch.Tensor, img_size: tuple[int, i
     y2 = torch.minimum(torch.maximum(torch.ceil(boxes[..., 3]), y1 + 1), torch.full_like(y1, h))
     wy, in_y = _axis_weights(y1, y2, h, probs.shape[-2])
     wx, in_x = _axis_weights(x1, x2, w, probs.shape[-1])
-    pasted = wy @ probs @ wx.transpose(-1, -2)
+    pasted = wy @ (probs @ wx.transpose(-1, -2))  # along the width first, then the height, as F.interpolate
     return (pasted > threshold) & in_y[..., :, None] & in_x[..., None, :]
 
 
