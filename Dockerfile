@@ -23,7 +23,7 @@ COPY exporter ./exporter
 COPY profiler ./profiler
 COPY recipes ./recipes
 # onnxruntime-gpu replaces the CPU onnxruntime (both provide the `onnxruntime` module)
-RUN pip install '.[trt,openvino]' \
+RUN pip install '.[trt,openvino,autotimm]' \
  && pip uninstall -y onnxruntime \
  && pip install 'onnxruntime-gpu>=1.20' \
  && python -c "import tensorrt, onnxruntime; print('TensorRT', tensorrt.__version__, onnxruntime.get_available_providers())"

@@ -29,6 +29,8 @@ def main() -> None:
     p.add_argument("--formats", default="onnx,torchscript,pt2,openvino")
     p.add_argument("--max-time", type=float, default=8.0, help="seconds of timing per comparison")
     p.add_argument("--out", default="out/bench-autotimm")
+    p.add_argument("--score-threshold", type=float, help="detection: override the checkpoints' score threshold (a few "
+                   "training steps leave scores low; a low threshold makes NMS and masks do real work)")
     a = p.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -39,9 +41,12 @@ def main() -> None:
     from autotimm_deploy.profiler.measure.settings import Settings
     from autotimm_deploy.profiler.measure.timing import HarnessConfig
     from autotimm_deploy.profiler.pipeline import profile
+    from autotimm_deploy.profiler.targets import eager_twin, resolve
 
     autotimm_models.BACKBONE = a.backbone
-    autotimm_models.DETECTION.update(fpn_channels=256, head_num_convs=4, score_thresh=0.05, max_detections_per_image=100)
+    for cls_name, extra in autotimm_models.VARIANTS.values():  # AutoTimm's defaults, not the tests' small heads
+        if cls_name in ("ObjectDetector", "InstanceSegmentor"):
+            extra.update(fpn_channels=256, head_num_convs=4, score_thresh=0.05, max_detections_per_image=100)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     names = a.variants.split(",")
@@ -50,16 +55,17 @@ def main() -> None:
     print(f"trained {len(names)} checkpoints in {time.perf_counter() - t0:.0f} s", flush=True)
     results = {}
     for name in names:
-        spec = spec_from_checkpoint(checkpoints[name])
+        head = {"score_threshold": a.score_threshold} if a.score_threshold is not None else {}
+        spec = spec_from_checkpoint(checkpoints[name], head=head if name in ("fcos", "yolox", "instance") else {})
         size = SIZES[spec.task]
         spec = spec.replace(img_size=(size, size))
         rows = export(spec, a.formats.split(","), out / name, force=True)
         table = [{"format": r.format, "ok": r.ok, "export_s": round(r.export_seconds, 1),
                   "vs_eager": summary(r.parity), "vs_predict": reference_summary(r.parity) if r.parity else None,
                   "error": r.error, "artifact": str(r.artifact) if r.artifact else None} for r in rows]
-        timed = [t["artifact"] for t in table if t["ok"] and t["format"] in ("onnx", "openvino")]
-        report = profile(timed, Settings(batch_sizes=[1], harness=HarnessConfig(max_time=a.max_time)),
-                         compare_eager=True, interleave=True)
+        timed = [resolve(t["artifact"]) for t in table if t["ok"] and t["format"] in ("onnx", "openvino")]
+        report = profile([eager_twin(timed[0]), *timed], Settings(batch_sizes=[1], harness=HarnessConfig(
+            max_time=a.max_time)), interleave=True)  # eager, ONNX Runtime, OpenVINO in interleaved rounds
         latency = {run["target"]["label"]: run["points"][0].get("stats_ms", {}).get("p50") for run in report["runs"]}
         results[name] = {"task": spec.task, "img_size": size, "label": spec.task_label(), "formats": table,
                          "latency_ms": latency}

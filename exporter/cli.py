@@ -320,7 +320,8 @@ def write_recipe(path: str, spec: ModelSpec, winner, options) -> None:
 
     resolved = load_manifest(winner.result.artifact).spec
     speedup = f", {winner.speedup['ratio']:.2f}x eager" if winner.speedup else ""
-    task = {"task": spec.task, **spec.head} if spec.head else spec.task
+    extra = {"architecture": spec.architecture} if spec.architecture != ARCHITECTURES[0] else {}
+    task = {"task": spec.task, **spec.head, **extra} if spec.head or extra else spec.task
     recipe = {"recipe": 1, "description": f"chosen by autotimm-export --target cpu: {winner.format} "
                                           f"{winner.precision}, {winner.median_ms:.2f} ms at batch 1{speedup}",
               "models": [spec.model], "tasks": [task], "img_size": resolved["img_size"],

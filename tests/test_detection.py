@@ -12,7 +12,7 @@ from autotimm_deploy.exporter.models.detection import batched_greedy_nms
 from autotimm_deploy.exporter.parity import compare_detections
 from autotimm_deploy.exporter.pipeline import export
 
-HEAD = {"fpn_channels": 64, "max_detections": 50}
+HEAD = {"fpn_channels": 64, "max_detections": 25}
 SPECS = {
     "resnet18": ModelSpec("resnet18", task="detection", num_classes=5, img_size=(128, 128), head=HEAD),
     "test_vit": ModelSpec("test_vit", task="detection", num_classes=5, img_size=(128, 128),
@@ -31,7 +31,7 @@ def test_detection_exports_with_task_parity(name, tmp_path):
         assert d["ref_detections"] > 0  # the seeded head really detects something
         m = load_manifest(r.artifact)
         assert [o.name for o in m.outputs] == ["boxes", "scores", "labels", "num_detections"]
-        assert m.outputs[0].shape == ["batch", 50, 4] and m.outputs[2].dtype == "int64"
+        assert m.outputs[0].shape == ["batch", 25, 4] and m.outputs[2].dtype == "int64"
     assert results[0].artifact.name == f"{name}-det.onnx"
     import torch  # multi-output tasks keep their tuple in TorchScript
 
@@ -47,7 +47,7 @@ def test_nms_in_graph_equals_torchvision_batched_nms():
         out_boxes, out_scores, out_labels, count = model(x)
     for b in range(3):
         keep = torchvision.ops.batched_nms(boxes[b], scores[b], labels[b], 0.6)
-        keep = keep[scores[b][keep] >= 0.05][:50]
+        keep = keep[scores[b][keep] >= 0.05][:25]
         n = len(keep)
         assert count[b].item() == n > 0
         torch.testing.assert_close(out_boxes[b, :n], boxes[b][keep], rtol=0, atol=0)

@@ -11,7 +11,7 @@ from autotimm_deploy.exporter.models.instance import MASK_STRIDE, PROTOTYPES
 from autotimm_deploy.exporter.parity import compare_detections, detection_failures
 from autotimm_deploy.exporter.pipeline import export
 
-HEAD = {"fpn_channels": 64, "max_detections": 30}
+HEAD = {"fpn_channels": 64, "max_detections": 15}
 SPECS = {
     "resnet18": ModelSpec("resnet18", task="instance-segmentation", num_classes=5, img_size=(128, 128), head=HEAD),
     "test_vit": ModelSpec("test_vit", task="instance-segmentation", num_classes=5, img_size=(128, 128),
@@ -29,7 +29,7 @@ def test_instance_exports_with_mask_parity(name, tmp_path):
         assert d["mask_iou"] > 0.999 and d["min_mask_iou"] > 0.99
         m = load_manifest(r.artifact)
         assert [o.name for o in m.outputs] == ["boxes", "scores", "labels", "num_detections", "masks"]
-        assert m.outputs[4].shape == ["batch", 30, 128 // MASK_STRIDE, 128 // MASK_STRIDE]
+        assert m.outputs[4].shape == ["batch", 15, 128 // MASK_STRIDE, 128 // MASK_STRIDE]
     assert results[0].artifact.name == f"{name}-inst.onnx"
 
 
@@ -41,7 +41,7 @@ def test_masks_live_inside_their_boxes():
     assert model.build_info["mask_prototypes"] == PROTOTYPES
     for b in range(2):
         n = int(count[b])
-        assert 0 < n <= 30 and (masks[b, n:] == 0).all()  # padded detections have empty masks
+        assert 0 < n <= 15 and (masks[b, n:] == 0).all()  # padded detections have empty masks
         centres = (torch.arange(32) + 0.5) * MASK_STRIDE
         for i in range(n):
             x1, y1, x2, y2 = boxes[b, i].tolist()

@@ -28,7 +28,7 @@ from autotimm_deploy.exporter.models.weights import check_trained_floats
 
 SUPPORTED = (0, 7)  # AutoTimm 0.7.x: the modules and predict() this code reproduces
 SUPPORTED_PIN = "autotimm>=0.7,<0.8"
-# constructor arguments we set ourselves, whatever the checkpoint says
+# constructor arguments we set ourselves (not part of the network settings the manifest records)
 RESERVED = ("backbone", "compile_model", "compile_kwargs", "seed", "deterministic", "metrics", "logging_config",
             "transform_config")
 _SHOW = 4
