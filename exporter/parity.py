@@ -329,12 +329,8 @@ def summary(report: ParityReport | None) -> str:
     if not report:
         return "skipped"
     _, m = report.primary
-    if MetricKind(m["kind"]) == MetricKind.ERROR:
-        return f"{report.verdict}: {m['error']}"
-    parts = [str(report.verdict), *_key_numbers(m)]
-    if report.notes:
-        parts.append("(degenerate reference)")
-    return " ".join(parts)
+    return _line(report.verdict, m) + (" (degenerate reference)" if report.notes and m["kind"] != MetricKind.ERROR
+                                       else "")
 
 
 def reference_summary(report: ParityReport) -> str:
@@ -342,14 +338,15 @@ def reference_summary(report: ParityReport) -> str:
     ref = report.reference
     verdict = Verdict.FAIL if ref["failures"] else Verdict.PASS
     m = next(iter(ref["metrics"].values()), {"kind": MetricKind.ERROR, "error": "no outputs compared"})
-    if MetricKind(m["kind"]) == MetricKind.ERROR:
-        return f"{verdict}: {m['error']}"
-    return " ".join([str(verdict), *_key_numbers(m)])
+    return _line(verdict, m)
 
 
-def _key_numbers(m: dict) -> list[str]:
+def _line(verdict: Verdict, m: dict) -> str:
+    """``verdict: error``, or the verdict and one output's key numbers."""
     kind = MetricKind(m["kind"])
-    parts = []
+    if kind == MetricKind.ERROR:
+        return f"{verdict}: {m['error']}"
+    parts = [str(verdict)]
     if kind == MetricKind.DETECTIONS:
         parts.append(f"matched={m['match_rate']:.1%}")
         if m.get("mean_iou") is not None:
@@ -366,4 +363,4 @@ def _key_numbers(m: dict) -> list[str]:
         parts.append(f"top1={m['top1_agreement']:.0%}")
     if m.get("pixel_agreement") is not None:
         parts.append(f"pixels={m['pixel_agreement']:.2%}")
-    return parts
+    return " ".join(parts)

@@ -9,7 +9,8 @@ from typing import Any, Sequence
 import torch
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.files import plain_name
-from autotimm_deploy.exporter.core.spec import ModelSpec, check_preprocess
+from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.models.timm_backbone import preprocessing_record
 from torch import nn
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -45,8 +46,8 @@ def from_module(module: nn.Module, name: str, img_size: int | tuple[int, int], o
     if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n.isidentifier() for n in names):
         raise UserError(f"output_names must be distinct identifiers, got {list(names)}")
     size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    spec = ModelSpec(name, task=task, img_size=size, in_chans=in_chans, num_classes=num_classes, weights="module")
-    check_preprocess(preprocessing or {}, in_chans)
+    spec = ModelSpec(name, task=task, img_size=size, in_chans=in_chans, num_classes=num_classes, weights="module",
+                     preprocess=dict(preprocessing or {}))  # checked there
     model = UserModel(module, names).eval()
     try:
         with torch.no_grad():
@@ -59,11 +60,8 @@ def from_module(module: nn.Module, name: str, img_size: int | tuple[int, int], o
                         "must be a tensor whose first dimension is the batch")
     mean_std = IMAGENET if in_chans == 3 else {"mean": [0.5] * in_chans, "std": [0.25] * in_chans}
     model.spec = spec
-    model.preprocessing = {
-        "input_size": [in_chans, *spec.img_size], **mean_std, "interpolation": "bilinear", "crop_pct": 1.0,
-        "crop_mode": "center", "color_space": "RGB" if in_chans == 3 else f"{in_chans}-channel", "layout": "NCHW",
-        "scale": "pixel / 255, then (x - mean) / std", **(preprocessing or {}),
-        "source": "given by the caller" if preprocessing else "default for a custom module (ImageNet statistics)"}
+    model.preprocessing = preprocessing_record(model.spec, mean_std["mean"], mean_std["std"], "bilinear", 1.0,
+                                               "default for a custom module (ImageNet statistics)")
     model.build_info = {"params": sum(p.numel() for p in module.parameters()), "architecture": "custom nn.Module",
                         "class": f"{type(module).__module__}.{type(module).__qualname__}"}
     return model

@@ -95,20 +95,27 @@ def preprocessing(model: torch.nn.Module, spec: ModelSpec) -> dict:
     if len(mean) != spec.in_chans:  # timm adapts the stem to in_chans, not the stats: use their average
         mean = [sum(mean) / len(mean)] * spec.in_chans
         std = [sum(std) / len(std)] * spec.in_chans
+    return preprocessing_record(spec, mean, std, cfg.get("interpolation", "bicubic"), float(cfg.get("crop_pct", 0.875)),
+                                f"timm's pretrained config of {spec.model}", cfg.get("crop_mode", "center"))
+
+
+def preprocessing_record(spec: ModelSpec, mean, std, interpolation: str, crop_pct: float, source: str,
+                         crop_mode: str = "center") -> dict:
+    """The manifest's preprocessing: these defaults with the spec's overrides (``--mean`` ...) on top,
+    and ``source`` saying which values came from where."""
     prep = {
         "input_size": [spec.in_chans, *spec.img_size],
         "mean": [float(v) for v in mean],
         "std": [float(v) for v in std],
-        "interpolation": cfg.get("interpolation", "bicubic"),
-        "crop_pct": float(cfg.get("crop_pct", 0.875)),
-        "crop_mode": cfg.get("crop_mode", "center"),
+        "interpolation": interpolation,
+        "crop_pct": crop_pct,
+        "crop_mode": crop_mode,
         "color_space": "RGB" if spec.in_chans == 3 else f"{spec.in_chans}-channel",
         "layout": "NCHW",
         "scale": "pixel / 255, then (x - mean) / std",
     }
     given = {k: ([float(x) for x in v] if isinstance(v, (list, tuple)) else v) for k, v in spec.preprocess.items()}
     prep.update(given)
-    source = f"timm's pretrained config of {spec.model}"
     prep["source"] = f"{source}; set by the user: {', '.join(sorted(given))}" if given else source
     return prep
 
