@@ -22,11 +22,19 @@ COPY pyproject.toml README.md ./
 COPY exporter ./exporter
 COPY profiler ./profiler
 COPY recipes ./recipes
-# onnxruntime-gpu replaces the CPU onnxruntime (both provide the `onnxruntime` module)
-RUN pip install '.[trt,openvino,autotimm]' \
+# The image's own TensorRT is pinned (its version read from pip's metadata): a resolver must not
+# replace it with one from NVIDIA's index, and onnxruntime-gpu's TensorRT provider links TensorRT 10.
+# onnxruntime-gpu replaces the CPU onnxruntime (both provide the `onnxruntime` module).
+RUN echo "tensorrt==$(pip show tensorrt | sed -n 's/^Version: //p')" > /tmp/pins.txt && cat /tmp/pins.txt \
+ && grep -q '^tensorrt==10\.' /tmp/pins.txt \
+ && pip install -c /tmp/pins.txt '.[trt,openvino,autotimm]' \
  && pip uninstall -y onnxruntime \
- && pip install 'onnxruntime-gpu>=1.20' \
- && python -c "import tensorrt, onnxruntime; print('TensorRT', tensorrt.__version__, onnxruntime.get_available_providers())"
+ && pip install -c /tmp/pins.txt 'onnxruntime-gpu>=1.20'
+# What a session really runs on (ORT drops a provider it cannot start without an error), not what is
+# merely available. `docker build` has no GPU, so here this lists CPU only; run the same line with
+# `docker run --gpus all` to see TensorRT and CUDA.
+COPY benchmarks/provider_check.py /opt/autotimm-deploy/provider_check.py
+RUN python /opt/autotimm-deploy/provider_check.py
 
 WORKDIR /work
 CMD ["autotimm-export", "--list-formats"]

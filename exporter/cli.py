@@ -119,6 +119,8 @@ def build_parser() -> OneLineParser:
     r.add_argument("--dla-core", type=int_in(0, 15), metavar="N", help="Jetson: run on DLA core N, GPU fallback on")
     r.add_argument("--version-compatible", action="store_true", help="engine runs on later TensorRT of the same major")
     r.add_argument("--hardware-compatible", metavar="LEVEL", help="ampere+ (any sm_80+ GPU) or same-cc")
+    r.add_argument("--no-tf32", action="store_true",
+                   help="strict fp32 layers (default: TF32 tensor cores, as trtexec and cuDNN; gated at tf32 parity)")
     e.add_argument("--no-verify", action="store_true", help="skip the parity check")
     e.add_argument("--force", action="store_true", help="overwrite existing artifacts")
     t = p.add_argument_group("choose for a target")
@@ -196,7 +198,7 @@ def spec_from_args(a) -> ModelSpec:
 
 TRT_FLAGS = {"dynamic_batch": "--dynamic-batch", "workspace": "--workspace", "opt_level": "--opt-level",
              "timing_cache": "--timing-cache", "dla_core": "--dla-core", "version_compatible": "--version-compatible",
-             "hardware_compatible": "--hardware-compatible"}
+             "hardware_compatible": "--hardware-compatible", "no_tf32": "--no-tf32"}
 
 
 def _trt_options(a, formats: list[str]) -> dict:
@@ -206,7 +208,7 @@ def _trt_options(a, formats: list[str]) -> dict:
     return {"trt": TensorRTOptions(
         dynamic_batch=parse_dynamic_batch(a.dynamic_batch) if a.dynamic_batch else None, workspace_gib=a.workspace,
         opt_level=a.opt_level, timing_cache=a.timing_cache, dla_core=a.dla_core,
-        version_compatible=a.version_compatible, hardware_compatibility=a.hardware_compatible)}
+        version_compatible=a.version_compatible, hardware_compatibility=a.hardware_compatible, tf32=not a.no_tf32)}
 
 
 def main(a) -> int:

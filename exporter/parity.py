@@ -42,6 +42,9 @@ class Tolerance:
 TOLERANCES = {
     "fp32": Tolerance(max_rel=1e-3, max_abs=1e-4, cosine=0.99999, delta_cosine=0.9999, top1=1.0, tie_margin=2e-3,
                       pixel=0.999),
+    # TF32 (TensorRT's fp32 engines by default): fp16's 10-bit mantissa in products, fp32 sums and range
+    "tf32": Tolerance(max_rel=1e-2, max_abs=5e-3, cosine=0.9995, delta_cosine=0.995, top1=0.98, tie_margin=5e-3,
+                      pixel=0.995),
     "fp16": Tolerance(max_rel=2e-2, max_abs=1e-2, cosine=0.999, delta_cosine=0.99, top1=0.95, tie_margin=1e-2,
                       pixel=0.99),
     "bf16": Tolerance(max_rel=6e-2, max_abs=5e-2, cosine=0.995, delta_cosine=0.98, top1=0.9, tie_margin=2e-2,
@@ -55,6 +58,7 @@ TOLERANCES = {
 # the largest score difference of a matched pair, label agreement of matched pairs.
 DETECTION_TOLERANCES = {
     "fp32": {"match_rate": 0.98, "mean_iou": 0.999, "max_score_diff": 1e-3, "label_agreement": 0.99, "mask_iou": 0.99},
+    "tf32": {"match_rate": 0.95, "mean_iou": 0.99, "max_score_diff": 5e-3, "label_agreement": 0.97, "mask_iou": 0.97},
     "fp16": {"match_rate": 0.9, "mean_iou": 0.98, "max_score_diff": 1e-2, "label_agreement": 0.95, "mask_iou": 0.95},
     "bf16": {"match_rate": 0.85, "mean_iou": 0.95, "max_score_diff": 3e-2, "label_agreement": 0.9, "mask_iou": 0.9},
     "int8": {"match_rate": 0.7, "mean_iou": 0.9, "max_score_diff": 5e-2, "label_agreement": 0.85, "mask_iou": 0.8},

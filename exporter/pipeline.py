@@ -202,7 +202,7 @@ def _export_format(fmt: str, ctx: ExportContext, io: dict, target: Path, verify:
     if verify:
         step(f"verify {fmt}")
         t0 = time.perf_counter()
-        result.parity = _verify(model, exported, manifest, options.precision)
+        result.parity = _verify(model, exported, manifest, exported.gate or options.precision)
         result.verify_seconds = time.perf_counter() - t0
         manifest.parity = result.parity
     result.artifact, result.manifest = _install(exported, manifest, target, force)

@@ -93,7 +93,8 @@ def run_group(targets: list[Target], settings: Settings,
         step(f"loading {t.label}")
         before = current_rss_mb()
         sessions.append(open_target(t, settings.device, settings.threads,
-                                    settings.eager_options if t.runtime == "eager" else settings.runtime_options,
+                                    settings.eager_options if t.runtime == "eager"
+                                    else {**settings.runtime_options, "max_batch": max(settings.batch_sizes)},
                                     settings.img_size))
         loaded.append(current_rss_mb() - before)
     lo = max(s.batch_range()[0] for s in sessions)

@@ -77,10 +77,13 @@ def test_loader_chain_inspected_not_built(tmp_path, precision, version):
     assert cfg.version_compatible is True and cfg.exclude_lean_runtime is False
     assert chain.tweaks.workspace_bytes == int(1.5 * 2**30)
     assert chain.tweaks.hardware_compatibility == "ampere+"
-    if plan.calibrator:  # weak int8: calibration at the profile's smallest batch, all samples used
+    assert cfg.tf32 is True and plan.tf32 is True  # as trtexec and cuDNN; strict fp32 with --no-tf32
+    if plan.calibrator:  # weak int8: TensorRT calibrates at the profile's OPT shape (4), not MIN (2)
         batches = chain.config.calibration_batches
-        assert [b["input"].shape[0] for b in batches] == [2] * 5
+        assert [b["input"].shape[0] for b in batches] == [4, 4]
         assert chain.config.calibration_cache == str(tmp_path / "calib.cache")
+        fed = chain.config.device_batches("cpu")  # torch tensors: Polygraphy reads their pointers
+        assert all(type(b["input"]).__name__ == "Tensor" and tuple(b["input"].shape) == (4, *SHAPE) for b in fed)
     else:
         assert chain.config.calibration_batches is None
 
@@ -114,6 +117,13 @@ def test_weak_int8_needs_enough_calibration(tmp_path):
     plan = plan_build(trt_options(precision="int8", dynamic_batch=(4, 4, 8)), SHAPE, TRT10)
     with pytest.raises(UserError, match="at least 4 samples"):
         loader_chain(plan, tmp_path / "m.onnx", tmp_path / "m.engine", np.zeros((3, *SHAPE), np.float32))
+    # --batch-size 8: profile 1:8:32, calibrated at 8 per batch (feeding MIN-sized batches made
+    # TensorRT's shape check fail on the first batch and the build end with zero batches)
+    plan = plan_build(trt_options(precision="int8", batch_size=8), SHAPE, TRT10)
+    with pytest.raises(UserError, match="at batch 8"):
+        loader_chain(plan, tmp_path / "m.onnx", tmp_path / "m.engine", np.zeros((4, *SHAPE), np.float32))
+    chain = loader_chain(plan, tmp_path / "m.onnx", tmp_path / "m.engine", np.zeros((20, *SHAPE), np.float32))
+    assert [b["input"].shape[0] for b in chain.config.calibration_batches] == [8, 8]
     with pytest.raises(UserError, match="calibration data"):
         loader_chain(plan, tmp_path / "m.onnx", tmp_path / "m.engine", None)
 
@@ -189,7 +199,13 @@ BUILT = {"version": "10.13.0", "gpu": "NVIDIA L4", "compute_capability": "8.9"}
     (None, dict(BUILT), None),
     (BUILT, {**BUILT, "version": "10.14.1"}, "TensorRT 10.13.0 (this machine has 10.14.1)"),
     ({**BUILT, "version_compatible": True}, {**BUILT, "version": "10.14.1"}, None),
-    ({**BUILT, "version_compatible": True}, {**BUILT, "version": "11.0.0"}, "TensorRT 10.13.0"),
+    # TensorRT 11 loads TensorRT 10 version-compatible engines; 8.6+ ones load in 10, never in 11
+    ({**BUILT, "version_compatible": True}, {**BUILT, "version": "11.0.0"}, None),
+    (BUILT, {**BUILT, "version": "11.0.0"}, "TensorRT 10.13.0 (this machine has 11.0.0)"),
+    ({**BUILT, "version": "8.6.1", "version_compatible": True}, {**BUILT, "version": "10.2.0"}, None),
+    ({**BUILT, "version": "8.6.1", "version_compatible": True}, {**BUILT, "version": "11.4.0"}, "TensorRT 8.6.1"),
+    ({**BUILT, "version": "8.5.3", "version_compatible": True}, {**BUILT, "version": "8.6.1"}, "TensorRT 8.5.3"),
+    ({**BUILT, "version": "11.1.0", "version_compatible": True}, {**BUILT, "version": "10.13.0"}, "TensorRT 11.1.0"),
     ({**BUILT, "version_compatible": True}, {**BUILT, "version": "10.9.0"}, "TensorRT 10.13.0"),
     (BUILT, {**BUILT, "gpu": "NVIDIA H100", "compute_capability": "9.0"}, "sm_89 (this GPU, NVIDIA H100, is sm_90)"),
     ({**BUILT, "hardware_compatibility": "ampere+"}, {**BUILT, "compute_capability": "9.0"}, None),
@@ -221,6 +237,7 @@ def test_cli_without_tensorrt_one_line_nothing_written(tmp_path, export_cli):
 def test_cli_trt_option_errors(tmp_path, export_cli):
     for args, msg in ((["--format", "onnx", "--workspace", "2"], "--workspace only applies to --format trt"),
                       (["--format", "onnx", "--dynamic-batch", "1:2:4"], "--dynamic-batch only applies"),
+                      (["--format", "onnx", "--no-tf32"], "--no-tf32 only applies"),
                       (["--format", "trt", "--dynamic-batch", "1:2"], "MIN:OPT:MAX"),
                       (["--format", "onnx", "--bf16"], "does not support bf16")):
         r = export_cli("resnet18", "--img-size", "64", "-o", str(tmp_path / "o"), *args)
@@ -239,6 +256,22 @@ def test_plan_option_validation():
         with pytest.raises(UserError, match=msg):
             check_plan_options(opts)
     assert isinstance(plan_build(trt_options(), SHAPE, TRT11), BuildPlan)
+    # hardware-compatibility levels exist from a TensorRT version on: said, not a generic build failure
+    with pytest.raises(UserError, match="same-cc needs TensorRT 10.9 or later; this machine has TensorRT 10.8"):
+        plan_build(trt_options(hardware_compatibility="same-cc"), SHAPE, "10.8.0.43")
+    assert plan_build(trt_options(hardware_compatibility="same-cc"), SHAPE, "10.9.0.34").hardware_compatibility
+
+
+def test_tf32_is_recorded_and_gates_parity():
+    from autotimm_deploy.exporter.formats.tensorrt import gate_precision
+    from autotimm_deploy.exporter.parity import TOLERANCES
+
+    plan = plan_build(trt_options(), SHAPE, TRT10)
+    assert plan.tf32 and plan.to_dict()["tf32"] is True and gate_precision(plan) == "tf32"
+    strict = plan_build(trt_options(tf32=False), SHAPE, TRT10)
+    assert gate_precision(strict) == "fp32"
+    assert gate_precision(plan_build(trt_options(precision="fp16"), SHAPE, TRT10)) == "fp16"
+    assert TOLERANCES["fp32"].max_rel < TOLERANCES["tf32"].max_rel < TOLERANCES["fp16"].max_rel
 
 
 # --- on a GPU with TensorRT (skipped here) ----------------------------------------------------------------

@@ -40,7 +40,15 @@ def gpu_environment(index: int = 0) -> dict[str, Any]:
 
     props = torch.cuda.get_device_properties(index)
     return {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
-            "memory_gb": round(props.total_memory / 2**30, 1), "cuda": torch.version.cuda, "driver": _nvidia_driver()}
+            "memory_gb": round(props.total_memory / 2**30, 1), "cuda": torch.version.cuda, "driver": _nvidia_driver(),
+            # eager PyTorch's TF32 use, to set beside a TF32 TensorRT engine's (cuDNN convs default on)
+            "torch_tf32": {"cudnn": bool(torch.backends.cudnn.allow_tf32),
+                           "matmul": bool(torch.backends.cuda.matmul.allow_tf32)}}
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """``"10.13.0.35"`` -> ``(10, 13, 0, 35)``; parts that are not numbers are left out."""
+    return tuple(int(p) for p in text.split(".") if p.isdigit())
 
 
 def tensorrt_environment(index: int = 0) -> dict[str, str]:

@@ -50,6 +50,7 @@ class Exported:
 
     files: list[Path]
     info: dict[str, Any] = field(default_factory=dict)  # goes into manifest["export"]
+    gate: str | None = None  # the parity tolerance it is held to, when not its precision's (TF32 engines)
 
     @property
     def artifact(self) -> Path:

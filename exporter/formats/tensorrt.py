@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotimm_deploy.exporter.core.environment import tensorrt_environment
+import numpy as np
+from autotimm_deploy.exporter.core.environment import tensorrt_environment, version_tuple
 from autotimm_deploy.exporter.core.errors import ExportFailed, MissingExtra, UserError, first_line
 from autotimm_deploy.exporter.core.files import sha256_file
 from autotimm_deploy.exporter.formats.base import ExportContext, Exported, ExportOptions, Format, register_format
@@ -34,6 +35,8 @@ from autotimm_deploy.exporter.inputs.calibration import NEEDS_DATA
 STRONG_TYPING_FROM = 11  # first TensorRT major version without weak-typing precision flags
 DEFAULT_MAX_BATCH = 32
 HARDWARE_LEVELS = {"ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
+# the first TensorRT with each hardware-compatibility level (TensorRT's release notes)
+HARDWARE_LEVEL_SINCE = {"ampere+": (8, 6), "same-cc": (10, 9)}
 
 
 def trt_major(version: str) -> int:
@@ -58,6 +61,9 @@ class TensorRTOptions:
     dla_core: int | None = None
     version_compatible: bool = False
     hardware_compatibility: str | None = None  # ampere+ | same-cc
+    # fp32 layers may use TF32 tensor cores (10-bit mantissa products, fp32 accumulation), as
+    # trtexec and eager cuDNN convolutions do by default; False builds strict fp32
+    tf32: bool = True
 
 
 def batch_profile(options: ExportOptions) -> tuple[int, int, int]:
@@ -103,6 +109,7 @@ class BuildPlan:
     dla_core: int | None = None
     version_compatible: bool = False
     hardware_compatibility: str | None = None
+    tf32: bool = False
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,12 +140,23 @@ def plan_build(options: ExportOptions, input_shape: tuple[int, ...], version: st
         dla_core=trt.dla_core,
         version_compatible=trt.version_compatible,
         hardware_compatibility=trt.hardware_compatibility,
+        tf32=trt.tf32,
     )
+    level = trt.hardware_compatibility
+    if level is not None and version_tuple(version)[:2] < HARDWARE_LEVEL_SINCE[level]:
+        since = ".".join(map(str, HARDWARE_LEVEL_SINCE[level]))
+        raise UserError(f"--hardware-compatible {level} needs TensorRT {since} or later; this machine has "
+                        f"TensorRT {version} (upgrade TensorRT, or leave the option out)")
     if plan.dla_core is not None:
         plan.notes.append("DLA with GPU fallback for layers DLA cannot run")
         if typing == "weak" and precision == "fp32":
             plan.notes.append("DLA runs fp16/int8 only: every layer falls back to the GPU at fp32")
     return plan
+
+
+def gate_precision(plan: BuildPlan) -> str:
+    """The parity gate an engine is held to: TF32 products carry fp16's 10-bit mantissa."""
+    return "tf32" if plan.precision == "fp32" and plan.tf32 else plan.precision
 
 
 def check_plan_options(options: ExportOptions) -> None:
@@ -202,12 +220,21 @@ class _Config:
 
         return CreateConfig(**self.kwargs, calibrator=calibrator)
 
+    def device_batches(self, device: str = "cuda") -> list[dict[str, Any]]:
+        """The calibration batches as torch tensors on ``device``: Polygraphy reads a CUDA tensor's
+        pointer directly, where numpy arrays would make it load ``libcudart`` through ctypes search
+        paths that pip-only installs (CUDA from wheels) do not have."""
+        import torch
+
+        return [{k: torch.from_numpy(v).to(device) for k, v in b.items()} for b in self.calibration_batches or []]
+
     def __call__(self, builder, network):
         calibrator = None
         if self.calibration_batches is not None:
             from polygraphy.backend.trt import Calibrator
 
-            calibrator = Calibrator(self.calibration_batches, cache=self.calibration_cache)
+            self._device_batches = self.device_batches()  # kept alive while TensorRT reads them
+            calibrator = Calibrator(self._device_batches, cache=self.calibration_cache)
         return self.create(calibrator)(builder, network)
 
 
@@ -227,7 +254,7 @@ def loader_chain(plan: BuildPlan, onnx_path: Path, engine_path: Path, calibratio
         batches = _calibration_batches(calibration, plan)
     flags = set(plan.builder_flags)
     config = _Config({
-        "fp16": "fp16" in flags, "bf16": "bf16" in flags, "int8": "int8" in flags,
+        "fp16": "fp16" in flags, "bf16": "bf16" in flags, "int8": "int8" in flags, "tf32": plan.tf32,
         "profiles": [profile],
         "builder_optimization_level": plan.opt_level,
         "load_timing_cache": plan.timing_cache if plan.timing_cache and Path(plan.timing_cache).exists() else None,
@@ -256,12 +283,14 @@ class BuildChain:
 
 
 def _calibration_batches(data, plan: BuildPlan):
-    """Calibration feeds at the profile's smallest batch (the calibration profile's shapes)."""
-    b = plan.profile["min"][0]
-    n = (len(data) // b) * b or b
+    """Calibration feeds at the profile's OPT batch: TensorRT calibrates at the calibration profile's
+    OPT shape and refuses batches of any other shape."""
+    b = plan.profile["opt"][0]
     if len(data) < b:
-        raise UserError(f"int8 calibration at batch {b} needs at least {b} samples, got {len(data)}")
-    return [{plan.input_name: data[i:i + b]} for i in range(0, n, b)]
+        raise UserError(f"int8 calibration at batch {b} (the profile's OPT batch) needs at least {b} samples, "
+                        f"got {len(data)}; pass --calib-samples {b} or more, or a smaller --batch-size")
+    n = (len(data) // b) * b
+    return [{plan.input_name: np.ascontiguousarray(data[i:i + b])} for i in range(0, n, b)]
 
 
 @register_format
@@ -315,14 +344,14 @@ class TensorRTFormat(Format):
         info.update({
             "source": f"onnx ({info.pop('exporter')})",
             "tensorrt": {**env, "typing": plan.typing, "version_compatible": plan.version_compatible,
-                         "hardware_compatibility": plan.hardware_compatibility},
+                         "hardware_compatibility": plan.hardware_compatibility, "tf32": plan.tf32},
             "build": plan.to_dict(),
             "timing_cache_sha256": sha256_file(plan.timing_cache) if plan.timing_cache else None,
             "batch": {"dynamic": hi > lo, "min": lo, "opt": opt, "max": hi},
         })
         if plan.calibrator:
             info["calibration"] = ctx.calibration_info
-        return Exported([engine], info)
+        return Exported([engine], info, gate=gate_precision(plan))
 
 
 def _cuda_available() -> bool:

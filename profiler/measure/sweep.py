@@ -26,6 +26,13 @@ def batches_in_range(batches: Sequence[int], lo: int, hi: int | None) -> tuple[l
     return kept, [b for b in batches if b not in kept]
 
 
+def on_stream(session, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` tagged with the CUDA stream ``session`` computes on: `CudaClock` records its events there."""
+    stream = getattr(session, "timing_stream", None)  # duck-typed sessions may not have one
+    fn.stream = stream() if stream else None  # type: ignore[attr-defined]
+    return fn
+
+
 def timed_call(session, batch: int, device_io: bool, seed: int = 0) -> Callable[[], Any]:
     """What one timed iteration does. Default: host arrays in, host arrays out (a deployed caller
     pays the copies); ``device_io``: inputs already on the device, compute only."""
@@ -36,9 +43,9 @@ def timed_call(session, batch: int, device_io: bool, seed: int = 0) -> Callable[
             session.run(prepared)
             session.synchronize()
 
-        return compute
+        return on_stream(session, compute)
     host = session.random_arrays(batch, seed)
-    return lambda: session.fetch(session.run(session.prepare(host)))
+    return on_stream(session, lambda: session.fetch(session.run(session.prepare(host))))
 
 
 PHASES = ("h2d_ms", "compute_ms", "d2h_ms")
@@ -61,7 +68,7 @@ def phase_split(session, batch: int, cfg: HarnessConfig, clock, seed: int = 0) -
         session.run(prepared)
         session.synchronize()
 
-    m = measure([h2d, compute, lambda: session.fetch(outputs)], cfg, clock)
+    m = measure([on_stream(session, f) for f in (h2d, compute, lambda: session.fetch(outputs))], cfg, clock)
     return {k: m.stats(i).p50 for i, k in enumerate(PHASES)}
 
 

@@ -31,7 +31,10 @@ class CpuClock:
 
 
 class CudaClock(CpuClock):
-    """CUDA events recorded around the call, then synchronized (``fn`` synchronizes its runtime)."""
+    """CUDA events recorded around the call on the stream the runtime computes on (``fn.stream``,
+    see `autotimm_deploy.profiler.measure.sweep.on_stream`; else the current stream), then
+    synchronized. ``fn`` synchronizes its runtime, so the time also covers the host's launch work,
+    alike for eager PyTorch, TensorRT and ONNX Runtime."""
 
     name = "cuda_events"
 
@@ -45,9 +48,10 @@ class CudaClock(CpuClock):
         start = self.torch.cuda.Event(enable_timing=True)
         end = self.torch.cuda.Event(enable_timing=True)
         with self.torch.cuda.device(self.device):
-            start.record()
+            stream = getattr(fn, "stream", None) or self.torch.cuda.current_stream(self.device)
+            start.record(stream)
             fn()
-            end.record()
+            end.record(stream)
             end.synchronize()
         return float(start.elapsed_time(end))
 

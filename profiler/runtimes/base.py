@@ -72,6 +72,11 @@ class Session:
     def synchronize(self) -> None:
         """Block until queued work is done (CUDA runtimes); no-op on the CPU."""
 
+    def timing_stream(self) -> Any:
+        """The CUDA stream (a ``torch.cuda.Stream``) this runtime enqueues its work on, where the
+        harness records its CUDA events; None: the current stream (eager PyTorch, CPU runtimes)."""
+        return None
+
     def infer(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Convenience for parity checks: prepare, run, fetch."""
         return self.fetch(self.run(self.prepare(arrays)))

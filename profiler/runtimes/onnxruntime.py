@@ -39,37 +39,35 @@ class OnnxRuntimeSession(Session):
                 "install the [gpu] extra on a CUDA machine"
             )
         self.device_id = int(self.device.split(":")[1]) if ":" in self.device else 0
+        self.on_gpu = wanted[0] != "CPUExecutionProvider"
+        self.stream = None
+        import torch
+
+        if self.on_gpu and torch.cuda.is_available():  # ORT computes on our stream: the harness times it
+            self.stream = torch.cuda.Stream(torch.device("cuda", self.device_id))
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
         if self.threads:
             so.intra_op_num_threads = int(self.threads)
             so.inter_op_num_threads = 1
+        providers = provider_options(
+            wanted, self.device_id, self.stream.cuda_stream if self.stream is not None else None,
+            precision=self.manifest.precision if self.manifest else "fp32", fp16=bool(self.options.get("fp16")),
+            profile=trt_profile_shapes(self.inputs, self.manifest.batch if self.manifest else None,
+                                       self.options.get("max_batch")),
+            cache=_trt_cache() if wanted[0] == "TensorrtExecutionProvider" else None)
         try:
-            self.sess = ort.InferenceSession(str(self.path), sess_options=so,
-                                             providers=self._provider_options(wanted))
+            self.sess = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
         except Exception as e:  # noqa: BLE001 - corrupt or unsupported file
             raise UserError(f"onnxruntime cannot load {self.path}: {first_line(e, 200)}") from None
-        self.on_gpu = wanted[0] != "CPUExecutionProvider"
+        problem = fallback_problem(wanted, self.sess.get_providers())
+        if problem:
+            raise UserError(problem)
         if not self.inputs:  # no manifest: describe the graph itself
             self.inputs = [_sig(i) for i in self.sess.get_inputs()]
         if not self.outputs:
             self.outputs = [_sig(o) for o in self.sess.get_outputs()]
-
-    def _provider_options(self, providers: list[str]) -> list:
-        """TensorRT EP: cache engines and tactics on disk (else every session rebuilds for minutes);
-        fp16 when the artifact was exported for fp16 or ``fp16=True`` is asked for."""
-        if providers[0] != "TensorrtExecutionProvider":
-            return providers
-        from pathlib import Path
-
-        cache = Path.home() / ".cache" / "autotimm-deploy" / "ort-trt"
-        cache.mkdir(parents=True, exist_ok=True)
-        fp16 = bool(self.options.get("fp16")) or bool(self.manifest and self.manifest.precision == "fp16")
-        trt = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
-               "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache), "trt_fp16_enable": fp16,
-               "device_id": self.device_id}
-        return [(providers[0], trt), *providers[1:]]
 
     def prepare(self, arrays: dict[str, np.ndarray]) -> Any:
         if not self.on_gpu:
@@ -94,6 +92,79 @@ class OnnxRuntimeSession(Session):
 
     def synchronize(self) -> None:
         pass  # run / run_with_iobinding return after the device finished
+
+    def timing_stream(self):
+        return self.stream
+
+
+def provider_options(wanted: list[str], device_id: int, stream: int | None, precision: str = "fp32",
+                     fp16: bool = False, profile: dict[str, str] | None = None, cache: str | None = None) -> list:
+    """ORT's provider list with options: every GPU provider on ``device_id`` (ORT otherwise computes
+    on GPU 0 while IO is bound on GPU N) and on our ``stream``; the TensorRT provider with the
+    artifact's precision (a Q/DQ graph needs ``trt_int8_enable`` on the TensorRT 10 that
+    onnxruntime-gpu links, plus fp16 for the layers left unquantized), engine and timing caches on
+    disk, and one optimization profile over the batch range, so engines are not rebuilt as the batch grows."""
+    out: list = []
+    for name in wanted:
+        if name == "CPUExecutionProvider":
+            out.append(name)
+            continue
+        opts: dict[str, Any] = {"device_id": device_id}
+        if stream:
+            opts["user_compute_stream"] = str(stream)
+        if name == "TensorrtExecutionProvider":
+            opts.update({"trt_fp16_enable": fp16 or precision in ("fp16", "int8"),
+                         "trt_int8_enable": precision == "int8"})
+            if cache:
+                opts.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
+                             "trt_timing_cache_enable": True, "trt_timing_cache_path": cache})
+            if profile:
+                opts.update({f"trt_profile_{k}_shapes": v for k, v in profile.items()})
+        out.append((name, opts))
+    return out
+
+
+DEFAULT_PROFILE_MAX_BATCH = 32  # as our TensorRT engines' default profile
+
+
+def trt_profile_shapes(inputs: list[TensorSig], batch: dict | None, max_batch: int | None = None) -> dict | None:
+    """``{"min": "input:1x3x224x224", "opt": ..., "max": ...}`` for the TensorRT provider, or None
+    when an input has an unknown dimension besides the batch."""
+    if not inputs:
+        return None
+    batch = batch or {}
+    lo = int(batch.get("min") or 1)
+    hi = int(batch.get("max") or max(DEFAULT_PROFILE_MAX_BATCH, max_batch or 0))
+    opt = min(max(int(batch.get("opt") or lo), lo), hi)
+    shapes = {}
+    for key, b in (("min", lo), ("opt", opt), ("max", hi)):
+        dims = []
+        for sig in inputs:
+            rest = sig.shape[1:]
+            if not all(isinstance(d, int) and d > 0 for d in rest):
+                return None
+            first = sig.shape[0] if isinstance(sig.shape[0], int) and sig.shape[0] > 0 else b
+            dims.append(f"{sig.name}:{'x'.join(str(d) for d in (first, *rest))}")
+        shapes[key] = ",".join(dims)
+    return shapes
+
+
+def fallback_problem(wanted: list[str], got: list[str]) -> str | None:
+    """ORT silently drops a provider it cannot start (missing TensorRT or cuDNN libraries) and runs on
+    the next one; a CPU run must never be reported as TensorRT."""
+    if wanted[0] in got:
+        return None
+    return (f"onnxruntime could not start {wanted[0]} and fell back to {got[0] if got else 'nothing'} (its "
+            "CUDA/cuDNN/TensorRT libraries are missing or do not match onnxruntime-gpu); see docs/tensorrt.md "
+            "for the version pairings, or pick another --runtime")
+
+
+def _trt_cache() -> str:
+    from pathlib import Path
+
+    cache = Path.home() / ".cache" / "autotimm-deploy" / "ort-trt"
+    cache.mkdir(parents=True, exist_ok=True)
+    return str(cache)
 
 
 def _sig(node) -> TensorSig:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from autotimm_deploy.exporter.core.environment import tensorrt_environment
+from autotimm_deploy.exporter.core.environment import tensorrt_environment, version_tuple
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.manifest import TensorSig
 from autotimm_deploy.profiler.runtimes.base import Session
@@ -21,8 +21,18 @@ _DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "
            "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}
 
 
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in text.split(".") if p.isdigit())
+# Version-compatible engines also load in the next major release for these pairs only (TensorRT's
+# support matrix: "TensorRT 10 version-compatible engines can run with a TensorRT 11 runtime, and
+# TensorRT 8 version-compatible engines can run with a TensorRT 10 runtime").
+CROSS_MAJOR = {8: 10, 10: 11}
+VERSION_COMPATIBLE_SINCE = (8, 6)
+
+
+def _runs_forward(then: tuple[int, ...], now: tuple[int, ...]) -> bool:
+    """Whether a version-compatible engine built with TensorRT ``then`` loads in TensorRT ``now``."""
+    if then[:2] < VERSION_COMPATIBLE_SINCE or now[:2] < VERSION_COMPATIBLE_SINCE:
+        return False
+    return (now[:1] == then[:1] and now >= then) or CROSS_MAJOR.get(then[0]) == now[0]
 
 
 def compatibility_problem(built: dict | None, current: dict) -> str | None:
@@ -31,9 +41,8 @@ def compatibility_problem(built: dict | None, current: dict) -> str | None:
     if not built:
         return None  # a bare .engine without manifest: TensorRT itself will refuse a mismatch
     problems = []
-    then, now = _version(built["version"]), _version(current["version"])
-    # a version-compatible engine runs on the same or a later TensorRT of the same major version
-    forward_ok = built.get("version_compatible") and now[:1] == then[:1] and now >= then
+    then, now = version_tuple(built["version"]), version_tuple(current["version"])
+    forward_ok = built.get("version_compatible") and _runs_forward(then, now)
     if then != now and not forward_ok:
         problems.append(f"TensorRT {built['version']} (this machine has {current['version']})")
     level = built.get("hardware_compatibility")
@@ -70,6 +79,7 @@ class TensorRTSession(Session):
         if problem:
             raise UserError(problem)
         self.logger = trt.Logger(trt.Logger.ERROR)
+        trt.init_libnvinfer_plugins(self.logger, "")  # engines with plugin layers need the registry filled
         runtime = trt.Runtime(self.logger)
         if built and built.get("version_compatible"):
             runtime.engine_host_code_allowed = True
@@ -123,7 +133,10 @@ class TensorRTSession(Session):
                     static[name].copy_(tensor)
             prepared = static
         for name, tensor in prepared.items():
-            self.context.set_input_shape(name, tuple(tensor.shape))
+            if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                lo, hi = self.batch_range()
+                raise RuntimeError(f"TensorRT refused input {name} of shape {tuple(tensor.shape)} (the engine's "
+                                   f"profile takes batch {lo} to {hi} at its built size)")
             self.context.set_tensor_address(name, tensor.data_ptr())
         outs = self._out_buffers.get(key)
         if outs is None:
@@ -164,6 +177,9 @@ class TensorRTSession(Session):
 
     def synchronize(self) -> None:
         self.stream.synchronize()
+
+    def timing_stream(self):
+        return self.stream
 
     def close(self) -> None:
         self._graphs.clear()
