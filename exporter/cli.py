@@ -43,6 +43,7 @@ from autotimm_deploy.exporter.core.spec import (
     parse_img_size,
 )
 from autotimm_deploy.exporter.formats import FORMATS, ExportOptions, export_order
+from autotimm_deploy.exporter.formats.aoti import AOTIOptions
 from autotimm_deploy.exporter.formats.tensorrt import TensorRTOptions, parse_dynamic_batch
 from autotimm_deploy.exporter.parity import reference_summary, summary
 from autotimm_deploy.recipes.console import any_failed, print_recipe_rows, recipe_progress
@@ -121,6 +122,8 @@ def build_parser() -> OneLineParser:
     r.add_argument("--hardware-compatible", metavar="LEVEL", help="ampere+ (any sm_80+ GPU) or same-cc")
     r.add_argument("--no-tf32", action="store_true",
                    help="strict fp32 layers (default: TF32 tensor cores, as trtexec and cuDNN; gated at tf32 parity)")
+    ai = p.add_argument_group("AOTInductor (--format aoti)")
+    ai.add_argument("--device", metavar="DEVICE", help="compile the package's kernels for cpu (default), cuda or cuda:N")
     e.add_argument("--no-verify", action="store_true", help="skip the parity check")
     e.add_argument("--force", action="store_true", help="overwrite existing artifacts")
     t = p.add_argument_group("choose for a target")
@@ -201,11 +204,15 @@ TRT_FLAGS = {"dynamic_batch": "--dynamic-batch", "workspace": "--workspace", "op
              "hardware_compatible": "--hardware-compatible", "no_tf32": "--no-tf32"}
 
 
-def _trt_options(a, formats: list[str]) -> dict:
+def _format_options(a, formats: list[str]) -> dict:
+    """The options only one format takes, each refused when its format is not asked for."""
     given = [flag for attr, flag in TRT_FLAGS.items() if getattr(a, attr) not in (None, False)]
     if given and "trt" not in formats:
         raise UserError(f"{given[0]} only applies to --format trt")
-    return {"trt": TensorRTOptions(
+    if a.device and "aoti" not in formats:
+        raise UserError("--device only applies to --format aoti (TensorRT always builds on the GPU; "
+                        "autotimm-profile --device picks where artifacts run)")
+    return {"aoti": AOTIOptions(device=a.device or "cpu"), "trt": TensorRTOptions(
         dynamic_batch=parse_dynamic_batch(a.dynamic_batch) if a.dynamic_batch else None, workspace_gib=a.workspace,
         opt_level=a.opt_level, timing_cache=a.timing_cache, dla_core=a.dla_core,
         version_compatible=a.version_compatible, hardware_compatibility=a.hardware_compatible, tf32=not a.no_tf32)}
@@ -231,7 +238,7 @@ def main(a) -> int:
         raise UserError("--calib-data and --calib-random only apply to --int8 (or --target)")
     options = ExportOptions(opset=a.opset, static=a.static, batch_size=a.batch_size, simplify=not a.no_simplify,
                             precision=a.precision, calib_data=a.calib_data, calib_samples=a.calib_samples,
-                            calib_random=a.calib_random, format_options=_trt_options(a, formats))
+                            calib_random=a.calib_random, format_options=_format_options(a, formats))
     if a.target:
         return run_target(a, spec, options)
     from autotimm_deploy.exporter.pipeline import export

@@ -38,7 +38,7 @@ from autotimm_deploy.profiler.pipeline import run_group
 from autotimm_deploy.profiler.targets import eager_twin, resolve
 
 # (format, precision): every artifact a CPU deployment could use, in the order they are exported.
-CPU_CANDIDATES = [("onnx", "fp32"), ("onnx", "int8"), ("torchscript", "fp32"),
+CPU_CANDIDATES = [("onnx", "fp32"), ("onnx", "int8"), ("torchscript", "fp32"), ("aoti", "fp32"),
                   ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")]
 
 

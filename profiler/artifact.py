@@ -20,7 +20,8 @@ def detect(path: Path) -> tuple[str, Manifest | None]:
     if not path.is_file():
         raise UserError(f"{path} is not a file")
     manifest = load_manifest(path) if manifest_path(path).exists() else None
-    fmt = manifest.format if manifest else EXTENSIONS.get(path.suffix.lower())
+    fmt = manifest.format if manifest else ("aoti" if path.name.lower().endswith(".aoti.pt2")
+                                            else EXTENSIONS.get(path.suffix.lower()))
     if fmt is None:
         raise UserError(
             f"cannot tell what {path.name} is: unknown extension {path.suffix or '(none)'} and no manifest "
@@ -28,6 +29,8 @@ def detect(path: Path) -> tuple[str, Manifest | None]:
         )
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty")
+    if fmt == "pt2" and manifest is None and _is_aoti_package(path):
+        fmt = "aoti"
     CHECKS.get(fmt, lambda p: None)(path)
     if manifest:
         verify_files(manifest, path.parent)  # sizes and sha256 (cached by size and mtime)
@@ -48,6 +51,15 @@ def _check_zip(kind: str, marker: str):
             raise UserError(f"{path} is a zip file but not a {kind} archive")
 
     return check
+
+
+def _is_aoti_package(path: Path) -> bool:
+    """An AOTInductor package is a .pt2 archive too, with compiled kernels under data/aotinductor/."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/data/aotinductor/" in n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def _check_onnx(path: Path) -> None:
@@ -74,4 +86,5 @@ CHECKS = {
     "onnx": _check_onnx,
     "torchscript": _check_zip("TorchScript", "constants.pkl"),
     "pt2": _check_zip("torch.export (.pt2)", "archive_format"),
+    "aoti": _check_zip("AOTInductor package (.pt2)", "/data/aotinductor/"),
 }

@@ -27,11 +27,12 @@ FAST = HarnessConfig(max_time=0.3, warmup_time=0.1, min_samples=3)
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
     out = tmp_path_factory.mktemp("artifacts")
-    results = export(SPEC, available_formats(), out, verify=False)
+    # AOTInductor compiles for ~25 s: its runtime is checked on the package tests/test_aoti.py builds
+    results = export(SPEC, [f for f in available_formats() if f != "aoti"], out, verify=False)
     return {r.format: r.artifact for r in results}
 
 
-@pytest.mark.parametrize("runtime", [r for r in available_runtimes("cpu") if r != "eager"])
+@pytest.mark.parametrize("runtime", [r for r in available_runtimes("cpu") if r not in ("eager", "aoti")])
 def test_each_runtime_matches_eager(artifacts, runtime):
     model = build_model(SPEC)
     x = np.random.default_rng(1).standard_normal((3, 3, 64, 64), dtype=np.float32)

@@ -21,7 +21,8 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_segmentation_exports_with_task_parity(case, tmp_path):
     spec = CASES[case]
-    results = export(spec, ["onnx", "torchscript", "pt2"], tmp_path)
+    # swin (28 M parameters) through ONNX only: the PyTorch formats of a dense head are the resnet case's
+    results = export(spec, ["onnx"] if case.startswith("swin") else ["onnx", "torchscript", "pt2"], tmp_path)
     for r in results:
         assert r.ok, (r.format, r.error, r.parity and r.parity.failures)
         logits = r.parity.metrics["logits"]

@@ -53,9 +53,9 @@ def test_target_cpu_end_to_end(tmp_path, export_cli):
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
     cands = data["candidates"]
-    assert len(cands) == 6 and sum(c["chosen"] for c in cands) == 1 and cands[0]["chosen"]
+    assert len(cands) == 7 and sum(c["chosen"] for c in cands) == 1 and cands[0]["chosen"]
     timed = [c["median_ms"] for c in cands if c["median_ms"] is not None]
-    assert timed == sorted(timed) and len(timed) == 6  # every candidate passed and was timed
+    assert timed == sorted(timed) and len(timed) == 7  # every candidate passed and was timed
     chosen = cands[0]
     from autotimm_deploy.exporter.core.manifest import load_manifest
 

@@ -16,6 +16,7 @@ RUNTIMES: dict[str, tuple[str, str, str | None, tuple[str, ...]]] = {
     "eager": ("autotimm_deploy.profiler.runtimes.eager", "EagerSession", None, ("torch", "timm")),
     "torchscript": ("autotimm_deploy.profiler.runtimes.torchscript", "TorchScriptSession", None, ("torch",)),
     "pt2": ("autotimm_deploy.profiler.runtimes.pt2", "PT2Session", None, ("torch",)),
+    "aoti": ("autotimm_deploy.profiler.runtimes.aoti", "AOTISession", None, ("torch",)),
     "onnxruntime": ("autotimm_deploy.profiler.runtimes.onnxruntime", "OnnxRuntimeSession", None, ("onnxruntime",)),
     "openvino": ("autotimm_deploy.profiler.runtimes.openvino", "OpenVinoSession", "openvino", ("openvino",)),
     "tensorrt": ("autotimm_deploy.profiler.runtimes.tensorrt", "TensorRTSession", "trt", ("tensorrt", "torch")),
@@ -24,8 +25,8 @@ RUNTIMES: dict[str, tuple[str, str, str | None, tuple[str, ...]]] = {
 }
 
 # The runtime an artifact format runs on unless the user picks another.
-DEFAULT_RUNTIME = {"torchscript": "torchscript", "pt2": "pt2", "onnx": "onnxruntime", "openvino": "openvino",
-                   "trt": "tensorrt"}
+DEFAULT_RUNTIME = {"torchscript": "torchscript", "pt2": "pt2", "aoti": "aoti", "onnx": "onnxruntime",
+                   "openvino": "openvino", "trt": "tensorrt"}
 
 
 def runtime_class(name: str) -> type[Session]:
@@ -49,7 +50,7 @@ def open_session(path: str | Path | None, runtime: str | None = None, manifest: 
         if runtime is None:
             raise UserError(f"no runtime for format {manifest.format!r}; pass --runtime")
     cls = runtime_class(runtime)
-    device = device or cls.devices[0]
+    device = device or cls.default_device(manifest)
     if device.split(":")[0] not in cls.devices:
         raise UserError(f"the {runtime} runtime does not run on {device} (it runs on: {', '.join(cls.devices)})")
     if manifest is not None and manifest.format not in cls.formats:

@@ -25,6 +25,11 @@ class Session:
         self.inputs: list[TensorSig] = list(manifest.inputs) if manifest else []
         self.outputs: list[TensorSig] = list(manifest.outputs) if manifest else []
 
+    @classmethod
+    def default_device(cls, manifest: Manifest | None) -> str:
+        """Where an artifact runs when no device is given: the runtime's first device."""
+        return cls.devices[0]
+
     # --- description -------------------------------------------------------------------------
     @property
     def output_names(self) -> list[str]:

@@ -1,0 +1,102 @@
+"""AOTInductor package (``.aoti.pt2``): ``torch.export`` -> ``torch._inductor.aoti_compile_and_package``.
+
+The package holds C++/CUDA kernels that Inductor generated and compiled for one device, plus the
+weights, and runs without Python (``torch::inductor::AOTIModelPackageLoader``; see
+docs/examples/aoti/) or from Python (``torch._inductor.aoti_load_package``). It is compiled for the
+CPU unless ``--device cuda``, and only runs on the kind of device it was compiled for: the manifest
+records it and the `aoti` runtime refuses another.
+
+Compiling needs a C++ compiler (Inductor calls ``g++`` / ``$CXX``) and takes tens of seconds (the
+small test models) to minutes (resnet50 on 2 cores). Weights are frozen into the compiled graph
+(Inductor's ``freezing``), which lets the CPU backend pre-pack convolution weights for oneDNN.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from dataclasses import dataclass
+
+from autotimm_deploy.exporter.core.errors import ExportFailed, UserError, first_line
+from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
+from autotimm_deploy.exporter.formats.torch_program import program_module
+
+
+@dataclass
+class AOTIOptions:
+    """What only an AOTInductor build takes (``ExportOptions.format_options["aoti"]``)."""
+
+    device: str = "cpu"  # cpu | cuda | cuda:N: the device the kernels are compiled for
+
+
+def compiler() -> str | None:
+    """The C++ compiler Inductor will call, or None."""
+    return shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++") or shutil.which("clang++")
+
+
+def check_device(device: str) -> None:
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise UserError(f"--device takes cpu, cuda or cuda:N, got {device!r}")
+    if kind == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA GPU is visible here; compile for the CPU (the default) or "
+                            "run this on the GPU machine that will run the package")
+        if index and int(index) >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+
+
+@register_format
+class AOTIFormat(Format):
+    name = "aoti"
+    suffix = ".aoti.pt2"
+    description = "AOTInductor package: compiled C++/CUDA kernels + weights, runs without Python (CPU or --device cuda)"
+    precisions = ("fp32",)
+    Options = AOTIOptions
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        if compiler() is None:
+            return "AOTInductor compiles C++: no C++ compiler found (install g++, or set CXX)"
+        return None
+
+    @staticmethod
+    def check_options(options) -> None:
+        check_device(options.of("aoti").device)
+
+    def export(self, ctx: ExportContext) -> Exported:
+        import torch
+        from torch.export import Dim
+
+        device = torch.device(ctx.options.of("aoti").device)
+        model = program_module(ctx.model)
+        example = ctx.example_input()
+        if device.type != "cpu":  # a copy on the GPU: the other formats keep exporting the CPU model
+            model, example = copy.deepcopy(model).to(device), example.to(device)
+        dynamic = None if ctx.options.static else ({0: Dim("batch", min=1)},)
+        try:
+            with torch.no_grad():
+                program = torch.export.export(model, (example,), dynamic_shapes=dynamic, strict=False)
+        except Exception as e:  # noqa: BLE001
+            hint = " (try --static: the model may fix its batch size)" if dynamic else ""
+            raise ExportFailed(f"torch.export failed: {first_line(e)}{hint}") from e
+        path = ctx.path(self.suffix)
+        try:
+            with torch.no_grad():
+                torch._inductor.aoti_compile_and_package(program, package_path=str(path),
+                                                         inductor_configs={"freezing": True})
+        except Exception as e:  # noqa: BLE001 - Inductor lowering or the C++ compiler failed
+            raise ExportFailed(f"AOTInductor compile failed: {first_line(e)}") from e
+        if not path.is_file() or path.stat().st_size == 0:
+            raise ExportFailed("AOTInductor produced no package")
+        info = {"exporter": "torch.export(strict=False)", "compiler": "torch._inductor.aoti_compile_and_package",
+                "device": device.type, "freezing": True, "cxx": compiler()}
+        if device.type == "cuda":
+            from autotimm_deploy.exporter.core.environment import gpu_environment
+
+            gpu = gpu_environment(device.index or 0)
+            info["gpu"] = {"name": gpu["name"], "compute_capability": gpu["compute_capability"], "cuda": gpu["cuda"]}
+        return Exported([path], info)

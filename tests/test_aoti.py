@@ -1,0 +1,127 @@
+"""AOTInductor packages: compiled on this CPU, verified, profiled, refused where they cannot run, and
+run without Python by the C++ example in docs/examples/aoti against the torch wheel's own libraries."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.manifest import load_manifest
+from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.formats import get_format
+from autotimm_deploy.exporter.formats.aoti import check_device
+from autotimm_deploy.exporter.pipeline import export
+from autotimm_deploy.profiler.runtimes import open_session
+
+from tests.conftest import ROOT, files_under
+
+pytestmark = pytest.mark.skipif(get_format("aoti").unavailable_reason() is not None,
+                                reason=get_format("aoti").unavailable_reason() or "")
+
+SPEC = ModelSpec("test_resnet", num_classes=7, img_size=(64, 64))
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    out = tmp_path_factory.mktemp("aoti")
+    (r,) = export(SPEC, ["aoti"], out)
+    return r
+
+
+def test_package_exports_verifies_and_reloads(package):
+    r = package
+    assert r.ok, (r.error, r.parity and r.parity.failures)
+    assert r.artifact.name == "test_resnet.aoti.pt2" and r.parity.batches == [1, 4]
+    assert r.parity.metrics["logits"]["max_rel"] < 1e-3
+    m = load_manifest(r.artifact)
+    assert m.format == "aoti" and m.export["device"] == "cpu" and m.batch["dynamic"]
+    assert m.export["options"]["aoti"] == {"device": "cpu"}
+    runner = torch._inductor.aoti_load_package(str(r.artifact))  # a plain torch user loads it alike
+    with torch.no_grad():
+        y = runner(torch.zeros(3, 3, 64, 64))  # a batch size parity never used
+    assert isinstance(y, torch.Tensor) and tuple(y.shape) == (3, 7)
+
+
+def test_package_profiles_against_eager(package):
+    from autotimm_deploy.profiler.measure.settings import Settings
+    from autotimm_deploy.profiler.measure.timing import HarnessConfig
+    from autotimm_deploy.profiler.pipeline import profile
+
+    report = profile([str(package.artifact)], Settings(batch_sizes=[1, 2], harness=HarnessConfig(
+        max_time=0.5, warmup_time=0.2, min_samples=3)), compare_eager=True, isolate=False)
+    eager, aoti = report["runs"]
+    assert aoti["runtime"] == "aoti" and eager["runtime"] == "eager"
+    assert [p["batch"] for p in aoti["points"]] == [1, 2] and all(not p.get("error") for p in aoti["points"])
+
+
+def test_package_without_manifest_is_recognised(package, tmp_path):
+    from autotimm_deploy.profiler.artifact import detect
+
+    bare = tmp_path / "model.pt2"
+    shutil.copy(package.artifact, bare)
+    assert detect(bare)[0] == "aoti"
+
+
+def test_refusals_are_one_line(package, tmp_path, export_cli):
+    with pytest.raises(UserError, match="compiled for cpu and cannot run on cuda"):
+        open_session(package.artifact, manifest=load_manifest(package.artifact), device="cuda")
+    bad = tmp_path / "broken.aoti.pt2"
+    bad.write_bytes(package.artifact.read_bytes()[:5000])
+    with pytest.raises(UserError, match="not a valid AOTInductor package"):
+        from autotimm_deploy.profiler.artifact import detect
+
+        detect(bad)
+    for device, msg in (("gpu", "--device takes cpu, cuda or cuda:N"), ("cpu:1", "--device takes")):
+        with pytest.raises(UserError, match=msg):
+            check_device(device)
+    out = tmp_path / "o"
+    for args, msg in ((["--format", "onnx", "--device", "cuda"], "--device only applies to --format aoti"),
+                      (["--format", "aoti", "--device", "tpu"], "--device takes cpu, cuda or cuda:N")):
+        r = export_cli("test_resnet", "--img-size", "64", "-o", str(out), *args)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, r.stderr
+        assert files_under(out) == []
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA GPU is visible"):
+            check_device("cuda")
+
+
+@pytest.mark.slow
+def test_cpp_example_classifies_a_picture(package, tmp_path):
+    """docs/examples/aoti/classify.cpp, built against the torch wheel, classifies chelsea.ppm without
+    Python; its top-5 equals the package run from Python on the same preprocessing."""
+    from PIL import Image
+    from skimage import data
+
+    exe = subprocess.run(["bash", str(ROOT / "docs/examples/aoti/build.sh"), str(tmp_path / "classify")],
+                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PYTHON": str(Path(
+                             __import__("sys").executable))}, timeout=600)
+    assert exe.returncode == 0, exe.stderr[-2000:]
+    picture = data.chelsea()  # 300 x 451 x 3
+    Image.fromarray(picture).save(tmp_path / "chelsea.ppm")
+    pre = load_manifest(package.artifact).preprocessing
+    args = [str(package.artifact), str(tmp_path / "chelsea.ppm"), "64", "64", str(pre["crop_pct"]),
+            *map(str, pre["mean"]), *map(str, pre["std"]), "5"]
+    run = subprocess.run([str(tmp_path / "classify"), *args], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    got = [line.split() for line in run.stdout.strip().splitlines()]
+    # the same preprocessing in torch, the same package from Python
+    x = torch.from_numpy(picture).permute(2, 0, 1)[None].float()
+    scale = int(np.floor(64 / pre["crop_pct"]))
+    size = (scale, int(scale * picture.shape[1] / picture.shape[0]))
+    x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    top, left = round((size[0] - 64) / 2), round((size[1] - 64) / 2)
+    x = x[:, :, top:top + 64, left:left + 64].round().clamp(0, 255) / 255
+    x = (x - torch.tensor(pre["mean"]).view(1, 3, 1, 1)) / torch.tensor(pre["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        probs = torch._inductor.aoti_load_package(str(package.artifact))(x.contiguous()).softmax(1)[0]
+    values, indices = probs.topk(5)
+    assert [int(i) for i, _ in got] == indices.tolist()
+    np.testing.assert_allclose([float(p) for _, p in got], values.numpy(), atol=2e-6)
+    # a bad picture: one line on stderr, exit 1
+    (tmp_path / "bad.ppm").write_bytes(b"P3\n1 1\n255\n0 0 0\n")
+    bad = subprocess.run([str(tmp_path / "classify"), args[0], str(tmp_path / "bad.ppm"), *args[2:]],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and bad.stderr.strip() == f"classify: {tmp_path / 'bad.ppm'} is not a binary PPM (P6) picture"
