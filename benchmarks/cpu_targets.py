@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--max-time", type=float, default=20.0)
     ap.add_argument("--out", default="bench-cpu")
     a = ap.parse_args()
-    speedups = []
+    speedups, every = [], {}
     print("| model | eager fp32 ms | chosen | its ms | speedup [95% CI] | max_rel | cosine | top1 | runner-up |")
     print("|---|---:|---|---:|---|---:|---:|---:|---|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,6 +53,9 @@ def main() -> None:
             opts = ExportOptions(calib_data=str(calib), calib_samples=32)
             winner, ranked, eager = target_cpu(ModelSpec(model), Path(a.out) / model, opts, force=True,
                                                max_time=a.max_time)
+            every[model] = (eager.get("median_ms"), {c.label: (c.median_ms, c.result.export_seconds if c.result else 0,
+                                                                 c.result and c.result.ok)
+                                                      for c in ranked})
             if winner is None:
                 print(f"| {model} | {eager.get('median_ms')} | none passed | | | | | | |")
                 continue
@@ -68,6 +71,16 @@ def main() -> None:
     if speedups:
         geo = math.exp(sum(math.log(s) for s in speedups) / len(speedups))
         print(f"\ngeometric-mean speedup over eager fp32: {geo:.2f}x over {len(speedups)} models")
+    labels = list(dict.fromkeys(label for _, cands in every.values() for label in cands))
+    print("\nEvery candidate, batch-1 median ms (export seconds); - : not timed (failed parity or skipped)\n")
+    print("| model | eager | " + " | ".join(labels) + " |")
+    print("|---|---:|" + "---:|" * len(labels))
+    for model, (eager_ms, cands) in every.items():
+        cells = []
+        for label in labels:
+            ms, secs, ok = cands.get(label, (None, None, None))
+            cells.append(f"{ms:.2f} ({secs:.0f} s)" if ms is not None else ("-" if not ok else "passed, untimed"))
+        print(f"| {model} | {eager_ms:.2f} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

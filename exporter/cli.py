@@ -44,6 +44,7 @@ from autotimm_deploy.exporter.core.spec import (
 )
 from autotimm_deploy.exporter.formats import FORMATS, ExportOptions, export_order
 from autotimm_deploy.exporter.formats.aoti import AOTIOptions
+from autotimm_deploy.exporter.formats.dims import parse_dynamic_size
 from autotimm_deploy.exporter.formats.tensorrt import TensorRTOptions, parse_dynamic_batch
 from autotimm_deploy.exporter.parity import reference_summary, summary
 from autotimm_deploy.recipes.console import any_failed, print_recipe_rows, recipe_progress
@@ -124,6 +125,9 @@ def build_parser() -> OneLineParser:
                    help="strict fp32 layers (default: TF32 tensor cores, as trtexec and cuDNN; gated at tf32 parity)")
     ai = p.add_argument_group("AOTInductor (--format aoti)")
     ai.add_argument("--device", metavar="DEVICE", help="compile the package's kernels for cpu (default), cuda or cuda:N")
+    e.add_argument("--dynamic-size", nargs="?", const="auto", metavar="MIN:MAX",
+                   help="symbolic input height and width in [MIN, MAX] px (default 32 to twice --img-size); onnx, "
+                        "pt2, aoti, openvino, trt; classification and semantic segmentation; parity at two sizes")
     e.add_argument("--no-verify", action="store_true", help="skip the parity check")
     e.add_argument("--force", action="store_true", help="overwrite existing artifacts")
     t = p.add_argument_group("choose for a target")
@@ -238,7 +242,8 @@ def main(a) -> int:
         raise UserError("--calib-data and --calib-random only apply to --int8 (or --target)")
     options = ExportOptions(opset=a.opset, static=a.static, batch_size=a.batch_size, simplify=not a.no_simplify,
                             precision=a.precision, calib_data=a.calib_data, calib_samples=a.calib_samples,
-                            calib_random=a.calib_random, format_options=_format_options(a, formats))
+                            calib_random=a.calib_random, format_options=_format_options(a, formats),
+                            dynamic_size=parse_dynamic_size(a.dynamic_size) if a.dynamic_size else None)
     if a.target:
         return run_target(a, spec, options)
     from autotimm_deploy.exporter.pipeline import export

@@ -251,9 +251,11 @@ def compare_outputs(ref: dict, out: dict, tol: Tolerance) -> dict:
     return metrics
 
 
-def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | None = None) -> dict:
+def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | None = None,
+           sizes: list[tuple[int, int]] | None = None) -> dict:
     """Run ``session`` (an open `autotimm_deploy.profiler.runtimes` session on the artifact) and the eager ``model``
-    on the same pictures; return the parity report that goes into the manifest."""
+    on the same pictures; return the parity report that goes into the manifest. ``sizes``: the input
+    sizes (h, w) to compare at, for artifacts that take more than one (default: the export size)."""
     import torch
 
     tol = TOLERANCES[precision]
@@ -265,8 +267,11 @@ def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | N
     input_name = session.inputs[0].name
     reference = getattr(model, "reference", None)  # the model's own postprocessing, run eagerly
     per_batch, against, offset = {}, {}, 0
-    for b in batches:
-        x = sample_images(b, prep, offset=offset)
+    runs = [(b, None) for b in batches] if not sizes else [(b, tuple(hw)) for hw in sizes for b in batches]
+    for b, hw in runs:
+        key = str(b) if hw is None else f"{b}@{hw[0]}x{hw[1]}"
+        x = sample_images(b, prep if hw is None else {**prep, "input_size": [prep["input_size"][0], *hw]},
+                          offset=offset)
         offset += b
         with torch.no_grad():
             ref = dict(zip(model.output_names, (t.numpy() for t in model(torch.from_numpy(x)))))
@@ -274,13 +279,14 @@ def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | N
         try:
             out = session.infer({input_name: x})
         except Exception as e:  # noqa: BLE001 - a runtime crash is a parity failure, reported as such
-            per_batch[str(b)] = {"runtime": error_metrics(f"runtime failed: {first_line(e, 200)}")}
+            at = "" if hw is None else f" at {hw[0]}x{hw[1]}"
+            per_batch[key] = {"runtime": error_metrics(f"runtime failed{at}: {first_line(e, 200)}")}
         else:
-            per_batch[str(b)] = compare_outputs(ref, out, tol)
+            per_batch[key] = compare_outputs(ref, out, tol)
             if isinstance(own, str):
-                against[str(b)] = {"reference": error_metrics(own)}
+                against[key] = {"reference": error_metrics(own)}
             elif own is not None:
-                against[str(b)] = compare_outputs(own, out, tol)
+                against[key] = compare_outputs(own, out, tol)
     merged = _merge(per_batch)
     problems = [f"{name}: {p}" for name, m in merged.items() for p in failures(m, precision)]
     report_against = None
@@ -306,6 +312,7 @@ def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | N
         tolerance=asdict(tol),
         metrics=merged,
         per_batch=per_batch,
+        sizes=[list(hw) for hw in sizes] if sizes else None,
         failures=problems,
         notes=notes,
         reference=report_against,

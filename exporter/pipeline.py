@@ -3,6 +3,7 @@ scratch folder, reload and verify it, then move it into place and write its mani
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gc
 import os
@@ -29,7 +30,7 @@ from autotimm_deploy.exporter.core.files import (
 from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig, load_manifest, manifest_path, write_manifest
 from autotimm_deploy.exporter.core.results import ParityReport
 from autotimm_deploy.exporter.core.spec import ModelSpec
-from autotimm_deploy.exporter.formats import ExportContext, Exported, ExportOptions, export_order, get_format
+from autotimm_deploy.exporter.formats import FORMATS, ExportContext, Exported, ExportOptions, export_order, get_format
 from autotimm_deploy.exporter.inputs.calibration import NEEDS_DATA, SAMPLE_PICTURES, load_calibration
 from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.parity import verify as check_parity
@@ -121,6 +122,7 @@ def export(
         step(f"build {spec.model}")
         model = build_model(spec)
     spec = model.spec
+    options = resolve_dynamic_size(options, model, order)
     calibration, calibration_info = None, None
     if options.precision == "int8":
         calibration, calibration_info = load_calibration(options.calib_data, options.calib_samples,
@@ -140,6 +142,59 @@ def export(
             return [_export_format(fmt, ctx, io, targets[fmt], verify, force, step) for fmt in order]
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+DYNAMIC_SIZE_TASKS = ("classification", "semantic-segmentation")
+# --dynamic-size without a range: 64 px (a stride-32 CNN's 2x2 final features: torch.export refuses a
+# range that reaches 1x1, where broadcasting would change meaning) to twice the export size
+AUTO_MIN_SIZE = 64
+
+
+def second_size(hw: tuple[int, int], lo: int, hi: int) -> tuple[int, int]:
+    """Another input size inside [lo, hi] for the parity check, different from the export size in
+    each dim where the range allows, and not square where it allows (so output dims that follow the
+    height and those that follow the width tell apart): about 3/4 of each side on a multiple of 32
+    first, then 32 or 64 px more or less."""
+    out: list[int] = []
+    for d in hw:
+        tries = [(d * 3 // 4) // 32 * 32, d + 32, d - 32, d + 64, d - 64, lo, hi]
+        ok = [t for t in tries if lo <= t <= hi and t != d]
+        pick = next((t for t in ok if t not in out), ok[0] if ok else d)
+        out.append(pick)
+    return out[0], out[1]
+
+
+def resolve_dynamic_size(options: ExportOptions, model, order: list[str]) -> ExportOptions:
+    """Check ``--dynamic-size`` against the formats, the task and the model itself (it must run at
+    the range's smallest size and at a second size), and fill in an ``auto`` range."""
+    if options.dynamic_size is None:
+        return options
+    import torch
+
+    fixed = [f for f in order if not get_format(f).dynamic_size]
+    if fixed:
+        able = ", ".join(n for n, c in FORMATS.items() if c.dynamic_size)
+        raise UserError(f"--dynamic-size: format {fixed[0]!r} fixes the input size (it applies to {able})")
+    spec = model.spec
+    h, w = spec.img_size
+    if spec.task not in DYNAMIC_SIZE_TASKS:
+        raise UserError(f"--dynamic-size: the {spec.task} head's postprocessing is built for one input size "
+                        f"({h}x{w}); export it at a fixed size (--img-size)")
+    lo, hi = options.dynamic_size
+    if (lo, hi) == (0, 0):
+        lo, hi = min(AUTO_MIN_SIZE, h, w), 2 * max(h, w)
+    if not lo <= min(h, w) <= max(h, w) <= hi:
+        raise UserError(f"--dynamic-size {lo}:{hi} must contain the export size {h}x{w} (--img-size)")
+    for size in ((lo, lo), second_size((h, w), lo, hi)):
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, spec.in_chans, *size))
+        except Exception as e:  # noqa: BLE001 - the model's own shape check
+            raise UserError(f"--dynamic-size: {spec.model} cannot run at {size[0]}x{size[1]} ({type(e).__name__}: "
+                            f"{first_line(e, 120)}); its shape math fixes the input size (a ViT's position "
+                            "embedding, for one) or needs a larger MIN: export without --dynamic-size or narrow "
+                            "the range") from None
+    return dataclasses.replace(options, dynamic_size=(lo, hi))
 
 
 def _refuse_taken(targets: dict[str, Path], force: bool = False) -> None:
@@ -202,7 +257,8 @@ def _export_format(fmt: str, ctx: ExportContext, io: dict, target: Path, verify:
     if verify:
         step(f"verify {fmt}")
         t0 = time.perf_counter()
-        result.parity = _verify(model, exported, manifest, exported.gate or options.precision)
+        result.parity = _verify(model, exported, manifest, exported.gate or options.precision, _parity_sizes(options,
+                                                                                                          model))
         result.verify_seconds = time.perf_counter() - t0
         manifest.parity = result.parity
     result.artifact, result.manifest = _install(exported, manifest, target, force)
@@ -210,10 +266,19 @@ def _export_format(fmt: str, ctx: ExportContext, io: dict, target: Path, verify:
     return result
 
 
-def _verify(model, exported: Exported, manifest: Manifest, precision: str) -> ParityReport:
+def _parity_sizes(options: ExportOptions, model) -> list[tuple[int, int]] | None:
+    """Two input sizes for an artifact with a symbolic size: the export size and a second one."""
+    if not options.dynamic_size:
+        return None
+    size = tuple(model.spec.img_size)
+    return [size, second_size(size, *options.dynamic_size)]
+
+
+def _verify(model, exported: Exported, manifest: Manifest, precision: str,
+            sizes: list[tuple[int, int]] | None = None) -> ParityReport:
     try:
         with open_session(exported.artifact, manifest=manifest) as session:
-            return check_parity(model, session, precision=precision)
+            return check_parity(model, session, precision=precision, sizes=sizes)
     except Exception as e:  # noqa: BLE001 - an artifact its runtime cannot load fails parity
         return ParityReport.failed(precision, "reload", first_line(e))
 
@@ -226,15 +291,28 @@ def _io_signature(model, options: ExportOptions) -> dict[str, Any]:
     with torch.no_grad():
         outs = model(torch.zeros(batch, spec.in_chans, *spec.img_size))
     dim0 = options.batch_size if options.static else "batch"
+    out_dims = [[dim0, *t.shape[1:]] for t in outs]
+    size: dict[str, Any] = {}
+    in_hw: list[Any] = list(spec.img_size)
+    if options.dynamic_size:  # dims that follow the input size are named after it
+        lo, hi = options.dynamic_size
+        other = second_size(tuple(spec.img_size), lo, hi)
+        with torch.no_grad():
+            moved = model(torch.zeros(batch, spec.in_chans, *other))
+        names = {(spec.img_size[0], other[0]): "height", (spec.img_size[1], other[1]): "width"}
+        out_dims = [[d if i == 0 or d == m else names.get((d, m), f"{n}_dim{i}")
+                     for i, (d, m) in enumerate(zip(dims, [dim0, *t.shape[1:]]))]
+                    for dims, t, n in zip(out_dims, moved, model.output_names)]
+        in_hw = ["height", "width"]
+        size = {"dynamic": True, "min": [lo, lo], "opt": list(spec.img_size), "max": [hi, hi]}
     return {
-        "inputs": [TensorSig("input", "float32", [dim0, spec.in_chans, *spec.img_size])],
-        "outputs": [
-            TensorSig(n, str(t.dtype).replace("torch.", ""), [dim0, *t.shape[1:]])
-            for n, t in zip(model.output_names, outs)
-        ],
+        "inputs": [TensorSig("input", "float32", [dim0, spec.in_chans, *in_hw])],
+        "outputs": [TensorSig(n, str(t.dtype).replace("torch.", ""), dims)
+                    for n, t, dims in zip(model.output_names, outs, out_dims)],
         "batch": {"dynamic": False, "min": options.batch_size, "max": options.batch_size}
         if options.static
         else {"dynamic": True, "min": 1, "max": None, "opt": options.batch_size},
+        "size": size,
     }
 
 
@@ -253,6 +331,8 @@ def _manifest(fmt, exported: Exported, model, io, options: ExportOptions, second
         inputs=inputs,
         outputs=outputs,
         batch=batch,
+        size={**io["size"], "multiple_of": exported.info["size_multiple"]} if exported.info.get("size_multiple")
+        else io["size"],
         preprocessing=model.preprocessing,
         export={**exported.info, "seconds": round(seconds, 3), "options": options.record(fmt)},
         model=dict(model.build_info),

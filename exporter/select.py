@@ -88,6 +88,8 @@ def available_candidates(options: ExportOptions) -> list[Candidate]:
         reason = get_format(fmt).unavailable_reason()
         if reason:
             c.skipped = reason
+        elif options.dynamic_size and not get_format(fmt).dynamic_size:
+            c.skipped = "fixes the input size (--dynamic-size)"
         elif precision == "int8" and options.calib_data is None and not options.calib_random:
             c.skipped = "no calibration data (--calib-data)"
         out.append(c)

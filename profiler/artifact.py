@@ -13,6 +13,9 @@ EXTENSIONS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".tor
               ".jit": "torchscript", ".pt2": "pt2", ".engine": "trt", ".plan": "trt", ".xml": "openvino"}
 
 
+DOUBLE_EXTENSIONS = {".aoti.pt2": "aoti", ".trt.ep": "torch-trt"}
+
+
 def detect(path: Path) -> tuple[str, Manifest | None]:
     """(format, manifest or None) for an artifact path."""
     if not path.exists():
@@ -20,8 +23,9 @@ def detect(path: Path) -> tuple[str, Manifest | None]:
     if not path.is_file():
         raise UserError(f"{path} is not a file")
     manifest = load_manifest(path) if manifest_path(path).exists() else None
-    fmt = manifest.format if manifest else ("aoti" if path.name.lower().endswith(".aoti.pt2")
-                                            else EXTENSIONS.get(path.suffix.lower()))
+    fmt = manifest.format if manifest else next(
+        (f for double, f in DOUBLE_EXTENSIONS.items() if path.name.lower().endswith(double)),
+        EXTENSIONS.get(path.suffix.lower()))
     if fmt is None:
         raise UserError(
             f"cannot tell what {path.name} is: unknown extension {path.suffix or '(none)'} and no manifest "
@@ -87,4 +91,5 @@ CHECKS = {
     "torchscript": _check_zip("TorchScript", "constants.pkl"),
     "pt2": _check_zip("torch.export (.pt2)", "archive_format"),
     "aoti": _check_zip("AOTInductor package (.pt2)", "/data/aotinductor/"),
+    "torch-trt": _check_zip("Torch-TensorRT program (.trt.ep)", "archive_format"),
 }

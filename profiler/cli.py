@@ -66,7 +66,8 @@ def build_parser() -> OneLineParser:
     h.add_argument("--iterations", type=int_in(1, MAX_ITERATIONS), help="force this many timed iterations")
     h.add_argument("--target-ci", type=float_in(0, 0.5, low_open=True), default=0.02, help="stop when the median's 95%% CI is within ± this")
     h.add_argument("--device-io", action="store_true", help="time compute only: inputs already on the device")
-    h.add_argument("--cuda-graph", action="store_true", help="tensorrt: capture and replay a CUDA graph per batch size")
+    h.add_argument("--cuda-graph", action="store_true",
+                   help="on CUDA: capture and replay a CUDA graph per batch size (every runtime but ONNX Runtime, eager too)")
     e = p.add_argument_group("eager options")
     e.add_argument("--channels-last", action="store_true")
     e.add_argument("--bf16", action="store_true", help="bf16 autocast for eager")
@@ -145,7 +146,7 @@ def main(a) -> int:
         device_io=a.device_io,
         harness=HarnessConfig(max_time=a.max_time, warmup_time=a.warmup_time, iterations=a.iterations,
                               target_ci=a.target_ci),
-        eager_options={k: True for k in ("channels_last", "bf16") if getattr(a, k)},
+        eager_options={k: True for k in ("channels_last", "bf16", "cuda_graph") if getattr(a, k)},
         runtime_options={"cuda_graph": True} if a.cuda_graph else {},
         img_size=parse_img_size(a.img_size) if a.img_size else None,
     )

@@ -237,6 +237,8 @@ def profile(target_texts: list, settings: Settings | None = None, runtime: str |
         if gpu_only and not cuda_visible():
             raise UserError(f"the {gpu_only[0]} runtime needs a CUDA GPU and none is visible here")
     check_device(settings.device)
+    if settings.runtime_options.get("cuda_graph") and not settings.device.startswith("cuda"):
+        raise UserError("--cuda-graph captures CUDA graphs: it needs --device cuda (a GPU)")
     groups = plan_groups(targets, compare_eager, interleave)
     if isolate is None:
         isolate = len(groups) > 1

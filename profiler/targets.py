@@ -72,12 +72,14 @@ def open_target(target: Target, device: str, threads: int | None, options: dict[
         return open_session(None, "eager", manifest, device=device, threads=threads, model=model, **options)
     session = open_session(target.path, target.runtime, target.manifest if target.manifest else None,
                            device=device, threads=threads, **options)
-    if not session.inputs or not _concrete(session.inputs):
+    if not session.inputs or not _concrete(session):
         if img_size is None:
             raise UserError(f"{target.path} has no manifest and its input shape is unknown; pass --img-size H,W")
         session.inputs = [TensorSig("input", "float32", ["batch", 3, *img_size])]
     return session
 
 
-def _concrete(inputs: list[TensorSig]) -> bool:
-    return all(isinstance(d, int) for sig in inputs for d in sig.shape[1:])
+def _concrete(session) -> bool:
+    """Every input dim but the batch is known: a number, or a symbolic height/width with a range."""
+    sized = {"height", "width"} if session.size_range() else set()
+    return all(isinstance(d, int) or d in sized for sig in session.inputs for d in sig.shape[1:])

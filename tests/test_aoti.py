@@ -11,8 +11,8 @@ import torch
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.manifest import load_manifest
 from autotimm_deploy.exporter.core.spec import ModelSpec
-from autotimm_deploy.exporter.formats import get_format
-from autotimm_deploy.exporter.formats.aoti import check_device
+from autotimm_deploy.exporter.formats import ExportOptions, get_format
+from autotimm_deploy.exporter.formats.aoti import AOTIOptions, check_device
 from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.profiler.runtimes import open_session
 
@@ -125,3 +125,18 @@ def test_cpp_example_classifies_a_picture(package, tmp_path):
     bad = subprocess.run([str(tmp_path / "classify"), args[0], str(tmp_path / "bad.ppm"), *args[2:]],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and bad.stderr.strip() == f"classify: {tmp_path / 'bad.ppm'} is not a binary PPM (P6) picture"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
+def test_package_compiled_for_cuda_with_cuda_graphs(tmp_path):
+    (r,) = export(SPEC, ["aoti"], tmp_path, ExportOptions(format_options={"aoti": AOTIOptions(device="cuda")}))
+    assert r.ok, (r.error, r.parity and r.parity.failures)
+    m = load_manifest(r.artifact)
+    assert m.export["device"] == "cuda" and m.export["gpu"]["compute_capability"]
+    with open_session(r.artifact, manifest=m) as plain, open_session(r.artifact, manifest=m, cuda_graph=True) as g:
+        assert plain.device == "cuda"  # its default: where it was compiled
+        x = plain.random_arrays(2)
+        np.testing.assert_allclose(g.infer(x)["logits"], plain.infer(x)["logits"], rtol=1e-4, atol=1e-5)
+    with pytest.raises(UserError, match="compiled for cuda and cannot run on cpu"):
+        open_session(r.artifact, manifest=m, device="cpu")

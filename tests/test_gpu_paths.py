@@ -168,3 +168,18 @@ def test_tensorrt_refused_shape_is_an_error_not_a_silent_run():
     assert set(s._bind({"input": torch.zeros(2, 3, 8, 8)})) == {"logits"}
     with pytest.raises(RuntimeError, match=r"refused input input of shape \(8, 3, 8, 8\).*batch 1 to 4"):
         s._bind({"input": torch.zeros(8, 3, 8, 8)})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
+def test_eager_cuda_graph_replays_the_same_outputs():
+    from autotimm_deploy.exporter.core.spec import ModelSpec
+    from autotimm_deploy.profiler.targets import Target, open_target
+
+    spec = ModelSpec("test_resnet", num_classes=4, img_size=(64, 64))
+    eager = Target(label="eager", runtime="eager", format="eager", spec=spec)
+    with open_target(eager, "cuda", None) as plain, open_target(eager, "cuda", None, {"cuda_graph": True}) as graphed:
+        for batch in (1, 3, 1):  # one graph per shape, replayed
+            x = plain.random_arrays(batch, seed=batch)
+            np.testing.assert_allclose(graphed.infer(x)["logits"], plain.infer(x)["logits"], rtol=1e-4, atol=1e-5)
+        assert len(graphed._graphs) == 2

@@ -321,3 +321,60 @@ def test_engine_int8_and_cuda_graph_on_gpu(tmp_path):
     with open_session(r.artifact, manifest=m) as plain, open_session(r.artifact, manifest=m, cuda_graph=True) as g:
         x = plain.random_arrays(2)
         np.testing.assert_allclose(g.infer(x)["logits"], plain.infer(x)["logits"], rtol=1e-3, atol=1e-3)
+
+
+# --- Torch-TensorRT (--format torch-trt): everything up to torch_tensorrt's own calls -----------------------
+
+def test_torch_trt_settings_follow_the_installed_api():
+    from autotimm_deploy.exporter.formats.torch_trt import compile_settings
+
+    dtype = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}.get
+    current = {"inputs", "use_explicit_typing", "enable_autocast", "autocast_low_precision_type", "min_block_size"}
+    older = {"inputs", "enabled_precisions", "min_block_size"}
+    assert compile_settings("fp32", current, dtype) == {"min_block_size": 1, "use_explicit_typing": True}
+    assert compile_settings("fp16", current, dtype) == {"min_block_size": 1, "enable_autocast": True,
+                                                        "use_explicit_typing": True, "autocast_low_precision_type": "f16"}
+    assert compile_settings("bf16", older, dtype) == {"min_block_size": 1, "enabled_precisions": {"f32", "bf16"}}
+    assert compile_settings("fp32", older, dtype) == {"min_block_size": 1}
+
+
+def test_torch_trt_input_ranges_and_partitions():
+    import torch
+    from autotimm_deploy.exporter.formats.torch_trt import input_ranges, partitions
+
+    assert input_ranges(ExportOptions(batch_size=4), (3, 64, 64)) == {
+        "min_shape": (1, 3, 64, 64), "opt_shape": (4, 3, 64, 64), "max_shape": (32, 3, 64, 64)}
+    assert input_ranges(ExportOptions(static=True, batch_size=2, dynamic_size=(32, 128)), (3, 64, 96)) == {
+        "min_shape": (2, 3, 32, 32), "opt_shape": (2, 3, 64, 96), "max_shape": (2, 3, 128, 128)}
+
+    class Fallback(torch.nn.Module):
+        def forward(self, x):
+            return torch.sort(x)[0]
+
+    graph = torch.nn.Module()  # Torch-TensorRT's partitioned module: engines and PyTorch submodules by name
+    graph.add_module("_run_on_acc_0", torch.nn.Identity())
+    graph.add_module("_run_on_gpu_1", torch.fx.symbolic_trace(Fallback()))
+    parts = partitions(graph)
+    assert parts["tensorrt"] == ["_run_on_acc_0"] and parts["pytorch"] == ["_run_on_gpu_1"]
+    assert parts["fallback_ops"] == ["sort"] or "sort" in " ".join(parts["fallback_ops"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch_tensorrt") is not None, reason="Torch-TensorRT is installed here")
+def test_torch_trt_without_the_extra_is_one_line(tmp_path, export_cli):
+    out = tmp_path / "out"
+    r = export_cli("resnet18", "--format", "torch-trt", "--fp16", "--img-size", "64", "-o", str(out))
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "torch_tensorrt" in lines[0] and "[torch-trt]" in lines[0], lines
+    assert files_under(out) == []
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(importlib.util.find_spec("torch_tensorrt") is None, reason="Torch-TensorRT is not installed")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_torch_trt_exports_and_reloads_on_gpu(tmp_path, precision):
+    spec = ModelSpec("resnet18", num_classes=10, img_size=(64, 64))
+    (r,) = export(spec, ["torch-trt"], tmp_path, ExportOptions(precision=precision))
+    assert r.ok, r.error or r.parity.failures
+    m = load_manifest(r.artifact)
+    assert m.export["tensorrt_subgraphs"] >= 1 and isinstance(m.export["fallback_ops"], list)

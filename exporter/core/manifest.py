@@ -37,6 +37,9 @@ class Manifest:
     inputs: list[TensorSig] = field(default_factory=list)
     outputs: list[TensorSig] = field(default_factory=list)
     batch: dict[str, Any] = field(default_factory=dict)  # {"dynamic": bool, "min":, "max":, "static":}
+    # height and width range of an artifact whose input size is symbolic (--dynamic-size):
+    # {"dynamic": True, "min": [h, w], "opt": [h, w], "max": [h, w]}; empty when the size is fixed
+    size: dict[str, Any] = field(default_factory=dict)
     preprocessing: dict[str, Any] = field(default_factory=dict)
     export: dict[str, Any] = field(default_factory=dict)  # exporter used, opset, options, seconds
     model: dict[str, Any] = field(default_factory=dict)  # params, build notes
@@ -89,9 +92,14 @@ def load_manifest(path: str | Path) -> Manifest:
             plain_name(name, "a file")
         if not isinstance(manifest.files, dict) or manifest.artifact not in manifest.files:
             raise ValueError("its artifact is not among its files")
-        for key, kind in (("format", str), ("precision", str), ("spec", dict), ("batch", dict), ("export", dict)):
+        for key, kind in (("format", str), ("precision", str), ("spec", dict), ("batch", dict), ("export", dict),
+                          ("size", dict)):
             if not isinstance(getattr(manifest, key), kind):
                 raise ValueError(f"{key} must be a {kind.__name__}")
+        for key in ("min", "opt", "max") if manifest.size else ():
+            hw = manifest.size.get(key)
+            if not (isinstance(hw, list) and len(hw) == 2 and all(type(v) is int and 0 < v <= 65536 for v in hw)):
+                raise ValueError(f"size.{key} must be [height, width] in pixels")
         if any(not isinstance(e, dict) or type(e.get("bytes")) is not int for e in manifest.files.values()):
             raise ValueError("every file needs an integer byte count")
         if manifest.spec:

@@ -42,6 +42,9 @@ class ParityReport:
     inputs: str | None = None
     tolerance: dict[str, Any] = field(default_factory=dict)
     per_batch: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # input sizes [h, w] compared, when the artifact takes more than one (--dynamic-size); per_batch
+    # keys are then "BATCH@HxW"
+    sizes: list[list[int]] | None = None
     # the same artifact outputs against the model's own reference implementation, where it has one
     # (AutoTimm models: their predict()): {"against": str, "metrics": {...}, "failures": [...]}
     reference: dict[str, Any] | None = None

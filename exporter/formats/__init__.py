@@ -5,7 +5,15 @@ scratch folder; `autotimm_deploy.exporter.pipeline` verifies them and moves them
 a format is adding one module here and importing it below.
 """
 
-from autotimm_deploy.exporter.formats import aoti, onnx, openvino, pt2, tensorrt, torchscript  # noqa: F401  (register)
+from autotimm_deploy.exporter.formats import (  # noqa: F401  (register)
+    aoti,
+    onnx,
+    openvino,
+    pt2,
+    tensorrt,
+    torch_trt,
+    torchscript,
+)
 from autotimm_deploy.exporter.formats.base import (
     FORMATS,
     ExportContext,

@@ -7,8 +7,8 @@ CPU unless ``--device cuda``, and only runs on the kind of device it was compile
 records it and the `aoti` runtime refuses another.
 
 Compiling needs a C++ compiler (Inductor calls ``g++`` / ``$CXX``) and takes tens of seconds (the
-small test models) to minutes (resnet50 on 2 cores). Weights are frozen into the compiled graph
-(Inductor's ``freezing``), which lets the CPU backend pre-pack convolution weights for oneDNN.
+small test models) to minutes (resnet50 on 2 cores). Inductor's ``freezing`` (weights folded into
+the graph) is left off: on this project's CPU it made resnet18 slower, not faster (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from autotimm_deploy.exporter.core.errors import ExportFailed, UserError, first_line
 from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
+from autotimm_deploy.exporter.formats.dims import export_program, size_info
 from autotimm_deploy.exporter.formats.torch_program import program_module
 
 
@@ -55,6 +56,7 @@ class AOTIFormat(Format):
     suffix = ".aoti.pt2"
     description = "AOTInductor package: compiled C++/CUDA kernels + weights, runs without Python (CPU or --device cuda)"
     precisions = ("fp32",)
+    dynamic_size = True
     Options = AOTIOptions
 
     @classmethod
@@ -69,31 +71,23 @@ class AOTIFormat(Format):
 
     def export(self, ctx: ExportContext) -> Exported:
         import torch
-        from torch.export import Dim
 
         device = torch.device(ctx.options.of("aoti").device)
         model = program_module(ctx.model)
         example = ctx.example_input()
         if device.type != "cpu":  # a copy on the GPU: the other formats keep exporting the CPU model
             model, example = copy.deepcopy(model).to(device), example.to(device)
-        dynamic = None if ctx.options.static else ({0: Dim("batch", min=1)},)
-        try:
-            with torch.no_grad():
-                program = torch.export.export(model, (example,), dynamic_shapes=dynamic, strict=False)
-        except Exception as e:  # noqa: BLE001
-            hint = " (try --static: the model may fix its batch size)" if dynamic else ""
-            raise ExportFailed(f"torch.export failed: {first_line(e)}{hint}") from e
+        program, multiple = export_program(model, example, ctx.options)
         path = ctx.path(self.suffix)
         try:
             with torch.no_grad():
-                torch._inductor.aoti_compile_and_package(program, package_path=str(path),
-                                                         inductor_configs={"freezing": True})
+                torch._inductor.aoti_compile_and_package(program, package_path=str(path))
         except Exception as e:  # noqa: BLE001 - Inductor lowering or the C++ compiler failed
             raise ExportFailed(f"AOTInductor compile failed: {first_line(e)}") from e
         if not path.is_file() or path.stat().st_size == 0:
             raise ExportFailed("AOTInductor produced no package")
         info = {"exporter": "torch.export(strict=False)", "compiler": "torch._inductor.aoti_compile_and_package",
-                "device": device.type, "freezing": True, "cxx": compiler()}
+                "device": device.type, "cxx": compiler(), **size_info(multiple)}
         if device.type == "cuda":
             from autotimm_deploy.exporter.core.environment import gpu_environment
 

@@ -25,6 +25,7 @@ class ExportOptions:
     calib_data: str | None = None  # folder of images or .npy, for int8
     calib_samples: int = 32
     calib_random: bool = False
+    dynamic_size: tuple[int, int] | None = None  # (min, max) pixels of a symbolic height and width
     optimize_dynamo: bool = True  # onnxscript's optimizer; off for graphs it is slow on (unrolled NMS)
     # options of one format only, by format name: {"trt": TensorRTOptions(...)}; see `Format.Options`
     format_options: dict[str, Any] = field(default_factory=dict)
@@ -94,6 +95,7 @@ class Format:
     requires: ClassVar[tuple[str, ...]] = ()  # importable module names it needs
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     Options: ClassVar[type | None] = None  # a dataclass of options only this format takes
+    dynamic_size: ClassVar[bool] = False  # can keep height and width symbolic (--dynamic-size)
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

@@ -17,6 +17,7 @@ class OnnxFormat(Format):
     description = ("ONNX (onnxruntime, TensorRT, OpenVINO, ...); --fp16: fp16 compute, fp32 I/O; "
                    "--int8: Q/DQ via onnxruntime static quantization")
     precisions = ("fp32", "fp16", "int8")
+    dynamic_size = True
 
     @staticmethod
     def check_options(options) -> None:

@@ -13,29 +13,22 @@ from pathlib import Path
 from autotimm_deploy.exporter.core.capture import captured_output
 from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
 from autotimm_deploy.exporter.formats.base import ExportContext
+from autotimm_deploy.exporter.formats.dims import onnx_axes, with_dynamic_dims
 
 INLINE_LIMIT = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave room for the graph itself
 DYNAMO_MIN_OPSET = 18
 MIN_OPSET = 9  # the oldest the TorchScript-based exporter writes
-BATCH = "batch"
 
 
 def _dynamo(ctx: ExportContext, names: tuple[list[str], list[str]]):
     import torch
-    from torch.export import Dim
 
-    dynamic = None if ctx.options.static else ({0: Dim(BATCH, min=1)},)
-    program = torch.onnx.export(
-        ctx.model,
-        (ctx.example_input(),),
-        dynamo=True,
-        dynamic_shapes=dynamic,
-        input_names=names[0],
-        output_names=names[1],
-        opset_version=ctx.options.opset,
-        optimize=ctx.options.optimize_dynamo,
-        verbose=False,
-    )
+    def call(dims):
+        return torch.onnx.export(ctx.model, (ctx.example_input(),), dynamo=True, dynamic_shapes=dims,
+                                 input_names=names[0], output_names=names[1], opset_version=ctx.options.opset,
+                                 optimize=ctx.options.optimize_dynamo, verbose=False)
+
+    program, _multiple = with_dynamic_dims(ctx.options, call)
     return program.model_proto
 
 
@@ -44,7 +37,7 @@ def _torchscript(ctx: ExportContext, names: tuple[list[str], list[str]]):
     import torch
 
     raw = ctx.workdir / f".{ctx.stem}.raw.onnx"
-    axes = None if ctx.options.static else {n: {0: BATCH} for n in names[0] + names[1]}
+    axes = onnx_axes(ctx.options, names[0], names[1])
     torch.onnx.export(
         ctx.model,
         (ctx.example_input(),),

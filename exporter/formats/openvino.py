@@ -23,6 +23,7 @@ class OpenVinoFormat(Format):
     extra = "openvino"
     requires = ("openvino",)
     precisions = ("fp32", "bf16", "int8")
+    dynamic_size = True
 
     @staticmethod
     def check_options(options) -> None:

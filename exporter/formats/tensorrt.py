@@ -133,7 +133,7 @@ def plan_build(options: ExportOptions, input_shape: tuple[int, ...], version: st
         builder_flags=list(WEAK_FLAGS[precision]) if typing == "weak" else [],
         calibrator=typing == "weak" and precision == "int8",
         input_name=input_name,
-        profile={k: [b, *input_shape] for k, b in (("min", lo), ("opt", opt), ("max", hi))},
+        profile=profile_shapes((lo, opt, hi), input_shape, options.dynamic_size),
         workspace_bytes=int(trt.workspace_gib * 2**30) if trt.workspace_gib else None,
         opt_level=trt.opt_level,
         timing_cache=str(Path(trt.timing_cache).resolve()) if trt.timing_cache else None,
@@ -157,6 +157,15 @@ def plan_build(options: ExportOptions, input_shape: tuple[int, ...], version: st
 def gate_precision(plan: BuildPlan) -> str:
     """The parity gate an engine is held to: TF32 products carry fp16's 10-bit mantissa."""
     return "tf32" if plan.precision == "fp32" and plan.tf32 else plan.precision
+
+
+def profile_shapes(batch: tuple[int, int, int], input_shape: tuple[int, ...],
+                   size: tuple[int, int] | None = None) -> dict[str, list[int]]:
+    """min / opt / max input shapes: the batch range, and with ``--dynamic-size`` the height and
+    width range around the export size (OPT)."""
+    c, h, w = input_shape
+    lo_hw, hi_hw = ((size[0], size[0]), (size[1], size[1])) if size else ((h, w), (h, w))
+    return {"min": [batch[0], c, *lo_hw], "opt": [batch[1], c, h, w], "max": [batch[2], c, *hi_hw]}
 
 
 def check_plan_options(options: ExportOptions) -> None:
@@ -303,6 +312,7 @@ class TensorRTFormat(Format):
     extra = "trt"
     requires = ("tensorrt", "polygraphy")
     precisions = ("fp32", "fp16", "bf16", "int8")
+    dynamic_size = True
     Options = TensorRTOptions
 
     @classmethod

@@ -20,13 +20,14 @@ RUNTIMES: dict[str, tuple[str, str, str | None, tuple[str, ...]]] = {
     "onnxruntime": ("autotimm_deploy.profiler.runtimes.onnxruntime", "OnnxRuntimeSession", None, ("onnxruntime",)),
     "openvino": ("autotimm_deploy.profiler.runtimes.openvino", "OpenVinoSession", "openvino", ("openvino",)),
     "tensorrt": ("autotimm_deploy.profiler.runtimes.tensorrt", "TensorRTSession", "trt", ("tensorrt", "torch")),
+    "torch-trt": ("autotimm_deploy.profiler.runtimes.torch_trt", "TorchTensorRTSession", "torch-trt", ("torch_tensorrt",)),
     "onnxruntime-cuda": ("autotimm_deploy.profiler.runtimes.onnxruntime", "OnnxRuntimeCudaSession", "gpu", ("onnxruntime",)),
     "onnxruntime-trt": ("autotimm_deploy.profiler.runtimes.onnxruntime", "OnnxRuntimeTensorRTSession", "gpu", ("onnxruntime",)),
 }
 
 # The runtime an artifact format runs on unless the user picks another.
 DEFAULT_RUNTIME = {"torchscript": "torchscript", "pt2": "pt2", "aoti": "aoti", "onnx": "onnxruntime",
-                   "openvino": "openvino", "trt": "tensorrt"}
+                   "openvino": "openvino", "trt": "tensorrt", "torch-trt": "torch-trt"}
 
 
 def runtime_class(name: str) -> type[Session]:

@@ -46,10 +46,18 @@ class Session:
             return int(self.manifest.batch.get("min") or 1), self.manifest.batch.get("max")
         return 1, None
 
-    def input_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
+    def size_range(self) -> dict[str, list[int]] | None:
+        """{"min", "opt", "max"} [h, w] of an artifact with a symbolic input size, else None."""
+        size = self.manifest.size if self.manifest else None
+        return size if size and size.get("dynamic") else None
+
+    def input_shapes(self, batch: int, size: tuple[int, int] | None = None) -> dict[str, tuple[int, ...]]:
+        """Input shapes at ``batch``; symbolic height and width at ``size`` (default: the export size)."""
+        hw = size or (self.size_range() or {}).get("opt")
+        named = {"height": hw[0], "width": hw[1]} if hw else {}
         shapes = {}
         for sig in self.inputs:
-            dims = [batch if i == 0 and not isinstance(d, int) else d for i, d in enumerate(sig.shape)]
+            dims = [batch if i == 0 and not isinstance(d, int) else named.get(d, d) for i, d in enumerate(sig.shape)]
             if not all(isinstance(d, int) and d > 0 for d in dims):
                 raise ValueError(f"input {sig.name} has unknown dimensions {sig.shape}")
             shapes[sig.name] = tuple(dims)

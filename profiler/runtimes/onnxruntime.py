@@ -55,7 +55,7 @@ class OnnxRuntimeSession(Session):
             wanted, self.device_id, self.stream.cuda_stream if self.stream is not None else None,
             precision=self.manifest.precision if self.manifest else "fp32", fp16=bool(self.options.get("fp16")),
             profile=trt_profile_shapes(self.inputs, self.manifest.batch if self.manifest else None,
-                                       self.options.get("max_batch")),
+                                       self.options.get("max_batch"), self.size_range()),
             cache=_trt_cache() if wanted[0] == "TensorrtExecutionProvider" else None)
         try:
             self.sess = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
@@ -127,9 +127,11 @@ def provider_options(wanted: list[str], device_id: int, stream: int | None, prec
 DEFAULT_PROFILE_MAX_BATCH = 32  # as our TensorRT engines' default profile
 
 
-def trt_profile_shapes(inputs: list[TensorSig], batch: dict | None, max_batch: int | None = None) -> dict | None:
+def trt_profile_shapes(inputs: list[TensorSig], batch: dict | None, max_batch: int | None = None,
+                       size: dict | None = None) -> dict | None:
     """``{"min": "input:1x3x224x224", "opt": ..., "max": ...}`` for the TensorRT provider, or None
-    when an input has an unknown dimension besides the batch."""
+    when an input has an unknown dimension besides the batch (and a height/width without ``size``,
+    the manifest's range)."""
     if not inputs:
         return None
     batch = batch or {}
@@ -139,8 +141,9 @@ def trt_profile_shapes(inputs: list[TensorSig], batch: dict | None, max_batch: i
     shapes = {}
     for key, b in (("min", lo), ("opt", opt), ("max", hi)):
         dims = []
+        named = {"height": size[key][0], "width": size[key][1]} if size else {}
         for sig in inputs:
-            rest = sig.shape[1:]
+            rest = [named.get(d, d) for d in sig.shape[1:]]
             if not all(isinstance(d, int) and d > 0 for d in rest):
                 return None
             first = sig.shape[0] if isinstance(sig.shape[0], int) and sig.shape[0] > 0 else b

@@ -108,7 +108,8 @@ class TensorRTSession(Session):
 
     def _sig(self, name: str) -> TensorSig:
         dtype = _DTYPES.get(self.engine.get_tensor_dtype(name).name, "float32")
-        shape = [d if d >= 0 else "batch" for d in self.engine.get_tensor_shape(name)]
+        symbolic = {0: "batch", 2: "height", 3: "width"}  # the only dims our engines leave free
+        shape = [d if d >= 0 else symbolic.get(i, f"dim{i}") for i, d in enumerate(self.engine.get_tensor_shape(name))]
         return TensorSig(name, dtype, shape)
 
     def batch_range(self) -> tuple[int, int | None]:
