@@ -19,7 +19,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="gpu-check")
     ap.add_argument("--model", default="resnet50")
-    ap.add_argument("--max-time", type=float, default=2.0)
+    ap.add_argument("--max-time", type=float, default=1.5)
     ap.add_argument("--batch-sizes", default="1,8,32")
     a = ap.parse_args()
     import torch
@@ -84,6 +84,7 @@ def main() -> int:
                 sp = first.get("vs_baseline")
                 summary.append(f"| {name} | {run['target']['label']} ({run['runtime']}) | " + " | ".join(cells) + " | "
                                + (f"{sp['ratio']:.2f}x" if sp else "baseline") + " |")
+            (out / "summary.md").write_text("\n".join(summary) + "\n")  # after each: a timeout keeps what finished
     (out / "summary.md").write_text("\n".join(summary) + "\n")
     print("\n".join(summary))
     return 0

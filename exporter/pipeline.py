@@ -150,15 +150,17 @@ DYNAMIC_SIZE_TASKS = ("classification", "semantic-segmentation")
 AUTO_MIN_SIZE = 64
 
 
-def second_size(hw: tuple[int, int], lo: int, hi: int) -> tuple[int, int]:
+def second_size(hw: tuple[int, int], lo: int, hi: int, multiple: int = 1) -> tuple[int, int]:
     """Another input size inside [lo, hi] for the parity check, different from the export size in
     each dim where the range allows, and not square where it allows (so output dims that follow the
     height and those that follow the width tell apart): about 3/4 of each side on a multiple of 32
-    first, then 32 or 64 px more or less."""
+    first, then 32 or 64 px more or less; only multiples of ``multiple`` (a stride torch.export
+    proved the model needs)."""
     out: list[int] = []
     for d in hw:
-        tries = [(d * 3 // 4) // 32 * 32, d + 32, d - 32, d + 64, d - 64, lo, hi]
-        ok = [t for t in tries if lo <= t <= hi and t != d]
+        tries = [(d * 3 // 4) // 32 * 32, d + 32, d - 32, d + 64, d - 64, lo, hi,
+                 d + multiple, d - multiple, d + 2 * multiple]
+        ok = [t for t in tries if lo <= t <= hi and t != d and t % multiple == 0]
         pick = next((t for t in ok if t not in out), ok[0] if ok else d)
         out.append(pick)
     return out[0], out[1]
@@ -257,8 +259,8 @@ def _export_format(fmt: str, ctx: ExportContext, io: dict, target: Path, verify:
     if verify:
         step(f"verify {fmt}")
         t0 = time.perf_counter()
-        result.parity = _verify(model, exported, manifest, exported.gate or options.precision, _parity_sizes(options,
-                                                                                                          model))
+        sizes = _parity_sizes(options, model, exported.info.get("size_multiple") or 1)
+        result.parity = _verify(model, exported, manifest, exported.gate or options.precision, sizes)
         result.verify_seconds = time.perf_counter() - t0
         manifest.parity = result.parity
     result.artifact, result.manifest = _install(exported, manifest, target, force)
@@ -266,12 +268,12 @@ def _export_format(fmt: str, ctx: ExportContext, io: dict, target: Path, verify:
     return result
 
 
-def _parity_sizes(options: ExportOptions, model) -> list[tuple[int, int]] | None:
+def _parity_sizes(options: ExportOptions, model, multiple: int = 1) -> list[tuple[int, int]] | None:
     """Two input sizes for an artifact with a symbolic size: the export size and a second one."""
     if not options.dynamic_size:
         return None
     size = tuple(model.spec.img_size)
-    return [size, second_size(size, *options.dynamic_size)]
+    return [size, second_size(size, *options.dynamic_size, multiple)]
 
 
 def _verify(model, exported: Exported, manifest: Manifest, precision: str,
@@ -281,6 +283,22 @@ def _verify(model, exported: Exported, manifest: Manifest, precision: str,
             return check_parity(model, session, precision=precision, sizes=sizes)
     except Exception as e:  # noqa: BLE001 - an artifact its runtime cannot load fails parity
         return ParityReport.failed(precision, "reload", first_line(e))
+
+
+def _follow_size(dims: list, moved: list, size: tuple[int, int], other: tuple[int, int], name: str) -> list:
+    """An output's dims at the export ``size`` and at ``other``: those that moved with the input's
+    height or width are named after it (when both keys coincide, the earlier dim is the height), the
+    rest that moved ``NAME_dimI``."""
+    keys = {"height": (size[0], other[0]), "width": (size[1], other[1])}
+    out, taken = [], set()
+    for i, (d, m) in enumerate(zip(dims, moved)):
+        if i == 0 or d == m:
+            out.append(d)
+            continue
+        label = next((k for k, v in keys.items() if v == (d, m) and k not in taken), None)
+        taken.add(label)
+        out.append(label or f"{name}_dim{i}")
+    return out
 
 
 def _io_signature(model, options: ExportOptions) -> dict[str, Any]:
@@ -299,9 +317,7 @@ def _io_signature(model, options: ExportOptions) -> dict[str, Any]:
         other = second_size(tuple(spec.img_size), lo, hi)
         with torch.no_grad():
             moved = model(torch.zeros(batch, spec.in_chans, *other))
-        names = {(spec.img_size[0], other[0]): "height", (spec.img_size[1], other[1]): "width"}
-        out_dims = [[d if i == 0 or d == m else names.get((d, m), f"{n}_dim{i}")
-                     for i, (d, m) in enumerate(zip(dims, [dim0, *t.shape[1:]]))]
+        out_dims = [_follow_size(dims, [dim0, *t.shape[1:]], tuple(spec.img_size), other, n)
                     for dims, t, n in zip(out_dims, moved, model.output_names)]
         in_hw = ["height", "width"]
         size = {"dynamic": True, "min": [lo, lo], "opt": list(spec.img_size), "max": [hi, hi]}
@@ -314,6 +330,14 @@ def _io_signature(model, options: ExportOptions) -> dict[str, Any]:
         else {"dynamic": True, "min": 1, "max": None, "opt": options.batch_size},
         "size": size,
     }
+
+
+def _size_record(size: dict, multiple: int | None) -> dict:
+    """The manifest's ``size``; on a stride multiple, the range narrowed to the sizes that work."""
+    if not size or not multiple:
+        return size
+    lo, hi = -(-size["min"][0] // multiple) * multiple, size["max"][0] // multiple * multiple
+    return {**size, "min": [lo, lo], "max": [hi, hi], "multiple_of": multiple}
 
 
 def _manifest(fmt, exported: Exported, model, io, options: ExportOptions, seconds: float) -> Manifest:
@@ -331,8 +355,7 @@ def _manifest(fmt, exported: Exported, model, io, options: ExportOptions, second
         inputs=inputs,
         outputs=outputs,
         batch=batch,
-        size={**io["size"], "multiple_of": exported.info["size_multiple"]} if exported.info.get("size_multiple")
-        else io["size"],
+        size=_size_record(io["size"], exported.info.get("size_multiple")),
         preprocessing=model.preprocessing,
         export={**exported.info, "seconds": round(seconds, 3), "options": options.record(fmt)},
         model=dict(model.build_info),

@@ -232,7 +232,7 @@ def profile(target_texts: list, settings: Settings | None = None, runtime: str |
     if settings.device is None:  # a GPU-only runtime (TensorRT), or a package compiled for CUDA, puts the
         # whole comparison on the GPU
         gpu_only = [t.runtime for t in targets if "cpu" not in runtime_class(t.runtime).devices
-                    or runtime_class(t.runtime).default_device(t.manifest).startswith("cuda")]
+                    or runtime_class(t.runtime).default_device(t.manifest, t.path).startswith("cuda")]
         settings.device = "cuda" if gpu_only else "cpu"
         if gpu_only and not cuda_visible():
             raise UserError(f"the {gpu_only[0]} runtime needs a CUDA GPU and none is visible here")

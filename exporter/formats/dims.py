@@ -11,15 +11,15 @@ from autotimm_deploy.exporter.core.errors import ExportFailed, UserError, first_
 BATCH, HEIGHT, WIDTH = "batch", "height", "width"
 
 
-def export_dims(options, multiple: int | None = None):
+def export_dims(options, multiple: int | None = None, max_batch: int | None = None):
     """torch.export ``dynamic_shapes`` for the one image input, or None when every dim is fixed.
     ``multiple``: height and width are ``multiple * k`` (derived dims), for models whose shape math
-    only holds on multiples of their stride."""
+    only holds on multiples of their stride. ``max_batch`` bounds the batch (Torch-TensorRT)."""
     from torch.export import Dim
 
     dims = {}
     if not options.static:
-        dims[0] = Dim(BATCH, min=1)
+        dims[0] = Dim(BATCH, min=1, max=max_batch) if max_batch else Dim(BATCH, min=1)
     if options.dynamic_size:
         lo, hi = options.dynamic_size
         if multiple:
@@ -40,17 +40,17 @@ def size_multiple(error: Exception) -> int | None:
     return max(found) if found else None
 
 
-def with_dynamic_dims(options, call):
+def with_dynamic_dims(options, call, max_batch: int | None = None):
     """``call(dynamic_shapes)`` with our symbolic dims; when torch.export proves the model's shape
     math holds only on multiples of a stride and says so, once more on those multiples.
     Returns (result, multiple or None)."""
     try:
-        return call(export_dims(options)), None
+        return call(export_dims(options, max_batch=max_batch)), None
     except Exception as e:  # noqa: BLE001 - torch.export's constraint violation, or anything else
         multiple = size_multiple(e) if options.dynamic_size else None
         if multiple is None:
             raise
-    return call(export_dims(options, multiple)), multiple
+    return call(export_dims(options, multiple, max_batch)), multiple
 
 
 def onnx_axes(options, inputs: list[str], outputs: list[str]) -> dict | None:
@@ -90,7 +90,7 @@ def parse_dynamic_size(text: str) -> tuple[int, int]:
     return lo, hi
 
 
-def export_program(module, example, options):
+def export_program(module, example, options, max_batch: int | None = None):
     """``torch.export.export(module, (example,))`` with our symbolic dims (see `with_dynamic_dims`);
     (program, multiple or None). A failure is an `ExportFailed` with what to try."""
     import torch
@@ -100,7 +100,7 @@ def export_program(module, example, options):
             return torch.export.export(module, (example,), dynamic_shapes=dims, strict=False)
 
     try:
-        return with_dynamic_dims(options, call)
+        return with_dynamic_dims(options, call, max_batch)
     except Exception as e:  # noqa: BLE001
         raise ExportFailed(f"torch.export failed: {first_line(e)}{hint(options)}") from e
 

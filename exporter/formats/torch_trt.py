@@ -19,7 +19,7 @@ from typing import Any
 
 from autotimm_deploy.exporter.core.errors import ExportFailed, MissingExtra, first_line
 from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
-from autotimm_deploy.exporter.formats.dims import export_program, size_info
+from autotimm_deploy.exporter.formats.dims import export_dims, export_program, size_info
 from autotimm_deploy.exporter.formats.torch_program import program_module
 
 DEFAULT_MAX_BATCH = 32
@@ -101,8 +101,10 @@ class TorchTensorRTFormat(Format):
         spec = ctx.spec
         model = copy.deepcopy(program_module(ctx.model)).cuda().eval()
         example = ctx.example_input().cuda()
-        program, multiple = export_program(model, example, ctx.options)
         ranges = input_ranges(ctx.options, (spec.in_chans, *spec.img_size))
+        # the program's symbols carry the ranges Torch-TensorRT builds for: bounded like its Input
+        max_batch = ranges["max_shape"][0]
+        program, multiple = export_program(model, example, ctx.options, max_batch)
         trt_input = torch_tensorrt.Input(**ranges, dtype=torch.float32)
         parameters = set(inspect.signature(torch_tensorrt.dynamo.compile).parameters)
         settings = compile_settings(ctx.options.precision, parameters,
@@ -114,8 +116,13 @@ class TorchTensorRTFormat(Format):
         path = ctx.path(self.suffix)
         save_parameters = set(inspect.signature(torch_tensorrt.save).parameters)
         inputs_key = "arg_inputs" if "arg_inputs" in save_parameters else "inputs"
+        # save re-exports the compiled module: with the same symbolic dims, else it would come out static
+        if "dynamic_shapes" in save_parameters:
+            save_inputs = {inputs_key: [example], "dynamic_shapes": export_dims(ctx.options, multiple, max_batch)}
+        else:
+            save_inputs = {inputs_key: [trt_input]}
         try:
-            torch_tensorrt.save(graph, str(path), output_format="exported_program", **{inputs_key: [example]})
+            torch_tensorrt.save(graph, str(path), output_format="exported_program", **save_inputs)
         except Exception as e:  # noqa: BLE001
             raise ExportFailed(f"torch_tensorrt.save failed: {first_line(e)}") from e
         parts = partitions(graph)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from autotimm_deploy.exporter.core.results import ProfileRun
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 COLUMNS = ("target", "runtime", "device", "batch", "median ms", "p90 ms", "p95 ms", "p99 ms", "images/s",
            "x batch 1", "speedup vs baseline (95% CI)", "peak RSS MB", "n")
@@ -50,7 +52,10 @@ def cells(r: dict) -> list[str]:
             _fmt(r["peak_gpu_mb"] if r["peak_gpu_mb"] is not None else r["peak_rss_mb"], ".0f"), str(r["n"])]
 
 
-def render(report: dict, console: Console) -> None:
+def render(report: dict, console: "Console") -> None:
+    from rich.markup import escape  # rich only where a table is drawn: the rows serve CSV/Markdown without it
+    from rich.table import Table
+
     env = report["environment"]
     title = (f"autotimm-profile: {env['cpu']} ({env['threads']} threads)"
              + (f", {env['gpu']['name']}" if env.get("gpu") else ""))

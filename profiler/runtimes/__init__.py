@@ -51,7 +51,7 @@ def open_session(path: str | Path | None, runtime: str | None = None, manifest: 
         if runtime is None:
             raise UserError(f"no runtime for format {manifest.format!r}; pass --runtime")
     cls = runtime_class(runtime)
-    device = device or cls.default_device(manifest)
+    device = device or cls.default_device(manifest, path)
     if device.split(":")[0] not in cls.devices:
         raise UserError(f"the {runtime} runtime does not run on {device} (it runs on: {', '.join(cls.devices)})")
     if manifest is not None and manifest.format not in cls.formats:

@@ -8,8 +8,21 @@ from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.profiler.runtimes._torch import TorchSession
 
 
-def compiled_for(manifest) -> str | None:
-    return ((manifest.export or {}).get("device") if manifest else None) or None
+def compiled_for(manifest, path=None) -> str | None:
+    """The device kind a package was compiled for: its manifest's, else the package's own metadata."""
+    if manifest:
+        return (manifest.export or {}).get("device") or None
+    if path is None:
+        return None
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            name = next((n for n in z.namelist() if n.endswith("wrapper_metadata.json")), None)
+            return json.loads(z.read(name)).get("AOTI_DEVICE_KEY") if name else None
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
 
 
 class AOTISession(TorchSession):
@@ -17,11 +30,11 @@ class AOTISession(TorchSession):
     formats = ("aoti",)
 
     @classmethod
-    def default_device(cls, manifest) -> str:
-        return compiled_for(manifest) or "cpu"
+    def default_device(cls, manifest, path=None) -> str:
+        return compiled_for(manifest, path) or "cpu"
 
     def load(self):
-        built = compiled_for(self.manifest)
+        built = compiled_for(self.manifest, self.path)
         if built and built != self.device.split(":")[0]:
             raise UserError(f"{self.path.name} was compiled for {built} and cannot run on {self.device}; profile it "
                             f"with --device {built}, or re-export with autotimm-export --format aoti --device "
@@ -29,7 +42,9 @@ class AOTISession(TorchSession):
         device = self.torch.device(self.device)
         index = (device.index or 0) if device.type == "cuda" else -1  # -1: the CPU runner
         try:
-            return self.torch._inductor.aoti_load_package(str(self.path), device_index=index)
+            # one runner, no locking between runs: what CUDA-graph capture needs (aoti_load_package's docs)
+            return self.torch._inductor.aoti_load_package(str(self.path), device_index=index,
+                                                          run_single_threaded=bool(self.options.get("cuda_graph")))
         except Exception as e:  # noqa: BLE001 - corrupt package, or compiled by another torch
             raise UserError(f"cannot load AOTInductor package {self.path}: {first_line(e, 200)} (packages run "
                             "with the torch version that compiled them)") from None

@@ -26,7 +26,7 @@ class Session:
         self.outputs: list[TensorSig] = list(manifest.outputs) if manifest else []
 
     @classmethod
-    def default_device(cls, manifest: Manifest | None) -> str:
+    def default_device(cls, manifest: Manifest | None, path: str | Path | None = None) -> str:
         """Where an artifact runs when no device is given: the runtime's first device."""
         return cls.devices[0]
 

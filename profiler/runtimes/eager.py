@@ -34,7 +34,9 @@ class EagerSession(TorchSession):
 
     def run(self, prepared: Any) -> Any:
         autocast = (
-            self.torch.autocast(self.device.split(":")[0], dtype=self.torch.bfloat16)
+            # a captured CUDA graph must not point at autocast's cached weight casts, freed on exit
+            self.torch.autocast(self.device.split(":")[0], dtype=self.torch.bfloat16,
+                                cache_enabled=not self.cuda_graph)
             if self.options.get("bf16")
             else contextlib.nullcontext()
         )

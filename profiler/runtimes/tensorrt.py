@@ -128,7 +128,9 @@ class TensorRTSession(Session):
     def _bind(self, prepared: dict[str, Any]) -> dict[str, Any]:
         key = tuple(tuple(t.shape) for t in prepared.values())
         if self.cuda_graph:  # a captured graph reads fixed addresses: copy into this shape's buffers
-            static = self._in_buffers.setdefault(key, {n: self.torch.empty_like(t) for n, t in prepared.items()})
+            static = self._in_buffers.get(key)
+            if static is None:
+                static = self._in_buffers[key] = {n: self.torch.empty_like(t) for n, t in prepared.items()}
             for name, tensor in prepared.items():
                 if tensor.data_ptr() != static[name].data_ptr():
                     static[name].copy_(tensor)
@@ -136,8 +138,8 @@ class TensorRTSession(Session):
         for name, tensor in prepared.items():
             if not self.context.set_input_shape(name, tuple(tensor.shape)):
                 lo, hi = self.batch_range()
-                raise RuntimeError(f"TensorRT refused input {name} of shape {tuple(tensor.shape)} (the engine's "
-                                   f"profile takes batch {lo} to {hi} at its built size)")
+                raise RuntimeError(f"TensorRT refused input {name} of shape {tuple(tensor.shape)} (outside the "
+                                   f"engine's optimization profile: batch {lo} to {hi}, and its size range)")
             self.context.set_tensor_address(name, tensor.data_ptr())
         outs = self._out_buffers.get(key)
         if outs is None:

@@ -11,6 +11,8 @@ abi="$("$py" -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')"
 "${CXX:-g++}" -std=c++20 -O2 "$here/classify.cpp" -o "$out" \
   -D_GLIBCXX_USE_CXX11_ABI="$abi" \
   -I"$torch_dir/include" -I"$torch_dir/include/torch/csrc/api/include" \
-  -L"$torch_dir/lib" -Wl,--disable-new-dtags,-rpath,"$torch_dir/lib" -ltorch -ltorch_cpu -lc10
-# (an RPATH, not a RUNPATH: the package's compiled .so is dlopen-ed and needs libtorch.so found too)
+  -L"$torch_dir/lib" -Wl,--disable-new-dtags,-rpath,"$torch_dir/lib" -Wl,--no-as-needed -ltorch -ltorch_cpu -lc10 \
+  $([ -e "$torch_dir/lib/libtorch_cuda.so" ] && echo -ltorch_cuda)
+# (an RPATH, not a RUNPATH: the package's compiled .so is dlopen-ed and needs libtorch.so found too;
+# --no-as-needed keeps libtorch_cuda linked, which packages compiled for CUDA need)
 echo "$out"
