@@ -296,7 +296,8 @@ def _follow_size(dims: list, moved: list, size: tuple[int, int], other: tuple[in
             out.append(d)
             continue
         label = next((k for k, v in keys.items() if v == (d, m) and k not in taken), None)
-        taken.add(label)
+        if label:
+            taken.add(label)
         out.append(label or f"{name}_dim{i}")
     return out
 

@@ -220,18 +220,20 @@ def test_engine_compatibility_check(built, current, problem):
         assert got.startswith("engine built for ") and problem in got and "rebuild" in got and "\n" not in got
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
-def test_cli_without_tensorrt_one_line_nothing_written(tmp_path, export_cli):
+@pytest.mark.parametrize("fmt,module,extra", [("trt", "tensorrt", "trt"), ("torch-trt", "torch_tensorrt", "torch-trt")])
+def test_cli_without_the_extra_one_line_nothing_written(tmp_path, export_cli, fmt, module, extra):
+    if importlib.util.find_spec(module) is not None:
+        pytest.skip(f"{module} is installed here")
     out = tmp_path / "out"
-    r = export_cli("resnet18", "--format", "trt", "--fp16", "--img-size", "64", "-o", str(out))
+    r = export_cli("resnet18", "--format", fmt, "--fp16", "--img-size", "64", "-o", str(out))
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "tensorrt" in lines[0] and "[trt]" in lines[0], lines
+    assert len(lines) == 1 and module in lines[0] and f"[{extra}]" in lines[0], lines
     assert files_under(out) == [] and not out.exists()
     r = export_cli("--list-formats", "--json")
-    trt = {row["format"]: row for row in json.loads(r.stdout)}["trt"]
-    assert not trt["available"] and "tensorrt" in trt["reason"]
-    assert get_format("trt").unavailable_reason() == trt["reason"]
+    row = {row["format"]: row for row in json.loads(r.stdout)}[fmt]
+    assert not row["available"] and module in row["reason"]
+    assert get_format(fmt).unavailable_reason() == row["reason"]
 
 
 def test_cli_trt_option_errors(tmp_path, export_cli):
@@ -357,16 +359,6 @@ def test_torch_trt_input_ranges_and_partitions():
     parts = partitions(graph)
     assert parts["tensorrt"] == ["_run_on_acc_0"] and parts["pytorch"] == ["_run_on_gpu_1"]
     assert parts["fallback_ops"] == ["sort"] or "sort" in " ".join(parts["fallback_ops"])
-
-
-@pytest.mark.skipif(importlib.util.find_spec("torch_tensorrt") is not None, reason="Torch-TensorRT is installed here")
-def test_torch_trt_without_the_extra_is_one_line(tmp_path, export_cli):
-    out = tmp_path / "out"
-    r = export_cli("resnet18", "--format", "torch-trt", "--fp16", "--img-size", "64", "-o", str(out))
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "torch_tensorrt" in lines[0] and "[torch-trt]" in lines[0], lines
-    assert files_under(out) == []
 
 
 @pytest.mark.gpu

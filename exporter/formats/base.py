@@ -97,13 +97,20 @@ class Format:
     Options: ClassVar[type | None] = None  # a dataclass of options only this format takes
     dynamic_size: ClassVar[bool] = False  # can keep height and width symbolic (--dynamic-size)
 
+    # set for formats built on the GPU that will run them: why a visible CUDA GPU is needed
+    needs_cuda: ClassVar[str | None] = None
+
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        """None when this format can run here, else why not (and what to install)."""
+        """None when this format can run here, else why not (what to install, a missing GPU)."""
         missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
-        if missing:
-            return str(MissingExtra(", ".join(missing), cls.extra or "dev"))
-        return None
+        extra = str(MissingExtra(", ".join(missing), cls.extra or "dev")) if missing else None
+        if cls.needs_cuda is None:
+            return extra
+        problems = [extra.rstrip(".")] if extra else []
+        if not _cuda_available():
+            problems.append(f"no CUDA GPU is visible ({cls.needs_cuda})")
+        return "; ".join(problems) or None
 
     @staticmethod
     def check_options(options: ExportOptions) -> None:
@@ -111,6 +118,15 @@ class Format:
 
     def export(self, ctx: ExportContext) -> Exported:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def register_format(cls: type[Format]) -> type[Format]:

@@ -18,14 +18,13 @@ hardware compatibility) is applied by `_ConfigTweaks` at build time.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from autotimm_deploy.exporter.core.environment import tensorrt_environment, version_tuple
-from autotimm_deploy.exporter.core.errors import ExportFailed, MissingExtra, UserError, first_line
+from autotimm_deploy.exporter.core.errors import ExportFailed, UserError, first_line
 from autotimm_deploy.exporter.core.files import sha256_file
 from autotimm_deploy.exporter.formats.base import ExportContext, Exported, ExportOptions, Format, register_format
 from autotimm_deploy.exporter.formats.onnx import precision_proto
@@ -314,16 +313,7 @@ class TensorRTFormat(Format):
     precisions = ("fp32", "fp16", "bf16", "int8")
     dynamic_size = True
     Options = TensorRTOptions
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
-        problems = []
-        if missing:
-            problems.append(str(MissingExtra(", ".join(missing), "trt")).rstrip("."))
-        if not _cuda_available():
-            problems.append("no CUDA GPU is visible (TensorRT builds an engine on the GPU that will run it)")
-        return "; ".join(problems) or None
+    needs_cuda = "TensorRT builds an engine on the GPU that will run it"
 
     @staticmethod
     def check_options(options) -> None:
@@ -362,15 +352,6 @@ class TensorRTFormat(Format):
         if plan.calibrator:
             info["calibration"] = ctx.calibration_info
         return Exported([engine], info, gate=gate_precision(plan))
-
-
-def _cuda_available() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except Exception:  # noqa: BLE001
-        return False
 
 
 def _quiet_polygraphy() -> None:

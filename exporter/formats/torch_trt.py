@@ -13,28 +13,23 @@ not run on this project's machines (no GPU, no TensorRT): the tests cover everyt
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 from typing import Any
 
-from autotimm_deploy.exporter.core.errors import ExportFailed, MissingExtra, first_line
+from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
 from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
 from autotimm_deploy.exporter.formats.dims import export_dims, export_program, size_info
+from autotimm_deploy.exporter.formats.tensorrt import batch_profile, profile_shapes
 from autotimm_deploy.exporter.formats.torch_program import program_module
 
-DEFAULT_MAX_BATCH = 32
 PARTITION_PREFIXES = {"_run_on_acc": "tensorrt", "_run_on_gpu": "pytorch"}  # Torch-TensorRT's partitioner
 
 
 def input_ranges(options, shape: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
-    """min / opt / max input shapes for ``torch_tensorrt.Input``: batch 1:B:32 (B:B:B with --static),
-    height and width over --dynamic-size."""
-    b = options.batch_size
-    lo, opt, hi = (b, b, b) if options.static else (1, b, max(DEFAULT_MAX_BATCH, b))
-    c, h, w = shape
-    s_lo, s_hi = options.dynamic_size or (None, None)
-    return {"min_shape": (lo, c, s_lo or h, s_lo or w), "opt_shape": (opt, c, h, w),
-            "max_shape": (hi, c, s_hi or h, s_hi or w)}
+    """min / opt / max input shapes for ``torch_tensorrt.Input``: the same optimization profile a
+    ``--format trt`` engine gets (batch 1:B:32, B:B:B with --static; height and width over --dynamic-size)."""
+    profile = profile_shapes(batch_profile(options), shape, options.dynamic_size)
+    return {f"{k}_shape": tuple(v) for k, v in profile.items()}
 
 
 def compile_settings(precision: str, parameters: set[str], dtype_of) -> dict[str, Any]:
@@ -80,17 +75,7 @@ class TorchTensorRTFormat(Format):
     requires = ("torch_tensorrt",)
     precisions = ("fp32", "fp16", "bf16")
     dynamic_size = True
-
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        problems = []
-        if importlib.util.find_spec("torch_tensorrt") is None:
-            problems.append(str(MissingExtra("torch_tensorrt", "torch-trt")).rstrip("."))
-        import torch
-
-        if not torch.cuda.is_available():
-            problems.append("no CUDA GPU is visible (Torch-TensorRT builds its engines on the GPU that will run them)")
-        return "; ".join(problems) or None
+    needs_cuda = "Torch-TensorRT builds its engines on the GPU that will run them"
 
     def export(self, ctx: ExportContext) -> Exported:
         import copy
