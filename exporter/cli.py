@@ -26,6 +26,8 @@ from autotimm_deploy.exporter.core.limits import (
     MAX_BATCH,
     MAX_CALIBRATION_SAMPLES,
     MAX_CLASSES,
+    MAX_DROP_POINTS,
+    MAX_EVAL_SAMPLES,
     MAX_IN_CHANS,
     MAX_SECONDS,
 )
@@ -128,6 +130,16 @@ def build_parser() -> OneLineParser:
     e.add_argument("--dynamic-size", nargs="?", const="auto", metavar="MIN:MAX",
                    help="symbolic input height and width in [MIN, MAX] px (default 32 to twice --img-size); onnx, "
                         "pt2, aoti, openvino, trt; classification and semantic segmentation; parity at two sizes")
+    ev = p.add_argument_group("accuracy on labelled data")
+    ev.add_argument("--eval", metavar="DATA", help="score eager PyTorch and every artifact with the task's metric: an "
+                    "image folder DATA/<class>/ or .csv (classification), a COCO .json (detection, instance), a folder "
+                    "with images/ + masks/ (semantic segmentation); see docs/accuracy.md")
+    ev.add_argument("--eval-samples", type=int_in(1, MAX_EVAL_SAMPLES), metavar="N",
+                    help="score N pictures of DATA (a seeded choice; default all)")
+    ev.add_argument("--max-drop", type=float_in(0, MAX_DROP_POINTS), metavar="POINTS",
+                    help="accuracy budget: an artifact whose metric (top-1 %%, mAP x 100, mIoU %%) is more than POINTS "
+                         "below eager's fails; a reduced-precision artifact within it passes even if its parity "
+                         "proxy does not")
     e.add_argument("--no-verify", action="store_true", help="skip the parity check")
     e.add_argument("--force", action="store_true", help="overwrite existing artifacts")
     t = p.add_argument_group("choose for a target")
@@ -243,12 +255,14 @@ def main(a) -> int:
     options = ExportOptions(opset=a.opset, static=a.static, batch_size=a.batch_size, simplify=not a.no_simplify,
                             precision=a.precision, calib_data=a.calib_data, calib_samples=a.calib_samples,
                             calib_random=a.calib_random, format_options=_format_options(a, formats),
-                            dynamic_size=parse_dynamic_size(a.dynamic_size) if a.dynamic_size else None)
+                            dynamic_size=parse_dynamic_size(a.dynamic_size) if a.dynamic_size else None,
+                            eval_data=a.eval, eval_samples=a.eval_samples, max_drop=a.max_drop)
     if a.target:
         return run_target(a, spec, options)
     from autotimm_deploy.exporter.pipeline import export
 
-    steps = 1 + len(export_order(formats)) * (1 if a.no_verify else 2)
+    checks = 0 if a.no_verify and not a.eval else 1
+    steps = 1 + (1 if a.eval else 0) + len(export_order(formats)) * (1 + checks)
     with progress_bar(counts=True) as bar:
         task = bar.add_task(f"{spec.model}", total=steps)
         first = [True]
@@ -364,19 +378,28 @@ def print_ranking(rows: list[dict], eager: dict, out: Console) -> None:
 
 def print_table(results, out: Console) -> None:
     t = Table(title="autotimm-export")
-    for col, just in (("format", "left"), ("file", "left"), ("params (M)", "right"), ("size (MB)", "right"),
-                      ("export s", "right"),
-                      ("exporter", "left"), ("parity", "left")):
+    scored = next((r.accuracy for r in results if r.accuracy), None)
+    columns = [("format", "left"), ("file", "left"), ("params (M)", "right"), ("size (MB)", "right"),
+               ("export s", "right"), ("exporter", "left"), ("parity", "left")]
+    if scored:
+        columns.append((f"{scored.primary} (eager {_points(scored.eager.get(scored.primary))})", "right"))
+    for col, just in columns:
         t.add_column(col, justify=just)
     for r in results:
         if r.error:
-            t.add_row(r.format, "-", "-", "-", "-", "-", f"[red]error[/]: {escape(r.error)}")
+            t.add_row(r.format, "-", "-", "-", "-", "-", f"[red]error[/]: {escape(r.error)}", *(["-"] if scored else []))
             continue
         verdict = summary(r.parity)
         style = "green" if r.ok else "red"
         t.add_row(r.format, r.artifact.name, f"{r.params / 1e6:.1f}", f"{r.bytes / 2**20:.1f}", f"{r.export_seconds:.1f}",
-                  str(r.info.get("exporter") or r.info.get("source") or ""), f"[{style}]{verdict}[/]")
+                  str(r.info.get("exporter") or r.info.get("source") or ""), f"[{style}]{verdict}[/]",
+                  *([accuracy_cell(r.accuracy)] if scored else []))
     out.print(t)
+    if scored:
+        d = scored.data
+        out.print(f"accuracy on {escape(d['source'])} ({d['samples']} pictures, {escape(d['kind'])}): "
+                  + ", ".join(f"{k} {_points(v)}" for k, v in scored.eager.items()) + " in eager PyTorch"
+                  + (f"; budget: at most {scored.max_drop:g} points below" if scored.max_drop is not None else ""))
     for r in results:
         if r.parity and r.parity.reference:
             out.print(f"{r.format} vs {escape(r.parity.reference['against'])}: {escape(reference_summary(r.parity))}")
@@ -385,6 +408,23 @@ def print_table(results, out: Console) -> None:
             out.print(f"[red]{r.format} parity[/]: {escape(f)}")
         if r.info.get("static_fallback"):
             out.print(f"[yellow]{r.format}[/]: {escape(r.info['static_fallback'])}")
+
+
+def _points(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def accuracy_cell(acc) -> str:
+    """The artifact's primary metric, its drop from eager and, with a budget, the verdict."""
+    if acc is None:
+        return "-"
+    if acc.error:
+        return f"[red]failed[/]: {escape(acc.error[:60])}"
+    value = _points(acc.artifact.get(acc.primary))
+    drop = f" ({-acc.drop:+.2f})" if acc.drop is not None else ""
+    if acc.verdict is None:
+        return value + drop
+    return f"[{'green' if acc.passed else 'red'}]{value}{drop}[/]"
 
 
 def entry(argv=None) -> int:

@@ -28,10 +28,12 @@ from autotimm_deploy.exporter.core.files import (
     sha256_file,
 )
 from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig, load_manifest, manifest_path, write_manifest
-from autotimm_deploy.exporter.core.results import ParityReport
+from autotimm_deploy.exporter.core.results import AccuracyReport, ParityReport
 from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.evaluate import budget_report, evaluate
 from autotimm_deploy.exporter.formats import FORMATS, ExportContext, Exported, ExportOptions, export_order, get_format
 from autotimm_deploy.exporter.inputs.calibration import NEEDS_DATA, SAMPLE_PICTURES, load_calibration
+from autotimm_deploy.exporter.inputs.labelled import Labelled, load_labelled
 from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.parity import verify as check_parity
 from autotimm_deploy.profiler.runtimes import open_session
@@ -47,12 +49,22 @@ class ExportResult:
     export_seconds: float = 0.0
     verify_seconds: float = 0.0
     parity: ParityReport | None = None
+    accuracy: AccuracyReport | None = None
     error: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.error is None and (self.parity is None or self.parity.passed)
+        """No error, within the accuracy budget when one was given, and through the parity gate, which
+        for reduced precision (a proxy on sample pictures) yields to a budget held on the user's data."""
+        if self.error is not None or (self.accuracy is not None and self.accuracy.error):
+            return False
+        budget = self.accuracy is not None and self.accuracy.verdict is not None
+        if budget and not self.accuracy.passed:
+            return False
+        if self.parity is None or self.parity.passed:
+            return True
+        return budget and self.parity.precision != "fp32"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +77,7 @@ class ExportResult:
             "verify_seconds": self.verify_seconds,
             "exporter": self.info.get("exporter") or self.info.get("source"),  # derived formats name their source
             "parity": self.parity.to_dict() if self.parity else None,
+            "accuracy": self.accuracy.to_dict() if self.accuracy else None,
             "error": self.error,
             "ok": self.ok,
         }
@@ -81,6 +94,60 @@ def check_calibration_source(options: ExportOptions) -> None:
         raise UserError(NEEDS_DATA)
     if options.calib_data not in (None, SAMPLE_PICTURES) and not Path(options.calib_data).exists():
         raise UserError(f"calibration data not found: {options.calib_data}")
+
+
+def check_eval_options(options: ExportOptions) -> None:
+    if options.max_drop is not None and options.eval_data is None:
+        raise UserError("--max-drop is an accuracy budget on labelled data: give the data with --eval DATA")
+    if options.eval_samples is not None and options.eval_data is None:
+        raise UserError("--eval-samples only applies with --eval DATA")
+    if options.max_drop is not None and not 0 <= options.max_drop <= 100:
+        raise UserError(f"--max-drop takes 0 to 100 metric points, got {options.max_drop}")
+    if options.eval_data is not None and not Path(options.eval_data).exists():
+        raise UserError(f"evaluation data not found: {options.eval_data}")
+
+
+@dataclass
+class Evaluation:
+    """The labelled data, loaded and preprocessed once, and eager PyTorch's metrics on it."""
+
+    task: str
+    data: Labelled
+    eager: dict[str, Any]
+
+    def report(self, predict, output_names: list[str], batch_range, max_drop: float | None) -> AccuracyReport:
+        scored = evaluate(predict, self.data, self.task, output_names, batch_range)
+        return budget_report(self.data, self.eager, scored, max_drop)
+
+
+def eager_predict(model):
+    """``predict(batch) -> {output: array}`` of the eager model (what every artifact is held against)."""
+    import torch
+
+    def predict(x):
+        with torch.no_grad():
+            return dict(zip(model.output_names, (t.numpy() for t in model(torch.from_numpy(x)))))
+
+    return predict
+
+
+def prepare_evaluation(options: ExportOptions, model, cache: dict | None = None,
+                       step: Callable[[str], None] | None = None) -> Evaluation | None:
+    """Load ``--eval`` data for ``model`` and score eager PyTorch on it (kept in ``cache``, so
+    `--target`'s candidates share one load and one eager pass)."""
+    if options.eval_data is None:
+        return None
+    key = ("evaluation", str(options.eval_data), options.eval_samples)
+    if cache is not None and key in cache:
+        return cache[key]
+    spec = model.spec
+    (step or (lambda _t: None))("evaluate eager PyTorch")
+    data = load_labelled(options.eval_data, spec.task, model.preprocessing, spec.num_classes,
+                         bool(spec.head.get("multi_label")), options.eval_samples)
+    result = Evaluation(spec.task, data, evaluate(eager_predict(model), data, spec.task, list(model.output_names)))
+    if cache is not None:
+        cache[key] = result
+    return result
 
 
 def export(
@@ -117,12 +184,14 @@ def export(
     _refuse_taken(targets, force)
     check_out_dir(out_dir)
     check_calibration_source(options)
+    check_eval_options(options)
 
     if model is None:
         step(f"build {spec.model}")
         model = build_model(spec)
     spec = model.spec
     options = resolve_dynamic_size(options, model, order)
+    evaluation = prepare_evaluation(options, model, cache, step)
     calibration, calibration_info = None, None
     if options.precision == "int8":
         calibration, calibration_info = load_calibration(options.calib_data, options.calib_samples,
@@ -139,7 +208,7 @@ def export(
             if cache is not None:
                 ctx.cache, ctx.share_intermediates = cache, True
             io = _io_signature(model, options)
-            return [_export_format(fmt, ctx, io, targets[fmt], verify, force, step) for fmt in order]
+            return [_export_format(fmt, ctx, io, targets[fmt], verify, force, step, evaluation) for fmt in order]
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -228,7 +297,7 @@ def _space_needed(model, order: list[str]) -> int:
 
 
 def _export_format(fmt: str, ctx: ExportContext, io: dict, target: Path, verify: bool, force: bool,
-                   step: Callable[[str], None]) -> ExportResult:
+                   step: Callable[[str], None], evaluation: Evaluation | None = None) -> ExportResult:
     """One format: export into the scratch folder, verify, install at ``target``."""
     model, options = ctx.model, ctx.options
     result = ExportResult(format=fmt, params=model.build_info.get("params", 0))
@@ -256,13 +325,15 @@ def _export_format(fmt: str, ctx: ExportContext, io: dict, target: Path, verify:
     ctx.done[fmt] = exported
     gc.collect()  # a large model's export graph is gigabytes: free it before the next format
     manifest = _manifest(fmt, exported, model, io, options, result.export_seconds)
-    if verify:
-        step(f"verify {fmt}")
+    if verify or evaluation:
+        step(f"verify {fmt}" if verify else f"evaluate {fmt}")
         t0 = time.perf_counter()
         sizes = _parity_sizes(options, model, exported.info.get("size_multiple") or 1)
-        result.parity = _verify(model, exported, manifest, exported.gate or options.precision, sizes)
+        gate = exported.gate or options.precision
+        result.parity, result.accuracy = _check(model, exported, manifest, gate if verify else None, sizes,
+                                                evaluation, options.max_drop)
         result.verify_seconds = time.perf_counter() - t0
-        manifest.parity = result.parity
+        manifest.parity, manifest.accuracy = result.parity, result.accuracy
     result.artifact, result.manifest = _install(exported, manifest, target, force)
     result.bytes = sum(v["bytes"] for v in manifest.files.values())
     return result
@@ -276,13 +347,30 @@ def _parity_sizes(options: ExportOptions, model, multiple: int = 1) -> list[tupl
     return [size, second_size(size, *options.dynamic_size, multiple)]
 
 
-def _verify(model, exported: Exported, manifest: Manifest, precision: str,
-            sizes: list[tuple[int, int]] | None = None) -> ParityReport:
+def _check(model, exported: Exported, manifest: Manifest, precision: str | None,
+           sizes: list[tuple[int, int]] | None = None, evaluation: Evaluation | None = None,
+           max_drop: float | None = None) -> tuple[ParityReport | None, AccuracyReport | None]:
+    """Reload the artifact through its runtime once: parity against eager (``precision``: its gate;
+    None skips it) and, with ``evaluation``, the task metric on the labelled data."""
+    parity = accuracy = None
     try:
         with open_session(exported.artifact, manifest=manifest) as session:
-            return check_parity(model, session, precision=precision, sizes=sizes)
+            if precision is not None:
+                parity = check_parity(model, session, precision=precision, sizes=sizes)
+            if evaluation is not None:
+                name = session.inputs[0].name
+                accuracy = evaluation.report(lambda x: session.infer({name: x}), session.output_names,
+                                             session.batch_range(), max_drop)
+    except UserError:
+        raise
     except Exception as e:  # noqa: BLE001 - an artifact its runtime cannot load fails parity
-        return ParityReport.failed(precision, "reload", first_line(e))
+        reason = first_line(e)
+        if precision is not None and parity is None:
+            parity = ParityReport.failed(precision, "reload", reason)
+        if evaluation is not None and accuracy is None:
+            accuracy = budget_report(evaluation.data, evaluation.eager, {"metrics": {}, "seconds": 0.0}, max_drop)
+            accuracy.error = reason
+    return parity, accuracy
 
 
 def _follow_size(dims: list, moved: list, size: tuple[int, int], other: tuple[int, int], name: str) -> list:

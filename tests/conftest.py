@@ -24,3 +24,13 @@ def export_cli():
 
 def files_under(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """A test_resnet trained in seconds on scikit-learn's digits (a real accuracy), its held-out
+    pictures as an image folder, and calibration data (tests/labelled_data.py)."""
+    pytest.importorskip("sklearn")
+    from labelled_data import train_digits
+
+    return train_digits(tmp_path_factory.mktemp("digits"))

@@ -9,3 +9,5 @@ MAX_SECONDS = 3600.0  # sampling, warm-up, --target timing
 MAX_ITERATIONS = 1_000_000
 MAX_CALIBRATION_SAMPLES = 10_000  # calibration saturates long before; beyond it is only memory and time
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of YAML
+MAX_EVAL_SAMPLES = 1_000_000  # --eval-samples; memory is checked separately, against what is free
+MAX_DROP_POINTS = 100.0  # --max-drop: metric points (top-1 %, AP x 100, mIoU %)

@@ -11,7 +11,7 @@ from typing import Any
 
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.files import atomic_write_text, plain_name, sha256_file
-from autotimm_deploy.exporter.core.results import ParityReport
+from autotimm_deploy.exporter.core.results import AccuracyReport, ParityReport
 from autotimm_deploy.exporter.core.spec import ModelSpec
 
 SCHEMA_VERSION = 1
@@ -46,6 +46,7 @@ class Manifest:
     environment: dict[str, Any] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {sha256, bytes}
     parity: ParityReport | None = None
+    accuracy: AccuracyReport | None = None  # --eval: the task metric on labelled data, vs eager
     target: dict[str, Any] | None = None  # set by --target: the candidates ranked and why this one won
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
@@ -60,6 +61,8 @@ class Manifest:
             d[key] = [TensorSig(**t) for t in d.get(key, [])]
         if d.get("parity") is not None:
             d["parity"] = ParityReport.from_dict(d["parity"])
+        if d.get("accuracy") is not None:
+            d["accuracy"] = AccuracyReport.from_dict(d["accuracy"])
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
 

@@ -75,6 +75,36 @@ class ParityReport:
 
 
 @dataclass
+class AccuracyReport:
+    """An artifact's task metric on the user's labelled data (``--eval``) beside eager PyTorch's, in
+    points (percent), and the verdict when an accuracy budget (``--max-drop``) was given."""
+
+    data: dict[str, Any]  # source, kind, samples, classes, how pictures were preprocessed
+    primary: str  # the metric the budget holds: top1, mAP, mIoU
+    eager: dict[str, float | None]
+    artifact: dict[str, float | None]
+    drop: float | None  # eager - artifact on the primary metric, in points
+    max_drop: float | None = None
+    verdict: Verdict | None = None  # None: reported only, no budget given
+    seconds: float = 0.0
+    error: str | None = None  # the artifact failed on the data (its metrics are then empty)
+    # an accuracy-aware build: every step it tried (what was kept in float, the metric it reached)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool | None:
+        return None if self.verdict is None else self.verdict == Verdict.PASS
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AccuracyReport":
+        d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
+        return cls(**{**d, "verdict": Verdict(d["verdict"]) if d.get("verdict") else None})
+
+
+@dataclass
 class ProfilePoint:
     """One batch size of one run: latency statistics (ms), throughput, speedup over the baseline."""
 

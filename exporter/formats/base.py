@@ -26,6 +26,9 @@ class ExportOptions:
     calib_samples: int = 32
     calib_random: bool = False
     dynamic_size: tuple[int, int] | None = None  # (min, max) pixels of a symbolic height and width
+    eval_data: str | None = None  # labelled data (--eval): the task metric for eager and every artifact
+    eval_samples: int | None = None  # pictures of it to use (a seeded choice); None: all
+    max_drop: float | None = None  # accuracy budget in metric points (--max-drop): the verdict, with --eval
     optimize_dynamo: bool = True  # onnxscript's optimizer; off for graphs it is slow on (unrolled NMS)
     # options of one format only, by format name: {"trt": TensorRTOptions(...)}; see `Format.Options`
     format_options: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,58 @@
+"""Semantic segmentation: mean IoU over the classes present in the ground truth or the prediction,
+and pixel accuracy, at each picture's own resolution (the prediction resized back, nearest), with
+the ignore index left out."""
+
+from __future__ import annotations
+
+import numpy as np
+from autotimm_deploy.exporter.evaluate.base import Metric, register_metric
+from autotimm_deploy.exporter.inputs.labelled import IGNORE_INDEX
+
+
+def predicted_classes(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """[B, H, W] class indices: the model's own ``mask`` output, else the argmax of its logits."""
+    if "mask" in outputs and np.asarray(outputs["mask"]).ndim == 3:
+        return np.asarray(outputs["mask"]).astype(np.int64)
+    return np.asarray(outputs["logits"]).argmax(1)
+
+
+def resize_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A [h, w] label map to ``size`` (H, W), nearest neighbour on pixel centres."""
+    h, w = labels.shape
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64), w - 1)
+    return labels[rows[:, None], cols[None, :]]
+
+
+@register_metric
+class MeanIoU(Metric):
+    tasks = ("semantic-segmentation",)
+    kinds = ("mask-folder",)
+    primary = "mIoU"
+
+    def __init__(self, data, output_names):
+        super().__init__(data, output_names)
+        self.confusion: np.ndarray | None = None
+
+    def update(self, outputs, index):
+        pred = predicted_classes(outputs)
+        k = np.asarray(outputs["logits"]).shape[1] if "logits" in outputs else int(pred.max()) + 1
+        k = max(k, self.data.info.get("classes") or 0)
+        if self.confusion is None:
+            self.confusion = np.zeros((k, k), dtype=np.int64)
+        for p, i in zip(pred, index):
+            gt = self.data.labels[i]
+            p = resize_nearest(p, gt.shape)
+            valid = gt != IGNORE_INDEX
+            self.confusion += np.bincount(gt[valid] * k + np.clip(p[valid], 0, k - 1),
+                                          minlength=k * k).reshape(k, k)
+
+    def result(self):
+        c = self.confusion
+        if c is None or c.sum() == 0:
+            return {"mIoU": None, "pixel_accuracy": None}
+        tp = np.diag(c).astype(np.float64)
+        union = c.sum(0) + c.sum(1) - tp
+        present = union > 0
+        return {"mIoU": 100.0 * float((tp[present] / union[present]).mean()),
+                "pixel_accuracy": 100.0 * float(tp.sum() / c.sum())}
