@@ -363,17 +363,29 @@ def write_recipe(path: str, spec: ModelSpec, winner, options) -> None:
 
 def print_ranking(rows: list[dict], eager: dict, out: Console) -> None:
     t = Table(title=f"--target cpu (eager fp32: {eager.get('median_ms') or float('nan'):.2f} ms at batch 1)")
-    for col in ("", "format", "precision", "median ms", "speedup vs eager [95% CI]", "parity", "max_rel", "top1", "note"):
-        t.add_column(col, justify="right" if col in ("median ms", "max_rel", "top1") else "left")
+    scored = next((r["accuracy"] for r in rows if r.get("accuracy")), None)
+    cols = ["", "format", "precision", "median ms", "speedup vs eager [95% CI]", "parity", "max_rel", "top1"]
+    cols += [f"{scored['metric']} (drop)"] if scored else []
+    for i, col in enumerate((*cols, "note")):
+        t.add_column(col, justify="right" if col in ("median ms", "max_rel", "top1") or i == 8 else "left")
     for r in rows:
         sp = r["speedup_vs_eager"]
+        a = r.get("accuracy")
+        acc = ([_ranking_accuracy(a)] if scored else [])
         t.add_row("[green]chosen[/]" if r["chosen"] else "", r["format"], r["precision"],
                   f"{r['median_ms']:.2f}" if r["median_ms"] is not None else "-",
                   f"{sp['ratio']:.2f}x [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]" if sp else "-",
                   r["parity"] or "-", f"{r['max_rel']:.1e}" if r["max_rel"] is not None else "-",
-                  f"{r['top1_agreement']:.0%}" if r["top1_agreement"] is not None else "-",
+                  f"{r['top1_agreement']:.0%}" if r["top1_agreement"] is not None else "-", *acc,
                   escape(r["note"] or "; ".join(r["failures"])[:80]))
     out.print(t)
+
+
+def _ranking_accuracy(a: dict | None) -> str:
+    if not a or a.get("value") is None:
+        return "-"
+    text = f"{a['value']:.2f}" + (f" ({-a['drop']:+.2f})" if a.get("drop") is not None else "")
+    return text if a.get("verdict") is None else f"[{'green' if a['verdict'] == 'pass' else 'red'}]{text}[/]"
 
 
 def print_table(results, out: Console) -> None:

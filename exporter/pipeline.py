@@ -55,16 +55,7 @@ class ExportResult:
 
     @property
     def ok(self) -> bool:
-        """No error, within the accuracy budget when one was given, and through the parity gate, which
-        for reduced precision (a proxy on sample pictures) yields to a budget held on the user's data."""
-        if self.error is not None or (self.accuracy is not None and self.accuracy.error):
-            return False
-        budget = self.accuracy is not None and self.accuracy.verdict is not None
-        if budget and not self.accuracy.passed:
-            return False
-        if self.parity is None or self.parity.passed:
-            return True
-        return budget and self.parity.precision != "fp32"
+        return self.error is None and accepted(self.parity, self.accuracy)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +72,20 @@ class ExportResult:
             "error": self.error,
             "ok": self.ok,
         }
+
+
+def accepted(parity: ParityReport | None, accuracy: AccuracyReport | None) -> bool:
+    """The one rule for an artifact that exported: within the accuracy budget when one was given, and
+    through the parity gate, which for reduced precision (a proxy on sample pictures) yields to a
+    budget held on the user's own data. An fp32 artifact off eager is a bug, whatever its accuracy."""
+    if accuracy is not None and accuracy.error:
+        return False
+    budget = accuracy is not None and accuracy.verdict is not None
+    if budget and not accuracy.passed:
+        return False
+    if parity is None or parity.passed:
+        return True
+    return budget and parity.precision != "fp32"
 
 
 def planned_paths(formats: Iterable[str], out_dir: Path, stem: str) -> dict[str, Path]:

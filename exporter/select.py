@@ -29,8 +29,10 @@ from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.pipeline import (
     ExportResult,
     check_calibration_source,
+    check_eval_options,
     export,
     planned_paths,
+    prepare_evaluation,
 )
 from autotimm_deploy.profiler.measure.settings import Settings
 from autotimm_deploy.profiler.measure.timing import HarnessConfig
@@ -61,10 +63,14 @@ class Candidate:
 
     def row(self, chosen: bool) -> dict[str, Any]:
         parity = self.result.parity if self.result else None
+        acc = self.result.accuracy if self.result else None
         m = parity.primary[1] if parity else {}
         return {"format": self.format, "precision": self.precision, "median_ms": self.median_ms,
                 "speedup_vs_eager": self.speedup, "parity": str(parity.verdict) if parity else None,
                 "max_rel": m.get("max_rel"), "cosine": m.get("cosine"), "top1_agreement": m.get("top1_agreement"),
+                "accuracy": ({"metric": acc.primary, "value": acc.artifact.get(acc.primary), "drop": acc.drop,
+                              "verdict": str(acc.verdict) if acc.verdict else None, "error": acc.error}
+                             if acc else None),
                 "failures": parity.failures if parity else [],
                 "note": self.skipped or (self.result.error if self.result and self.result.error else None),
                 "chosen": chosen}
@@ -113,24 +119,26 @@ def target_cpu(spec: ModelSpec, out_dir: str | Path, options: ExportOptions | No
                 raise UserError(f"{path} already exists; pass --force to overwrite it")
     if options.calib_data or options.calib_random:
         check_calibration_source(replace(options, precision="int8"))
+    check_eval_options(options)
     step(f"build {spec.model}")
     model = build_model(spec)
     if any(c.precision == "int8" and not c.skipped for c in candidates):  # bad calibration data: fail now
         load_calibration(options.calib_data, options.calib_samples, model.preprocessing, options.calib_random)
+    shared: dict = {}  # one fp32 ONNX graph for the ONNX and OpenVINO candidates, one eager --eval pass
+    prepare_evaluation(options, model, shared, step)  # bad evaluation data: fail now, before writing
     make_out_dir(out_dir)
     with folder_lock(out_dir):
         remove_stale_scratch(out_dir)
         scratch = scratch_dir(out_dir, "target-")
         try:
-            return _search(spec, model, candidates, options, scratch, out_dir, max_time, threads, step)
+            return _search(spec, model, candidates, options, scratch, out_dir, max_time, threads, step, shared)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _search(spec, model, candidates: list[Candidate], options: ExportOptions, scratch: Path, out_dir: Path,
-            max_time: float, threads: int | None, step) -> tuple[Candidate | None, list[Candidate], dict]:
+            max_time: float, threads: int | None, step, shared: dict) -> tuple[Candidate | None, list[Candidate], dict]:
     """Export and verify every candidate into ``scratch``, time the passing ones, install the winner."""
-    shared: dict = {}  # one fp32 ONNX graph serves the ONNX and OpenVINO candidates
     for c in candidates:
         if c.skipped:
             continue
@@ -159,16 +167,22 @@ def _search(spec, model, candidates: list[Candidate], options: ExportOptions, sc
     warnings = list(dict.fromkeys(w for run in runs for w in run.machine.get("warnings", [])))
     eager_info = {"median_ms": eager.median_ms, "warnings": warnings}
     if winner is not None:
-        _install_winner(winner, ranked, eager_info, out_dir)
+        _install_winner(winner, ranked, eager_info, out_dir, options.max_drop)
     return winner, ranked, eager_info
 
 
-def _install_winner(winner: Candidate, ranked: list[Candidate], eager: dict, out_dir: Path) -> None:
+RULE = "fastest batch-1 median among candidates that passed their precision's parity gate"
+RULE_BUDGET = ("fastest batch-1 median among candidates within {drop:g} points of eager's metric on the labelled "
+               "data (fp32 ones also through their parity gate)")
+
+
+def _install_winner(winner: Candidate, ranked: list[Candidate], eager: dict, out_dir: Path,
+                    max_drop: float | None = None) -> None:
     src = winner.result.artifact
     manifest = load_manifest(src)
     manifest.target = {"name": "cpu", "eager_ms": eager["median_ms"],
                        "ranking": [c.row(c is winner) for c in ranked],
-                       "rule": "fastest batch-1 median among candidates that passed their precision's parity gate",
+                       "rule": RULE if max_drop is None else RULE_BUDGET.format(drop=max_drop),
                        "warnings": eager.get("warnings", [])}
     for name in [n for n in manifest.files if n != manifest.artifact] + [manifest.artifact]:
         os.replace(src.parent / name, out_dir / name)

@@ -17,7 +17,7 @@ def collect(recipe: Recipe) -> benchmark_page.PageData:
     """Flat records from the recipe's export manifests and profile result files."""
     data = benchmark_page.PageData(recipe.name, recipe.description, list(recipe.batch_sizes),
                                    references={m.name: m.reference for m in recipe.models if m.reference})
-    params = {}
+    params, eager_accuracy = {}, {}
     for job in recipe.export_jobs():
         if job.skipped or not job.exported:
             continue
@@ -27,8 +27,12 @@ def collect(recipe: Recipe) -> benchmark_page.PageData:
                                "format": job.format, "precision": job.precision,
                                "mb": sum(e["bytes"] for e in m.files.values()) / 2**20,
                                "parity": str(m.parity.verdict) if m.parity else "not checked",
-                               "params": m.model.get("params")})
+                               "params": m.model.get("params"), "accuracy": _accuracy(m.accuracy)})
+        if m.accuracy and not m.accuracy.error:  # eager's metric on the same data, from any of its artifacts
+            eager_accuracy[_model_key(job)] = {"metric": m.accuracy.primary, "data": m.accuracy.data.get("source"),
+                                               "value": m.accuracy.eager.get(m.accuracy.primary)}
     verdicts = {a["artifact"]: a["parity"] for a in data.artifacts}
+    accuracies = {a["artifact"]: a["accuracy"] for a in data.artifacts}
     for pj in recipe.profile_jobs():
         path = pj.result_path(recipe)
         if not path.exists():
@@ -46,6 +50,8 @@ def collect(recipe: Recipe) -> benchmark_page.PageData:
             "peak_mb": _inference_memory(run.memory),
             "reference": pj.export.model.reference, "task_kind": pj.export.task.task,
             "parity": "pass" if pj.kind == "eager" else verdicts.get(pj.export.artifact.name),
+            "accuracy": eager_accuracy.get(_model_key(pj.export)) if pj.kind == "eager"
+            else accuracies.get(pj.export.artifact.name),
         })
     return data
 
@@ -55,6 +61,13 @@ def write(recipe: Recipe, folder: Path | None = None) -> tuple[Path, list[Path],
     data = collect(recipe)
     md, pngs = benchmark_page.write(data, Path(folder or recipe.root / "report"))
     return md, pngs, data
+
+
+def _accuracy(acc) -> dict | None:
+    if acc is None or acc.error:
+        return None
+    return {"metric": acc.primary, "data": acc.data.get("source"), "value": acc.artifact.get(acc.primary),
+            "drop": acc.drop, "verdict": str(acc.verdict) if acc.verdict else None}
 
 
 def _inference_memory(mem: dict) -> float | None:

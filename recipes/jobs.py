@@ -9,7 +9,7 @@ Plain data: building the list imports no runtime and no exporter.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +48,7 @@ class JobStatus(str, Enum):
 SPEC_KEYS = ("model", "task", "head", "in_chans", "weights", "img_size", "num_classes", "architecture")
 SPEC_DEFAULTS = {"architecture": "builtin"}  # what a manifest written before the key existed means
 CALIBRATION_OPTIONS = ("calib_data", "calib_samples", "calib_random")  # what int8 results depend on
+EVAL_OPTIONS = ("eval_data", "eval_samples", "max_drop")  # what an evaluated job's verdict depends on
 
 
 def _plain(value: Any) -> Any:
@@ -70,6 +71,7 @@ class ExportJob:
     stem: str
     artifact: Path
     calibration: dict[str, Any]
+    evaluation: dict[str, Any] = field(default_factory=dict)  # the recipe's `eval:` (data, samples, max_drop)
     skipped: str | None = None  # why this combination is not made (format lacks the precision, ...)
 
     @property
@@ -84,7 +86,9 @@ class ExportJob:
     def options(self) -> ExportOptions:
         return ExportOptions(precision=self.precision, calib_data=self.calibration.get("data"),
                              calib_samples=self.calibration.get("samples", 32),
-                             calib_random=bool(self.calibration.get("random")))
+                             calib_random=bool(self.calibration.get("random")),
+                             eval_data=self.evaluation.get("data"), eval_samples=self.evaluation.get("samples"),
+                             max_drop=self.evaluation.get("max_drop"))
 
     def fingerprint(self) -> dict[str, Any]:
         spec = self.spec.to_dict()
@@ -93,6 +97,9 @@ class ExportJob:
         if self.precision == "int8":
             options = self.options().record(self.format)
             fp["calibration"] = {k: options[k] for k in CALIBRATION_OPTIONS}
+        if self.evaluation:
+            options = self.options().record(self.format)
+            fp["evaluation"] = {k: options[k] for k in EVAL_OPTIONS}
         return fp
 
     def stored_fingerprint(self, manifest: Manifest) -> dict[str, Any]:
@@ -103,6 +110,9 @@ class ExportJob:
         if "calibration" in wanted:
             options = manifest.export.get("options", {})
             fp["calibration"] = {k: options.get(k) for k in CALIBRATION_OPTIONS}
+        if "evaluation" in wanted:
+            options = manifest.export.get("options", {})
+            fp["evaluation"] = {k: options.get(k) for k in EVAL_OPTIONS}
         return fp
 
     def current_manifest(self) -> Manifest | None:
@@ -156,7 +166,7 @@ def export_jobs(recipe: Recipe) -> list[ExportJob]:
                 for p in recipe.precisions:
                     stem = spec.stem(p) + (f"-{t.label}" if t.label else "")
                     job = ExportJob(m, t, fmt, p, spec, stem, recipe.artifacts_dir / f"{stem}{cls.suffix}",
-                                    recipe.calibration)
+                                    recipe.calibration, recipe.evaluation)
                     if p not in cls.precisions:
                         job.skipped = f"{fmt} has no {p} (it has {', '.join(cls.precisions)})"
                     elif job.key in seen:

@@ -15,7 +15,7 @@ from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.files import atomic_write_text
 from autotimm_deploy.exporter.formats import get_format
 from autotimm_deploy.exporter.models import build_model
-from autotimm_deploy.exporter.pipeline import export
+from autotimm_deploy.exporter.pipeline import accepted, export
 from autotimm_deploy.profiler.measure.settings import Settings
 from autotimm_deploy.profiler.measure.timing import HarnessConfig
 from autotimm_deploy.profiler.pipeline import cuda_visible, profile
@@ -40,6 +40,7 @@ def run_exports(recipe: Recipe, max_time: float | None = None, progress: Progres
     recipe.results_dir.mkdir(parents=True, exist_ok=True)
     start, results = time.monotonic(), []
     built: dict[str, Any] = {}  # one eager build per (model, task) serves all its formats
+    shared: dict[str, Any] = {}  # and its intermediates: the fp32 ONNX graph, one eager --eval pass
     for i, job in enumerate(jobs):
         if progress:
             progress(job.key, i, len(jobs))
@@ -50,9 +51,10 @@ def run_exports(recipe: Recipe, max_time: float | None = None, progress: Progres
             row.update(status=JobStatus.SKIPPED, reason=reason)
         elif not force and (done := job.current_manifest()) is not None:
             parity = done.parity
-            failed = parity is not None and not parity.passed
+            failed = not accepted(parity, done.accuracy)
             row.update(status=JobStatus.FAILED if failed else JobStatus.UP_TO_DATE,
-                       parity=str(parity.verdict) if parity else None, error=parity.failures[0] if failed else None)
+                       parity=str(parity.verdict) if parity else None, accuracy=_accuracy(done.accuracy),
+                       error=_failure(parity, done.accuracy) if failed else None)
         elif _over_budget(start, max_time):
             row.update(status=JobStatus.NOT_RUN, reason=f"--max-time {max_time:g} s spent")
         else:
@@ -60,18 +62,38 @@ def run_exports(recipe: Recipe, max_time: float | None = None, progress: Progres
             try:
                 if key not in built:
                     built.clear()  # keep one model in memory at a time
+                    shared.clear()
                     built[key] = build_model(job.spec)
                 (r,) = export(job.spec, [job.format], recipe.artifacts_dir, job.options(), force=True, name=job.stem,
-                              model=built[key])
+                              model=built[key], cache=shared)
             except UserError as e:  # this combination cannot be built (size, calibration ...): record, go on
                 row.update(status=JobStatus.FAILED, error=str(e))
             else:
-                failures = (r.parity.failures if r.parity else None) or [None]
-                row.update(status=JobStatus.EXPORTED if r.ok else JobStatus.FAILED, error=r.error or failures[0],
-                           parity=str(r.parity.verdict) if r.parity else None, seconds=round(r.export_seconds, 2))
+                row.update(status=JobStatus.EXPORTED if r.ok else JobStatus.FAILED,
+                           error=r.error or (None if r.ok else _failure(r.parity, r.accuracy)),
+                           parity=str(r.parity.verdict) if r.parity else None, accuracy=_accuracy(r.accuracy),
+                           seconds=round(r.export_seconds, 2))
         results.append(row)
         write_results(recipe, "export.json", results)
     return results
+
+
+def _accuracy(acc) -> dict | None:
+    """A job row's accuracy: the primary metric, its drop from eager, the budget's verdict."""
+    if acc is None:
+        return None
+    return {"metric": acc.primary, "value": acc.artifact.get(acc.primary), "drop": acc.drop,
+            "verdict": str(acc.verdict) if acc.verdict else None}
+
+
+def _failure(parity, acc) -> str | None:
+    """Why a job failed: the accuracy budget when it is what failed, else the first parity failure."""
+    if acc is not None and acc.error:
+        return f"evaluation failed: {acc.error}"
+    if acc is not None and acc.verdict is not None and not acc.passed:
+        return f"{acc.primary} {acc.drop:.2f} points below eager, past --max-drop {acc.max_drop:g}" if acc.drop is not None \
+            else f"{acc.primary} undefined on the evaluation data"
+    return (parity.failures or [None])[0] if parity else None
 
 
 def profile_settings(recipe: Recipe, device: str) -> Settings:

@@ -15,6 +15,7 @@ The file is validated on load; every error names the file and line. Schema (docs
     img_size: 224                    # defaults for every entry (else the model's own)
     num_classes: 1000
     calibration: {data: sample-pictures, samples: 16}    # for int8: a folder, a .npy, sample-pictures
+    eval: {data: val/, samples: 500, max_drop: 1.0}      # labelled data (--eval), one task; the budget
     profile: {max_time: 3, warmup_time: 1, threads: null}
 """
 
@@ -32,6 +33,8 @@ from autotimm_deploy.exporter.core.limits import (
     MAX_BATCH,
     MAX_CALIBRATION_SAMPLES,
     MAX_CLASSES,
+    MAX_DROP_POINTS,
+    MAX_EVAL_SAMPLES,
     MAX_IMG_SIDE,
     MAX_ITERATIONS,
     MAX_RECIPE_BYTES,
@@ -53,10 +56,11 @@ from autotimm_deploy.recipes.jobs import ExportJob, ProfileJob, export_jobs, pro
 SCHEMA_VERSION = 1
 SHIPPED = Path(__file__).resolve().parent  # the recipes that ship with the package: recipes/*.yaml
 TOP_KEYS = {"recipe", "name", "description", "models", "tasks", "formats", "precisions", "batch_sizes", "devices",
-            "img_size", "num_classes", "calibration", "profile"}
+            "img_size", "num_classes", "calibration", "eval", "profile"}
 MODEL_KEYS = {"model", "img_size", "num_classes", "reference"}
 TASK_KEYS = {"task", "img_size", "num_classes", "label", "architecture"}  # plus the task's head options
 CALIBRATION_KEYS = {"data", "samples", "random"}
+EVAL_KEYS = {"data", "samples", "max_drop"}
 PROFILE_KEYS = {"max_time", "warmup_time", "threads", "iterations"}
 
 
@@ -155,6 +159,7 @@ class Recipe:
     calibration: dict[str, Any]
     profile: dict[str, Any]
     out_dir: Path = Path("out")
+    evaluation: dict[str, Any] = field(default_factory=dict)  # `eval:` data, samples, max_drop
 
     @property
     def root(self) -> Path:
@@ -265,6 +270,35 @@ def _seconds(value, line: int, what: str) -> float | None:
     return float(value)
 
 
+def _evaluation(data, path: Path, tasks: list) -> dict[str, Any]:
+    """``eval: {data, samples, max_drop}``: labelled data for the recipe's one task, the path taken
+    relative to the recipe file."""
+    ev = data.get("eval") or {}
+    line = _line(data, "eval", data.line)
+    if not isinstance(ev, dict):
+        raise _LineError(line, "eval must be a mapping (data, samples, max_drop)")
+    if not ev:
+        return {}
+    _unknown(ev, EVAL_KEYS, "eval")
+    kinds = sorted({t.task for t in tasks})
+    if len(kinds) > 1:
+        raise _LineError(line, f"eval scores one task's labelled data; this recipe has {' and '.join(kinds)}: "
+                               "split it into one recipe per task")
+    source = ev.get("data")
+    if not isinstance(source, str) or not source:
+        raise _LineError(line, "eval needs data: an image folder, a .csv, a COCO .json or an images/+masks/ folder")
+    resolved = Path(source) if Path(source).is_absolute() else (path.parent / source).resolve()
+    if not resolved.exists():
+        raise _LineError(_line(ev, "data", ev.line), f"eval data not found: {resolved}")
+    _positive(ev.get("samples"), _line(ev, "samples", ev.line), "samples", MAX_EVAL_SAMPLES)
+    drop = ev.get("max_drop")
+    if drop is not None and (not isinstance(drop, (int, float)) or isinstance(drop, bool) or not math.isfinite(drop)
+                             or not 0 <= drop <= MAX_DROP_POINTS):
+        raise _LineError(_line(ev, "max_drop", ev.line), f"max_drop takes 0 to {MAX_DROP_POINTS:g} metric points, "
+                                                          f"got {drop!r}")
+    return {"data": str(resolved), "samples": ev.get("samples"), "max_drop": None if drop is None else float(drop)}
+
+
 def _build(path: Path, data, out_dir: Path) -> Recipe:
     if not isinstance(data, dict):
         raise _LineError(getattr(data, "line", 1), "a recipe is a mapping of keys (recipe, models, tasks, formats, ...)")
@@ -359,6 +393,7 @@ def _build(path: Path, data, out_dir: Path) -> Recipe:
     if "int8" in precisions and not calibration.get("data") and not calibration.get("random"):
         raise _LineError(_line(data, "precisions", data.line),
                          "int8 needs calibration: add `calibration: {data: DIR|FILE.npy|sample-pictures}`")
+    evaluation = _evaluation(data, path, tasks)
     profile = data.get("profile") or {}
     if not isinstance(profile, dict):
         raise _LineError(_line(data, "profile", data.line), "profile must be a mapping")
@@ -373,6 +408,7 @@ def _build(path: Path, data, out_dir: Path) -> Recipe:
         raise _LineError(_line(data, "name", data.line), f"name must be a short name (letters, digits, - _), got {name!r}")
     recipe = Recipe(path=path, name=name, description=str(data.get("description") or ""), models=models, tasks=tasks,
                     formats=list(formats), precisions=list(precisions), batch_sizes=sorted(set(batches)),
-                    devices=list(devices), calibration=dict(calibration), profile=dict(profile), out_dir=out_dir)
+                    devices=list(devices), calibration=dict(calibration), profile=dict(profile), out_dir=out_dir,
+                    evaluation=evaluation)
     recipe.export_jobs()  # name collisions are errors now, not halfway through a run
     return recipe

@@ -64,6 +64,11 @@ def test_shipped_recipes_load(path):
     (("tasks: [classification]", "tasks:\n  - {task: detection, head: fcn}"), 7, "unknown key 'head' in a detection task"),
     (("tasks: [classification]", "tasks:\n  - {task: detection, fpn_channels: 0}"), 7, "--fpn-channels takes an integer from 1 to 4096"),
     (("batch_sizes: [1, 2]", "batch_sizes: [1, 2"), 10, "not valid YAML"),
+    (("num_classes: 4", "num_classes: 4\neval: {data: nowhere/}"), 12, "eval data not found"),
+    (("num_classes: 4", "num_classes: 4\neval: {data: ., max_drop: 200}"), 12, "max_drop takes 0 to 100"),
+    (("num_classes: 4", "num_classes: 4\neval: {dat: .}"), 12, "unknown key 'dat' in eval"),
+    (("tasks: [classification]", "tasks: [classification, semantic-segmentation]\neval: {data: .}"), 7,
+     "eval scores one task's labelled data; this recipe has classification and semantic-segmentation"),
 ])
 def test_recipe_errors_name_file_and_line(tmp_path, edit, line, message):
     path = write(tmp_path, TINY.replace(*edit))
@@ -222,3 +227,36 @@ def test_profile_recipe_before_export_is_one_line(tmp_path):
     r = run_cli("autotimm_deploy.profiler.cli", "--recipe", str(path), "-o", str(out))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "autotimm-export --recipe" in r.stderr
     assert not out.exists()
+
+
+def test_recipe_eval_budget_and_report(tmp_path, digits):
+    """``eval:`` scores every artifact of the recipe on the labelled data (here the digits folder, on
+    random weights: the plumbing, not the accuracy); the budget is the verdict and part of what makes a
+    job current, and the seed report's Artifacts table shows the accuracy."""
+    from autotimm_deploy.profiler.report.benchmark_page import _artifacts
+    from autotimm_deploy.recipes.benchmark import collect
+
+    text = f"""\
+recipe: 1
+name: digits
+models: [test_resnet]
+tasks: [classification]
+formats: [onnx]
+precisions: [fp32, int8]
+batch_sizes: [1]
+img_size: 32
+num_classes: 10
+calibration: {{data: {digits.calib}, samples: 16}}
+eval: {{data: {digits.folder}, samples: 100, max_drop: 100}}
+"""
+    recipe = load_recipe(write(tmp_path, text), tmp_path / "out")
+    rows = run_exports(recipe)
+    assert [r["status"] for r in rows] == ["exported", "exported"], rows
+    assert all(r["accuracy"]["metric"] == "top1" and r["accuracy"]["verdict"] == "pass" for r in rows)
+    assert recipe.export_jobs()[0].fingerprint()["evaluation"] == {
+        "eval_data": str(digits.folder), "eval_samples": 100, "max_drop": 100.0}
+    assert [r["status"] for r in run_exports(recipe)] == ["up to date"] * 2
+    stricter = load_recipe(write(tmp_path, text.replace("max_drop: 100", "max_drop: 50")), tmp_path / "out")
+    assert [r["status"] for r in run_exports(stricter)] == ["exported"] * 2  # a new budget: a new verdict
+    table = "\n".join(_artifacts(collect(stricter).artifacts))
+    assert "Accuracy (vs eager)" in table and "top1 " in table and ", pass" in table

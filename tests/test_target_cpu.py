@@ -4,17 +4,20 @@ import json
 
 import pytest
 import yaml
-from autotimm_deploy.exporter.core.results import ParityReport, Verdict
+from autotimm_deploy.exporter.core.results import AccuracyReport, ParityReport, Verdict
 from autotimm_deploy.exporter.pipeline import ExportResult
 from autotimm_deploy.exporter.select import Candidate, choose, rank
 
 pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
 
 
-def _cand(fmt, precision, ms, verdict="pass", error=None, skipped=None):
+def _cand(fmt, precision, ms, verdict="pass", error=None, skipped=None, drop=None):
     parity = ParityReport(Verdict(verdict), precision, {"logits": {"kind": "tensor", "max_rel": 0.01}},
                           failures=[] if verdict == "pass" else ["logits: max_rel"])
-    r = ExportResult(format=fmt, error=error, parity=parity)
+    acc = None if drop is None else AccuracyReport(
+        data={}, primary="top1", eager={"top1": 90.0}, artifact={"top1": 90.0 - drop}, drop=drop, max_drop=1.0,
+        verdict=Verdict.PASS if drop <= 1.0 else Verdict.FAIL)
+    r = ExportResult(format=fmt, error=error, parity=parity, accuracy=acc)
     return Candidate(fmt, precision, result=r, median_ms=ms, skipped=skipped,
                      speedup={"ratio": 50.0 / ms, "ci_low": 0, "ci_high": 0} if ms else None)
 
@@ -29,6 +32,19 @@ def test_fastest_passing_candidate_wins():
     rows = [c.row(c is win) for c in rank(cands)]
     assert rows[0]["chosen"] and not any(r["chosen"] for r in rows[1:])
     assert rows[-1]["parity"] == "fail" and rows[-1]["failures"] == ["logits: max_rel"]
+
+
+def test_accuracy_budget_decides_over_the_parity_proxy():
+    """--eval --max-drop: an int8 candidate that fails the proxy gate but holds the user's metric
+    within budget wins; one through the proxy but past the budget loses; fp32 still needs parity."""
+    cands = [_cand("onnx", "fp32", 29.0, drop=0.0), _cand("openvino", "int8", 3.0, verdict="fail", drop=0.4),
+             _cand("onnx", "int8", 2.0, drop=3.0), _cand("torchscript", "fp32", 1.0, verdict="fail", drop=0.0)]
+    win = choose(cands)
+    assert (win.format, win.precision) == ("openvino", "int8")
+    rows = {r["format"] + r["precision"]: r for r in (c.row(c is win) for c in rank(cands))}
+    assert rows["onnxint8"]["accuracy"] == {"metric": "top1", "value": 87.0, "drop": 3.0, "verdict": "fail",
+                                            "error": None}
+    assert not cands[3].passed  # an fp32 artifact that fails parity is a bug, whatever its accuracy
 
 
 def test_skipped_and_errored_candidates_never_win():
@@ -48,8 +64,13 @@ def test_target_cpu_end_to_end(tmp_path, export_cli):
     for name in ("astronaut", "chelsea", "coffee", "rocket"):
         Image.fromarray(getattr(skimage.data, name)()).save(calib / f"{name}.png")
     out = tmp_path / "out"
+    labelled = tmp_path / "labelled"  # class folders named by index: a subset of the 1000 classes
+    for i, name in enumerate(("astronaut", "chelsea", "coffee")):
+        (labelled / str(i)).mkdir(parents=True)
+        Image.fromarray(getattr(skimage.data, name)()).save(labelled / str(i) / f"{name}.png")
     p = export_cli("test_resnet", "--img-size", "64", "--target", "cpu", "--calib-data", str(calib), "-o", str(out),
-                   "--max-time", "1.5", "--json", "--recipe-out", str(tmp_path / "chosen.yaml"))
+                   "--max-time", "1.5", "--json", "--recipe-out", str(tmp_path / "chosen.yaml"),
+                   "--eval", str(labelled), "--max-drop", "100")
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
     cands = data["candidates"]
@@ -61,6 +82,9 @@ def test_target_cpu_end_to_end(tmp_path, export_cli):
 
     m = load_manifest(data["chosen"])
     assert m.target["name"] == "cpu" and m.target["ranking"][0]["chosen"]
+    assert "within 100 points of eager's metric" in m.target["rule"]
+    assert all(c["accuracy"]["metric"] == "top1" and c["accuracy"]["verdict"] == "pass" for c in cands)
+    assert m.accuracy.data["samples"] == 3 and "top1 (drop)" in p.stderr
     assert (m.format, m.precision) == (chosen["format"], chosen["precision"])
     # only the winner is kept: its files, its manifest, the recipe
     assert sorted(x.name for x in out.iterdir()) == sorted(list(m.files) + [m.artifact + ".json"])

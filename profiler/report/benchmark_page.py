@@ -105,6 +105,10 @@ def _backbones(recs, device, references) -> list[str]:
     lines = [f"## Backbone comparison ({device}, batch 1)", ""] + _table(header, rows)
     if any(r["parity"] == "fail" for r in cls):
         lines += [f"{FAILED_MARK} the artifact failed its parity gate (see Artifacts): its speed is not a usable result.", ""]
+    scored = next((r["accuracy"] for r in cls if r.get("accuracy")), None)
+    if scored:
+        lines += [f"In brackets: {scored['metric']} (%) on the labelled data `{scored['data']}` (`--eval`), eager "
+                  "and each artifact scored on the same pictures.", ""]
     return lines
 
 
@@ -114,7 +118,9 @@ FAILED_MARK = "†"
 def _ms_cell(r) -> str:
     if r is None or r["ms"].get(1) is None:
         return "-"
-    return f"{r['ms'][1]:.2f}" + (f" {FAILED_MARK}" if r["parity"] == "fail" else "")
+    acc = (r.get("accuracy") or {}).get("value")
+    return (f"{r['ms'][1]:.2f}" + (f" ({acc:.2f})" if acc is not None else "")
+            + (f" {FAILED_MARK}" if r["parity"] == "fail" else ""))
 
 
 def _batch(recs, device, batches) -> list[str]:
@@ -174,7 +180,15 @@ def _artifacts(arts) -> list[str]:
     if not arts:
         return []
     rows = [[f"`{a['model']}`", a["task"], a["format"], a["precision"], f"{a['mb']:.1f}", a["parity"]] for a in arts]
-    return ["## Artifacts", ""] + _table(["Model", "Task", "Format", "Precision", "File MB", "Parity"], rows)
+    header = ["Model", "Task", "Format", "Precision", "File MB", "Parity"]
+    if any(a.get("accuracy") for a in arts):
+        header.append("Accuracy (vs eager)")
+        for row, a in zip(rows, arts):
+            acc = a.get("accuracy")
+            row.append("-" if not acc or acc["value"] is None else
+                       f"{acc['metric']} {acc['value']:.2f} ({-acc['drop']:+.2f})"
+                       + (f", {acc['verdict']}" if acc["verdict"] else ""))
+    return ["## Artifacts", ""] + _table(header, rows)
 
 
 def plots(data: PageData, folder: Path) -> list[Path]:
