@@ -366,8 +366,9 @@ def print_ranking(rows: list[dict], eager: dict, out: Console) -> None:
     scored = next((r["accuracy"] for r in rows if r.get("accuracy")), None)
     cols = ["", "format", "precision", "median ms", "speedup vs eager [95% CI]", "parity", "max_rel", "top1"]
     cols += [f"{scored['metric']} (drop)"] if scored else []
-    for i, col in enumerate((*cols, "note")):
-        t.add_column(col, justify="right" if col in ("median ms", "max_rel", "top1") or i == 8 else "left")
+    numeric = {"median ms", "max_rel", "top1", f"{scored['metric']} (drop)" if scored else ""}
+    for col in (*cols, "note"):
+        t.add_column(col, justify="right" if col in numeric else "left")
     for r in rows:
         sp = r["speedup_vs_eager"]
         a = r.get("accuracy")
@@ -382,6 +383,9 @@ def print_ranking(rows: list[dict], eager: dict, out: Console) -> None:
 
 
 def _ranking_accuracy(a: dict | None) -> str:
+    """An `AccuracyReport.row()`: the primary metric, its drop from eager and, with a budget, the verdict."""
+    if a and a.get("error"):
+        return f"[red]failed[/]: {escape(a['error'][:60])}"
     if not a or a.get("value") is None:
         return "-"
     text = f"{a['value']:.2f}" + (f" ({-a['drop']:+.2f})" if a.get("drop") is not None else "")
@@ -427,16 +431,7 @@ def _points(v: float | None) -> str:
 
 
 def accuracy_cell(acc) -> str:
-    """The artifact's primary metric, its drop from eager and, with a budget, the verdict."""
-    if acc is None:
-        return "-"
-    if acc.error:
-        return f"[red]failed[/]: {escape(acc.error[:60])}"
-    value = _points(acc.artifact.get(acc.primary))
-    drop = f" ({-acc.drop:+.2f})" if acc.drop is not None else ""
-    if acc.verdict is None:
-        return value + drop
-    return f"[{'green' if acc.passed else 'red'}]{value}{drop}[/]"
+    return _ranking_accuracy(acc.row() if acc else None)
 
 
 def entry(argv=None) -> int:

@@ -68,9 +68,7 @@ class Candidate:
         return {"format": self.format, "precision": self.precision, "median_ms": self.median_ms,
                 "speedup_vs_eager": self.speedup, "parity": str(parity.verdict) if parity else None,
                 "max_rel": m.get("max_rel"), "cosine": m.get("cosine"), "top1_agreement": m.get("top1_agreement"),
-                "accuracy": ({"metric": acc.primary, "value": acc.artifact.get(acc.primary), "drop": acc.drop,
-                              "verdict": str(acc.verdict) if acc.verdict else None, "error": acc.error}
-                             if acc else None),
+                "accuracy": acc.row() if acc else None,
                 "failures": parity.failures if parity else [],
                 "note": self.skipped or (self.result.error if self.result and self.result.error else None),
                 "chosen": chosen}

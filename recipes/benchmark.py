@@ -27,7 +27,9 @@ def collect(recipe: Recipe) -> benchmark_page.PageData:
                                "format": job.format, "precision": job.precision,
                                "mb": sum(e["bytes"] for e in m.files.values()) / 2**20,
                                "parity": str(m.parity.verdict) if m.parity else "not checked",
-                               "params": m.model.get("params"), "accuracy": _accuracy(m.accuracy)})
+                               "params": m.model.get("params"),
+                               "accuracy": {**m.accuracy.row(), "data": m.accuracy.data.get("source")}
+                               if m.accuracy and not m.accuracy.error else None})
         if m.accuracy and not m.accuracy.error:  # eager's metric on the same data, from any of its artifacts
             eager_accuracy[_model_key(job)] = {"metric": m.accuracy.primary, "data": m.accuracy.data.get("source"),
                                                "value": m.accuracy.eager.get(m.accuracy.primary)}
@@ -61,13 +63,6 @@ def write(recipe: Recipe, folder: Path | None = None) -> tuple[Path, list[Path],
     data = collect(recipe)
     md, pngs = benchmark_page.write(data, Path(folder or recipe.root / "report"))
     return md, pngs, data
-
-
-def _accuracy(acc) -> dict | None:
-    if acc is None or acc.error:
-        return None
-    return {"metric": acc.primary, "data": acc.data.get("source"), "value": acc.artifact.get(acc.primary),
-            "drop": acc.drop, "verdict": str(acc.verdict) if acc.verdict else None}
 
 
 def _inference_memory(mem: dict) -> float | None:

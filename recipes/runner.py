@@ -40,7 +40,7 @@ def run_exports(recipe: Recipe, max_time: float | None = None, progress: Progres
     recipe.results_dir.mkdir(parents=True, exist_ok=True)
     start, results = time.monotonic(), []
     built: dict[str, Any] = {}  # one eager build per (model, task) serves all its formats
-    shared: dict[str, Any] = {}  # and its intermediates: the fp32 ONNX graph, one eager --eval pass
+    shared: dict[str, Any] = {}  # with eval:, its one eager --eval pass (and the fp32 ONNX graph formats share)
     for i, job in enumerate(jobs):
         if progress:
             progress(job.key, i, len(jobs))
@@ -51,10 +51,11 @@ def run_exports(recipe: Recipe, max_time: float | None = None, progress: Progres
             row.update(status=JobStatus.SKIPPED, reason=reason)
         elif not force and (done := job.current_manifest()) is not None:
             parity = done.parity
-            failed = not accepted(parity, done.accuracy)
+            acc = done.accuracy if job.evaluation else None  # a verdict from an `eval:` since removed is void
+            failed = not accepted(parity, acc)
             row.update(status=JobStatus.FAILED if failed else JobStatus.UP_TO_DATE,
-                       parity=str(parity.verdict) if parity else None, accuracy=_accuracy(done.accuracy),
-                       error=_failure(parity, done.accuracy) if failed else None)
+                       parity=str(parity.verdict) if parity else None, accuracy=acc.row() if acc else None,
+                       error=_failure(parity, acc) if failed else None)
         elif _over_budget(start, max_time):
             row.update(status=JobStatus.NOT_RUN, reason=f"--max-time {max_time:g} s spent")
         else:
@@ -65,25 +66,18 @@ def run_exports(recipe: Recipe, max_time: float | None = None, progress: Progres
                     shared.clear()
                     built[key] = build_model(job.spec)
                 (r,) = export(job.spec, [job.format], recipe.artifacts_dir, job.options(), force=True, name=job.stem,
-                              model=built[key], cache=shared)
+                              model=built[key], cache=shared if job.evaluation else None)
             except UserError as e:  # this combination cannot be built (size, calibration ...): record, go on
                 row.update(status=JobStatus.FAILED, error=str(e))
             else:
                 row.update(status=JobStatus.EXPORTED if r.ok else JobStatus.FAILED,
                            error=r.error or (None if r.ok else _failure(r.parity, r.accuracy)),
-                           parity=str(r.parity.verdict) if r.parity else None, accuracy=_accuracy(r.accuracy),
+                           parity=str(r.parity.verdict) if r.parity else None,
+                           accuracy=r.accuracy.row() if r.accuracy else None,
                            seconds=round(r.export_seconds, 2))
         results.append(row)
         write_results(recipe, "export.json", results)
     return results
-
-
-def _accuracy(acc) -> dict | None:
-    """A job row's accuracy: the primary metric, its drop from eager, the budget's verdict."""
-    if acc is None:
-        return None
-    return {"metric": acc.primary, "value": acc.artifact.get(acc.primary), "drop": acc.drop,
-            "verdict": str(acc.verdict) if acc.verdict else None}
 
 
 def _failure(parity, acc) -> str | None:

@@ -175,7 +175,7 @@ def test_coco_mask_ap_exact(coco):
 
 def test_coco_errors(tmp_path, coco):
     path, _ = coco
-    with pytest.raises(UserError, match="has 3 classes but the model predicts 2"):
+    with pytest.raises(UserError, match="defines 3 categories but the model predicts 2 classes"):
         load_labelled(path, "detection", PREP, 2)
     bad = json.loads(path.read_text())
     bad["annotations"][0]["category_id"] = 99
@@ -230,6 +230,23 @@ def test_mask_folder_errors(tmp_path):
         load_labelled(root, "semantic-segmentation", PREP, 4)
     with pytest.raises(UserError, match="takes a folder with images/ and masks/"):
         load_labelled(root / "images", "semantic-segmentation", PREP, 4)
+
+
+def test_budget_overrides_only_a_reduced_precision_tolerance_failure():
+    from autotimm_deploy.exporter.core.results import AccuracyReport, ParityReport
+    from autotimm_deploy.exporter.pipeline import accepted
+
+    within = AccuracyReport({}, "top1", {"top1": 90.0}, {"top1": 89.5}, 0.5, 1.0, Verdict.PASS)
+    past = AccuracyReport({}, "top1", {"top1": 90.0}, {"top1": 85.0}, 5.0, 1.0, Verdict.FAIL)
+    tolerance = lambda p: ParityReport(Verdict.FAIL, p, {"logits": {"kind": "tensor", "max_rel": 0.3}},  # noqa: E731
+                                       failures=["logits: max_rel"])
+    crashed = ParityReport(Verdict.FAIL, "int8", {"logits": {"kind": "tensor"}, "runtime": {"kind": "error"}},
+                           failures=["runtime failed at batch 16"])
+    assert accepted(tolerance("int8"), within) and not accepted(tolerance("int8"), past)
+    assert not accepted(tolerance("fp32"), within)  # fp32 off eager is a bug
+    assert not accepted(crashed, within)  # an error the one-size evaluation never saw
+    assert not accepted(ParityReport(Verdict.PASS, "int8", {}), past) and not accepted(tolerance("int8"), None)
+    assert not accepted(None, AccuracyReport({}, "top1", {"top1": 90.0}, {}, None, None, None, error="crashed"))
 
 
 def test_budget_verdict():

@@ -88,12 +88,15 @@ class AccuracyReport:
     verdict: Verdict | None = None  # None: reported only, no budget given
     seconds: float = 0.0
     error: str | None = None  # the artifact failed on the data (its metrics are then empty)
-    # an accuracy-aware build: every step it tried (what was kept in float, the metric it reached)
-    steps: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool | None:
         return None if self.verdict is None else self.verdict == Verdict.PASS
+
+    def row(self) -> dict[str, Any]:
+        """What one table row or report line shows: the primary metric, its drop, the verdict."""
+        return {"metric": self.primary, "value": self.artifact.get(self.primary), "drop": self.drop,
+                "verdict": str(self.verdict) if self.verdict else None, "error": self.error}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -48,8 +48,7 @@ def metric_for(task: str, data: Labelled, output_names: list[str]) -> Metric:
 
 
 def evaluate(predict: Callable[[np.ndarray], dict[str, np.ndarray]], data: Labelled, task: str,
-             output_names: list[str], batch_range: tuple[int, int | None] = (1, None),
-             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+             output_names: list[str], batch_range: tuple[int, int | None] = (1, None)) -> dict[str, Any]:
     """Run ``predict`` over every picture of ``data`` (a fixed-batch artifact gets zero-padded
     batches, their extra rows dropped) and score it: {"metrics": {...}, "primary": name, "seconds": s}."""
     metric = metric_for(task, data, output_names)
@@ -65,8 +64,6 @@ def evaluate(predict: Callable[[np.ndarray], dict[str, np.ndarray]], data: Label
             x = np.concatenate([x, np.zeros((step - k, *x.shape[1:]), dtype=x.dtype)])
         out = predict(np.ascontiguousarray(x))
         metric.update({name: np.asarray(v)[:k] for name, v in out.items()}, list(range(start, start + k)))
-        if progress:
-            progress(start + k, n)
     return {"metrics": metric.result(), "primary": metric.primary, "seconds": round(time.perf_counter() - t0, 3)}
 
 

@@ -12,7 +12,7 @@ from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.evaluate.base import Metric, register_metric
 
 
-def _coco(gt: dict):
+def _ground_truth(gt: dict):
     from pycocotools.coco import COCO
 
     gt = {**gt, "annotations": [{**a, "id": a.get("id", i + 1), "iscrowd": a.get("iscrowd", 0),
@@ -87,7 +87,7 @@ class CocoAP(Metric):
             return out
         from pycocotools.cocoeval import COCOeval
 
-        gt = _coco(self.data.coco)
+        gt = _ground_truth(self.data.coco)
         with contextlib.redirect_stdout(io.StringIO()):
             dt = gt.loadRes([dict(r) for r in self.results])
             stats = {}

@@ -5,6 +5,7 @@ the ignore index left out."""
 from __future__ import annotations
 
 import numpy as np
+from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.evaluate.base import Metric, register_metric
 from autotimm_deploy.exporter.inputs.labelled import IGNORE_INDEX
 
@@ -32,16 +33,19 @@ class MeanIoU(Metric):
 
     def __init__(self, data, output_names):
         super().__init__(data, output_names)
+        if "logits" not in output_names and "mask" not in output_names:
+            raise UserError(f"mIoU needs a logits [B,C,H,W] or mask [B,H,W] output; this artifact has {output_names}")
         self.confusion: np.ndarray | None = None
 
     def update(self, outputs, index):
         pred = predicted_classes(outputs)
-        k = np.asarray(outputs["logits"]).shape[1] if "logits" in outputs else int(pred.max()) + 1
-        k = max(k, self.data.info.get("classes") or 0)
-        if self.confusion is None:
+        if self.confusion is None:  # classes: the model's (its logits), at least those the masks hold
+            k = np.asarray(outputs["logits"]).shape[1] if "logits" in outputs else 0
+            k = max(k, self.data.info.get("classes") or 0, int(pred.max()) + 1)
             self.confusion = np.zeros((k, k), dtype=np.int64)
+        k = len(self.confusion)
         for p, i in zip(pred, index):
-            gt = self.data.labels[i]
+            gt = self.data.labels[i].astype(np.int64)
             p = resize_nearest(p, gt.shape)
             valid = gt != IGNORE_INDEX
             self.confusion += np.bincount(gt[valid] * k + np.clip(p[valid], 0, k - 1),

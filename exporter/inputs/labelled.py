@@ -21,7 +21,7 @@ import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from autotimm_deploy.exporter.core.environment import available_memory
@@ -51,7 +51,7 @@ class Labelled:
 
 
 def load_labelled(source: str | Path, task: str, prep: dict, num_classes: int | None, multi_label: bool = False,
-                  samples: int | None = None, progress: Callable[[str], None] | None = None) -> Labelled:
+                  samples: int | None = None) -> Labelled:
     """Load ``source`` for ``task``; ``samples`` pictures at most (a seeded choice when there are more)."""
     path = Path(source)
     if samples is not None and not 1 <= samples <= MAX_EVAL_SAMPLES:
@@ -59,13 +59,12 @@ def load_labelled(source: str | Path, task: str, prep: dict, num_classes: int | 
     if not path.exists():
         raise UserError(f"evaluation data not found: {path}")
     kind, loader = _kind(path, task, multi_label)
-    data = loader(path, prep, num_classes, samples, progress or (lambda _t: None))
+    data = loader(path, prep, num_classes, samples)
     if len(data) == 0:
         raise UserError(f"evaluation data {path} holds no pictures")
     data.info = {"source": str(path), "kind": kind, "samples": len(data), **data.info,
                  "preprocessing": "resize the shorter side, centre crop (timm eval transform)" if task == "classification"
                  else "the whole picture stretched to the input size, predictions mapped back to its pixels"}
-    data.kind = kind
     return data
 
 
@@ -129,25 +128,18 @@ def _check_memory(n: int, prep: dict) -> None:
                         "pass --eval-samples N")
 
 
-def _load(files: list[Path], prep: dict, transform, progress) -> tuple[np.ndarray, list[tuple[int, int]]]:
+def _load(files: list[Path], prep: dict, transform) -> tuple[np.ndarray, list[tuple[int, int]]]:
     _check_memory(len(files), prep)
     out = np.empty((len(files), *prep["input_size"]), dtype=np.float32)
     sizes = []
     for i, f in enumerate(files):
-        if i % 50 == 0:
-            progress(f"read evaluation pictures {i}/{len(files)}")
         img = _read(f)
         sizes.append((int(img.shape[0]), int(img.shape[1])))
         out[i] = transform(img, prep)
     return out, sizes
 
 
-def _class_count(found: int, num_classes: int | None, what: str) -> None:
-    if num_classes is not None and found > num_classes:
-        raise UserError(f"{what} has {found} classes but the model predicts {num_classes}")
-
-
-def _image_folder(path: Path, prep: dict, num_classes: int | None, samples, progress) -> Labelled:
+def _image_folder(path: Path, prep: dict, num_classes: int | None, samples) -> Labelled:
     classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise UserError(f"{path} has no class folders: lay the pictures out as {path}/<class>/<picture>")
@@ -166,14 +158,14 @@ def _image_folder(path: Path, prep: dict, num_classes: int | None, samples, prog
     if not items:
         raise UserError(f"{path}: the class folders hold no pictures ({', '.join(IMAGE_SUFFIXES)})")
     items = [items[i] for i in _choose(len(items), samples)]
-    images, sizes = _load([f for f, _ in items], prep, preprocess, progress)
+    images, sizes = _load([f for f, _ in items], prep, preprocess)
     return Labelled("image-folder", images, sizes, labels=np.array([y for _, y in items], dtype=np.int64),
                     info={"classes": len(classes), "class_names": classes if not by_number else None})
 
 
 def _csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"cannot read {path}: {first_line(e, 150)}") from None
@@ -193,7 +185,7 @@ def _number(text: str, path: Path, line: int, kind=int):
         raise UserError(f"{path} line {line}: {text!r} is not a {'class index' if kind is int else 'number'}") from None
 
 
-def _label_csv(path: Path, prep: dict, num_classes: int | None, samples, progress) -> Labelled:
+def _label_csv(path: Path, prep: dict, num_classes: int | None, samples) -> Labelled:
     header, rows = _csv_rows(path)
     if len(header) != 2:
         raise UserError(f"{path}: a single-label CSV has two columns, image and label (class index); got {header}")
@@ -201,11 +193,11 @@ def _label_csv(path: Path, prep: dict, num_classes: int | None, samples, progres
     labels = np.array([_number(r[1], path, i + 2) for i, r in enumerate(rows)], dtype=np.int64)
     if num_classes is not None and (labels.min() < 0 or labels.max() >= num_classes):
         raise UserError(f"{path}: labels must be class indices 0..{num_classes - 1}")
-    images, sizes = _load([_under(path.parent, r[0]) for r in rows], prep, preprocess, progress)
+    images, sizes = _load([_under(path.parent, r[0]) for r in rows], prep, preprocess)
     return Labelled("label-csv", images, sizes, labels=labels, info={"classes": num_classes})
 
 
-def _multilabel_csv(path: Path, prep: dict, num_classes: int | None, samples, progress) -> Labelled:
+def _multilabel_csv(path: Path, prep: dict, num_classes: int | None, samples) -> Labelled:
     header, rows = _csv_rows(path)
     names = header[1:]
     if num_classes is not None and len(names) != num_classes:
@@ -214,7 +206,7 @@ def _multilabel_csv(path: Path, prep: dict, num_classes: int | None, samples, pr
     labels = np.array([[_number(v, path, i + 2, float) for v in r[1:]] for i, r in enumerate(rows)], dtype=np.float32)
     if not np.isin(labels, (0.0, 1.0)).all():
         raise UserError(f"{path}: label columns hold 0 or 1")
-    images, sizes = _load([_under(path.parent, r[0]) for r in rows], prep, preprocess, progress)
+    images, sizes = _load([_under(path.parent, r[0]) for r in rows], prep, preprocess)
     return Labelled("multilabel-csv", images, sizes, labels=labels, info={"classes": len(names), "class_names": names})
 
 
@@ -223,7 +215,7 @@ def _under(root: Path, name: str) -> Path:
     return p if p.is_absolute() else root / p
 
 
-def _coco(path: Path, prep: dict, num_classes: int | None, samples, progress) -> Labelled:
+def _coco(path: Path, prep: dict, num_classes: int | None, samples) -> Labelled:
     try:
         gt = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -235,13 +227,17 @@ def _coco(path: Path, prep: dict, num_classes: int | None, samples, progress) ->
         images = sorted(gt["images"], key=lambda im: int(im["id"]))
         image_files = {int(im["id"]): str(im["file_name"]) for im in images}
         for a in gt["annotations"]:
-            int(a["image_id"]), int(a["category_id"]), [float(v) for v in a["bbox"]]
+            int(a["image_id"]), int(a["category_id"])
+            if len([float(v) for v in a["bbox"]]) != 4:
+                raise ValueError("bbox [x, y, width, height]")
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path}: a COCO entry lacks a valid {first_line(e, 60)} (images need id and file_name, "
                         "annotations image_id, category_id and bbox)") from None
     if not cats:
         raise UserError(f"{path} defines no categories")
-    _class_count(len(cats), num_classes, str(path))
+    if num_classes is not None and len(cats) != num_classes:
+        raise UserError(f"{path} defines {len(cats)} categories but the model predicts {num_classes} classes (label i "
+                        "is the i-th category id in sorted order, so the file must list every class)")
     unknown = {int(a["category_id"]) for a in gt["annotations"]} - set(cats)
     if unknown:
         raise UserError(f"{path}: annotations use category ids {sorted(unknown)[:5]} missing from its categories")
@@ -250,10 +246,10 @@ def _coco(path: Path, prep: dict, num_classes: int | None, samples, progress) ->
     roots = (path.parent, path.parent / "images")
     files = [next((r / image_files[i] for r in roots if (r / image_files[i]).is_file()), roots[0] / image_files[i])
              for i in ids]
-    arrays, sizes = _load(files, prep, preprocess_stretch, progress)
+    arrays, sizes = _load(files, prep, preprocess_stretch)
     chosen = set(ids)
     for im, (h, w) in zip(images, sizes):
-        if (int(im.get("height", h)), int(im.get("width", w))) != (h, w):
+        if (int(im.get("height") or h), int(im.get("width") or w)) != (h, w):
             raise UserError(f"{path}: image {im['id']} is {h}x{w} on disk but {im.get('height')}x{im.get('width')} "
                             "in the JSON")
     subset = {**{k: v for k, v in gt.items() if k not in ("images", "annotations")},
@@ -263,24 +259,27 @@ def _coco(path: Path, prep: dict, num_classes: int | None, samples, progress) ->
                     info={"classes": len(cats), "annotations": len(subset["annotations"])})
 
 
-def _mask_folder(path: Path, prep: dict, num_classes: int | None, samples, progress) -> Labelled:
+def _mask_folder(path: Path, prep: dict, num_classes: int | None, samples) -> Labelled:
     masks = {p.stem: p for p in _images_in(path / "masks")}
     pictures = [p for p in _images_in(path / "images")]
     missing = [p.name for p in pictures if p.stem not in masks]
     if missing:
         raise UserError(f"{path / 'masks'} has no mask for {missing[0]} (masks share the pictures' file stems)")
     pictures = [pictures[i] for i in _choose(len(pictures), samples)]
-    arrays, sizes = _load(pictures, prep, preprocess_stretch, progress)
-    labels = []
+    arrays, sizes = _load(pictures, prep, preprocess_stretch)
+    labels, top = [], 0
     for p, size in zip(pictures, sizes):
         m = _read(masks[p.stem], mode=None)
         if m.ndim != 2:
             raise UserError(f"mask {masks[p.stem]} has {m.ndim} dimensions: a mask is one channel of class indices")
         if m.shape != size:
             raise UserError(f"mask {masks[p.stem]} is {m.shape[0]}x{m.shape[1]}, its picture {size[0]}x{size[1]}")
-        bad = np.setdiff1d(np.unique(m), [IGNORE_INDEX])
-        if num_classes is not None and bad.size and bad.max() >= num_classes:
-            raise UserError(f"mask {masks[p.stem]} holds class {int(bad.max())}, past the model's {num_classes} "
+        values = np.setdiff1d(np.unique(m), [IGNORE_INDEX])
+        if values.size and values.min() < 0:
+            raise UserError(f"mask {masks[p.stem]} holds negative values: class indices from 0, {IGNORE_INDEX} ignored")
+        if num_classes is not None and values.size and values.max() >= num_classes:
+            raise UserError(f"mask {masks[p.stem]} holds class {int(values.max())}, past the model's {num_classes} "
                             f"classes ({IGNORE_INDEX}: ignored)")
-        labels.append(m.astype(np.int64))
-    return Labelled("mask-folder", arrays, sizes, labels=labels, info={"classes": num_classes})
+        top = max(top, int(values.max()) + 1 if values.size else 0)
+        labels.append(m)  # as stored (uint8 / uint16): converted per picture when scored
+    return Labelled("mask-folder", arrays, sizes, labels=labels, info={"classes": num_classes or top})
