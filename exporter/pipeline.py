@@ -33,6 +33,7 @@ from autotimm_deploy.exporter.core.results import AccuracyReport, MetricKind, Pa
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.evaluate import budget_report, evaluate
 from autotimm_deploy.exporter.formats import FORMATS, ExportContext, Exported, ExportOptions, export_order, get_format
+from autotimm_deploy.exporter.formats.base import AccuracyBudget
 from autotimm_deploy.exporter.inputs.calibration import NEEDS_DATA, SAMPLE_PICTURES, load_calibration
 from autotimm_deploy.exporter.inputs.labelled import Labelled, load_labelled
 from autotimm_deploy.exporter.models import build_model
@@ -120,6 +121,9 @@ def check_eval_options(options: ExportOptions) -> None:
         raise UserError(f"evaluation data not found: {options.eval_data}")
 
 
+SENSITIVITY_PICTURES = 16  # labelled pictures an accuracy-aware build measures its layers on
+
+
 @dataclass
 class Evaluation:
     """The labelled data, loaded and preprocessed once, and eager PyTorch's metrics on it."""
@@ -131,6 +135,16 @@ class Evaluation:
     def report(self, predict, output_names: list[str], batch_range, max_drop: float | None) -> AccuracyReport:
         scored = evaluate(predict, self.data, self.task, output_names, batch_range)
         return budget_report(self.data, self.eager, scored, max_drop)
+
+    def budget(self, output_names: list[str], max_drop: float) -> AccuracyBudget:
+        """What an accuracy-aware int8 build scores its candidates with: the primary metric, in points."""
+        primary = self.eager["primary"]
+
+        def score(predict, batch_range, indices=None):
+            return evaluate(predict, self.data, self.task, output_names, batch_range, indices)["metrics"][primary]
+
+        return AccuracyBudget(score=score, metric=primary, eager=self.eager["metrics"][primary], max_drop=max_drop,
+                              samples=len(self.data), pictures=self.data.images[:SENSITIVITY_PICTURES])
 
 
 def eager_predict(model):
@@ -218,6 +232,9 @@ def export(
         try:
             ctx = ExportContext(model=model, spec=spec, options=options, workdir=workdir, stem=stem,
                                 calibration=calibration, calibration_info=calibration_info)
+            if evaluation and options.max_drop is not None and options.precision == "int8" and \
+                    evaluation.eager["metrics"].get(evaluation.eager["primary"]) is not None:
+                ctx.budget = evaluation.budget(list(model.output_names), options.max_drop)
             if cache is not None:
                 ctx.cache, ctx.share_intermediates = cache, True
             io = _io_signature(model, options)

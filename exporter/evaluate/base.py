@@ -48,22 +48,25 @@ def metric_for(task: str, data: Labelled, output_names: list[str]) -> Metric:
 
 
 def evaluate(predict: Callable[[np.ndarray], dict[str, np.ndarray]], data: Labelled, task: str,
-             output_names: list[str], batch_range: tuple[int, int | None] = (1, None)) -> dict[str, Any]:
-    """Run ``predict`` over every picture of ``data`` (a fixed-batch artifact gets zero-padded
-    batches, their extra rows dropped) and score it: {"metrics": {...}, "primary": name, "seconds": s}."""
+             output_names: list[str], batch_range: tuple[int, int | None] = (1, None),
+             indices: list[int] | None = None) -> dict[str, Any]:
+    """Run ``predict`` over the pictures of ``data`` (all, or ``indices``; a fixed-batch artifact gets
+    zero-padded batches, their extra rows dropped) and score it:
+    {"metrics": {...}, "primary": name, "seconds": s}."""
     metric = metric_for(task, data, output_names)
     lo, hi = batch_range
     fixed = hi is not None and lo == hi
     step = lo if fixed else max(lo, min(EVAL_BATCH, hi or EVAL_BATCH))
     t0 = time.perf_counter()
-    n = len(data)
-    for start in range(0, n, step):
-        x = data.images[start:start + step]
+    chosen = list(range(len(data))) if indices is None else list(indices)
+    for start in range(0, len(chosen), step):
+        index = chosen[start:start + step]
+        x = data.images[index]
         k = len(x)
         if fixed and k < step:
             x = np.concatenate([x, np.zeros((step - k, *x.shape[1:]), dtype=x.dtype)])
         out = predict(np.ascontiguousarray(x))
-        metric.update({name: np.asarray(v)[:k] for name, v in out.items()}, list(range(start, start + k)))
+        metric.update({name: np.asarray(v)[:k] for name, v in out.items()}, index)
     return {"metrics": metric.result(), "primary": metric.primary, "seconds": round(time.perf_counter() - t0, 3)}
 
 

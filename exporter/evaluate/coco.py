@@ -52,12 +52,14 @@ class CocoAP(Metric):
             raise UserError("instance segmentation is scored on COCO masks: every annotation needs a segmentation "
                             "(polygons or RLE)")
         self.results: list[dict] = []
+        self.seen: list[int] = []  # image ids scored (the whole file, or a subset)
 
     def update(self, outputs, index):
         from pycocotools import mask as mask_utils
 
         h_in, w_in = self.data.images.shape[2:]
         count = outputs.get("num_detections")
+        self.seen += [self.data.image_ids[i] for i in index]
         for row, i in enumerate(index):
             h0, w0 = self.data.sizes[i]
             n = int(count[row]) if count is not None else len(outputs["scores"][row])
@@ -81,7 +83,8 @@ class CocoAP(Metric):
         out = {"mAP": 0.0, "mAP50": 0.0}
         if self.masks:
             out.update({"box_mAP": 0.0, "box_mAP50": 0.0})
-        if not self.data.coco["annotations"]:
+        seen = set(self.seen)
+        if not any(int(a["image_id"]) in seen for a in self.data.coco["annotations"]):
             return {k: None for k in out}
         if not self.results:  # nothing detected: every AP is 0 (pycocotools refuses empty results)
             return out
@@ -93,7 +96,7 @@ class CocoAP(Metric):
             stats = {}
             for kind in (("bbox", "segm") if self.masks else ("bbox",)):
                 ev = COCOeval(gt, dt, kind)
-                ev.params.imgIds = list(self.data.image_ids)
+                ev.params.imgIds = sorted(seen)
                 ev.evaluate()
                 ev.accumulate()
                 ev.summarize()

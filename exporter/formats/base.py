@@ -62,6 +62,24 @@ class Exported:
 
 
 @dataclass
+class AccuracyBudget:
+    """What an accuracy-aware build (``--eval`` with ``--max-drop``) may ask: ``score(predict,
+    batch_range)`` runs ``predict(batch) -> {output: array}`` over the labelled data and returns the
+    primary metric in points (``indices``: only those pictures); the build holds
+    ``eager - score <= max_drop``."""
+
+    score: Any  # Callable[[Callable, tuple[int, int | None], list[int] | None], float | None]
+    metric: str
+    eager: float
+    max_drop: float
+    samples: int  # labelled pictures; score(..., indices) scores a subset of them
+    pictures: Any = None  # np.ndarray [n, C, H, W]: a few of them, preprocessed (where layers are measured)
+
+    def holds(self, value: float | None) -> bool:
+        return value is not None and self.eager - value <= self.max_drop + 1e-9
+
+
+@dataclass
 class ExportContext:
     model: Any  # torch.nn.Module
     spec: Any  # ModelSpec (resolved)
@@ -73,6 +91,7 @@ class ExportContext:
     calibration_info: dict[str, Any] | None = None
     cache: dict[str, Any] = field(default_factory=dict)  # intermediates formats share (fp32 ONNX, ...)
     share_intermediates: bool = False
+    budget: AccuracyBudget | None = None  # int8 with --eval and --max-drop: keep layers in float until it holds
 
     @property
     def example_batch(self) -> int:

@@ -1,5 +1,13 @@
 """ONNX int8: onnxruntime static quantization to a Q/DQ graph (symmetric int8 activations and
-per-channel int8 weights, the form TensorRT's explicit-precision path also accepts)."""
+per-channel int8 weights, the form TensorRT's explicit-precision path also accepts).
+
+With an accuracy budget (``--eval DATA --max-drop POINTS``) the graph is scored on the labelled data
+and, while it misses the budget, the compute nodes whose quantized input activations are noisiest
+(lowest signal-to-quantization-noise ratio, measured with onnxruntime's Q/DQ debugging utilities on
+labelled pictures, where ranges fitted to unrepresentative calibration data show as clipping) are kept
+in float, 1, 2, 4, ... of them, then the fewest between the last two counts by bisection,
+re-quantizing and re-scoring each time. The nodes kept in float (with the timm modules they come from) and the metric at every step go
+into the manifest; TensorRT's strongly typed int8 engines are built from this same graph."""
 
 from __future__ import annotations
 
@@ -12,6 +20,7 @@ from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
 # expects; post-processing (box decode, NMS, resizes, concatenations) stays in float, where
 # quantizing it would cost accuracy (box coordinates) and can produce graphs ORT cannot load.
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+WRAPPER_PREFIXES = ("net.", "model.")  # our wrappers' attribute in front of the timm module path
 
 
 class _Reader:
@@ -23,35 +32,162 @@ class _Reader:
     def get_next(self):
         return next(self.items, None)
 
+    def __iter__(self):  # what onnxruntime's Q/DQ debugging utilities read
+        return self
+
+    def __next__(self):
+        item = self.get_next()
+        if item is None:
+            raise StopIteration
+        return item
+
     def rewind(self):  # pragma: no cover - not used by the MinMax calibrator
         pass
 
 
 def quantize_qdq(proto, ctx):
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     data = ctx.calibration
     with tempfile.TemporaryDirectory(dir=ctx.workdir) as tmp:
-        src, pre, dst = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
+        src, pre = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx")
         onnx.save_model(proto, str(src))
         try:
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         except Exception:  # noqa: BLE001 - pre-processing only helps; quantize the plain graph instead
             pre = src
-        try:
-            quantize_static(
-                str(pre), str(dst), _Reader(proto.graph.input[0].name, data),
-                quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(QUANTIZED_OPS),
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-            )
-        except Exception as e:  # noqa: BLE001
-            raise ExportFailed(f"onnxruntime static quantization failed: {first_line(e)}") from e
+        input_name = proto.graph.input[0].name
+
+        def quantize(exclude: list[str]):
+            dst = Path(tmp, f"int8-{len(exclude)}.onnx")
+            _quantize_static(pre, dst, _Reader(input_name, data), exclude)
+            return dst
+
+        dst = quantize([])
+        control = None
+        if ctx.budget is not None:
+            dst, control = _hold_budget(ctx, pre, dst, quantize)
         out = onnx.load(str(dst))
     info = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "ops": list(QUANTIZED_OPS),
             "activations": "int8 symmetric",
             "weights": "int8 per-channel symmetric", "calibration": ctx.calibration_info}
+    if control is not None:
+        info["accuracy_control"] = control
     return out, info
+
+
+def _quantize_static(src: Path, dst: Path, reader, exclude: list[str]) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    try:
+        quantize_static(
+            str(src), str(dst), reader,
+            quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(QUANTIZED_OPS),
+            nodes_to_exclude=list(exclude),
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+    except Exception as e:  # noqa: BLE001
+        raise ExportFailed(f"onnxruntime static quantization failed: {first_line(e)}") from e
+
+
+def _hold_budget(ctx, float_path: Path, qdq_path: Path, quantize) -> tuple[Path, dict]:
+    """Score ``qdq_path``; while it misses the budget keep the most sensitive nodes in float."""
+    budget = ctx.budget
+    batch = (ctx.options.batch_size,) * 2 if ctx.options.static else (1, None)
+
+    def score(path: Path) -> float | None:
+        return budget.score(_ort_predict(path), batch)
+
+    value = score(qdq_path)
+    steps = [{"kept_float": 0, budget.metric: value}]
+    control = {"tool": "onnxruntime Q/DQ debugging (activation SQNR), nodes_to_exclude", "metric": budget.metric,
+               "eager": budget.eager, "max_drop": budget.max_drop, "steps": steps, "kept_float": []}
+    if budget.holds(value):
+        control["met"] = True
+        return qdq_path, control
+    ranked = node_sensitivity(float_path, qdq_path, budget.pictures)
+    control["ranking"] = [{"node": n, "module": m, "sqnr_db": s} for n, m, s in ranked[:20]]
+    tried: dict[int, tuple[Path, float | None]] = {0: (qdq_path, value)}
+
+    def attempt(k: int) -> bool:
+        path = quantize([n for n, _, _ in ranked[:k]])
+        tried[k] = (path, score(path))
+        steps.append({"kept_float": k, budget.metric: tried[k][1]})
+        return budget.holds(tried[k][1])
+
+    low, k = 0, 1  # low: the most nodes kept in float that still missed the budget
+    while ranked and not attempt(min(k, len(ranked))):
+        low = min(k, len(ranked))
+        if low == len(ranked):
+            break
+        k *= 2
+    best = min((n for n, (_, v) in tried.items() if budget.holds(v)), default=None)
+    while best is not None and best - low > 1:  # the fewest nodes in float that hold it
+        mid = (low + best) // 2
+        if attempt(mid):
+            best = mid
+        else:
+            low = mid
+    keep = best if best is not None else max(tried)
+    control["kept_float"] = [{"node": n, "module": m, "sqnr_db": s} for n, m, s in ranked[:keep]]
+    control["met"] = best is not None
+    return tried[keep][0], control
+
+
+def _ort_predict(path: Path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    names = [o.name for o in sess.get_outputs()]
+    return lambda x: dict(zip(names, sess.run(None, {name: x})))
+
+
+def node_sensitivity(float_path: Path, qdq_path: Path, data) -> list[tuple[str, str, float]]:
+    """Quantized compute nodes, most sensitive first: (node name, timm module, SQNR in dB of its
+    quantized input activation on ``data``; lower is noisier)."""
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    model = onnx.load(str(float_path))
+    input_name = model.graph.input[0].name
+    with tempfile.TemporaryDirectory(dir=float_path.parent) as tmp:
+        float_aug, qdq_aug = Path(tmp, "float.onnx"), Path(tmp, "qdq.onnx")
+        modify_model_output_intermediate_tensors(str(float_path), str(float_aug))
+        modify_model_output_intermediate_tensors(str(qdq_path), str(qdq_aug))
+        providers = ["CPUExecutionProvider"]
+        float_acts = collect_activations(str(float_aug), _Reader(input_name, data), execution_providers=providers)
+        qdq_acts = collect_activations(str(qdq_aug), _Reader(input_name, data), execution_providers=providers)
+    errors = compute_activation_error(create_activation_matching(qdq_acts, float_acts))
+    weights = {i.name for i in model.graph.initializer}
+    out = []
+    for node in model.graph.node:
+        if node.op_type not in QUANTIZED_OPS:
+            continue
+        sqnr = [errors[t]["qdq_err"] for t in node.input if t in errors and t not in weights]
+        if sqnr:
+            out.append((node.name, module_name(node, weights), round(float(min(sqnr)), 2)))
+    return sorted(out, key=lambda r: r[2])
+
+
+def module_name(node, weights: set[str]) -> str:
+    """The timm module a node comes from: its weight's name without ``.weight`` (and our wrapper's
+    prefix); the node name when it has no named weight (a MatMul of two activations)."""
+    for t in node.input:
+        if t in weights and t.endswith(".weight"):
+            name = t[: -len(".weight")]
+            for prefix in WRAPPER_PREFIXES:
+                if name.startswith(prefix):
+                    return name[len(prefix):]
+            return name
+    return node.name

@@ -3,7 +3,10 @@
 - fp32: weights and compute in fp32 (the runtime pins ``INFERENCE_PRECISION_HINT=f32``, since
   OpenVINO otherwise runs bf16 on CPUs with AMX/AVX512-BF16).
 - bf16: the same fp32 IR; the manifest records ``inference_precision: bf16`` and the runtime sets it.
-- int8: post-training quantization with NNCF on the calibration data.
+- int8: post-training quantization with NNCF on the calibration data; with an accuracy budget
+  (``--eval DATA --max-drop POINTS``) NNCF's ``quantize_with_accuracy_control``, which scores the
+  quantized model with our metric on the labelled data and reverts the layers that cost the most
+  back to float until the drop is within the budget.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from autotimm_deploy.exporter.core.errors import ExportFailed, MissingExtra, first_line
 from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
 from autotimm_deploy.exporter.formats.onnx_graph import fp32_proto, save_onnx
+from autotimm_deploy.exporter.formats.onnx_int8 import module_name
 
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "default"}
 
@@ -69,13 +73,72 @@ def _quantize(model, ctx: ExportContext, proto):
     data = ctx.calibration
     transformer = any(n.op_type in ("Softmax", "LayerNormalization") for n in proto.graph.node)
     kwargs = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
+    calibration = nncf.Dataset([data[i:i + 1] for i in range(len(data))])
+    preset = nncf.QuantizationPreset.MIXED if transformer else nncf.QuantizationPreset.PERFORMANCE
+    info = {"tool": f"nncf {nncf.__version__}", "model_type": "transformer" if transformer else "cnn",
+            "calibration": ctx.calibration_info}
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            q = nncf.quantize(model, nncf.Dataset([data[i:i + 1] for i in range(len(data))]),
-                              subset_size=len(data),
-                              preset=nncf.QuantizationPreset.MIXED if transformer else nncf.QuantizationPreset.PERFORMANCE,
-                              **kwargs)
+            if ctx.budget is None:
+                q = nncf.quantize(model, calibration, subset_size=len(data), preset=preset, **kwargs)
+            else:
+                q, info["accuracy_control"] = _with_accuracy_control(nncf, model, calibration, ctx, preset, kwargs,
+                                                                     proto)
     except Exception as e:  # noqa: BLE001
         raise ExportFailed(f"NNCF quantization failed: {first_line(e)}") from e
-    return q, {"tool": f"nncf {nncf.__version__}", "model_type": "transformer" if transformer else "cnn",
-               "calibration": ctx.calibration_info}
+    return q, info
+
+
+def _with_accuracy_control(nncf, model, calibration, ctx: ExportContext, preset, kwargs, proto):
+    """NNCF's accuracy-aware quantization, scored by our metric (points) on the labelled data."""
+    budget = ctx.budget
+    batch = (ctx.options.batch_size,) * 2 if ctx.options.static else (1, None)
+    steps: list[dict] = []
+
+    def validate(compiled, items) -> float:
+        outputs = list(compiled.outputs)
+
+        def predict(x):
+            result = compiled(x)
+            return {o.get_any_name(): result[o] for o in outputs}
+
+        value = budget.score(predict, batch, [int(i) for i in items])
+        return float("nan") if value is None else float(value)
+
+    def counted(compiled, items):
+        items = list(items)
+        value = validate(compiled, items)
+        if len(items) == budget.samples:  # a whole-set score (the fp32 IR's, then each candidate's): one step
+            steps.append({"model": "int8 candidate" if steps else "fp32 IR", budget.metric: value})
+        return value
+
+    q = nncf.quantize_with_accuracy_control(
+        model, calibration, nncf.Dataset(list(range(budget.samples))), counted, max_drop=budget.max_drop,
+        drop_type=nncf.DropType.ABSOLUTE, preset=preset, subset_size=len(ctx.calibration), **kwargs)
+    weights = {i.name for i in proto.graph.initializer}
+    nodes = {n.name: n for n in proto.graph.node}
+    kept = [{"node": op, "module": module_name(nodes[op.split("/")[0]], weights) if op.split("/")[0] in nodes else op}
+            for op in _float_ops(q)]
+    final = steps[-1][budget.metric] if steps else None
+    return q, {"tool": "nncf.quantize_with_accuracy_control", "metric": budget.metric, "eager": budget.eager,
+               "max_drop": budget.max_drop, "steps": steps, "kept_float": kept,
+               "met": final is not None and budget.holds(final),
+               "note": "kept_float: the convolutions and matrix multiplications without an int8 input, those "
+                       "NNCF leaves in float by design included"}
+
+
+COMPUTE_OPS = ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData")
+
+
+def _float_ops(model) -> list[str]:
+    """Compute ops of an OpenVINO model whose data input is not fed by a FakeQuantize (float)."""
+    out = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in COMPUTE_OPS:
+            continue
+        src = op.input_value(0).get_node()
+        while src.get_type_name() in ("Convert", "Reshape", "Transpose") and src.get_input_size():
+            src = src.input_value(0).get_node()
+        if src.get_type_name() != "FakeQuantize":
+            out.append(op.get_friendly_name())
+    return out
