@@ -422,8 +422,23 @@ def print_table(results, out: Console) -> None:
     for r in results:
         for f in r.parity.failures if r.parity else []:
             out.print(f"[red]{r.format} parity[/]: {escape(f)}")
+        if r.diagnosis:
+            out.print(f"[red]{r.format} layers[/]: {escape(diagnosis_line(r.diagnosis))}")
         if r.info.get("static_fallback"):
             out.print(f"[yellow]{r.format}[/]: {escape(r.info['static_fallback'])}")
+
+
+def diagnosis_line(d: dict) -> str:
+    """Where a failed artifact departs from its reference, in one line."""
+    if d.get("error"):
+        return f"the layer comparison could not run: {d['error']}"
+
+    def name(r: dict) -> str:
+        return f"{r['module'] or r['node']} ({r['op']}, cosine {r['cosine']:.4f})"
+
+    first = ", ".join(name(r) for r in d["first"][:3]) or f"none below cosine {d['cosine_gate']}"
+    worst = ", ".join(name(r) for r in d["worst"][:3])
+    return f"vs {d['against']}, {d['compared']} tensors: first departs at {first}; worst: {worst}"
 
 
 def _points(v: float | None) -> str:

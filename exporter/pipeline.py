@@ -36,7 +36,9 @@ from autotimm_deploy.exporter.formats import FORMATS, ExportContext, Exported, E
 from autotimm_deploy.exporter.formats.base import AccuracyBudget
 from autotimm_deploy.exporter.inputs.calibration import NEEDS_DATA, SAMPLE_PICTURES, load_calibration
 from autotimm_deploy.exporter.inputs.labelled import Labelled, load_labelled
+from autotimm_deploy.exporter.inputs.samples import sample_images
 from autotimm_deploy.exporter.models import build_model
+from autotimm_deploy.exporter.parity import TOLERANCES
 from autotimm_deploy.exporter.parity import verify as check_parity
 from autotimm_deploy.profiler.runtimes import open_session
 
@@ -52,6 +54,7 @@ class ExportResult:
     verify_seconds: float = 0.0
     parity: ParityReport | None = None
     accuracy: AccuracyReport | None = None
+    diagnosis: dict[str, Any] | None = None  # the layers where a failed artifact departs (`Format.diagnose`)
     error: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -71,6 +74,7 @@ class ExportResult:
             "exporter": self.info.get("exporter") or self.info.get("source"),  # derived formats name their source
             "parity": self.parity.to_dict() if self.parity else None,
             "accuracy": self.accuracy.to_dict() if self.accuracy else None,
+            "diagnosis": self.diagnosis,
             "error": self.error,
             "ok": self.ok,
         }
@@ -362,11 +366,35 @@ def _export_format(fmt: str, ctx: ExportContext, io: dict, target: Path, verify:
         gate = exported.gate or options.precision
         result.parity, result.accuracy = _check(model, exported, manifest, gate if verify else None, sizes,
                                                 evaluation, options.max_drop)
+        if not accepted(result.parity, result.accuracy):
+            result.diagnosis = _diagnose(fmt, ctx, exported, gate, evaluation)
+        exported.reference = None  # the fp32 graph can be gigabytes: not kept past the check
         result.verify_seconds = time.perf_counter() - t0
-        manifest.parity, manifest.accuracy = result.parity, result.accuracy
+        manifest.parity, manifest.accuracy, manifest.diagnosis = result.parity, result.accuracy, result.diagnosis
     result.artifact, result.manifest = _install(exported, manifest, target, force)
     result.bytes = sum(v["bytes"] for v in manifest.files.values())
     return result
+
+
+DIAGNOSIS_PICTURES = 4
+
+
+def _diagnose(fmt: str, ctx: ExportContext, exported: Exported, gate: str,
+              evaluation: Evaluation | None) -> dict | None:
+    """Layer-by-layer divergence of a failed artifact (where its format can say), on labelled
+    pictures when there are some, else on the parity pictures; never fails the export itself."""
+    import numpy as np
+
+    options = ctx.options
+    n = options.batch_size if options.static else DIAGNOSIS_PICTURES
+    if evaluation is not None and len(evaluation.data) >= n:
+        pictures = evaluation.data.images[:n]
+    else:
+        pictures = sample_images(n, ctx.model.preprocessing)
+    try:
+        return get_format(fmt).diagnose(ctx, exported, np.ascontiguousarray(pictures), TOLERANCES[gate].cosine)
+    except Exception as e:  # noqa: BLE001 - a diagnosis that cannot run is said, not raised
+        return {"error": f"{type(e).__name__}: {first_line(e, 200)}"}
 
 
 def _parity_sizes(options: ExportOptions, model, multiple: int = 1) -> list[tuple[int, int]] | None:

@@ -47,6 +47,8 @@ class Manifest:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {sha256, bytes}
     parity: ParityReport | None = None
     accuracy: AccuracyReport | None = None  # --eval: the task metric on labelled data, vs eager
+    # an artifact that failed its gate: where it departs from its reference, layer by layer
+    diagnosis: dict[str, Any] | None = None
     target: dict[str, Any] | None = None  # set by --target: the candidates ranked and why this one won
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION

@@ -55,6 +55,7 @@ class Exported:
     files: list[Path]
     info: dict[str, Any] = field(default_factory=dict)  # goes into manifest["export"]
     gate: str | None = None  # the parity tolerance it is held to, when not its precision's (TF32 engines)
+    reference: Any = None  # not saved: what `Format.diagnose` compares with (a reduced ONNX's fp32 graph)
 
     @property
     def artifact(self) -> Path:
@@ -140,6 +141,12 @@ class Format:
 
     def export(self, ctx: ExportContext) -> Exported:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @staticmethod
+    def diagnose(ctx: ExportContext, exported: Exported, pictures, cosine_gate: float) -> dict | None:
+        """For an artifact that failed its gate: where it departs from the reference, layer by layer
+        (``first`` / ``worst`` tensors with their timm modules), or None where the format cannot say."""
+        return None
 
 
 def _cuda_available() -> bool:

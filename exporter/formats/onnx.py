@@ -28,12 +28,28 @@ class OnnxFormat(Format):
             raise UserError(f"--opset {options.opset} is out of range: this onnx supports {MIN_OPSET} to {top}")
 
     def export(self, ctx: ExportContext) -> Exported:
-        proto, info = precision_proto(ctx, ctx.options.precision)
+        reference = None
+        if ctx.options.precision != "fp32":  # kept for `diagnose`; one fp32 export serves both
+            reference, _ = fp32_proto(ctx)
+            ctx.cache.setdefault("onnx_fp32", (reference, _))
+        try:
+            proto, info = precision_proto(ctx, ctx.options.precision)
+        finally:
+            if not ctx.share_intermediates:
+                ctx.cache.pop("onnx_fp32", None)
         path = ctx.path(self.suffix)
         files = save_onnx(proto, path)
         check_saved(path, dynamic=not ctx.options.static and "static_fallback" not in info)
         info["external_data"] = len(files) > 1
-        return Exported(files, info)
+        return Exported(files, info, reference=reference)
+
+    @staticmethod
+    def diagnose(ctx: ExportContext, exported: Exported, pictures, cosine_gate: float) -> dict | None:
+        if exported.reference is None:
+            return None
+        from autotimm_deploy.exporter.formats.onnx_layers import layer_divergence
+
+        return layer_divergence(exported.reference, exported.artifact, pictures, cosine_gate, ctx.workdir)
 
 
 def precision_proto(ctx: ExportContext, precision: str):
