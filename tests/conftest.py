@@ -34,3 +34,11 @@ def digits(tmp_path_factory):
     from labelled_data import train_digits
 
     return train_digits(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="session")
+def lfw(tmp_path_factory):
+    """The same on scikit-image's lfw_subset(): 200 real face / non-face pictures."""
+    from labelled_data import train_lfw
+
+    return train_lfw(tmp_path_factory.mktemp("lfw"))

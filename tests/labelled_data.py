@@ -17,34 +17,37 @@ DIGITS_PREP = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "cro
 
 
 @dataclass
-class Digits:
+class Trained:
+    """A test_resnet trained in seconds on real pictures, and its held-out pictures as ``--eval`` reads them."""
+
     checkpoint: Path
     calib: Path  # preprocessed training pictures, .npy
-    folder: Path  # held-out pictures as DATA/<label>/<i>.png
+    folder: Path  # held-out pictures as DATA/<class>/<i>.png
     images: np.ndarray  # the held-out pictures, preprocessed
     labels: np.ndarray
     accuracy: float  # eager top-1 on them, computed directly
+    classes: int
 
 
-def train_digits(root: Path, epochs: int = 6) -> Digits:
+def train_classifier(root: Path, pictures: np.ndarray, labels: np.ndarray, class_names: list[str],
+                     epochs: int = 6, train_share: float = 0.78) -> Trained:
+    """Train test_resnet on ``pictures`` (uint8 [N, S, S, 3], S = DIGITS_SIZE) with the preprocessing
+    ``DIGITS_PREP``; hold out the rest and write it as an image folder named by ``class_names``."""
     import timm
     import torch
     from PIL import Image
     from safetensors.torch import save_file
-    from sklearn.datasets import load_digits
 
-    x, y = load_digits(return_X_y=True)
-    x = torch.from_numpy(x.reshape(-1, 1, 8, 8).astype(np.float32) / 16.0)
-    x = torch.nn.functional.interpolate(x, size=(DIGITS_SIZE,) * 2, mode="bilinear", align_corners=False)
-    u8 = (x.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1)  # the pictures as PNG holds them
+    u8 = torch.from_numpy(pictures).permute(0, 3, 1, 2).contiguous()
     mean = torch.tensor(DIGITS_PREP["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(DIGITS_PREP["std"]).view(1, 3, 1, 1)
     xn = (u8.float() / 255 - mean) / std
-    y = torch.from_numpy(y)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    train, test = perm[:1400], perm[1400:]
+    y = torch.from_numpy(np.asarray(labels)).long()
+    perm = torch.randperm(len(xn), generator=torch.Generator().manual_seed(0))
+    cut = int(len(xn) * train_share)
+    train, test = perm[:cut], perm[cut:]
     torch.manual_seed(0)
-    model = timm.create_model("test_resnet", pretrained=False, num_classes=10)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=len(class_names))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for epoch in range(epochs):
@@ -56,19 +59,45 @@ def train_digits(root: Path, epochs: int = 6) -> Digits:
     model.eval()
     with torch.no_grad():
         acc = (model(xn[test]).argmax(1) == y[test]).float().mean().item()
-    save_file(model.state_dict(), str(root / "digits.safetensors"))
+    root.mkdir(parents=True, exist_ok=True)
+    save_file(model.state_dict(), str(root / "model.safetensors"))
     np.save(root / "calib.npy", xn[train[:64]].numpy())
-    folder = root / "digits"
+    folder = root / "heldout"
     for i in test.tolist():
-        (folder / str(int(y[i]))).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(u8[i].permute(1, 2, 0).numpy()).save(folder / str(int(y[i])) / f"{i}.png")
-    return Digits(root / "digits.safetensors", root / "calib.npy", folder, xn[test].numpy(), y[test].numpy(), acc)
+        (folder / class_names[int(y[i])]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pictures[i]).save(folder / class_names[int(y[i])] / f"{i}.png")
+    return Trained(root / "model.safetensors", root / "calib.npy", folder, xn[test].numpy(), y[test].numpy(), acc,
+                   len(class_names))
 
 
-def digits_spec(d: Digits, **kw):
+def train_digits(root: Path) -> Trained:
+    """scikit-learn's 1797 digits, 8x8 upsampled to 32x32; class folders named 0..9 (class indices)."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = torch.from_numpy(x.reshape(-1, 1, 8, 8).astype(np.float32) / 16.0)
+    x = torch.nn.functional.interpolate(x, size=(DIGITS_SIZE,) * 2, mode="bilinear", align_corners=False)
+    u8 = (x.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1).permute(0, 2, 3, 1).numpy()
+    return train_classifier(root, np.ascontiguousarray(u8), y, [str(i) for i in range(10)])
+
+
+def train_lfw(root: Path) -> Trained:
+    """scikit-image's ``lfw_subset()``: 100 faces then 100 non-faces (25x25 grey), resized to 32x32;
+    class folders face/ and other/ (sorted names: face is class 0)."""
+    import skimage.data
+    from PIL import Image
+
+    grey = (skimage.data.lfw_subset() * 255).round().astype(np.uint8)
+    pics = np.stack([np.asarray(Image.fromarray(g).resize((DIGITS_SIZE,) * 2, 2).convert("RGB")) for g in grey])
+    labels = np.r_[np.zeros(100, np.int64), np.ones(100, np.int64)]
+    return train_classifier(root, pics, labels, ["face", "other"], epochs=30, train_share=0.7)
+
+
+def digits_spec(d: Trained, **kw):
     from autotimm_deploy.exporter.core.spec import ModelSpec
 
-    return ModelSpec("test_resnet", num_classes=10, img_size=(DIGITS_SIZE,) * 2, weights="checkpoint",
+    return ModelSpec("test_resnet", num_classes=d.classes, img_size=(DIGITS_SIZE,) * 2, weights="checkpoint",
                      checkpoint=str(d.checkpoint), preprocess=dict(DIGITS_PREP), **kw)
 
 
