@@ -370,3 +370,15 @@ def test_torch_trt_exports_and_reloads_on_gpu(tmp_path, precision):
     assert r.ok, r.error or r.parity.failures
     m = load_manifest(r.artifact)
     assert m.export["tensorrt_subgraphs"] >= 1 and isinstance(m.export["fallback_ops"], list)
+
+
+def test_weak_int8_with_an_accuracy_budget_parses_the_qdq_graph():
+    """TensorRT 10 int8 under --max-drop: the accuracy-aware Q/DQ graph (explicit quantization, the
+    layers the budget kept in float stay float) instead of the calibrator; TensorRT 11 always does."""
+    import dataclasses
+
+    plain = plan_build(trt_options(precision="int8"), SHAPE, TRT10)
+    budget = plan_build(dataclasses.replace(trt_options(precision="int8"), eval_data="val/", max_drop=1.0), SHAPE, TRT10)
+    assert (plain.network, plain.calibrator) == ("fp32", True)
+    assert (budget.network, budget.calibrator) == ("int8-qdq", False) and "int8" in budget.builder_flags
+    assert any("accuracy-aware" in n for n in budget.notes)

@@ -146,6 +146,11 @@ def plan_build(options: ExportOptions, input_shape: tuple[int, ...], version: st
         since = ".".join(map(str, HARDWARE_LEVEL_SINCE[level]))
         raise UserError(f"--hardware-compatible {level} needs TensorRT {since} or later; this machine has "
                         f"TensorRT {version} (upgrade TensorRT, or leave the option out)")
+    if typing == "weak" and precision == "int8" and options.eval_data and options.max_drop is not None:
+        # an accuracy budget: the accuracy-aware Q/DQ graph (layers kept in float by the budget), which a
+        # weakly typed build runs as explicit quantization, instead of the implicit calibrator
+        plan.network, plan.calibrator = NETWORK["int8"], False
+        plan.notes.append("int8 from the accuracy-aware Q/DQ graph (--max-drop): explicit quantization, no calibrator")
     if plan.dla_core is not None:
         plan.notes.append("DLA with GPU fallback for layers DLA cannot run")
         if typing == "weak" and precision == "fp32":
