@@ -69,6 +69,7 @@ class Candidate:
                 "speedup_vs_eager": self.speedup, "parity": str(parity.verdict) if parity else None,
                 "max_rel": m.get("max_rel"), "cosine": m.get("cosine"), "top1_agreement": m.get("top1_agreement"),
                 "accuracy": acc.row() if acc else None,
+                "diagnosis": self.result.diagnosis if self.result else None,
                 "failures": parity.failures if parity else [],
                 "note": self.skipped or (self.result.error if self.result and self.result.error else None),
                 "chosen": chosen}
