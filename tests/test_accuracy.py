@@ -62,21 +62,25 @@ def test_int8_outside_the_budget_is_repaired_by_keeping_layers_in_float(tmp_path
     assert kept and "conv1.0" in kept, kept  # the stem conv, fed the clipped picture, is back in float
 
 
-def test_failed_int8_names_the_layers_where_it_departs(tmp_path, digits):
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_failed_int8_names_the_layers_where_it_departs(tmp_path, digits, fmt):
     """The same broken calibration without a budget: the artifact fails, and the layer comparison
-    against the fp32 graph points at the stem conv that sees the clipped picture first."""
+    against its fp32 graph (ONNX) or fp32 IR (OpenVINO) points at the stem conv that sees the clipped
+    picture first."""
     import numpy as np
     from autotimm_deploy.exporter.cli import diagnosis_line
 
+    pytest.importorskip("openvino") if fmt == "openvino" else None
     bad = tmp_path / "calib-low-contrast.npy"
     np.save(bad, np.load(digits.calib) * 0.1)
-    (r,) = export(digits_spec(digits), ["onnx"], tmp_path / "out",
+    (r,) = export(digits_spec(digits), [fmt], tmp_path / "out",
                   ExportOptions(precision="int8", calib_data=str(bad), calib_samples=64))
     assert r.error is None and not r.ok
     d = load_manifest(r.artifact).diagnosis
-    assert d == r.diagnosis and d["compared"] > 10 and d["pictures"] == 4
-    assert d["first"][0]["module"] == "conv1.0" and d["first"][0]["op"] == "Conv"
+    assert d == r.diagnosis and d["compared"] > 10 and d["pictures"] == 4, d
+    assert d["first"][0]["module"] == "conv1.0" and d["first"][0]["op"] in ("Conv", "Convolution"), d["first"]
     assert all(row["cosine"] < d["cosine_gate"] for row in d["first"])
     assert "first departs at conv1.0 (Conv" in diagnosis_line(d)
-    (ok,) = export(digits_spec(digits), ["onnx"], tmp_path / "fp32", ExportOptions())
-    assert ok.ok and ok.diagnosis is None  # only a failed artifact is diagnosed
+    if fmt == "onnx":
+        (ok,) = export(digits_spec(digits), ["onnx"], tmp_path / "fp32", ExportOptions())
+        assert ok.ok and ok.diagnosis is None  # only a failed artifact is diagnosed

@@ -10,17 +10,15 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from autotimm_deploy.exporter.formats.layers import compare_layers, module_after
 from autotimm_deploy.exporter.formats.onnx_int8 import module_name
 
 SAVED = "_ReshapedSavedOutput"  # the suffix onnxruntime's augmentation gives each saved tensor
-SHOWN = 5
 
 
 def layer_divergence(reference, artifact: Path, pictures: np.ndarray, cosine_gate: float,
                      workdir: Path) -> dict:
-    """Compare ``artifact`` (a saved ONNX file) with the fp32 ``reference`` proto on ``pictures``:
-    the first tensors (graph order) whose cosine to the fp32 tensor falls below ``cosine_gate``, and
-    the worst ones."""
+    """Compare ``artifact`` (a saved ONNX file) with the fp32 ``reference`` proto on ``pictures``."""
     import onnx
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -29,27 +27,15 @@ def layer_divergence(reference, artifact: Path, pictures: np.ndarray, cosine_gat
         ref = _all_tensors(ref_path, Path(tmp, "reference-all.onnx"), pictures)
         out = _all_tensors(artifact, Path(tmp, "artifact-all.onnx"), pictures)
     weights = {i.name for i in reference.graph.initializer}
-    rows, last_module = [], None
+    order, last = [], None
     for node in reference.graph.node:
-        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and any(t in weights for t in node.input):
-            last_module = module_name(node, weights)
-        for t in node.output:
-            a, b = ref.get(t), out.get(t)
-            if a is None or b is None or a.shape != b.shape or a.size == 0:
-                continue
-            a, b = a.astype(np.float64), b.astype(np.float64)
-            scale = float(np.abs(a).max())
-            denom = float(np.linalg.norm(a) * np.linalg.norm(b))
-            cosine = float(a @ b / denom) if denom > 0 else (1.0 if not b.any() else 0.0)
-            module = module_name(node, weights)
-            rows.append({"tensor": t, "node": node.name, "op": node.op_type,
-                         "module": module if module != node.name else (f"after {last_module}" if last_module else ""),
-                         "cosine": round(cosine, 6),
-                         "max_rel": round(float(np.abs(a - b).max()) / scale, 6) if scale > 0 else None})
-    first = [r for r in rows if not np.isfinite(r["cosine"]) or r["cosine"] < cosine_gate][:SHOWN]
-    worst = sorted(rows, key=lambda r: r["cosine"])[:SHOWN]
-    return {"against": "the fp32 ONNX graph (itself parity-checked against eager)", "pictures": int(len(pictures)),
-            "compared": len(rows), "cosine_gate": cosine_gate, "first": first, "worst": worst}
+        own = module_name(node, weights)
+        if own != node.name:
+            last = own
+        order += [{"tensor": t, "node": node.name, "op": node.op_type, "module": module_after(own, node.name, last)}
+                  for t in node.output]
+    return compare_layers(order, ref, out, cosine_gate, "the fp32 ONNX graph (itself parity-checked against eager)",
+                          len(pictures))
 
 
 def _all_tensors(path: Path, augmented: Path, pictures: np.ndarray) -> dict[str, np.ndarray]:

@@ -45,13 +45,32 @@ class OpenVinoFormat(Format):
         except Exception as e:  # noqa: BLE001
             raise ExportFailed(f"openvino.convert_model failed: {first_line(e)}") from e
         precision = ctx.options.precision
+        # kept for `diagnose` (a reduced artifact's layers against this fp32 IR), with the timm module
+        # of each ONNX node the IR's operations are named after
+        reference = (model.clone(), _modules(proto)) if precision != "fp32" else None
         if precision == "int8":
             model, info["quantization"] = _quantize(model, ctx, proto)
         xml = ctx.path(self.suffix)
         ov.save_model(model, str(xml), compress_to_fp16=False)
         info.update({"source": f"onnx ({info.pop('exporter')})", "converter": f"openvino {ov.get_version()}",
                      "inference_precision": INFERENCE_PRECISION[precision]})
-        return Exported([xml, xml.with_suffix(".bin")], info)
+        return Exported([xml, xml.with_suffix(".bin")], info, reference=reference)
+
+    @staticmethod
+    def diagnose(ctx: ExportContext, exported: Exported, pictures, cosine_gate: float) -> dict | None:
+        if exported.reference is None:
+            return None
+        from autotimm_deploy.exporter.formats.openvino_layers import layer_divergence
+
+        model, modules = exported.reference
+        return layer_divergence(model, modules, exported.artifact, exported.info["inference_precision"], pictures,
+                                cosine_gate)
+
+
+def _modules(proto) -> dict[str, str]:
+    """ONNX node name -> the timm module of its weight (nodes with named weights only)."""
+    weights = {i.name for i in proto.graph.initializer}
+    return {n.name: module_name(n, weights) for n in proto.graph.node}
 
 
 def _to_file(proto, ctx: ExportContext) -> str:
