@@ -52,17 +52,21 @@ def _from_npy(path: Path, n: int, prep: dict) -> np.ndarray:
     )
 
 
+def check_fits(n: int, prep: dict, what: str, fix: str) -> None:
+    """``n`` preprocessed pictures must fit in half the memory free here; else one line naming ``fix``."""
+    need = n * int(np.prod(prep["input_size"])) * 4
+    available = available_memory()
+    if available is not None and need > available // 2:
+        raise UserError(f"{n} {what} at {'x'.join(map(str, prep['input_size']))} need {need / 2**30:.1f} GiB, more "
+                        f"than half the memory free here ({available / 2**30:.1f} GiB); {fix}")
+
+
 def load_calibration(source: str | None, samples: int, prep: dict, allow_random: bool = False,
                      seed: int = 0) -> tuple[np.ndarray, dict]:
     """(data [N,C,H,W] float32, description for the manifest)."""
     if not 1 <= samples <= MAX_CALIBRATION_SAMPLES:
         raise UserError(f"--calib-samples takes 1 to {MAX_CALIBRATION_SAMPLES}, got {samples}")
-    need = samples * int(np.prod(prep["input_size"])) * 4
-    available = available_memory()
-    if available is not None and need > available // 2:
-        raise UserError(f"{samples} calibration samples at {'x'.join(map(str, prep['input_size']))} need "
-                        f"{need / 2**30:.1f} GiB, more than half the memory free here ({available / 2**30:.1f} GiB); "
-                        "pass fewer --calib-samples")
+    check_fits(samples, prep, "calibration samples", "pass fewer --calib-samples")
     if source is None:
         if not allow_random:
             raise UserError(NEEDS_DATA)

@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from autotimm_deploy.exporter.core.environment import available_memory
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.limits import MAX_EVAL_SAMPLES
-from autotimm_deploy.exporter.inputs.calibration import IMAGE_SUFFIXES
+from autotimm_deploy.exporter.inputs.calibration import IMAGE_SUFFIXES, check_fits
 from autotimm_deploy.exporter.inputs.preprocess import preprocess, preprocess_stretch
 
 IGNORE_INDEX = 255  # segmentation mask value left out of the metrics
@@ -119,17 +118,8 @@ def _read(path: Path, mode: str = "RGB") -> np.ndarray:
         raise UserError(f"cannot read evaluation picture {path}: {first_line(e, 150)}") from None
 
 
-def _check_memory(n: int, prep: dict) -> None:
-    need = n * int(np.prod(prep["input_size"])) * 4
-    free = available_memory()
-    if free is not None and need > free // 2:
-        raise UserError(f"{n} evaluation pictures at {'x'.join(map(str, prep['input_size']))} need "
-                        f"{need / 2**30:.1f} GiB, more than half the memory free here ({free / 2**30:.1f} GiB); "
-                        "pass --eval-samples N")
-
-
 def _load(files: list[Path], prep: dict, transform) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    _check_memory(len(files), prep)
+    check_fits(len(files), prep, "evaluation pictures", "pass --eval-samples N")
     out = np.empty((len(files), *prep["input_size"]), dtype=np.float32)
     sizes = []
     for i, f in enumerate(files):
