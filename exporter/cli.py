@@ -434,11 +434,13 @@ def diagnosis_line(d: dict) -> str:
         return f"the layer comparison could not run: {d['error']}"
 
     def name(r: dict) -> str:
-        return f"{r['module'] or r['node']} ({r['op']}, cosine {r['cosine']:.4f})"
+        cosine = "nan" if r["cosine"] is None else f"{r['cosine']:.4f}"
+        return f"{r['module'] or r['node']} ({r['op']}, cosine {cosine})"
 
     first = ", ".join(name(r) for r in d["first"][:3]) or f"none below cosine {d['cosine_gate']}"
     worst = ", ".join(name(r) for r in d["worst"][:3])
-    return f"vs {d['against']}, {d['compared']} tensors: first departs at {first}; worst: {worst}"
+    line = f"vs {d['against']}, {d['compared']} tensors: first departs at {first}; worst: {worst}"
+    return f"{line} ({d['note']})" if d.get("note") else line
 
 
 def _points(v: float | None) -> str:

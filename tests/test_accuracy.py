@@ -84,3 +84,34 @@ def test_failed_int8_names_the_layers_where_it_departs(tmp_path, digits, fmt):
     if fmt == "onnx":
         (ok,) = export(digits_spec(digits), ["onnx"], tmp_path / "fp32", ExportOptions())
         assert ok.ok and ok.diagnosis is None  # only a failed artifact is diagnosed
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_failed_fp32_is_compared_with_eager_layer_by_layer(tmp_path, monkeypatch, fmt):
+    """An fp32 graph that departs from PyTorch (here: one conv's weights negated in the ONNX graph, as a
+    wrong translation would) is compared with eager PyTorch tensor by tensor, through the names the
+    dynamo exporter gives every tensor, and the first departure is the block that conv belongs to."""
+    import importlib
+
+    import onnx.numpy_helper as nh
+    from autotimm_deploy.exporter.cli import diagnosis_line
+    from autotimm_deploy.exporter.core.spec import ModelSpec
+
+    pytest.importorskip("openvino") if fmt == "openvino" else None
+    module = importlib.import_module(f"autotimm_deploy.exporter.formats.{fmt}")
+    real = module.fp32_proto
+
+    def mistranslated(ctx):
+        proto, info = real(ctx)
+        (w,) = [t for t in proto.graph.initializer if t.name.endswith("layer2.0.downsample.1.weight")]
+        w.CopyFrom(nh.from_array(-nh.to_array(w), w.name))
+        return proto, info
+
+    monkeypatch.setattr(module, "fp32_proto", mistranslated)
+    (r,) = export(ModelSpec("test_resnet", img_size=(64, 64), num_classes=10), [fmt], tmp_path, ExportOptions())
+    assert r.error is None and not r.ok
+    d = load_manifest(r.artifact).diagnosis
+    assert d["against"].startswith("eager PyTorch") and d["compared"] > 20, d
+    assert d["first"][0]["module"].startswith("layer2.0.downsample"), d["first"]
+    assert d["first"][0]["cosine"] < -0.99  # negated
+    assert "first departs at layer2.0.downsample" in diagnosis_line(d)

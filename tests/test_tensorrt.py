@@ -5,6 +5,7 @@ compatibility check, and the CLI without TensorRT. GPU tests at the end skip her
 
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -382,3 +383,64 @@ def test_weak_int8_with_an_accuracy_budget_parses_the_qdq_graph():
     assert (plain.network, plain.calibrator) == ("fp32", True)
     assert (budget.network, budget.calibrator) == ("int8-qdq", False) and "int8" in budget.builder_flags
     assert any("accuracy-aware" in n for n in budget.notes)
+
+
+def test_failed_engine_is_diagnosed_by_rebuilding_with_every_tensor_marked(tmp_path, monkeypatch):
+    """Everything of the TensorRT layer comparison but TensorRT: the engine's own network loader and
+    config are rebuilt with Polygraphy's MARK_ALL, fed at most the profile's largest batch, and the
+    tensors (named as in the ONNX graph, which TensorRT keeps) are compared with eager PyTorch's.
+    Here a stand-in runner answers with the source ONNX's tensors through onnxruntime, one conv
+    negated as a wrong build would; on a GPU it is Polygraphy's TrtRunner."""
+    import onnx.numpy_helper as nh
+    import polygraphy.backend.trt as ptrt
+    from autotimm_deploy.exporter.formats import tensorrt_layers
+    from autotimm_deploy.exporter.formats.base import ExportContext, Exported
+    from autotimm_deploy.exporter.formats.onnx import precision_proto
+    from autotimm_deploy.exporter.formats.onnx_layers import _all_tensors
+    from autotimm_deploy.exporter.models import build_model
+    from polygraphy import constants
+
+    spec = ModelSpec("test_resnet", num_classes=10, img_size=(64, 64))
+    model = build_model(spec)
+    opts = trt_options(precision="fp16", dynamic_batch=(1, 2, 3))
+    ctx = ExportContext(model=model, spec=model.spec, options=opts, workdir=tmp_path, stem="m")
+    proto, info = precision_proto(ctx, "fp32")
+    (w,) = [t for t in proto.graph.initializer if t.name.endswith("layer2.0.downsample.1.weight")]
+    w.CopyFrom(nh.from_array(-nh.to_array(w), w.name))
+    src = tmp_path / "m.onnx"
+    onnx.save_model(proto, str(src))
+    plan = plan_build(opts, SHAPE, TRT10)
+    chain = loader_chain(plan, src, tmp_path / "m.engine")
+    built = {}
+
+    def marked(network, outputs):
+        built["network"], built["outputs"] = network, outputs
+        return network
+
+    def engine(network, config):
+        built["config"] = config
+        return network
+
+    class Runner:
+        def __init__(self, network):
+            self.path = network.path
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def infer(self, feed):
+            built["batch"] = len(feed["input"])
+            return _all_tensors(Path(self.path), tmp_path / "all.onnx", feed["input"])
+
+    for name, fake in [("ModifyNetworkOutputs", marked), ("EngineFromNetwork", engine), ("TrtRunner", Runner)]:
+        monkeypatch.setattr(ptrt, name, fake)
+    monkeypatch.setattr(tensorrt_layers, "device_feed", lambda pictures: pictures)
+    exported = Exported([tmp_path / "m.engine"], {"source": f"onnx ({info['exporter']})"}, reference=(chain, plan))
+    pictures = np.random.default_rng(0).normal(size=(4, *SHAPE)).astype(np.float32)
+    d = get_format("trt").diagnose(ctx, exported, pictures, 0.999)
+    assert built["network"] is chain.network and built["outputs"] == constants.MARK_ALL
+    assert built["config"]._func is chain.tweaks and built["batch"] == 3  # the profile's max batch
+    assert d["compared"] > 20 and d["first"][0]["module"].startswith("layer2.0.downsample"), d

@@ -45,10 +45,12 @@ class OnnxFormat(Format):
 
     @staticmethod
     def diagnose(ctx: ExportContext, exported: Exported, pictures, cosine_gate: float) -> dict | None:
-        if exported.reference is None:
-            return None
-        from autotimm_deploy.exporter.formats.onnx_layers import layer_divergence
+        from autotimm_deploy.exporter.formats.onnx_layers import eager_divergence, layer_divergence
 
+        if exported.reference is None:  # fp32: against eager, where the tensors carry PyTorch's names
+            if exported.info.get("exporter") != "torch.onnx.dynamo":
+                return None
+            return eager_divergence(ctx, exported.artifact, pictures, cosine_gate)
         return layer_divergence(exported.reference, exported.artifact, pictures, cosine_gate, ctx.workdir)
 
 

@@ -21,15 +21,30 @@ MIN_OPSET = 9  # the oldest the TorchScript-based exporter writes
 
 
 def _dynamo(ctx: ExportContext, names: tuple[list[str], list[str]]):
+    return _dynamo_program(ctx, names, ctx.options.optimize_dynamo).model_proto
+
+
+def _dynamo_program(ctx: ExportContext, names: tuple[list[str], list[str]], optimize: bool):
     import torch
 
     def call(dims):
         return torch.onnx.export(ctx.model, (ctx.example_input(),), dynamo=True, dynamic_shapes=dims,
                                  input_names=names[0], output_names=names[1], opset_version=ctx.options.opset,
-                                 optimize=ctx.options.optimize_dynamo, verbose=False)
+                                 optimize=optimize, verbose=False)
 
     program, _multiple = with_dynamic_dims(ctx.options, call)
-    return program.model_proto
+    return program
+
+
+def translated_program(ctx: ExportContext):
+    """The ``torch.export`` program the dynamo exporter translates (run again, unoptimised): its node
+    names are the tensor names of the ONNX graph, so it is PyTorch's side of a layer comparison."""
+    import torch
+
+    names = (["input"], list(ctx.model.output_names))
+    with warnings.catch_warnings(), torch.no_grad(), captured_output():
+        warnings.simplefilter("ignore")
+        return _dynamo_program(ctx, names, optimize=False).exported_program
 
 
 def _torchscript(ctx: ExportContext, names: tuple[list[str], list[str]]):

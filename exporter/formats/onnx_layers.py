@@ -2,7 +2,8 @@
 run with every intermediate float tensor marked as an output (Polygraphy's "mark all" comparison,
 through onnxruntime's own augmentation), the tensors both graphs name are compared in graph order,
 and each is mapped back to the timm module that produced it. The fp32 graph stands in for eager
-PyTorch here: it passed its own parity gate against eager, and its tensors have names to match."""
+PyTorch here: it passed its own parity gate against eager, and its tensors have names to match.
+An fp32 graph that fails is compared with eager PyTorch itself (``eager_layers``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from autotimm_deploy.exporter.formats.eager_layers import AGAINST, eager_tensors
 from autotimm_deploy.exporter.formats.layers import compare_layers, module_after
 from autotimm_deploy.exporter.formats.onnx_int8 import module_name
 
@@ -36,6 +38,14 @@ def layer_divergence(reference, artifact: Path, pictures: np.ndarray, cosine_gat
                   for t in node.output]
     return compare_layers(order, ref, out, cosine_gate, "the fp32 ONNX graph (itself parity-checked against eager)",
                           len(pictures))
+
+
+def eager_divergence(ctx, artifact: Path, pictures: np.ndarray, cosine_gate: float) -> dict:
+    """Compare an fp32 ``artifact`` from the dynamo exporter with eager PyTorch on ``pictures``."""
+    order, ref = eager_tensors(ctx, pictures)
+    with tempfile.TemporaryDirectory(dir=ctx.workdir) as tmp:
+        out = _all_tensors(artifact, Path(tmp, "artifact-all.onnx"), pictures)
+    return compare_layers(order, ref, out, cosine_gate, AGAINST, len(pictures))
 
 
 def _all_tensors(path: Path, augmented: Path, pictures: np.ndarray) -> dict[str, np.ndarray]:

@@ -58,10 +58,13 @@ class OpenVinoFormat(Format):
 
     @staticmethod
     def diagnose(ctx: ExportContext, exported: Exported, pictures, cosine_gate: float) -> dict | None:
-        if exported.reference is None:
-            return None
-        from autotimm_deploy.exporter.formats.openvino_layers import layer_divergence
+        from autotimm_deploy.exporter.formats.openvino_layers import eager_divergence, layer_divergence
 
+        if exported.reference is None:  # fp32: against eager, where the tensors carry PyTorch's names
+            if "torch.onnx.dynamo" not in exported.info.get("source", ""):
+                return None
+            return eager_divergence(ctx, exported.artifact, exported.info["inference_precision"], pictures,
+                                    cosine_gate)
         model, modules = exported.reference
         return layer_divergence(model, modules, exported.artifact, exported.info["inference_precision"], pictures,
                                 cosine_gate)

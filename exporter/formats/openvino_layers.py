@@ -2,13 +2,15 @@
 compiled with every operation's output marked as a model output, run on the same pictures (the
 reference at f32, the artifact at its own inference precision), and the outputs of the operations
 both name are compared in graph order and mapped back to timm module names through the ONNX graph
-the IR was converted from."""
+the IR was converted from. An fp32 IR that fails is compared with eager PyTorch itself, through
+the ONNX tensor names its operations keep (``eager_layers``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+from autotimm_deploy.exporter.formats.eager_layers import AGAINST, eager_tensors
 from autotimm_deploy.exporter.formats.layers import compare_layers, module_after
 
 SKIPPED = ("Constant", "Parameter", "Result")
@@ -25,6 +27,17 @@ def layer_divergence(reference, modules: dict[str, str], artifact: Path, precisi
     out, _ = _all_outputs(core, core.read_model(str(artifact)), precision, pictures, modules)
     return compare_layers(order, ref, out, cosine_gate, "the fp32 OpenVINO IR run at f32 (the same graph before "
                           "quantization, itself parity-checked against eager)", len(pictures))
+
+
+def eager_divergence(ctx, artifact: Path, precision: str, pictures: np.ndarray, cosine_gate: float) -> dict:
+    """Compare an fp32 IR converted from the dynamo exporter's ONNX with eager PyTorch: its operations'
+    outputs keep the ONNX tensor names, which are the PyTorch program's node names."""
+    import openvino as ov
+
+    order, ref = eager_tensors(ctx, pictures)
+    core = ov.Core()
+    out, _ = _all_outputs(core, core.read_model(str(artifact)), precision, pictures, {})
+    return compare_layers(order, ref, out, cosine_gate, AGAINST, len(pictures))
 
 
 def _all_outputs(core, model, precision: str, pictures: np.ndarray, modules: dict[str, str]):
@@ -48,6 +61,7 @@ def _all_outputs(core, model, precision: str, pictures: np.ndarray, modules: dic
             if (name, i) in by_port:
                 key = f"{name}:{i}"
                 out[key] = by_port[(name, i)]
+                out.update({t: out[key] for t in op.output(i).get_names()})  # the ONNX tensor names it keeps
                 order.append({"tensor": key, "node": name, "op": op.get_type_name(),
                               "module": module_after(own, base, last)})
     return out, order

@@ -356,7 +356,18 @@ class TensorRTFormat(Format):
         })
         if plan.calibrator:
             info["calibration"] = ctx.calibration_info
-        return Exported([engine], info, gate=gate_precision(plan))
+        # kept for `diagnose` (the network and config rebuilt with every tensor marked); the source ONNX
+        # stays in the work folder until the export ends
+        return Exported([engine], info, gate=gate_precision(plan), reference=(chain, plan))
+
+    @staticmethod
+    def diagnose(ctx: ExportContext, exported: Exported, pictures, cosine_gate: float) -> dict | None:
+        if exported.reference is None or "torch.onnx.dynamo" not in exported.info.get("source", ""):
+            return None  # no PyTorch names to match without the dynamo exporter
+        from autotimm_deploy.exporter.formats.tensorrt_layers import layer_divergence
+
+        chain, plan = exported.reference
+        return layer_divergence(ctx, chain, plan.input_name, plan.profile["max"][0], pictures, cosine_gate)
 
 
 def _quiet_polygraphy() -> None:
