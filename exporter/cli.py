@@ -49,7 +49,9 @@ from autotimm_deploy.exporter.formats.aoti import AOTIOptions
 from autotimm_deploy.exporter.formats.dims import parse_dynamic_size
 from autotimm_deploy.exporter.formats.tensorrt import TensorRTOptions, parse_dynamic_batch
 from autotimm_deploy.exporter.parity import reference_summary, summary
+from autotimm_deploy.exporter.triton.console import add_serve_options, print_models, serve_options
 from autotimm_deploy.recipes.console import any_failed, print_recipe_rows, recipe_progress
+from autotimm_deploy.recipes.jobs import JobStatus
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -148,6 +150,10 @@ def build_parser() -> OneLineParser:
     t.add_argument("--max-time", type=float_in(0, MAX_SECONDS, low_open=True), help="with --target: seconds to time the candidates (default 15); "
                    "with --recipe: the run's time budget (no new export starts after it)")
     t.add_argument("--threads", type=threads_type(), help="with --target: intra-op threads for every runtime alike")
+    p.add_argument("--triton-repo", metavar="DIR",
+                   help="also write a Triton model repository for the artifacts that pass (a new folder; "
+                        "see autotimm-triton --help and the options below)")
+    add_serve_options(p)
     p.add_argument("--json", action="store_true", help="print results as JSON on stdout (table to stderr)")
     p.add_argument("--list-formats", action="store_true", help="list formats and whether each can run here")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
@@ -248,6 +254,7 @@ def main(a) -> int:
     if not formats:
         raise UserError("--format needs at least one format")
     spec = spec_from_args(a)
+    check_triton_repo(a)
     if (a.recipe_out or a.threads) and not a.target:
         raise UserError(f"{'--recipe-out' if a.recipe_out else '--threads'} only applies with --target cpu")
     if (a.calib_data or a.calib_random) and a.precision != "int8" and not a.target:
@@ -267,8 +274,8 @@ def main(a) -> int:
         task = bar.add_task(f"{spec.model}", total=steps)
         first = [True]
 
-        def progress(text: str) -> None:
-            if not first[0]:
+        def progress(text: str, advance: bool = True) -> None:
+            if advance and not first[0]:
                 bar.advance(task)
             first[0] = False
             bar.update(task, description=text)
@@ -280,6 +287,7 @@ def main(a) -> int:
         print(json.dumps({"model": spec.model, "results": [r.to_dict() for r in results]}, indent=2, default=str))
     print_table(results, console(a.json))
     print_preprocessing(results, console(a.json))
+    write_triton_repo(a, [r.artifact for r in results if r.ok])
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
 
@@ -304,6 +312,7 @@ def run_recipe(a) -> int:
 
     recipe = load_recipe(a.recipe, a.out)
     check_out_dir(Path(a.out))
+    check_triton_repo(a)
     with progress_bar(counts=True) as bar:
         task = bar.add_task(f"recipe {recipe.name}", total=None)
         rows = run_exports(recipe, a.max_time, recipe_progress(bar, task), force=a.force)
@@ -311,6 +320,8 @@ def run_recipe(a) -> int:
         print(json.dumps({"recipe": str(recipe.path), "out": str(recipe.root), "rows": rows}, indent=2))
     print_recipe_rows(f"autotimm-export --recipe {recipe.name} -> {recipe.artifacts_dir}", rows,
                       ("model", "task", "format", "precision"), console(a.json))
+    done = [r["artifact"] for r in rows if r["status"] in (JobStatus.EXPORTED, JobStatus.UP_TO_DATE)]
+    write_triton_repo(a, done)
     return EXIT_FAILED if any_failed(rows) else EXIT_OK
 
 
@@ -325,7 +336,7 @@ def run_target(a, spec: ModelSpec, options) -> int:
     with progress_bar() as bar:
         task = bar.add_task(f"{spec.model}: --target {a.target}", total=None)
         winner, ranked, eager = target_cpu(spec, a.out, options, force=a.force, max_time=a.max_time,
-                                           threads=a.threads, progress=lambda t: bar.update(task, description=t))
+                                           threads=a.threads, progress=lambda t, advance=True: bar.update(task, description=t))
     rows = [c.row(c is winner) for c in ranked]
     if a.json:
         print(json.dumps({"model": spec.model, "target": a.target, "eager_ms": eager.get("median_ms"),
@@ -340,7 +351,30 @@ def run_target(a, spec: ModelSpec, options) -> int:
     if a.recipe_out:  # checked again: the winner's files now exist and must not be replaced
         check_report_paths({"--recipe-out": a.recipe_out}, artifact_files(winner.result.artifact))
         write_recipe(a.recipe_out, spec, winner, options)
+    write_triton_repo(a, [winner.result.artifact])
     return EXIT_OK
+
+
+def check_triton_repo(a) -> None:
+    """--triton-repo: a new folder, the [triton] extra, valid options; before any export starts."""
+    if a.triton_repo:
+        from autotimm_deploy.exporter.triton.repository import check_destination
+
+        check_destination(a.triton_repo)
+        serve_options(a).check()
+
+
+def write_triton_repo(a, artifacts: list) -> None:
+    """The repository for the artifacts that passed (none passed: said, nothing written)."""
+    if not a.triton_repo:
+        return
+    if not artifacts:
+        stderr.print(f"[yellow]no artifact passed: no Triton repository written at {escape(a.triton_repo)}[/]")
+        return
+    from autotimm_deploy.exporter.triton import build_repository
+
+    models = build_repository(artifacts, a.triton_repo, serve_options(a), ensemble_over=a.ensemble_over)
+    print_models(models, a.triton_repo, console(True))
 
 
 def write_recipe(path: str, spec: ModelSpec, winner, options) -> None:

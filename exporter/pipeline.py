@@ -136,8 +136,9 @@ class Evaluation:
     data: Labelled
     eager: dict[str, Any]
 
-    def report(self, predict, output_names: list[str], batch_range, max_drop: float | None) -> AccuracyReport:
-        scored = evaluate(predict, self.data, self.task, output_names, batch_range)
+    def report(self, predict, output_names: list[str], batch_range, max_drop: float | None,
+               progress: Callable[[int, int], None] | None = None) -> AccuracyReport:
+        scored = evaluate(predict, self.data, self.task, output_names, batch_range, progress=progress)
         return budget_report(self.data, self.eager, scored, max_drop)
 
     def budget(self, output_names: list[str], max_drop: float) -> AccuracyBudget:
@@ -172,13 +173,21 @@ def prepare_evaluation(options: ExportOptions, model, cache: dict | None = None,
     if cache is not None and key in cache:
         return cache[key]
     spec = model.spec
-    (step or (lambda _t: None))("evaluate eager PyTorch")
+    step = step or (lambda _t, advance=True: None)
+    step("load the evaluation data")
     data = load_labelled(options.eval_data, spec.task, model.preprocessing, spec.num_classes,
                          bool(spec.head.get("multi_label")), options.eval_samples)
-    result = Evaluation(spec.task, data, evaluate(eager_predict(model), data, spec.task, list(model.output_names)))
+    eager = evaluate(eager_predict(model), data, spec.task, list(model.output_names),
+                     progress=pictures_progress(step, "evaluate eager PyTorch"))
+    result = Evaluation(spec.task, data, eager)
     if cache is not None:
         cache[key] = result
     return result
+
+
+def pictures_progress(step: Callable[..., None], what: str) -> Callable[[int, int], None]:
+    """``progress(done, total)`` for `evaluate`, shown through ``step`` without advancing a step."""
+    return lambda done, total: step(f"{what}: {done}/{total} pictures", advance=False)
 
 
 def export(
@@ -189,7 +198,7 @@ def export(
     verify: bool = True,
     force: bool = False,
     name: str | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[..., None] | None = None,
     model=None,
     cache: dict | None = None,
 ) -> list[ExportResult]:
@@ -198,9 +207,10 @@ def export(
     Raises `UserError` for bad input before anything is written. A format that fails to export, or
     an artifact that fails parity, is reported in its `ExportResult` (``ok`` is False).
     ``model`` (built from ``spec`` by `build_model`) and ``cache`` let several calls share one build
-    and its intermediates (the fp32 ONNX graph), as ``--target`` does."""
+    and its intermediates (the fp32 ONNX graph), as ``--target`` does. ``progress(text)`` starts
+    each step; ``progress(text, advance=False)`` tells how far the current one is."""
     options = options or ExportOptions()
-    step = progress or (lambda _text: None)
+    step = progress or (lambda _text, advance=True: None)
     out_dir = Path(out_dir)
     order = export_order(list(formats))
     for fmt in order:
@@ -331,7 +341,7 @@ def _space_needed(model, order: list[str]) -> int:
 
 
 def _export_format(fmt: str, ctx: ExportContext, io: dict, target: Path, verify: bool, force: bool,
-                   step: Callable[[str], None], evaluation: Evaluation | None = None) -> ExportResult:
+                   step: Callable[..., None], evaluation: Evaluation | None = None) -> ExportResult:
     """One format: export into the scratch folder, verify, install at ``target``."""
     model, options = ctx.model, ctx.options
     result = ExportResult(format=fmt, params=model.build_info.get("params", 0))
@@ -365,7 +375,8 @@ def _export_format(fmt: str, ctx: ExportContext, io: dict, target: Path, verify:
         sizes = _parity_sizes(options, model, exported.info.get("size_multiple") or 1)
         gate = exported.gate or options.precision
         result.parity, result.accuracy = _check(model, exported, manifest, gate if verify else None, sizes,
-                                                evaluation, options.max_drop)
+                                                evaluation, options.max_drop,
+                                                pictures_progress(step, f"evaluate {fmt}"))
         if not accepted(result.parity, result.accuracy):
             result.diagnosis = _diagnose(fmt, ctx, exported, gate, evaluation)
         exported.reference = None  # the fp32 graph can be gigabytes: not kept past the check
@@ -407,7 +418,8 @@ def _parity_sizes(options: ExportOptions, model, multiple: int = 1) -> list[tupl
 
 def _check(model, exported: Exported, manifest: Manifest, precision: str | None,
            sizes: list[tuple[int, int]] | None = None, evaluation: Evaluation | None = None,
-           max_drop: float | None = None) -> tuple[ParityReport | None, AccuracyReport | None]:
+           max_drop: float | None = None, progress: Callable[[int, int], None] | None = None,
+           ) -> tuple[ParityReport | None, AccuracyReport | None]:
     """Reload the artifact through its runtime once: parity against eager (``precision``: its gate;
     None skips it) and, with ``evaluation``, the task metric on the labelled data."""
     parity = accuracy = None
@@ -418,7 +430,7 @@ def _check(model, exported: Exported, manifest: Manifest, precision: str | None,
             if evaluation is not None:
                 name = session.inputs[0].name
                 accuracy = evaluation.report(lambda x: session.infer({name: x}), session.output_names,
-                                             session.batch_range(), max_drop)
+                                             session.batch_range(), max_drop, progress)
     except Exception as e:  # noqa: BLE001 - an artifact its runtime cannot load (or score) fails, in one line
         reason = first_line(e)
         if precision is not None and parity is None:

@@ -103,11 +103,11 @@ def available_candidates(options: ExportOptions) -> list[Candidate]:
 
 def target_cpu(spec: ModelSpec, out_dir: str | Path, options: ExportOptions | None = None, force: bool = False,
                max_time: float = 15.0, threads: int | None = None,
-               progress: Callable[[str], None] | None = None) -> tuple[Candidate | None, list[Candidate], dict]:
+               progress: Callable[..., None] | None = None) -> tuple[Candidate | None, list[Candidate], dict]:
     """Returns (winner or None, all candidates ranked, eager timing). The winner's files are moved
     into ``out_dir`` and its manifest records the ranking under ``target``."""
     options = options or ExportOptions()
-    step = progress or (lambda _t: None)
+    step = progress or (lambda _t, advance=True: None)
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     candidates = available_candidates(options)

@@ -269,11 +269,19 @@ def test_detection_and_segmentation_end_to_end(tmp_path, coco):
                         head={"fpn_channels": 32, "max_detections": 10, "score_threshold": 0.0}), coco[0], "mAP"),
              (ModelSpec("test_resnet", task="semantic-segmentation", num_classes=4, img_size=(64, 64)), seg, "mIoU")]
     for spec, data, primary in cases:
-        (r,) = export(spec, ["onnx"], tmp_path / spec.task, ExportOptions(eval_data=str(data), max_drop=0.5))
+        shown = []
+        (r,) = export(spec, ["onnx"], tmp_path / spec.task, ExportOptions(eval_data=str(data), max_drop=0.5),
+                      progress=lambda text, advance=True: shown.append((text, advance)))
         assert r.ok, (r.error, r.parity.failures if r.parity else None)
         acc = r.accuracy
         assert acc.primary == primary and acc.eager[primary] is not None
         assert acc.artifact[primary] == pytest.approx(acc.eager[primary], abs=0.5)
+        n = acc.data["samples"]
+        # the bar's steps, and how far each evaluation is, picture by picture, without advancing a step
+        assert [t for t, advance in shown if advance] == ["build " + spec.model, "load the evaluation data",
+                                                          "export onnx", "verify onnx"]
+        for who in ("eager PyTorch", "onnx"):
+            assert (f"evaluate {who}: {n}/{n} pictures", False) in shown, shown
 
 
 @pytest.mark.slow

@@ -49,10 +49,11 @@ def metric_for(task: str, data: Labelled, output_names: list[str]) -> Metric:
 
 def evaluate(predict: Callable[[np.ndarray], dict[str, np.ndarray]], data: Labelled, task: str,
              output_names: list[str], batch_range: tuple[int, int | None] = (1, None),
-             indices: list[int] | None = None) -> dict[str, Any]:
+             indices: list[int] | None = None,
+             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Run ``predict`` over the pictures of ``data`` (all, or ``indices``; a fixed-batch artifact gets
     zero-padded batches, their extra rows dropped) and score it:
-    {"metrics": {...}, "primary": name, "seconds": s}."""
+    {"metrics": {...}, "primary": name, "seconds": s}. ``progress(done, total)`` after each batch."""
     metric = metric_for(task, data, output_names)
     lo, hi = batch_range
     fixed = hi is not None and lo == hi
@@ -67,6 +68,8 @@ def evaluate(predict: Callable[[np.ndarray], dict[str, np.ndarray]], data: Label
             x = np.concatenate([x, np.zeros((step - k, *x.shape[1:]), dtype=x.dtype)])
         out = predict(np.ascontiguousarray(x))
         metric.update({name: np.asarray(v)[:k] for name, v in out.items()}, index)
+        if progress:
+            progress(start + k, len(chosen))
     return {"metrics": metric.result(), "primary": metric.primary, "seconds": round(time.perf_counter() - t0, 3)}
 
 

@@ -1,0 +1,236 @@
+"""A Triton model repository from our artifacts and their manifests. For each artifact ``<base>``
+(its file name, ``resnet18.onnx`` -> ``resnet18_onnx``):
+
+- ``<base>``: Triton's native backend for the format (onnxruntime, tensorrt, pytorch, openvino),
+  where it has one and it runs on the instance kind asked for;
+- ``<base>_python``: the Python backend running the artifact through our own runtime;
+- ``<base>_preprocess``: raw encoded pictures -> the model's input, as the manifest says;
+- ``<base>_boxes`` (detection, instance segmentation): boxes back to the picture's pixels;
+- ``<base>_ensemble``: preprocess -> the model (the Python variant, or the native one with
+  ``ensemble_over="native"``) -> boxes; clients send an image file's bytes and get the answers.
+
+And ``client.py`` at the top: a tritonclient example that sends a picture to an ensemble. The
+repository is written beside its destination and renamed into place: never half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.manifest import MANIFEST_SUFFIX, Manifest, load_manifest, manifest_path, verify_files
+from autotimm_deploy.exporter.triton.config import (
+    NATIVE,
+    ServeOptions,
+    data_type,
+    dims,
+    native_config,
+    python_config,
+    schema,
+    to_pbtxt,
+)
+
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+BOX_TASKS = ("detection", "instance-segmentation")
+SHIM = "from autotimm_deploy.exporter.triton_backend.{module} import TritonPythonModel  # noqa: F401\n"
+CLIENT = Path(__file__).with_name("client_example.py")
+
+
+@dataclass
+class RepoModel:
+    name: str
+    role: str  # native | python | preprocess | boxes | ensemble
+    backend: str  # the backend or platform Triton loads it with
+    artifact: str  # the artifact it serves, by file name
+
+
+def find_artifacts(paths: list[str | Path]) -> list[Path]:
+    """Artifacts named directly, or every artifact with a manifest under a folder (a recipe's output)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            beside = [m.with_name(m.name[: -len(MANIFEST_SUFFIX)]) for m in sorted(p.rglob(f"*{MANIFEST_SUFFIX}"))]
+            artifacts = [a for a in beside if a.is_file()]  # a manifest lies beside its artifact
+            if not artifacts:
+                raise UserError(f"{p} holds no artifacts with manifests; export into it first")
+            found += artifacts
+        elif p.is_file() or manifest_path(p).is_file():
+            found.append(p)
+        else:
+            raise UserError(f"artifact not found: {p}")
+    return found
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name):
+        raise UserError(f"{name!r} is not a model name Triton accepts (letters, digits, '_', '.', '-', at most 128, "
+                        "not starting with '.' or '-'); pass --name")
+    return name
+
+
+def base_name(artifact: Path) -> str:
+    stem, _, ext = artifact.name.rpartition(".")
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{stem}_{ext}" if stem else artifact.name)
+
+
+def check_destination(repository: str | Path) -> Path:
+    """A new folder in an existing one (checked before an export starts, and again when writing)."""
+    repository = Path(repository)
+    if repository.exists():
+        raise UserError(f"{repository} already exists: give a new folder for the model repository")
+    if not repository.resolve().parent.is_dir():
+        raise UserError(f"folder {repository.resolve().parent} does not exist")
+    schema()  # the [triton] extra
+    return repository
+
+
+def build_repository(artifacts: list[str | Path], repository: str | Path, options: ServeOptions | None = None,
+                     names: list[str] | None = None, ensemble_over: str = "python") -> list[RepoModel]:
+    """Write the repository at ``repository`` (which must not exist) for ``artifacts`` (files with
+    their manifests, or folders of them); ``names``: the base name of each, default from its file."""
+    options = options or ServeOptions()
+    options.check()
+    if ensemble_over not in ("python", "native"):
+        raise UserError(f"--ensemble-over takes python or native, got {ensemble_over!r}")
+    repository = check_destination(repository)
+    paths = find_artifacts(artifacts)
+    if names is not None and len(names) != len(paths):
+        raise UserError(f"{len(names)} names for {len(paths)} artifacts")
+    loaded = []
+    for path in paths:
+        if not manifest_path(path).is_file():
+            raise UserError(f"{path} has no manifest ({manifest_path(path).name}): the configs are written from it; "
+                            "export the model with autotimm-export")
+        manifest = load_manifest(path)
+        folder = manifest_path(path).parent
+        verify_files(manifest, folder)
+        loaded.append((folder, manifest))
+    bases = [check_name(n) for n in (names or [base_name(folder / m.artifact) for folder, m in loaded])]
+    taken = {}
+    for base, (folder, m) in zip(bases, loaded):
+        if base in taken:
+            raise UserError(f"two artifacts would both be served as {base!r} ({taken[base]} and {folder / m.artifact}); "
+                            "pass --name for each")
+        taken[base] = folder / m.artifact
+        check_name(f"{base}_preprocess")
+    tmp = repository.with_name(f".{repository.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        models: list[RepoModel] = []
+        for base, (folder, m) in zip(bases, loaded):
+            models += _write_artifact(tmp, base, folder, m, options, ensemble_over)
+        first = next((x for x in models if x.role == "ensemble"), None)
+        client = CLIENT.read_text().replace("__MODEL__", first.name if first else "")
+        (tmp / "client.py").write_text(client)
+        (tmp / "models.json").write_text(json.dumps([asdict(x) for x in models], indent=2) + "\n")
+        os.replace(tmp, repository)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return models
+
+
+def _write_artifact(repo: Path, base: str, folder: Path, m: Manifest, options: ServeOptions,
+                    ensemble_over: str) -> list[RepoModel]:
+    models = []
+    native = NATIVE.get(m.format)
+    if native and options.kind in native.kinds:
+        _write(repo / base, native_config(base, m, options))
+        _place(folder, m, repo / base / "1", native.filename)
+        models.append(RepoModel(base, "native", native.backend, m.artifact))
+    py = f"{base}_python"
+    _write(repo / py, python_config(py, m, options, m.artifact), module="artifact_model")
+    _place(folder, m, repo / py / "1", None)
+    models.append(RepoModel(py, "python", "python", m.artifact))
+    pre = f"{base}_preprocess"
+    dense = m.spec.get("task", "classification") != "classification"
+    _write(repo / pre, preprocess_config(pre, m, options, "stretch" if dense else "crop"), module="preprocess_model")
+    models.append(RepoModel(pre, "preprocess", "python", m.artifact))
+    boxes = None
+    if m.spec.get("task") in BOX_TASKS:
+        boxes = f"{base}_boxes"
+        _write(repo / boxes, boxes_config(boxes, m, options), module="boxes_model")
+        models.append(RepoModel(boxes, "boxes", "python", m.artifact))
+    over_native = ensemble_over == "native" and models[0].role == "native"
+    target = base if over_native else py
+    name_of = native.tensor_name if over_native and native else None
+    ens = f"{base}_ensemble"
+    _write(repo / ens, ensemble_config(ens, m, pre, target, name_of, boxes))
+    models.append(RepoModel(ens, "ensemble", "ensemble", m.artifact))
+    return models
+
+
+def _write(folder: Path, config: dict, module: str | None = None) -> None:
+    (folder / "1").mkdir(parents=True)
+    (folder / "config.pbtxt").write_text(to_pbtxt(config))
+    if module:
+        (folder / "1" / "model.py").write_text(SHIM.format(module=module))
+
+
+def _place(src: Path, m: Manifest, dest: Path, main_name: str | None) -> None:
+    """The artifact's files into ``dest``: as the native backend's file name (companions keep theirs,
+    except OpenVINO's ``.bin``, which follows the ``.xml``), or as they are with the manifest."""
+    for name in m.files:
+        target = name
+        if main_name and name == m.artifact:
+            target = main_name
+        elif main_name and m.format == "openvino" and name.endswith(".bin"):
+            target = Path(main_name).with_suffix(".bin").name
+        _link_or_copy(src / name, dest / target)
+    if main_name is None:
+        _link_or_copy(manifest_path(src / m.artifact), dest / manifest_path(Path(m.artifact)).name)
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
+
+
+def preprocess_config(name: str, m: Manifest, options: ServeOptions, mode: str) -> dict:
+    c, h, w = m.preprocessing["input_size"]
+    return {"name": name, "backend": "python", "max_batch_size": 0,
+            "input": [{"name": "IMAGE", "data_type": "TYPE_UINT8", "dims": [-1]}],
+            "output": [{"name": "input", "data_type": "TYPE_FP32", "dims": [1, c, h, w]},
+                       {"name": "original_size", "data_type": "TYPE_INT32", "dims": [1, 2]}],
+            "instance_group": [{"kind": "KIND_CPU", "count": options.instances}],
+            "parameters": {"preprocessing": {"string_value": json.dumps(m.preprocessing)},
+                           "mode": {"string_value": mode}}}
+
+
+def boxes_config(name: str, m: Manifest, options: ServeOptions) -> dict:
+    sig = next(o for o in m.outputs if o.name == "boxes")
+    _, h, w = m.preprocessing["input_size"]
+    return {"name": name, "backend": "python", "max_batch_size": 0,
+            "input": [{"name": "boxes", "data_type": data_type(sig.dtype), "dims": [-1, -1, 4]},
+                      {"name": "original_size", "data_type": "TYPE_INT32", "dims": [1, 2]}],
+            "output": [{"name": "boxes", "data_type": data_type(sig.dtype), "dims": [-1, -1, 4]}],
+            "instance_group": [{"kind": "KIND_CPU", "count": options.instances}],
+            "parameters": {"input_size": {"string_value": json.dumps([h, w])}}}
+
+
+def ensemble_config(name: str, m: Manifest, pre: str, target: str, name_of, boxes: str | None) -> dict:
+    """IMAGE (an encoded picture's bytes) -> preprocess -> ``target`` [-> boxes]; the outputs keep
+    the manifest's names (boxes in the picture's own pixels when ``boxes``)."""
+    def their(kind: str, i: int, ours: str) -> str:
+        return name_of(kind, i, ours) if name_of else ours
+
+    outputs = {o.name: (f"raw_{o.name}" if boxes and o.name == "boxes" else o.name) for o in m.outputs}
+    kept = {"input": "preprocessed", **({"original_size": "original_size"} if boxes else {})}
+    steps = [{"model_name": pre, "model_version": -1, "input_map": {"IMAGE": "IMAGE"}, "output_map": kept},
+             {"model_name": target, "model_version": -1,
+              "input_map": {their("input", 0, m.inputs[0].name): "preprocessed"},
+              "output_map": {their("output", i, o.name): outputs[o.name] for i, o in enumerate(m.outputs)}}]
+    if boxes:
+        steps.append({"model_name": boxes, "model_version": -1,
+                      "input_map": {"boxes": "raw_boxes", "original_size": "original_size"},
+                      "output_map": {"boxes": "boxes"}})
+    return {"name": name, "platform": "ensemble", "max_batch_size": 0,
+            "input": [{"name": "IMAGE", "data_type": "TYPE_UINT8", "dims": [-1]}],
+            "output": [{"name": o.name, "data_type": data_type(o.dtype), "dims": dims(list(o.shape), False)}
+                       for o in m.outputs],
+            "ensemble_scheduling": {"step": steps}}

@@ -1,0 +1,217 @@
+"""A Triton Inference Server on this machine, for tests and for `autotimm-triton serve`: the real
+``tritonserver`` binary that PyPI's ``nvidia-pytriton`` wheel bundles (with the Python backend only),
+started the way PyTriton's own launcher starts it: the binaries copied into a work folder with the
+Python backend stub for this interpreter, the wheel's libraries on ``LD_LIBRARY_PATH``, and this
+interpreter's ``bin/`` first on ``PATH`` so Python-backend models run in this environment. Bound to
+127.0.0.1 on free ports; always stopped when the ``with`` block ends, failing or not."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from autotimm_deploy.exporter.core.errors import UserError
+
+INSTALL = ("the Triton server binary comes with PyPI's nvidia-pytriton wheel: pip install --no-deps "
+           "nvidia-pytriton (Linux x86_64 or aarch64, glibc 2.35+), or run the repository in NVIDIA's Triton container")
+READY_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Server:
+    """A running server: its ports, its log file, and the process."""
+
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    log: Path
+    process: subprocess.Popen
+    loaded: list[str]
+    skipped: dict[str, str]  # model -> why this server does not load it
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def bundled_server() -> tuple[Path, Path]:
+    """(the wheel's ``tritonserver`` folder, its libraries folder), or a one-line `UserError`."""
+    spec = importlib.util.find_spec("pytriton")  # not imported: only its files are needed
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"no tritonserver here: {INSTALL}")
+    root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+    libs = root.parent.parent / "nvidia_pytriton.libs"
+    if not (root / "bin" / "tritonserver").is_file():
+        raise UserError(f"nvidia-pytriton is installed without its tritonserver binary ({root}): {INSTALL}")
+    return root, libs
+
+
+def servable(repository: Path, backends: set[str]) -> tuple[list[str], dict[str, str]]:
+    """The repository's models this server can load (their backend is among ``backends``; an
+    ensemble when all its steps are), and the others with the reason."""
+    from autotimm_deploy.exporter.triton.config import schema
+    from google.protobuf import text_format
+
+    configs = {}
+    for path in sorted(repository.glob("*/config.pbtxt")):
+        try:
+            configs[path.parent.name] = text_format.Parse(path.read_text(), schema().ModelConfig())
+        except text_format.ParseError as e:
+            raise UserError(f"{path} is not a valid Triton config: {e}") from None
+    skipped = {name: f"this server has no {c.backend} backend" for name, c in configs.items()
+               if c.platform != "ensemble" and c.backend not in backends}
+    changed = True
+    while changed:  # an ensemble over a skipped model is skipped too
+        changed = False
+        for name, c in configs.items():
+            if c.platform == "ensemble" and name not in skipped:
+                missing = [s.model_name for s in c.ensemble_scheduling.step
+                           if s.model_name in skipped or s.model_name not in configs]
+                if missing:
+                    skipped[name] = f"its step {missing[0]} is not loaded"
+                    changed = True
+    return [n for n in configs if n not in skipped], skipped
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _prepare(root: Path, workdir: Path) -> Path:
+    """The binaries in ``workdir`` with the Python backend stub for this interpreter."""
+    server = workdir / "tritonserver"
+    shutil.copytree(root, server, ignore=shutil.ignore_patterns("python_backend_stubs"))
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise UserError(f"the bundled tritonserver has no Python backend stub for Python {version}")
+    shutil.copy2(stub, server / "backends" / "python" / "triton_python_backend_stub")
+    return server
+
+
+def _environment(libs: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (env.get("LD_LIBRARY_PATH"), str(libs)) if p)
+    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+    env["PYTHONNOUSERSITE"] = "1"
+    return env
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _die_with_parent() -> None:
+    """The server gets SIGTERM if this process dies without stopping it (Linux prctl)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def serving(repository: str | Path, models: list[str] | None = None, http_port: int | None = None,
+            grpc_port: int | None = None, timeout: float = READY_TIMEOUT_S, log: Path | None = None,
+            verbose: bool = False):
+    """Start ``tritonserver`` on ``repository`` and yield a `Server` once ``models`` (default: every
+    model whose backend this server has) are ready; a model that fails to load ends it with a
+    `UserError` carrying the server's own words."""
+    repository = Path(repository).resolve()
+    if not repository.is_dir():
+        raise UserError(f"model repository not found: {repository}")
+    root, libs = bundled_server()
+    loadable, skipped = servable(repository, {p.name for p in (root / "backends").iterdir() if p.is_dir()})
+    if models is None:
+        models = loadable
+    for name in models:
+        if name in skipped:
+            raise UserError(f"model {name} cannot be served here: {skipped[name]}")
+        if name not in loadable:
+            raise UserError(f"no model {name!r} in {repository} (it has: {', '.join(loadable + list(skipped))})")
+    if not models:
+        raise UserError(f"none of the models in {repository} can be served by this tritonserver "
+                        f"({'; '.join(f'{k}: {v}' for k, v in skipped.items()) or 'the repository is empty'})")
+    with tempfile.TemporaryDirectory(prefix="autotimm-triton-") as tmp:
+        server = _prepare(root, Path(tmp))
+        ports = (http_port or free_port(), grpc_port or free_port(), free_port())
+        log = log or Path(tmp) / "tritonserver.log"
+        args = [str(server / "bin" / "tritonserver"), f"--model-repository={repository}",
+                f"--backend-directory={server / 'backends'}", f"--cache-directory={server / 'caches'}",
+                "--http-address=127.0.0.1", f"--http-port={ports[0]}",
+                "--grpc-address=127.0.0.1", f"--grpc-port={ports[1]}",
+                "--metrics-address=127.0.0.1", f"--metrics-port={ports[2]}",
+                "--exit-on-error=true", "--strict-readiness=true", f"--log-verbose={1 if verbose else 0}",
+                "--model-control-mode=explicit", *(f"--load-model={m}" for m in models)]
+        with open(log, "wb") as out:
+            process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=_environment(libs),
+                                       preexec_fn=_die_with_parent)
+        running = Server(*ports, log=log, process=process, loaded=list(models),
+                         skipped={k: v for k, v in skipped.items() if k not in models})
+        try:
+            _wait_ready(running, timeout)
+            yield running
+        finally:
+            stop(process)
+
+
+def _wait_ready(server: Server, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise UserError(f"tritonserver stopped (exit {server.process.returncode}) before it was ready: "
+                            f"{_failure(server.log.read_text(errors='replace'))}")
+        if _ready(server.http_port):
+            return
+        time.sleep(0.25)
+    raise UserError(f"tritonserver was not ready within {timeout:.0f} s: {_failure(server.log_tail(40))}")
+
+
+def _failure(log: str) -> str:
+    """The server's own line about what failed (a model that did not load), else its last line."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    for key in ("Poll failed", "failed to load", "UNAVAILABLE", "error:"):
+        for line in lines:
+            if key in line:
+                return line[-400:]
+    return lines[-1][-400:] if lines else "no output"
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGINT (Triton's graceful stop), then SIGKILL after ``STOP_TIMEOUT_S``."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

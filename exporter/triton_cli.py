@@ -1,0 +1,76 @@
+"""``autotimm-triton``: a Triton model repository from exported artifacts, and a local server for it.
+
+    autotimm-triton build out/resnet18.onnx out/resnet18.xml -o repo     # or a folder of artifacts
+    autotimm-triton serve repo                                            # the bundled tritonserver
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+
+from autotimm_deploy.exporter.core.cli import EXIT_OK, OneLineParser, console, int_in, run_cli
+from autotimm_deploy.exporter.triton.console import add_serve_options, print_models, serve_options
+from rich.markup import escape
+
+PROG = "autotimm-triton"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog=PROG, description="Triton Inference Server model repositories from exported artifacts")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    b = sub.add_parser("build", help="write a model repository for artifacts (files with manifests, or folders)")
+    b.add_argument("artifacts", nargs="+", help="artifacts with their manifests, or folders holding them")
+    b.add_argument("-o", "--repo", required=True, help="the repository folder to create (must not exist)")
+    b.add_argument("--name", action="append", help="the served name of each artifact, in order (repeat)")
+    b.add_argument("--json", action="store_true", help="print the models as JSON")
+    add_serve_options(b)
+    s = sub.add_parser("serve", help="serve a repository with the tritonserver bundled in nvidia-pytriton "
+                                     "(Python backend: the _python, _preprocess and _ensemble models)")
+    s.add_argument("repo")
+    s.add_argument("--model", action="append", help="load only these models (repeat)")
+    s.add_argument("--http-port", type=int_in(1, 65535), default=8000)
+    s.add_argument("--grpc-port", type=int_in(1, 65535), default=8001)
+    return p
+
+
+def main(a: argparse.Namespace) -> int:
+    return {"build": _build, "serve": _serve}[a.command](a)
+
+
+def _build(a: argparse.Namespace) -> int:
+    from autotimm_deploy.exporter.triton import build_repository
+
+    models = build_repository(a.artifacts, a.repo, serve_options(a), names=a.name, ensemble_over=a.ensemble_over)
+    if a.json:
+        print(json.dumps({"repository": a.repo, "models": [vars(m) for m in models]}, indent=2))
+    print_models(models, a.repo, console(a.json))
+    return EXIT_OK
+
+
+def _serve(a: argparse.Namespace) -> int:
+    from autotimm_deploy.exporter.triton.server import serving
+
+    out = console(True)
+    with serving(a.repo, models=a.model, http_port=a.http_port, grpc_port=a.grpc_port) as server:
+        out.print(f"serving {', '.join(server.loaded)} on http {server.http_url}, grpc {server.grpc_url}")
+        for name, why in server.skipped.items():
+            out.print(f"[yellow]not loaded[/] {escape(name)}: {escape(why)}")
+        out.print("Ctrl-C stops the server")
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while server.process.poll() is None:
+            time.sleep(0.5)
+        sys.stderr.write(f"{PROG}: error: tritonserver exited ({server.process.returncode}): {server.log_tail(1)}\n")
+        return 1
+
+
+def entry(argv=None) -> int:
+    return run_cli(PROG, main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(entry())
