@@ -16,7 +16,10 @@ $(BIN)/python:
 # the project itself pins the same pair so no resolver can pull another torch later.
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[dev,openvino,autotimm]'
+	$(BIN)/pip install --quiet -e '.[dev,openvino,autotimm,triton]'
+	# a real tritonserver (Python backend) for the Triton tests; --no-deps: its numpy<2 pin is for
+	# PyTriton's own Python code, which we do not use
+	$(BIN)/pip install --quiet --no-deps nvidia-pytriton==0.7.0
 	touch $@
 
 setup: $(VENV)/.installed

@@ -1,0 +1,247 @@
+"""Triton model repositories (#16): every config written through Triton's own ModelConfig schema
+and read back; the Python-backend variant, the raw-picture preprocessing and the ensembles served by
+a real tritonserver (the one PyPI's nvidia-pytriton wheel bundles) and answered over HTTP and gRPC
+with the artifact's own outputs; bad input is one line, exit 2, nothing written."""
+
+import importlib.util
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.manifest import load_manifest
+from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.formats import ExportOptions
+from autotimm_deploy.exporter.pipeline import export
+
+from tests.conftest import files_under, run_cli
+
+pytest.importorskip("tritonclient.grpc", reason="tritonclient (the [triton] extra) is not installed")
+
+
+def _server_missing() -> str | None:
+    from autotimm_deploy.exporter.triton.server import bundled_server
+
+    try:
+        bundled_server()
+    except UserError as e:
+        return str(e)
+    return None
+
+
+needs_server = pytest.mark.skipif(_server_missing() is not None, reason=_server_missing() or "")
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """A classifier (ONNX, TorchScript, OpenVINO) and a detector (ONNX), exported once."""
+    out = tmp_path_factory.mktemp("artifacts")
+    formats = ["onnx", "torchscript"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    cls = export(ModelSpec("resnet18", num_classes=7, img_size=(64, 64)), formats, out / "cls", ExportOptions())
+    det = export(ModelSpec("resnet18", task="detection", num_classes=3, img_size=(128, 128),
+                           head={"fpn_channels": 32, "max_detections": 10, "score_threshold": 0.0}),
+                 ["onnx"], out / "det", ExportOptions())
+    assert all(r.ok for r in cls + det), [(r.format, r.error) for r in cls + det]
+    return {r.format: r.artifact for r in cls}, det[0].artifact
+
+
+def _picture(name: str = "chelsea") -> bytes:
+    import skimage.data
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(getattr(skimage.data, name)()).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def _configs(repo):
+    from autotimm_deploy.exporter.triton.config import schema
+    from google.protobuf import text_format
+
+    return {p.parent.name: text_format.Parse(p.read_text(), schema().ModelConfig())
+            for p in sorted(repo.glob("*/config.pbtxt"))}
+
+
+def test_every_config_parses_with_tritons_schema(tmp_path, artifacts):
+    from autotimm_deploy.exporter.triton import ServeOptions, build_repository
+
+    cls, det = artifacts
+    # a TensorRT engine's manifest (no TensorRT here: the ONNX manifest, renamed, stands in for its config)
+    engine = tmp_path / "src" / "resnet18.engine"
+    engine.parent.mkdir()
+    shutil.copy(cls["onnx"], engine)
+    m = json.loads(cls["onnx"].with_name(cls["onnx"].name + ".json").read_text())
+    m.update(format="trt", artifact=engine.name, files={engine.name: m["files"][cls["onnx"].name]},
+             batch={"dynamic": True, "min": 1, "opt": 4, "max": 16})
+    engine.with_name(engine.name + ".json").write_text(json.dumps(m))
+
+    gpu = build_repository([cls["onnx"], cls["torchscript"], engine, det], tmp_path / "gpu",
+                           ServeOptions(kind="gpu", instances=2, ort_tensorrt=True, max_batch=8))
+    cpu = build_repository([cls["onnx"], cls["torchscript"], *([cls["openvino"]] if "openvino" in cls else [])],
+                           tmp_path / "cpu", ServeOptions(queue_delay_us=500))
+    configs = {**_configs(tmp_path / "gpu"), **{f"cpu/{k}": v for k, v in _configs(tmp_path / "cpu").items()}}
+    assert len(configs) == len(gpu) + len(cpu)  # every model has a config, and every config parses
+
+    onnx = configs["resnet18_onnx"]
+    assert onnx.backend == "onnxruntime" and onnx.max_batch_size == 8 and onnx.default_model_filename == "model.onnx"
+    assert [(i.name, list(i.dims)) for i in onnx.input] == [("input", [3, 64, 64])]
+    assert [(o.name, list(o.dims)) for o in onnx.output] == [("logits", [7])]
+    assert onnx.instance_group[0].kind == onnx.instance_group[0].KIND_GPU and onnx.instance_group[0].count == 2
+    assert list(onnx.dynamic_batching.preferred_batch_size) == [4, 8]
+    accelerator = onnx.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP32"
+    assert onnx.model_warmup[0].inputs["input"].zero_data and list(onnx.model_warmup[0].inputs["input"].dims) == [3, 64, 64]
+    trt = configs["resnet18_engine"]
+    assert trt.backend == "tensorrt" and trt.max_batch_size == 8 and trt.default_model_filename == "model.plan"
+    torch_model = configs["resnet18_pt"]
+    assert torch_model.backend == "pytorch" and [i.name for i in torch_model.input] == ["INPUT__0"]
+    assert [o.name for o in torch_model.output] == ["OUTPUT__0"]
+    assert configs["cpu/resnet18_onnx"].dynamic_batching.max_queue_delay_microseconds == 500
+    if "openvino" in cls:
+        ov = configs["cpu/resnet18_xml"]
+        assert ov.backend == "openvino" and ov.instance_group[0].kind == ov.instance_group[0].KIND_CPU
+        assert sorted(p.name for p in (tmp_path / "cpu" / "resnet18_xml" / "1").iterdir()) == ["model.bin", "model.xml"]
+    assert "resnet18_xml" not in {m.name for m in gpu}  # Triton's OpenVINO backend has no GPU instances
+    # the detector: num_detections is one scalar per picture (dims [1] reshaped to []), boxes go back
+    # to the picture's pixels in the ensemble
+    det_py = configs["resnet18-det_onnx_python"]
+    count = next(o for o in det_py.output if o.name == "num_detections")
+    assert list(count.dims) == [1] and list(count.reshape.shape) == []
+    steps = [s.model_name for s in configs["resnet18-det_onnx_ensemble"].ensemble_scheduling.step]
+    assert steps == ["resnet18-det_onnx_preprocess", "resnet18-det_onnx_python", "resnet18-det_onnx_boxes"]
+    native = build_repository([cls["torchscript"]], tmp_path / "native", ensemble_over="native")
+    (ens,) = [c for n, c in _configs(tmp_path / "native").items() if n.endswith("_ensemble")]
+    assert ens.ensemble_scheduling.step[1].model_name == "resnet18_pt"
+    assert dict(ens.ensemble_scheduling.step[1].input_map) == {"INPUT__0": "preprocessed"}
+    assert {m.role for m in native} == {"native", "python", "preprocess", "ensemble"}
+    assert "__MODEL__" not in (tmp_path / "cpu" / "client.py").read_text()
+
+
+def _expected(artifact, picture: bytes):
+    """The artifact's own outputs (our runtime, in this process) on the picture, preprocessed as
+    the manifest says."""
+    from autotimm_deploy.exporter.inputs.preprocess import preprocess, preprocess_stretch
+    from autotimm_deploy.exporter.triton_backend.boxes_model import to_original
+    from autotimm_deploy.exporter.triton_backend.preprocess_model import decode
+    from autotimm_deploy.profiler.runtimes import open_session
+
+    m = load_manifest(artifact)
+    rgb = decode(np.frombuffer(picture, np.uint8))
+    dense = m.spec["task"] != "classification"
+    x = (preprocess_stretch if dense else preprocess)(rgb, m.preprocessing)[None]
+    with open_session(artifact, manifest=m) as s:
+        out = s.infer({s.inputs[0].name: x})
+    if "boxes" in out:
+        out["boxes"] = to_original(out["boxes"], np.array([rgb.shape[:2]]), tuple(m.preprocessing["input_size"][1:]))
+    return x, out
+
+
+@needs_server
+def test_served_by_a_real_triton_over_http_and_grpc(tmp_path, artifacts):
+    import tritonclient.grpc as grpc
+    import tritonclient.http as http
+    from autotimm_deploy.exporter.triton import build_repository
+    from autotimm_deploy.exporter.triton.server import serving
+
+    cls, det = artifacts
+    repo = tmp_path / "repo"
+    build_repository([cls["onnx"], cls["torchscript"], det], repo)
+    picture = _picture()
+    data = np.frombuffer(picture, np.uint8)
+    with serving(repo) as server:
+        assert set(server.skipped) == {"resnet18_onnx", "resnet18_pt", "resnet18-det_onnx"}  # native: validated only
+        for client, url in ((http, server.http_url), (grpc, server.grpc_url)):
+            c = client.InferenceServerClient(url)
+            for artifact, base in ((cls["onnx"], "resnet18_onnx"), (cls["torchscript"], "resnet18_pt"),
+                                   (det, "resnet18-det_onnx")):
+                x, expected = _expected(artifact, picture)
+                image = client.InferInput("IMAGE", list(data.shape), "UINT8")
+                image.set_data_from_numpy(data)
+                got = c.infer(f"{base}_ensemble", [image])  # a raw JPEG in, the answers out
+                for name, want in expected.items():
+                    np.testing.assert_allclose(got.as_numpy(name), want, rtol=1e-4, atol=1e-4, err_msg=f"{base} {name}")
+                batch = np.concatenate([x, -x])  # the Python-backend variant itself, at batch 2
+                feed = client.InferInput("input", list(batch.shape), "FP32")
+                feed.set_data_from_numpy(batch)
+                got = c.infer(f"{base}_python", [feed])
+                first = got.as_numpy(load_manifest(artifact).outputs[0].name)
+                assert first.shape[0] == 2
+                if base != "resnet18-det_onnx":
+                    np.testing.assert_allclose(first[:1], expected["logits"], rtol=1e-4, atol=1e-4)
+        broken = http.InferInput("IMAGE", [4], "UINT8")
+        broken.set_data_from_numpy(np.array([1, 2, 3, 4], np.uint8))
+        with pytest.raises(Exception, match="not an image file"):
+            http.InferenceServerClient(server.http_url).infer("resnet18_onnx_ensemble", [broken])
+        p = subprocess.run([sys.executable, str(repo / "client.py"), str(_write(tmp_path, picture)), "--url",
+                            server.grpc_url, "--grpc", "--model", "resnet18_onnx_ensemble"],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and p.stdout.count("class") == 5, p.stdout + p.stderr
+        process = server.process
+    assert process.poll() is not None  # stopped
+
+
+def _write(tmp_path, picture: bytes):
+    path = tmp_path / "chelsea.jpg"
+    path.write_bytes(picture)
+    return path
+
+
+@needs_server
+def test_the_server_is_stopped_when_the_test_fails(tmp_path, artifacts):
+    from autotimm_deploy.exporter.triton import build_repository
+    from autotimm_deploy.exporter.triton.server import serving
+
+    cls, _ = artifacts
+    build_repository([cls["onnx"]], tmp_path / "repo")
+    with pytest.raises(RuntimeError, match="a failing test"):
+        with serving(tmp_path / "repo", models=["resnet18_onnx_python"]) as server:
+            process = server.process
+            raise RuntimeError("a failing test")
+    assert process.poll() is not None
+    with pytest.raises(UserError, match="this server has no onnxruntime backend"):
+        with serving(tmp_path / "repo", models=["resnet18_onnx"]):
+            pass
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, artifacts):
+    cls, _ = artifacts
+    bare = tmp_path / "bare.onnx"
+    shutil.copy(cls["onnx"], bare)  # an artifact without its manifest
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    cases = [([str(bare), "-o", str(tmp_path / "r1")], "has no manifest"),
+             ([str(cls["onnx"]), "-o", str(taken)], "already exists"),
+             ([str(cls["onnx"]), "-o", str(tmp_path / "r2"), "--name", "bad/name"], "not a model name Triton accepts"),
+             ([str(cls["onnx"]), "-o", str(tmp_path / "r3"), "--name", ".hidden"], "not a model name Triton accepts"),
+             ([str(cls["onnx"]), str(cls["onnx"]), "-o", str(tmp_path / "r4")], "would both be served as"),
+             ([str(tmp_path / "nowhere.onnx"), "-o", str(tmp_path / "r5")], "artifact not found"),
+             ([str(cls["onnx"]), "-o", str(tmp_path / "r6"), "--kind", "cpu", "--ort-tensorrt"], "needs --kind gpu"),
+             ([str(cls["onnx"]), "-o", str(tmp_path / "no" / "such" / "r7")], "does not exist")]
+    before = files_under(tmp_path)
+    for args, message in cases:
+        p = run_cli("autotimm_deploy.exporter.triton_cli", "build", *args)
+        assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert files_under(tmp_path) == before  # nothing written, no temporary folder left
+    # autotimm-export --triton-repo checks its folder before exporting anything
+    out = tmp_path / "out"
+    p = run_cli("autotimm_deploy.exporter.cli", "test_resnet", "-o", str(out), "--triton-repo", str(taken))
+    assert p.returncode == 2 and "already exists" in p.stderr and not out.exists()
+
+
+def test_export_writes_the_repository_for_the_artifacts_that_pass(tmp_path):
+    p = run_cli("autotimm_deploy.exporter.cli", "test_resnet", "--num-classes", "4", "--img-size", "64", "-f",
+                "onnx", "-o", str(tmp_path / "out"), "--triton-repo", str(tmp_path / "repo"), "--instances", "2")
+    assert p.returncode == 0, p.stderr
+    models = json.loads((tmp_path / "repo" / "models.json").read_text())
+    assert [m["name"] for m in models] == ["test_resnet_onnx", "test_resnet_onnx_python",
+                                           "test_resnet_onnx_preprocess", "test_resnet_onnx_ensemble"]
+    assert _configs(tmp_path / "repo")["test_resnet_onnx"].instance_group[0].count == 2
+    # the artifact and its manifest beside the Python-backend model; the native one under Triton's file name
+    assert sorted(p.name for p in (tmp_path / "repo" / "test_resnet_onnx_python" / "1").iterdir()) == \
+        ["model.py", "test_resnet.onnx", "test_resnet.onnx.json"]
+    assert (tmp_path / "repo" / "test_resnet_onnx" / "1" / "model.onnx").is_file()
