@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 
@@ -60,8 +59,7 @@ def _serve(a: argparse.Namespace) -> int:
         out.print(f"serving {', '.join(server.loaded)} on http {server.http_url}, grpc {server.grpc_url}")
         for name, why in server.skipped.items():
             out.print(f"[yellow]not loaded[/] {escape(name)}: {escape(why)}")
-        out.print("Ctrl-C stops the server")
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        out.print("Ctrl-C (or SIGTERM) stops the server")
         while server.process.poll() is None:
             time.sleep(0.5)
         sys.stderr.write(f"{PROG}: error: tritonserver exited ({server.process.returncode}): {server.log_tail(1)}\n")

@@ -54,6 +54,9 @@ def build_parser() -> OneLineParser:
     b.add_argument("--batch-sizes", help="comma-separated batch sizes (default 1)")
     b.add_argument("--max-batch", type=int_in(1, MAX_BATCH), help="sweep powers of two from 1 up to this")
     p.add_argument("--compare-eager", action="store_true", help="measure each artifact interleaved with eager PyTorch")
+    p.add_argument("--concurrency", metavar="N,N,...",
+                   help="served models (triton://HOST:PORT/MODEL): also sweep these numbers of concurrent clients "
+                        "(each level runs --max-time seconds at the first batch size)")
     p.add_argument("--interleave", action="store_true", help="measure all targets interleaved; the first is the baseline")
     iso = p.add_mutually_exclusive_group()
     iso.add_argument("--isolate", dest="isolate", action="store_true", default=None,
@@ -139,6 +142,8 @@ def main(a) -> int:
     a.max_time = 10.0 if a.max_time is None else a.max_time
 
     _check_outputs(a)
+    if a.concurrency:
+        concurrency_levels(a)  # checked before anything runs
     settings = Settings(
         device=a.device,
         threads=a.threads,
@@ -157,8 +162,12 @@ def main(a) -> int:
         report = profile(a.targets, settings, runtime=a.runtime, compare_eager=a.compare_eager,
                          interleave=a.interleave, isolate=a.isolate,
                          on_progress=lambda text: bar.update(task, description=text))
+    if a.concurrency:
+        report["concurrency"] = concurrency_sweeps(a, settings)
     to_stdout = a.json == "-"
     table.render(report, console(to_stdout))
+    if a.concurrency:
+        print_concurrency(report["concurrency"], console(to_stdout))
     for name, path in (("json", a.json), ("csv", a.csv), ("markdown", a.markdown), ("plot", a.plot)):
         if path:
             RENDERERS[name](report, path)
@@ -168,6 +177,54 @@ def main(a) -> int:
         stderr.print(f"[red]{len(failed)} measurement(s) failed[/]: {escape(', '.join(failed))} (see the error rows)")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def concurrency_levels(a) -> list[int]:
+    try:
+        levels = [int(v) for v in csv_list(a.concurrency)]
+    except ValueError:
+        levels = []
+    if not levels or any(not 1 <= v <= 256 for v in levels):
+        raise UserError(f"--concurrency takes numbers of clients from 1 to 256, e.g. 1,4,16; got {a.concurrency!r}")
+    served = [t for t in a.targets if t.startswith("triton://")]
+    if not served:
+        raise UserError("--concurrency measures served models: give a triton://HOST:PORT/MODEL target")
+    return levels
+
+
+def concurrency_sweeps(a, settings) -> list[dict]:
+    """Each served target swept over the concurrency levels, after the latency runs."""
+    from autotimm_deploy.profiler.measure.concurrency import sweep
+    from autotimm_deploy.profiler.targets import open_target, resolve
+
+    out = []
+    batch = settings.batch_sizes[0]
+    with progress_bar() as bar:
+        task = bar.add_task("concurrency", total=None)
+        for text in (t for t in a.targets if t.startswith("triton://")):
+            target = resolve(text)
+            session = open_target(target, "cpu", None)
+            try:
+                rows = sweep(lambda: session.caller(batch), concurrency_levels(a), a.max_time, batch,
+                             warmup=min(a.warmup_time, 2.0), progress=lambda t: bar.update(task, description=t))
+            finally:
+                session.close()
+            out.append({"target": target.describe() | {"url": text}, "levels": rows})
+    return out
+
+
+def print_concurrency(sweeps: list[dict], out) -> None:
+    from rich.table import Table
+
+    for s in sweeps:
+        t = Table(title=f"{escape(s['target']['url'])}: concurrent clients (client-side round trip)")
+        for c in ("clients", "batch", "requests", "req/s", "img/s", "mean ms", "p50 ms", "p90 ms", "p99 ms", "error"):
+            t.add_column(c, justify="left" if c == "error" else "right")
+        for r in s["levels"]:
+            t.add_row(*(str(r.get(k, "-")) for k in ("concurrency", "batch", "requests", "requests_per_s",
+                                                      "images_per_s", "mean_ms", "p50_ms", "p90_ms", "p99_ms")),
+                      escape(r.get("error", "")))
+        out.print(t)
 
 
 def entry(argv=None) -> int:

@@ -22,6 +22,7 @@ class Target:
     path: Path | None = None
     manifest: Manifest | None = None
     spec: ModelSpec | None = None  # what eager builds
+    url: str | None = None  # a served model: triton://HOST:PORT/MODEL
 
     def describe(self) -> dict[str, Any]:
         return {"label": self.label, "runtime": self.runtime, "format": self.format,
@@ -32,7 +33,10 @@ class Target:
 
 
 def resolve(text: str, runtime: str | None = None, img_size: tuple[int, int] | None = None) -> Target:
-    """``text`` is a path to an artifact, or a timm model name (eager baseline)."""
+    """``text`` is a path to an artifact, a served model (``triton://HOST:PORT/MODEL``), or a timm
+    model name (eager baseline)."""
+    if text.startswith("triton://"):
+        return _served(text, runtime)
     path = Path(text)
     if path.exists() or path.suffix.lower() in (".onnx", ".pt", ".pt2", ".engine", ".plan", ".xml", ".ts", ".json"):
         if path.name.endswith(".json") and path.with_suffix("").exists():
@@ -47,6 +51,21 @@ def resolve(text: str, runtime: str | None = None, img_size: tuple[int, int] | N
         raise UserError(f"{text} is a model name, which only the eager runtime can profile (got --runtime {runtime})")
     check_model_name(text)  # one line naming close matches when it is neither file nor model
     return Target(label=f"{text} [eager]", runtime="eager", format="eager", spec=ModelSpec(text, img_size=img_size))
+
+
+def _served(url: str, runtime: str | None) -> Target:
+    from autotimm_deploy.profiler.runtimes import runtime_class
+
+    if runtime not in (None, "triton"):
+        raise UserError(f"{url} is a served model, which only the triton runtime measures (got --runtime {runtime})")
+    manifest = runtime_class("triton").served_manifest(url)
+    if any(sig.dtype not in ("float32", "float16") for sig in manifest.inputs):
+        raise UserError(f"{url} takes {manifest.inputs[0].dtype} input (an ensemble over picture files?): profile the "
+                        "model behind it (<name>_python or the native one)")
+    spec = ModelSpec.from_dict(manifest.spec) if manifest.spec else None
+    protocol = "grpc" if "protocol=grpc" in url else "http"
+    return Target(label=f"{manifest.artifact} [triton {protocol}]", runtime="triton", format="triton", manifest=manifest,
+                  spec=spec, url=url)
 
 
 def eager_twin(target: Target) -> Target:
@@ -70,6 +89,8 @@ def open_target(target: Target, device: str, threads: int | None, options: dict[
                             outputs=[TensorSig(n, "float32", ["batch"]) for n in model.output_names],
                             batch={"dynamic": True, "min": 1, "max": None})
         return open_session(None, "eager", manifest, device=device, threads=threads, model=model, **options)
+    if target.url:
+        options["url"] = target.url
     session = open_session(target.path, target.runtime, target.manifest if target.manifest else None,
                            device=device, threads=threads, **options)
     if not session.inputs or not _concrete(session):

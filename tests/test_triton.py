@@ -180,8 +180,49 @@ def test_served_by_a_real_triton_over_http_and_grpc(tmp_path, artifacts):
                             server.grpc_url, "--grpc", "--model", "resnet18_onnx_ensemble"],
                            capture_output=True, text=True, timeout=120)
         assert p.returncode == 0 and p.stdout.count("class") == 5, p.stdout + p.stderr
+        _profile_served(server)
         process = server.process
     assert process.poll() is not None  # stopped
+
+
+def _profile_served(server):
+    """autotimm-profile against the served model: the same harness (and the eager twin, from the spec
+    the config carries), over HTTP and gRPC, and a concurrency sweep."""
+    from autotimm_deploy.profiler.measure.concurrency import sweep
+    from autotimm_deploy.profiler.measure.settings import Settings
+    from autotimm_deploy.profiler.measure.timing import HarnessConfig
+    from autotimm_deploy.profiler.pipeline import profile
+    from autotimm_deploy.profiler.targets import open_target, resolve
+
+    http_url = f"triton://{server.http_url}/resnet18_onnx_python"
+    grpc_url = f"triton://{server.grpc_url}/resnet18_onnx_python?protocol=grpc"
+    settings = Settings(batch_sizes=[1, 2], harness=HarnessConfig(max_time=0.5, warmup_time=0.2))
+    report = profile([http_url, grpc_url], settings, compare_eager=True, isolate=False)
+    runs = {run["target"]["label"]: run for run in report["runs"]}
+    assert {"resnet18 [eager]", "resnet18_onnx_python [triton http]", "resnet18_onnx_python [triton grpc]"} <= \
+        set(runs), runs
+    served = [run for run in report["runs"] if run["runtime"] == "triton"]
+    assert len(served) == 2 and all(not p.get("error") and p["stats_ms"]["p50"] > 0 for r in served for p in r["points"])
+    assert all(p.get("vs_baseline") for r in served for p in r["points"])  # beside eager, interleaved
+    session = open_target(resolve(grpc_url), "cpu", None)
+    try:
+        rows = sweep(lambda: session.caller(1), [1, 3], 0.5, 1, warmup=0.2)
+    finally:
+        session.close()
+    assert [r["concurrency"] for r in rows] == [1, 3] and all(r["requests"] > 0 and "error" not in r for r in rows)
+    assert all(r["p50_ms"] <= r["p99_ms"] for r in rows)
+
+
+def test_profiler_bad_served_targets_are_one_line(tmp_path):
+    from autotimm_deploy.exporter.triton.server import free_port
+
+    nobody = f"triton://127.0.0.1:{free_port()}/resnet18_onnx_python"
+    for args, message in [([nobody], "no Triton server answers"),
+                          (["triton://127.0.0.1/"], "a served model is triton://HOST[:PORT]/MODEL"),
+                          (["resnet18", "--concurrency", "1,4"], "--concurrency measures served models"),
+                          ([nobody, "--concurrency", "0"], "--concurrency takes numbers of clients")]:
+        p = run_cli("autotimm_deploy.profiler.cli", *args, "--no-isolate")
+        assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
 
 
 def _write(tmp_path, picture: bytes):

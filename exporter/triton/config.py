@@ -7,6 +7,7 @@ tensors); every artifact also gets a Python-backend variant that runs it through
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -133,6 +134,12 @@ def warmup(inputs: list[dict], manifest, mb: int) -> list[dict]:
     return [{"name": "zeros", "batch_size": 1, "inputs": feeds}]
 
 
+def spec_parameter(manifest) -> dict:
+    """The model's spec, for clients (``autotimm-profile triton://...`` builds the eager twin from it);
+    backends ignore parameters they do not know."""
+    return {"autotimm_spec": {"string_value": json.dumps(manifest.spec, separators=(",", ":"))}}
+
+
 def native_config(name: str, manifest, options: ServeOptions) -> dict:
     native = NATIVE[manifest.format]
     if options.kind not in native.kinds:
@@ -143,7 +150,8 @@ def native_config(name: str, manifest, options: ServeOptions) -> dict:
               "default_model_filename": native.filename,
               "input": io_entries(manifest.inputs, mb > 0, "input", native.tensor_name),
               "output": io_entries(manifest.outputs, mb > 0, "output", native.tensor_name),
-              "instance_group": instance_group(options), **batching(mb, options)}
+              "instance_group": instance_group(options), **batching(mb, options),
+              "parameters": spec_parameter(manifest)}
     if options.warmup:
         config["model_warmup"] = warmup(config["input"], manifest, mb)
     if native.extra:
@@ -158,7 +166,7 @@ def python_config(name: str, manifest, options: ServeOptions, artifact: str) -> 
               "input": io_entries(manifest.inputs, mb > 0, "input"),
               "output": io_entries(manifest.outputs, mb > 0, "output"),
               "instance_group": instance_group(options), **batching(mb, options),
-              "parameters": {"artifact": {"string_value": artifact}}}
+              "parameters": {"artifact": {"string_value": artifact}, **spec_parameter(manifest)}}
     if options.warmup:
         config["model_warmup"] = warmup(config["input"], manifest, mb)
     return config

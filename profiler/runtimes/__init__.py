@@ -23,11 +23,12 @@ RUNTIMES: dict[str, tuple[str, str, str | None, tuple[str, ...]]] = {
     "torch-trt": ("autotimm_deploy.profiler.runtimes.torch_trt", "TorchTensorRTSession", "torch-trt", ("torch_tensorrt",)),
     "onnxruntime-cuda": ("autotimm_deploy.profiler.runtimes.onnxruntime", "OnnxRuntimeCudaSession", "gpu", ("onnxruntime",)),
     "onnxruntime-trt": ("autotimm_deploy.profiler.runtimes.onnxruntime", "OnnxRuntimeTensorRTSession", "gpu", ("onnxruntime",)),
+    "triton": ("autotimm_deploy.profiler.runtimes.triton", "TritonSession", "triton", ("tritonclient",)),
 }
 
 # The runtime an artifact format runs on unless the user picks another.
 DEFAULT_RUNTIME = {"torchscript": "torchscript", "pt2": "pt2", "aoti": "aoti", "onnx": "onnxruntime",
-                   "openvino": "openvino", "trt": "tensorrt", "torch-trt": "torch-trt"}
+                   "openvino": "openvino", "trt": "tensorrt", "torch-trt": "torch-trt", "triton": "triton"}
 
 
 def runtime_class(name: str) -> type[Session]:

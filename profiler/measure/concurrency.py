@@ -1,0 +1,61 @@
+"""A concurrency sweep, as Triton's perf_analyzer runs one: at each level N, N client threads each send
+requests back to back (each on its own connection) for a fixed time after a warm-up; every request's
+round trip is kept. Reported per level: requests, throughput (requests and pictures per second) and
+latency percentiles. A request that fails stops the level with its error."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def sweep(make_caller: Callable[[], Callable[[], object]], levels: list[int], seconds: float, batch: int,
+          warmup: float = 1.0, progress: Callable[[str], None] | None = None) -> list[dict]:
+    rows = []
+    for n in levels:
+        if progress:
+            progress(f"concurrency {n}: {seconds:g} s")
+        rows.append(_level(make_caller, n, seconds, batch, warmup))
+    return rows
+
+
+def _level(make_caller, n: int, seconds: float, batch: int, warmup: float) -> dict:
+    callers = [make_caller() for _ in range(n)]
+    latencies: list[list[float]] = [[] for _ in range(n)]
+    errors: list[str] = []
+    start = threading.Barrier(n + 1)
+    clock: dict[str, float] = {}
+
+    def work(i: int) -> None:
+        call = callers[i]
+        try:
+            start.wait()
+            while time.perf_counter() < clock["measure"]:
+                call()
+            while time.perf_counter() < clock["stop"]:
+                t0 = time.perf_counter()
+                call()
+                latencies[i].append(time.perf_counter() - t0)
+        except Exception as e:  # noqa: BLE001 - reported in the row
+            errors.append(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    now = time.perf_counter()
+    clock.update(measure=now + warmup, stop=now + warmup + seconds)
+    start.wait()
+    for t in threads:
+        t.join()
+    done = np.array([x for per in latencies for x in per]) * 1000
+    row = {"concurrency": n, "batch": batch, "seconds": seconds, "requests": int(done.size)}
+    if errors:
+        row["error"] = errors[0]
+    if done.size:
+        row.update(requests_per_s=round(done.size / seconds, 2), images_per_s=round(done.size * batch / seconds, 2),
+                   mean_ms=round(float(done.mean()), 3),
+                   **{f"p{q}_ms": round(float(np.percentile(done, q)), 3) for q in (50, 90, 99)})
+    return row
