@@ -49,7 +49,12 @@ from autotimm_deploy.exporter.formats.aoti import AOTIOptions
 from autotimm_deploy.exporter.formats.dims import parse_dynamic_size
 from autotimm_deploy.exporter.formats.tensorrt import TensorRTOptions, parse_dynamic_batch
 from autotimm_deploy.exporter.parity import reference_summary, summary
-from autotimm_deploy.exporter.triton.console import add_serve_options, print_models, serve_options
+from autotimm_deploy.exporter.triton.console import (
+    add_serve_options,
+    check_serve_options_used,
+    print_models,
+    serve_options,
+)
 from autotimm_deploy.recipes.console import any_failed, print_recipe_rows, recipe_progress
 from autotimm_deploy.recipes.jobs import JobStatus
 from rich.console import Console
@@ -357,7 +362,9 @@ def run_target(a, spec: ModelSpec, options) -> int:
 
 def check_triton_repo(a) -> None:
     """--triton-repo: a new folder, the [triton] extra, valid options; before any export starts."""
-    if a.triton_repo:
+    if not a.triton_repo:
+        check_serve_options_used(a)
+    else:
         from autotimm_deploy.exporter.triton.repository import check_destination
 
         check_destination(a.triton_repo)

@@ -52,7 +52,7 @@ def _build(a: argparse.Namespace) -> int:
 
 
 def _serve(a: argparse.Namespace) -> int:
-    from autotimm_deploy.exporter.triton.server import serving
+    from autotimm_deploy.exporter.triton.server import failure, serving
 
     out = console(True)
     with serving(a.repo, models=a.model, http_port=a.http_port, grpc_port=a.grpc_port) as server:
@@ -62,7 +62,8 @@ def _serve(a: argparse.Namespace) -> int:
         out.print("Ctrl-C (or SIGTERM) stops the server")
         while server.process.poll() is None:
             time.sleep(0.5)
-        sys.stderr.write(f"{PROG}: error: tritonserver exited ({server.process.returncode}): {server.log_tail(1)}\n")
+        why = failure(server.log.read_text(errors="replace"))
+        sys.stderr.write(f"{PROG}: error: tritonserver exited ({server.process.returncode}): {why}\n")
         return 1
 
 

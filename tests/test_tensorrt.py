@@ -131,7 +131,7 @@ def test_weak_int8_needs_enough_calibration(tmp_path):
 
 @pytest.mark.parametrize("spec", [ModelSpec("resnet18", num_classes=10, img_size=(64, 64)),
                                   ModelSpec("resnet18", task="detection", num_classes=5, img_size=(128, 128),
-                                            head={"fpn_channels": 64, "max_detections": 50})],
+                                            head={"fpn_channels": 32, "max_detections": 20})],
                          ids=["classification", "detection"])
 def test_fp16_compute_onnx_parity_in_onnxruntime(tmp_path, spec):
     """The graph TensorRT 11 parses for --fp16: fp16 weights and compute, fp32 inputs and outputs,

@@ -79,12 +79,27 @@ def test_every_config_parses_with_tritons_schema(tmp_path, artifacts):
              batch={"dynamic": True, "min": 1, "opt": 4, "max": 16})
     engine.with_name(engine.name + ".json").write_text(json.dumps(m))
 
-    gpu = build_repository([cls["onnx"], cls["torchscript"], engine, det], tmp_path / "gpu",
+    openvino = [cls["openvino"]] if "openvino" in cls else []
+    gpu = build_repository([cls["onnx"], cls["torchscript"], engine, det, *openvino], tmp_path / "gpu",
                            ServeOptions(kind="gpu", instances=2, ort_tensorrt=True, max_batch=8))
-    cpu = build_repository([cls["onnx"], cls["torchscript"], *([cls["openvino"]] if "openvino" in cls else [])],
-                           tmp_path / "cpu", ServeOptions(queue_delay_us=500))
+    # and an engine whose profile starts at batch 4: Triton must not batch it (its batcher would send fewer)
+    engine4 = tmp_path / "src" / "resnet18-b4.engine"
+    shutil.copy(engine, engine4)
+    m.update(artifact=engine4.name, files={engine4.name: m["files"][engine.name]},
+             batch={"dynamic": True, "min": 4, "opt": 8, "max": 16})
+    engine4.with_name(engine4.name + ".json").write_text(json.dumps(m))
+    cpu = build_repository([cls["onnx"], cls["torchscript"], *openvino, engine4], tmp_path / "cpu", ServeOptions(queue_delay_us=500))
+    notes = {x.name: x.note for x in cpu if x.note}
+    assert "runs on gpu, not --kind cpu" in notes["resnet18-b4_engine"]  # said, not silently dropped
+    assert "batches of" in notes["resnet18-b4_engine_ensemble"]
+    assert not (tmp_path / "cpu" / "resnet18-b4_engine").exists()
+    b4 = _configs(tmp_path / "cpu")["resnet18-b4_engine_python"]
+    assert b4.max_batch_size == 0 and list(b4.input[0].dims) == [-1, 3, 64, 64]  # the client sends whole batches
+    assert b4.instance_group[0].kind == b4.instance_group[0].KIND_GPU  # our TensorRT runtime needs the GPU
+    assert list(b4.model_warmup[0].inputs["input"].dims) == [4, 3, 64, 64]
     configs = {**_configs(tmp_path / "gpu"), **{f"cpu/{k}": v for k, v in _configs(tmp_path / "cpu").items()}}
-    assert len(configs) == len(gpu) + len(cpu)  # every model has a config, and every config parses
+    written = [x for x in gpu + cpu if not x.note]
+    assert len(configs) == len(written)  # every model written has a config, and every config parses
 
     onnx = configs["resnet18_onnx"]
     assert onnx.backend == "onnxruntime" and onnx.max_batch_size == 8 and onnx.default_model_filename == "model.onnx"
@@ -105,7 +120,10 @@ def test_every_config_parses_with_tritons_schema(tmp_path, artifacts):
         ov = configs["cpu/resnet18_xml"]
         assert ov.backend == "openvino" and ov.instance_group[0].kind == ov.instance_group[0].KIND_CPU
         assert sorted(p.name for p in (tmp_path / "cpu" / "resnet18_xml" / "1").iterdir()) == ["model.bin", "model.xml"]
-    assert "resnet18_xml" not in {m.name for m in gpu}  # Triton's OpenVINO backend has no GPU instances
+    if openvino:  # Triton's OpenVINO backend has no GPU instances, nor has our OpenVINO runtime
+        assert not (tmp_path / "gpu" / "resnet18_xml").exists()
+        ov_py = configs["resnet18_xml_python"]
+        assert ov_py.instance_group[0].kind == ov_py.instance_group[0].KIND_CPU
     # the detector: num_detections is one scalar per picture (dims [1] reshaped to []), boxes go back
     # to the picture's pixels in the ensemble
     det_py = configs["resnet18-det_onnx_python"]
@@ -259,6 +277,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, artifacts):
              ([str(cls["onnx"]), "-o", str(tmp_path / "r2"), "--name", "bad/name"], "not a model name Triton accepts"),
              ([str(cls["onnx"]), "-o", str(tmp_path / "r3"), "--name", ".hidden"], "not a model name Triton accepts"),
              ([str(cls["onnx"]), str(cls["onnx"]), "-o", str(tmp_path / "r4")], "would both be served as"),
+             ([str(cls["onnx"]), str(cls["torchscript"]), "-o", str(tmp_path / "r4"), "--name", "a", "--name",
+               "a_python"], "would both be served as 'a_python'"),
              ([str(tmp_path / "nowhere.onnx"), "-o", str(tmp_path / "r5")], "artifact not found"),
              ([str(cls["onnx"]), "-o", str(tmp_path / "r6"), "--kind", "cpu", "--ort-tensorrt"], "needs --kind gpu"),
              ([str(cls["onnx"]), "-o", str(tmp_path / "no" / "such" / "r7")], "does not exist")]
@@ -272,6 +292,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, artifacts):
     out = tmp_path / "out"
     p = run_cli("autotimm_deploy.exporter.cli", "test_resnet", "-o", str(out), "--triton-repo", str(taken))
     assert p.returncode == 2 and "already exists" in p.stderr and not out.exists()
+    p = run_cli("autotimm_deploy.exporter.cli", "test_resnet", "-o", str(out), "--kind", "gpu")
+    assert p.returncode == 2 and "--kind only apply with --triton-repo" in p.stderr and not out.exists()
 
 
 def test_export_writes_the_repository_for_the_artifacts_that_pass(tmp_path):

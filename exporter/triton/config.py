@@ -61,10 +61,14 @@ def _libtorch_name(kind: str, index: int, _name: str) -> str:
 
 
 def _onnxruntime_extra(config: dict, manifest, options: ServeOptions) -> None:
+    """ONNX Runtime's TensorRT execution provider: INT8 for our Q/DQ graphs (explicit quantization),
+    FP16 for fp16 graphs, FP32 otherwise; engines cached, so instances and restarts reuse them."""
     if options.ort_tensorrt:
-        mode = "FP16" if manifest.precision in ("fp16", "int8") else "FP32"
+        mode = {"int8": "INT8", "fp16": "FP16"}.get(manifest.precision, "FP32")
         config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [
-            {"name": "tensorrt", "parameters": {"precision_mode": mode, "max_workspace_size_bytes": str(1 << 30)}}]}}
+            {"name": "tensorrt", "parameters": {
+                "precision_mode": mode, "max_workspace_size_bytes": str(1 << 30), "trt_engine_cache_enable": "true",
+                "trt_engine_cache_path": f"/tmp/autotimm-ort-trt-cache/{config['name']}"}}]}}
 
 
 NATIVE: dict[str, Native] = {
@@ -75,12 +79,29 @@ NATIVE: dict[str, Native] = {
 }
 
 
+# the devices our own runtime runs each format on (the Python-backend variant's instance kind)
+RUNTIME_KINDS = {"openvino": ("cpu",), "trt": ("gpu",), "torch-trt": ("gpu",)}
+
+
+def python_kind(manifest, options: ServeOptions) -> str:
+    kinds = RUNTIME_KINDS.get(manifest.format, ("cpu", "gpu"))
+    return options.kind if options.kind in kinds else kinds[0]
+
+
+def one_picture(manifest) -> bool:
+    """Whether the artifact runs one picture at a time (what the raw-picture ensemble sends)."""
+    dim0 = manifest.inputs[0].shape[0]
+    return dim0 == 1 if isinstance(dim0, int) else int((manifest.batch or {}).get("min") or 1) <= 1
+
+
 def max_batch(manifest, options: ServeOptions) -> int:
-    """Triton's ``max_batch_size``: 0 for a fixed-batch artifact (the batch is then part of the
-    dims), else the artifact's largest batch, capped by ``--max-batch``."""
+    """Triton's ``max_batch_size``: 0 for a fixed-batch artifact, or one whose smallest batch is
+    above 1 (a TensorRT profile from 4, say: Triton's batcher would send it fewer), so the batch is
+    part of the dims and the client sends whole batches; else the artifact's largest batch, capped
+    by ``--max-batch``."""
     batch = manifest.batch or {}
     dim0 = manifest.inputs[0].shape[0]
-    if isinstance(dim0, int) or not batch.get("dynamic", True):
+    if isinstance(dim0, int) or not batch.get("dynamic", True) or int(batch.get("min") or 1) > 1:
         return 0
     hi = batch.get("max")
     return min(options.max_batch, int(hi)) if hi else options.max_batch
@@ -111,20 +132,21 @@ def io_entries(signatures, batched: bool, kind: str, name_of=None) -> list[dict]
     return entries
 
 
-def instance_group(options: ServeOptions) -> list[dict]:
-    return [{"kind": f"KIND_{options.kind.upper()}", "count": options.instances}]
+def instance_group(options: ServeOptions, kind: str | None = None) -> list[dict]:
+    return [{"kind": f"KIND_{(kind or options.kind).upper()}", "count": options.instances}]
 
 
 def batching(mb: int, options: ServeOptions) -> dict:
-    """Dynamic batching with the powers of two from 4 up to ``mb`` preferred (at most three)."""
+    """Dynamic batching preferring the three largest powers of two from 4 to 128 within ``mb``."""
     preferred = [b for b in (4, 8, 16, 32, 64, 128) if b <= mb][-3:]
     return {"dynamic_batching": {"preferred_batch_size": preferred,
                                  "max_queue_delay_microseconds": options.queue_delay_us}} if mb > 1 else {}
 
 
 def warmup(inputs: list[dict], manifest, mb: int) -> list[dict]:
-    """One all-zeros request at batch 1 and at the export size."""
+    """One all-zeros request at the smallest batch and at the export size."""
     size = dict(zip(("height", "width"), manifest.spec.get("img_size") or []))
+    size["batch"] = int((manifest.batch or {}).get("min") or 1)
     sigs = {s.name: s for s in manifest.inputs}
     feeds = {}
     for entry, sig in zip(inputs, sigs.values()):
@@ -142,9 +164,6 @@ def spec_parameter(manifest) -> dict:
 
 def native_config(name: str, manifest, options: ServeOptions) -> dict:
     native = NATIVE[manifest.format]
-    if options.kind not in native.kinds:
-        raise UserError(f"Triton's {native.backend} backend does not run on {options.kind} "
-                        f"(it runs on: {', '.join(native.kinds)}); pass --kind {native.kinds[0]}")
     mb = max_batch(manifest, options)
     config = {"name": name, "backend": native.backend, "max_batch_size": mb,
               "default_model_filename": native.filename,
@@ -165,7 +184,7 @@ def python_config(name: str, manifest, options: ServeOptions, artifact: str) -> 
     config = {"name": name, "backend": "python", "max_batch_size": mb,
               "input": io_entries(manifest.inputs, mb > 0, "input"),
               "output": io_entries(manifest.outputs, mb > 0, "output"),
-              "instance_group": instance_group(options), **batching(mb, options),
+              "instance_group": instance_group(options, python_kind(manifest, options)), **batching(mb, options),
               "parameters": {"artifact": {"string_value": artifact}, **spec_parameter(manifest)}}
     if options.warmup:
         config["model_warmup"] = warmup(config["input"], manifest, mb)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from autotimm_deploy.exporter.core.cli import int_in
+from autotimm_deploy.exporter.core.errors import UserError
 from rich.markup import escape
 from rich.table import Table
 
@@ -27,6 +28,16 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-warmup", action="store_true", help="no model_warmup in the configs")
 
 
+def check_serve_options_used(a: argparse.Namespace) -> None:
+    """The repository options mean nothing without a repository: refused, not ignored."""
+    defaults = {"kind": "cpu", "instances": 1, "max_batch": 32, "queue_delay_us": 100, "ort_tensorrt": False,
+                "ensemble_over": "python", "no_warmup": False}
+    given = [k for k, v in defaults.items() if getattr(a, k) != v]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise UserError(f"{flags} only apply with --triton-repo DIR")
+
+
 def serve_options(a: argparse.Namespace):
     from autotimm_deploy.exporter.triton.config import ServeOptions
 
@@ -36,12 +47,12 @@ def serve_options(a: argparse.Namespace):
 
 def print_models(models, repo, out) -> None:
     t = Table(title=f"Triton model repository {escape(str(repo))}")
-    for c in ("model", "role", "backend", "artifact"):
+    for c in ("model", "role", "backend", "artifact", "note"):
         t.add_column(c)
     for m in models:
-        t.add_row(escape(m.name), m.role, m.backend, escape(m.artifact))
+        t.add_row(escape(m.name), m.role, m.backend, escape(m.artifact), f"[yellow]{escape(m.note)}[/]" if m.note else "")
     out.print(t)
-    first = next((m.name for m in models if m.role == "ensemble"), None)
+    first = next((m.name for m in models if m.role == "ensemble" and not m.note), None)
     out.print(f"serve: autotimm-triton serve {escape(str(repo))}  (or tritonserver --model-repository {escape(str(repo))})")
     if first:
         out.print(f"ask:   python {escape(str(repo))}/client.py picture.jpg --model {escape(first)}")

@@ -29,6 +29,7 @@ from autotimm_deploy.exporter.triton.config import (
     data_type,
     dims,
     native_config,
+    one_picture,
     python_config,
     schema,
     to_pbtxt,
@@ -46,6 +47,7 @@ class RepoModel:
     role: str  # native | python | preprocess | boxes | ensemble
     backend: str  # the backend or platform Triton loads it with
     artifact: str  # the artifact it serves, by file name
+    note: str = ""  # set on a model that was not written, and why (it has no folder)
 
 
 def find_artifacts(paths: list[str | Path]) -> list[Path]:
@@ -110,24 +112,28 @@ def build_repository(artifacts: list[str | Path], repository: str | Path, option
         verify_files(manifest, folder)
         loaded.append((folder, manifest))
     bases = [check_name(n) for n in (names or [base_name(folder / m.artifact) for folder, m in loaded])]
-    taken = {}
+    taken: dict[str, Path] = {}
     for base, (folder, m) in zip(bases, loaded):
-        if base in taken:
-            raise UserError(f"two artifacts would both be served as {base!r} ({taken[base]} and {folder / m.artifact}); "
-                            "pass --name for each")
-        taken[base] = folder / m.artifact
-        check_name(f"{base}_preprocess")
+        for name in (base, *(f"{base}_{role}" for role in ("python", "preprocess", "boxes", "ensemble"))):
+            check_name(name)
+            if name in taken:
+                raise UserError(f"two artifacts would both be served as {name!r} ({taken[name]} and "
+                                f"{folder / m.artifact}); pass --name for each")
+            taken[name] = folder / m.artifact
     tmp = repository.with_name(f".{repository.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         models: list[RepoModel] = []
         for base, (folder, m) in zip(bases, loaded):
             models += _write_artifact(tmp, base, folder, m, options, ensemble_over)
-        first = next((x for x in models if x.role == "ensemble"), None)
+        first = next((x for x in models if x.role == "ensemble" and not x.note), None)
         client = CLIENT.read_text().replace("__MODEL__", first.name if first else "")
         (tmp / "client.py").write_text(client)
         (tmp / "models.json").write_text(json.dumps([asdict(x) for x in models], indent=2) + "\n")
-        os.replace(tmp, repository)
+        try:
+            os.rename(tmp, repository)
+        except OSError:
+            raise UserError(f"{repository} appeared while the repository was written: give a new folder") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return models
@@ -141,10 +147,23 @@ def _write_artifact(repo: Path, base: str, folder: Path, m: Manifest, options: S
         _write(repo / base, native_config(base, m, options))
         _place(folder, m, repo / base / "1", native.filename)
         models.append(RepoModel(base, "native", native.backend, m.artifact))
+    elif native:
+        models.append(RepoModel(base, "native", native.backend, m.artifact,
+                                note=f"not written: Triton's {native.backend} backend runs on "
+                                     f"{', '.join(native.kinds)}, not --kind {options.kind}"))
+    else:
+        models.append(RepoModel(base, "native", "-", m.artifact,
+                                note=f"not written: Triton has no backend for {m.format} artifacts (the _python "
+                                     "model serves it)"))
     py = f"{base}_python"
     _write(repo / py, python_config(py, m, options, m.artifact), module="artifact_model")
     _place(folder, m, repo / py / "1", None)
     models.append(RepoModel(py, "python", "python", m.artifact))
+    if not one_picture(m):
+        models.append(RepoModel(f"{base}_ensemble", "ensemble", "ensemble", m.artifact,
+                                note=f"not written: the artifact takes batches of {m.inputs[0].shape[0]} at least, "
+                                     "the raw-picture ensemble sends one picture"))
+        return models
     pre = f"{base}_preprocess"
     dense = m.spec.get("task", "classification") != "classification"
     _write(repo / pre, preprocess_config(pre, m, options, "stretch" if dense else "crop"), module="preprocess_model")
@@ -154,7 +173,7 @@ def _write_artifact(repo: Path, base: str, folder: Path, m: Manifest, options: S
         boxes = f"{base}_boxes"
         _write(repo / boxes, boxes_config(boxes, m, options), module="boxes_model")
         models.append(RepoModel(boxes, "boxes", "python", m.artifact))
-    over_native = ensemble_over == "native" and models[0].role == "native"
+    over_native = ensemble_over == "native" and not models[0].note
     target = base if over_native else py
     name_of = native.tensor_name if over_native and native else None
     ens = f"{base}_ensemble"

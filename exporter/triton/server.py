@@ -188,14 +188,14 @@ def _wait_ready(server: Server, timeout: float) -> None:
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise UserError(f"tritonserver stopped (exit {server.process.returncode}) before it was ready: "
-                            f"{_failure(server.log.read_text(errors='replace'))}")
+                            f"{failure(server.log.read_text(errors='replace'))}")
         if _ready(server.http_port):
             return
         time.sleep(0.25)
-    raise UserError(f"tritonserver was not ready within {timeout:.0f} s: {_failure(server.log_tail(40))}")
+    raise UserError(f"tritonserver was not ready within {timeout:.0f} s: {failure(server.log_tail(40))}")
 
 
-def _failure(log: str) -> str:
+def failure(log: str) -> str:
     """The server's own line about what failed (a model that did not load), else its last line."""
     lines = [line.strip() for line in log.splitlines() if line.strip()]
     for key in ("Poll failed", "failed to load", "UNAVAILABLE", "error:"):

@@ -19,6 +19,8 @@ class TritonPythonModel:
         gpu = args.get("model_instance_kind") == "GPU"
         device = f"cuda:{args.get('model_instance_device_id', 0)}" if gpu else None
         self.session = open_session(path, manifest=manifest, device=device).__enter__()
+        if len(self.session.inputs) != 1:
+            raise ValueError(f"{path.name} has {len(self.session.inputs)} inputs; this model feeds one")
         self.input = self.session.inputs[0].name
         self.outputs = self.session.output_names
         self.batch_max = self.session.batch_range()[1]

@@ -1,7 +1,8 @@
 """A concurrency sweep, as Triton's perf_analyzer runs one: at each level N, N client threads each send
 requests back to back (each on its own connection) for a fixed time after a warm-up; every request's
-round trip is kept. Reported per level: requests, throughput (requests and pictures per second) and
-latency percentiles. A request that fails stops the level with its error."""
+round trip is kept. Reported per level: requests, throughput (requests and pictures per second, over
+the time from the start of the measurement to the last request's answer) and latency percentiles. A
+request that fails stops its client thread, and the level reports the first error."""
 
 from __future__ import annotations
 
@@ -24,7 +25,18 @@ def sweep(make_caller: Callable[[], Callable[[], object]], levels: list[int], se
 
 def _level(make_caller, n: int, seconds: float, batch: int, warmup: float) -> dict:
     callers = [make_caller() for _ in range(n)]
+    try:
+        return _measure(callers, seconds, batch, warmup)
+    finally:
+        for c in callers:
+            if hasattr(c, "close"):
+                c.close()
+
+
+def _measure(callers, seconds: float, batch: int, warmup: float) -> dict:
+    n = len(callers)
     latencies: list[list[float]] = [[] for _ in range(n)]
+    last = [0.0] * n
     errors: list[str] = []
     start = threading.Barrier(n + 1)
     clock: dict[str, float] = {}
@@ -38,7 +50,8 @@ def _level(make_caller, n: int, seconds: float, batch: int, warmup: float) -> di
             while time.perf_counter() < clock["stop"]:
                 t0 = time.perf_counter()
                 call()
-                latencies[i].append(time.perf_counter() - t0)
+                last[i] = time.perf_counter()
+                latencies[i].append(last[i] - t0)
         except Exception as e:  # noqa: BLE001 - reported in the row
             errors.append(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
 
@@ -51,11 +64,12 @@ def _level(make_caller, n: int, seconds: float, batch: int, warmup: float) -> di
     for t in threads:
         t.join()
     done = np.array([x for per in latencies for x in per]) * 1000
-    row = {"concurrency": n, "batch": batch, "seconds": seconds, "requests": int(done.size)}
+    elapsed = max(last) - clock["measure"]
+    row = {"concurrency": n, "batch": batch, "seconds": round(elapsed, 3), "requests": int(done.size)}
     if errors:
         row["error"] = errors[0]
-    if done.size:
-        row.update(requests_per_s=round(done.size / seconds, 2), images_per_s=round(done.size * batch / seconds, 2),
+    if done.size and elapsed > 0:
+        row.update(requests_per_s=round(done.size / elapsed, 2), images_per_s=round(done.size * batch / elapsed, 2),
                    mean_ms=round(float(done.mean()), 3),
                    **{f"p{q}_ms": round(float(np.percentile(done, q)), 3) for q in (50, 90, 99)})
     return row

@@ -25,10 +25,15 @@ def parse_url(url: str) -> tuple[str, str, str]:
     parsed = urlparse(url)
     protocol = dict(p.split("=", 1) for p in parsed.query.split("&") if "=" in p).get("protocol", "http")
     model = parsed.path.strip("/")
-    if parsed.scheme != "triton" or not parsed.hostname or not model or "/" in model or protocol not in ("http", "grpc"):
+    try:
+        port = parsed.port or (8001 if protocol == "grpc" else 8000)
+    except ValueError:
+        port = None
+    if parsed.scheme != "triton" or not parsed.hostname or not model or "/" in model or \
+            protocol not in ("http", "grpc") or port is None:
         raise UserError(f"{url}: a served model is triton://HOST[:PORT]/MODEL[?protocol=grpc]")
-    port = parsed.port or (8001 if protocol == "grpc" else 8000)
-    return f"{parsed.hostname}:{port}", model, protocol
+    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+    return f"{host}:{port}", model, protocol
 
 
 def client_module(protocol: str):
@@ -106,7 +111,7 @@ class TritonSession(Session):
     def prepare(self, arrays: dict[str, np.ndarray]) -> Any:
         inputs = []
         for sig in self.inputs:
-            x = np.ascontiguousarray(arrays[sig.name])
+            x = np.ascontiguousarray(arrays[sig.name], dtype=sig.dtype)
             entry = self.client_module.InferInput(sig.name, list(x.shape), _triton_dtype(x.dtype))
             entry.set_data_from_numpy(x)
             inputs.append(entry)
@@ -118,16 +123,29 @@ class TritonSession(Session):
     def fetch(self, outputs: Any) -> dict[str, np.ndarray]:
         return {n: outputs.as_numpy(n) for n in self.output_names}
 
-    def caller(self, batch: int, seed: int = 0):
-        """A callable sending one request at ``batch`` on its own connection (one per thread)."""
+    def caller(self, batch: int, seed: int = 0) -> "Caller":
+        """Sends one request at ``batch`` on its own connection (one per thread); close it after."""
         client = self.client_module.InferenceServerClient(parse_url(self.url)[0])
-        inputs = self.prepare(self.random_arrays(batch, seed))
-        return lambda: client.infer(self.model, inputs, outputs=self.requested)
+        return Caller(client, self.model, self.prepare(self.random_arrays(batch, seed)), self.requested)
 
     def close(self) -> None:
         try:
             self.client.close()
         except Exception:  # noqa: BLE001 - closing a dead connection
+            pass
+
+
+class Caller:
+    def __init__(self, client, model: str, inputs, outputs):
+        self.client, self.model, self.inputs, self.outputs = client, model, inputs, outputs
+
+    def __call__(self):
+        return self.client.infer(self.model, self.inputs, outputs=self.outputs)
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # noqa: BLE001
             pass
 
 
