@@ -27,7 +27,7 @@ COPY recipes ./recipes
 # onnxruntime-gpu replaces the CPU onnxruntime (both provide the `onnxruntime` module).
 RUN echo "tensorrt==$(pip show tensorrt | sed -n 's/^Version: //p')" > /tmp/pins.txt && cat /tmp/pins.txt \
  && grep -q '^tensorrt==10\.' /tmp/pins.txt \
- && pip install -c /tmp/pins.txt '.[trt,openvino,autotimm]' \
+ && pip install -c /tmp/pins.txt '.[trt,openvino,autotimm,triton]' \
  && pip uninstall -y onnxruntime \
  && pip install -c /tmp/pins.txt 'onnxruntime-gpu>=1.20'
 # What a session really runs on (ORT drops a provider it cannot start without an error), not what is
