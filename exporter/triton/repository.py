@@ -131,6 +131,8 @@ def build_repository(artifacts: list[str | Path], repository: str | Path, option
         (tmp / "client.py").write_text(client)
         (tmp / "models.json").write_text(json.dumps([asdict(x) for x in models], indent=2) + "\n")
         try:
+            if repository.exists():  # os.rename would replace an empty folder made meanwhile
+                raise FileExistsError(repository)
             os.rename(tmp, repository)
         except OSError:
             raise UserError(f"{repository} appeared while the repository was written: give a new folder") from None
