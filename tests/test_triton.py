@@ -264,6 +264,14 @@ def test_the_server_is_stopped_when_the_test_fails(tmp_path, artifacts):
     with pytest.raises(UserError, match="this server has no onnxruntime backend"):
         with serving(tmp_path / "repo", models=["resnet18_onnx"]):
             pass
+    import socket
+
+    with socket.socket() as taken:  # another server on the port would answer our readiness check
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(UserError, match="is in use: pass another --http-port"):
+            with serving(tmp_path / "repo", http_port=taken.getsockname()[1]):
+                pass
 
 
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, artifacts):
@@ -282,6 +290,16 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, artifacts):
              ([str(tmp_path / "nowhere.onnx"), "-o", str(tmp_path / "r5")], "artifact not found"),
              ([str(cls["onnx"]), "-o", str(tmp_path / "r6"), "--kind", "cpu", "--ort-tensorrt"], "needs --kind gpu"),
              ([str(cls["onnx"]), "-o", str(tmp_path / "no" / "such" / "r7")], "does not exist")]
+    for name, change, message in [("nopre", lambda j: j.pop("preprocessing"), "preprocessing.input_size"),
+                                  ("noout", lambda j: j.update(outputs=[]), "no well-formed outputs"),
+                                  ("fmt", lambda j: j.update(format="foo"), "names format 'foo'")]:
+        odd = tmp_path / name / cls["onnx"].name  # valid JSON, a field a config needs broken
+        odd.parent.mkdir()
+        shutil.copy(cls["onnx"], odd)
+        j = json.loads(cls["onnx"].with_name(cls["onnx"].name + ".json").read_text())
+        change(j)
+        odd.with_name(odd.name + ".json").write_text(json.dumps(j))
+        cases.append(([str(odd), "-o", str(tmp_path / f"r-{name}")], message))
     before = files_under(tmp_path)
     for args, message in cases:
         p = run_cli("autotimm_deploy.exporter.triton_cli", "build", *args)

@@ -74,6 +74,29 @@ def check_name(name: str) -> str:
     return name
 
 
+KNOWN_FORMATS = (*NATIVE, "pt2", "aoti", "torch-trt")  # what our runtimes run (the _python variant)
+
+
+def check_servable(m: Manifest, path: Path) -> None:
+    """What a config is written from, present and well-formed (one line, not a KeyError later)."""
+    def fail(what: str):
+        raise UserError(f"manifest {path} {what}: re-export the artifact")
+
+    if m.format not in KNOWN_FORMATS:
+        fail(f"names format {m.format!r}, which no Triton model here serves (known: {', '.join(KNOWN_FORMATS)})")
+    for kind, sigs in (("inputs", m.inputs), ("outputs", m.outputs)):
+        if not sigs or not all(isinstance(s.shape, list) and s.shape and isinstance(s.dtype, str) and s.name
+                               for s in sigs):
+            fail(f"has no well-formed {kind} (name, dtype, shape)")
+    size = (m.preprocessing or {}).get("input_size") if isinstance(m.preprocessing, dict) else None
+    if not (isinstance(size, list) and len(size) == 3 and all(type(v) is int and v > 0 for v in size)):
+        fail("has no preprocessing.input_size [C, H, W]")
+    for key in ("min", "max"):
+        value = (m.batch or {}).get(key)
+        if value is not None and (type(value) is not int or value < 1):
+            fail(f"has batch.{key} {value!r}, not a positive integer")
+
+
 def base_name(artifact: Path) -> str:
     stem, _, ext = artifact.name.rpartition(".")
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{stem}_{ext}" if stem else artifact.name)
@@ -110,6 +133,7 @@ def build_repository(artifacts: list[str | Path], repository: str | Path, option
         manifest = load_manifest(path)
         folder = manifest_path(path).parent
         verify_files(manifest, folder)
+        check_servable(manifest, manifest_path(path))
         loaded.append((folder, manifest))
     bases = [check_name(n) for n in (names or [base_name(folder / m.artifact) for folder, m in loaded])]
     taken: dict[str, Path] = {}
@@ -125,7 +149,11 @@ def build_repository(artifacts: list[str | Path], repository: str | Path, option
     try:
         models: list[RepoModel] = []
         for base, (folder, m) in zip(bases, loaded):
-            models += _write_artifact(tmp, base, folder, m, options, ensemble_over)
+            try:
+                models += _write_artifact(tmp, base, folder, m, options, ensemble_over)
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:  # a manifest's odd field
+                raise UserError(f"the manifest of {folder / m.artifact} cannot be written as a Triton config "
+                                f"({type(e).__name__}: {e}); re-export the artifact") from None
         first = next((x for x in models if x.role == "ensemble" and not x.note), None)
         client = CLIENT.read_text().replace("__MODEL__", first.name if first else "")
         (tmp / "client.py").write_text(client)

@@ -102,6 +102,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_port(port: int, what: str) -> None:
+    """A port something else listens on would answer our readiness check for the wrong server."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise UserError(f"port {port} ({what}) on 127.0.0.1 is in use: pass another --{what}-port") from None
+
+
+TMP_PREFIX = "autotimm-triton-"
+
+
+def remove_stale_copies() -> None:
+    """Server copies left by a launcher that was killed (``kill -9``): their pid is gone."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{TMP_PREFIX}*-*"):
+        pid = folder.name[len(TMP_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def _prepare(root: Path, workdir: Path) -> Path:
     """The binaries in ``workdir`` with the Python backend stub for this interpreter."""
     server = workdir / "tritonserver"
@@ -160,9 +180,12 @@ def serving(repository: str | Path, models: list[str] | None = None, http_port: 
     if not models:
         raise UserError(f"none of the models in {repository} can be served by this tritonserver "
                         f"({'; '.join(f'{k}: {v}' for k, v in skipped.items()) or 'the repository is empty'})")
-    with tempfile.TemporaryDirectory(prefix="autotimm-triton-") as tmp:
+    ports = (http_port or free_port(), grpc_port or free_port(), free_port())
+    for port, what in zip(ports[:2], ("http", "grpc")):
+        check_port(port, what)
+    remove_stale_copies()
+    with tempfile.TemporaryDirectory(prefix=f"{TMP_PREFIX}{os.getpid()}-") as tmp:
         server = _prepare(root, Path(tmp))
-        ports = (http_port or free_port(), grpc_port or free_port(), free_port())
         log = log or Path(tmp) / "tritonserver.log"
         args = [str(server / "bin" / "tritonserver"), f"--model-repository={repository}",
                 f"--backend-directory={server / 'backends'}", f"--cache-directory={server / 'caches'}",
@@ -189,10 +212,16 @@ def _wait_ready(server: Server, timeout: float) -> None:
         if server.process.poll() is not None:
             raise UserError(f"tritonserver stopped (exit {server.process.returncode}) before it was ready: "
                             f"{failure(server.log.read_text(errors='replace'))}")
+        log = server.log.read_text(errors="replace")
+        if "failed to load" in log or "Poll failed" in log:  # it may wait for other models before exiting
+            raise UserError(f"tritonserver could not load a model: {failure(log)}")
         if _ready(server.http_port):
             return
         time.sleep(0.25)
-    raise UserError(f"tritonserver was not ready within {timeout:.0f} s: {failure(server.log_tail(40))}")
+    log = server.log.read_text(errors="replace")
+    waiting = [m for m in server.loaded if f"successfully loaded '{m}'" not in log]
+    raise UserError(f"tritonserver was not ready within {timeout:.0f} s; still loading: {', '.join(waiting) or '?'} "
+                    f"(its last line: {failure(log)})")
 
 
 def failure(log: str) -> str:
