@@ -163,7 +163,7 @@ def main(a) -> int:
                          interleave=a.interleave, isolate=a.isolate,
                          on_progress=lambda text: bar.update(task, description=text))
     if a.concurrency:
-        report["concurrency"] = concurrency_sweeps(a, settings)
+        report["concurrency"] = concurrency_sweeps(a, settings, concurrency_levels(a))
     to_stdout = a.json == "-"
     table.render(report, console(to_stdout))
     if a.concurrency:
@@ -192,7 +192,7 @@ def concurrency_levels(a) -> list[int]:
     return levels
 
 
-def concurrency_sweeps(a, settings) -> list[dict]:
+def concurrency_sweeps(a, settings, levels: list[int]) -> list[dict]:
     """Each served target swept over the concurrency levels, after the latency runs."""
     from autotimm_deploy.profiler.measure.concurrency import sweep
     from autotimm_deploy.profiler.targets import open_target, resolve
@@ -205,7 +205,7 @@ def concurrency_sweeps(a, settings) -> list[dict]:
             target = resolve(text)
             session = open_target(target, "cpu", None)
             try:
-                rows = sweep(lambda: session.caller(batch), concurrency_levels(a), a.max_time, batch,
+                rows = sweep(lambda: session.caller(batch), levels, a.max_time, batch,
                              warmup=min(a.warmup_time, 2.0), progress=lambda t: bar.update(task, description=t))
             finally:
                 session.close()

@@ -7,7 +7,7 @@ graph) are compared with them in the program's order, each with the timm module 
 from __future__ import annotations
 
 import numpy as np
-from autotimm_deploy.exporter.formats.onnx_int8 import WRAPPER_PREFIXES
+from autotimm_deploy.exporter.formats.onnx_int8 import timm_path
 
 AGAINST = "eager PyTorch (the program the ONNX exporter translated, run node by node)"
 
@@ -50,10 +50,4 @@ def _op(node) -> str:
 def _module(node) -> str:
     """The innermost module the node ran in, without our wrapper's attribute."""
     stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return ""
-    path = list(stack.values())[-1][0]
-    for prefix in WRAPPER_PREFIXES:
-        if path.startswith(prefix):
-            return path[len(prefix):]
-    return path
+    return timm_path(list(stack.values())[-1][0]) if stack else ""

@@ -12,7 +12,8 @@ SHOWN = 5
 def compare_layers(order: list[dict], ref: dict[str, np.ndarray], out: dict[str, np.ndarray], cosine_gate: float,
                    against: str, pictures: int) -> dict:
     """``order``: {"tensor", "node", "op", "module"} per tensor in graph order; ``ref`` / ``out``: the
-    values by tensor key (compared flat: onnxruntime's augmentation saves tensors flattened). The first tensors whose cosine falls below ``cosine_gate``, and the worst."""
+    values by tensor key, compared flat (onnxruntime's augmentation saves tensors flattened). The
+    first tensors whose cosine falls below ``cosine_gate``, and the worst."""
     rows = []
     for spec in order:
         a, b = ref.get(spec["tensor"]), out.get(spec["tensor"])

@@ -185,9 +185,13 @@ def module_name(node, weights: set[str]) -> str:
     prefix); the node name when it has no named weight (a MatMul of two activations)."""
     for t in node.input:
         if t in weights and t.endswith(".weight"):
-            name = t[: -len(".weight")]
-            for prefix in WRAPPER_PREFIXES:
-                if name.startswith(prefix):
-                    return name[len(prefix):]
-            return name
+            return timm_path(t[: -len(".weight")])
     return node.name
+
+
+def timm_path(path: str) -> str:
+    """A module path inside our wrapper -> the timm model's own path."""
+    for prefix in WRAPPER_PREFIXES:
+        if path.startswith(prefix):
+            return path[len(prefix):]
+    return path

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -103,12 +104,14 @@ def base_name(artifact: Path) -> str:
 
 
 def check_destination(repository: str | Path) -> Path:
-    """A new folder in an existing one (checked before an export starts, and again when writing)."""
+    """A new folder in an existing one (checked before an export starts, and again when writing),
+    as an absolute path."""
     repository = Path(repository)
-    if repository.exists():
+    if repository.exists() or repository.is_symlink():
         raise UserError(f"{repository} already exists: give a new folder for the model repository")
-    if not repository.resolve().parent.is_dir():
-        raise UserError(f"folder {repository.resolve().parent} does not exist")
+    repository = repository.resolve()
+    if not repository.parent.is_dir():
+        raise UserError(f"folder {repository.parent} does not exist")
     schema()  # the [triton] extra
     return repository
 
@@ -135,7 +138,7 @@ def build_repository(artifacts: list[str | Path], repository: str | Path, option
         verify_files(manifest, folder)
         check_servable(manifest, manifest_path(path))
         loaded.append((folder, manifest))
-    bases = [check_name(n) for n in (names or [base_name(folder / m.artifact) for folder, m in loaded])]
+    bases = names or [base_name(folder / m.artifact) for folder, m in loaded]
     taken: dict[str, Path] = {}
     for base, (folder, m) in zip(bases, loaded):
         for name in (base, *(f"{base}_{role}" for role in ("python", "preprocess", "boxes", "ensemble"))):
@@ -144,9 +147,12 @@ def build_repository(artifacts: list[str | Path], repository: str | Path, option
                 raise UserError(f"two artifacts would both be served as {name!r} ({taken[name]} and "
                                 f"{folder / m.artifact}); pass --name for each")
             taken[name] = folder / m.artifact
-    tmp = repository.with_name(f".{repository.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # a new folder of its own beside the destination (same file system, so the rename is atomic)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{repository.name}.tmp-", dir=repository.parent))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the repository from a server run as another user
         models: list[RepoModel] = []
         for base, (folder, m) in zip(bases, loaded):
             try:

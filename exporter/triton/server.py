@@ -118,7 +118,7 @@ def remove_stale_copies() -> None:
     """Server copies left by a launcher that was killed (``kill -9``): their pid is gone."""
     for folder in Path(tempfile.gettempdir()).glob(f"{TMP_PREFIX}*-*"):
         pid = folder.name[len(TMP_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if pid.isdigit() and folder.is_dir() and not folder.is_symlink() and not Path(f"/proc/{pid}").exists():
             shutil.rmtree(folder, ignore_errors=True)
 
 

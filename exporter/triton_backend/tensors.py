@@ -7,6 +7,7 @@ and read by torch (numpy 2's ``__dlpack__`` hands the stub a capsule kind it doe
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -50,7 +51,5 @@ def parameters(args: dict) -> dict[str, str]:
     return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
 
 
-def model_folder(args: dict):
-    from pathlib import Path
-
+def model_folder(args: dict) -> Path:
     return Path(args["model_repository"]) / str(args["model_version"])

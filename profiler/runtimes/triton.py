@@ -16,10 +16,6 @@ from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig
 from autotimm_deploy.profiler.runtimes.base import Session
 
 SCHEME = "triton://"
-DTYPES = {"FP32": "float32", "FP16": "float16", "FP64": "float64", "INT64": "int64", "INT32": "int32",
-          "INT16": "int16", "INT8": "int8", "UINT8": "uint8", "BOOL": "bool", "BF16": "bfloat16"}
-
-
 def parse_url(url: str) -> tuple[str, str, str]:
     """``triton://host:port/model[?protocol=grpc]`` -> (host:port, model, protocol)."""
     parsed = urlparse(url)
@@ -60,6 +56,8 @@ def connect(url: str):
 
 def served_manifest(url: str) -> Manifest:
     """What the server says about the model, as a manifest (format ``triton``)."""
+    from tritonclient.utils import triton_to_np_dtype
+
     _, c, model = connect(url)
     config = _as_dict(c.get_model_config(model))
     config = config.get("config", config)
@@ -78,7 +76,7 @@ def served_manifest(url: str) -> Manifest:
         return d if d >= 0 else f"dim{i}"
 
     def sigs(entries):
-        return [TensorSig(e["name"], DTYPES.get(e["datatype"], e["datatype"].lower()),
+        return [TensorSig(e["name"], np.dtype(triton_to_np_dtype(e["datatype"])).name,
                           [dim(i, d) for i, d in enumerate(e["shape"])]) for e in entries]
 
     return Manifest(format="triton", artifact=model, spec=spec or {}, inputs=sigs(meta["inputs"]),
@@ -109,10 +107,12 @@ class TritonSession(Session):
         self.requested = [self.client_module.InferRequestedOutput(n) for n in self.output_names]
 
     def prepare(self, arrays: dict[str, np.ndarray]) -> Any:
+        from tritonclient.utils import np_to_triton_dtype
+
         inputs = []
         for sig in self.inputs:
             x = np.ascontiguousarray(arrays[sig.name], dtype=sig.dtype)
-            entry = self.client_module.InferInput(sig.name, list(x.shape), _triton_dtype(x.dtype))
+            entry = self.client_module.InferInput(sig.name, list(x.shape), np_to_triton_dtype(x.dtype))
             entry.set_data_from_numpy(x)
             inputs.append(entry)
         return inputs
@@ -147,9 +147,3 @@ class Caller:
             self.client.close()
         except Exception:  # noqa: BLE001
             pass
-
-
-def _triton_dtype(dtype) -> str:
-    from tritonclient.utils import np_to_triton_dtype
-
-    return np_to_triton_dtype(np.dtype(dtype))
