@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 OUT    ?= out
+# the LiteRT converter's own venv (exporter/formats/litert_env.py), kept beside ours
+export AUTOTIMM_LITERT_ENV ?= $(abspath $(VENV))/litert-env
 
 .PHONY: setup demo test clean
 
@@ -16,7 +18,9 @@ $(BIN)/python:
 # the project itself pins the same pair so no resolver can pull another torch later.
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[dev,openvino,autotimm,triton]'
+	$(BIN)/pip install --quiet -e '.[dev,openvino,autotimm,triton,executorch,ncnn,litert]'
+	# LiteRT's converter cannot share this venv (its pins break pydantic): its own, reusing our torch
+	$(BIN)/autotimm-export --setup-litert
 	# a real tritonserver (Python backend) for the Triton tests; --no-deps: its numpy<2 pin is for
 	# PyTriton's own Python code, which we do not use
 	$(BIN)/pip install --quiet --no-deps nvidia-pytriton==0.7.0

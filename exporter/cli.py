@@ -161,6 +161,9 @@ def build_parser() -> OneLineParser:
     add_serve_options(p)
     p.add_argument("--json", action="store_true", help="print results as JSON on stdout (table to stderr)")
     p.add_argument("--list-formats", action="store_true", help="list formats and whether each can run here")
+    p.add_argument("--setup-litert", action="store_true",
+                   help="build the LiteRT converter's own environment once (litert-torch, ~780 MB; see "
+                        "$AUTOTIMM_LITERT_ENV), then exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     return p
 
@@ -248,6 +251,11 @@ def _format_options(a, formats: list[str]) -> dict:
 def main(a) -> int:
     if a.list_formats:
         return list_formats(a.json)
+    if a.setup_litert:
+        from autotimm_deploy.exporter.formats import litert_env
+
+        litert_env.setup(lambda text: console().print(escape(text)))
+        return EXIT_OK
     if a.recipe:
         if a.model:
             raise UserError("give a model name or --recipe, not both")

@@ -220,6 +220,9 @@ def export(
         if options.precision not in get_format(fmt).precisions:
             raise UserError(f"format {fmt!r} does not support {options.precision}")
         get_format(fmt).check_options(options)
+        reason = get_format(fmt).check_task(spec)
+        if reason:
+            raise UserError(f"format {fmt!r} cannot export {spec.task}: {reason}")
     stem = check_stem(name) if name is not None else spec.stem(options.precision)
     targets = planned_paths(order, out_dir, stem)
     _refuse_taken(targets, force)

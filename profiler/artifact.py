@@ -10,10 +10,11 @@ from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.manifest import Manifest, load_manifest, manifest_path, verify_files
 
 EXTENSIONS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
-              ".jit": "torchscript", ".pt2": "pt2", ".engine": "trt", ".plan": "trt", ".xml": "openvino"}
+              ".jit": "torchscript", ".pt2": "pt2", ".engine": "trt", ".plan": "trt", ".xml": "openvino",
+              ".pte": "executorch", ".tflite": "litert"}
 
 
-DOUBLE_EXTENSIONS = {".aoti.pt2": "aoti", ".trt.ep": "torch-trt"}
+DOUBLE_EXTENSIONS = {".aoti.pt2": "aoti", ".trt.ep": "torch-trt", ".ncnn.param": "ncnn"}
 
 
 def detect(path: Path) -> tuple[str, Manifest | None]:
@@ -85,7 +86,32 @@ def _check_openvino(path: Path) -> None:
         raise UserError(f"{path.with_suffix('.bin')} is missing: an OpenVINO IR needs its .bin beside the .xml")
 
 
+def _check_flatbuffer(kind: str, identifiers: tuple[bytes, ...]):
+    """Flatbuffer files carry a 4-byte file identifier after their root offset."""
+
+    def check(path: Path) -> None:
+        with path.open("rb") as f:
+            head = f.read(8)
+        if head[4:8] not in identifiers:
+            raise UserError(f"{path} is not {kind}: no {identifiers[0].decode()} identifier (corrupt or truncated?)")
+
+    return check
+
+
+def _check_ncnn(path: Path) -> None:
+    with path.open("rb") as f:
+        head = f.readline(64).strip()
+    if head != b"7767517":  # the magic number every ncnn .param starts with
+        raise UserError(f"{path} is not an ncnn .param file (no 7767517 magic on its first line)")
+    binary = path.with_name(path.name[:-len(".param")] + ".bin") if path.name.endswith(".param") else None
+    if binary is None or not binary.is_file():
+        raise UserError(f"{binary or path}: missing; an ncnn model needs its .bin beside the .param")
+
+
 CHECKS = {
+    "ncnn": _check_ncnn,
+    "executorch": _check_flatbuffer("an ExecuTorch program (.pte)", (b"ET12",)),
+    "litert": _check_flatbuffer("a LiteRT / TensorFlow Lite model (.tflite)", (b"TFL3",)),
     "openvino": _check_openvino,
     "onnx": _check_onnx,
     "torchscript": _check_zip("TorchScript", "constants.pkl"),

@@ -169,6 +169,8 @@ def export_jobs(recipe: Recipe) -> list[ExportJob]:
                                     recipe.calibration, recipe.evaluation)
                     if p not in cls.precisions:
                         job.skipped = f"{fmt} has no {p} (it has {', '.join(cls.precisions)})"
+                    elif (reason := cls.check_task(spec)) is not None:
+                        job.skipped = f"{fmt} cannot export {t.task}: {reason}"
                     elif job.key in seen:
                         raise UserError(f"{recipe.path}: two entries make {job.key}; give a task a `label:`")
                     seen[job.key] = job

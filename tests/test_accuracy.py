@@ -5,13 +5,14 @@ compare against eager outputs; this compares what users care about, the accuracy
 
 import pytest
 from autotimm_deploy.exporter.core.manifest import load_manifest
-from autotimm_deploy.exporter.formats import ExportOptions
+from autotimm_deploy.exporter.formats import ExportOptions, get_format
 from autotimm_deploy.exporter.pipeline import export
 from labelled_data import digits_spec
 
 
 @pytest.mark.parametrize("fmt,precision", [("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"),
-                                           ("openvino", "int8"), ("openvino", "bf16")])
+                                           ("openvino", "int8"), ("openvino", "bf16"), ("executorch", "int8"),
+                                           ("ncnn", "fp16"), ("litert", "int8")])
 def test_reduced_precision_keeps_digits_accuracy(tmp_path, digits, fmt, precision):
     _holds(tmp_path, digits, fmt, precision)
 
@@ -23,7 +24,9 @@ def test_int8_keeps_face_accuracy_on_lfw(tmp_path, lfw, fmt):
 
 
 def _holds(tmp_path, digits, fmt, precision):
-    pytest.importorskip("openvino") if fmt == "openvino" else None
+    reason = get_format(fmt).unavailable_reason()
+    if reason:
+        pytest.skip(reason)
     assert digits.accuracy > 0.85  # the model really learned the task
     opts = ExportOptions(precision=precision, calib_data=str(digits.calib) if precision == "int8" else None,
                          calib_samples=64, eval_data=str(digits.folder), max_drop=1.5)
@@ -46,7 +49,9 @@ def test_int8_outside_the_budget_is_repaired_by_keeping_layers_in_float(tmp_path
     says which layers."""
     import numpy as np
 
-    pytest.importorskip("openvino") if fmt == "openvino" else None
+    reason = get_format(fmt).unavailable_reason()
+    if reason:
+        pytest.skip(reason)
     bad = tmp_path / "calib-low-contrast.npy"
     np.save(bad, np.load(digits.calib) * 0.1)
     opts = ExportOptions(precision="int8", calib_data=str(bad), calib_samples=64, eval_data=str(digits.folder),
@@ -70,7 +75,9 @@ def test_failed_int8_names_the_layers_where_it_departs(tmp_path, digits, fmt):
     import numpy as np
     from autotimm_deploy.exporter.cli import diagnosis_line
 
-    pytest.importorskip("openvino") if fmt == "openvino" else None
+    reason = get_format(fmt).unavailable_reason()
+    if reason:
+        pytest.skip(reason)
     bad = tmp_path / "calib-low-contrast.npy"
     np.save(bad, np.load(digits.calib) * 0.1)
     (r,) = export(digits_spec(digits), [fmt], tmp_path / "out",
@@ -97,7 +104,9 @@ def test_failed_fp32_is_compared_with_eager_layer_by_layer(tmp_path, monkeypatch
     from autotimm_deploy.exporter.cli import diagnosis_line
     from autotimm_deploy.exporter.core.spec import ModelSpec
 
-    pytest.importorskip("openvino") if fmt == "openvino" else None
+    reason = get_format(fmt).unavailable_reason()
+    if reason:
+        pytest.skip(reason)
     module = importlib.import_module(f"autotimm_deploy.exporter.formats.{fmt}")
     real = module.fp32_proto
 

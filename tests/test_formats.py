@@ -19,10 +19,16 @@ MODELS = {
 }
 
 
+EDGE = ("executorch", "litert", "ncnn")
+
+
 def formats_for(name: str) -> list[str]:
     """AOTInductor compiles C++ for ~25 s a model (CI time): test_aoti.py and test_target_cpu.py
-    compile it, not this matrix."""
-    return [f for f in CPU_FORMATS if f != "aoti"]
+    compile it, not this matrix. The edge formats (10-30 s a model) run on the edge CNN and the ViT;
+    ncnn has no layer for a ViT's attention (torch.unbind): tests/test_edge_formats.py checks that
+    this fails naming those ops."""
+    return [f for f in CPU_FORMATS if f != "aoti" and not (f in EDGE and name == "resnet18")
+            and not (f == "ncnn" and "vit" in name)]
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -37,10 +43,12 @@ def test_every_format_exports_with_parity(exported):
     assert set(results) == set(formats_for(name))
     for fmt, r in results.items():
         assert r.ok, (fmt, r.error, r.parity and r.parity.failures)
-        assert r.parity.batches == [1, 4]
+        # a graph that cannot resize its batch (LiteRT's ViT attention) is held at the fixed batch it says
+        assert r.parity.batches == ([1] if r.info.get("batch_fallback") else [1, 4]), fmt
         m = r.parity.metrics["logits"]
         assert m["max_rel"] < 1e-3 and m["cosine"] > 0.99999 and m["top1_agreement"] == 1.0
-        assert m["spread"] > 1e-3  # the reference depends on the input: the check means something
+        if not r.info.get("batch_fallback"):  # (a spread needs more than one picture)
+            assert m["spread"] > 1e-3  # the reference depends on the input: the check means something
         assert r.artifact.exists() and r.manifest.exists()
     # nothing but artifacts and manifests is left behind (no scratch folders, no temp files)
     names = sorted(p.name for p in out.iterdir())
@@ -68,9 +76,10 @@ def test_manifest_contents(exported):
         m = load_manifest(r.artifact)
         assert m.format == fmt and m.artifact == r.artifact.name
         assert m.spec["model"] == name and tuple(m.spec["img_size"]) == spec.img_size
-        assert m.inputs[0].shape == ["batch", 3, *spec.img_size]
-        assert m.outputs[0].name == "logits" and m.outputs[0].shape == ["batch", 10]
-        assert m.batch["dynamic"] is True
+        dim0 = 1 if m.export.get("batch_fallback") else "batch"
+        assert m.inputs[0].shape == [dim0, 3, *spec.img_size]
+        assert m.outputs[0].name == "logits" and m.outputs[0].shape == [dim0, 10]
+        assert m.batch["dynamic"] is (dim0 == "batch")
         assert m.preprocessing["mean"] and m.preprocessing["interpolation"]
         assert m.environment["packages"]["torch"] and m.environment["packages"]["timm"]
         assert m.files[r.artifact.name]["sha256"] == sha256_file(r.artifact)
@@ -83,6 +92,10 @@ def test_dynamic_batch_at_an_unseen_size(exported):
     _, _, results = exported
     for fmt, r in results.items():
         with open_session(r.artifact, manifest=load_manifest(r.artifact)) as s:
+            if r.info.get("batch_fallback"):  # fixed: another batch is refused, never silently cut
+                with pytest.raises(UserError, match="fixed batch"):
+                    s.infer({"input": np.zeros((3, *s.inputs[0].shape[1:]), np.float32)})
+                continue
             out = s.infer(s.random_arrays(3))
         assert out["logits"].shape == (3, 10), fmt
 

@@ -139,6 +139,11 @@ class Format:
     def check_options(options: ExportOptions) -> None:
         """Raise `UserError` for options this format cannot honour (before anything is built)."""
 
+    @staticmethod
+    def check_task(spec) -> str | None:
+        """Why this format cannot express ``spec``'s task (its postprocessing's ops), or None."""
+        return None
+
     def export(self, ctx: ExportContext) -> Exported:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -17,6 +17,9 @@ RUNTIMES: dict[str, tuple[str, str, str | None, tuple[str, ...]]] = {
     "torchscript": ("autotimm_deploy.profiler.runtimes.torchscript", "TorchScriptSession", None, ("torch",)),
     "pt2": ("autotimm_deploy.profiler.runtimes.pt2", "PT2Session", None, ("torch",)),
     "aoti": ("autotimm_deploy.profiler.runtimes.aoti", "AOTISession", None, ("torch",)),
+    "executorch": ("autotimm_deploy.profiler.runtimes.executorch", "ExecuTorchSession", "executorch", ("executorch",)),
+    "ncnn": ("autotimm_deploy.profiler.runtimes.ncnn", "NcnnSession", "ncnn", ("ncnn",)),
+    "litert": ("autotimm_deploy.profiler.runtimes.litert", "LiteRTSession", "litert", ("ai_edge_litert",)),
     "onnxruntime": ("autotimm_deploy.profiler.runtimes.onnxruntime", "OnnxRuntimeSession", None, ("onnxruntime",)),
     "openvino": ("autotimm_deploy.profiler.runtimes.openvino", "OpenVinoSession", "openvino", ("openvino",)),
     "tensorrt": ("autotimm_deploy.profiler.runtimes.tensorrt", "TensorRTSession", "trt", ("tensorrt", "torch")),
@@ -27,7 +30,7 @@ RUNTIMES: dict[str, tuple[str, str, str | None, tuple[str, ...]]] = {
 }
 
 # The runtime an artifact format runs on unless the user picks another.
-DEFAULT_RUNTIME = {"torchscript": "torchscript", "pt2": "pt2", "aoti": "aoti", "onnx": "onnxruntime",
+DEFAULT_RUNTIME = {"torchscript": "torchscript", "pt2": "pt2", "aoti": "aoti", "executorch": "executorch", "ncnn": "ncnn", "litert": "litert", "onnx": "onnxruntime",
                    "openvino": "openvino", "trt": "tensorrt", "torch-trt": "torch-trt", "triton": "triton"}
 
 

@@ -1,0 +1,139 @@
+"""ExecuTorch program (``.pte``): ``torch.export`` -> ``to_edge_transform_and_lower`` with the
+XNNPACK partitioner -> ``to_executorch``. What phones and embedded CPUs run through ExecuTorch's C++
+runtime; the `executorch` runtime runs it here through ExecuTorch's own Python bindings.
+
+- fp32: every op XNNPACK supports is delegated to it; the rest (our detection postprocessing's
+  top-k and gathers) stays on ExecuTorch's portable kernels, so every task exports.
+- int8: PT2E quantization with ExecuTorch's ``XNNPACKQuantizer`` (symmetric int8, per-channel
+  weights), calibrated on our calibration pictures, then lowered the same way.
+
+ExecuTorch plans all memory ahead of time, so a dynamic batch needs an upper bound: ``BATCH_BOUND``
+(or ``--batch-size`` when larger). XNNPACK may lower the bound it plans for (15 where 16 or more
+was asked); the manifest records the bound the program really holds, read back from it.
+"""
+
+from __future__ import annotations
+
+from autotimm_deploy.exporter.core.capture import captured_output
+from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
+from autotimm_deploy.exporter.core.files import write_bytes
+from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
+from autotimm_deploy.exporter.formats.torch_program import folded_program, program_module
+
+BATCH_BOUND = 8  # a dynamic batch's largest size: memory for it is planned (and allocated) up front
+CALIB_BATCH = 8
+
+
+@register_format
+class ExecuTorchFormat(Format):
+    name = "executorch"
+    suffix = ".pte"
+    description = "ExecuTorch program (.pte) lowered to XNNPACK, for phones and embedded CPUs; fp32, int8"
+    extra = "executorch"
+    requires = ("executorch",)
+    precisions = ("fp32", "int8")
+
+    def export(self, ctx: ExportContext) -> Exported:
+        from torch.export import Dim
+
+        options = ctx.options
+        dims = None if options.static else ({0: Dim("batch", min=1, max=max(BATCH_BOUND, options.batch_size))},)
+        info = {"exporter": "torch.export(strict=False)", "backend": "XNNPACK", "executorch": _version()}
+        path = ctx.path(self.suffix)
+        write_bytes(path, self._build(ctx, dims, info))
+        if dims is not None:
+            problem = _runs_batches(path, ctx, (1, 2))
+            if problem is None:
+                bound = planned_batch(path)
+                info["batch"] = {"dynamic": True, "min": 1, "max": bound, "opt": min(options.batch_size, bound)}
+            else:  # some delegated kernels cannot take a dynamic batch (int8 detection heads): a fixed one
+                write_bytes(path, self._build(ctx, None, info))
+                info["batch"] = {"dynamic": False, "min": options.batch_size, "max": options.batch_size}
+                info["batch_fallback"] = f"fixed batch {options.batch_size}: with a dynamic batch the program " \
+                                         f"failed to run ({problem})"
+        return Exported([path], info)
+
+    @staticmethod
+    def _build(ctx: ExportContext, dims, info: dict) -> bytes:
+        import torch
+
+        example = ctx.example_input()
+        if dims is None:
+            example = example[:ctx.options.batch_size]
+        with captured_output():
+            try:
+                program = folded_program(program_module(ctx.model), example, dims)  # before quantizing, never after
+                if ctx.options.precision == "int8":
+                    quantized, info["quantization"] = _quantize(program.module(), example, dims, ctx)
+                    with torch.no_grad():
+                        program = torch.export.export(quantized, (example,), dynamic_shapes=dims, strict=False)
+                return _lower(program)
+            except ExportFailed:
+                raise
+            except Exception as e:  # noqa: BLE001 - torch.export, a lowering pass or serialisation failed
+                raise ExportFailed(f"ExecuTorch export failed: {first_line(e)}") from e
+
+
+def _lower(program) -> bytes:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+
+
+def _quantize(graph, example, dims, ctx: ExportContext):
+    """PT2E post-training quantization for XNNPACK of ``graph`` (an exported program's module),
+    calibrated on ``ctx.calibration``."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    with torch.no_grad():
+        prepared = prepare_pt2e(graph, quantizer)
+        data = torch.from_numpy(ctx.calibration).float()
+        if dims is None:  # a fixed batch: calibrate in batches of exactly that size
+            step = ctx.options.batch_size
+            data = data[: len(data) // step * step] if len(data) >= step else data[:0]
+            if not len(data):
+                raise ExportFailed(f"int8 calibration needs at least --batch-size ({step}) pictures")
+        else:
+            step = CALIB_BATCH
+        for i in range(0, len(data), step):
+            prepared(data[i:i + step])
+        quantized = convert_pt2e(prepared)
+    return quantized, {"tool": "torchao pt2e + XNNPACKQuantizer", "scheme": "symmetric int8, per-channel weights",
+                       "calibration": ctx.calibration_info}
+
+
+def _runs_batches(path, ctx: ExportContext, batches) -> str | None:
+    """None when the program runs at each of ``batches``, else what failed."""
+    import torch
+    from executorch.runtime import Runtime
+
+    with captured_output():
+        try:
+            method = Runtime.get().load_program(str(path)).load_method("forward")
+            for b in batches:
+                method.execute([torch.zeros(b, ctx.spec.in_chans, *ctx.spec.img_size)])
+        except Exception as e:  # noqa: BLE001 - the runtime's own error, kept for the manifest
+            return first_line(e, 200)
+    return None
+
+
+def planned_batch(path) -> int:
+    """The largest batch the program's memory plan holds (its input's planned first dim)."""
+    from executorch.runtime import Runtime
+
+    with captured_output():
+        method = Runtime.get().load_program(str(path)).load_method("forward")
+    return int(method.metadata.input_tensor_meta(0).sizes()[0])
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("executorch")

@@ -1,0 +1,115 @@
+"""LiteRT (``.tflite``, formerly TensorFlow Lite), for Android, iOS and microcontrollers. The model is
+``torch.export``-ed here, saved, and converted by Google's ``litert-torch`` in its own environment
+(`litert_env`: it cannot share ours) by `litert_convert` in a subprocess. The `litert` runtime
+(``ai-edge-litert``'s interpreter, with its XNNPACK delegate) runs it here.
+
+- fp32; fp16 (weights stored in fp16, fp32 compute on CPUs); int8 (static int8 weights and
+  activations, calibrated on our calibration pictures; float32 graph inputs and outputs).
+- The input stays NCHW, as in PyTorch (the converter transposes inside the graph).
+- litert-torch cannot export a symbolic batch (its lowering needs concrete shapes), so the graph is
+  converted at ``--batch-size`` and the interpreter resizes the input at run time. Graphs whose
+  reshapes bake the batch in (our detection postprocessing) cannot be resized: a run at another
+  batch is tried after conversion, and where it fails the manifest records the fixed batch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
+from autotimm_deploy.exporter.core.files import write_bytes
+from autotimm_deploy.exporter.formats import litert_env
+from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
+from autotimm_deploy.exporter.formats.torch_program import folded_program, program_module
+
+TIMEOUT_S = 3600
+SCRIPT = Path(__file__).with_name("litert_convert.py")
+
+
+@register_format
+class LiteRTFormat(Format):
+    name = "litert"
+    suffix = ".tflite"
+    description = "LiteRT / TensorFlow Lite (.tflite) for Android, iOS, MCUs; fp32, fp16, int8 (converter in its own env)"
+    extra = "litert"
+    requires = ("ai_edge_litert",)
+    precisions = ("fp32", "fp16", "int8")
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        reason = super().unavailable_reason()
+        if reason is None and litert_env.env_python() is None:
+            return f"the LiteRT converter is not set up; {litert_env.SETUP_HINT}"
+        return reason
+
+    def export(self, ctx: ExportContext) -> Exported:
+        import numpy as np
+        import torch
+
+        options = ctx.options
+        batch = options.batch_size
+        example = ctx.example_input()[:batch]
+        try:
+            program = folded_program(program_module(ctx.model), example)
+        except Exception as e:  # noqa: BLE001
+            raise ExportFailed(f"torch.export failed: {first_line(e)}") from e
+        work = ctx.workdir / f".{ctx.stem}.litert"
+        work.mkdir()
+        buf = io.BytesIO()
+        torch.export.save(program, buf)
+        write_bytes(work / "program.pt2", buf.getvalue())
+        args = [str(litert_env.env_python()), str(SCRIPT), str(work / "program.pt2"), str(ctx.path(self.suffix)),
+                options.precision]
+        if options.precision == "int8":
+            np.save(work / "calibration.npy", ctx.calibration.astype(np.float32))
+            args.append(str(work / "calibration.npy"))
+        try:
+            facts = _convert(args, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        path = ctx.path(self.suffix)
+        info = {"exporter": "torch.export(strict=False)", **facts, "layout": "NCHW"}
+        if not options.static:
+            problem = _resizes(path, batch + 1, ctx)
+            if problem is None:
+                info["batch"] = {"dynamic": True, "min": 1, "max": None, "opt": batch}
+            else:
+                info["batch"] = {"dynamic": False, "min": batch, "max": batch}
+                info["batch_fallback"] = f"fixed batch {batch}: the graph does not resize to another batch ({problem})"
+        return Exported([path], info)
+
+
+def _convert(args: list[str], work: Path) -> dict:
+    env = {**os.environ, **litert_env.QUIET}
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=work, env=env)
+    except subprocess.TimeoutExpired:
+        raise ExportFailed(f"the LiteRT converter did not finish in {TIMEOUT_S} s") from None
+    if done.returncode != 0:
+        lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+        raise ExportFailed(f"LiteRT conversion failed: {first_line(lines[-1] if lines else 'no output')}")
+    for line in reversed(done.stdout.splitlines()):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    return {}
+
+
+def _resizes(path: Path, batch: int, ctx: ExportContext) -> str | None:
+    """None when the interpreter runs the graph at ``batch``, else what failed."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        runner = Interpreter(model_path=str(path)).get_signature_runner()
+        (name,) = runner.get_input_details()
+        runner(**{name: np.zeros((batch, ctx.spec.in_chans, *ctx.spec.img_size), np.float32)})
+    except Exception as e:  # noqa: BLE001 - the interpreter's own error, kept for the manifest
+        return first_line(e, 200)
+    return None

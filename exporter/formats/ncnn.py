@@ -1,0 +1,90 @@
+"""ncnn (``.ncnn.param`` + ``.ncnn.bin``): the traced model converted by ``pnnx`` (Tencent's PyTorch
+-> ncnn converter, the binary its wheel ships), for Android / ARM CPUs and Vulkan GPUs. The `ncnn`
+runtime runs it here with the ``ncnn`` Python package.
+
+ncnn has no batch dimension: the graph is traced at batch 1 and the runtime runs a batch picture by
+picture. fp16 stores the weights in fp16 (pnnx ``fp16=1``) and runs with ncnn's fp16 storage and
+arithmetic where the CPU has them. Operations ncnn has no layer for (``torch.topk`` in our detection
+postprocessing) stay as pnnx's own ops in the graph, which ncnn cannot load: such exports fail with
+the ops named; detection exports with ``--raw`` (no postprocessing) convert.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import warnings
+
+from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
+from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
+from autotimm_deploy.exporter.formats.torch_program import program_module
+
+TIMEOUT_S = 1800
+
+
+@register_format
+class NcnnFormat(Format):
+    name = "ncnn"
+    suffix = ".ncnn.param"
+    description = "ncnn (.ncnn.param + .ncnn.bin) via pnnx, for Android/ARM CPUs and Vulkan GPUs; fp32, fp16"
+    extra = "ncnn"
+    requires = ("pnnx", "ncnn")
+    precisions = ("fp32", "fp16")
+
+    @staticmethod
+    def check_task(spec) -> str | None:
+        if spec.task == "detection" and not spec.head.get("raw"):
+            return ("ncnn has no TopK layer for the detection postprocessing; export the raw head outputs with "
+                    "--raw and decode on the device")
+        if spec.task == "instance-segmentation":
+            return "ncnn has no TopK or RoIAlign layers for instance segmentation's postprocessing"
+        return None
+
+    def export(self, ctx: ExportContext) -> Exported:
+        import pnnx
+        import torch
+
+        spec = ctx.spec
+        work = ctx.workdir / f".{ctx.stem}.pnnx"
+        work.mkdir()
+        traced_path = work / "model.pt"
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            example = ctx.example_input()[:1]
+            traced = torch.jit.trace(program_module(ctx.model), example, check_trace=False, strict=False)
+            traced.save(str(traced_path))
+        param, binary = ctx.path(self.suffix), ctx.path(".ncnn.bin")
+        shape = f"[1,{spec.in_chans},{spec.img_size[0]},{spec.img_size[1]}]f32"
+        fp16 = int(ctx.options.precision == "fp16")
+        scratch = {k: str(work / name) for k, name in (("pnnxparam", "p.param"), ("pnnxbin", "p.bin"),
+                                                        ("pnnxpy", "p.py"), ("pnnxonnx", "p.onnx"), ("ncnnpy", "n.py"))}
+        args = [pnnx.EXEC_PATH, str(traced_path), f"inputshape={shape}", f"fp16={fp16}", f"ncnnparam={param}",
+                f"ncnnbin={binary}", *(f"{k}={v}" for k, v in scratch.items())]
+        try:
+            run = subprocess.run(args, cwd=work, capture_output=True, text=True, timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise ExportFailed(f"pnnx did not finish in {TIMEOUT_S} s") from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if run.returncode != 0 or not param.is_file() or not binary.is_file():
+            said = [ln for ln in (run.stderr + run.stdout).splitlines() if ln.strip() and not ln.startswith("#")]
+            raise ExportFailed(f"pnnx failed (exit {run.returncode}): {first_line(said[-1] if said else 'no output')}")
+        unknown = unsupported_layers(param.read_text())
+        if unknown:
+            raise ExportFailed(f"ncnn has no layer for {', '.join(unknown)} (pnnx left them as PyTorch ops)")
+        info = {"exporter": "torch.jit.trace (batch 1)", "converter": f"pnnx {_version('pnnx')}",
+                "ncnn": _version("ncnn"), "weights": "fp16" if fp16 else "fp32"}
+        return Exported([param, binary], info)
+
+
+def unsupported_layers(param_text: str) -> list[str]:
+    """Layer types in an ncnn ``.param`` that ncnn cannot create: pnnx keeps ops it could not convert
+    under their PyTorch names (``torch.topk``, ``Tensor.index``, ``pnnx.Expression``), all dotted."""
+    types = [ln.split()[0] for ln in param_text.splitlines()[2:] if ln.split()]
+    return sorted({t for t in types if "." in t})
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)

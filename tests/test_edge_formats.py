@@ -1,0 +1,145 @@
+"""Edge formats beyond the every-format matrix (tests/test_formats.py): ExecuTorch's planned batch
+bound, ncnn's other tasks and fp16, LiteRT's resized batch and its separate converter, what each
+converter cannot express, and broken files."""
+
+import json
+
+import numpy as np
+import pytest
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.manifest import load_manifest
+from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.formats import ExportOptions, get_format
+from autotimm_deploy.exporter.pipeline import export
+from autotimm_deploy.profiler.targets import open_target, resolve
+
+from tests.conftest import files_under, run_cli
+
+SMALL = ModelSpec("test_resnet", num_classes=6, img_size=(64, 64))
+
+
+def needs(fmt: str) -> None:
+    reason = get_format(fmt).unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def pte(tmp_path_factory):
+    needs("executorch")
+    out = tmp_path_factory.mktemp("pte")
+    (r,) = export(SMALL, ["executorch"], out)
+    assert r.ok, (r.error, r.parity and r.parity.failures)
+    return r.artifact
+
+
+def test_executorch_records_the_batch_its_memory_is_planned_for(pte):
+    m = load_manifest(pte)
+    assert m.batch == {"dynamic": True, "min": 1, "max": 8, "opt": 1}
+    assert m.export["backend"] == "XNNPACK" and m.export["executorch"]
+    with open_target(resolve(str(pte)), "cpu", threads=1) as s:
+        assert s.batch_range() == (1, 8)
+        assert s.infer(s.random_arrays(8))["logits"].shape == (8, 6)
+        with pytest.raises(UserError, match="batches up to 8"):
+            s.infer(s.random_arrays(9))
+
+
+def test_executorch_without_manifest_names_by_position(pte, tmp_path):
+    bare = tmp_path / "bare.pte"
+    bare.write_bytes(pte.read_bytes())
+    with open_target(resolve(str(bare)), "cpu", threads=1) as s:
+        assert [i.name for i in s.inputs] == ["input"] and s.output_names == ["output0"]
+        assert s.batch_range() == (1, 8)
+        out = s.infer({"input": np.zeros((2, 3, 64, 64), np.float32)})
+    assert out["output0"].shape == (2, 6)
+
+
+@pytest.mark.parametrize("fmt,suffix,bad", [
+    ("executorch", ".pte", b"\x00" * 64),
+    ("ncnn", ".ncnn.param", b"not ncnn\n"),
+    ("litert", ".tflite", b"\x1c\x00\x00\x00TFL3" + b"\x00" * 40),  # the identifier, nothing behind it
+])
+def test_broken_edge_files_are_one_line(tmp_path, fmt, suffix, bad):
+    pytest.importorskip(get_format(fmt).requires[-1])
+    path = tmp_path / f"m{suffix}"
+    path.write_bytes(bad)
+    r = run_cli("autotimm_deploy.profiler.cli", str(path))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_ncnn_needs_its_bin(tmp_path):
+    needs("ncnn")
+    (r,) = export(SMALL, ["ncnn"], tmp_path, verify=False)
+    r.artifact.with_name(r.artifact.name.replace(".param", ".bin")).unlink()
+    (tmp_path / f"{r.artifact.name}.json").unlink()
+    with pytest.raises(UserError, match="needs its .bin"):
+        resolve(str(r.artifact))
+
+
+def test_ncnn_segmentation_fp16(tmp_path):
+    needs("ncnn")
+    spec = ModelSpec("resnet18", task="semantic-segmentation", num_classes=5, img_size=(64, 64))
+    (r,) = export(spec, ["ncnn"], tmp_path, ExportOptions(precision="fp16"))
+    assert r.ok, r.parity and r.parity.failures
+    m = load_manifest(r.artifact)
+    assert m.precision == "fp16" and m.export["weights"] == "fp16"
+    assert set(m.files) == {r.artifact.name, r.artifact.name.replace(".param", ".bin")}
+    assert r.parity.metrics["logits"]["pixel_agreement"] > 0.99
+    # fp16 weights really are half the fp32 ones
+    (fp32,) = export(spec, ["ncnn"], tmp_path / "fp32", verify=False)
+    half, full = (p.with_name(p.name.replace(".param", ".bin")).stat().st_size for p in (r.artifact, fp32.artifact))
+    assert 0.45 < half / full < 0.55
+
+
+def test_ncnn_detection_raw_converts_and_postprocessing_is_refused(tmp_path, export_cli):
+    needs("ncnn")
+    p = export_cli("resnet18", "--task", "detection", "--format", "ncnn", "--img-size", "128", "-o", str(tmp_path))
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "cannot export detection" in p.stderr and "--raw" in p.stderr
+    assert files_under(tmp_path) == []
+    spec = ModelSpec("resnet18", task="detection", head={"raw": True, "fpn_channels": 32}, img_size=(128, 128))
+    (r,) = export(spec, ["ncnn"], tmp_path)
+    assert r.ok, r.parity and r.parity.failures
+    assert len(load_manifest(r.artifact).outputs) > 1
+
+
+def test_ncnn_names_the_ops_it_lacks(tmp_path):
+    """pnnx keeps ops it cannot convert under their PyTorch names; the export fails naming them."""
+    needs("ncnn")
+    (r,) = export(ModelSpec("test_vit", num_classes=10, img_size=(64, 64)), ["ncnn"], tmp_path)
+    assert not r.ok and r.error.startswith("ncnn has no layer for") and "torch.unbind" in r.error
+    assert files_under(tmp_path) == []
+
+
+def test_recipe_skips_what_a_format_cannot_express(tmp_path):
+    needs("ncnn")
+    from autotimm_deploy.recipes.schema import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text(json.dumps({"recipe": 1, "name": "r", "models": ["resnet18"],
+                                "tasks": ["classification", "detection"], "formats": ["ncnn"],
+                                "precisions": ["fp32"], "img_size": 64}))
+    jobs = load_recipe(path, tmp_path / "out").export_jobs()
+    skipped = {j.task.task: j.skipped for j in jobs}
+    assert skipped["classification"] is None and "--raw" in skipped["detection"]
+
+
+def test_litert_fp16_resizes_its_batch(tmp_path):
+    needs("litert")
+    (r,) = export(SMALL, ["litert"], tmp_path, ExportOptions(precision="fp16"))
+    assert r.ok, (r.error, r.parity and r.parity.failures)
+    m = load_manifest(r.artifact)
+    assert m.batch["dynamic"] is True and m.export["converter"].startswith("litert-torch")
+    assert "fp16 weights" in m.export["scheme"] and r.parity.batches == [1, 4, 16]
+    with open_target(resolve(str(r.artifact)), "cpu", threads=1) as s:
+        assert s.infer(s.random_arrays(3))["logits"].shape == (3, 6)
+
+
+def test_litert_without_its_converter_is_one_line(tmp_path, export_cli, monkeypatch):
+    pytest.importorskip("ai_edge_litert")
+    monkeypatch.setenv("AUTOTIMM_LITERT_ENV", str(tmp_path / "nowhere"))
+    p = export_cli("test_resnet", "--format", "litert", "-o", str(tmp_path / "out"))
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "--setup-litert" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not (tmp_path / "out").exists()
