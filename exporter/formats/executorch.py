@@ -15,6 +15,7 @@ was asked); the manifest records the bound the program really holds, read back f
 from __future__ import annotations
 
 from autotimm_deploy.exporter.core.capture import captured_output
+from autotimm_deploy.exporter.core.environment import package_versions
 from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
 from autotimm_deploy.exporter.core.files import write_bytes
 from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
@@ -38,7 +39,7 @@ class ExecuTorchFormat(Format):
 
         options = ctx.options
         dims = None if options.static else ({0: Dim("batch", min=1, max=max(BATCH_BOUND, options.batch_size))},)
-        info = {"exporter": "torch.export(strict=False)", "backend": "XNNPACK", "executorch": _version()}
+        info = {"exporter": "torch.export(strict=False)", "backend": "XNNPACK", **package_versions(["executorch"])}
         path = ctx.path(self.suffix)
         write_bytes(path, self._build(ctx, dims, info))
         if dims is not None:
@@ -131,9 +132,3 @@ def planned_batch(path) -> int:
     with captured_output():
         method = Runtime.get().load_program(str(path)).load_method("forward")
     return int(method.metadata.input_tensor_meta(0).sizes()[0])
-
-
-def _version() -> str:
-    from importlib.metadata import version
-
-    return version("executorch")

@@ -58,6 +58,9 @@ def setup(progress=print, force: bool = False) -> Path:
     if env_python(final) and not force:
         progress(f"the LiteRT converter environment is ready: {final}")
         return final / "bin" / "python"
+    if final.exists() and not (final / READY).is_file():
+        raise UserError(f"{final} exists and is not a LiteRT converter environment made here: remove it or set "
+                        "AUTOTIMM_LITERT_ENV to a new folder")
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
@@ -76,7 +79,10 @@ def setup(progress=print, force: bool = False) -> Path:
         _run(guard, "checking that pip kept this environment's torch")
         _run([str(python), "-c", "import litert_torch, ai_edge_quantizer"], "importing the converter")
         (work / READY).write_text(_main_site() + "\n")
-        if final.exists():
+        if final.exists():  # only a converter venv this code made is replaced, never another folder
+            if not (final / READY).is_file() or final.resolve().parent != final.parent.resolve():
+                raise UserError(f"{final} exists and is not a LiteRT converter environment made here: remove it or "
+                                "set AUTOTIMM_LITERT_ENV to a new folder")
             shutil.rmtree(final)
         os.replace(work, final)
     except BaseException:

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import warnings
 
+from autotimm_deploy.exporter.core.environment import package_versions
 from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
 from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
 from autotimm_deploy.exporter.formats.torch_program import program_module
@@ -72,8 +73,9 @@ class NcnnFormat(Format):
         unknown = unsupported_layers(param.read_text())
         if unknown:
             raise ExportFailed(f"ncnn has no layer for {', '.join(unknown)} (pnnx left them as PyTorch ops)")
-        info = {"exporter": "torch.jit.trace (batch 1)", "converter": f"pnnx {_version('pnnx')}",
-                "ncnn": _version("ncnn"), "weights": "fp16" if fp16 else "fp32"}
+        versions = package_versions(["pnnx", "ncnn"])
+        info = {"exporter": "torch.jit.trace (batch 1)", "converter": f"pnnx {versions['pnnx']}",
+                "ncnn": versions["ncnn"], "weights": "fp16" if fp16 else "fp32"}
         return Exported([param, binary], info)
 
 
@@ -83,8 +85,3 @@ def unsupported_layers(param_text: str) -> list[str]:
     types = [ln.split()[0] for ln in param_text.splitlines()[2:] if ln.split()]
     return sorted({t for t in types if "." in t})
 
-
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
