@@ -114,7 +114,8 @@ def build_parser() -> OneLineParser:
     e.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=1, help="the batch for --static (default 1)")
     e.add_argument("--no-simplify", action="store_true", help="skip onnxslim graph simplification")
     pr = e.add_mutually_exclusive_group()
-    pr.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0])
+    pr.add_argument("--precision", choices=PRECISIONS,
+                    help=f"default {PRECISIONS[0]}, or the formats' own where all share one (Core ML: fp16)")
     for name in PRECISIONS[1:]:
         pr.add_argument(f"--{name}", dest="precision", action="store_const", const=name, help=f"same as --precision {name}")
     c = p.add_argument_group("int8 calibration")
@@ -234,6 +235,12 @@ TRT_FLAGS = {"dynamic_batch": "--dynamic-batch", "workspace": "--workspace", "op
              "hardware_compatible": "--hardware-compatible", "no_tf32": "--no-tf32"}
 
 
+def default_precision(formats: list[str]) -> str:
+    """fp32, unless every format asked for ships another by default (Core ML: fp16)."""
+    own = {FORMATS[f].default_precision if f in FORMATS else PRECISIONS[0] for f in formats}
+    return own.pop() if len(own) == 1 else PRECISIONS[0]
+
+
 def _format_options(a, formats: list[str]) -> dict:
     """The options only one format takes, each refused when its format is not asked for."""
     given = [flag for attr, flag in TRT_FLAGS.items() if getattr(a, attr) not in (None, False)]
@@ -266,6 +273,7 @@ def main(a) -> int:
     formats = csv_list(a.format)
     if not formats:
         raise UserError("--format needs at least one format")
+    a.precision = a.precision or default_precision(formats)
     spec = spec_from_args(a)
     check_triton_repo(a)
     if (a.recipe_out or a.threads) and not a.target:

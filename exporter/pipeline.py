@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from autotimm_deploy.exporter.core.environment import build_environment
-from autotimm_deploy.exporter.core.errors import ExportFailed, Fault, UserError, first_line
+from autotimm_deploy.exporter.core.errors import ExportFailed, Fault, RuntimeUnavailable, UserError, first_line
 from autotimm_deploy.exporter.core.files import (
     check_free_space,
     check_out_dir,
@@ -29,7 +29,7 @@ from autotimm_deploy.exporter.core.files import (
 )
 from autotimm_deploy.exporter.core.limits import MAX_DROP_POINTS
 from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig, load_manifest, manifest_path, write_manifest
-from autotimm_deploy.exporter.core.results import AccuracyReport, MetricKind, ParityReport
+from autotimm_deploy.exporter.core.results import AccuracyReport, MetricKind, ParityReport, Verdict
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.evaluate import budget_report, evaluate
 from autotimm_deploy.exporter.formats import FORMATS, ExportContext, Exported, ExportOptions, export_order, get_format
@@ -89,7 +89,7 @@ def accepted(parity: ParityReport | None, accuracy: AccuracyReport | None) -> bo
     budget = accuracy is not None and accuracy.verdict is not None
     if budget and not accuracy.passed:
         return False
-    if parity is None or parity.passed:
+    if parity is None or parity.passed or parity.verdict == Verdict.NOT_RUN:
         return True
     return budget and parity.precision != "fp32" and _tolerance_only(parity)
 
@@ -437,7 +437,10 @@ def _check(model, exported: Exported, manifest: Manifest, precision: str | None,
     except Exception as e:  # noqa: BLE001 - an artifact its runtime cannot load (or score) fails, in one line
         reason = first_line(e)
         if precision is not None and parity is None:
-            parity = ParityReport.failed(precision, "reload", reason)
+            # a runtime this platform lacks (Core ML off macOS): exported, its interface checked, not compared
+            unavailable = isinstance(e, RuntimeUnavailable)
+            parity = ParityReport.not_run(precision, reason) if unavailable else \
+                ParityReport.failed(precision, "reload", reason)
         if evaluation is not None and accuracy is None:
             accuracy = budget_report(evaluation.data, evaluation.eager, {"metrics": {}, "seconds": 0.0}, max_drop)
             accuracy.error = reason

@@ -14,7 +14,7 @@ EXTENSIONS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".tor
               ".pte": "executorch", ".tflite": "litert"}
 
 
-DOUBLE_EXTENSIONS = {".aoti.pt2": "aoti", ".trt.ep": "torch-trt", ".ncnn.param": "ncnn"}
+DOUBLE_EXTENSIONS = {".aoti.pt2": "aoti", ".trt.ep": "torch-trt", ".ncnn.param": "ncnn", ".mlpackage.zip": "coreml"}
 
 
 def detect(path: Path) -> tuple[str, Manifest | None]:
@@ -110,6 +110,7 @@ def _check_ncnn(path: Path) -> None:
 
 CHECKS = {
     "ncnn": _check_ncnn,
+    "coreml": _check_zip("zipped Core ML package (.mlpackage.zip)", ".mlpackage/Manifest.json"),
     "executorch": _check_flatbuffer("an ExecuTorch program (.pte)", (b"ET12",)),
     "litert": _check_flatbuffer("a LiteRT / TensorFlow Lite model (.tflite)", (b"TFL3",)),
     "openvino": _check_openvino,

@@ -19,8 +19,9 @@ import tempfile
 from datetime import datetime, timezone
 from typing import Callable
 
+from autotimm_deploy.exporter.core.capture import captured_output
 from autotimm_deploy.exporter.core.environment import cores_available, current_rss_mb, environment, peak_rss_mb
-from autotimm_deploy.exporter.core.errors import UserError, first_line
+from autotimm_deploy.exporter.core.errors import RuntimeUnavailable, UserError, first_line
 from autotimm_deploy.exporter.core.limits import MAX_BATCH, MAX_ITERATIONS, MAX_SECONDS
 from autotimm_deploy.exporter.core.results import ProfilePoint, ProfileRun
 from autotimm_deploy.exporter.core.spec import ModelSpec
@@ -86,7 +87,8 @@ def run_group(targets: list[Target], settings: Settings,
     sessions, loaded = [], []
     for t in targets:  # import each runtime's libraries first: the baseline holds them, not the model
         for module in RUNTIMES[t.runtime][3]:
-            with contextlib.suppress(ImportError):  # opening the session below names the extra to install
+            # opening the session below names the extra to install; what libraries print on import is noise
+            with contextlib.suppress(ImportError), captured_output():
                 importlib.import_module(module)
     baseline_rss = current_rss_mb()
     for t in targets:
@@ -229,6 +231,10 @@ def profile(target_texts: list, settings: Settings | None = None, runtime: str |
         raise UserError(f"unknown runtime {runtime!r} (available: {', '.join(RUNTIMES)})")
     check_settings(settings)
     targets = [t if isinstance(t, Target) else resolve(t, runtime, settings.img_size) for t in target_texts]
+    for t in targets:
+        reason = runtime_class(t.runtime).unavailable_reason()
+        if reason:
+            raise RuntimeUnavailable(f"the {t.runtime} runtime cannot run here: {reason}")
     if settings.device is None:  # a GPU-only runtime (TensorRT), or a package compiled for CUDA, puts the
         # whole comparison on the GPU
         gpu_only = [t.runtime for t in targets if "cpu" not in runtime_class(t.runtime).devices

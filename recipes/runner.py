@@ -114,8 +114,11 @@ def _why_not(job: ProfileJob) -> str | None:
     if reason:
         return reason
     try:
-        if job.device.split(":")[0] not in runtime_class(job.runtime).devices:
+        cls = runtime_class(job.runtime)
+        if job.device.split(":")[0] not in cls.devices:
             return f"the {job.runtime} runtime does not run on {job.device}"
+        if cls.unavailable_reason():
+            return f"the {job.runtime} runtime cannot run here: {cls.unavailable_reason()}"
     except UserError as e:
         return str(e)
     return None if job.export.exported else "not exported (run autotimm-export --recipe first)"

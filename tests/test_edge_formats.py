@@ -58,6 +58,7 @@ def test_executorch_without_manifest_names_by_position(pte, tmp_path):
     ("executorch", ".pte", b"\x00" * 64),
     ("ncnn", ".ncnn.param", b"not ncnn\n"),
     ("litert", ".tflite", b"\x1c\x00\x00\x00TFL3" + b"\x00" * 40),  # the identifier, nothing behind it
+    ("coreml", ".mlpackage.zip", b"PK\x03\x04" + b"\x00" * 60),
 ])
 def test_broken_edge_files_are_one_line(tmp_path, fmt, suffix, bad):
     pytest.importorskip(get_format(fmt).requires[-1])

@@ -46,3 +46,17 @@ def captured_output() -> Iterator[Captured]:
                 os.close(fd)
             sink.seek(0)
             result.text = sink.read().decode("utf-8", "replace")
+
+
+def quiet_import(name: str):
+    """Import module ``name`` without what it prints or warns on import (coremltools on Linux
+    reports its macOS-only parts and untested torch versions); its logger keeps errors only."""
+    import importlib
+    import logging
+    import warnings
+
+    with captured_output(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = importlib.import_module(name)
+    logging.getLogger(name.split(".")[0]).setLevel(logging.ERROR)
+    return module

@@ -18,6 +18,10 @@ class MissingExtra(UserError):
         self.extra = extra
 
 
+class RuntimeUnavailable(UserError):
+    """A runtime that cannot run on this platform at all (Core ML off macOS)."""
+
+
 class ExportFailed(Exception):
     """A format could not export this model (not the user's fault; exit 1)."""
 

@@ -12,6 +12,7 @@ from typing import Any
 class Verdict(str, Enum):
     PASS = "pass"
     FAIL = "fail"
+    NOT_RUN = "not run"  # the artifact's runtime cannot run on this platform (Core ML off macOS)
 
     def __str__(self) -> str:
         return self.value
@@ -63,6 +64,12 @@ class ParityReport:
         """A report for an artifact that could not even be compared (``what`` names the stage)."""
         return cls(Verdict.FAIL, precision, {what: {"kind": MetricKind.ERROR, "error": reason}},
                    failures=[f"{what} failed: {reason}"])
+
+    @classmethod
+    def not_run(cls, precision: str, reason: str) -> "ParityReport":
+        """A report for an artifact whose runtime cannot run here: nothing compared, nothing failed."""
+        return cls(Verdict.NOT_RUN, precision, {"runtime": {"kind": MetricKind.ERROR, "error": reason}},
+                   notes=[f"not compared: {reason}"])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -7,6 +7,7 @@ a format is adding one module here and importing it below.
 
 from autotimm_deploy.exporter.formats import (  # noqa: F401  (register)
     aoti,
+    coreml,
     executorch,
     litert,
     ncnn,

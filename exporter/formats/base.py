@@ -117,6 +117,7 @@ class Format:
     extra: ClassVar[str | None] = None  # the pip extra that provides `requires`
     requires: ClassVar[tuple[str, ...]] = ()  # importable module names it needs
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    default_precision: ClassVar[str] = "fp32"  # what the CLI exports it at when no precision is given
     Options: ClassVar[type | None] = None  # a dataclass of options only this format takes
     dynamic_size: ClassVar[bool] = False  # can keep height and width symbolic (--dynamic-size)
 

@@ -7,7 +7,7 @@ import importlib
 import importlib.util
 from pathlib import Path
 
-from autotimm_deploy.exporter.core.errors import MissingExtra, UserError
+from autotimm_deploy.exporter.core.errors import MissingExtra, RuntimeUnavailable, UserError
 from autotimm_deploy.exporter.core.manifest import Manifest
 from autotimm_deploy.profiler.runtimes.base import Session
 
@@ -20,6 +20,7 @@ RUNTIMES: dict[str, tuple[str, str, str | None, tuple[str, ...]]] = {
     "executorch": ("autotimm_deploy.profiler.runtimes.executorch", "ExecuTorchSession", "executorch", ("executorch",)),
     "ncnn": ("autotimm_deploy.profiler.runtimes.ncnn", "NcnnSession", "ncnn", ("ncnn",)),
     "litert": ("autotimm_deploy.profiler.runtimes.litert", "LiteRTSession", "litert", ("ai_edge_litert",)),
+    "coreml": ("autotimm_deploy.profiler.runtimes.coreml", "CoreMLSession", "coreml", ("coremltools",)),
     "onnxruntime": ("autotimm_deploy.profiler.runtimes.onnxruntime", "OnnxRuntimeSession", None, ("onnxruntime",)),
     "openvino": ("autotimm_deploy.profiler.runtimes.openvino", "OpenVinoSession", "openvino", ("openvino",)),
     "tensorrt": ("autotimm_deploy.profiler.runtimes.tensorrt", "TensorRTSession", "trt", ("tensorrt", "torch")),
@@ -30,7 +31,8 @@ RUNTIMES: dict[str, tuple[str, str, str | None, tuple[str, ...]]] = {
 }
 
 # The runtime an artifact format runs on unless the user picks another.
-DEFAULT_RUNTIME = {"torchscript": "torchscript", "pt2": "pt2", "aoti": "aoti", "executorch": "executorch", "ncnn": "ncnn", "litert": "litert", "onnx": "onnxruntime",
+DEFAULT_RUNTIME = {"torchscript": "torchscript", "pt2": "pt2", "aoti": "aoti", "executorch": "executorch",
+                   "ncnn": "ncnn", "litert": "litert", "coreml": "coreml", "onnx": "onnxruntime",
                    "openvino": "openvino", "trt": "tensorrt", "torch-trt": "torch-trt", "triton": "triton"}
 
 
@@ -55,6 +57,9 @@ def open_session(path: str | Path | None, runtime: str | None = None, manifest: 
         if runtime is None:
             raise UserError(f"no runtime for format {manifest.format!r}; pass --runtime")
     cls = runtime_class(runtime)
+    reason = cls.unavailable_reason()
+    if reason:
+        raise RuntimeUnavailable(f"the {runtime} runtime cannot run here: {reason}")
     device = device or cls.default_device(manifest, path)
     if device.split(":")[0] not in cls.devices:
         raise UserError(f"the {runtime} runtime does not run on {device} (it runs on: {', '.join(cls.devices)})")
@@ -70,6 +75,8 @@ def available_runtimes(device: str = "cpu") -> list[str]:
         try:
             cls = runtime_class(name)
         except MissingExtra:
+            continue
+        if cls.unavailable_reason():
             continue
         if device.split(":")[0] in cls.devices:
             out.append(name)

@@ -26,6 +26,11 @@ class Session:
         self.outputs: list[TensorSig] = list(manifest.outputs) if manifest else []
 
     @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """None when this runtime can run on this platform, else why not (Core ML off macOS)."""
+        return None
+
+    @classmethod
     def default_device(cls, manifest: Manifest | None, path: str | Path | None = None) -> str:
         """Where an artifact runs when no device is given: the runtime's first device."""
         return cls.devices[0]
