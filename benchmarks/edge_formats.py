@@ -31,7 +31,10 @@ def parity_numbers(parity) -> str:
     m = parity.metrics.get("logits") or {}
     if "cosine" not in m:
         return f"{parity.verdict}: {m.get('error', '?')}"
-    return f"{parity.verdict}: cos {m['cosine']:.5f}, max_rel {m['max_rel']:.1e}, top-1 {m['top1_agreement']:.0%}"
+    def num(key: str, spec: str) -> str:
+        return "n/a" if m.get(key) is None else format(m[key], spec)
+
+    return f"{parity.verdict}: cos {num('cosine', '.5f')}, max_rel {num('max_rel', '.1e')}, top-1 {num('top1_agreement', '.0%')}"
 
 
 def main() -> None:
@@ -41,6 +44,7 @@ def main() -> None:
     p.add_argument("--cells", help="comma-separated format:precision (default: all of CELLS)")
     p.add_argument("--max-time", type=float, default=4.0, help="seconds of timing per artifact")
     p.add_argument("--out", default="out/bench-edge-formats")
+    p.add_argument("--resume", action="store_true", help="keep the rows (and timings) already in OUT/results.json")
     a = p.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -56,11 +60,16 @@ def main() -> None:
     cells = [tuple(c.split(":")) for c in a.cells.split(",")] if a.cells else CELLS
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    results = out / "results.json"
+    rows = json.loads(results.read_text()) if a.resume and results.exists() else []
+    done = {(r["model"], r["format"], r["precision"]) for r in rows}
     for name in a.models.split(","):
+        todo = [c for c in cells if (name, *c) not in done]
+        if not todo:
+            continue
         spec = ModelSpec(name, img_size=(a.img_size, a.img_size))
         model = build_model(spec)
-        for fmt, precision in cells:
+        for fmt, precision in todo:
             options = ExportOptions(precision=precision, calib_data="sample-pictures" if precision == "int8" else None)
             t0 = time.perf_counter()
             (r,) = export(spec, [fmt], out / name, options, force=True, model=model)
@@ -72,9 +81,9 @@ def main() -> None:
             print(f"{name} {fmt} {precision}: {row['export_s']} s, {row['size_mb']} MB, {row['parity']}"
                   f"{' ERROR ' + r.error if r.error else ''}", flush=True)
             rows.append(row)
-            (out / "results.json").write_text(json.dumps(rows, indent=1))
+            results.write_text(json.dumps(rows, indent=1))
     for row in rows:
-        if not row["artifact"] or row["format"] == "coreml":
+        if not row["artifact"] or row["format"] == "coreml" or "ms" in row:
             continue
         report = profile([row["artifact"]], Settings(batch_sizes=[1], harness=HarnessConfig(
             max_time=a.max_time, warmup_time=1.0)), compare_eager=True)
@@ -85,7 +94,7 @@ def main() -> None:
         row["eager_ms"] = eager
         print(f"{row['model']} {row['format']} {row['precision']}: {row['ms']:.2f} ms vs eager {eager:.2f} ms",
               flush=True)
-        (out / "results.json").write_text(json.dumps(rows, indent=1))
+        results.write_text(json.dumps(rows, indent=1))
 
     versions = package_versions(["torch", "onnxruntime", "openvino", "executorch", "ai-edge-litert", "ncnn", "pnnx",
                                  "coremltools"])

@@ -94,9 +94,12 @@ def run_group(targets: list[Target], settings: Settings,
     for t in targets:
         step(f"loading {t.label}")
         before = current_rss_mb()
+        # shared_cores: measured in turns with others in this process, so no runtime may keep idle
+        # threads spinning on the cores the others need (ONNX Runtime's default)
         sessions.append(open_target(t, settings.device, settings.threads,
                                     settings.eager_options if t.runtime == "eager"
-                                    else {**settings.runtime_options, "max_batch": max(settings.batch_sizes)},
+                                    else {**settings.runtime_options, "max_batch": max(settings.batch_sizes),
+                                          "shared_cores": len(targets) > 1},
                                     settings.img_size))
         loaded.append(current_rss_mb() - before)
     lo = max(s.batch_range()[0] for s in sessions)

@@ -21,6 +21,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from autotimm_deploy.exporter.core.capture import captured_output
 from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
 from autotimm_deploy.exporter.core.files import write_bytes
 from autotimm_deploy.exporter.formats import litert_env
@@ -106,10 +107,11 @@ def _resizes(path: Path, batch: int, ctx: ExportContext) -> str | None:
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
-    try:
-        runner = Interpreter(model_path=str(path)).get_signature_runner()
-        (name,) = runner.get_input_details()
-        runner(**{name: np.zeros((batch, ctx.spec.in_chans, *ctx.spec.img_size), np.float32)})
-    except Exception as e:  # noqa: BLE001 - the interpreter's own error, kept for the manifest
-        return first_line(e, 200)
+    with captured_output():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
+        try:
+            runner = Interpreter(model_path=str(path)).get_signature_runner()
+            (name,) = runner.get_input_details()
+            runner(**{name: np.zeros((batch, ctx.spec.in_chans, *ctx.spec.img_size), np.float32)})
+        except Exception as e:  # noqa: BLE001 - the interpreter's own error, kept for the manifest
+            return first_line(e, 200)
     return None
