@@ -18,7 +18,7 @@ $(BIN)/python:
 # the project itself pins the same pair so no resolver can pull another torch later.
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[dev,openvino,autotimm,triton,executorch,ncnn,litert,coreml]'
+	$(BIN)/pip install --quiet -e '.[dev,openvino,autotimm,triton,executorch,ncnn,litert,coreml,ray]'
 	# LiteRT's converter cannot share this venv (its pins break pydantic): its own, reusing our torch
 	$(BIN)/autotimm-export --setup-litert
 	# a real tritonserver (Python backend) for the Triton tests; --no-deps: its numpy<2 pin is for

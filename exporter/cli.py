@@ -150,6 +150,9 @@ def build_parser() -> OneLineParser:
                          "proxy does not")
     e.add_argument("--no-verify", action="store_true", help="skip the parity check")
     e.add_argument("--force", action="store_true", help="overwrite existing artifacts")
+    e.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                   help="with --recipe: export the cells as Ray tasks across a cluster (ADDRESS: a cluster; none: the "
+                   "one `ray start` made; local: a Ray on this machine); needs the [ray] extra")
     t = p.add_argument_group("choose for a target")
     t.add_argument("--target", choices=("cpu",), help="export every CPU candidate, keep the fastest that passes parity")
     t.add_argument("--recipe-out", metavar="PATH", help="with --target: write the chosen configuration as YAML")
@@ -267,6 +270,8 @@ def main(a) -> int:
         if a.model:
             raise UserError("give a model name or --recipe, not both")
         return run_recipe(a)
+    if a.ray:
+        raise UserError("--ray runs a recipe's cells on a Ray cluster: use it with --recipe FILE.yaml")
     if not a.model and (not a.checkpoint or a.architecture == "builtin"):
         raise UserError("give a timm model name, e.g. autotimm-export resnet50, or an AutoTimm --checkpoint "
                         "(or --list-formats, --recipe)")
@@ -336,7 +341,12 @@ def run_recipe(a) -> int:
     check_triton_repo(a)
     with progress_bar(counts=True) as bar:
         task = bar.add_task(f"recipe {recipe.name}", total=None)
-        rows = run_exports(recipe, a.max_time, recipe_progress(bar, task), force=a.force)
+        if a.ray:
+            from autotimm_deploy.recipes import fleet
+
+            rows = fleet.run_exports(recipe, a.ray, a.max_time, recipe_progress(bar, task), force=a.force)
+        else:
+            rows = run_exports(recipe, a.max_time, recipe_progress(bar, task), force=a.force)
     if a.json:
         print(json.dumps({"recipe": str(recipe.path), "out": str(recipe.root), "rows": rows}, indent=2))
     print_recipe_rows(f"autotimm-export --recipe {recipe.name} -> {recipe.artifacts_dir}", rows,

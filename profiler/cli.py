@@ -46,6 +46,9 @@ def build_parser() -> OneLineParser:
                         "PNG); seed is the old name of benchmark")
     p.add_argument("-o", "--out", default="out", help="with --recipe: the folder autotimm-export --recipe wrote into")
     p.add_argument("--force", action="store_true", help="with --recipe: re-profile even what is up to date")
+    p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                   help="with --recipe: time each job on the Ray node that declares its device (ADDRESS: a cluster; "
+                   "none: the one `ray start` made; local: a Ray on this machine); needs the [ray] extra")
     p.add_argument("--runtime", help="force a runtime (eager, torchscript, pt2, onnxruntime, onnxruntime-cuda, "
                                      "onnxruntime-trt, openvino, tensorrt)")
     p.add_argument("--device", help="cpu or cuda[:N] (default: cuda for TensorRT engines, else cpu)")
@@ -116,7 +119,12 @@ def run_recipe(a) -> int:
     recipe = load_recipe(a.recipe, a.out)
     with progress_bar(counts=True) as bar:
         task = bar.add_task(f"recipe {recipe.name}", total=None)
-        rows = run_profiles(recipe, a.max_time, recipe_progress(bar, task), force=a.force)
+        if a.ray:
+            from autotimm_deploy.recipes import fleet
+
+            rows = fleet.run_profiles(recipe, a.ray, a.max_time, recipe_progress(bar, task), force=a.force)
+        else:
+            rows = run_profiles(recipe, a.max_time, recipe_progress(bar, task), force=a.force)
     report = None
     if a.report:
         check_no_links(recipe)
@@ -139,6 +147,8 @@ def main(a) -> int:
         return run_recipe(a)
     if a.report:
         raise UserError(f"--report {a.report} renders a recipe's results: use it with --recipe FILE.yaml")
+    if a.ray:
+        raise UserError("--ray runs a recipe's timings on a Ray cluster: use it with --recipe FILE.yaml")
     a.max_time = 10.0 if a.max_time is None else a.max_time
 
     _check_outputs(a)

@@ -51,6 +51,29 @@ CALIBRATION_OPTIONS = ("calib_data", "calib_samples", "calib_random")  # what in
 EVAL_OPTIONS = ("eval_data", "eval_samples", "max_drop")  # what an evaluated job's verdict depends on
 
 
+DEVICE_FORMS = "cpu, cuda or cuda:N, optionally @NODE for a node of a Ray fleet (cpu@edgebox, cuda:0@a100)"
+
+
+def parse_device(text: object) -> str | None:
+    """``text`` when it names a device (``KIND[@NODE]``, KIND cpu / cuda / cuda:N), else None."""
+    if not isinstance(text, str):
+        return None
+    kind, sep, node = text.partition("@")
+    kind_ok = kind in ("cpu", "cuda") or (kind.startswith("cuda:") and kind[5:].isdigit())
+    node_ok = not sep or (bool(node) and all(c.isalnum() or c in "-_." for c in node))
+    return text if kind_ok and node_ok else None
+
+
+def device_kind(device: str) -> str:
+    """``cuda:0@a100`` -> ``cuda:0``: what the runtimes on that node are asked for."""
+    return device.partition("@")[0]
+
+
+def device_node(device: str) -> str | None:
+    """``cuda:0@a100`` -> ``a100``; None for a device of this machine."""
+    return device.partition("@")[2] or None
+
+
 def _plain(value: Any) -> Any:
     """JSON's view of a value (tuples become lists), so stored and fresh fingerprints compare."""
     return json.loads(json.dumps(value))

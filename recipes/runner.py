@@ -7,8 +7,10 @@ written to ``<root>/results/<export|profile>.json`` after every job.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from autotimm_deploy.exporter.core.errors import UserError, first_line
@@ -21,63 +23,86 @@ from autotimm_deploy.profiler.measure.timing import HarnessConfig
 from autotimm_deploy.profiler.pipeline import cuda_visible, profile
 from autotimm_deploy.profiler.runtimes import runtime_class
 from autotimm_deploy.profiler.targets import Target, resolve
-from autotimm_deploy.recipes.jobs import JobStatus, ProfileJob, is_current
+from autotimm_deploy.recipes.jobs import ExportJob, JobStatus, ProfileJob, device_kind, device_node, is_current
 from autotimm_deploy.recipes.schema import Recipe
 
 Progress = Callable[[str, int, int], None]
 
 
-def _over_budget(start: float, max_time: float | None) -> bool:
+def over_budget(start: float, max_time: float | None) -> bool:
     return max_time is not None and time.monotonic() - start > max_time
 
 
 def run_exports(recipe: Recipe, max_time: float | None = None, progress: Progress | None = None,
                 force: bool = False) -> list[dict]:
     """Export every job of the matrix not already done; one row per job."""
-    jobs = recipe.export_jobs()
-    check_no_links(recipe)
-    recipe.artifacts_dir.mkdir(parents=True, exist_ok=True)
-    recipe.results_dir.mkdir(parents=True, exist_ok=True)
+    jobs = prepare_exports(recipe)
     start, results = time.monotonic(), []
     built: dict[str, Any] = {}  # one eager build per (model, task) serves all its formats
     shared: dict[str, Any] = {}  # with eval:, its one eager --eval pass (and the fp32 ONNX graph formats share)
     for i, job in enumerate(jobs):
         if progress:
             progress(job.key, i, len(jobs))
-        row = {"artifact": str(job.artifact), "model": job.model.name, "task": job.task.task, "label": job.task.label,
-               "format": job.format, "precision": job.precision}
-        reason = job.skipped or get_format(job.format).unavailable_reason()
-        if reason:
-            row.update(status=JobStatus.SKIPPED, reason=reason)
-        elif not force and (done := job.current_manifest()) is not None:
-            parity = done.parity
-            acc = done.accuracy if job.evaluation else None  # a verdict from an `eval:` since removed is void
-            failed = not accepted(parity, acc)
-            row.update(status=JobStatus.FAILED if failed else JobStatus.UP_TO_DATE,
-                       parity=str(parity.verdict) if parity else None, accuracy=acc.row() if acc else None,
-                       error=_failure(parity, acc) if failed else None)
-        elif _over_budget(start, max_time):
-            row.update(status=JobStatus.NOT_RUN, reason=f"--max-time {max_time:g} s spent")
-        else:
-            key = repr(job.spec)
-            try:
-                if key not in built:
-                    built.clear()  # keep one model in memory at a time
-                    shared.clear()
-                    built[key] = build_model(job.spec)
-                (r,) = export(job.spec, [job.format], recipe.artifacts_dir, job.options(), force=True, name=job.stem,
-                              model=built[key], cache=shared if job.evaluation else None)
-            except UserError as e:  # this combination cannot be built (size, calibration ...): record, go on
-                row.update(status=JobStatus.FAILED, error=str(e))
-            else:
-                row.update(status=JobStatus.EXPORTED if r.ok else JobStatus.FAILED,
-                           error=r.error or (None if r.ok else _failure(r.parity, r.accuracy)),
-                           parity=str(r.parity.verdict) if r.parity else None,
-                           accuracy=r.accuracy.row() if r.accuracy else None,
-                           seconds=round(r.export_seconds, 2))
-        results.append(row)
+        row = settled_export(job, force)
+        if row is None and over_budget(start, max_time):
+            row = {**export_row(job), "status": JobStatus.NOT_RUN, "reason": f"--max-time {max_time:g} s spent"}
+        results.append(row or export_job(job, recipe.artifacts_dir, built, shared))
         write_results(recipe, "export.json", results)
     return results
+
+
+def prepare_exports(recipe: Recipe) -> list[ExportJob]:
+    """The recipe's export jobs, its folders made (and checked: no links out of it)."""
+    jobs = recipe.export_jobs()
+    check_no_links(recipe)
+    recipe.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    recipe.results_dir.mkdir(parents=True, exist_ok=True)
+    return jobs
+
+
+def export_row(job: ExportJob) -> dict:
+    return {"artifact": str(job.artifact), "model": job.model.name, "task": job.task.task, "label": job.task.label,
+            "format": job.format, "precision": job.precision}
+
+
+def settled_export(job: ExportJob, force: bool = False, here: bool = True) -> dict | None:
+    """The row of a job with nothing to export (skipped, up to date, or failed as its manifest says),
+    else None. ``here``: the job would run on this machine, so a format this machine lacks is skipped."""
+    row = export_row(job)
+    reason = job.skipped or (get_format(job.format).unavailable_reason() if here else None)
+    if reason:
+        return {**row, "status": JobStatus.SKIPPED, "reason": reason}
+    done = None if force else job.current_manifest()
+    if done is None:
+        return None
+    parity = done.parity
+    acc = done.accuracy if job.evaluation else None  # a verdict from an `eval:` since removed is void
+    failed = not accepted(parity, acc)
+    return {**row, "status": JobStatus.FAILED if failed else JobStatus.UP_TO_DATE,
+            "parity": str(parity.verdict) if parity else None, "accuracy": acc.row() if acc else None,
+            "error": _failure(parity, acc) if failed else None}
+
+
+def export_job(job: ExportJob, out_dir: Path, built: dict | None = None, shared: dict | None = None) -> dict:
+    """Export ``job`` into ``out_dir`` (its name, its options); its row. ``built`` keeps one eager
+    model between jobs of the same spec, ``shared`` what an ``eval:`` run shares."""
+    row = export_row(job)
+    built = {} if built is None else built
+    shared = {} if shared is None else shared
+    key = repr(job.spec)
+    try:
+        if key not in built:
+            built.clear()  # keep one model in memory at a time
+            shared.clear()
+            built[key] = build_model(job.spec)
+        (r,) = export(job.spec, [job.format], out_dir, job.options(), force=True, name=job.stem,
+                      model=built[key], cache=shared if job.evaluation else None)
+    except UserError as e:  # this combination cannot be built (size, calibration ...): record, go on
+        return {**row, "status": JobStatus.FAILED, "error": str(e)}
+    return {**row, "status": JobStatus.EXPORTED if r.ok else JobStatus.FAILED,
+            "error": r.error or (None if r.ok else _failure(r.parity, r.accuracy)),
+            "parity": str(r.parity.verdict) if r.parity else None,
+            "accuracy": r.accuracy.row() if r.accuracy else None, "seconds": round(r.export_seconds, 2)}
 
 
 def _failure(parity, acc) -> str | None:
@@ -97,27 +122,29 @@ def profile_settings(recipe: Recipe, device: str) -> Settings:
     return Settings(device=device, threads=p.get("threads"), batch_sizes=list(recipe.batch_sizes), harness=harness)
 
 
-def _target(job: ProfileJob) -> Target:
+def profile_target(job: ProfileJob, artifact: Path | None = None) -> Target:
     if job.kind == "eager":
         return Target(label=f"{job.key.removesuffix('.eager')} [eager]", runtime="eager", format="eager",
                       spec=job.export.spec)
-    return resolve(str(job.export.artifact))
+    return resolve(str(artifact or job.export.artifact))
 
 
-def _why_not(job: ProfileJob) -> str | None:
-    """Why ``job`` cannot be profiled here, or None."""
-    if job.device.startswith("cuda") and not cuda_visible():
+def _why_not(job: ProfileJob, here: bool = True) -> str | None:
+    """Why ``job`` cannot be profiled (``here``: on this machine; else anywhere), or None."""
+    if here and device_node(job.device):
+        return f"{job.device} is a fleet device (the node named {device_node(job.device)!r}): run with --ray"
+    if here and job.device.startswith("cuda") and not cuda_visible():
         return "no CUDA GPU visible here"
     if job.kind == "eager":
         return None
-    reason = get_format(job.export.format).unavailable_reason()
+    reason = get_format(job.export.format).unavailable_reason() if here else None
     if reason:
         return reason
     try:
         cls = runtime_class(job.runtime)
-        if job.device.split(":")[0] not in cls.devices:
+        if device_kind(job.device).split(":")[0] not in cls.devices:
             return f"the {job.runtime} runtime does not run on {job.device}"
-        if cls.unavailable_reason():
+        if here and cls.unavailable_reason():
             return f"the {job.runtime} runtime cannot run here: {cls.unavailable_reason()}"
     except UserError as e:
         return str(e)
@@ -127,41 +154,59 @@ def _why_not(job: ProfileJob) -> str | None:
 def run_profiles(recipe: Recipe, max_time: float | None = None, progress: Progress | None = None,
                  force: bool = False) -> list[dict]:
     """Profile each job not already current; returns one summary row per job."""
+    jobs = prepare_profiles(recipe)
+    start, rows = time.monotonic(), []
+    for i, job in enumerate(jobs):
+        if progress:
+            progress(f"{job.key} on {job.device}", i, len(jobs))
+        row, settings, fingerprint = plan_profile(job, recipe, force)
+        if settings is not None:
+            if over_budget(start, max_time):
+                row.update(status=JobStatus.NOT_RUN, reason=f"--max-time {max_time:g} s spent")
+            else:
+                try:
+                    report = profile([profile_target(job)], settings, isolate=True)
+                except (UserError, RuntimeError) as e:
+                    row.update(status=JobStatus.FAILED, error=first_line(e, 300))
+                else:
+                    store_profile(recipe, job, row, fingerprint, report)
+        rows.append(row)
+        write_results(recipe, "profile.json", rows)
+    return rows
+
+
+def prepare_profiles(recipe: Recipe) -> list[ProfileJob]:
+    """The recipe's profile jobs, once something of it is exported."""
     jobs = recipe.profile_jobs()
     if not any(j.export.exported for j in jobs):
         raise UserError(f"nothing of recipe {recipe.name} is exported under {recipe.artifacts_dir}; run "
                         f"autotimm-export --recipe {recipe.path} -o {recipe.out_dir} first")
     check_no_links(recipe)
     (recipe.results_dir / "profile").mkdir(parents=True, exist_ok=True)
-    start, rows = time.monotonic(), []
-    for i, job in enumerate(jobs):
-        if progress:
-            progress(f"{job.key} on {job.device}", i, len(jobs))
-        out = job.result_path(recipe)
-        row = {"key": job.key, "kind": job.kind, "device": job.device, "runtime": job.runtime,
-               "model": job.export.model.name, "task": job.export.task.task, "result": str(out)}
-        reason = _why_not(job)
-        if reason:
-            row.update(status=JobStatus.SKIPPED, reason=reason)
-        else:
-            settings = profile_settings(recipe, job.device)
-            fingerprint = job.fingerprint(settings.to_dict())
-            if not force and is_current(job.stored_fingerprint(recipe), fingerprint):
-                row.update(status=JobStatus.UP_TO_DATE)
-            elif _over_budget(start, max_time):
-                row.update(status=JobStatus.NOT_RUN, reason=f"--max-time {max_time:g} s spent")
-            else:
-                try:
-                    report = profile([_target(job)], settings, isolate=True)
-                except (UserError, RuntimeError) as e:
-                    row.update(status=JobStatus.FAILED, error=first_line(e, 300))
-                else:
-                    atomic_write_text(out, json.dumps({"fingerprint": fingerprint, "job": row, "report": report},
-                                                      indent=1))
-                    row.update(status=JobStatus.PROFILED)
-        rows.append(row)
-        write_results(recipe, "profile.json", rows)
-    return rows
+    return jobs
+
+
+def plan_profile(job: ProfileJob, recipe: Recipe, force: bool = False, here: bool = True,
+                 ) -> tuple[dict, Settings | None, dict | None]:
+    """(row, settings, fingerprint): settings None when the row is already settled (skipped, up to
+    date). The settings measure on the device's kind (a fleet device ``cpu@box`` is a ``cpu``)."""
+    row = {"key": job.key, "kind": job.kind, "device": job.device, "runtime": job.runtime,
+           "model": job.export.model.name, "task": job.export.task.task, "result": str(job.result_path(recipe))}
+    reason = _why_not(job, here)
+    if reason:
+        return {**row, "status": JobStatus.SKIPPED, "reason": reason}, None, None
+    settings = profile_settings(recipe, job.device)
+    fingerprint = job.fingerprint(settings.to_dict())
+    if not force and is_current(job.stored_fingerprint(recipe), fingerprint):
+        return {**row, "status": JobStatus.UP_TO_DATE}, None, None
+    return row, dataclasses.replace(settings, device=device_kind(job.device)), fingerprint
+
+
+def store_profile(recipe: Recipe, job: ProfileJob, row: dict, fingerprint: dict, report: dict) -> None:
+    """Write one job's result (its fingerprint, row and report); the row is then PROFILED."""
+    atomic_write_text(job.result_path(recipe), json.dumps({"fingerprint": fingerprint, "job": row, "report": report},
+                                                          indent=1))
+    row["status"] = JobStatus.PROFILED
 
 
 def check_no_links(recipe: Recipe) -> None:

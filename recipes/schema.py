@@ -51,7 +51,7 @@ from autotimm_deploy.exporter.core.spec import (
 from autotimm_deploy.exporter.formats import FORMATS
 from autotimm_deploy.exporter.inputs.calibration import SAMPLE_PICTURES
 from autotimm_deploy.exporter.models.timm_backbone import check_model_name
-from autotimm_deploy.recipes.jobs import ExportJob, ProfileJob, export_jobs, profile_jobs
+from autotimm_deploy.recipes.jobs import DEVICE_FORMS, ExportJob, ProfileJob, export_jobs, parse_device, profile_jobs
 
 SCHEMA_VERSION = 1
 SHIPPED = Path(__file__).resolve().parent  # the recipes that ship with the package: recipes/*.yaml
@@ -377,8 +377,8 @@ def _build(path: Path, data, out_dir: Path) -> Recipe:
                              f"batch_sizes must be positive integers up to {MAX_BATCH} like [1, 8, 32], got {b!r}")
     devices = _list(data, "devices", required=False) or ["cpu"]
     for i, d in enumerate(devices):
-        if not isinstance(d, str) or not (d == "cpu" or d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit())):
-            raise _LineError(_line(devices, i, getattr(devices, "line", 1)), f"unknown device {d!r}; use cpu or cuda[:N]")
+        if parse_device(d) is None:
+            raise _LineError(_line(devices, i, getattr(devices, "line", 1)), f"unknown device {d!r}; use {DEVICE_FORMS}")
 
     calibration = data.get("calibration") or {}
     if not isinstance(calibration, dict):

@@ -6,11 +6,10 @@ import pytest
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.files import sha256_file
 from autotimm_deploy.exporter.core.manifest import load_manifest
-from autotimm_deploy.exporter.core.results import Verdict
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.formats import FORMATS, ExportOptions, available_formats, export_order
 from autotimm_deploy.exporter.pipeline import export
-from autotimm_deploy.profiler.runtimes import DEFAULT_RUNTIME, open_session, runtime_class
+from autotimm_deploy.profiler.runtimes import open_session
 
 CPU_FORMATS = available_formats()  # every format this machine can export (TensorRT needs a GPU)
 MODELS = {
@@ -20,21 +19,16 @@ MODELS = {
 }
 
 
-EDGE = ("executorch", "litert", "ncnn", "coreml")
+EDGE = ("executorch", "litert", "ncnn")
 
 
 def formats_for(name: str) -> list[str]:
     """AOTInductor compiles C++ for ~25 s a model (CI time): test_aoti.py and test_target_cpu.py
-    compile it, not this matrix. The edge formats (10-30 s a model) run on the edge CNN and the ViT;
+    compile it, not this matrix; Core ML (which predicts only on macOS) has tests/test_coreml.py. The edge formats (10-30 s a model) run on the edge CNN and the ViT;
     ncnn has no layer for a ViT's attention (torch.unbind): tests/test_edge_formats.py checks that
     this fails naming those ops."""
-    return [f for f in CPU_FORMATS if f != "aoti" and not (f in EDGE and name == "resnet18")
+    return [f for f in CPU_FORMATS if f not in ("aoti", "coreml") and not (f in EDGE and name == "resnet18")
             and not (f == "ncnn" and "vit" in name)]
-
-
-def runs_here(fmt: str) -> bool:
-    """Whether the artifact's own runtime runs on this platform (Core ML's only on macOS)."""
-    return runtime_class(DEFAULT_RUNTIME[fmt]).unavailable_reason() is None
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -49,10 +43,6 @@ def test_every_format_exports_with_parity(exported):
     assert set(results) == set(formats_for(name))
     for fmt, r in results.items():
         assert r.ok, (fmt, r.error, r.parity and r.parity.failures)
-        if not runs_here(fmt):  # Core ML off macOS: its saved interface was checked instead of parity
-            assert r.parity.verdict == Verdict.NOT_RUN and r.info["interface"]["outputs"][0]["name"] == "logits"
-            assert r.artifact.exists() and r.manifest.exists()
-            continue
         # a graph that cannot resize its batch (LiteRT's ViT attention) is held at the fixed batch it says
         assert r.parity.batches == ([1] if r.info.get("batch_fallback") else [1, 4]), fmt
         m = r.parity.metrics["logits"]
@@ -93,7 +83,7 @@ def test_manifest_contents(exported):
         assert m.preprocessing["mean"] and m.preprocessing["interpolation"]
         assert m.environment["packages"]["torch"] and m.environment["packages"]["timm"]
         assert m.files[r.artifact.name]["sha256"] == sha256_file(r.artifact)
-        assert m.parity.verdict == ("pass" if runs_here(fmt) else "not run")
+        assert m.parity.verdict == "pass"
         assert m.export.get("exporter") or m.export.get("source")  # derived formats name their source
     assert load_manifest(results["onnx"].artifact).export["opset"] == 18
 
@@ -101,8 +91,6 @@ def test_manifest_contents(exported):
 def test_dynamic_batch_at_an_unseen_size(exported):
     _, _, results = exported
     for fmt, r in results.items():
-        if not runs_here(fmt):
-            continue
         with open_session(r.artifact, manifest=load_manifest(r.artifact)) as s:
             if r.info.get("batch_fallback"):  # fixed: another batch is refused, never silently cut
                 with pytest.raises(UserError, match="fixed batch"):

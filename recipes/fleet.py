@@ -1,0 +1,298 @@
+"""Recipes on a Ray cluster (``--ray [ADDRESS]``): every export cell and every timing becomes a Ray
+task; results come back to the driver, which writes them where the local runner would, so resume,
+the reports and ``--report benchmark`` work unchanged.
+
+Devices. A recipe's device is ``KIND[@NODE]`` (``cpu``, ``cuda:0``, ``cpu@edgebox``, ``cuda:0@a100``).
+Each is a Ray resource, ``device:<name>`` (``cuda`` counts as ``cuda:0``), that exactly one node
+declares with amount 1:
+
+    ray start --address HEAD:6379 --resources '{"device:cpu@edgebox": 1}'
+
+``--ray local`` starts a Ray on this machine that declares ``device:cpu`` (and ``device:cuda:N``
+for each visible GPU), so an unchanged recipe runs through Ray.
+
+Placement. Exports that need no particular device run on any node (one CPU each); formats built on
+the GPU that runs them (``trt``, ``torch-trt``) run on the recipe's first CUDA device. A timing
+holds its device's resource, so at most one timing runs per device at a time; a CPU timing also
+holds every CPU of its node, so no export or other timing shares its cores.
+
+Transport. A task returns its files' bytes through Ray's object store; the driver writes them
+(companions, then the artifact, its manifest last, each by rename). A timing gets the artifact's
+files the same way and writes them to a temporary folder on its node.
+
+Faults. A task whose worker or node dies is retried by Ray (``RETRIES`` times), on another node
+where one can take it; then its row is failed with Ray's reason. A device whose node leaves the
+cluster fails its remaining timings at once (nothing else could run them). Every finished row is
+written as it arrives; Ctrl-C cancels what is left and writes what finished.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from autotimm_deploy.exporter.core.errors import MissingExtra, UserError, first_line
+from autotimm_deploy.exporter.core.files import atomic_write_bytes
+from autotimm_deploy.exporter.core.manifest import load_manifest, manifest_path
+from autotimm_deploy.exporter.formats import get_format
+from autotimm_deploy.recipes.jobs import ExportJob, JobStatus, ProfileJob, device_kind
+from autotimm_deploy.recipes.runner import (
+    Progress,
+    export_job,
+    export_row,
+    over_budget,
+    plan_profile,
+    prepare_exports,
+    prepare_profiles,
+    profile_target,
+    settled_export,
+    store_profile,
+    write_results,
+)
+from autotimm_deploy.recipes.schema import Recipe
+
+RETRIES = 2  # attempts after the first when a worker or node dies
+POLL_S = 2.0  # how often the driver looks at the cluster while it waits
+
+
+def device_resource(device: str) -> str:
+    kind, _, node = device.partition("@")
+    kind = "cuda:0" if kind == "cuda" else kind
+    return f"device:{kind}" + (f"@{node}" if node else "")
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise MissingExtra("Ray", "ray") from None
+    return ray
+
+
+def connect(address: str) -> Any:
+    """Join the cluster at ``address`` (``auto``: the one ``ray start`` made here, or $RAY_ADDRESS),
+    or start one on this machine (``local``); Ray stays up until the process ends."""
+    ray = _ray()
+    if ray.is_initialized():
+        return ray
+    quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": "error"}
+    try:
+        if address == "local":
+            ray.init(address="local", resources=local_devices(), **quiet)  # a new one, even where $RAY_ADDRESS is set
+        else:
+            ray.init(address=address, **quiet)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise UserError(f"cannot join the Ray cluster at {address!r}: {first_line(e, 200)} (start one with "
+                        "`ray start --head`, or pass --ray local)") from None
+    return ray
+
+
+def local_devices() -> dict[str, float]:
+    devices = {device_resource("cpu"): 1.0}
+    try:
+        import torch
+
+        for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+            devices[device_resource(f"cuda:{i}")] = 1.0
+    except Exception:  # noqa: BLE001 - no torch CUDA: CPU only
+        pass
+    return devices
+
+
+def check_devices(ray, devices: list[str]) -> dict[str, float]:
+    """{device: CPUs of the node that declares it}; a device no node (or two nodes) declares is one line."""
+    out = {}
+    for device in devices:
+        res = device_resource(device)
+        nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(res)]
+        if not nodes:
+            raise UserError(f"no node of the Ray cluster declares device {device}: start one with "
+                            f"ray start --resources '{{\"{res}\": 1}}' (or pass --ray local for this machine)")
+        if len(nodes) > 1 or nodes[0]["Resources"][res] != 1:
+            raise UserError(f"{len(nodes)} nodes declare {res} (amount {nodes[0]['Resources'][res]:g}): a device "
+                            f"is one node's, with amount 1; name each node's own (cpu@NODE)")
+        out[device] = float(nodes[0]["Resources"].get("CPU", 1))
+    return out
+
+
+# ---- the tasks (run on the nodes) --------------------------------------------------------------
+
+def _node() -> str:
+    import socket
+
+    import ray
+
+    return f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:8]}"
+
+
+def _export_task(job: ExportJob) -> dict:
+    """Export one cell on this node; its row and files (name -> bytes), the manifest among them."""
+    row = settled_export(job, force=True)  # only "skipped": a format this node lacks
+    start = time.time()
+    if row is None:
+        with tempfile.TemporaryDirectory(prefix="autotimm-fleet-") as d:
+            row = export_job(job, Path(d))
+            files = {}
+            artifact = Path(d) / job.artifact.name
+            if manifest_path(artifact).exists():
+                names = [*load_manifest(artifact).files, manifest_path(artifact).name]
+                files = {n: (Path(d) / n).read_bytes() for n in names}
+    else:
+        files = {}
+    return {"row": {**row, "node": _node(), "started": start, "ended": time.time()}, "files": files}
+
+
+def _profile_task(job: ProfileJob, settings, files: dict[str, bytes]) -> dict:
+    """Time one job on this node (its device's resource held); its report or its error."""
+    from autotimm_deploy.profiler.pipeline import profile
+
+    start = time.time()
+    out = {"node": _node()}
+    with tempfile.TemporaryDirectory(prefix="autotimm-fleet-") as d:
+        for name, data in files.items():
+            (Path(d) / name).write_bytes(data)
+        artifact = Path(d) / job.export.artifact.name if files else None
+        try:
+            out["report"] = profile([profile_target(job, artifact)], settings, isolate=True)
+        except (UserError, RuntimeError) as e:
+            out["error"] = first_line(e, 300)
+    return {**out, "started": start, "ended": time.time()}
+
+
+# ---- the driver ---------------------------------------------------------------------------------
+
+def run_exports(recipe: Recipe, address: str, max_time: float | None = None, progress: Progress | None = None,
+                force: bool = False) -> list[dict]:
+    """`runner.run_exports` on a Ray cluster: the same rows, in the recipe's order."""
+    ray = connect(address)
+    jobs = prepare_exports(recipe)
+    rows: list[dict | None] = [settled_export(job, force, here=False) for job in jobs]
+    cuda = next((d for d in recipe.devices if device_kind(d).startswith("cuda")), None)
+    remote = ray.remote(_export_task)
+    pending = {}
+    for i, job in enumerate(jobs):
+        if rows[i] is not None:
+            continue
+        options: dict[str, Any] = {"num_cpus": 1, "max_retries": RETRIES}
+        if get_format(job.format).needs_cuda:
+            if cuda is None:
+                rows[i] = {**export_row(job), "status": JobStatus.SKIPPED,
+                           "reason": f"{job.format} is built on the GPU that runs it: the recipe names no CUDA device"}
+                continue
+            check_devices(ray, [cuda])
+            options["resources"] = {device_resource(cuda): 1}
+        pending[remote.options(**options).remote(job)] = i
+
+    def finish(i: int, result: dict) -> None:
+        row = result["row"]
+        _install(recipe.artifacts_dir, result["files"])
+        rows[i] = row
+
+    _gather(ray, pending, rows, jobs, finish, recipe, "export.json", max_time, progress,
+            lambda i: export_row(jobs[i]), lambda i: None)
+    return rows  # type: ignore[return-value]
+
+
+def run_profiles(recipe: Recipe, address: str, max_time: float | None = None, progress: Progress | None = None,
+                 force: bool = False) -> list[dict]:
+    """`runner.run_profiles` on a Ray cluster: each timing on the node that declares its device."""
+    ray = connect(address)
+    jobs = prepare_profiles(recipe)
+    remote = ray.remote(_profile_task)
+    rows: list[dict | None] = []
+    plans: dict[int, tuple[dict, dict, Any]] = {}
+    for i, job in enumerate(jobs):
+        row, settings, fingerprint = plan_profile(job, recipe, force, here=False)
+        rows.append(None if settings is not None else row)
+        if settings is not None:
+            plans[i] = (row, fingerprint, settings)
+    cpus = check_devices(ray, sorted({jobs[i].device for i in plans}))  # only devices with work to do
+    pending = {}
+    shipped: dict[str, Any] = {}  # artifact -> its files in the object store, put once for every device
+    for i, (_, _, settings) in plans.items():
+        job = jobs[i]
+        files = {}
+        if job.kind != "eager":
+            key = str(job.export.artifact)
+            if key not in shipped:
+                names = [*load_manifest(job.export.artifact).files, manifest_path(job.export.artifact).name]
+                shipped[key] = ray.put({n: (job.export.artifact.parent / n).read_bytes() for n in names})
+            files = shipped[key]
+        kind = device_kind(job.device)
+        options = {"resources": {device_resource(job.device): 1}, "max_retries": RETRIES,
+                   "num_cpus": cpus[job.device] if kind == "cpu" else 1}  # a CPU timing has its node's cores
+        pending[remote.options(**options).remote(job, settings, files)] = i
+
+    def finish(i: int, result: dict) -> None:
+        row, fingerprint, _ = plans[i]
+        row.update(node=result["node"], started=result["started"], ended=result["ended"])
+        if "error" in result:
+            row.update(status=JobStatus.FAILED, error=result["error"])
+        else:
+            store_profile(recipe, jobs[i], row, fingerprint, result["report"])
+        rows[i] = row
+
+    def gone(i: int) -> str | None:  # a device whose node left: nothing else can run its timings
+        res = device_resource(jobs[i].device)
+        return None if ray.cluster_resources().get(res) else f"the node with device {jobs[i].device} left the cluster"
+
+    _gather(ray, pending, rows, jobs, finish, recipe, "profile.json", max_time, progress,
+            lambda i: plans[i][0], gone)
+    return rows  # type: ignore[return-value]
+
+
+def _gather(ray, pending: dict, rows: list, jobs: list, finish, recipe: Recipe, results_name: str,
+            max_time: float | None, progress: Progress | None, base_row, gone) -> None:
+    """Wait for ``pending`` tasks (ref -> row index), filling ``rows`` as they end; write the rows
+    after each. The time budget cancels what is left; Ctrl-C cancels it and writes what finished."""
+    start, total = time.monotonic(), len(jobs)
+
+    def settle(i: int, status: JobStatus, **why) -> None:
+        rows[i] = {**base_row(i), "status": status, **why}
+
+    def write() -> None:
+        write_results(recipe, results_name, [r for r in rows if r is not None])
+
+    def cancel_all(status: JobStatus, reason: str) -> None:
+        for ref, i in pending.items():
+            ray.cancel(ref, force=True)
+            settle(i, status, reason=reason)
+        pending.clear()
+
+    write()
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+            for ref in done:
+                i = pending.pop(ref)
+                try:
+                    finish(i, ray.get(ref))
+                except ray.exceptions.RayError as e:  # the worker or node died past its retries, or cancelled
+                    settle(i, JobStatus.FAILED, error=f"{type(e).__name__}: {first_line(e, 300)}")
+                if progress:
+                    progress(jobs[i].key, sum(r is not None for r in rows), total)
+                write()
+            for ref, i in list(pending.items()):
+                reason = gone(i)
+                if reason:
+                    ray.cancel(ref, force=True)
+                    pending.pop(ref)
+                    settle(i, JobStatus.FAILED, error=reason)
+                    write()
+            if over_budget(start, max_time):
+                cancel_all(JobStatus.NOT_RUN, f"--max-time {max_time:g} s spent")
+                write()
+    except KeyboardInterrupt:
+        cancel_all(JobStatus.NOT_RUN, "interrupted (Ctrl-C)")
+        write()
+        raise
+
+
+def _install(folder: Path, files: dict[str, bytes]) -> None:
+    """Write an export's files into ``folder``: companions, then the artifact, the manifest last, each
+    through a temporary name and a rename (a reader that sees the manifest sees complete files)."""
+    manifests = [n for n in files if n.endswith(".json")]
+    for name in [n for n in files if n not in manifests] + manifests:
+        atomic_write_bytes(folder / Path(name).name, files[name])
