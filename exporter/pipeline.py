@@ -441,9 +441,9 @@ def _check(model, exported: Exported, manifest: Manifest, precision: str | None,
             unavailable = isinstance(e, RuntimeUnavailable)
             parity = ParityReport.not_run(precision, reason) if unavailable else \
                 ParityReport.failed(precision, "reload", reason)
-        if evaluation is not None and accuracy is None:
+        if evaluation is not None and accuracy is None and not isinstance(e, RuntimeUnavailable):
             accuracy = budget_report(evaluation.data, evaluation.eager, {"metrics": {}, "seconds": 0.0}, max_drop)
-            accuracy.error = reason
+            accuracy.error = reason  # (off its platform an artifact is not scored, like its parity: not run)
     return parity, accuracy
 
 

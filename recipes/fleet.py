@@ -28,14 +28,18 @@ written as it arrives; Ctrl-C cancels what is left and writes what finished.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from autotimm_deploy.exporter.core.errors import MissingExtra, UserError, first_line
-from autotimm_deploy.exporter.core.files import atomic_write_bytes
-from autotimm_deploy.exporter.core.manifest import load_manifest, manifest_path
+from autotimm_deploy.exporter.core.errors import Fault, MissingExtra, UserError, first_line
+from autotimm_deploy.exporter.core.files import atomic_write_bytes, remove_stale_scratch, scratch_dir
+from autotimm_deploy.exporter.core.manifest import load_manifest, manifest_path, verify_files
 from autotimm_deploy.exporter.formats import get_format
 from autotimm_deploy.recipes.jobs import ExportJob, JobStatus, ProfileJob, device_kind
 from autotimm_deploy.recipes.runner import (
@@ -127,33 +131,51 @@ def _node() -> str:
     return f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:8]}"
 
 
+@contextlib.contextmanager
+def _scratch():
+    """A scratch folder for one task, named with its worker's pid under this user's
+    ``$TMPDIR/autotimm-fleet-UID``; what workers killed on this node left there is swept first."""
+    base = Path(tempfile.gettempdir()) / f"autotimm-fleet-{os.getuid()}"
+    base.mkdir(mode=0o700, exist_ok=True)
+    if base.is_symlink() or base.stat().st_uid != os.getuid():  # not ours: sweep nothing, share nothing
+        base = Path(tempfile.mkdtemp(prefix="autotimm-fleet-"))
+    remove_stale_scratch(base)
+    folder = scratch_dir(base)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _export_task(job: ExportJob) -> dict:
-    """Export one cell on this node; its row and files (name -> bytes), the manifest among them."""
+    """Export one cell on this node; its row and files (name -> bytes), the manifest's name apart."""
     row = settled_export(job, force=True)  # only "skipped": a format this node lacks
-    start = time.time()
+    start, files = time.time(), {}
     if row is None:
-        with tempfile.TemporaryDirectory(prefix="autotimm-fleet-") as d:
-            row = export_job(job, Path(d))
-            files = {}
-            artifact = Path(d) / job.artifact.name
+        with _scratch() as d:
+            row = export_job(job, d)
+            artifact = d / job.artifact.name
             if manifest_path(artifact).exists():
                 names = [*load_manifest(artifact).files, manifest_path(artifact).name]
-                files = {n: (Path(d) / n).read_bytes() for n in names}
-    else:
-        files = {}
-    return {"row": {**row, "node": _node(), "started": start, "ended": time.time()}, "files": files}
+                files = {n: (d / n).read_bytes() for n in names}
+    return {"row": {**row, "node": _node(), "started": start, "ended": time.time()}, "files": files,
+            "manifest": manifest_path(job.artifact).name}
 
 
 def _profile_task(job: ProfileJob, settings, files: dict[str, bytes]) -> dict:
-    """Time one job on this node (its device's resource held); its report or its error."""
+    """Time one job on this node (its device's resource held); its report, its error, or why this
+    node cannot run it (a runtime or format it lacks: skipped, as the local runner would)."""
     from autotimm_deploy.profiler.pipeline import profile
 
     start = time.time()
-    out = {"node": _node()}
-    with tempfile.TemporaryDirectory(prefix="autotimm-fleet-") as d:
+    out: dict[str, Any] = {"node": _node()}
+    reason = _node_lacks(job)
+    if reason:
+        return {**out, "skipped": reason, "started": start, "ended": time.time()}
+    with _scratch() as d:
         for name, data in files.items():
-            (Path(d) / name).write_bytes(data)
-        artifact = Path(d) / job.export.artifact.name if files else None
+            (d / name).write_bytes(data)
+        artifact = d / job.export.artifact.name if files else None
         try:
             out["report"] = profile([profile_target(job, artifact)], settings, isolate=True)
         except (UserError, RuntimeError) as e:
@@ -161,7 +183,25 @@ def _profile_task(job: ProfileJob, settings, files: dict[str, bytes]) -> dict:
     return {**out, "started": start, "ended": time.time()}
 
 
+def _node_lacks(job: ProfileJob) -> str | None:
+    """What this node lacks to time ``job`` (a GPU, the runtime's extra, its platform), or None."""
+    from autotimm_deploy.profiler.pipeline import cuda_visible
+    from autotimm_deploy.profiler.runtimes import runtime_class
+
+    if device_kind(job.device).startswith("cuda") and not cuda_visible():
+        return f"no CUDA GPU visible on the node of {job.device}"
+    try:
+        reason = runtime_class(job.runtime).unavailable_reason()
+    except UserError as e:  # its extra is not installed there
+        return f"on the node of {job.device}: {e}"
+    return f"the {job.runtime} runtime cannot run on the node of {job.device}: {reason}" if reason else None
+
+
 # ---- the driver ---------------------------------------------------------------------------------
+
+# CUDA work asks Ray for no GPU (the device resource keeps it apart): Ray would then hide every GPU
+CUDA_ENV = {"env_vars": {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}}
+
 
 def run_exports(recipe: Recipe, address: str, max_time: float | None = None, progress: Progress | None = None,
                 force: bool = False) -> list[dict]:
@@ -170,28 +210,29 @@ def run_exports(recipe: Recipe, address: str, max_time: float | None = None, pro
     jobs = prepare_exports(recipe)
     rows: list[dict | None] = [settled_export(job, force, here=False) for job in jobs]
     cuda = next((d for d in recipe.devices if device_kind(d).startswith("cuda")), None)
+    needs_gpu = {i for i, job in enumerate(jobs) if rows[i] is None and get_format(job.format).needs_cuda}
+    for i in needs_gpu if cuda is None else ():
+        rows[i] = {**export_row(jobs[i]), "status": JobStatus.SKIPPED,
+                   "reason": f"{jobs[i].format} is built on the GPU that runs it: the recipe names no CUDA device"}
+    if needs_gpu and cuda is not None:
+        check_devices(ray, [cuda])  # before anything is submitted
     remote = ray.remote(_export_task)
-    pending = {}
+    pending, devices = {}, {}
     for i, job in enumerate(jobs):
         if rows[i] is not None:
             continue
         options: dict[str, Any] = {"num_cpus": 1, "max_retries": RETRIES}
-        if get_format(job.format).needs_cuda:
-            if cuda is None:
-                rows[i] = {**export_row(job), "status": JobStatus.SKIPPED,
-                           "reason": f"{job.format} is built on the GPU that runs it: the recipe names no CUDA device"}
-                continue
-            check_devices(ray, [cuda])
-            options["resources"] = {device_resource(cuda): 1}
+        if i in needs_gpu:
+            options.update(resources={device_resource(cuda): 1}, runtime_env=CUDA_ENV)
+            devices[i] = cuda
         pending[remote.options(**options).remote(job)] = i
 
     def finish(i: int, result: dict) -> None:
-        row = result["row"]
-        _install(recipe.artifacts_dir, result["files"])
-        rows[i] = row
+        _install(recipe.artifacts_dir, result["files"], result["manifest"])
+        rows[i] = result["row"]
 
     _gather(ray, pending, rows, jobs, finish, recipe, "export.json", max_time, progress,
-            lambda i: export_row(jobs[i]), lambda i: None)
+            lambda i: export_row(jobs[i]), devices)
     return rows  # type: ignore[return-value]
 
 
@@ -205,11 +246,16 @@ def run_profiles(recipe: Recipe, address: str, max_time: float | None = None, pr
     plans: dict[int, tuple[dict, dict, Any]] = {}
     for i, job in enumerate(jobs):
         row, settings, fingerprint = plan_profile(job, recipe, force, here=False)
+        if settings is not None and job.kind != "eager":
+            try:  # what is shipped must be what the manifest says
+                verify_files(load_manifest(job.export.artifact), job.export.artifact.parent)
+            except UserError as e:
+                row, settings = {**row, "status": JobStatus.FAILED, "error": str(e)}, None
         rows.append(None if settings is not None else row)
         if settings is not None:
             plans[i] = (row, fingerprint, settings)
     cpus = check_devices(ray, sorted({jobs[i].device for i in plans}))  # only devices with work to do
-    pending = {}
+    pending, devices = {}, {}
     shipped: dict[str, Any] = {}  # artifact -> its files in the object store, put once for every device
     for i, (_, _, settings) in plans.items():
         job = jobs[i]
@@ -221,32 +267,35 @@ def run_profiles(recipe: Recipe, address: str, max_time: float | None = None, pr
                 shipped[key] = ray.put({n: (job.export.artifact.parent / n).read_bytes() for n in names})
             files = shipped[key]
         kind = device_kind(job.device)
-        options = {"resources": {device_resource(job.device): 1}, "max_retries": RETRIES,
-                   "num_cpus": cpus[job.device] if kind == "cpu" else 1}  # a CPU timing has its node's cores
+        options: dict[str, Any] = {"resources": {device_resource(job.device): 1}, "max_retries": RETRIES,
+                                   "num_cpus": cpus[job.device] if kind == "cpu" else 1}  # a CPU timing: all cores
+        if kind.startswith("cuda"):
+            options["runtime_env"] = CUDA_ENV
         pending[remote.options(**options).remote(job, settings, files)] = i
+        devices[i] = job.device
 
     def finish(i: int, result: dict) -> None:
         row, fingerprint, _ = plans[i]
         row.update(node=result["node"], started=result["started"], ended=result["ended"])
-        if "error" in result:
+        if "skipped" in result:
+            row.update(status=JobStatus.SKIPPED, reason=result["skipped"])
+        elif "error" in result:
             row.update(status=JobStatus.FAILED, error=result["error"])
         else:
             store_profile(recipe, jobs[i], row, fingerprint, result["report"])
         rows[i] = row
 
-    def gone(i: int) -> str | None:  # a device whose node left: nothing else can run its timings
-        res = device_resource(jobs[i].device)
-        return None if ray.cluster_resources().get(res) else f"the node with device {jobs[i].device} left the cluster"
-
     _gather(ray, pending, rows, jobs, finish, recipe, "profile.json", max_time, progress,
-            lambda i: plans[i][0], gone)
+            lambda i: plans[i][0], devices)
     return rows  # type: ignore[return-value]
 
 
 def _gather(ray, pending: dict, rows: list, jobs: list, finish, recipe: Recipe, results_name: str,
-            max_time: float | None, progress: Progress | None, base_row, gone) -> None:
+            max_time: float | None, progress: Progress | None, base_row, devices: dict[int, str]) -> None:
     """Wait for ``pending`` tasks (ref -> row index), filling ``rows`` as they end; write the rows
-    after each. The time budget cancels what is left; Ctrl-C cancels it and writes what finished."""
+    after each. A task bound to a device (``devices``: row index -> device) whose node left fails
+    at once. The time budget, Ctrl-C or a driver error cancel what is left, after taking in what
+    finished; the rows are written either way."""
     start, total = time.monotonic(), len(jobs)
 
     def settle(i: int, status: JobStatus, **why) -> None:
@@ -255,44 +304,52 @@ def _gather(ray, pending: dict, rows: list, jobs: list, finish, recipe: Recipe, 
     def write() -> None:
         write_results(recipe, results_name, [r for r in rows if r is not None])
 
+    def take(refs) -> None:
+        for ref in refs:
+            i = pending.pop(ref)
+            try:
+                finish(i, ray.get(ref))
+            except ray.exceptions.RayError as e:  # the worker or node died past its retries, or cancelled
+                cause = getattr(e, "cause", None) or e  # a task's own exception, not Ray's wrapper
+                settle(i, JobStatus.FAILED, error=f"{type(cause).__name__}: {first_line(cause, 300)}")
+            if progress:
+                progress(jobs[i].key, sum(r is not None for r in rows), total)
+            write()
+
     def cancel_all(status: JobStatus, reason: str) -> None:
+        if pending:  # take in what already finished first
+            take(ray.wait(list(pending), num_returns=len(pending), timeout=0)[0])
         for ref, i in pending.items():
-            ray.cancel(ref, force=True)
+            ray.cancel(ref)  # a running task is interrupted (its temporary files cleaned up), not killed
             settle(i, status, reason=reason)
         pending.clear()
+        write()
 
     write()
     try:
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
-            for ref in done:
-                i = pending.pop(ref)
-                try:
-                    finish(i, ray.get(ref))
-                except ray.exceptions.RayError as e:  # the worker or node died past its retries, or cancelled
-                    settle(i, JobStatus.FAILED, error=f"{type(e).__name__}: {first_line(e, 300)}")
-                if progress:
-                    progress(jobs[i].key, sum(r is not None for r in rows), total)
-                write()
+            take(ray.wait(list(pending), num_returns=1, timeout=POLL_S)[0])
+            declared = ray.cluster_resources()
             for ref, i in list(pending.items()):
-                reason = gone(i)
-                if reason:
-                    ray.cancel(ref, force=True)
+                if i in devices and not declared.get(device_resource(devices[i])):
+                    ray.cancel(ref)
                     pending.pop(ref)
-                    settle(i, JobStatus.FAILED, error=reason)
+                    settle(i, JobStatus.FAILED, error=f"the node with device {devices[i]} left the cluster")
                     write()
             if over_budget(start, max_time):
                 cancel_all(JobStatus.NOT_RUN, f"--max-time {max_time:g} s spent")
-                write()
     except KeyboardInterrupt:
         cancel_all(JobStatus.NOT_RUN, "interrupted (Ctrl-C)")
-        write()
+        raise
+    except BaseException as e:
+        cancel_all(JobStatus.NOT_RUN, f"the driver stopped: {type(e).__name__}: {first_line(e, 200)}")
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise Fault(f"no space left on the device writing into {recipe.root}: free some space and rerun") from None
         raise
 
 
-def _install(folder: Path, files: dict[str, bytes]) -> None:
-    """Write an export's files into ``folder``: companions, then the artifact, the manifest last, each
-    through a temporary name and a rename (a reader that sees the manifest sees complete files)."""
-    manifests = [n for n in files if n.endswith(".json")]
-    for name in [n for n in files if n not in manifests] + manifests:
+def _install(folder: Path, files: dict[str, bytes], manifest: str) -> None:
+    """Write an export's files into ``folder``, each through a temporary name and a rename: the
+    artifact and its companions first, ``manifest`` last (a reader that sees it sees complete files)."""
+    for name in sorted(files, key=lambda n: n == manifest):
         atomic_write_bytes(folder / Path(name).name, files[name])

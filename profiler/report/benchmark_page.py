@@ -13,6 +13,7 @@ V100 page's.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,7 +210,7 @@ def plots(data: PageData, folder: Path) -> list[Path]:
     order = _runtimes(data.records)
     colors = plt.get_cmap("tab10").colors
     color = {rt: colors[i % len(colors)] for i, rt in enumerate(order)}
-    markers = dict(zip(sorted({r["device"] for r in data.records}), "osD^v<>"))
+    markers = dict(zip(sorted({r["device"] for r in data.records}), itertools.cycle("osD^v<>")))
 
     def series(r) -> str:
         return r["runtime"] + (f" ({r['device']})" if multi_device else "")

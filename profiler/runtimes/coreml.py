@@ -56,6 +56,7 @@ class CoreMLSession(Session):
         if not self.outputs:
             self.outputs = [TensorSig(n, "float32", ["batch"]) for n in self.out_names]
         if len(self.out_names) != len(self.outputs):
+            self._folder.cleanup()
             raise UserError(f"{self.path.name} has {len(self.out_names)} outputs; its manifest names {len(self.outputs)}")
 
     def prepare(self, arrays: dict[str, np.ndarray]) -> Any:
