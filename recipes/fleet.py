@@ -147,6 +147,12 @@ def _scratch():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _artifact_files(artifact: Path) -> dict[str, bytes]:
+    """An artifact's files as its manifest lists them, and the manifest: name -> bytes."""
+    names = [*load_manifest(artifact).files, manifest_path(artifact).name]
+    return {n: (artifact.parent / n).read_bytes() for n in names}
+
+
 def _export_task(job: ExportJob) -> dict:
     """Export one cell on this node; its row and files (name -> bytes), the manifest's name apart."""
     row = settled_export(job, force=True)  # only "skipped": a format this node lacks
@@ -156,8 +162,7 @@ def _export_task(job: ExportJob) -> dict:
             row = export_job(job, d)
             artifact = d / job.artifact.name
             if manifest_path(artifact).exists():
-                names = [*load_manifest(artifact).files, manifest_path(artifact).name]
-                files = {n: (d / n).read_bytes() for n in names}
+                files = _artifact_files(artifact)
     return {"row": {**row, "node": _node(), "started": start, "ended": time.time()}, "files": files,
             "manifest": manifest_path(job.artifact).name}
 
@@ -263,8 +268,7 @@ def run_profiles(recipe: Recipe, address: str, max_time: float | None = None, pr
         if job.kind != "eager":
             key = str(job.export.artifact)
             if key not in shipped:
-                names = [*load_manifest(job.export.artifact).files, manifest_path(job.export.artifact).name]
-                shipped[key] = ray.put({n: (job.export.artifact.parent / n).read_bytes() for n in names})
+                shipped[key] = ray.put(_artifact_files(job.export.artifact))
             files = shipped[key]
         kind = device_kind(job.device)
         options: dict[str, Any] = {"resources": {device_resource(job.device): 1}, "max_retries": RETRIES,
