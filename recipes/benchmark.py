@@ -24,7 +24,7 @@ def collect(recipe: Recipe) -> benchmark_page.PageData:
         m = load_manifest(job.artifact)
         params[_model_key(job)] = m.model.get("params")
         data.artifacts.append({"artifact": job.artifact.name, "model": job.model.name, "task": _task_label(job),
-                               "format": job.format, "precision": job.precision,
+                               "format": job.format, "precision": job.precision, "device": job.device,
                                "mb": sum(e["bytes"] for e in m.files.values()) / 2**20,
                                "parity": str(m.parity.verdict) if m.parity else "not checked",
                                "params": m.model.get("params"),

@@ -12,7 +12,8 @@ declares with amount 1:
 for each visible GPU), so an unchanged recipe runs through Ray.
 
 Placement. Exports that need no particular device run on any node (one CPU each); formats built on
-the GPU that runs them (``trt``, ``torch-trt``) run on the recipe's first CUDA device. A timing
+the GPU that runs them (``trt``, ``torch-trt``) are one export per CUDA device of the recipe, built on
+the node that declares it (and timed only there: an engine is tied to its GPU model). A timing
 holds its device's resource, so at most one timing runs per device at a time; a CPU timing also
 holds every CPU of its node, so no export or other timing shares its cores.
 
@@ -46,6 +47,7 @@ from autotimm_deploy.recipes.runner import (
     Progress,
     export_job,
     export_row,
+    missing_here,
     over_budget,
     plan_profile,
     prepare_exports,
@@ -155,8 +157,10 @@ def _artifact_files(artifact: Path) -> dict[str, bytes]:
 
 def _export_task(job: ExportJob) -> dict:
     """Export one cell on this node; its row and files (name -> bytes), the manifest's name apart."""
-    row = settled_export(job, force=True)  # only "skipped": a format this node lacks
     start, files = time.time(), {}
+    reason = get_format(job.format).unavailable_reason() or (missing_here(device_kind(job.device))
+                                                             if job.device else None)
+    row = {**export_row(job), "status": JobStatus.SKIPPED, "reason": f"on this node: {reason}"} if reason else None
     if row is None:
         with _scratch() as d:
             row = export_job(job, d)
@@ -190,11 +194,10 @@ def _profile_task(job: ProfileJob, settings, files: dict[str, bytes]) -> dict:
 
 def _node_lacks(job: ProfileJob) -> str | None:
     """What this node lacks to time ``job`` (a GPU, the runtime's extra, its platform), or None."""
-    from autotimm_deploy.profiler.pipeline import cuda_visible
     from autotimm_deploy.profiler.runtimes import runtime_class
 
-    if device_kind(job.device).startswith("cuda") and not cuda_visible():
-        return f"no CUDA GPU visible on the node of {job.device}"
+    if reason := missing_here(device_kind(job.device)):
+        return f"on the node of {job.device}: {reason}"
     try:
         reason = runtime_class(job.runtime).unavailable_reason()
     except UserError as e:  # its extra is not installed there
@@ -214,22 +217,16 @@ def run_exports(recipe: Recipe, address: str, max_time: float | None = None, pro
     ray = connect(address)
     jobs = prepare_exports(recipe)
     rows: list[dict | None] = [settled_export(job, force, here=False) for job in jobs]
-    cuda = next((d for d in recipe.devices if device_kind(d).startswith("cuda")), None)
-    needs_gpu = {i for i, job in enumerate(jobs) if rows[i] is None and get_format(job.format).needs_cuda}
-    for i in needs_gpu if cuda is None else ():
-        rows[i] = {**export_row(jobs[i]), "status": JobStatus.SKIPPED,
-                   "reason": f"{jobs[i].format} is built on the GPU that runs it: the recipe names no CUDA device"}
-    if needs_gpu and cuda is not None:
-        check_devices(ray, [cuda])  # before anything is submitted
+    devices = {i: job.device for i, job in enumerate(jobs) if rows[i] is None and job.device}  # engines
+    check_devices(ray, sorted(set(devices.values())))  # before anything is submitted
     remote = ray.remote(_export_task)
-    pending, devices = {}, {}
+    pending = {}
     for i, job in enumerate(jobs):
         if rows[i] is not None:
             continue
         options: dict[str, Any] = {"num_cpus": 1, "max_retries": RETRIES}
-        if i in needs_gpu:
-            options.update(resources={device_resource(cuda): 1}, runtime_env=CUDA_ENV)
-            devices[i] = cuda
+        if i in devices:  # built on the node of its GPU
+            options.update(resources={device_resource(job.device): 1}, runtime_env=CUDA_ENV)
         pending[remote.options(**options).remote(job)] = i
 
     def finish(i: int, result: dict) -> None:

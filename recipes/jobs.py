@@ -96,6 +96,7 @@ class ExportJob:
     calibration: dict[str, Any]
     evaluation: dict[str, Any] = field(default_factory=dict)  # the recipe's `eval:` (data, samples, max_drop)
     skipped: str | None = None  # why this combination is not made (format lacks the precision, ...)
+    device: str | None = None  # a format built on the GPU that runs it (TensorRT): built and timed on this one
 
     @property
     def key(self) -> str:
@@ -177,9 +178,18 @@ class ProfileJob:
             return None
 
 
+def device_tag(device: str) -> str:
+    """The part of an artifact's name that says which device built it: ``cuda:0@a100`` -> ``cuda0@a100``."""
+    kind, sep, node = device.partition("@")
+    return ("cuda0" if kind == "cuda" else kind.replace(":", "")) + sep + node
+
+
 def export_jobs(recipe: Recipe) -> list[ExportJob]:
-    """Every (model, task, format, precision) of the recipe, in order; name collisions are errors."""
+    """Every (model, task, format, precision) of the recipe, in order; name collisions are errors. A
+    format built on the GPU that runs it (TensorRT engines are tied to the GPU model) is one job per
+    CUDA device of the recipe, its name tagged with the device (``resnet50-fp16-cuda0@a100.engine``)."""
     jobs, seen = [], {}
+    gpus = [d for d in recipe.devices if device_kind(d).startswith("cuda")]
     for m in recipe.models:
         for t in recipe.tasks:
             spec = ModelSpec(m.name, task=t.task, head=dict(t.head), img_size=t.img_size or m.img_size,
@@ -187,17 +197,21 @@ def export_jobs(recipe: Recipe) -> list[ExportJob]:
             for fmt in recipe.formats:
                 cls = get_format(fmt)
                 for p in recipe.precisions:
-                    stem = spec.stem(p) + (f"-{t.label}" if t.label else "")
-                    job = ExportJob(m, t, fmt, p, spec, stem, recipe.artifacts_dir / f"{stem}{cls.suffix}",
-                                    recipe.calibration, recipe.evaluation)
-                    if p not in cls.precisions:
-                        job.skipped = f"{fmt} has no {p} (it has {', '.join(cls.precisions)})"
-                    elif (reason := cls.check_task(spec)) is not None:
-                        job.skipped = f"{fmt} cannot export {t.task}: {reason}"
-                    elif job.key in seen:
-                        raise UserError(f"{recipe.path}: two entries make {job.key}; give a task a `label:`")
-                    seen[job.key] = job
-                    jobs.append(job)
+                    for device in (gpus or [None]) if cls.needs_cuda else [None]:
+                        tag = f"-{device_tag(device)}" if device else ""
+                        stem = spec.stem(p) + (f"-{t.label}" if t.label else "") + tag
+                        job = ExportJob(m, t, fmt, p, spec, stem, recipe.artifacts_dir / f"{stem}{cls.suffix}",
+                                        recipe.calibration, recipe.evaluation, device=device)
+                        if p not in cls.precisions:
+                            job.skipped = f"{fmt} has no {p} (it has {', '.join(cls.precisions)})"
+                        elif (reason := cls.check_task(spec)) is not None:
+                            job.skipped = f"{fmt} cannot export {t.task}: {reason}"
+                        elif cls.needs_cuda and not gpus:
+                            job.skipped = f"{fmt} is built on the GPU that runs it: the recipe's devices name no CUDA GPU"
+                        elif job.key in seen:
+                            raise UserError(f"{recipe.path}: two entries make {job.key}; give a task a `label:`")
+                        seen[job.key] = job
+                        jobs.append(job)
     return jobs
 
 
@@ -213,6 +227,7 @@ def profile_jobs(recipe: Recipe) -> list[ProfileJob]:
             if stem not in eager_seen:
                 eager_seen.add(stem)
                 jobs.append(ProfileJob("eager", f"{stem}.eager", device, job, "eager"))
-            jobs.append(ProfileJob("artifact", job.artifact.name, device, job,
-                                   DEFAULT_RUNTIME.get(job.format, "?")))
+            if job.device in (None, device):  # an engine is timed on the GPU it was built on only
+                jobs.append(ProfileJob("artifact", job.artifact.name, device, job,
+                                       DEFAULT_RUNTIME.get(job.format, "?")))
     return jobs

@@ -7,6 +7,7 @@ written to ``<root>/results/<export|profile>.json`` after every job.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -61,15 +62,41 @@ def prepare_exports(recipe: Recipe) -> list[ExportJob]:
 
 
 def export_row(job: ExportJob) -> dict:
-    return {"artifact": str(job.artifact), "model": job.model.name, "task": job.task.task, "label": job.task.label,
-            "format": job.format, "precision": job.precision}
+    row = {"artifact": str(job.artifact), "model": job.model.name, "task": job.task.task, "label": job.task.label,
+           "format": job.format, "precision": job.precision}
+    return {**row, "device": job.device} if job.device else row
+
+
+def missing_here(device: str) -> str | None:
+    """Why ``device`` is not on this machine (a fleet node's device, no GPU, no such GPU), or None."""
+    if device_node(device):
+        return f"{device} is a fleet device (the node named {device_node(device)!r}): run with --ray"
+    kind = device_kind(device)
+    if not kind.startswith("cuda"):
+        return None
+    if not cuda_visible():
+        return "no CUDA GPU visible here"
+    import torch
+
+    count, index = torch.cuda.device_count(), int(kind.partition(":")[2] or 0)
+    return None if index < count else f"{kind} is not here: this machine has {count} CUDA GPU(s)"
+
+
+def on_device(device: str | None):
+    """The context an export bound to ``device`` (a GPU of this machine) is built in."""
+    if not device:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.cuda.device(int(device_kind(device).partition(":")[2] or 0))
 
 
 def settled_export(job: ExportJob, force: bool = False, here: bool = True) -> dict | None:
     """The row of a job with nothing to export (skipped, up to date, or failed as its manifest says),
     else None. ``here``: the job would run on this machine, so a format this machine lacks is skipped."""
     row = export_row(job)
-    reason = job.skipped or (get_format(job.format).unavailable_reason() if here else None)
+    reason = job.skipped or (missing_here(job.device) if here and job.device else None) \
+        or (get_format(job.format).unavailable_reason() if here else None)
     if reason:
         return {**row, "status": JobStatus.SKIPPED, "reason": reason}
     done = None if force else job.current_manifest()
@@ -95,8 +122,9 @@ def export_job(job: ExportJob, out_dir: Path, built: dict | None = None, shared:
             built.clear()  # keep one model in memory at a time
             shared.clear()
             built[key] = build_model(job.spec)
-        (r,) = export(job.spec, [job.format], out_dir, job.options(), force=True, name=job.stem,
-                      model=built[key], cache=shared if job.evaluation else None)
+        with on_device(job.device):  # an engine is built on the GPU it is for
+            (r,) = export(job.spec, [job.format], out_dir, job.options(), force=True, name=job.stem,
+                          model=built[key], cache=shared if job.evaluation else None)
     except UserError as e:  # this combination cannot be built (size, calibration ...): record, go on
         return {**row, "status": JobStatus.FAILED, "error": str(e)}
     return {**row, "status": JobStatus.EXPORTED if r.ok else JobStatus.FAILED,
@@ -131,10 +159,8 @@ def profile_target(job: ProfileJob, artifact: Path | None = None) -> Target:
 
 def _why_not(job: ProfileJob, here: bool = True) -> str | None:
     """Why ``job`` cannot be profiled (``here``: on this machine; else anywhere), or None."""
-    if here and device_node(job.device):
-        return f"{job.device} is a fleet device (the node named {device_node(job.device)!r}): run with --ray"
-    if here and job.device.startswith("cuda") and not cuda_visible():
-        return "no CUDA GPU visible here"
+    if here and (reason := missing_here(job.device)):
+        return reason
     if job.kind == "eager":
         return None
     reason = get_format(job.export.format).unavailable_reason() if here else None

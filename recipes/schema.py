@@ -51,7 +51,15 @@ from autotimm_deploy.exporter.core.spec import (
 from autotimm_deploy.exporter.formats import FORMATS
 from autotimm_deploy.exporter.inputs.calibration import SAMPLE_PICTURES
 from autotimm_deploy.exporter.models.timm_backbone import check_model_name
-from autotimm_deploy.recipes.jobs import DEVICE_FORMS, ExportJob, ProfileJob, export_jobs, parse_device, profile_jobs
+from autotimm_deploy.recipes.jobs import (
+    DEVICE_FORMS,
+    ExportJob,
+    ProfileJob,
+    device_tag,
+    export_jobs,
+    parse_device,
+    profile_jobs,
+)
 
 SCHEMA_VERSION = 1
 SHIPPED = Path(__file__).resolve().parent  # the recipes that ship with the package: recipes/*.yaml
@@ -379,6 +387,9 @@ def _build(path: Path, data, out_dir: Path) -> Recipe:
     for i, d in enumerate(devices):
         if parse_device(d) is None:
             raise _LineError(_line(devices, i, getattr(devices, "line", 1)), f"unknown device {d!r}; use {DEVICE_FORMS}")
+        if device_tag(d) in map(device_tag, devices[:i]):
+            raise _LineError(_line(devices, i, getattr(devices, "line", 1)),
+                             f"device {d!r} is listed twice (cuda is cuda:0); list each device once")
 
     calibration = data.get("calibration") or {}
     if not isinstance(calibration, dict):

@@ -7,6 +7,7 @@ reported, and a rerun skips what finished."""
 import json
 
 import pytest
+from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.manifest import load_manifest, verify_files
 from autotimm_deploy.recipes.jobs import JobStatus
 from autotimm_deploy.recipes.schema import load_recipe
@@ -22,7 +23,7 @@ recipe: 1
 name: {name}
 models: [test_resnet]
 tasks: [classification]
-formats: [onnx, torchscript]
+formats: {formats}
 precisions: [fp32]
 batch_sizes: [1]
 devices: {devices}
@@ -32,10 +33,10 @@ profile: {{max_time: 0.3, warmup_time: 0.1}}
 """
 
 
-def recipe(tmp_path, devices: str, name: str = "fleet"):
+def recipe(tmp_path, devices: str, name: str = "fleet", formats: str = "[onnx, torchscript]"):
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / f"{name}.yaml"
-    path.write_text(RECIPE.format(name=name, devices=devices))
+    path.write_text(RECIPE.format(name=name, devices=devices, formats=formats))
     return load_recipe(path, tmp_path / "out")
 
 
@@ -45,10 +46,10 @@ def short(node) -> str:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head that runs nothing, node a (1 CPU, device cpu@a) and node b (2 CPUs, devices cpu@b and
-    plain cpu: two devices on one node share its cores)."""
+    """A head that runs nothing, node a (1 CPU, devices cpu@a and cuda:0@a, a GPU it does not have)
+    and node b (2 CPUs, devices cpu@b and plain cpu: two devices on one node share its cores)."""
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    nodes = {"a": c.add_node(num_cpus=1, resources={"device:cpu@a": 1}),
+    nodes = {"a": c.add_node(num_cpus=1, resources={"device:cpu@a": 1, "device:cuda:0@a": 1}),
              "b": c.add_node(num_cpus=2, resources={"device:cpu@b": 1, "device:cpu": 1})}
     c.wait_for_nodes()
     ray.init(address=c.address, include_dashboard=False, log_to_driver=False, logging_level="error")
@@ -71,6 +72,21 @@ def test_exports_come_back_to_the_driver_and_a_rerun_skips_them(cluster, tmp_pat
     assert [s["status"] for s in stored] == ["exported", "exported"]
     again = fleet.run_exports(r, c.address)
     assert [row["status"] for row in again] == [JobStatus.UP_TO_DATE] * 2 and "node" not in again[0]
+
+
+def test_an_engine_is_built_on_the_node_of_its_gpu(cluster, tmp_path):
+    """TensorRT is one export per CUDA device, sent to the node that declares it (whose missing GPU
+    it then reports, as the local runner would on a machine without one)."""
+    c, nodes = cluster
+    r = recipe(tmp_path, "[cpu@b, cuda:0@a]", formats="[onnx, trt]")
+    rows = fleet.run_exports(r, c.address)
+    (engine,) = [row for row in rows if row["format"] == "trt"]
+    assert engine["artifact"].endswith("test_resnet-cuda0@a.engine") and engine["device"] == "cuda:0@a"
+    assert engine["node"].endswith(short(nodes["a"])) and engine["status"] == JobStatus.SKIPPED
+    assert engine["reason"].startswith("on this node: ") and "GPU" in engine["reason"], engine
+    unknown = recipe(tmp_path / "unknown", "[cuda:0@nowhere]", formats="[trt]")
+    with pytest.raises(UserError, match="no node of the Ray cluster declares device cuda:0@nowhere"):
+        fleet.run_exports(unknown, c.address)
 
 
 def test_timings_run_on_their_device_one_at_a_time(cluster, tmp_path):

@@ -83,10 +83,35 @@ def test_recipe_matrix_and_skips(tmp_path):
     jobs = recipe.export_jobs()
     assert len(jobs) == 2 * 3 * 2
     skipped = {(j.model.name, j.format, j.precision): j.skipped for j in jobs if j.skipped}
-    assert skipped == {(m, "torchscript", "int8"): "torchscript has no int8 (it has fp32)" for m in ("test_resnet", "test_vit")}
+    no_gpu = "trt is built on the GPU that runs it: the recipe's devices name no CUDA GPU"
+    assert skipped == {**{(m, "torchscript", "int8"): "torchscript has no int8 (it has fp32)" for m in ("test_resnet", "test_vit")},
+                       **{(m, "trt", p): no_gpu for m in ("test_resnet", "test_vit") for p in ("fp32", "int8")}}
     assert {j.artifact.name for j in jobs if j.format == "onnx"} == {
         "test_resnet.onnx", "test_resnet-int8.onnx", "test_vit.onnx", "test_vit-int8.onnx"}
     assert all(j.artifact.parent == tmp_path / "out" / "tiny" / "artifacts" for j in jobs)
+
+
+def test_engines_are_built_per_gpu_and_timed_only_there(tmp_path):
+    """A TensorRT engine is tied to the GPU it was built on: one per CUDA device of the recipe,
+    named after it, timed on it alone; other formats are timed on every device."""
+    from autotimm_deploy.recipes.runner import settled_export
+
+    text = TINY.replace("precisions: [fp32, int8]", "precisions: [fp32]").replace("test_resnet\n  - {model: test_vit, "
+                                                                                 "reference: {params_m: 0.1, v100_ms: 0.5}}",
+                                                                                 "test_resnet")
+    recipe = load_recipe(write(tmp_path, text + "devices: [cpu, cuda:0@a100, cuda@t4]\n"), tmp_path / "out")
+    jobs = recipe.export_jobs()
+    engines = {j.artifact.name: j.device for j in jobs if j.format == "trt"}
+    assert engines == {"test_resnet-cuda0@a100.engine": "cuda:0@a100", "test_resnet-cuda0@t4.engine": "cuda@t4"}
+    timed = {(p.export.artifact.name, p.device) for p in recipe.profile_jobs() if p.kind == "artifact"}
+    assert {(n, d) for n, d in timed if n.endswith(".engine")} == {(n, d) for n, d in engines.items()}
+    assert {d for n, d in timed if n.endswith(".onnx")} == {"cpu", "cuda:0@a100", "cuda@t4"}
+    # the local runner does not build a fleet node's engine
+    row = settled_export(next(j for j in jobs if j.format == "trt"))
+    assert row["status"] == "skipped" and "fleet device" in row["reason"] and row["device"] == "cuda:0@a100"
+    # a GPU named twice is one line
+    with pytest.raises(UserError, match="listed twice"):
+        load_recipe(write(tmp_path, text + "devices: [cpu, cuda, cuda:0]\n", "twice.yaml"))
 
 
 def test_recipe_cli_errors_one_line(tmp_path, export_cli):
@@ -118,7 +143,8 @@ def test_recipe_export_then_resume(tiny_run):
     assert exp.returncode in (0, 1), exp.stderr
     rows = {Path(r["artifact"]).name: r for r in json.loads(exp.stdout)["rows"]}
     assert rows["test_resnet.onnx"]["status"] == "exported" and rows["test_resnet.pt"]["status"] == "exported"
-    assert rows["test_resnet.engine"]["status"] == "skipped" and "tensorrt" in rows["test_resnet.engine"]["reason"]
+    assert rows["test_resnet.engine"]["status"] == "skipped"
+    assert "recipe's devices name no CUDA GPU" in rows["test_resnet.engine"]["reason"]
     assert rows["test_resnet-int8.pt"]["status"] == "skipped"
     saved = json.loads((out / "tiny" / "results" / "export.json").read_text())["rows"]
     assert len(saved) == len(rows)  # partial results file holds every job

@@ -180,7 +180,8 @@ def _memory(recs) -> list[str]:
 def _artifacts(arts) -> list[str]:
     if not arts:
         return []
-    rows = [[f"`{a['model']}`", a["task"], a["format"], a["precision"], f"{a['mb']:.1f}", a["parity"]] for a in arts]
+    rows = [[f"`{a['model']}`", a["task"], a["format"] + (f" (built on {a['device']})" if a.get("device") else ""),
+             a["precision"], f"{a['mb']:.1f}", a["parity"]] for a in arts]
     header = ["Model", "Task", "Format", "Precision", "File MB", "Parity"]
     if any(a.get("accuracy") for a in arts):
         header.append("Accuracy (vs eager)")
