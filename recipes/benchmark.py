@@ -40,7 +40,7 @@ def collect(recipe: Recipe) -> benchmark_page.PageData:
         if not path.exists():
             continue
         report = json.loads(path.read_text())["report"]
-        data.environment = data.environment or report["environment"]
+        data.environments.setdefault(pj.device, report["environment"])
         run = ProfileRun.from_dict(report["runs"][0])
         points = {p.batch: p for p in run.points if not p.error}
         data.records.append({

@@ -11,7 +11,8 @@ declares with amount 1:
 ``--ray local`` starts a Ray on this machine that declares ``device:cpu`` (and ``device:cuda:N``
 for each visible GPU), so an unchanged recipe runs through Ray.
 
-Placement. Exports that need no particular device run on any node (one CPU each); formats built on
+Placement. Exports that need no particular device run on any node (one CPU each, and the memory
+`export_memory` estimates, so a node never takes more large models at once than it holds); formats built on
 the GPU that runs them (``trt``, ``torch-trt``) are one export per CUDA device of the recipe, built on
 the node that declares it (and timed only there: an engine is tied to its GPU model). A timing
 holds its device's resource, so at most one timing runs per device at a time; a CPU timing also
@@ -61,6 +62,10 @@ from autotimm_deploy.recipes.schema import Recipe
 
 RETRIES = 2  # attempts after the first when a worker or node dies
 POLL_S = 2.0  # how often the driver looks at the cluster while it waits
+# An export's peak memory: its process (torch, timm, the runtimes: ~1 GiB) and about 5.5 copies of the
+# fp32 weights (model, exported graph, serialised file, the parity session). Measured: vit_large_patch16_224
+# (1.2 GB of weights) peaked at 7.4 GB in a Ray worker.
+BASE_MEMORY, WEIGHT_COPIES = 2**30, 5.5
 
 
 def device_resource(device: str) -> str:
@@ -121,6 +126,36 @@ def check_devices(ray, devices: list[str]) -> dict[str, float]:
                             f"is one node's, with amount 1; name each node's own (cpu@NODE)")
         out[device] = float(nodes[0]["Resources"].get("CPU", 1))
     return out
+
+
+def weights_bytes(job: ExportJob) -> int | None:
+    """The fp32 weights of ``job``'s model, without building it: a checkpoint's size, else the model
+    made on the meta device (no memory, no download); None when neither can tell."""
+    if job.spec.checkpoint:
+        with contextlib.suppress(OSError):
+            return Path(job.spec.checkpoint).stat().st_size
+        return None
+    try:
+        import timm
+        import torch
+
+        with torch.device("meta"):
+            net = timm.create_model(job.spec.model, pretrained=False, num_classes=job.spec.num_classes or 1000,
+                                    in_chans=job.spec.in_chans)
+        return 4 * sum(p.numel() for p in net.parameters())
+    except Exception:  # noqa: BLE001 - an estimate only: a model timm cannot make here asks for none
+        return None
+
+
+def export_memory(job: ExportJob, largest: float, cache: dict) -> int | None:
+    """The memory (bytes) an export asks Ray for, at most the ``largest`` node's (else nothing could
+    take it); None when its model's size is unknown."""
+    key = (job.spec.model, job.spec.checkpoint, job.spec.num_classes, job.spec.in_chans)
+    if key not in cache:
+        cache[key] = weights_bytes(job)
+    if cache[key] is None:
+        return None
+    return int(min(BASE_MEMORY + WEIGHT_COPIES * cache[key], largest)) or None
 
 
 # ---- the tasks (run on the nodes) --------------------------------------------------------------
@@ -220,11 +255,15 @@ def run_exports(recipe: Recipe, address: str, max_time: float | None = None, pro
     devices = {i: job.device for i, job in enumerate(jobs) if rows[i] is None and job.device}  # engines
     check_devices(ray, sorted(set(devices.values())))  # before anything is submitted
     remote = ray.remote(_export_task)
-    pending = {}
+    pending, sizes = {}, {}
+    largest = max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")
+                   and n.get("Resources", {}).get("CPU")), default=0)
     for i, job in enumerate(jobs):
         if rows[i] is not None:
             continue
         options: dict[str, Any] = {"num_cpus": 1, "max_retries": RETRIES}
+        if memory := export_memory(job, largest, sizes):
+            options["memory"] = memory
         if i in devices:  # built on the node of its GPU
             options.update(resources={device_resource(job.device): 1}, runtime_env=CUDA_ENV)
         pending[remote.options(**options).remote(job)] = i

@@ -6,6 +6,25 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download weights
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each (and their subprocesses)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# Test files that must share one pytest-xdist worker (run one after another): each starts its own
+# Ray cluster on this machine.
+SAME_WORKER = {"tests/test_fleet_faults.py": "tests/test_fleet.py"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist (``-n``): whole files to a worker (their module fixtures built once), the files
+    of `SAME_WORKER` together."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return SAME_WORKER.get(path, path)
+
+    return FileScheduling(config, log)
 
 ROOT = Path(__file__).resolve().parents[1]
 

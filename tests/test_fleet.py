@@ -89,6 +89,22 @@ def test_an_engine_is_built_on_the_node_of_its_gpu(cluster, tmp_path):
         fleet.run_exports(unknown, c.address)
 
 
+def test_an_export_asks_for_the_memory_its_model_needs(tmp_path):
+    """Ray places exports by memory too: about 5.5 copies of the fp32 weights over a 1 GiB process,
+    never more than the largest node has (else nothing could take it), nothing for an unknown size."""
+    r = recipe(tmp_path, "[cpu]")
+    job = r.export_jobs()[0]
+    weights = fleet.weights_bytes(job)
+    import timm
+
+    assert weights == 4 * sum(p.numel() for p in timm.create_model("test_resnet", num_classes=4).parameters())
+    assert fleet.export_memory(job, 64 * 2**30, {}) == int(2**30 + 5.5 * weights)
+    assert fleet.export_memory(job, 2**29, {}) == 2**29
+    assert fleet.export_memory(job, 0, {}) is None
+    job.spec = job.spec.replace(checkpoint=str(tmp_path / "missing.ckpt"), weights="checkpoint")
+    assert fleet.export_memory(job, 64 * 2**30, {}) is None
+
+
 def test_timings_run_on_their_device_one_at_a_time(cluster, tmp_path):
     c, nodes = cluster
     r = recipe(tmp_path, "[cpu@a, cpu@b, cpu]")
@@ -138,7 +154,7 @@ def test_same_structure_as_the_local_runner(cluster, tmp_path):
 
 def test_fleet_device_errors_are_one_line(tmp_path, export_cli):
     r = tmp_path / "r.yaml"
-    r.write_text(RECIPE.format(name="r", devices="[cpu@nowhere]"))
+    r.write_text(RECIPE.format(name="r", devices="[cpu@nowhere]", formats="[onnx, torchscript]"))
     p = export_cli("--recipe", str(r), "-o", str(tmp_path / "out"))  # the local runner: exports, no device needed
     assert p.returncode == 0, p.stderr
     p = run_cli("autotimm_deploy.profiler.cli", "--recipe", str(r), "-o", str(tmp_path / "out"))

@@ -221,7 +221,7 @@ def page() -> PageData:
                          "peak_mb": 100.0, "reference": None, "task_kind": "classification",
                          "parity": "fail" if (m, rt) == ("resnet50", "openvino fp32") else "pass"})
     env = {"cpu": "AMD EPYC 9R14", "cores": 2, "threads": 2, "gpu": None, "packages": {}}
-    return PageData("demo", "", [1, 2, 8], recs, environment=env)
+    return PageData("demo", "", [1, 2, 8], recs, environments={"cpu": env})
 
 
 def test_benchmark_page_files_and_order(tmp_path, figures):
@@ -277,3 +277,16 @@ def test_report_is_not_mutated(tmp_path, figures):
     before = copy.deepcopy(r)
     plot.write(r, str(tmp_path / "p.png"))
     assert r == before
+
+
+def test_benchmark_page_says_where_each_device_ran():
+    """A fleet's devices ran on different machines: the page names each one's, not the first's."""
+    data = page()
+    cpu = data.environments["cpu"]
+    text = benchmark_page.render(data)
+    assert "Measured on AMD EPYC 9R14, 2 cores, 2 threads." in text and "- `cpu`" not in text
+    gpu = {**cpu, "cpu": "Intel Xeon", "cores": 16, "threads": 16, "gpu": {"name": "NVIDIA A100"}}
+    data.environments = {"cpu@edge": cpu, "cuda:0@a100": gpu}
+    lines = benchmark_page.render(data).splitlines()
+    assert "- `cpu@edge`: AMD EPYC 9R14, 2 cores, 2 threads." in lines
+    assert "- `cuda:0@a100`: Intel Xeon, 16 cores, 16 threads; GPU NVIDIA A100." in lines

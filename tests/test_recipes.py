@@ -185,7 +185,7 @@ def test_recipe_profile_resume_and_seed_report(tiny_run):
     data = json.loads(prof.stdout)
     rows = {r["key"]: r for r in data["rows"]}
     assert rows["test_resnet.eager"]["status"] == "profiled" and rows["test_resnet.onnx"]["status"] == "profiled"
-    assert rows["test_resnet.engine"]["status"] == "skipped"
+    assert "test_resnet.engine" not in rows  # skipped at export (no CUDA device): nothing to time
 
     recipe = load_recipe(path, out)
     again = {r["key"]: r["status"] for r in run_profiles(recipe)}

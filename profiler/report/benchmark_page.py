@@ -1,5 +1,5 @@
 """The benchmark page (``--report benchmark``): the tables of AutoTimm's benchmark page, which this
-project grew from, regenerated from a recipe's results on this machine, for each device and runtime
+project grew from, regenerated from a recipe's results, for each device and runtime
 present. Markdown plus PNG charts. It renders plain records (`autotimm_deploy.recipes.benchmark`
 collects them from a recipe's manifests and result files).
 
@@ -25,15 +25,33 @@ from autotimm_deploy.profiler.report.plot import save_png
 @dataclass
 class PageData:
     """What the page shows: one record per profiled (model, task, runtime, device), the exported
-    artifacts, the environment measured in, the seed page's own numbers per model."""
+    artifacts, the environment each device was measured in, the seed page's own numbers per model."""
 
     name: str
     description: str
     batch_sizes: list[int]
     records: list[dict] = field(default_factory=list)
     artifacts: list[dict] = field(default_factory=list)
-    environment: dict | None = None
+    environments: dict[str, dict] = field(default_factory=dict)  # device -> where its timings ran
     references: dict[str, dict] = field(default_factory=dict)
+
+
+def _machine(env: dict) -> str:
+    gpu = f"; GPU {env['gpu']['name']}" if (env.get("gpu") or {}).get("name") else ""
+    return f"{env['cpu']}, {env['cores']} cores, {env['threads']} threads{gpu}"
+
+
+def _measured_on(environments: dict[str, dict]) -> list[str]:
+    """One line when every device's timings ran on one kind of machine; else one per device (a fleet)."""
+    if not environments:
+        return []
+    where = {}
+    for device, env in sorted(environments.items()):
+        packages = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items())
+        where[device] = _machine(env) + "." + (f" {packages}." if packages else "")
+    if len(set(where.values())) == 1:
+        return [f"Measured on {next(iter(where.values()))}", ""]
+    return ["Measured on:", ""] + [f"- `{d}`: {w}" for d, w in where.items()] + [""]
 
 
 def _m(v) -> str:
@@ -51,14 +69,11 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def render(data: PageData) -> str:
-    recs, env = data.records, data.environment
-    lines = [f"# Benchmarks: recipe `{data.name}` on this machine", ""]
+    recs = data.records
+    lines = [f"# Benchmarks: recipe `{data.name}`", ""]
     if data.description:
         lines += [data.description, ""]
-    if env:
-        gpu = f"; GPU {env['gpu']['name']}" if env.get("gpu") else ""
-        pk = ", ".join(f"{k} {v}" for k, v in env["packages"].items())
-        lines += [f"Measured on {env['cpu']}, {env['cores']} cores, {env['threads']} threads{gpu}. {pk}.", ""]
+    lines += _measured_on(data.environments)
     lines += ["Latency is the median of the shared harness (warm-up, then sampling until the median's 95 % CI is "
               "within ±2 % or the time budget ends); batch-1 unless stated. Parameters are counted on the built "
               "model; Size (MB) is the fp32 weights (parameters × 4 bytes, MiB) as on the seed page. Columns marked "
@@ -205,8 +220,9 @@ def plots(data: PageData, folder: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     from autotimm_deploy.profiler.report.plot import FONT, log_ticks, plain_linear_axis, plain_log_axis, short_label
 
-    env = data.environment or {}
-    machine = (env.get("cpu") or "") + (f", GPU {env['gpu']['name']}" if (env.get("gpu") or {}).get("name") else "")
+    machines = {(e.get("cpu") or "") + (f", GPU {e['gpu']['name']}" if (e.get("gpu") or {}).get("name") else "")
+                for e in data.environments.values()}
+    machine = machines.pop() if len(machines) == 1 else ("several machines" if machines else "")
     multi_device = len({r["device"] for r in data.records}) > 1
     order = _runtimes(data.records)
     colors = plt.get_cmap("tab10").colors
