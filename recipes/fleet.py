@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from autotimm_deploy.exporter.core.errors import Fault, MissingExtra, UserError, first_line
-from autotimm_deploy.exporter.core.files import atomic_write_bytes, remove_stale_scratch, scratch_dir
+from autotimm_deploy.exporter.core.files import atomic_write_bytes, remove_file, remove_stale_scratch, scratch_dir
 from autotimm_deploy.exporter.core.manifest import load_manifest, manifest_path, verify_files
 from autotimm_deploy.exporter.formats import get_format
 from autotimm_deploy.recipes.jobs import ExportJob, JobStatus, ProfileJob, device_kind
@@ -390,6 +390,13 @@ def _gather(ray, pending: dict, rows: list, jobs: list, finish, recipe: Recipe, 
 
 def _install(folder: Path, files: dict[str, bytes], manifest: str) -> None:
     """Write an export's files into ``folder``, each through a temporary name and a rename: the
-    artifact and its companions first, ``manifest`` last (a reader that sees it sees complete files)."""
+    artifact and its companions first, ``manifest`` last (a reader that sees it sees complete files);
+    then remove what the manifest it replaced listed and this one does not (a companion gone)."""
+    stale: set[str] = set()
+    if files and (folder / manifest).is_file():
+        with contextlib.suppress(UserError):
+            stale = set(load_manifest(folder / manifest).files) - set(files)
     for name in sorted(files, key=lambda n: n == manifest):
         atomic_write_bytes(folder / Path(name).name, files[name])
+    for name in stale:
+        remove_file(folder, name)
