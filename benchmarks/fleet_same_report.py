@@ -2,6 +2,7 @@
 Run by hand, alone on the machine:
 
     .venv/bin/python benchmarks/fleet_same_report.py [--recipe edge] [--out /tmp/fleet_same]
+    .venv/bin/python benchmarks/fleet_same_report.py --compare-only   # again, on the runs already there
 
 Runs ``autotimm-export --recipe`` then ``autotimm-profile --recipe --report benchmark`` both ways
 (as a user would, through the CLIs), then compares: every export and timing row's status and
@@ -54,7 +55,7 @@ def batch1(root: Path) -> dict[str, float]:
         run = json.loads(f.read_text())["report"]["runs"][0]
         point = next((p for p in run["points"] if p["batch"] == 1 and not p.get("error")), None)
         if point:
-            out[f.stem] = point["median_ms"]
+            out[f.stem] = point["stats_ms"]["p50"]
     return out
 
 
@@ -62,10 +63,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--recipe", default="edge")
     ap.add_argument("--out", default="/tmp/fleet_same")
+    ap.add_argument("--compare-only", action="store_true", help="compare the runs already in --out")
     a = ap.parse_args()
     out = Path(a.out)
-    shutil.rmtree(out, ignore_errors=True)
-    walls = {"local": run(out / "local", a.recipe, ray=False), "ray": run(out / "ray", a.recipe, ray=True)}
+    if a.compare_only:
+        walls = json.loads((out / "walls.json").read_text())
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+        walls = {"local": run(out / "local", a.recipe, ray=False), "ray": run(out / "ray", a.recipe, ray=True)}
+        (out / "walls.json").write_text(json.dumps(walls))
     (name,) = [p.name for p in (out / "local").iterdir()]
     local, ray = out / "local" / name, out / "ray" / name
     same = True
