@@ -23,11 +23,22 @@ from pathlib import Path
 
 from autotimm_deploy.recipes.schema import load_recipe
 
+MARK = ".autotimm-benchmark"  # written into every folder this script makes, the only folders it deletes
+
+
+def fresh(folder: Path) -> Path:
+    """``folder`` emptied for a new run: only when this script made it (its mark) or it is empty."""
+    folder = folder.resolve()
+    if folder.exists() and not (folder / MARK).exists() and any(folder.iterdir()):
+        raise SystemExit(f"{folder} holds files this script did not write; give another --out")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    (folder / MARK).touch()
+    return folder
+
 
 def run(mode: str, recipe_path: str, out: Path, nodes: list[int], memory: list[float] | None, tag: str) -> dict:
-    folder = out / tag
-    shutil.rmtree(folder, ignore_errors=True)
-    recipe = load_recipe(recipe_path, folder)
+    recipe = load_recipe(recipe_path, fresh(out / tag))
     cluster = None
     if mode == "cluster":
         from ray.cluster_utils import Cluster
@@ -60,7 +71,7 @@ def run(mode: str, recipe_path: str, out: Path, nodes: list[int], memory: list[f
               "export_s": round(sum(c["seconds"] or 0 for c in cells), 1), "cells": len(cells),
               "exported": sum(c["status"] == "exported" for c in cells), "bytes": size, "rows": cells}
     (out / f"{tag}.json").write_text(json.dumps(result, indent=1))
-    shutil.rmtree(recipe.artifacts_dir, ignore_errors=True)  # the next mode needs the disk
+    shutil.rmtree(recipe.artifacts_dir, ignore_errors=True)  # inside fresh(out / tag); the next run needs the disk
     return result
 
 

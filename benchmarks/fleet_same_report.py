@@ -16,11 +16,12 @@ import argparse
 import difflib
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from fleet_exports import fresh  # this folder's scripts: the same rule for what may be deleted
 
 BIN = Path(sys.executable).parent
 
@@ -69,7 +70,7 @@ def main() -> None:
     if a.compare_only:
         walls = json.loads((out / "walls.json").read_text())
     else:
-        shutil.rmtree(out, ignore_errors=True)
+        out = fresh(out)
         walls = {"local": run(out / "local", a.recipe, ray=False), "ray": run(out / "ray", a.recipe, ray=True)}
         (out / "walls.json").write_text(json.dumps(walls))
     (name,) = [p.name for p in (out / "local").iterdir()]

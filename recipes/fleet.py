@@ -43,7 +43,7 @@ from autotimm_deploy.exporter.core.errors import Fault, MissingExtra, UserError,
 from autotimm_deploy.exporter.core.files import atomic_write_bytes, remove_file, remove_stale_scratch, scratch_dir
 from autotimm_deploy.exporter.core.manifest import load_manifest, manifest_path, verify_files
 from autotimm_deploy.exporter.formats import get_format
-from autotimm_deploy.recipes.jobs import ExportJob, JobStatus, ProfileJob, device_kind
+from autotimm_deploy.recipes.jobs import ExportJob, JobStatus, ProfileJob, canonical_device, device_kind
 from autotimm_deploy.recipes.runner import (
     Progress,
     export_job,
@@ -69,9 +69,7 @@ BASE_MEMORY, WEIGHT_COPIES = 2**30, 5.5
 
 
 def device_resource(device: str) -> str:
-    kind, _, node = device.partition("@")
-    kind = "cuda:0" if kind == "cuda" else kind
-    return f"device:{kind}" + (f"@{node}" if node else "")
+    return f"device:{canonical_device(device)}"
 
 
 def _ray():

@@ -178,10 +178,20 @@ class ProfileJob:
             return None
 
 
+def canonical_device(device: str) -> str:
+    """One spelling per device: ``cuda`` is ``cuda:0`` (``cuda@a100`` is ``cuda:0@a100``)."""
+    kind, sep, node = device.partition("@")
+    return ("cuda:0" if kind == "cuda" else kind) + sep + node
+
+
 def device_tag(device: str) -> str:
     """The part of an artifact's name that says which device built it: ``cuda:0@a100`` -> ``cuda0@a100``."""
-    kind, sep, node = device.partition("@")
-    return ("cuda0" if kind == "cuda" else kind.replace(":", "")) + sep + node
+    return canonical_device(device).replace(":", "")
+
+
+def gpu_index(device: str) -> int:
+    """The CUDA index of a ``cuda[:N][@NODE]`` device on its machine."""
+    return int(device_kind(canonical_device(device)).partition(":")[2])
 
 
 def export_jobs(recipe: Recipe) -> list[ExportJob]:

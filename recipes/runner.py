@@ -24,7 +24,15 @@ from autotimm_deploy.profiler.measure.timing import HarnessConfig
 from autotimm_deploy.profiler.pipeline import cuda_visible, profile
 from autotimm_deploy.profiler.runtimes import runtime_class
 from autotimm_deploy.profiler.targets import Target, resolve
-from autotimm_deploy.recipes.jobs import ExportJob, JobStatus, ProfileJob, device_kind, device_node, is_current
+from autotimm_deploy.recipes.jobs import (
+    ExportJob,
+    JobStatus,
+    ProfileJob,
+    device_kind,
+    device_node,
+    gpu_index,
+    is_current,
+)
 from autotimm_deploy.recipes.schema import Recipe
 
 Progress = Callable[[str, int, int], None]
@@ -78,8 +86,8 @@ def missing_here(device: str) -> str | None:
         return "no CUDA GPU visible here"
     import torch
 
-    count, index = torch.cuda.device_count(), int(kind.partition(":")[2] or 0)
-    return None if index < count else f"{kind} is not here: this machine has {count} CUDA GPU(s)"
+    count = torch.cuda.device_count()
+    return None if gpu_index(device) < count else f"{kind} is not here: this machine has {count} CUDA GPU(s)"
 
 
 def on_device(device: str | None):
@@ -88,7 +96,7 @@ def on_device(device: str | None):
         return contextlib.nullcontext()
     import torch
 
-    return torch.cuda.device(int(device_kind(device).partition(":")[2] or 0))
+    return torch.cuda.device(gpu_index(device))
 
 
 def settled_export(job: ExportJob, force: bool = False, here: bool = True) -> dict | None:
