@@ -82,26 +82,46 @@ def target_from_dict(d: dict, img_size) -> Target:
 
 def run_group(targets: list[Target], settings: Settings,
               on_progress: Callable[[str], None] | None = None) -> list[ProfileRun]:
-    """Open every target of one group, sweep them together, return one run record per target."""
+    """Open every target of one group, sweep them together, return one run record per target.
+
+    Every session opened is closed on every path out: success, an error, Ctrl-C."""
     step = on_progress or (lambda _t: None)
-    sessions, loaded = [], []
     for t in targets:  # import each runtime's libraries first: the baseline holds them, not the model
         for module in RUNTIMES[t.runtime][3]:
             # opening the session below names the extra to install; what libraries print on import is noise
             with contextlib.suppress(ImportError), captured_output():
                 importlib.import_module(module)
     baseline_rss = current_rss_mb()
+    with contextlib.ExitStack() as stack:
+        sessions, loaded = _open_sessions(targets, settings, stack, step)
+        kept, dropped = _common_batches(sessions, targets, settings)
+        points, machine, peak_gpu = _sweep_group(sessions, targets, settings, kept, step)
+        phases = _gpu_phases(sessions, targets, settings, kept, points, step)
+        memory = {"loaded_mb": loaded, "baseline_rss_mb": baseline_rss, "peak_gpu_mb": peak_gpu}
+        return _assemble_runs(targets, sessions, settings, points, kept, dropped, machine, phases, memory)
+
+
+def _open_sessions(targets: list[Target], settings: Settings, stack: contextlib.ExitStack,
+                   step: Callable[[str], None]) -> tuple[list, list[float]]:
+    """Open one session per target, each registered on ``stack`` (closed when it unwinds); return the
+    sessions and the memory each took (MB)."""
+    sessions, loaded = [], []
     for t in targets:
         step(f"loading {t.label}")
         before = current_rss_mb()
         # shared_cores: measured in turns with others in this process, so no runtime may keep idle
         # threads spinning on the cores the others need (ONNX Runtime's default)
-        sessions.append(open_target(t, settings.device, settings.threads,
-                                    settings.eager_options if t.runtime == "eager"
-                                    else {**settings.runtime_options, "max_batch": max(settings.batch_sizes),
-                                          "shared_cores": len(targets) > 1},
-                                    settings.img_size))
+        options = (settings.eager_options if t.runtime == "eager"
+                   else {**settings.runtime_options, "max_batch": max(settings.batch_sizes),
+                         "shared_cores": len(targets) > 1})
+        sessions.append(stack.enter_context(open_target(t, settings.device, settings.threads, options,
+                                                        settings.img_size)))
         loaded.append(current_rss_mb() - before)
+    return sessions, loaded
+
+
+def _common_batches(sessions: list, targets: list[Target], settings: Settings) -> tuple[list[int], list[int]]:
+    """The asked batch sizes every session accepts (kept) and the others (dropped)."""
     lo = max(s.batch_range()[0] for s in sessions)
     his = [s.batch_range()[1] for s in sessions if s.batch_range()[1] is not None]
     hi = min(his) if his else None
@@ -111,6 +131,13 @@ def run_group(targets: list[Target], settings: Settings,
     if not kept:
         raise UserError(f"none of the batch sizes {settings.batch_sizes} fits the batch range "
                         f"[{lo}, {hi if hi is not None else 'any'}] of " + ", ".join(t.label for t in targets))
+    return kept, dropped
+
+
+def _sweep_group(sessions: list, targets: list[Target], settings: Settings, kept: list[int],
+                 step: Callable[[str], None]) -> tuple[list, dict, float | None]:
+    """Measure the sessions interleaved at each kept batch size; return the points, the machine's
+    load assessment and the peak GPU memory (MB; None on CPU)."""
     gpu = settings.device.startswith("cuda")
     if gpu:
         import torch
@@ -122,44 +149,60 @@ def run_group(targets: list[Target], settings: Settings,
     unsettled = [t.label for i, t in enumerate(targets) if any(p.warmup_settled and p.warmup_settled[i] is False
                                                                for p in points)]
     machine = assess(_threads_used(settings), load_before, before, CpuSnapshot.take(), unsettled).to_dict()
-    peak_gpu, phases = None, {}
+    peak_gpu = None
     if gpu:
         import torch
 
         peak_gpu = torch.cuda.max_memory_allocated() / 2**20
-        short = dataclasses.replace(settings.harness, max_time=min(settings.harness.max_time, 3.0))
-        if kept and not any(p.error for p in points):
-            for i, s in enumerate(sessions):
-                step(f"{targets[i].label}: copy / compute split at batch {kept[0]}")
-                phases[i] = {"batch": kept[0], **phase_split(s, kept[0], short, clock_for(settings.device))}
-    runs = []
-    for i, (t, s) in enumerate(zip(targets, sessions)):
-        base = None
-        rows = []
-        for p in points:
-            if p.error:
-                rows.append(ProfilePoint(p.batch, error=p.error))
-                continue
-            st = p.stats[i]
-            ips = p.batch / (st["p50"] / 1e3)
-            base = base or (ips if p.batch == kept[0] else None)
-            rows.append(ProfilePoint(p.batch, stats_ms=st, images_per_s=ips,
-                                     speedup_vs_batch1=ips / base if base and kept[0] == 1 else None,
-                                     vs_baseline=p.speedup[i], samples=p.samples, stop=p.stop))
-        runs.append(ProfileRun(
-            target=t.describe(),
-            runtime=s.name,
-            device=settings.device,
-            baseline=targets[0].label if i > 0 else None,
-            batches_skipped=dropped,
-            phases_ms=phases.get(i),
-            points=rows,
-            machine=machine,
-            memory={"loaded_mb": loaded[i], "peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": baseline_rss,
-                    "peak_gpu_mb": peak_gpu, "process_holds": [x.label for x in targets]},
-        ))
-        s.close()
-    return runs
+    return points, machine, peak_gpu
+
+
+def _gpu_phases(sessions: list, targets: list[Target], settings: Settings, kept: list[int], points: list,
+                step: Callable[[str], None]) -> dict[int, dict]:
+    """On a GPU, after a clean sweep: each session's copy / compute split at the first kept batch."""
+    phases = {}
+    if not settings.device.startswith("cuda") or not kept or any(p.error for p in points):
+        return phases
+    short = dataclasses.replace(settings.harness, max_time=min(settings.harness.max_time, 3.0))
+    for i, s in enumerate(sessions):
+        step(f"{targets[i].label}: copy / compute split at batch {kept[0]}")
+        phases[i] = {"batch": kept[0], **phase_split(s, kept[0], short, clock_for(settings.device))}
+    return phases
+
+
+def _point_rows(points: list, i: int, kept: list[int]) -> list[ProfilePoint]:
+    """Target ``i``'s row at each swept batch size."""
+    base = None
+    rows = []
+    for p in points:
+        if p.error:
+            rows.append(ProfilePoint(p.batch, error=p.error))
+            continue
+        st = p.stats[i]
+        ips = p.batch / (st["p50"] / 1e3)
+        base = base or (ips if p.batch == kept[0] else None)
+        rows.append(ProfilePoint(p.batch, stats_ms=st, images_per_s=ips,
+                                 speedup_vs_batch1=ips / base if base and kept[0] == 1 else None,
+                                 vs_baseline=p.speedup[i], samples=p.samples, stop=p.stop))
+    return rows
+
+
+def _assemble_runs(targets: list[Target], sessions: list, settings: Settings, points: list, kept: list[int],
+                   dropped: list[int], machine: dict, phases: dict[int, dict], memory: dict) -> list[ProfileRun]:
+    """One run record per target; ``memory`` holds loaded_mb (one per target), baseline_rss_mb, peak_gpu_mb."""
+    return [ProfileRun(
+        target=t.describe(),
+        runtime=s.name,
+        device=settings.device,
+        baseline=targets[0].label if i > 0 else None,
+        batches_skipped=dropped,
+        phases_ms=phases.get(i),
+        points=_point_rows(points, i, kept),
+        machine=machine,
+        memory={"loaded_mb": memory["loaded_mb"][i], "peak_rss_mb": peak_rss_mb(),
+                "baseline_rss_mb": memory["baseline_rss_mb"], "peak_gpu_mb": memory["peak_gpu_mb"],
+                "process_holds": [x.label for x in targets]},
+    ) for i, (t, s) in enumerate(zip(targets, sessions))]
 
 
 def _threads_used(settings: Settings) -> int:
