@@ -56,7 +56,7 @@ def run_cli(prog: str, main: Callable[[argparse.Namespace], int], parser: argpar
         return EXIT_FAILED
 
 
-def _terminate(signum, frame):
+def _terminate(signum, _frame):  # a signal handler's signature
     signal.signal(signum, signal.SIG_IGN)  # a second signal must not interrupt the cleanup
     raise Interrupted(signum)
 

@@ -84,14 +84,6 @@ def int8(module, example, out: str, calibration: str) -> dict:
             "calibration_batches": len(steps)}
 
 
-def _signature(path: str) -> tuple[str, str]:
-    from ai_edge_litert.interpreter import Interpreter
-
-    signatures = Interpreter(model_path=path).get_signature_list()
-    name = next(iter(signatures))
-    return name, signatures[name]["inputs"][0]
-
-
 def _version(package: str) -> str:
     from importlib.metadata import version
 

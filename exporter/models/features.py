@@ -4,7 +4,6 @@ place to NCHW tensors with known channels and strides."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.models.timm_backbone import create_timm_model
@@ -42,16 +41,6 @@ class Features(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs = self.net(x)
         return [o.permute(0, 3, 1, 2).contiguous() for o in outs] if self.nhwc else list(outs)
-
-
-def resample(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """Change a map's stride by ``factor`` (2 = half the resolution), with export-friendly ops."""
-    if factor == 1:
-        return x
-    if factor > 1:
-        k = int(factor)
-        return F.max_pool2d(x, kernel_size=k, stride=k, ceil_mode=True)
-    return F.interpolate(x, scale_factor=int(round(1 / factor)), mode="nearest")
 
 
 def check_divisible(spec: ModelSpec, stride: int) -> None:

@@ -50,12 +50,6 @@ class Server:
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
 
 def bundled_server() -> tuple[Path, Path]:
     """(the wheel's ``tritonserver`` folder, its libraries folder), or a one-line `UserError`."""

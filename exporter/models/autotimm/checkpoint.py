@@ -37,7 +37,7 @@ class _NotLoaded:
     def __init__(self, *args, **kwargs):
         pass
 
-    def __setstate__(self, state):
+    def __setstate__(self, _state):
         pass
 
     def __setitem__(self, key, value):
@@ -114,7 +114,8 @@ def read_lightning_checkpoint(path: str | Path) -> LightningCheckpoint | None:
 
 
 @functools.lru_cache(maxsize=1)
-def _read(path: Path, size: int, mtime_ns: int) -> LightningCheckpoint | None:
+def _read(path: Path, _size: int, _mtime_ns: int) -> LightningCheckpoint | None:
+    # size and mtime are only the cache key: a file rewritten in place is read again
     if path.suffix == ".safetensors":
         return None
     try:
