@@ -26,10 +26,10 @@ from autotimm_deploy.exporter.core.limits import (
     MAX_BATCH,
     MAX_CALIBRATION_SAMPLES,
     MAX_CLASSES,
-    MAX_DROP_POINTS,
     MAX_EVAL_SAMPLES,
     MAX_IN_CHANS,
     MAX_SECONDS,
+    max_drop_arg,
 )
 from autotimm_deploy.exporter.core.manifest import load_manifest
 from autotimm_deploy.exporter.core.outputs import artifact_files, check_report_paths
@@ -144,7 +144,7 @@ def build_parser() -> OneLineParser:
                     "with images/ + masks/ (semantic segmentation); see docs/accuracy.md")
     ev.add_argument("--eval-samples", type=int_in(1, MAX_EVAL_SAMPLES), metavar="N",
                     help="score N pictures of DATA (a seeded choice; default all)")
-    ev.add_argument("--max-drop", type=float_in(0, MAX_DROP_POINTS), metavar="POINTS",
+    ev.add_argument("--max-drop", type=max_drop_arg, metavar="POINTS",
                     help="accuracy budget: an artifact whose metric (top-1 %%, mAP x 100, mIoU %%) is more than POINTS "
                          "below eager's fails; a reduced-precision artifact within it passes even if its parity "
                          "proxy does not")

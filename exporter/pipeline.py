@@ -4,9 +4,7 @@ scratch folder, reload and verify it, then move it into place and write its mani
 from __future__ import annotations
 
 import dataclasses
-import errno
 import gc
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -18,17 +16,17 @@ from autotimm_deploy.exporter.core.errors import ExportFailed, Fault, RuntimeUna
 from autotimm_deploy.exporter.core.files import (
     check_free_space,
     check_out_dir,
+    disk_full_is_fault,
     file_entries,
     folder_lock,
+    install_artifact,
     make_out_dir,
     plain_name,
-    remove_file,
     remove_stale_scratch,
     scratch_dir,
-    sha256_file,
 )
-from autotimm_deploy.exporter.core.limits import MAX_DROP_POINTS
-from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig, load_manifest, manifest_path, write_manifest
+from autotimm_deploy.exporter.core.limits import check_max_drop
+from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig, manifest_path
 from autotimm_deploy.exporter.core.results import AccuracyReport, MetricKind, ParityReport, Verdict
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.evaluate import budget_report, evaluate
@@ -119,8 +117,8 @@ def check_eval_options(options: ExportOptions) -> None:
         raise UserError("--max-drop is an accuracy budget on labelled data: give the data with --eval DATA")
     if options.eval_samples is not None and options.eval_data is None:
         raise UserError("--eval-samples only applies with --eval DATA")
-    if options.max_drop is not None and not 0 <= options.max_drop <= MAX_DROP_POINTS:
-        raise UserError(f"--max-drop takes 0 to {MAX_DROP_POINTS:g} metric points, got {options.max_drop}")
+    if options.max_drop is not None:
+        check_max_drop(options.max_drop)
     if options.eval_data is not None and not Path(options.eval_data).exists():
         raise UserError(f"evaluation data not found: {options.eval_data}")
 
@@ -355,16 +353,14 @@ def _export_format(fmt: str, ctx: ExportContext, io: dict, target: Path, verify:
     step(f"export {fmt}")
     t0 = time.perf_counter()
     try:
-        exported = get_format(fmt)().export(ctx)
+        with disk_full_is_fault(f"{fmt} into {target.parent}"):
+            exported = get_format(fmt)().export(ctx)
     except Fault:
         raise
     except (ExportFailed, UserError) as e:
         result.error = first_line(e, 1000)
         return result
     except Exception as e:  # noqa: BLE001 - an exporter crash on one format must not stop the rest
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise Fault(f"no space left on the device writing {fmt} into {target.parent}: free some space and "
-                        "rerun") from None
         result.error = f"{type(e).__name__}: {first_line(e)}"
         return result
     result.export_seconds = time.perf_counter() - t0
@@ -385,7 +381,8 @@ def _export_format(fmt: str, ctx: ExportContext, io: dict, target: Path, verify:
         exported.reference = None  # the fp32 graph can be gigabytes: not kept past the check
         result.verify_seconds = time.perf_counter() - t0
         manifest.parity, manifest.accuracy, manifest.diagnosis = result.parity, result.accuracy, result.diagnosis
-    result.artifact, result.manifest = _install(exported, manifest, target, force)
+    result.artifact, result.manifest = install_artifact(target.parent, target.name,
+                                                        {f.name: f for f in exported.files}, manifest)
     result.bytes = sum(v["bytes"] for v in manifest.files.values())
     return result
 
@@ -525,38 +522,3 @@ def _manifest(fmt, exported: Exported, model, io, options: ExportOptions, second
         environment=build_environment(),
         files=file_entries(exported.files),
     )
-
-
-def _install(exported: Exported, manifest: Manifest, target: Path, force: bool) -> tuple[Path, Path]:
-    """Move the scratch files into place, companions before the artifact, manifest last, so a
-    reader that sees the manifest sees complete files."""
-    out_dir = target.parent
-    if force and manifest_path(target).exists():
-        try:
-            old = load_manifest(target).files
-        except UserError:
-            old = {}
-        for name in set(old) - set(manifest.files):
-            if _own_companion(out_dir, name, target, old[name]):
-                remove_file(out_dir, name)  # plain names only (load_manifest checked them): never outside out_dir
-    moved = []
-    try:
-        for f in exported.files[1:] + exported.files[:1]:
-            os.replace(f, out_dir / f.name)
-            moved.append(out_dir / f.name)
-        return target, write_manifest(manifest, target)
-    except BaseException as e:  # no artifact without its manifest: take back what was moved
-        for p in moved:
-            p.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise Fault(f"no space left on the device writing {target}: free some space and rerun") from None
-        raise
-
-
-def _own_companion(folder: Path, name: str, target: Path, entry: dict) -> bool:
-    """A stale name of the old manifest is removed only when it is that artifact's own companion
-    (named after it, not another artifact or manifest) and still holds what the manifest recorded."""
-    path = folder / name
-    stem = target.name[:-len(target.suffix)] if target.suffix else target.name
-    return (name.startswith(stem) and not name.endswith(".json") and not manifest_path(path).exists()
-            and path.is_file() and not path.is_symlink() and sha256_file(path) == entry.get("sha256"))

@@ -18,9 +18,11 @@ the node that declares it (and timed only there: an engine is tied to its GPU mo
 holds its device's resource, so at most one timing runs per device at a time; a CPU timing also
 holds every CPU of its node, so no export or other timing shares its cores.
 
-Transport. A task returns its files' bytes through Ray's object store; the driver writes them
-(companions, then the artifact, its manifest last, each by rename). A timing gets the artifact's
-files the same way and writes them to a temporary folder on its node.
+Transport. A task returns its files' bytes through Ray's object store; the driver installs them as
+the local exporter installs its own (`install_artifact`: companions, then the artifact, its manifest
+last, each by rename; of the names the manifest it replaces listed, only the old artifact's own
+companions are removed). A timing gets the artifact's files the same way and writes them to a
+temporary folder on its node.
 
 Faults. A task whose worker or node dies is retried by Ray (``RETRIES`` times), on another node
 where one can take it; then its row is failed with Ray's reason. A device whose node leaves the
@@ -31,7 +33,6 @@ written as it arrives; Ctrl-C cancels what is left and writes what finished.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import tempfile
@@ -39,9 +40,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from autotimm_deploy.exporter.core.errors import Fault, MissingExtra, UserError, first_line
-from autotimm_deploy.exporter.core.files import atomic_write_bytes, remove_file, remove_stale_scratch, scratch_dir
-from autotimm_deploy.exporter.core.manifest import load_manifest, manifest_path, verify_files
+from autotimm_deploy.exporter.core.errors import MissingExtra, UserError, first_line
+from autotimm_deploy.exporter.core.files import disk_full_is_fault, install_artifact, remove_stale_scratch, scratch_dir
+from autotimm_deploy.exporter.core.manifest import MANIFEST_SUFFIX, load_manifest, manifest_path, verify_files
 from autotimm_deploy.exporter.formats import get_format
 from autotimm_deploy.recipes.jobs import ExportJob, JobStatus, ProfileJob, canonical_device, device_kind
 from autotimm_deploy.recipes.runner import (
@@ -364,37 +365,31 @@ def _gather(ray, pending: dict, rows: list, jobs: list, finish, recipe: Recipe, 
         write()
 
     write()
-    try:
-        while pending:
-            take(ray.wait(list(pending), num_returns=1, timeout=POLL_S)[0])
-            declared = ray.cluster_resources()
-            for ref, i in list(pending.items()):
-                if i in devices and not declared.get(device_resource(devices[i])):
-                    ray.cancel(ref)
-                    pending.pop(ref)
-                    settle(i, JobStatus.FAILED, error=f"the node with device {devices[i]} left the cluster")
-                    write()
-            if over_budget(start, max_time):
-                cancel_all(JobStatus.NOT_RUN, f"--max-time {max_time:g} s spent")
-    except KeyboardInterrupt:
-        cancel_all(JobStatus.NOT_RUN, "interrupted (Ctrl-C)")
-        raise
-    except BaseException as e:
-        cancel_all(JobStatus.NOT_RUN, f"the driver stopped: {type(e).__name__}: {first_line(e, 200)}")
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise Fault(f"no space left on the device writing into {recipe.root}: free some space and rerun") from None
-        raise
+    with disk_full_is_fault(f"into {recipe.root}"):  # after what is left was cancelled
+        try:
+            while pending:
+                take(ray.wait(list(pending), num_returns=1, timeout=POLL_S)[0])
+                declared = ray.cluster_resources()
+                for ref, i in list(pending.items()):
+                    if i in devices and not declared.get(device_resource(devices[i])):
+                        ray.cancel(ref)
+                        pending.pop(ref)
+                        settle(i, JobStatus.FAILED, error=f"the node with device {devices[i]} left the cluster")
+                        write()
+                if over_budget(start, max_time):
+                    cancel_all(JobStatus.NOT_RUN, f"--max-time {max_time:g} s spent")
+        except KeyboardInterrupt:
+            cancel_all(JobStatus.NOT_RUN, "interrupted (Ctrl-C)")
+            raise
+        except BaseException as e:
+            cancel_all(JobStatus.NOT_RUN, f"the driver stopped: {type(e).__name__}: {first_line(e, 200)}")
+            raise
 
 
 def _install(folder: Path, files: dict[str, bytes], manifest: str) -> None:
-    """Write an export's files into ``folder``, each through a temporary name and a rename: the
-    artifact and its companions first, ``manifest`` last (a reader that sees it sees complete files);
-    then remove what the manifest it replaced listed and this one does not (a companion gone)."""
-    stale: set[str] = set()
-    if files and (folder / manifest).is_file():
-        with contextlib.suppress(UserError):
-            stale = set(load_manifest(folder / manifest).files) - set(files)
-    for name in sorted(files, key=lambda n: n == manifest):
-        atomic_write_bytes(folder / Path(name).name, files[name])
-    for name in stale:
-        remove_file(folder, name)
+    """Install the files an export task shipped back (name -> bytes; ``manifest``, its manifest's
+    name, among them; none when it made no artifact) into ``folder``, by the local exporter's rules
+    (`install_artifact`)."""
+    if files:
+        artifacts = {n: data for n, data in files.items() if n != manifest}
+        install_artifact(folder, manifest[:-len(MANIFEST_SUFFIX)], artifacts, files[manifest])

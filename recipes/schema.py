@@ -33,12 +33,12 @@ from autotimm_deploy.exporter.core.limits import (
     MAX_BATCH,
     MAX_CALIBRATION_SAMPLES,
     MAX_CLASSES,
-    MAX_DROP_POINTS,
     MAX_EVAL_SAMPLES,
     MAX_IMG_SIDE,
     MAX_ITERATIONS,
     MAX_RECIPE_BYTES,
     MAX_SECONDS,
+    check_max_drop,
 )
 from autotimm_deploy.exporter.core.spec import (
     ARCHITECTURES,
@@ -300,11 +300,12 @@ def _evaluation(data, path: Path, tasks: list) -> dict[str, Any]:
         raise _LineError(_line(ev, "data", ev.line), f"eval data not found: {resolved}")
     _positive(ev.get("samples"), _line(ev, "samples", ev.line), "samples", MAX_EVAL_SAMPLES)
     drop = ev.get("max_drop")
-    if drop is not None and (not isinstance(drop, (int, float)) or isinstance(drop, bool) or not math.isfinite(drop)
-                             or not 0 <= drop <= MAX_DROP_POINTS):
-        raise _LineError(_line(ev, "max_drop", ev.line), f"max_drop takes 0 to {MAX_DROP_POINTS:g} metric points, "
-                                                          f"got {drop!r}")
-    return {"data": str(resolved), "samples": ev.get("samples"), "max_drop": None if drop is None else float(drop)}
+    if drop is not None:
+        try:
+            drop = check_max_drop(drop, "max_drop")
+        except UserError as e:
+            raise _LineError(_line(ev, "max_drop", ev.line), str(e)) from None
+    return {"data": str(resolved), "samples": ev.get("samples"), "max_drop": drop}
 
 
 def _build(path: Path, data, out_dir: Path) -> Recipe:

@@ -4,6 +4,7 @@ the right nodes, never two timings on one device at once, results come back into
 folder in the local runner's structure, a node that dies mid-run has its cells retried or
 reported, and a rerun skips what finished."""
 
+import hashlib
 import json
 
 import pytest
@@ -72,15 +73,17 @@ def test_exports_come_back_to_the_driver_and_a_rerun_skips_them(cluster, tmp_pat
     assert [s["status"] for s in stored] == ["exported", "exported"]
     again = fleet.run_exports(r, c.address)
     assert [row["status"] for row in again] == [JobStatus.UP_TO_DATE] * 2 and "node" not in again[0]
-    # a re-export whose manifest no longer lists a companion removes it
+    # a re-export whose manifest no longer lists a companion removes it (the local exporter's rule:
+    # named after the artifact, holding what the old manifest recorded; tests/test_install.py)
     artifact = r.artifacts_dir / rows[0]["artifact"].split("/")[-1]
     fresh = {artifact.name: artifact.read_bytes(), f"{artifact.name}.json": (artifact.parent / f"{artifact.name}.json").read_bytes()}
     listed = json.loads(fresh[f"{artifact.name}.json"])
-    listed["files"]["old.data"] = {"bytes": 1, "sha256": "0" * 64}
+    old = r.artifacts_dir / f"{artifact.name}.old.data"
+    old.write_bytes(b"x")
+    listed["files"][old.name] = {"bytes": 1, "sha256": hashlib.sha256(b"x").hexdigest()}
     (r.artifacts_dir / f"{artifact.name}.json").write_text(json.dumps(listed))
-    (r.artifacts_dir / "old.data").write_bytes(b"x")
     fleet._install(r.artifacts_dir, fresh, f"{artifact.name}.json")
-    assert not (r.artifacts_dir / "old.data").exists()
+    assert not old.exists()
     verify_files(load_manifest(artifact), r.artifacts_dir)
 
 

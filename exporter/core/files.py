@@ -2,8 +2,10 @@
 names taken from manifests must be plain file names (`plain_name`), removals never follow links or
 enter folders (`remove_file`), one export at a time writes into a folder (`folder_lock`), scratch
 folders carry their owner's pid so a later run removes what a killed one left (`stale_scratch`).
-Also atomic writes (a temporary file in the same folder, then a rename) and sha256 digests, cached
-per file by size and modification time."""
+Also atomic writes (a temporary file in the same folder, then a rename), a full disk as one `Fault`
+(`disk_full_is_fault`), the one way an artifact goes into place (`install_artifact`, for the local
+exporter and the fleet's driver alike) and sha256 digests, cached per file by size and modification
+time."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from autotimm_deploy.exporter.core.errors import Fault, UserError
 
@@ -24,6 +26,19 @@ SCRATCH_PREFIX = ".autotimm-"
 _SCRATCH = re.compile(r"^\.autotimm-(?:(\d+)-|(?:target-)?[a-z0-9_]{8}$)")
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def disk_full_is_fault(what: object) -> Iterator[None]:
+    """A full disk (or quota) inside the block is a `Fault` in one line: "no space left on the
+    device writing ``what``: free some space and rerun". Every other error passes unchanged."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in _DISK_FULL:
+            raise Fault(f"no space left on the device writing {what}: free some space and rerun") from None
+        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -34,17 +49,16 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never a part."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise Fault(f"no space left on the device writing {path}: free some space and rerun") from None
-        raise
+    with disk_full_is_fault(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def _umask() -> int:
@@ -171,11 +185,65 @@ def check_free_space(folder: Path, need_bytes: int, what: str) -> None:
 
 def write_bytes(path: Path, data: bytes) -> None:
     """Write ``data``; a full disk is a `Fault` naming the file, with no partial file left."""
-    try:
-        with open(path, "wb") as f:
-            f.write(data)
-    except OSError as e:
-        Path(path).unlink(missing_ok=True)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise Fault(f"no space left on the device writing {path}: free some space and rerun") from None
-        raise
+    with disk_full_is_fault(path):
+        try:
+            with open(path, "wb") as f:
+                f.write(data)
+        except OSError:
+            Path(path).unlink(missing_ok=True)
+            raise
+
+
+def install_artifact(folder: Path, artifact: str, files: Mapping[str, Path | bytes], manifest: Any) -> tuple[Path, Path]:
+    """Put one artifact into ``folder``, where the local exporter and the fleet's driver both put
+    theirs. ``files``: name -> a scratch file (moved) or its bytes (written), the artifact among them;
+    ``manifest``: its `Manifest`, or the bytes of one. Each goes in by a rename, companions first, then
+    the artifact, the manifest last, so a reader that sees the manifest sees complete files; on any
+    error what went in is taken back (no artifact without its manifest) and a full disk is a `Fault`.
+    Then the names the replaced manifest listed and this one does not are removed where they are the
+    old artifact's own companions (`own_companion`). Returns the artifact's path and its manifest's."""
+    # manifest.py writes and checks its files with this module's functions: imported here, not above
+    from autotimm_deploy.exporter.core.manifest import load_manifest, manifest_path, write_manifest
+
+    folder = Path(folder)
+    target = folder / plain_name(artifact)
+    written = manifest_path(target)
+    names = [plain_name(n) for n in files]
+    old: dict[str, dict] = {}
+    if written.is_file():
+        with contextlib.suppress(UserError):  # an unreadable old manifest names nothing to remove
+            old = load_manifest(written).files
+    placed: list[Path] = []
+    with disk_full_is_fault(target):
+        try:
+            for name in sorted(names, key=lambda n: n == artifact):  # companions first, in their order
+                source, path = files[name], folder / name
+                if isinstance(source, bytes):
+                    atomic_write_bytes(path, source)
+                else:
+                    os.replace(source, path)
+                placed.append(path)
+            if isinstance(manifest, bytes):
+                atomic_write_bytes(written, manifest)
+            else:
+                write_manifest(manifest, target)
+        except BaseException:
+            for path in placed:
+                path.unlink(missing_ok=True)
+            raise
+    for name in set(old) - set(names):
+        if own_companion(folder, name, target, old[name]):
+            remove_file(folder, name)  # a plain name (load_manifest checked): never outside folder
+    return target, written
+
+
+def own_companion(folder: Path, name: str, artifact: Path, entry: dict) -> bool:
+    """Whether ``folder/name``, which the replaced manifest of ``artifact`` listed as ``entry``, is
+    that artifact's own companion, safe to remove: named after it, not a manifest nor an artifact
+    with one, a plain file (not a link) still holding what the manifest recorded."""
+    from autotimm_deploy.exporter.core.manifest import manifest_path
+
+    path = Path(folder) / name
+    stem = artifact.name[:-len(artifact.suffix)] if artifact.suffix else artifact.name
+    return (name.startswith(stem) and not name.endswith(".json") and not manifest_path(path).exists()
+            and path.is_file() and not path.is_symlink() and sha256_file(path) == entry.get("sha256"))
