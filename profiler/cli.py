@@ -42,8 +42,8 @@ def build_parser() -> OneLineParser:
     p.add_argument("targets", nargs="*", help="artifacts (.onnx, .pt, .pt2, ...) or timm model names (eager)")
     p.add_argument("--recipe", metavar="FILE.yaml", help="profile everything a recipe exported (autotimm-export --recipe)")
     p.add_argument("--report", choices=("benchmark", "seed"),
-                   help="with --recipe: render the benchmark page, the seed page's tables measured here (Markdown + "
-                        "PNG); seed is the old name of benchmark")
+                   help="with --recipe: render the benchmark page, AutoTimm's benchmark tables regenerated from "
+                        "this recipe's measurements (Markdown + PNG); seed is the old name of benchmark")
     p.add_argument("-o", "--out", default="out", help="with --recipe: the folder autotimm-export --recipe wrote into")
     p.add_argument("--force", action="store_true", help="with --recipe: re-profile even what is up to date")
     p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",

@@ -7,5 +7,5 @@ holds the recipes that ship with the package (``*.yaml``; ``--recipe edge`` find
   and the one rule that says a job is already done.
 - `runner`: `run_exports`, `run_profiles`: every job not done, resumable, rows written as they end.
 - `fleet`: the same on a Ray cluster (``--ray``): exports anywhere, each timing on its device's node.
-- `benchmark`: the recipe's benchmark page (the seed page's tables, measured here).
+- `benchmark`: the recipe's benchmark page (AutoTimm's benchmark tables, measured here).
 """

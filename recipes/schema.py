@@ -140,7 +140,7 @@ class ModelEntry:
     name: str
     img_size: tuple[int, int] | None = None
     num_classes: int | None = None
-    reference: dict[str, Any] = field(default_factory=dict)  # the seed page's numbers, for display
+    reference: dict[str, Any] = field(default_factory=dict)  # AutoTimm's benchmark page's numbers, for display
 
 
 @dataclass
@@ -309,22 +309,67 @@ def _evaluation(data, path: Path, tasks: list) -> dict[str, Any]:
 
 
 def _build(path: Path, data, out_dir: Path) -> Recipe:
+    """The parsed YAML as a `Recipe`: the top keys, then each section in a fixed order (the first
+    problem found is the one reported), then the jobs it makes."""
     if not isinstance(data, dict):
         raise _LineError(getattr(data, "line", 1), "a recipe is a mapping of keys (recipe, models, tasks, formats, ...)")
     _unknown(data, TOP_KEYS, "the recipe")
     version = data.get("recipe", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
         raise _LineError(_line(data, "recipe", data.line), f"recipe schema {version!r}; this version reads {SCHEMA_VERSION}")
-    default_size = _size(data.get("img_size"), _line(data, "img_size", data.line))
-    default_classes = _positive(data.get("num_classes"), _line(data, "num_classes", data.line), "num_classes", MAX_CLASSES)
+    models = _models(data, _img_size(data, data.line), _classes(data, data.line))
+    tasks = _tasks(data)
+    formats, precisions, batches, devices = _formats(data), _precisions(data), _batch_sizes(data), _devices(data)
+    calibration = _calibration(data, path, precisions)
+    evaluation = _evaluation(data, path, tasks)
+    profile = _profile(data)
+    name = data.get("name") or path.stem
+    if not _short_name(name):
+        raise _LineError(_line(data, "name", data.line), f"name must be a short name (letters, digits, - _), got {name!r}")
+    recipe = Recipe(path=path, name=name, description=str(data.get("description") or ""), models=models, tasks=tasks,
+                    formats=list(formats), precisions=list(precisions), batch_sizes=sorted(set(batches)),
+                    devices=list(devices), calibration=dict(calibration), profile=dict(profile), out_dir=out_dir,
+                    evaluation=evaluation)
+    recipe.export_jobs()  # name collisions are errors now, not halfway through a run
+    return recipe
 
+
+def _short_name(value) -> bool:
+    """Letters, digits, ``-`` and ``_``: a name that is safe in a file name."""
+    return isinstance(value, str) and value.replace("-", "").replace("_", "").isalnum()
+
+
+def _item_line(seq, i: int) -> int:
+    """The line of ``seq[i]`` in the file (a default list, not from the file, has none)."""
+    return _line(seq, i, getattr(seq, "line", 1))
+
+
+def _img_size(entry, line: int) -> tuple[int, int] | None:
+    """``entry``'s ``img_size``, checked; ``line``: where ``entry`` starts."""
+    return _size(entry.get("img_size"), _line(entry, "img_size", line))
+
+
+def _classes(entry, line: int) -> int | None:
+    """``entry``'s ``num_classes``, checked; ``line``: where ``entry`` starts."""
+    return _positive(entry.get("num_classes"), _line(entry, "num_classes", line), "num_classes", MAX_CLASSES)
+
+
+def _entry(entry, key: str, line: int):
+    """A list entry given as a bare string, as the mapping ``{key: entry}`` it stands for."""
+    if isinstance(entry, str):
+        entry = _Map({key: entry})
+        entry.line, entry.lines = line, {}
+    return entry
+
+
+def _models(data, default_size, default_classes) -> list[ModelEntry]:
+    """``models:``: timm names or ``{model, img_size, num_classes, reference}``; the recipe's
+    ``img_size`` and ``num_classes`` fill in what a model leaves out."""
     models = []
     entries = _list(data, "models")
     for i, entry in enumerate(entries):
-        line = _line(entries, i, entries.line)
-        if isinstance(entry, str):
-            entry = _Map(model=entry)
-            entry.line, entry.lines = line, {}
+        line = _item_line(entries, i)
+        entry = _entry(entry, "model", line)
         if not isinstance(entry, dict) or not isinstance(entry.get("model"), str):
             raise _LineError(line, "a model is a timm name or a mapping with `model: <timm name>`")
         _unknown(entry, MODEL_KEYS, "a model")
@@ -334,19 +379,21 @@ def _build(path: Path, data, out_dir: Path) -> Recipe:
             raise _LineError(_line(entry, "model", line), str(e)) from None
         reference = entry.get("reference") or {}
         if not isinstance(reference, dict):
-            raise _LineError(_line(entry, "reference", line), "reference must be a mapping (the seed page's numbers)")
-        models.append(ModelEntry(entry["model"], _size(entry.get("img_size"), _line(entry, "img_size", line))
-                                 or default_size,
-                                 _positive(entry.get("num_classes"), _line(entry, "num_classes", line), "num_classes", MAX_CLASSES)
-                                 or default_classes, dict(reference)))
+            raise _LineError(_line(entry, "reference", line), "reference must be a mapping (the numbers "
+                             "AutoTimm's benchmark page publishes for the model: params_m, size_mb, v100_ms)")
+        models.append(ModelEntry(entry["model"], _img_size(entry, line) or default_size,
+                                 _classes(entry, line) or default_classes, dict(reference)))
+    return models
 
+
+def _tasks(data) -> list[TaskEntry]:
+    """``tasks:`` (default: classification): task names or ``{task, architecture, head options,
+    img_size, num_classes, label}``, the head options checked by building the spec they make."""
     tasks = []
     entries = _list(data, "tasks", required=False) or _Seq(["classification"])
     for i, entry in enumerate(entries):
-        line = _line(entries, i, getattr(entries, "line", 1))
-        if isinstance(entry, str):
-            entry = _Map(task=entry)
-            entry.line, entry.lines = line, {}
+        line = _item_line(entries, i)
+        entry = _entry(entry, "task", line)
         if not isinstance(entry, dict) or entry.get("task") not in TASKS:
             got = entry.get("task") if isinstance(entry, dict) else entry
             raise _LineError(line, f"unknown task {got!r}; choose one of: {', '.join(TASKS)}")
@@ -362,36 +409,56 @@ def _build(path: Path, data, out_dir: Path) -> Recipe:
         except UserError as e:
             raise _LineError(line, str(e)) from None
         label = entry.get("label")
-        if label is not None and (not isinstance(label, str) or not label.replace("-", "").replace("_", "").isalnum()):
+        if label is not None and not _short_name(label):
             raise _LineError(_line(entry, "label", line), f"label must be a short name (letters, digits, - _), got {label!r}")
-        tasks.append(TaskEntry(entry["task"], head, _size(entry.get("img_size"), _line(entry, "img_size", line)),
-                               _positive(entry.get("num_classes"), _line(entry, "num_classes", line), "num_classes", MAX_CLASSES),
-                               label, architecture))
+        tasks.append(TaskEntry(entry["task"], head, _img_size(entry, line), _classes(entry, line), label, architecture))
+    return tasks
 
+
+def _formats(data) -> list:
+    """``formats:``, each a known export format (a close name suggested)."""
     formats = _list(data, "formats")
     for i, fmt in enumerate(formats):
         if fmt not in FORMATS:
             close = difflib.get_close_matches(str(fmt), FORMATS, n=1)
             hint = f"; did you mean {close[0]}?" if close else f" (known: {', '.join(FORMATS)})"
-            raise _LineError(_line(formats, i, formats.line), f"unknown format {fmt!r}{hint}")
+            raise _LineError(_item_line(formats, i), f"unknown format {fmt!r}{hint}")
+    return formats
+
+
+def _precisions(data) -> list:
+    """``precisions:`` (default fp32)."""
     precisions = _list(data, "precisions", required=False) or ["fp32"]
     for i, p in enumerate(precisions):
         if p not in PRECISIONS:
-            raise _LineError(_line(precisions, i, getattr(precisions, "line", 1)),
-                             f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
+            raise _LineError(_item_line(precisions, i), f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
+    return precisions
+
+
+def _batch_sizes(data) -> list:
+    """``batch_sizes:`` (default 1), each from 1 to `MAX_BATCH`."""
     batches = _list(data, "batch_sizes", required=False) or [1]
     for i, b in enumerate(batches):
         if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= MAX_BATCH:
-            raise _LineError(_line(batches, i, getattr(batches, "line", 1)),
+            raise _LineError(_item_line(batches, i),
                              f"batch_sizes must be positive integers up to {MAX_BATCH} like [1, 8, 32], got {b!r}")
+    return batches
+
+
+def _devices(data) -> list:
+    """``devices:`` (default cpu), each once (``cuda`` and ``cuda:0`` are one device)."""
     devices = _list(data, "devices", required=False) or ["cpu"]
     for i, d in enumerate(devices):
         if parse_device(d) is None:
-            raise _LineError(_line(devices, i, getattr(devices, "line", 1)), f"unknown device {d!r}; use {DEVICE_FORMS}")
+            raise _LineError(_item_line(devices, i), f"unknown device {d!r}; use {DEVICE_FORMS}")
         if device_tag(d) in map(device_tag, devices[:i]):
-            raise _LineError(_line(devices, i, getattr(devices, "line", 1)),
-                             f"device {d!r} is listed twice (cuda is cuda:0); list each device once")
+            raise _LineError(_item_line(devices, i), f"device {d!r} is listed twice (cuda is cuda:0); list each device once")
+    return devices
 
+
+def _calibration(data, path: Path, precisions: list) -> dict:
+    """``calibration: {data, samples, random}``, a data path taken relative to the recipe file;
+    required by int8."""
     calibration = data.get("calibration") or {}
     if not isinstance(calibration, dict):
         raise _LineError(_line(data, "calibration", data.line), "calibration must be a mapping (data, samples, random)")
@@ -405,7 +472,11 @@ def _build(path: Path, data, out_dir: Path) -> Recipe:
     if "int8" in precisions and not calibration.get("data") and not calibration.get("random"):
         raise _LineError(_line(data, "precisions", data.line),
                          "int8 needs calibration: add `calibration: {data: DIR|FILE.npy|sample-pictures}`")
-    evaluation = _evaluation(data, path, tasks)
+    return calibration
+
+
+def _profile(data) -> dict:
+    """``profile: {max_time, warmup_time, iterations, threads}``, threads at most the cores here."""
     profile = data.get("profile") or {}
     if not isinstance(profile, dict):
         raise _LineError(_line(data, "profile", data.line), "profile must be a mapping")
@@ -415,12 +486,4 @@ def _build(path: Path, data, out_dir: Path) -> Recipe:
             _seconds(profile.get(key), _line(profile, key, profile.line), key)
         _positive(profile.get("iterations"), _line(profile, "iterations", profile.line), "iterations", MAX_ITERATIONS)
         _positive(profile.get("threads"), _line(profile, "threads", profile.line), "threads", cores_available())
-    name = data.get("name") or path.stem
-    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
-        raise _LineError(_line(data, "name", data.line), f"name must be a short name (letters, digits, - _), got {name!r}")
-    recipe = Recipe(path=path, name=name, description=str(data.get("description") or ""), models=models, tasks=tasks,
-                    formats=list(formats), precisions=list(precisions), batch_sizes=sorted(set(batches)),
-                    devices=list(devices), calibration=dict(calibration), profile=dict(profile), out_dir=out_dir,
-                    evaluation=evaluation)
-    recipe.export_jobs()  # name collisions are errors now, not halfway through a run
-    return recipe
+    return profile

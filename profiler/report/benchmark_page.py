@@ -6,26 +6,35 @@ collects them from a recipe's manifests and result files).
 Tables: backbone comparison (parameters, size, batch-1 ms per runtime), batch inference speedup,
 inference speed by device, memory by backbone and task, detection and segmentation speed, and the
 artifacts with their parity. Parameters come from the export manifests (counted on the built model),
-``Size (MB)`` is the fp32 weights in MiB as on the seed page (parameters x 4 bytes). Where the recipe
-carries the seed page's own numbers (``reference:``), they are shown in columns labelled as the
-V100 page's.
+``Size (MB)`` is the fp32 weights in MiB as on AutoTimm's page (parameters x 4 bytes). Where the
+recipe carries AutoTimm's own numbers (``reference:``, measured there on an NVIDIA V100), they are
+shown in columns labelled *AutoTimm V100*.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from autotimm_deploy.exporter.core.files import atomic_write_text
-from autotimm_deploy.profiler.report.plot import save_png
+from autotimm_deploy.profiler.report.plot import (
+    FONT,
+    log_ticks,
+    plain_linear_axis,
+    plain_log_axis,
+    pyplot,
+    save_png,
+    short_label,
+)
 
 
 @dataclass
 class PageData:
     """What the page shows: one record per profiled (model, task, runtime, device), the exported
-    artifacts, the environment each device was measured in, the seed page's own numbers per model."""
+    artifacts, the environment each device was measured in, AutoTimm's published numbers per model."""
 
     name: str
     description: str
@@ -76,8 +85,9 @@ def render(data: PageData) -> str:
     lines += _measured_on(data.environments)
     lines += ["Latency is the median of the shared harness (warm-up, then sampling until the median's 95 % CI is "
               "within ±2 % or the time budget ends); batch-1 unless stated. Parameters are counted on the built "
-              "model; Size (MB) is the fp32 weights (parameters × 4 bytes, MiB) as on the seed page. Columns marked "
-              "*seed V100* are the seed page's own numbers (NVIDIA V100), shown for reference only.", ""]
+              "model; Size (MB) is the fp32 weights (parameters × 4 bytes, MiB) as on AutoTimm's benchmark page. "
+              "Columns marked *AutoTimm V100* are that page's own numbers (measured on an NVIDIA V100), shown for "
+              "reference only.", ""]
     devices = sorted({r["device"] for r in recs})
     for device in devices:
         mine = [r for r in recs if r["device"] == device]
@@ -107,7 +117,7 @@ def _backbones(recs, device, references) -> list[str]:
     with_ref = any(references.get(m) for m in by_model)
     header = ["Backbone", "Parameters", "Size (MB)"] + [f"{rt} (ms)" for rt in runtimes]
     if with_ref:
-        header += ["*seed V100* Parameters", "*seed V100* Size (MB)", "*seed V100* Inference (ms)"]
+        header += [f"{REFERENCE} Parameters", f"{REFERENCE} Size (MB)", f"{REFERENCE} Inference (ms)"]
     rows = []
     for model, by_rt in by_model.items():
         params = next((r["params"] for r in by_rt.values() if r["params"]), None)
@@ -119,7 +129,7 @@ def _backbones(recs, device, references) -> list[str]:
                     _f(ref.get("v100_ms"), "g")]
         rows.append(row)
     lines = [f"## Backbone comparison ({device}, batch 1)", ""] + _table(header, rows)
-    if any(r["parity"] == "fail" for r in cls):
+    if any(_failed(r) for r in cls):
         lines += [f"{FAILED_MARK} the artifact failed its parity gate (see Artifacts): its speed is not a usable result.", ""]
     scored = next((r["accuracy"] for r in cls if r.get("accuracy")), None)
     if scored:
@@ -129,14 +139,29 @@ def _backbones(recs, device, references) -> list[str]:
 
 
 FAILED_MARK = "†"
+REFERENCE = "*AutoTimm V100*"  # the label of the columns holding AutoTimm's published numbers
+
+
+def _failed(r) -> bool:
+    """The record's artifact failed its parity gate."""
+    return r["parity"] == "fail"
+
+
+def _speedup(r) -> float:
+    """Throughput at the largest batch that ran over batch 1."""
+    return r["ips"][max(r["ips"])] / r["ips"][1]
+
+
+def _mark(r) -> str:
+    """`` †`` after a value whose artifact failed its parity gate, else nothing."""
+    return f" {FAILED_MARK}" if _failed(r) else ""
 
 
 def _ms_cell(r) -> str:
     if r is None or r["ms"].get(1) is None:
         return "-"
     acc = (r.get("accuracy") or {}).get("value")
-    return (f"{r['ms'][1]:.2f}" + (f" ({acc:.2f})" if acc is not None else "")
-            + (f" {FAILED_MARK}" if r["parity"] == "fail" else ""))
+    return f"{r['ms'][1]:.2f}" + (f" ({acc:.2f})" if acc is not None else "") + _mark(r)
 
 
 def _batch(recs, device, batches) -> list[str]:
@@ -147,9 +172,9 @@ def _batch(recs, device, batches) -> list[str]:
     for r in recs:
         if r["task_kind"] != "classification" or 1 not in r["ips"]:
             continue
-        top = max(b for b in r["ips"])
-        rows.append([f"`{r['model']}`", r["runtime"] + (f" {FAILED_MARK}" if r["parity"] == "fail" else "")] + [f"{r['ms'][b]:.2f} ms" if b in r["ms"] else "-" for b in shown]
-                    + [f"{r['ips'][top] / r['ips'][1]:.1f}x"])
+        rows.append([f"`{r['model']}`", r["runtime"] + _mark(r)]
+                    + [f"{r['ms'][b]:.2f} ms" if b in r["ms"] else "-" for b in shown]
+                    + [f"{_speedup(r):.1f}x"])
     if not rows:
         return []
     header = ["Backbone", "Runtime"] + [f"Batch {b}" for b in shown] + ["Speedup"]
@@ -208,132 +233,193 @@ def _artifacts(arts) -> list[str]:
     return ["## Artifacts", ""] + _table(header, rows)
 
 
+@dataclass
+class _Look:
+    """What both charts share: the machine in the title, the runtimes in page order with a colour
+    each, a marker per device, and how a (runtime, device) series is named."""
+
+    machine: str
+    order: list[str]
+    colors: tuple
+    color: dict[str, tuple]
+    markers: dict[str, str]
+    multi_device: bool
+
+    @classmethod
+    def of(cls, data: PageData, colors: tuple) -> _Look:
+        machines = {(e.get("cpu") or "") + (f", GPU {e['gpu']['name']}" if (e.get("gpu") or {}).get("name") else "")
+                    for e in data.environments.values()}
+        machine = machines.pop() if len(machines) == 1 else ("several machines" if machines else "")
+        order = _runtimes(data.records)
+        devices = sorted({r["device"] for r in data.records})
+        return cls(machine, order, colors, {rt: colors[i % len(colors)] for i, rt in enumerate(order)},
+                   dict(zip(devices, itertools.cycle("osD^v<>"))), len(devices) > 1)
+
+    def series(self, r) -> str:
+        return r["runtime"] + (f" ({r['device']})" if self.multi_device else "")
+
+    def title(self, what: str) -> str:
+        return what + (f": {self.machine}" if self.machine else "")
+
+
 def plots(data: PageData, folder: Path) -> list[Path]:
     """``params_vs_latency.png`` (batch-1 latency against model size per device and runtime) and
     ``batch_speedup.png`` (throughput at the largest batch over batch 1, grouped by model); returns the
     paths written, in that order. Axes carry plain numbers; each model is named once per chart."""
-    import math
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from autotimm_deploy.profiler.report.plot import FONT, log_ticks, plain_linear_axis, plain_log_axis, short_label
-
-    machines = {(e.get("cpu") or "") + (f", GPU {e['gpu']['name']}" if (e.get("gpu") or {}).get("name") else "")
-                for e in data.environments.values()}
-    machine = machines.pop() if len(machines) == 1 else ("several machines" if machines else "")
-    multi_device = len({r["device"] for r in data.records}) > 1
-    order = _runtimes(data.records)
-    colors = plt.get_cmap("tab10").colors
-    color = {rt: colors[i % len(colors)] for i, rt in enumerate(order)}
-    markers = dict(zip(sorted({r["device"] for r in data.records}), itertools.cycle("osD^v<>")))
-
-    def series(r) -> str:
-        return r["runtime"] + (f" ({r['device']})" if multi_device else "")
-
+    plt = pyplot()
+    look = _Look.of(data, plt.get_cmap("tab10").colors)
     written = []
     recs = [r for r in data.records if r["params"] and r["ms"].get(1)]
     if recs:
-        fig, ax = plt.subplots(figsize=(10, 5.6), layout="constrained")
-        for key in sorted({(r["device"], r["runtime"]) for r in recs}, key=lambda k: (k[0], order.index(k[1]))):
-            pts = [r for r in recs if (r["device"], r["runtime"]) == key]
-            ax.scatter([r["params"] / 1e6 for r in pts], [r["ms"][1] for r in pts], s=42, zorder=3,
-                       color=color[key[1]], marker=markers[key[0]], edgecolors="white", linewidths=0.6,
-                       label=series(pts[0]))
-        labels = []
-        for model in dict.fromkeys(r["model"] for r in recs):  # one thin line and one name per model
-            mine = sorted(((r["params"] / 1e6, r["ms"][1]) for r in recs if r["model"] == model), key=lambda p: p[1])
-            if len(mine) > 1:
-                ax.plot([p[0] for p in mine], [p[1] for p in mine], color="0.6", lw=0.8, zorder=2)
-            labels.append(ax.annotate(short_label(model, 28), mine[-1], xytext=(5, 5), textcoords="offset points",
-                                      fontsize=FONT - 0.5, color="0.15", zorder=2.5,
-                                      bbox={"fc": "white", "ec": "none", "pad": 0.5, "alpha": 0.75}))
-        xs = [r["params"] / 1e6 for r in recs]
-        ys = [r["ms"][1] for r in recs]
-        for which, lo, hi in (("x", min(xs), max(xs)), ("y", min(ys), max(ys))):
-            pad = max(hi / lo, 1.5) ** 0.12
-            (ax.set_xscale if which == "x" else ax.set_yscale)("log")
-            (ax.set_xlim if which == "x" else ax.set_ylim)(lo / pad, hi * pad * (1.15 if which == "y" else 1.25))
-            plain_log_axis(ax.xaxis if which == "x" else ax.yaxis, log_ticks(lo / pad, hi * pad))
-        x0, x1 = (math.log(v) for v in ax.get_xlim())
-        for ann in labels:  # names of points in the right quarter go to their left, inside the axes
-            if (math.log(ann.xy[0]) - x0) / (x1 - x0) > 0.75:
-                ann.set_horizontalalignment("right")
-                ann.xyann = (-5, 5)
-        fig.canvas.draw()  # lift model names that would overlap a name already placed
-        renderer = fig.canvas.get_renderer()
-        placed = []
-        for ann in sorted(labels, key=lambda a: (a.xy[1], a.xy[0])):
-            for _ in range(12):
-                box = ann.get_window_extent(renderer)
-                hit = next((b for b in placed if box.overlaps(b)), None)
-                if hit is None:
-                    break
-                dx, dy = ann.xyann
-                ann.xyann = (dx, dy + (hit.y1 - box.y0 + 1) * 72 / fig.dpi)
-            placed.append(ann.get_window_extent(renderer))
-        ax.set_xlabel("parameters (millions)", fontsize=FONT + 1)
-        ax.set_ylabel("batch-1 median latency (ms)", fontsize=FONT + 1)
-        ax.tick_params(labelsize=FONT)
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=FONT, title="runtime", title_fontsize=FONT, alignment="left", frameon=False,
-                  loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.suptitle("batch-1 latency vs model size" + (f": {machine}" if machine else ""), fontsize=FONT + 2)
         written.append(folder / "params_vs_latency.png")
-        save_png(fig, written[-1])
-
+        save_png(_latency_chart(plt, recs, look), written[-1])
     sp = [r for r in data.records if 1 in r["ips"] and len(r["ips"]) > 1]
     if sp:
-        top = max(max(r["ips"]) for r in sp)
-        tasks = defaultdict(set)
-        for r in sp:
-            tasks[r["model"]].add(r["task"])
-        group_of = {id(r): r["model"] + (f"\n{r['task']}" if len(tasks[r["model"]]) > 1 else "") for r in sp}
-        groups = list(dict.fromkeys(group_of[id(r)] for r in sp))
-        names = list(dict.fromkeys(series(r) for r in sorted(sp, key=lambda r: (order.index(r["runtime"]), r["device"]))))
-        width = 0.8 / len(names)
-        fig_w = min(22.0, max(7.5, 1.5 + 0.34 * len(sp) + 0.3 * len(groups)))
-        fig, ax = plt.subplots(figsize=(fig_w, 5.2), layout="constrained")
-        group_in = (fig_w - 1.0) / len(groups)  # inches per model group, roughly
-        crowded = group_in * width < 0.3  # value labels wider than their bars: turn them
-        tick_names = [short_label(g, 24) for g in groups]
-        turn_ticks = max(len(line) for t in tick_names for line in t.split("\n")) * 0.075 > group_in * 0.95
-        failed = False
-        for j, name in enumerate(names):
-            mine = [(groups.index(group_of[id(r)]), r) for r in sp if series(r) == name]
-            vals = [r["ips"][max(r["ips"])] / r["ips"][1] for _, r in mine]
-            bars = ax.bar([g - 0.4 + width * (j + 0.5) for g, _ in mine], vals, width * 0.92, label=name,
-                          color=colors[j % len(colors)], zorder=3,
-                          hatch=[("//" if r["parity"] == "fail" else None) for _, r in mine] if any(
-                              r["parity"] == "fail" for _, r in mine) else None)
-            failed |= any(r["parity"] == "fail" for _, r in mine)
-            sep = " " if crowded else "\n"
-            texts = [f"{v:.1f}x" + (f"{sep}@{max(r['ips'])}" if max(r["ips"]) != top else "")
-                     + (f"{sep}{FAILED_MARK}" if r["parity"] == "fail" else "") for v, (_, r) in zip(vals, mine)]
-            ax.bar_label(bars, texts, padding=2, fontsize=FONT - (1.5 if crowded else 0.5),
-                         rotation=90 if crowded else 0)
-        peak = max(r["ips"][max(r["ips"])] / r["ips"][1] for r in sp)
-        ax.set_ylim(0, max(1.2, peak) * (1.3 if crowded else 1.15))
-        plain_linear_axis(ax.yaxis, suffix="x")
-        ax.axhline(1.0, color="0.3", lw=1, ls="--", zorder=2)
-        ax.set_xticks(range(len(groups)), tick_names, rotation=30 if turn_ticks else 0,
-                      ha="right" if turn_ticks else "center")
-        ax.tick_params(labelsize=FONT)
-        ax.set_xlim(-0.6, len(groups) - 0.4)
-        ax.set_ylabel(f"throughput at batch {top} / batch 1", fontsize=FONT + 1)
-        ax.grid(True, axis="y", alpha=0.3, zorder=0)
-        ax.legend(fontsize=FONT, ncol=min(len(names), 5), frameon=False, loc="lower left", bbox_to_anchor=(0, 1.0))
-        note = f"throughput at batch {top} over batch 1"
-        if any(max(r["ips"]) != top for r in sp):
-            note += f"; @N: batch {top} did not run, batch N was the largest that did"
-        if failed:
-            note += f"; hatched {FAILED_MARK}: failed its parity gate"
-        fig.suptitle("batch inference speedup" + (f": {machine}" if machine else ""), fontsize=FONT + 2)
-        fig.supxlabel(note, fontsize=FONT - 1, color="0.35")
         written.append(folder / "batch_speedup.png")
-        save_png(fig, written[-1])
+        save_png(_speedup_chart(plt, sp, look), written[-1])
     return written
+
+
+# -- params_vs_latency.png ---------------------------------------------------------------------------
+
+def _latency_chart(plt, recs: list[dict], look: _Look):
+    """Batch-1 latency against parameters, both on log axes: a point per record, a thin line and a
+    name per model, the names kept inside the axes and apart."""
+    fig, ax = plt.subplots(figsize=(10, 5.6), layout="constrained")
+    for key in sorted({(r["device"], r["runtime"]) for r in recs}, key=lambda k: (k[0], look.order.index(k[1]))):
+        pts = [r for r in recs if (r["device"], r["runtime"]) == key]
+        ax.scatter([r["params"] / 1e6 for r in pts], [r["ms"][1] for r in pts], s=42, zorder=3,
+                   color=look.color[key[1]], marker=look.markers[key[0]], edgecolors="white", linewidths=0.6,
+                   label=look.series(pts[0]))
+    labels = _model_names(ax, recs)
+    _log_axes(ax, [r["params"] / 1e6 for r in recs], [r["ms"][1] for r in recs])
+    _names_inside(ax, labels)
+    _names_apart(fig, labels)
+    ax.set_xlabel("parameters (millions)", fontsize=FONT + 1)
+    ax.set_ylabel("batch-1 median latency (ms)", fontsize=FONT + 1)
+    ax.tick_params(labelsize=FONT)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=FONT, title="runtime", title_fontsize=FONT, alignment="left", frameon=False,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(look.title("batch-1 latency vs model size"), fontsize=FONT + 2)
+    return fig
+
+
+def _model_names(ax, recs: list[dict]) -> list:
+    """One thin line through each model's points and its name at the slowest one; returns the names."""
+    labels = []
+    for model in dict.fromkeys(r["model"] for r in recs):
+        mine = sorted(((r["params"] / 1e6, r["ms"][1]) for r in recs if r["model"] == model), key=lambda p: p[1])
+        if len(mine) > 1:
+            ax.plot([p[0] for p in mine], [p[1] for p in mine], color="0.6", lw=0.8, zorder=2)
+        labels.append(ax.annotate(short_label(model, 28), mine[-1], xytext=(5, 5), textcoords="offset points",
+                                  fontsize=FONT - 0.5, color="0.15", zorder=2.5,
+                                  bbox={"fc": "white", "ec": "none", "pad": 0.5, "alpha": 0.75}))
+    return labels
+
+
+def _log_axes(ax, xs: list[float], ys: list[float]) -> None:
+    """Both axes log with plain ticks, padded around the values (more room above and to the right,
+    for the names)."""
+    for which, lo, hi in (("x", min(xs), max(xs)), ("y", min(ys), max(ys))):
+        pad = max(hi / lo, 1.5) ** 0.12
+        (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+        (ax.set_xlim if which == "x" else ax.set_ylim)(lo / pad, hi * pad * (1.15 if which == "y" else 1.25))
+        plain_log_axis(ax.xaxis if which == "x" else ax.yaxis, log_ticks(lo / pad, hi * pad))
+
+
+def _names_inside(ax, labels: list) -> None:
+    """Names of points in the right quarter go to their left, inside the axes."""
+    x0, x1 = (math.log(v) for v in ax.get_xlim())
+    for ann in labels:
+        if (math.log(ann.xy[0]) - x0) / (x1 - x0) > 0.75:
+            ann.set_horizontalalignment("right")
+            ann.xyann = (-5, 5)
+
+
+def _names_apart(fig, labels: list) -> None:
+    """Lift each name, lowest first, above any name already placed that it would overlap."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for ann in sorted(labels, key=lambda a: (a.xy[1], a.xy[0])):
+        for _ in range(12):
+            box = ann.get_window_extent(renderer)
+            hit = next((b for b in placed if box.overlaps(b)), None)
+            if hit is None:
+                break
+            dx, dy = ann.xyann
+            ann.xyann = (dx, dy + (hit.y1 - box.y0 + 1) * 72 / fig.dpi)
+        placed.append(ann.get_window_extent(renderer))
+
+
+# -- batch_speedup.png -------------------------------------------------------------------------------
+
+def _speedup_chart(plt, sp: list[dict], look: _Look):
+    """Bars of throughput at the largest batch over batch 1: a group per model (and task, where a
+    model has several), a bar per runtime (and device), labelled with the value."""
+    top = max(max(r["ips"]) for r in sp)
+    tasks = defaultdict(set)
+    for r in sp:
+        tasks[r["model"]].add(r["task"])
+    group_of = {id(r): r["model"] + (f"\n{r['task']}" if len(tasks[r["model"]]) > 1 else "") for r in sp}
+    groups = list(dict.fromkeys(group_of[id(r)] for r in sp))
+    names = list(dict.fromkeys(look.series(r) for r in sorted(sp, key=lambda r: (look.order.index(r["runtime"]),
+                                                                                  r["device"]))))
+    width = 0.8 / len(names)
+    fig_w = min(22.0, max(7.5, 1.5 + 0.34 * len(sp) + 0.3 * len(groups)))
+    fig, ax = plt.subplots(figsize=(fig_w, 5.2), layout="constrained")
+    group_in = (fig_w - 1.0) / len(groups)  # inches per model group, roughly
+    crowded = group_in * width < 0.3  # value labels wider than their bars: turn them
+    failed = False
+    for j, name in enumerate(names):
+        mine = [(groups.index(group_of[id(r)]), r) for r in sp if look.series(r) == name]
+        _bars(ax, mine, j, width, name, look.colors[j % len(look.colors)], top, crowded)
+        failed |= any(_failed(r) for _, r in mine)
+    _speedup_axes(ax, sp, groups, group_in, top, crowded)
+    ax.legend(fontsize=FONT, ncol=min(len(names), 5), frameon=False, loc="lower left", bbox_to_anchor=(0, 1.0))
+    fig.suptitle(look.title("batch inference speedup"), fontsize=FONT + 2)
+    fig.supxlabel(_speedup_note(sp, top, failed), fontsize=FONT - 1, color="0.35")
+    return fig
+
+
+def _bars(ax, mine: list, j: int, width: float, name: str, color, top: int, crowded: bool) -> None:
+    """Series ``j``'s bars, one in each of its groups (``mine``: [(group index, record)]), with their
+    values; ``@N`` where batch ``top`` did not run, hatched and marked where parity failed."""
+    vals = [_speedup(r) for _, r in mine]
+    any_failed = any(_failed(r) for _, r in mine)
+    bars = ax.bar([g - 0.4 + width * (j + 0.5) for g, _ in mine], vals, width * 0.92, label=name, color=color,
+                  zorder=3, hatch=[("//" if _failed(r) else None) for _, r in mine] if any_failed else None)
+    sep = " " if crowded else "\n"
+    texts = [f"{v:.1f}x" + (f"{sep}@{max(r['ips'])}" if max(r["ips"]) != top else "")
+             + (f"{sep}{FAILED_MARK}" if _failed(r) else "") for v, (_, r) in zip(vals, mine)]
+    ax.bar_label(bars, texts, padding=2, fontsize=FONT - (1.5 if crowded else 0.5), rotation=90 if crowded else 0)
+
+
+def _speedup_axes(ax, sp: list[dict], groups: list[str], group_in: float, top: int, crowded: bool) -> None:
+    """Room above the tallest bar, a dashed 1.0x line, the model names under their groups (turned
+    when they would not fit), the labels and grid."""
+    ax.set_ylim(0, max(1.2, max(_speedup(r) for r in sp)) * (1.3 if crowded else 1.15))
+    plain_linear_axis(ax.yaxis, suffix="x")
+    ax.axhline(1.0, color="0.3", lw=1, ls="--", zorder=2)
+    tick_names = [short_label(g, 24) for g in groups]
+    turn_ticks = max(len(line) for t in tick_names for line in t.split("\n")) * 0.075 > group_in * 0.95
+    ax.set_xticks(range(len(groups)), tick_names, rotation=30 if turn_ticks else 0,
+                  ha="right" if turn_ticks else "center")
+    ax.tick_params(labelsize=FONT)
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.set_ylabel(f"throughput at batch {top} / batch 1", fontsize=FONT + 1)
+    ax.grid(True, axis="y", alpha=0.3, zorder=0)
+
+
+def _speedup_note(sp: list[dict], top: int, failed: bool) -> str:
+    """The line under the chart: what the bars are, what ``@N`` and the hatching mean."""
+    note = f"throughput at batch {top} over batch 1"
+    if any(max(r["ips"]) != top for r in sp):
+        note += f"; @N: batch {top} did not run, batch N was the largest that did"
+    if failed:
+        note += f"; hatched {FAILED_MARK}: failed its parity gate"
+    return note
 
 
 def write(data: PageData, folder: Path) -> tuple[Path, list[Path]]:

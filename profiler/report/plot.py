@@ -144,37 +144,65 @@ def _footnote(report: dict, failed: list[str], with_speedup: bool) -> str:
     return "; ".join(notes)
 
 
-def figure(report: dict):
-    """The report's chart as a matplotlib Figure (not saved, not closed)."""
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display); shared with the benchmark page."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def figure(report: dict):
+    """The report's chart as a matplotlib Figure (not saved, not closed)."""
+    plt = pyplot()
     runs = report.get("runs") or []
-    colors = plt.get_cmap("tab10").colors
-    series = []  # (run, colour, ok points)
-    failed = []
+    series, failed = _series(runs, plt.get_cmap("tab10").colors)
+    if not series:
+        return _empty_figure(plt, report, runs, failed)
+    speed = [(run, c, [p for p in pts if p.get("vs_baseline")]) for run, c, pts in series if run.get("baseline")]
+    speed = [s for s in speed if s[2]]
+    fig, ax_legend, ax_lat, ax_tp, ax_sp = _grid(plt, series, speed)
+    handles = _draw_batch_panels(ax_lat, ax_tp, series)
+    if ax_sp is not None:
+        _speedup_panel(ax_sp, speed)
+    fig.suptitle(_title(report), fontsize=FONT + 3)
+    ax_legend.legend(handles=handles, loc="center", ncol=min(len(handles), 3), fontsize=FONT + 1, frameon=False,
+                     borderaxespad=0, handlelength=2.5)
+    fig.supxlabel(_footnote(report, failed, bool(speed)), fontsize=FONT - 1, color="0.35", wrap=True)
+    return fig
+
+
+def _series(runs: list[dict], colors) -> tuple[list, list[str]]:
+    """``[(run, colour, ok points)]`` for the runs with a measurement, and ``label @ batch N`` for
+    every failed point; a run keeps its colour (by position) whether or not it is drawn."""
+    series, failed = [], []
     for i, run in enumerate(runs):
         label = short_label(run["target"]["label"])
         failed += [f"{label} @ batch {p['batch']}" for p in run["points"] if p.get("error")]
         pts = _ok(run["points"])
         if pts:
             series.append((run, colors[i % len(colors)], pts))
-    speed = [(run, c, [p for p in pts if p.get("vs_baseline")]) for run, c, pts in series if run.get("baseline")]
-    speed = [s for s in speed if s[2]]
+    return series, failed
 
-    if not series:
-        fig = plt.figure(figsize=(8, 3), layout="constrained")
-        fig.suptitle(_title(report), fontsize=FONT + 2)
-        fig.text(0.5, 0.55, "no measurements", ha="center", va="center", fontsize=FONT + 7, color="0.35")
-        if failed:
-            errs = [f"{short_label(r['target']['label'])} @ batch {p['batch']}: {p['error'][:60]}"
-                    for r in runs for p in r["points"] if p.get("error")]
-            fig.text(0.5, 0.32, "\n".join(errs[:4] + ([f"... {len(errs) - 4} more"] if len(errs) > 4 else [])),
-                     ha="center", va="center", fontsize=FONT - 1, color="0.45")
-        return fig
 
+def _empty_figure(plt, report: dict, runs: list[dict], failed: list[str]):
+    """Nothing measured: the title, "no measurements" and the first errors."""
+    fig = plt.figure(figsize=(8, 3), layout="constrained")
+    fig.suptitle(_title(report), fontsize=FONT + 2)
+    fig.text(0.5, 0.55, "no measurements", ha="center", va="center", fontsize=FONT + 7, color="0.35")
+    if failed:
+        errs = [f"{short_label(r['target']['label'])} @ batch {p['batch']}: {p['error'][:60]}"
+                for r in runs for p in r["points"] if p.get("error")]
+        fig.text(0.5, 0.32, "\n".join(errs[:4] + ([f"... {len(errs) - 4} more"] if len(errs) > 4 else [])),
+                 ha="center", va="center", fontsize=FONT - 1, color="0.45")
+    return fig
+
+
+def _grid(plt, series: list, speed: list):
+    """The figure and its axes: a legend row, latency | throughput, and the speedup panel (``None``
+    without a baseline), its height growing with the number of bars."""
     n_bars = sum(len(pts) + 1 for _, _, pts in speed)
     top_h = 4.3
     bottom_h = (1.0 + 0.3 * n_bars) if speed else 0.0
@@ -185,8 +213,12 @@ def figure(report: dict):
     ax_legend.set_axis_off()
     ax_lat, ax_tp = fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])
     ax_sp = fig.add_subplot(grid[2, :]) if speed else None
+    return fig, ax_legend, ax_lat, ax_tp, ax_sp
 
-    batches = sorted({p["batch"] for _, _, pts in series for p in pts})
+
+def _draw_batch_panels(ax_lat, ax_tp, series: list) -> list:
+    """Latency (median, its CI as a band and whiskers) and throughput against batch size, one line
+    per run; returns the latency lines, the legend's handles."""
     handles = []
     for run, c, pts in series:
         b = [p["batch"] for p in pts]
@@ -199,13 +231,19 @@ def figure(report: dict):
                             label=short_label(run["target"]["label"]))
         handles.append(h)
         ax_tp.plot(b, [p["images_per_s"] for p in pts], color=c, marker="o", ms=5, lw=1.8)
+    _batch_panel_axes(ax_lat, ax_tp, series)
+    return handles
 
+
+def _batch_panel_axes(ax_lat, ax_tp, series: list) -> None:
+    """Value axes (log when the values span more than 6x) and a log2 batch-size axis for both panels."""
     lat_all = [v for _, _, pts in series for p in pts
                for v in (p["stats_ms"]["p50"], p["stats_ms"].get("ci_low"), p["stats_ms"].get("ci_high")) if v]
     tp_all = [p["images_per_s"] for _, _, pts in series for p in pts if p.get("images_per_s")]
     value_axis(ax_lat, "y", min(lat_all), max(lat_all))
     if tp_all:
         value_axis(ax_tp, "y", min(tp_all), max(tp_all))
+    batches = sorted({p["batch"] for _, _, pts in series for p in pts})
     for ax, title, ylabel in ((ax_lat, "latency vs batch", "median latency per batch (ms)"),
                               (ax_tp, "throughput vs batch", "throughput (images/s)")):
         ax.set_xscale("log", base=2)
@@ -217,15 +255,6 @@ def figure(report: dict):
         ax.set_title(title, fontsize=FONT + 2, loc="left", fontweight="bold")
         ax.tick_params(labelsize=FONT)
         ax.grid(True, which="major", alpha=0.3)
-
-    if ax_sp is not None:
-        _speedup_panel(ax_sp, speed)
-
-    fig.suptitle(_title(report), fontsize=FONT + 3)
-    ax_legend.legend(handles=handles, loc="center", ncol=min(len(handles), 3), fontsize=FONT + 1, frameon=False,
-                     borderaxespad=0, handlelength=2.5)
-    fig.supxlabel(_footnote(report, failed, bool(speed)), fontsize=FONT - 1, color="0.35", wrap=True)
-    return fig
 
 
 def _speedup_panel(ax, speed) -> None:
