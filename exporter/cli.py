@@ -45,9 +45,7 @@ from autotimm_deploy.exporter.core.spec import (
     parse_img_size,
 )
 from autotimm_deploy.exporter.formats import FORMATS, ExportOptions, export_order
-from autotimm_deploy.exporter.formats.aoti import AOTIOptions
-from autotimm_deploy.exporter.formats.dims import parse_dynamic_size
-from autotimm_deploy.exporter.formats.tensorrt import TensorRTOptions, parse_dynamic_batch
+from autotimm_deploy.exporter.formats.dims import AUTO_MIN_SIZE, parse_dynamic_size
 from autotimm_deploy.exporter.parity import reference_summary, summary
 from autotimm_deploy.exporter.triton.console import (
     add_serve_options,
@@ -69,12 +67,33 @@ PROG = "autotimm-export"
 
 
 def build_parser() -> OneLineParser:
+    """The common options first, then each registered format's own group (`Format.add_arguments`)."""
     p = OneLineParser(prog=PROG, description="Export a timm model to deployable artifacts, each parity-checked.")
     p.add_argument("model", nargs="?", help="timm model name, e.g. resnet50 (an AutoTimm --checkpoint names its own)")
     p.add_argument("--recipe", metavar="FILE.yaml", help="export a recipe's whole matrix into OUT/<recipe name>/ (see recipes/)")
-    p.add_argument("-f", "--format", default="onnx", help="comma-separated formats (see --list-formats); default onnx")
+    p.add_argument("-f", "--format", default="onnx",
+                   help=f"comma-separated formats: {', '.join(FORMATS)} (see --list-formats); default onnx")
     p.add_argument("-o", "--out", default="out", help="output folder (default: out/)")
     p.add_argument("--name", help="file stem for the artifacts (default: model name, plus task and precision)")
+    for add in (_model_options, _head_options, _preprocessing_options, _export_options, _calibration_options,
+                _accuracy_options, _target_options):
+        add(p)
+    p.add_argument("--triton-repo", metavar="DIR",
+                   help="also write a Triton model repository for the artifacts that pass (a new folder; "
+                        "see autotimm-triton --help and the options below)")
+    add_serve_options(p)
+    p.add_argument("--json", action="store_true", help="print results as JSON on stdout (table to stderr)")
+    p.add_argument("--list-formats", action="store_true", help="list formats and whether each can run here")
+    p.add_argument("--setup-litert", action="store_true",
+                   help="build the LiteRT converter's own environment once (litert-torch, ~780 MB; see "
+                        "$AUTOTIMM_LITERT_ENV), then exit")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    for cls in FORMATS.values():
+        cls.add_arguments(p)
+    return p
+
+
+def _model_options(p) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--task", choices=TASKS, help="default classification (an AutoTimm --checkpoint names its own)")
     g.add_argument("--architecture", choices=ARCHITECTURES, help="task heads: builtin (default, no dependency) or "
@@ -87,6 +106,9 @@ def build_parser() -> OneLineParser:
     w.add_argument("--checkpoint", metavar="PATH", help="local .safetensors / .pth / .pt / .bin state dict, or an "
                    "AutoTimm .ckpt (backbone, task, classes and head settings read from it)")
     g.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0, help="seed for random weights (default 0)")
+
+
+def _head_options(p) -> None:
     th = p.add_argument_group("task heads")
     th.add_argument("--head", help=f"semantic segmentation head: {' or '.join(SEG_HEADS)} (default {SEG_HEADS[0]})")
     th.add_argument("--head-channels", type=int_in(1, 4096), help="segmentation head width")
@@ -103,11 +125,17 @@ def build_parser() -> OneLineParser:
     th.add_argument("--multi-label", action="store_true", default=None, help="AutoTimm classification: sigmoid probs")
     th.add_argument("--strides", type=int_list, metavar="S,S,...", help="AutoTimm detection: FPN level strides")
     th.add_argument("--mask-threshold", type=float_in(0, 1), help="AutoTimm instance segmentation: mask probability cut")
+
+
+def _preprocessing_options(p) -> None:
     pp = p.add_argument_group("preprocessing (default: the backbone's timm config)")
     pp.add_argument("--mean", metavar="R,G,B", help="per-channel mean of the normalisation")
     pp.add_argument("--std", metavar="R,G,B", help="per-channel std of the normalisation")
     pp.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize filter")
     pp.add_argument("--crop-pct", type=float_in(0, 1, low_open=True), help="centre crop share (1: no crop)")
+
+
+def _export_options(p) -> None:
     e = p.add_argument_group("export")
     e.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18; below 18 uses the TorchScript exporter)")
     e.add_argument("--static", action="store_true", help="fix the batch dimension to --batch-size")
@@ -118,26 +146,25 @@ def build_parser() -> OneLineParser:
                     help=f"default {PRECISIONS[0]}, or the formats' own where all share one (Core ML: fp16)")
     for name in PRECISIONS[1:]:
         pr.add_argument(f"--{name}", dest="precision", action="store_const", const=name, help=f"same as --precision {name}")
+    sized = ", ".join(n for n, c in FORMATS.items() if c.dynamic_size)
+    e.add_argument("--dynamic-size", nargs="?", const="auto", metavar="MIN:MAX",
+                   help=f"symbolic input height and width in [MIN, MAX] px (default {AUTO_MIN_SIZE} to twice "
+                        f"--img-size); {sized}; classification and semantic segmentation; parity at two sizes")
+    e.add_argument("--no-verify", action="store_true", help="skip the parity check")
+    e.add_argument("--force", action="store_true", help="overwrite existing artifacts")
+    e.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                   help="with --recipe: export the cells as Ray tasks across a cluster (ADDRESS: a cluster; none: the "
+                   "one `ray start` made; local: a Ray on this machine); needs the [ray] extra")
+
+
+def _calibration_options(p) -> None:
     c = p.add_argument_group("int8 calibration")
     c.add_argument("--calib-data", metavar="DIR|FILE.npy", help="images (a folder), a .npy array, or sample-pictures (scikit-image's) for int8 calibration")
     c.add_argument("--calib-samples", type=int_in(1, MAX_CALIBRATION_SAMPLES), default=32, help="calibration samples to use (default 32)")
     c.add_argument("--calib-random", action="store_true", help="calibrate on random data (smoke tests only; flagged)")
-    r = p.add_argument_group("TensorRT (--format trt)")
-    r.add_argument("--dynamic-batch", metavar="MIN:OPT:MAX",
-                   help="the engine's optimization profile (default 1:BATCH:32, or the --static batch)")
-    r.add_argument("--workspace", type=float_in(0, 1024, low_open=True), metavar="GiB", help="builder workspace limit")
-    r.add_argument("--opt-level", type=int, metavar="0-5", help="builder optimization level (TensorRT's default 3)")
-    r.add_argument("--timing-cache", metavar="PATH", help="tactic timing cache, read if present and updated")
-    r.add_argument("--dla-core", type=int_in(0, 15), metavar="N", help="Jetson: run on DLA core N, GPU fallback on")
-    r.add_argument("--version-compatible", action="store_true", help="engine runs on later TensorRT of the same major")
-    r.add_argument("--hardware-compatible", metavar="LEVEL", help="ampere+ (any sm_80+ GPU) or same-cc")
-    r.add_argument("--no-tf32", action="store_true",
-                   help="strict fp32 layers (default: TF32 tensor cores, as trtexec and cuDNN; gated at tf32 parity)")
-    ai = p.add_argument_group("AOTInductor (--format aoti)")
-    ai.add_argument("--device", metavar="DEVICE", help="compile the package's kernels for cpu (default), cuda or cuda:N")
-    e.add_argument("--dynamic-size", nargs="?", const="auto", metavar="MIN:MAX",
-                   help="symbolic input height and width in [MIN, MAX] px (default 32 to twice --img-size); onnx, "
-                        "pt2, aoti, openvino, trt; classification and semantic segmentation; parity at two sizes")
+
+
+def _accuracy_options(p) -> None:
     ev = p.add_argument_group("accuracy on labelled data")
     ev.add_argument("--eval", metavar="DATA", help="score eager PyTorch and every artifact with the task's metric: an "
                     "image folder DATA/<class>/ or .csv (classification), a COCO .json (detection, instance), a folder "
@@ -148,33 +175,23 @@ def build_parser() -> OneLineParser:
                     help="accuracy budget: an artifact whose metric (top-1 %%, mAP x 100, mIoU %%) is more than POINTS "
                          "below eager's fails; a reduced-precision artifact within it passes even if its parity "
                          "proxy does not")
-    e.add_argument("--no-verify", action="store_true", help="skip the parity check")
-    e.add_argument("--force", action="store_true", help="overwrite existing artifacts")
-    e.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
-                   help="with --recipe: export the cells as Ray tasks across a cluster (ADDRESS: a cluster; none: the "
-                   "one `ray start` made; local: a Ray on this machine); needs the [ray] extra")
+
+
+def _target_options(p) -> None:
     t = p.add_argument_group("choose for a target")
     t.add_argument("--target", choices=("cpu",), help="export every CPU candidate, keep the fastest that passes parity")
     t.add_argument("--recipe-out", metavar="PATH", help="with --target: write the chosen configuration as YAML")
     t.add_argument("--max-time", type=float_in(0, MAX_SECONDS, low_open=True), help="with --target: seconds to time the candidates (default 15); "
                    "with --recipe: the run's time budget (no new export starts after it)")
     t.add_argument("--threads", type=threads_type(), help="with --target: intra-op threads for every runtime alike")
-    p.add_argument("--triton-repo", metavar="DIR",
-                   help="also write a Triton model repository for the artifacts that pass (a new folder; "
-                        "see autotimm-triton --help and the options below)")
-    add_serve_options(p)
-    p.add_argument("--json", action="store_true", help="print results as JSON on stdout (table to stderr)")
-    p.add_argument("--list-formats", action="store_true", help="list formats and whether each can run here")
-    p.add_argument("--setup-litert", action="store_true",
-                   help="build the LiteRT converter's own environment once (litert-torch, ~780 MB; see "
-                        "$AUTOTIMM_LITERT_ENV), then exit")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
-    return p
 
 
 def list_formats(as_json: bool) -> int:
+    """The format registry: what each writes, what it derives from and runs on, and whether it can run here."""
     rows = [
-        {"format": n, "suffix": c.suffix, "derives_from": c.derives_from, "precisions": list(c.precisions),
+        {"format": n, "suffix": c.suffix, "endings": list(c.endings()), "companions": list(c.companions),
+         "derives_from": c.derives_from, "runtime": c.default_runtime, "precisions": list(c.precisions),
+         "dynamic_size": c.dynamic_size, "options": [f.metadata["cli"]["flag"] for f in c.cli_fields()],
          "available": c.unavailable_reason() is None, "reason": c.unavailable_reason(), "description": c.description}
         for n, c in FORMATS.items()
     ]
@@ -182,10 +199,11 @@ def list_formats(as_json: bool) -> int:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
     t = Table(title="formats")
-    for col in ("format", "file", "from", "precisions", "available here", "what"):
+    for col in ("format", "file", "from", "runs on", "precisions", "available here", "what"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["format"], r["suffix"], r["derives_from"] or "model", ",".join(r["precisions"]),
+        files = " + ".join([r["suffix"], *r["companions"]])
+        t.add_row(r["format"], files, r["derives_from"] or "model", r["runtime"], ",".join(r["precisions"]),
                   "yes" if r["available"] else f"[red]no[/]: {escape(r['reason'])}", escape(r["description"]))
     console().print(t)
     return EXIT_OK
@@ -233,11 +251,6 @@ def spec_from_args(a) -> ModelSpec:
                      checkpoint=a.checkpoint, head=head, architecture=a.architecture or ARCHITECTURES[0], **common)
 
 
-TRT_FLAGS = {"dynamic_batch": "--dynamic-batch", "workspace": "--workspace", "opt_level": "--opt-level",
-             "timing_cache": "--timing-cache", "dla_core": "--dla-core", "version_compatible": "--version-compatible",
-             "hardware_compatible": "--hardware-compatible", "no_tf32": "--no-tf32"}
-
-
 def default_precision(formats: list[str]) -> str:
     """fp32, unless every format asked for ships another by default (Core ML: fp16)."""
     own = {FORMATS[f].default_precision if f in FORMATS else PRECISIONS[0] for f in formats}
@@ -245,17 +258,24 @@ def default_precision(formats: list[str]) -> str:
 
 
 def _format_options(a, formats: list[str]) -> dict:
-    """The options only one format takes, each refused when its format is not asked for."""
-    given = [flag for attr, flag in TRT_FLAGS.items() if getattr(a, attr) not in (None, False)]
-    if given and "trt" not in formats:
-        raise UserError(f"{given[0]} only applies to --format trt")
-    if a.device and "aoti" not in formats:
-        raise UserError("--device only applies to --format aoti (TensorRT always builds on the GPU; "
-                        "autotimm-profile --device picks where artifacts run)")
-    return {"aoti": AOTIOptions(device=a.device or "cpu"), "trt": TensorRTOptions(
-        dynamic_batch=parse_dynamic_batch(a.dynamic_batch) if a.dynamic_batch else None, workspace_gib=a.workspace,
-        opt_level=a.opt_level, timing_cache=a.timing_cache, dla_core=a.dla_core,
-        version_compatible=a.version_compatible, hardware_compatibility=a.hardware_compatible, tf32=not a.no_tf32)}
+    """Each format's own options (`Format.options_from_args`), each refused when its format is not asked for."""
+    out = {}
+    for name, cls in FORMATS.items():
+        options, given = cls.options_from_args(a)
+        if given and name not in formats:
+            raise UserError(f"{given[0]} only applies to --format {name}")
+        if options is not None:
+            out[name] = options
+    return out
+
+
+def export_options(a, formats: list[str]) -> ExportOptions:
+    """The `ExportOptions` the parsed command line asks for."""
+    return ExportOptions(opset=a.opset, static=a.static, batch_size=a.batch_size, simplify=not a.no_simplify,
+                         precision=a.precision, calib_data=a.calib_data, calib_samples=a.calib_samples,
+                         calib_random=a.calib_random, format_options=_format_options(a, formats),
+                         dynamic_size=parse_dynamic_size(a.dynamic_size) if a.dynamic_size else None,
+                         eval_data=a.eval, eval_samples=a.eval_samples, max_drop=a.max_drop)
 
 
 def main(a) -> int:
@@ -285,11 +305,7 @@ def main(a) -> int:
         raise UserError(f"{'--recipe-out' if a.recipe_out else '--threads'} only applies with --target cpu")
     if (a.calib_data or a.calib_random) and a.precision != "int8" and not a.target:
         raise UserError("--calib-data and --calib-random only apply to --int8 (or --target)")
-    options = ExportOptions(opset=a.opset, static=a.static, batch_size=a.batch_size, simplify=not a.no_simplify,
-                            precision=a.precision, calib_data=a.calib_data, calib_samples=a.calib_samples,
-                            calib_random=a.calib_random, format_options=_format_options(a, formats),
-                            dynamic_size=parse_dynamic_size(a.dynamic_size) if a.dynamic_size else None,
-                            eval_data=a.eval, eval_samples=a.eval_samples, max_drop=a.max_drop)
+    options = export_options(a, formats)
     if a.target:
         return run_target(a, spec, options)
     from autotimm_deploy.exporter.pipeline import export
@@ -475,7 +491,7 @@ def print_table(results, out: Console) -> None:
         verdict = summary(r.parity)
         style = "green" if r.ok else "red"
         t.add_row(r.format, r.artifact.name, f"{r.params / 1e6:.1f}", f"{r.bytes / 2**20:.1f}", f"{r.export_seconds:.1f}",
-                  str(r.info.get("exporter") or r.info.get("source") or ""), f"[{style}]{verdict}[/]",
+                  r.exporter or "", f"[{style}]{verdict}[/]",
                   *([accuracy_cell(r.accuracy)] if scored else []))
     out.print(t)
     if scored:
@@ -491,8 +507,10 @@ def print_table(results, out: Console) -> None:
             out.print(f"[red]{r.format} parity[/]: {escape(f)}")
         if r.diagnosis:
             out.print(f"[red]{r.format} layers[/]: {escape(diagnosis_line(r.diagnosis))}")
-        if r.info.get("static_fallback"):
-            out.print(f"[yellow]{r.format}[/]: {escape(r.info['static_fallback'])}")
+        if r.fallback:
+            out.print(f"[yellow]{r.format}[/]: {escape(r.fallback)}")
+        if not r.ok and r.command:
+            out.print(f"[red]{r.format}[/] again on its own: {escape(r.command)}")
 
 
 def diagnosis_line(d: dict) -> str:

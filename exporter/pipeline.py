@@ -30,7 +30,17 @@ from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig, manifest
 from autotimm_deploy.exporter.core.results import AccuracyReport, MetricKind, ParityReport, Verdict
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.evaluate import budget_report, evaluate
-from autotimm_deploy.exporter.formats import FORMATS, ExportContext, Exported, ExportOptions, export_order, get_format
+from autotimm_deploy.exporter.formats import (
+    FORMATS,
+    BatchRange,
+    ExportContext,
+    Exported,
+    ExportOptions,
+    export_order,
+    get_format,
+)
+from autotimm_deploy.exporter.formats.command import reproduce_command
+from autotimm_deploy.exporter.formats.dims import AUTO_MIN_SIZE
 from autotimm_deploy.exporter.formats.base import AccuracyBudget
 from autotimm_deploy.exporter.inputs.calibration import NEEDS_DATA, SAMPLE_PICTURES, load_calibration
 from autotimm_deploy.exporter.inputs.labelled import Labelled, load_labelled
@@ -38,7 +48,7 @@ from autotimm_deploy.exporter.inputs.samples import sample_images
 from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.parity import TOLERANCES
 from autotimm_deploy.exporter.parity import verify as check_parity
-from autotimm_deploy.profiler.runtimes import open_session
+from autotimm_deploy.profiler.artifact import open_artifact
 
 
 @dataclass
@@ -54,7 +64,10 @@ class ExportResult:
     accuracy: AccuracyReport | None = None
     diagnosis: dict[str, Any] | None = None  # the layers where a failed artifact departs (`Format.diagnose`)
     error: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # the manifest's ``export`` record
+    exporter: str | None = None  # what made the graph (a derived format: its source's)
+    fallback: str | None = None  # why the artifact is not what was asked for (a fixed batch)
+    command: str | None = None  # the autotimm-export command line that reproduces this export
 
     @property
     def ok(self) -> bool:
@@ -69,11 +82,12 @@ class ExportResult:
             "params": self.params,
             "export_seconds": self.export_seconds,
             "verify_seconds": self.verify_seconds,
-            "exporter": self.info.get("exporter") or self.info.get("source"),  # derived formats name their source
+            "exporter": self.exporter,
             "parity": self.parity.to_dict() if self.parity else None,
             "accuracy": self.accuracy.to_dict() if self.accuracy else None,
             "diagnosis": self.diagnosis,
             "error": self.error,
+            "command": self.command,
             "ok": self.ok,
         }
 
@@ -253,15 +267,25 @@ def export(
             if cache is not None:
                 ctx.cache, ctx.share_intermediates = cache, True
             io = _io_signature(model, options)
-            return [_export_format(fmt, ctx, io, targets[fmt], verify, force, step, evaluation) for fmt in order]
+            results = []
+            for i, fmt in enumerate(order):
+                results.append(_export_format(fmt, ctx, io, targets[fmt], verify, step, evaluation))
+                if not ctx.share_intermediates:
+                    _free_intermediates(ctx, order[i + 1:])
+            return results
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _free_intermediates(ctx: ExportContext, later: list[str]) -> None:
+    """Drop the cached intermediates (the fp32 ONNX graph: gigabytes for a large model) that no later
+    format of this export reads (`Format.intermediates`)."""
+    needed = {key for fmt in later for key in get_format(fmt).intermediates}
+    for key in [k for k in ctx.cache if isinstance(k, tuple) and k[0] not in needed]:
+        del ctx.cache[key]
+
+
 DYNAMIC_SIZE_TASKS = ("classification", "semantic-segmentation")
-# --dynamic-size without a range: 64 px (a stride-32 CNN's 2x2 final features: torch.export refuses a
-# range that reaches 1x1, where broadcasting would change meaning) to twice the export size
-AUTO_MIN_SIZE = 64
 
 
 def second_size(hw: tuple[int, int], lo: int, hi: int, multiple: int = 1) -> tuple[int, int]:
@@ -341,11 +365,12 @@ def _space_needed(model, order: list[str]) -> int:
     return int(weights * (len(order) + 1) * 1.1) + 16 * 2**20
 
 
-def _export_format(fmt: str, ctx: ExportContext, io: dict, target: Path, verify: bool, force: bool,
+def _export_format(fmt: str, ctx: ExportContext, io: dict, target: Path, verify: bool,
                    step: Callable[..., None], evaluation: Evaluation | None = None) -> ExportResult:
     """One format: export into the scratch folder, verify, install at ``target``."""
     model, options = ctx.model, ctx.options
-    result = ExportResult(format=fmt, params=model.build_info.get("params", 0))
+    result = ExportResult(format=fmt, params=model.build_info.get("params", 0),
+                          command=reproduce_command(model.spec, fmt, options, target.parent, ctx.stem))
     parent = get_format(fmt).derives_from
     if parent and parent not in ctx.done:
         result.error = f"needs the {parent} artifact, which failed"
@@ -364,14 +389,14 @@ def _export_format(fmt: str, ctx: ExportContext, io: dict, target: Path, verify:
         result.error = f"{type(e).__name__}: {first_line(e)}"
         return result
     result.export_seconds = time.perf_counter() - t0
-    result.info = exported.info
+    result.info, result.exporter, result.fallback = exported.record(), exported.exporter, exported.fallback
     ctx.done[fmt] = exported
     gc.collect()  # a large model's export graph is gigabytes: free it before the next format
-    manifest = _manifest(fmt, exported, model, io, options, result.export_seconds)
+    manifest = _manifest(fmt, exported, model, io, options, result.export_seconds, result.command)
     if verify or evaluation:
         step(f"verify {fmt}" if verify else f"evaluate {fmt}")
         t0 = time.perf_counter()
-        sizes = _parity_sizes(options, model, exported.info.get("size_multiple") or 1)
+        sizes = _parity_sizes(options, model, exported.size_multiple or 1)
         gate = exported.gate or options.precision
         result.parity, result.accuracy = _check(model, exported, manifest, gate if verify else None, sizes,
                                                 evaluation, options.max_drop,
@@ -424,7 +449,7 @@ def _check(model, exported: Exported, manifest: Manifest, precision: str | None,
     None skips it) and, with ``evaluation``, the task metric on the labelled data."""
     parity = accuracy = None
     try:
-        with open_session(exported.artifact, manifest=manifest) as session:
+        with open_artifact(exported.artifact, manifest=manifest) as session:
             if precision is not None:
                 parity = check_parity(model, session, precision=precision, sizes=sizes)
             if evaluation is not None:
@@ -485,9 +510,6 @@ def _io_signature(model, options: ExportOptions) -> dict[str, Any]:
         "inputs": [TensorSig("input", "float32", [dim0, spec.in_chans, *in_hw])],
         "outputs": [TensorSig(n, str(t.dtype).replace("torch.", ""), dims)
                     for n, t, dims in zip(model.output_names, outs, out_dims)],
-        "batch": {"dynamic": False, "min": options.batch_size, "max": options.batch_size}
-        if options.static
-        else {"dynamic": True, "min": 1, "max": None, "opt": options.batch_size},
         "size": size,
     }
 
@@ -500,11 +522,11 @@ def _size_record(size: dict, multiple: int | None) -> dict:
     return {**size, "min": [lo, lo], "max": [hi, hi], "multiple_of": multiple}
 
 
-def _manifest(fmt, exported: Exported, model, io, options: ExportOptions, seconds: float) -> Manifest:
-    batch = exported.info.pop("batch", None) or io["batch"]
+def _manifest(fmt, exported: Exported, model, io, options: ExportOptions, seconds: float, command: str) -> Manifest:
+    batch = exported.batch or BatchRange.of_options(options)
     inputs, outputs = io["inputs"], io["outputs"]
-    if not batch["dynamic"]:  # a static batch (asked for, or the exporter's fallback) is a concrete dim
-        inputs, outputs = ([TensorSig(s.name, s.dtype, [batch["min"], *s.shape[1:]]) for s in sigs]
+    if not batch.dynamic:  # a static batch (asked for, or the exporter's fallback) is a concrete dim
+        inputs, outputs = ([TensorSig(s.name, s.dtype, [batch.min, *s.shape[1:]]) for s in sigs]
                            for sigs in (inputs, outputs))
     return Manifest(
         format=fmt,
@@ -514,10 +536,10 @@ def _manifest(fmt, exported: Exported, model, io, options: ExportOptions, second
         task_outputs=list(model.output_names),
         inputs=inputs,
         outputs=outputs,
-        batch=batch,
-        size=_size_record(io["size"], exported.info.get("size_multiple")),
+        batch=batch.to_dict(),
+        size=_size_record(io["size"], exported.size_multiple),
         preprocessing=model.preprocessing,
-        export={**exported.info, "seconds": round(seconds, 3), "options": options.record(fmt)},
+        export={**exported.record(), "seconds": round(seconds, 3), "options": options.record(fmt), "command": command},
         model=dict(model.build_info),
         environment=build_environment(),
         files=file_entries(exported.files),

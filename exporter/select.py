@@ -7,7 +7,6 @@ choosing needs both halves. See docs/formats.md, "Choosing for a CPU target".
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,11 +16,12 @@ from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.files import (
     check_out_dir,
     folder_lock,
+    install_artifact,
     make_out_dir,
     remove_stale_scratch,
     scratch_dir,
 )
-from autotimm_deploy.exporter.core.manifest import load_manifest, manifest_path, write_manifest
+from autotimm_deploy.exporter.core.manifest import load_manifest, manifest_path
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.formats import ExportOptions, get_format
 from autotimm_deploy.exporter.inputs.calibration import load_calibration
@@ -183,9 +183,6 @@ def _install_winner(winner: Candidate, ranked: list[Candidate], eager: dict, out
                        "ranking": [c.row(c is winner) for c in ranked],
                        "rule": RULE if max_drop is None else RULE_BUDGET.format(drop=max_drop),
                        "warnings": eager.get("warnings", [])}
-    for name in [n for n in manifest.files if n != manifest.artifact] + [manifest.artifact]:
-        os.replace(src.parent / name, out_dir / name)
+    files = {name: src.parent / name for name in manifest.files}
+    winner.result.artifact, winner.result.manifest = install_artifact(out_dir, manifest.artifact, files, manifest)
     manifest_path(src).unlink(missing_ok=True)
-    write_manifest(manifest, out_dir / manifest.artifact)
-    winner.result.artifact = out_dir / manifest.artifact
-    winner.result.manifest = manifest_path(winner.result.artifact)

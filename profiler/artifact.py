@@ -1,20 +1,37 @@
-"""What is this file? The manifest says, else the extension and the file's magic. Unreadable or
-corrupt files are refused here, in one line, before any runtime touches them."""
+"""What is this file, and what runs it? The manifest says, else the file name's ending and its
+magic, both declared by the formats (`autotimm_deploy.exporter.formats`). Unreadable or corrupt
+files are refused here, in one line, before any runtime touches them. This module sits above the
+formats and the runtimes (it reads both registries); neither imports it."""
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.manifest import Manifest, load_manifest, manifest_path, verify_files
-
-EXTENSIONS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
-              ".jit": "torchscript", ".pt2": "pt2", ".engine": "trt", ".plan": "trt", ".xml": "openvino",
-              ".pte": "executorch", ".tflite": "litert"}
+from autotimm_deploy.exporter.formats import FORMATS, Format, get_format
+from autotimm_deploy.profiler.runtimes import Session, open_session
 
 
-DOUBLE_EXTENSIONS = {".aoti.pt2": "aoti", ".trt.ep": "torch-trt", ".ncnn.param": "ncnn", ".mlpackage.zip": "coreml"}
+def endings() -> dict[str, str]:
+    """Every file-name ending a format declares -> that format, longest first (".aoti.pt2" before ".pt2")."""
+    pairs = [(e.lower(), name) for name, cls in FORMATS.items() for e in cls.endings()]
+    return dict(sorted(pairs, key=lambda p: -len(p[0])))
+
+
+def format_of_name(path: Path) -> str | None:
+    """The format a file name's ending says, or None."""
+    name = path.name.lower()
+    fmt = next((f for end, f in endings().items() if name.endswith(end)), None)
+    if fmt is None:
+        return None
+    # a format sharing another's ending (an AOTInductor package is a .pt2) claims it by its content
+    return next((n for n, c in FORMATS.items() if c.refines == fmt and c.recognizes(path)), fmt)
+
+
+def default_runtime(fmt: str) -> str:
+    """The runtime an artifact of ``fmt`` runs on unless the user picks another."""
+    return get_format(fmt).default_runtime
 
 
 def detect(path: Path) -> tuple[str, Manifest | None]:
@@ -24,99 +41,37 @@ def detect(path: Path) -> tuple[str, Manifest | None]:
     if not path.is_file():
         raise UserError(f"{path} is not a file")
     manifest = load_manifest(path) if manifest_path(path).exists() else None
-    fmt = manifest.format if manifest else next(
-        (f for double, f in DOUBLE_EXTENSIONS.items() if path.name.lower().endswith(double)),
-        EXTENSIONS.get(path.suffix.lower()))
+    fmt = manifest.format if manifest else format_of_name(path)
     if fmt is None:
         raise UserError(
             f"cannot tell what {path.name} is: unknown extension {path.suffix or '(none)'} and no manifest "
-            f"beside it; pass --runtime (known extensions: {', '.join(sorted(EXTENSIONS))})"
+            f"beside it; pass --runtime (known extensions: {', '.join(sorted(endings()))})"
         )
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty")
-    if fmt == "pt2" and manifest is None and _is_aoti_package(path):
-        fmt = "aoti"
-    CHECKS.get(fmt, lambda p: None)(path)
+    cls = FORMATS.get(fmt)
+    if cls is not None:
+        cls.check_file(path)
+        _check_companions(cls, path)
     if manifest:
         verify_files(manifest, path.parent)  # sizes and sha256 (cached by size and mtime)
     return fmt, manifest
 
 
-def _check_zip(kind: str, marker: str):
-    def check(path: Path) -> None:
-        try:
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-                bad = z.testzip()
-        except (zipfile.BadZipFile, OSError) as e:
-            raise UserError(f"{path} is not a valid {kind} file (corrupt or truncated: {e})") from None
-        if bad is not None:
-            raise UserError(f"{path} is corrupt: member {bad} fails its checksum")
-        if not any(marker in n for n in names):
-            raise UserError(f"{path} is a zip file but not a {kind} archive")
-
-    return check
+def _check_companions(cls: type[Format], path: Path) -> None:
+    for companion in cls.companion_paths(path):
+        if not companion.is_file():
+            raise UserError(f"{companion}: missing; a {cls.name} artifact needs its .{companion.name.rsplit('.', 1)[-1]} "
+                            f"beside the .{cls.suffix.rsplit('.', 1)[-1]}")
 
 
-def _is_aoti_package(path: Path) -> bool:
-    """An AOTInductor package is a .pt2 archive too, with compiled kernels under data/aotinductor/."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any("/data/aotinductor/" in n for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
-
-
-def _check_onnx(path: Path) -> None:
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - DecodeError and friends
-        raise UserError(f"{path} is not a valid ONNX file (corrupt or truncated): {type(e).__name__}") from None
-    if not model.graph.node or not model.graph.input:
-        raise UserError(f"{path} is not a valid ONNX file (no graph inside; corrupt or truncated?)")
-
-
-def _check_openvino(path: Path) -> None:
-    head = path.read_bytes()[:512].lstrip()
-    if not head.startswith(b"<?xml") and not head.startswith(b"<net"):
-        raise UserError(f"{path} is not an OpenVINO IR .xml file")
-    if not path.with_suffix(".bin").exists():
-        raise UserError(f"{path.with_suffix('.bin')} is missing: an OpenVINO IR needs its .bin beside the .xml")
-
-
-def _check_flatbuffer(kind: str, identifiers: tuple[bytes, ...]):
-    """Flatbuffer files carry a 4-byte file identifier after their root offset."""
-
-    def check(path: Path) -> None:
-        with path.open("rb") as f:
-            head = f.read(8)
-        if head[4:8] not in identifiers:
-            raise UserError(f"{path} is not {kind}: no {identifiers[0].decode()} identifier (corrupt or truncated?)")
-
-    return check
-
-
-def _check_ncnn(path: Path) -> None:
-    with path.open("rb") as f:
-        head = f.readline(64).strip()
-    if head != b"7767517":  # the magic number every ncnn .param starts with
-        raise UserError(f"{path} is not an ncnn .param file (no 7767517 magic on its first line)")
-    binary = path.with_name(path.name[:-len(".param")] + ".bin") if path.name.endswith(".param") else None
-    if binary is None or not binary.is_file():
-        raise UserError(f"{binary or path}: missing; an ncnn model needs its .bin beside the .param")
-
-
-CHECKS = {
-    "ncnn": _check_ncnn,
-    "coreml": _check_zip("zipped Core ML package (.mlpackage.zip)", ".mlpackage/Manifest.json"),
-    "executorch": _check_flatbuffer("an ExecuTorch program (.pte)", (b"ET12",)),
-    "litert": _check_flatbuffer("a LiteRT / TensorFlow Lite model (.tflite)", (b"TFL3",)),
-    "openvino": _check_openvino,
-    "onnx": _check_onnx,
-    "torchscript": _check_zip("TorchScript", "constants.pkl"),
-    "pt2": _check_zip("torch.export (.pt2)", "archive_format"),
-    "aoti": _check_zip("AOTInductor package (.pt2)", "/data/aotinductor/"),
-    "torch-trt": _check_zip("Torch-TensorRT program (.trt.ep)", "archive_format"),
-}
+def open_artifact(path: str | Path | None, manifest: Manifest | None = None, runtime: str | None = None,
+                  **options) -> Session:
+    """`open_session` on ``runtime``, by default the one ``manifest``'s format runs on."""
+    if runtime is None:
+        if manifest is None:
+            raise UserError(f"cannot tell which runtime runs {path}: no manifest and no --runtime")
+        if manifest.format not in FORMATS:
+            raise UserError(f"no runtime for format {manifest.format!r}; pass --runtime")
+        runtime = default_runtime(manifest.format)
+    return open_session(path, runtime, manifest, **options)

@@ -28,6 +28,7 @@ from autotimm_deploy.profiler.measure.settings import Settings
 from autotimm_deploy.profiler.measure.sweep import powers_of_two
 from autotimm_deploy.profiler.measure.timing import HarnessConfig
 from autotimm_deploy.profiler.report import RENDERERS, table
+from autotimm_deploy.profiler.runtimes import runtime_names
 from autotimm_deploy.recipes.console import any_failed, print_recipe_rows, recipe_progress
 from rich.markup import escape
 
@@ -49,8 +50,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
                    help="with --recipe: time each job on the Ray node that declares its device (ADDRESS: a cluster; "
                    "none: the one `ray start` made; local: a Ray on this machine); needs the [ray] extra")
-    p.add_argument("--runtime", help="force a runtime (eager, torchscript, pt2, onnxruntime, onnxruntime-cuda, "
-                                     "onnxruntime-trt, openvino, tensorrt)")
+    p.add_argument("--runtime", help=f"force a runtime ({runtime_names()}; default: the artifact format's own)")
     p.add_argument("--device", help="cpu or cuda[:N] (default: cuda for TensorRT engines, else cpu)")
     p.add_argument("--threads", type=threads_type(), help="intra-op threads for every runtime alike")
     b = p.add_mutually_exclusive_group()

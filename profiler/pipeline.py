@@ -29,7 +29,7 @@ from autotimm_deploy.profiler.measure.load import CpuSnapshot, assess, loadavg
 from autotimm_deploy.profiler.measure.settings import Settings
 from autotimm_deploy.profiler.measure.sweep import batches_in_range, phase_split, sweep
 from autotimm_deploy.profiler.measure.timing import clock_for
-from autotimm_deploy.profiler.runtimes import RUNTIMES, runtime_class
+from autotimm_deploy.profiler.runtimes import RUNTIMES, runtime_class, runtime_names
 from autotimm_deploy.profiler.targets import Target, eager_twin, open_target, resolve
 
 SCHEMA_VERSION = 1
@@ -87,7 +87,7 @@ def run_group(targets: list[Target], settings: Settings,
     Every session opened is closed on every path out: success, an error, Ctrl-C."""
     step = on_progress or (lambda _t: None)
     for t in targets:  # import each runtime's libraries first: the baseline holds them, not the model
-        for module in RUNTIMES[t.runtime][3]:
+        for module in RUNTIMES[t.runtime].requires:
             # opening the session below names the extra to install; what libraries print on import is noise
             with contextlib.suppress(ImportError), captured_output():
                 importlib.import_module(module)
@@ -274,7 +274,7 @@ def profile(target_texts: list, settings: Settings | None = None, runtime: str |
     if not target_texts:
         raise UserError("give at least one artifact or timm model name")
     if runtime is not None and runtime not in RUNTIMES:
-        raise UserError(f"unknown runtime {runtime!r} (available: {', '.join(RUNTIMES)})")
+        raise UserError(f"unknown runtime {runtime!r} (available: {runtime_names()})")
     check_settings(settings)
     targets = [t if isinstance(t, Target) else resolve(t, runtime, settings.img_size) for t in target_texts]
     for t in targets:

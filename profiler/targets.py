@@ -10,8 +10,8 @@ from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.models import build_model, check_model_name
-from autotimm_deploy.profiler.artifact import detect
-from autotimm_deploy.profiler.runtimes import DEFAULT_RUNTIME, open_session
+from autotimm_deploy.profiler.artifact import default_runtime, detect, endings
+from autotimm_deploy.profiler.runtimes import open_session
 
 
 @dataclass
@@ -38,14 +38,12 @@ def resolve(text: str, runtime: str | None = None, img_size: tuple[int, int] | N
     if text.startswith("triton://"):
         return _served(text, runtime)
     path = Path(text)
-    if path.exists() or path.suffix.lower() in (".onnx", ".pt", ".pt2", ".engine", ".plan", ".xml", ".ts", ".json"):
+    if path.exists() or path.name.lower().endswith((*endings(), ".json")):
         if path.name.endswith(".json") and path.with_suffix("").exists():
             path = path.with_suffix("")  # a manifest was given: profile its artifact
         fmt, manifest = detect(path)
         spec = ModelSpec.from_dict(manifest.spec) if manifest else None
-        rt = runtime or DEFAULT_RUNTIME.get(fmt)
-        if rt is None:
-            raise UserError(f"no runtime for {fmt} artifacts in this version; pass --runtime")
+        rt = runtime or default_runtime(fmt)
         return Target(label=f"{path.name} [{rt}]", runtime=rt, format=fmt, path=path, manifest=manifest, spec=spec)
     if runtime not in (None, "eager"):
         raise UserError(f"{text} is a model name, which only the eager runtime can profile (got --runtime {runtime})")

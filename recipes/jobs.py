@@ -18,7 +18,7 @@ from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.manifest import Manifest, load_manifest, manifest_path, verify_files
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.formats import ExportOptions, get_format
-from autotimm_deploy.profiler.runtimes import DEFAULT_RUNTIME
+from autotimm_deploy.profiler.artifact import default_runtime
 
 if TYPE_CHECKING:  # the recipe module builds the job list from itself
     from autotimm_deploy.recipes.schema import ModelEntry, Recipe, TaskEntry
@@ -239,5 +239,5 @@ def profile_jobs(recipe: Recipe) -> list[ProfileJob]:
                 jobs.append(ProfileJob("eager", f"{stem}.eager", device, job, "eager"))
             if job.device in (None, device):  # an engine is timed on the GPU it was built on only
                 jobs.append(ProfileJob("artifact", job.artifact.name, device, job,
-                                       DEFAULT_RUNTIME.get(job.format, "?")))
+                                       default_runtime(job.format)))
     return jobs

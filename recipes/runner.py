@@ -137,6 +137,7 @@ def export_job(job: ExportJob, out_dir: Path, built: dict | None = None, shared:
         return {**row, "status": JobStatus.FAILED, "error": str(e)}
     return {**row, "status": JobStatus.EXPORTED if r.ok else JobStatus.FAILED,
             "error": r.error or (None if r.ok else _failure(r.parity, r.accuracy)),
+            **({} if r.ok else {"command": r.command}),
             "parity": str(r.parity.verdict) if r.parity else None,
             "accuracy": r.accuracy.row() if r.accuracy else None, "seconds": round(r.export_seconds, 2)}
 

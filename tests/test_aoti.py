@@ -14,7 +14,7 @@ from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.formats import ExportOptions, get_format
 from autotimm_deploy.exporter.formats.aoti import AOTIOptions, check_device
 from autotimm_deploy.exporter.pipeline import export
-from autotimm_deploy.profiler.runtimes import open_session
+from autotimm_deploy.profiler.artifact import open_artifact
 
 from tests.conftest import ROOT, files_under
 
@@ -67,7 +67,7 @@ def test_package_without_manifest_is_recognised(package, tmp_path):
 
 def test_refusals_are_one_line(package, tmp_path, export_cli):
     with pytest.raises(UserError, match="compiled for cpu and cannot run on cuda"):
-        open_session(package.artifact, manifest=load_manifest(package.artifact), device="cuda")
+        open_artifact(package.artifact, manifest=load_manifest(package.artifact), device="cuda")
     bad = tmp_path / "broken.aoti.pt2"
     bad.write_bytes(package.artifact.read_bytes()[:5000])
     with pytest.raises(UserError, match="not a valid AOTInductor package"):
@@ -144,7 +144,7 @@ def test_package_compiled_for_cuda_with_cuda_graphs(tmp_path):
     assert r.error is None, r.error
     m = load_manifest(r.artifact)
     assert m.export["device"] == "cuda" and m.export["gpu"]["compute_capability"]
-    with open_session(r.artifact, manifest=m) as plain, open_session(r.artifact, manifest=m, cuda_graph=True) as g:
+    with open_artifact(r.artifact, manifest=m) as plain, open_artifact(r.artifact, manifest=m, cuda_graph=True) as g:
         assert plain.device == "cuda"  # its default: where it was compiled
         x = plain.random_arrays(2)
         with torch.no_grad():
@@ -152,4 +152,4 @@ def test_package_compiled_for_cuda_with_cuda_graphs(tmp_path):
         np.testing.assert_allclose(plain.infer(x)["logits"], ref, rtol=1e-3, atol=1e-3)
         np.testing.assert_allclose(g.infer(x)["logits"], plain.infer(x)["logits"], rtol=1e-4, atol=1e-5)
     with pytest.raises(UserError, match="compiled for cuda and cannot run on cpu"):
-        open_session(r.artifact, manifest=m, device="cpu")
+        open_artifact(r.artifact, manifest=m, device="cpu")

@@ -108,7 +108,7 @@ def test_detection_converts_at_a_fixed_batch_and_says_why(tmp_path):
     assert r.ok, (r.error, r.parity and r.parity.failures)
     m = load_manifest(r.artifact)
     assert m.batch == {"dynamic": False, "min": 1, "max": 1}
-    assert m.export["batch_fallback"].startswith("fixed batch 1: with a dynamic batch the conversion failed")
+    assert m.export["fallback"].startswith("fixed batch 1: with a dynamic batch the conversion failed")
     outputs = m.export["interface"]["outputs"]
     assert [o["name"] for o in outputs] == ["boxes", "scores", "labels", "num_detections"]
     assert [o["dtype"] for o in outputs] == ["float32", "float32", "int32", "int32"]  # Core ML has no int64

@@ -12,7 +12,7 @@ from autotimm_deploy.exporter.formats import ExportOptions
 from autotimm_deploy.exporter.formats.dims import parse_dynamic_size
 from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.pipeline import export, second_size
-from autotimm_deploy.profiler.runtimes import open_session
+from autotimm_deploy.profiler.artifact import open_artifact
 
 from tests.conftest import files_under
 
@@ -35,7 +35,7 @@ def test_classifier_onnx_and_pt2_at_any_size(tmp_path):
     (bad,) = export(CLS, ["pt2"], tmp_path / "narrow", ExportOptions(dynamic_size=(32, 128)))
     assert not bad.ok and "a larger MIN usually helps" in bad.error
     onnx = results[0].artifact
-    with open_session(onnx, manifest=load_manifest(onnx)) as s:
+    with open_artifact(onnx, manifest=load_manifest(onnx)) as s:
         assert s.input_shapes(2) == {"input": (2, 3, 64, 64)}  # the profiler's default: the export size
         x = np.random.default_rng(0).standard_normal((2, 3, 120, 72), dtype=np.float32)  # never seen
         with torch.no_grad():

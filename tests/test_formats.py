@@ -9,7 +9,7 @@ from autotimm_deploy.exporter.core.manifest import load_manifest
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.formats import FORMATS, ExportOptions, available_formats, export_order
 from autotimm_deploy.exporter.pipeline import export
-from autotimm_deploy.profiler.runtimes import open_session
+from autotimm_deploy.profiler.artifact import open_artifact
 
 CPU_FORMATS = available_formats()  # every format this machine can export (TensorRT needs a GPU)
 MODELS = {
@@ -44,10 +44,10 @@ def test_every_format_exports_with_parity(exported):
     for fmt, r in results.items():
         assert r.ok, (fmt, r.error, r.parity and r.parity.failures)
         # a graph that cannot resize its batch (LiteRT's ViT attention) is held at the fixed batch it says
-        assert r.parity.batches == ([1] if r.info.get("batch_fallback") else [1, 4]), fmt
+        assert r.parity.batches == ([1] if r.fallback else [1, 4]), fmt
         m = r.parity.metrics["logits"]
         assert m["max_rel"] < 1e-3 and m["cosine"] > 0.99999 and m["top1_agreement"] == 1.0
-        if not r.info.get("batch_fallback"):  # (a spread needs more than one picture)
+        if not r.fallback:  # (a spread needs more than one picture)
             assert m["spread"] > 1e-3  # the reference depends on the input: the check means something
         assert r.artifact.exists() and r.manifest.exists()
     # nothing but artifacts and manifests is left behind (no scratch folders, no temp files)
@@ -76,7 +76,7 @@ def test_manifest_contents(exported):
         m = load_manifest(r.artifact)
         assert m.format == fmt and m.artifact == r.artifact.name
         assert m.spec["model"] == name and tuple(m.spec["img_size"]) == spec.img_size
-        dim0 = 1 if m.export.get("batch_fallback") else "batch"
+        dim0 = 1 if m.export.get("fallback") else "batch"
         assert m.inputs[0].shape == [dim0, 3, *spec.img_size]
         assert m.outputs[0].name == "logits" and m.outputs[0].shape == [dim0, 10]
         assert m.batch["dynamic"] is (dim0 == "batch")
@@ -91,8 +91,8 @@ def test_manifest_contents(exported):
 def test_dynamic_batch_at_an_unseen_size(exported):
     _, _, results = exported
     for fmt, r in results.items():
-        with open_session(r.artifact, manifest=load_manifest(r.artifact)) as s:
-            if r.info.get("batch_fallback"):  # fixed: another batch is refused, never silently cut
+        with open_artifact(r.artifact, manifest=load_manifest(r.artifact)) as s:
+            if r.fallback:  # fixed: another batch is refused, never silently cut
                 with pytest.raises(UserError, match="fixed batch"):
                     s.infer({"input": np.zeros((3, *s.inputs[0].shape[1:]), np.float32)})
                 continue

@@ -15,7 +15,8 @@ from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.profiler.measure.settings import Settings
 from autotimm_deploy.profiler.measure.timing import HarnessConfig
 from autotimm_deploy.profiler.pipeline import profile
-from autotimm_deploy.profiler.runtimes import RUNTIMES, available_runtimes, open_session, runtime_class
+from autotimm_deploy.profiler.artifact import open_artifact
+from autotimm_deploy.profiler.runtimes import RUNTIMES, available_runtimes, runtime_class
 from autotimm_deploy.profiler.targets import open_target, resolve
 
 from tests.conftest import files_under, run_cli
@@ -170,9 +171,10 @@ def test_bad_input_is_one_line_exit_2(case, artifacts, tmp_path):
 
 
 def test_missing_runtime_names_the_extra(monkeypatch, artifacts):
-    monkeypatch.setitem(RUNTIMES, "onnxruntime", ("x", "Y", "gpu", ("surely_not_installed_mod",)))
+    monkeypatch.setattr(RUNTIMES["onnxruntime"], "extra", "gpu")
+    monkeypatch.setattr(RUNTIMES["onnxruntime"], "requires", ("surely_not_installed_mod",))
     with pytest.raises(UserError, match=r"install the \[gpu\] extra"):
-        open_session(artifacts["onnx"], manifest=load_manifest(artifacts["onnx"]))
+        open_artifact(artifacts["onnx"], manifest=load_manifest(artifacts["onnx"]))
 
 
 def test_artifact_without_manifest(artifacts, tmp_path):

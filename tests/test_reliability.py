@@ -323,7 +323,7 @@ def test_a_model_that_fixes_its_batch_is_exported_with_a_static_batch(tmp_path, 
     assert r.ok, r.error or r.parity.failures
     m = load_manifest(r.artifact)
     assert m.batch == {"dynamic": False, "min": 2, "max": 2} and m.inputs[0].shape == [2, 3, 64, 64]
-    assert "fixed to batch 2" in m.export["static_fallback"] and r.parity.batches == [2]
+    assert "fixed to batch 2" in m.export["fallback"] and r.parity.batches == [2]
 
 
 # found by a second hostile pass ------------------------------------------------------------------

@@ -161,9 +161,9 @@ def test_bf16_compute_onnx_is_a_valid_typed_graph(tmp_path):
     model = build_model(spec)
     ctx = ExportContext(model=model, spec=model.spec, options=trt_options(precision="bf16"), workdir=tmp_path,
                         stem="m")
-    proto, info = reduced_proto(ctx, "bf16")
+    proto, graph = reduced_proto(ctx, "bf16")
     onnx.checker.check_model(proto, full_check=True)
-    assert info["opset"] == 22 and info["compute"]["dtype"] == "bfloat16"
+    assert graph.info["opset"] == 22 and graph.info["compute"]["dtype"] == "bfloat16"
     bf16 = onnx.TensorProto.BFLOAT16
     assert any(t.data_type == bf16 for t in proto.graph.initializer)
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
@@ -315,13 +315,13 @@ def test_engine_build_reload_parity_on_gpu(tmp_path, precision):
 @pytest.mark.gpu
 @needs_trt
 def test_engine_int8_and_cuda_graph_on_gpu(tmp_path):
-    from autotimm_deploy.profiler.runtimes import open_session
+    from autotimm_deploy.profiler.artifact import open_artifact
 
     spec = ModelSpec("resnet18", num_classes=10, img_size=(64, 64))
     (r,) = export(spec, ["trt"], tmp_path, trt_options(precision="int8", calib_random=True, calib_samples=8))
     assert r.ok, r.error or r.parity.failures
     m = load_manifest(r.artifact)
-    with open_session(r.artifact, manifest=m) as plain, open_session(r.artifact, manifest=m, cuda_graph=True) as g:
+    with open_artifact(r.artifact, manifest=m) as plain, open_artifact(r.artifact, manifest=m, cuda_graph=True) as g:
         x = plain.random_arrays(2)
         np.testing.assert_allclose(g.infer(x)["logits"], plain.infer(x)["logits"], rtol=1e-3, atol=1e-3)
 
@@ -438,7 +438,7 @@ def test_failed_engine_is_diagnosed_by_rebuilding_with_every_tensor_marked(tmp_p
     for name, fake in [("ModifyNetworkOutputs", marked), ("EngineFromNetwork", engine), ("TrtRunner", Runner)]:
         monkeypatch.setattr(ptrt, name, fake)
     monkeypatch.setattr(tensorrt_layers, "device_feed", lambda pictures: pictures)
-    exported = Exported([tmp_path / "m.engine"], {"source": f"onnx ({info['exporter']})"}, reference=(chain, plan))
+    exported = Exported([tmp_path / "m.engine"], exporter=f"onnx ({info.exporter})", reference=(chain, plan))
     pictures = np.random.default_rng(0).normal(size=(4, *SHAPE)).astype(np.float32)
     d = get_format("trt").diagnose(ctx, exported, pictures, 0.999)
     assert built["network"] is chain.network and built["outputs"] == constants.MARK_ALL

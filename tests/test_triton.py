@@ -145,13 +145,13 @@ def _expected(artifact, picture: bytes):
     from autotimm_deploy.exporter.inputs.preprocess import preprocess, preprocess_stretch
     from autotimm_deploy.exporter.triton_backend.boxes_model import to_original
     from autotimm_deploy.exporter.triton_backend.preprocess_model import decode
-    from autotimm_deploy.profiler.runtimes import open_session
+    from autotimm_deploy.profiler.artifact import open_artifact
 
     m = load_manifest(artifact)
     rgb = decode(np.frombuffer(picture, np.uint8))
     dense = m.spec["task"] != "classification"
     x = (preprocess_stretch if dense else preprocess)(rgb, m.preprocessing)[None]
-    with open_session(artifact, manifest=m) as s:
+    with open_artifact(artifact, manifest=m) as s:
         out = s.infer({s.inputs[0].name: x})
     if "boxes" in out:
         out["boxes"] = to_original(out["boxes"], np.array([rgb.shape[:2]]), tuple(m.preprocessing["input_size"][1:]))

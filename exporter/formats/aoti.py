@@ -17,18 +17,24 @@ import copy
 import os
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 from autotimm_deploy.exporter.core.errors import ExportFailed, UserError, first_line
-from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
-from autotimm_deploy.exporter.formats.dims import export_program, size_info
+from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, cli_option, register_format
+from autotimm_deploy.exporter.formats.dims import export_program
+from autotimm_deploy.exporter.formats.file_checks import zip_check, zip_names
 from autotimm_deploy.exporter.formats.torch_program import program_module
+
+
+AOTI_MARKER = "/data/aotinductor/"  # where a package keeps its compiled kernels
 
 
 @dataclass
 class AOTIOptions:
     """What only an AOTInductor build takes (``ExportOptions.format_options["aoti"]``)."""
 
-    device: str = "cpu"  # cpu | cuda | cuda:N: the device the kernels are compiled for
+    device: str = cli_option("--device", "compile the package's kernels for cpu (default), cuda or cuda:N",
+                             default="cpu", metavar="DEVICE")  # the device the kernels are compiled for
 
 
 def compiler() -> str | None:
@@ -54,6 +60,10 @@ def check_device(device: str) -> None:
 class AOTIFormat(Format):
     name = "aoti"
     suffix = ".aoti.pt2"
+    cli_title = "AOTInductor"
+    refines = "pt2"
+    default_runtime = "aoti"
+    check_file = staticmethod(zip_check("AOTInductor package (.pt2)", AOTI_MARKER))
     description = "AOTInductor package: compiled C++/CUDA kernels + weights, runs without Python (CPU or --device cuda)"
     precisions = ("fp32",)
     dynamic_size = True
@@ -68,6 +78,11 @@ class AOTIFormat(Format):
     @staticmethod
     def check_options(options) -> None:
         check_device(options.of("aoti").device)
+
+    @staticmethod
+    def recognizes(path: Path) -> bool:
+        """An AOTInductor package is a .pt2 archive too, with compiled kernels under data/aotinductor/."""
+        return any(AOTI_MARKER in n for n in zip_names(path) or ())
 
     def export(self, ctx: ExportContext) -> Exported:
         import torch
@@ -86,11 +101,10 @@ class AOTIFormat(Format):
             raise ExportFailed(f"AOTInductor compile failed: {first_line(e)}") from e
         if not path.is_file() or path.stat().st_size == 0:
             raise ExportFailed("AOTInductor produced no package")
-        info = {"exporter": "torch.export(strict=False)", "compiler": "torch._inductor.aoti_compile_and_package",
-                "device": device.type, "cxx": compiler(), **size_info(multiple)}
+        info = {"compiler": "torch._inductor.aoti_compile_and_package", "device": device.type, "cxx": compiler()}
         if device.type == "cuda":
             from autotimm_deploy.exporter.core.environment import gpu_environment
 
             gpu = gpu_environment(device.index or 0)
             info["gpu"] = {"name": gpu["name"], "compute_capability": gpu["compute_capability"], "cuda": gpu["cuda"]}
-        return Exported([path], info)
+        return Exported([path], info, exporter="torch.export(strict=False)", size_multiple=multiple)

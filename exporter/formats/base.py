@@ -8,9 +8,9 @@ import difflib
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
-from autotimm_deploy.exporter.core.errors import MissingExtra, UserError
+from autotimm_deploy.exporter.core.errors import ExportFailed, MissingExtra, UserError, first_line
 
 FORMATS: dict[str, type["Format"]] = {}
 
@@ -48,18 +48,80 @@ class ExportOptions:
         return out
 
 
+@dataclass(frozen=True)
+class BatchRange:
+    """The batch sizes an artifact runs: ``min`` to ``max`` (None: unbounded), tuned for ``opt``."""
+
+    dynamic: bool
+    min: int
+    max: int | None
+    opt: int | None = None
+
+    @classmethod
+    def fixed(cls, batch: int) -> "BatchRange":
+        return cls(False, batch, batch)
+
+    @classmethod
+    def up_to(cls, opt: int, largest: int | None = None, smallest: int = 1) -> "BatchRange":
+        """A batch from ``smallest`` to ``largest`` (None: unbounded), ``opt`` clamped into it."""
+        if largest is not None:
+            opt = min(opt, largest)
+        return cls(largest is None or largest > smallest, smallest, largest, opt)
+
+    @classmethod
+    def of_options(cls, options: "ExportOptions") -> "BatchRange":
+        """What the export options ask for: ``--static`` fixes ``--batch-size``, else any batch."""
+        return cls.fixed(options.batch_size) if options.static else cls.up_to(options.batch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's ``batch`` record."""
+        out: dict[str, Any] = {"dynamic": self.dynamic, "min": self.min, "max": self.max}
+        if self.opt is not None:
+            out["opt"] = self.opt
+        return out
+
+
 @dataclass
 class Exported:
-    """What a format wrote: ``files[0]`` is the artifact, the rest are companions (external data)."""
+    """What a format wrote: ``files[0]`` is the artifact, the rest are companions (external data).
+
+    The typed fields are what the pipeline acts on; ``info`` holds the descriptive facts that go into
+    ``manifest["export"]`` beside them."""
 
     files: list[Path]
-    info: dict[str, Any] = field(default_factory=dict)  # goes into manifest["export"]
+    info: dict[str, Any] = field(default_factory=dict)
+    exporter: str | None = None  # what made the graph (a derived format: its source's, e.g. "onnx (torch.onnx.dynamo)")
+    batch: BatchRange | None = None  # None: what the options asked for (`BatchRange.of_options`)
+    size_multiple: int | None = None  # a stride the input height and width must be multiples of
+    fallback: str | None = None  # why the artifact is not what was asked for (a fixed batch), said to the user
     gate: str | None = None  # the parity tolerance it is held to, when not its precision's (TF32 engines)
     reference: Any = None  # not saved: what `Format.diagnose` compares with (a reduced ONNX's fp32 graph)
 
     @property
     def artifact(self) -> Path:
         return self.files[0]
+
+    def record(self) -> dict[str, Any]:
+        """``manifest["export"]``: the descriptive facts and the typed ones."""
+        typed = {"exporter": self.exporter, "size_multiple": self.size_multiple, "fallback": self.fallback}
+        return {**self.info, **{k: v for k, v in typed.items() if v is not None}}
+
+
+def with_batch_fallback(ctx: "ExportContext", dynamic: Callable[[], BatchRange], fixed: Callable[[], None],
+                        failure: str) -> tuple[BatchRange, str | None]:
+    """Build with a dynamic batch (``dynamic()`` builds, checks and returns its range, raising
+    `ExportFailed` where the format cannot keep the batch dynamic), else with the batch fixed to
+    ``--batch-size`` (``fixed()``). Returns the range and, after a fallback, why (``failure``: what
+    failed with a dynamic batch, e.g. "the conversion failed")."""
+    batch = ctx.options.batch_size
+    if ctx.options.static:
+        fixed()
+        return BatchRange.fixed(batch), None
+    try:
+        return dynamic(), None
+    except ExportFailed as e:
+        fixed()
+        return BatchRange.fixed(batch), f"fixed batch {batch}: with a dynamic batch {failure} ({first_line(e, 200)})"
 
 
 @dataclass
@@ -90,8 +152,9 @@ class ExportContext:
     done: dict[str, Exported] = field(default_factory=dict)  # artifacts already made this run
     calibration: Any = None  # np.ndarray [N,C,H,W] for int8, loaded once by the API
     calibration_info: dict[str, Any] | None = None
-    cache: dict[str, Any] = field(default_factory=dict)  # intermediates formats share (fp32 ONNX, ...)
-    share_intermediates: bool = False
+    # intermediates the formats of one export share (the fp32 ONNX graph), keyed by what shapes them
+    cache: dict[Any, Any] = field(default_factory=dict)
+    share_intermediates: bool = False  # the caller's cache (--target): kept past this export call
     budget: AccuracyBudget | None = None  # int8 with --eval and --max-drop: keep layers in float until it holds
 
     @property
@@ -109,20 +172,102 @@ class ExportContext:
         return self.workdir / f"{self.stem}{suffix}"
 
 
+def cli_option(flag: str, help: str, default: Any = None, parse: Callable[[Any], Any] | None = None,
+               **argparse_kwargs: Any) -> Any:
+    """A field of a format's `Format.Options` that the command line sets: ``flag`` with its ``help``,
+    shown in the format's own ``--help`` group; ``argparse_kwargs`` as ``add_argument`` takes them
+    (``type``, ``metavar``, ``action``); ``parse`` turns the given text into the field's value after
+    parsing (its `UserError` is then one line)."""
+    cli = {"flag": flag, "help": help, "parse": parse, **argparse_kwargs}
+    return field(default=default, metadata={"cli": cli})
+
+
 class Format:
+    """One artifact kind, declared in one module: everything the exporter, the CLI, the profiler's
+    artifact detection and the docs need to know about it is a class attribute or hook here."""
+
     name: ClassVar[str]
-    suffix: ClassVar[str]
+    suffix: ClassVar[str]  # the artifact's file name ending, e.g. ".onnx", ".aoti.pt2"
+    aliases: ClassVar[tuple[str, ...]] = ()  # other endings a file of this format is recognised by (".plan")
+    # companions that must lie beside the artifact: its ``suffix`` replaced by each (".bin" beside ".xml")
+    companions: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
     derives_from: ClassVar[str | None] = None
+    default_runtime: ClassVar[str]  # the runtime (`autotimm_deploy.profiler.runtimes`) that runs it by default
     extra: ClassVar[str | None] = None  # the pip extra that provides `requires`
     requires: ClassVar[tuple[str, ...]] = ()  # importable module names it needs
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     default_precision: ClassVar[str] = "fp32"  # what the CLI exports it at when no precision is given
-    Options: ClassVar[type | None] = None  # a dataclass of options only this format takes
+    Options: ClassVar[type | None] = None  # a dataclass of options only this format takes (`cli_option` fields)
+    cli_title: ClassVar[str | None] = None  # the title of its options' --help group (default: its name)
     dynamic_size: ClassVar[bool] = False  # can keep height and width symbolic (--dynamic-size)
+    # intermediates of `ExportContext.cache` it reads (e.g. the fp32 ONNX graph): kept while a later
+    # format of the same export still needs them, then freed
+    intermediates: ClassVar[tuple[str, ...]] = ()
 
     # set for formats built on the GPU that will run them: why a visible CUDA GPU is needed
     needs_cuda: ClassVar[str | None] = None
+
+    # --- files ---------------------------------------------------------------------------------
+    @classmethod
+    def endings(cls) -> tuple[str, ...]:
+        return (cls.suffix, *cls.aliases)
+
+    @classmethod
+    def companion_paths(cls, artifact: Path) -> list[Path]:
+        """The files that must lie beside ``artifact``."""
+        end = next((e for e in cls.endings() if artifact.name.lower().endswith(e)), artifact.suffix)
+        base = artifact.name[:len(artifact.name) - len(end)]
+        return [artifact.with_name(base + c) for c in cls.companions]
+
+    @staticmethod
+    def check_file(path: Path) -> None:
+        """Raise `UserError` in one line when ``path`` is not a readable artifact of this format
+        (its magic, its container); cheap: run before any runtime opens it."""
+
+    # a format whose files may also carry another's ending (an AOTInductor package named .pt2): that
+    # format's name; a file with that ending and no manifest is ours when `recognizes` says so
+    refines: ClassVar[str | None] = None
+
+    @staticmethod
+    def recognizes(path: Path) -> bool:
+        """Whether ``path``, found without a manifest under the ending of `refines`, is one of ours."""
+        return False
+
+    # --- command line --------------------------------------------------------------------------
+    @classmethod
+    def cli_fields(cls) -> list[dataclasses.Field]:
+        return [f for f in dataclasses.fields(cls.Options) if "cli" in f.metadata] if cls.Options else []
+
+    @classmethod
+    def _dest(cls, f: dataclasses.Field) -> str:
+        return f"format_{cls.name.replace('-', '_')}_{f.name}"
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        """Its own options, under its own --help group."""
+        fields = cls.cli_fields()
+        if not fields:
+            return
+        group = parser.add_argument_group(f"{cls.cli_title or cls.name} (--format {cls.name})")
+        for f in fields:
+            kwargs = {k: v for k, v in f.metadata["cli"].items() if k not in ("flag", "parse")}
+            group.add_argument(f.metadata["cli"]["flag"], dest=cls._dest(f), default=None, **kwargs)
+
+    @classmethod
+    def options_from_args(cls, args) -> tuple[Any, list[str]]:
+        """(its `Options` from parsed command-line ``args`` or None, the flags of its that were given)."""
+        if cls.Options is None:
+            return None, []
+        values, given = {}, []
+        for f in cls.cli_fields():
+            value = getattr(args, cls._dest(f), None)
+            if value is None:
+                continue
+            cli = f.metadata["cli"]
+            given.append(cli["flag"])
+            values[f.name] = cli["parse"](value) if cli.get("parse") else value
+        return cls.Options(**values), given
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

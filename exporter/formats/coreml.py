@@ -28,7 +28,15 @@ from autotimm_deploy.exporter.core.capture import captured_output, quiet_import
 from autotimm_deploy.exporter.core.environment import package_versions
 from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
 from autotimm_deploy.exporter.formats import coreml_ops
-from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
+from autotimm_deploy.exporter.formats.file_checks import zip_check
+from autotimm_deploy.exporter.formats.base import (
+    BatchRange,
+    ExportContext,
+    Exported,
+    Format,
+    register_format,
+    with_batch_fallback,
+)
 from autotimm_deploy.exporter.formats.torch_program import folded_program, program_module
 
 DEPLOYMENT_TARGET = "iOS16"  # ML programs with fp16 and float32 I/O, RangeDim; iOS 16 / macOS 13 and later
@@ -40,6 +48,8 @@ METADATA_PREFIX = "autotimm_deploy."
 class CoreMLFormat(Format):
     name = "coreml"
     suffix = ".mlpackage.zip"
+    default_runtime = "coreml"
+    check_file = staticmethod(zip_check("zipped Core ML package (.mlpackage.zip)", ".mlpackage/Manifest.json"))
     description = "Core ML ML program (.mlpackage, zipped) for Apple CPUs, GPUs and the Neural Engine; fp16, fp32"
     extra = "coreml"
     requires = ("coremltools",)
@@ -48,24 +58,20 @@ class CoreMLFormat(Format):
 
     def export(self, ctx: ExportContext) -> Exported:
         options = ctx.options
-        bound = None if options.static else max(BATCH_BOUND, options.batch_size)
-        info = {"exporter": "torch.export(strict=False)", "converter": "coremltools",
-                **package_versions(["coremltools"]), "deployment_target": DEPLOYMENT_TARGET,
+        bound = max(BATCH_BOUND, options.batch_size)
+        info = {"converter": "coremltools", **package_versions(["coremltools"]), "deployment_target": DEPLOYMENT_TARGET,
                 "compute_precision": options.precision, "package": f"{ctx.stem}.mlpackage (zipped)"}
         path = ctx.path(self.suffix)
-        try:
+
+        def dynamic() -> BatchRange:
             info["interface"] = _build(ctx, bound, path)
-            if bound is not None:
-                info["batch"] = {"dynamic": True, "min": 1, "max": bound, "opt": options.batch_size}
-        except ExportFailed as e:
-            if bound is None:
-                raise
-            # some translations cannot take a symbolic batch (a GroupNorm's reshape): a fixed one
+            return BatchRange.up_to(options.batch_size, bound)
+
+        def fixed() -> None:  # some translations cannot take a symbolic batch (a GroupNorm's reshape)
             info["interface"] = _build(ctx, None, path)
-            info["batch"] = {"dynamic": False, "min": options.batch_size, "max": options.batch_size}
-            info["batch_fallback"] = f"fixed batch {options.batch_size}: with a dynamic batch the conversion " \
-                                     f"failed ({first_line(e, 200)})"
-        return Exported([path], info)
+
+        batch, fallback = with_batch_fallback(ctx, dynamic, fixed, "the conversion failed")
+        return Exported([path], info, exporter="torch.export(strict=False)", batch=batch, fallback=fallback)
 
 
 def _build(ctx: ExportContext, bound: int | None, path: Path) -> dict:

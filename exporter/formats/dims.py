@@ -76,6 +76,11 @@ def hint(options) -> str:
     return "" if options.static else " (try --static: the model may fix its batch size)"
 
 
+# --dynamic-size without a range: 64 px (a stride-32 CNN's 2x2 final features: torch.export refuses a
+# range that reaches 1x1, where broadcasting would change meaning) to twice the export size
+AUTO_MIN_SIZE = 64
+
+
 def parse_dynamic_size(text: str) -> tuple[int, int]:
     """``--dynamic-size MIN:MAX`` in pixels; ``auto`` -> (0, 0), resolved against the model's size."""
     if text == "auto":
@@ -104,7 +109,3 @@ def export_program(module, example, options, max_batch: int | None = None):
     except Exception as e:  # noqa: BLE001
         raise ExportFailed(f"torch.export failed: {first_line(e)}{hint(options)}") from e
 
-
-def size_info(multiple: int | None) -> dict:
-    """What the manifest's export info records about a stride the input size must be a multiple of."""
-    return {"size_multiple": multiple} if multiple else {}

@@ -18,7 +18,15 @@ from autotimm_deploy.exporter.core.capture import captured_output
 from autotimm_deploy.exporter.core.environment import package_versions
 from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
 from autotimm_deploy.exporter.core.files import write_bytes
-from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
+from autotimm_deploy.exporter.formats.file_checks import flatbuffer_check
+from autotimm_deploy.exporter.formats.base import (
+    BatchRange,
+    ExportContext,
+    Exported,
+    Format,
+    register_format,
+    with_batch_fallback,
+)
 from autotimm_deploy.exporter.formats.torch_program import folded_program, program_module
 
 BATCH_BOUND = 8  # a dynamic batch's largest size: memory for it is planned (and allocated) up front
@@ -29,6 +37,8 @@ CALIB_BATCH = 8
 class ExecuTorchFormat(Format):
     name = "executorch"
     suffix = ".pte"
+    default_runtime = "executorch"
+    check_file = staticmethod(flatbuffer_check("an ExecuTorch program (.pte)", (b"ET12",)))
     description = "ExecuTorch program (.pte) lowered to XNNPACK, for phones and embedded CPUs; fp32, int8"
     extra = "executorch"
     requires = ("executorch",)
@@ -38,21 +48,20 @@ class ExecuTorchFormat(Format):
         from torch.export import Dim
 
         options = ctx.options
-        dims = None if options.static else ({0: Dim("batch", min=1, max=max(BATCH_BOUND, options.batch_size))},)
-        info = {"exporter": "torch.export(strict=False)", "backend": "XNNPACK", **package_versions(["executorch"])}
+        info = {"backend": "XNNPACK", **package_versions(["executorch"])}
         path = ctx.path(self.suffix)
-        write_bytes(path, self._build(ctx, dims, info))
-        if dims is not None:
+
+        def dynamic() -> BatchRange:
+            dims = ({0: Dim("batch", min=1, max=max(BATCH_BOUND, options.batch_size))},)
+            write_bytes(path, self._build(ctx, dims, info))
             problem = _runs_batches(path, ctx, (1, 2))
-            if problem is None:
-                bound = planned_batch(path)
-                info["batch"] = {"dynamic": True, "min": 1, "max": bound, "opt": min(options.batch_size, bound)}
-            else:  # some delegated kernels cannot take a dynamic batch (int8 detection heads): a fixed one
-                write_bytes(path, self._build(ctx, None, info))
-                info["batch"] = {"dynamic": False, "min": options.batch_size, "max": options.batch_size}
-                info["batch_fallback"] = f"fixed batch {options.batch_size}: with a dynamic batch the program " \
-                                         f"failed to run ({problem})"
-        return Exported([path], info)
+            if problem is not None:  # some delegated kernels cannot take a dynamic batch (int8 detection heads)
+                raise ExportFailed(problem)
+            return BatchRange.up_to(options.batch_size, planned_batch(path))
+
+        batch, fallback = with_batch_fallback(ctx, dynamic, lambda: write_bytes(path, self._build(ctx, None, info)),
+                                              "the program failed to run")
+        return Exported([path], info, exporter="torch.export(strict=False)", batch=batch, fallback=fallback)
 
     @staticmethod
     def _build(ctx: ExportContext, dims, info: dict) -> bytes:

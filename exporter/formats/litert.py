@@ -25,7 +25,15 @@ from autotimm_deploy.exporter.core.capture import captured_output
 from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
 from autotimm_deploy.exporter.core.files import write_bytes
 from autotimm_deploy.exporter.formats import litert_env
-from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
+from autotimm_deploy.exporter.formats.file_checks import flatbuffer_check
+from autotimm_deploy.exporter.formats.base import (
+    BatchRange,
+    ExportContext,
+    Exported,
+    Format,
+    register_format,
+    with_batch_fallback,
+)
 from autotimm_deploy.exporter.formats.torch_program import folded_program, program_module
 
 TIMEOUT_S = 3600
@@ -36,6 +44,8 @@ SCRIPT = Path(__file__).with_name("litert_convert.py")
 class LiteRTFormat(Format):
     name = "litert"
     suffix = ".tflite"
+    default_runtime = "litert"
+    check_file = staticmethod(flatbuffer_check("a LiteRT / TensorFlow Lite model (.tflite)", (b"TFL3",)))
     description = "LiteRT / TensorFlow Lite (.tflite) for Android, iOS, MCUs; fp32, fp16, int8 (converter in its own env)"
     extra = "litert"
     requires = ("ai_edge_litert",)
@@ -74,15 +84,17 @@ class LiteRTFormat(Format):
         finally:
             shutil.rmtree(work, ignore_errors=True)
         path = ctx.path(self.suffix)
-        info = {"exporter": "torch.export(strict=False)", **facts, "layout": "NCHW"}
-        if not options.static:
+
+        def dynamic() -> BatchRange:  # the converter keeps one batch; the interpreter may resize it
             problem = _resizes(path, batch + 1, ctx)
-            if problem is None:
-                info["batch"] = {"dynamic": True, "min": 1, "max": None, "opt": batch}
-            else:
-                info["batch"] = {"dynamic": False, "min": batch, "max": batch}
-                info["batch_fallback"] = f"fixed batch {batch}: the graph does not resize to another batch ({problem})"
-        return Exported([path], info)
+            if problem is not None:
+                raise ExportFailed(problem)
+            return BatchRange.up_to(batch)
+
+        batch_range, fallback = with_batch_fallback(ctx, dynamic, lambda: None,
+                                                    "the graph does not resize to another batch")
+        return Exported([path], {**facts, "layout": "NCHW"}, exporter="torch.export(strict=False)",
+                        batch=batch_range, fallback=fallback)
 
 
 def _convert(args: list[str], work: Path) -> dict:

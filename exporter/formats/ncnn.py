@@ -14,9 +14,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 import warnings
+from pathlib import Path
 
 from autotimm_deploy.exporter.core.environment import package_versions
-from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
+from autotimm_deploy.exporter.core.errors import ExportFailed, UserError, first_line
 from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
 from autotimm_deploy.exporter.formats.torch_program import program_module
 
@@ -27,6 +28,8 @@ TIMEOUT_S = 1800
 class NcnnFormat(Format):
     name = "ncnn"
     suffix = ".ncnn.param"
+    companions = (".ncnn.bin",)
+    default_runtime = "ncnn"
     description = "ncnn (.ncnn.param + .ncnn.bin) via pnnx, for Android/ARM CPUs and Vulkan GPUs; fp32, fp16"
     extra = "ncnn"
     requires = ("pnnx", "ncnn")
@@ -41,6 +44,13 @@ class NcnnFormat(Format):
             return "ncnn has no TopK or RoIAlign layers for instance segmentation's postprocessing"
         return None
 
+    @staticmethod
+    def check_file(path: Path) -> None:
+        with path.open("rb") as f:
+            head = f.readline(64).strip()
+        if head != b"7767517":  # the magic number every ncnn .param starts with
+            raise UserError(f"{path} is not an ncnn .param file (no 7767517 magic on its first line)")
+
     def export(self, ctx: ExportContext) -> Exported:
         import pnnx
         import torch
@@ -54,7 +64,7 @@ class NcnnFormat(Format):
             example = ctx.example_input()[:1]
             traced = torch.jit.trace(program_module(ctx.model), example, check_trace=False, strict=False)
             traced.save(str(traced_path))
-        param, binary = ctx.path(self.suffix), ctx.path(".ncnn.bin")
+        param, binary = ctx.path(self.suffix), ctx.path(self.companions[0])
         shape = f"[1,{spec.in_chans},{spec.img_size[0]},{spec.img_size[1]}]f32"
         fp16 = int(ctx.options.precision == "fp16")
         scratch = {k: str(work / name) for k, name in (("pnnxparam", "p.param"), ("pnnxbin", "p.bin"),
@@ -74,9 +84,8 @@ class NcnnFormat(Format):
         if unknown:
             raise ExportFailed(f"ncnn has no layer for {', '.join(unknown)} (pnnx left them as PyTorch ops)")
         versions = package_versions(["pnnx", "ncnn"])
-        info = {"exporter": "torch.jit.trace (batch 1)", "converter": f"pnnx {versions['pnnx']}",
-                "ncnn": versions["ncnn"], "weights": "fp16" if fp16 else "fp32"}
-        return Exported([param, binary], info)
+        info = {"converter": f"pnnx {versions['pnnx']}", "ncnn": versions["ncnn"], "weights": "fp16" if fp16 else "fp32"}
+        return Exported([param, binary], info, exporter="torch.jit.trace (batch 1)")
 
 
 def unsupported_layers(param_text: str) -> list[str]:

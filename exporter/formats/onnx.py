@@ -3,9 +3,12 @@ with fp32 I/O (`onnx_reduced`); int8 Q/DQ (`onnx_int8`)."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
-from autotimm_deploy.exporter.formats.onnx_graph import MIN_OPSET, check_saved, fp32_proto, save_onnx
+from autotimm_deploy.exporter.formats.onnx_graph import FP32_GRAPH, MIN_OPSET, check_saved, fp32_proto, save_onnx
 from autotimm_deploy.exporter.formats.onnx_int8 import quantize_qdq
 from autotimm_deploy.exporter.formats.onnx_reduced import reduced_proto
 
@@ -14,6 +17,8 @@ from autotimm_deploy.exporter.formats.onnx_reduced import reduced_proto
 class OnnxFormat(Format):
     name = "onnx"
     suffix = ".onnx"
+    default_runtime = "onnxruntime"
+    intermediates = (FP32_GRAPH,)
     description = ("ONNX (onnxruntime, TensorRT, OpenVINO, ...); --fp16: fp16 compute, fp32 I/O; "
                    "--int8: Q/DQ via onnxruntime static quantization")
     precisions = ("fp32", "fp16", "int8")
@@ -28,27 +33,32 @@ class OnnxFormat(Format):
             raise UserError(f"--opset {options.opset} is out of range: this onnx supports {MIN_OPSET} to {top}")
 
     def export(self, ctx: ExportContext) -> Exported:
-        reference = None
-        if ctx.options.precision != "fp32":  # kept for `diagnose`; one fp32 export serves both
-            reference, _ = fp32_proto(ctx)
-            ctx.cache.setdefault("onnx_fp32", (reference, _))
-        try:
-            proto, info = precision_proto(ctx, ctx.options.precision)
-        finally:
-            if not ctx.share_intermediates:
-                ctx.cache.pop("onnx_fp32", None)
+        # a reduced graph keeps its fp32 one for `diagnose` (the cached one: exported once for both)
+        reference = fp32_proto(ctx)[0] if ctx.options.precision != "fp32" else None
+        proto, graph = precision_proto(ctx, ctx.options.precision)
         path = ctx.path(self.suffix)
         files = save_onnx(proto, path)
-        check_saved(path, dynamic=not ctx.options.static and "static_fallback" not in info)
-        info["external_data"] = len(files) > 1
-        return Exported(files, info, reference=reference)
+        check_saved(path, dynamic=not ctx.options.static and graph.batch is None)
+        graph.info["external_data"] = len(files) > 1
+        return dataclasses.replace(graph, files=files, reference=reference)
+
+    @staticmethod
+    def check_file(path: Path) -> None:
+        import onnx
+
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # noqa: BLE001 - DecodeError and friends
+            raise UserError(f"{path} is not a valid ONNX file (corrupt or truncated): {type(e).__name__}") from None
+        if not model.graph.node or not model.graph.input:
+            raise UserError(f"{path} is not a valid ONNX file (no graph inside; corrupt or truncated?)")
 
     @staticmethod
     def diagnose(ctx: ExportContext, exported: Exported, pictures, cosine_gate: float) -> dict | None:
         from autotimm_deploy.exporter.formats.onnx_layers import eager_divergence, layer_divergence
 
         if exported.reference is None:  # fp32: against eager, where the tensors carry PyTorch's names
-            if exported.info.get("exporter") != "torch.onnx.dynamo":
+            if exported.exporter != "torch.onnx.dynamo":
                 return None
             return eager_divergence(ctx, exported.artifact, pictures, cosine_gate)
         return layer_divergence(exported.reference, exported.artifact, pictures, cosine_gate, ctx.workdir)
@@ -58,7 +68,7 @@ def precision_proto(ctx: ExportContext, precision: str):
     """The ONNX graph for ``precision``: fp32; fp16/bf16 compute with fp32 I/O; int8 Q/DQ."""
     if precision in ("fp16", "bf16"):
         return reduced_proto(ctx, precision)
-    proto, info = fp32_proto(ctx)
+    proto, graph = fp32_proto(ctx)
     if precision == "int8":
-        proto, info["quantization"] = quantize_qdq(proto, ctx)
-    return proto, info
+        proto, graph.info["quantization"] = quantize_qdq(proto, ctx)
+    return proto, graph

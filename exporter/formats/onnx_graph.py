@@ -9,10 +9,11 @@ import dataclasses
 import io
 import warnings
 from pathlib import Path
+from typing import Any
 
 from autotimm_deploy.exporter.core.capture import captured_output
 from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
-from autotimm_deploy.exporter.formats.base import ExportContext
+from autotimm_deploy.exporter.formats.base import BatchRange, ExportContext, Exported
 from autotimm_deploy.exporter.formats.dims import onnx_axes, with_dynamic_dims
 
 INLINE_LIMIT = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave room for the graph itself
@@ -89,42 +90,50 @@ def save_onnx(proto, path: Path) -> list[Path]:
     return [path, data]
 
 
-def fp32_proto(ctx: ExportContext):
-    """The fp32 ONNX graph of ``ctx.model``. Kept in ``ctx.cache`` only when the caller shares one
-    (``--target``), since a large model's graph is gigabytes."""
-    if "onnx_fp32" in ctx.cache:
-        proto, info = ctx.cache["onnx_fp32"]
-        return proto, dict(info)
-    proto, info = export_graph(ctx)
-    if ctx.share_intermediates:
-        ctx.cache["onnx_fp32"] = (proto, info)
-    return proto, dict(info)
+FP32_GRAPH = "onnx_fp32"  # the `ExportContext.cache` intermediate `fp32_proto` keeps (`Format.intermediates`)
 
 
-def export_graph(ctx: ExportContext):
+def graph_key(ctx: ExportContext) -> tuple:
+    """What the fp32 graph depends on: the model and every option that shapes the graph."""
+    o = ctx.options
+    return (FP32_GRAPH, ctx.model, o.opset, o.static, o.batch_size, o.dynamic_size, o.simplify, o.optimize_dynamo)
+
+
+def fp32_proto(ctx: ExportContext) -> tuple[Any, Exported]:
+    """The fp32 ONNX graph of ``ctx.model`` and what made it (an `Exported` without files yet),
+    exported once per export call and option set: kept in ``ctx.cache`` for the formats after it
+    (`autotimm_deploy.exporter.pipeline` frees it once no later format reads it)."""
+    key = graph_key(ctx)
+    if key not in ctx.cache:
+        ctx.cache[key] = export_graph(ctx)
+    proto, graph = ctx.cache[key]
+    return proto, dataclasses.replace(graph, info=dict(graph.info))
+
+
+def export_graph(ctx: ExportContext) -> tuple[Any, Exported]:
     """Export ``ctx.model`` with the first exporter that succeeds, then simplify. When no exporter
     can keep the batch dynamic (a model whose graph depends on the batch size, such as CondConv's
     per-sample kernels), the graph is exported again with the batch fixed to ``--batch-size``, and
-    ``info["batch"]`` says so (the manifest then records a static batch)."""
+    the returned `Exported` says so (the manifest then records a static batch)."""
     proto, exporter, failures = _first_success(ctx)
-    info = {"exporter": exporter, "opset": ctx.options.opset}
+    graph = Exported([], {"opset": ctx.options.opset}, exporter=exporter)
     if proto is None and not ctx.options.static:
         fixed = dataclasses.replace(ctx, options=dataclasses.replace(ctx.options, static=True))
         proto, exporter, static_failures = _first_success(fixed)
         if proto is not None:
             b = ctx.options.batch_size
-            info.update(exporter=exporter, batch={"dynamic": False, "min": b, "max": b},
-                        static_fallback=f"no exporter could keep the batch dynamic; the graph is fixed to batch {b} "
-                                        "(pass --batch-size to choose it)")
+            graph = dataclasses.replace(graph, exporter=exporter, batch=BatchRange.fixed(b),
+                                        fallback=f"no exporter could keep the batch dynamic; the graph is fixed to "
+                                                 f"batch {b} (pass --batch-size to choose it)")
         failures.update({f"{k} (static batch)": v for k, v in static_failures.items()})
     if proto is None:
         raise ExportFailed("; ".join(f"{k}: {v}" for k, v in failures.items()))
     if failures:
-        info["fallback_from"] = failures
+        graph.info["fallback_from"] = failures
 
     if ctx.options.simplify:
-        proto, info["simplifier"] = _simplify(proto)
-    return proto, info
+        proto, graph.info["simplifier"] = _simplify(proto)
+    return proto, graph
 
 
 def _first_success(ctx: ExportContext):

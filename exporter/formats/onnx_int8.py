@@ -41,9 +41,6 @@ class _Reader:
             raise StopIteration
         return item
 
-    def rewind(self):  # pragma: no cover - not used by the MinMax calibrator
-        pass
-
 
 def quantize_qdq(proto, ctx):
     import onnx

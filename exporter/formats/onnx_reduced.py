@@ -58,14 +58,14 @@ def _cast(value, src, dst):
 
 
 def reduced_proto(ctx, precision: str):
-    """(ONNX ModelProto with ``precision`` compute, info) for the model in ``ctx``."""
+    """(ONNX ModelProto with ``precision`` compute, what made it) for the model in ``ctx``."""
     opset = max(ctx.options.opset, MIN_OPSET[precision])
     # onnxscript's optimizer folds BatchNorm into an fp32 Conv bias inside a bf16 graph (an invalid
     # model), so bf16 graphs are exported without it; TensorRT fuses BatchNorm itself.
     options = dataclasses.replace(ctx.options, opset=opset,
                                   optimize_dynamo=ctx.options.optimize_dynamo and precision != "bf16")
     twin = dataclasses.replace(ctx, model=cast_model(ctx.model, precision), options=options)
-    proto, info = export_graph(twin)
-    info["compute"] = {"dtype": DTYPES[precision], "io": "float32",
-                       "cast": "per top-level module (backbone, neck, heads); post-processing stays fp32"}
-    return proto, info
+    proto, graph = export_graph(twin)
+    graph.info["compute"] = {"dtype": DTYPES[precision], "io": "float32",
+                             "cast": "per top-level module (backbone, neck, heads); post-processing stays fp32"}
+    return proto, graph

@@ -11,9 +11,12 @@
 
 from __future__ import annotations
 
-from autotimm_deploy.exporter.core.errors import ExportFailed, MissingExtra, first_line
+import dataclasses
+from pathlib import Path
+
+from autotimm_deploy.exporter.core.errors import ExportFailed, MissingExtra, UserError, first_line
 from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
-from autotimm_deploy.exporter.formats.onnx_graph import fp32_proto, save_onnx
+from autotimm_deploy.exporter.formats.onnx_graph import FP32_GRAPH, fp32_proto, save_onnx
 from autotimm_deploy.exporter.formats.onnx_int8 import module_name
 
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "default"}
@@ -23,6 +26,9 @@ INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "default"}
 class OpenVinoFormat(Format):
     name = "openvino"
     suffix = ".xml"
+    companions = (".bin",)
+    default_runtime = "openvino"
+    intermediates = (FP32_GRAPH,)
     description = "OpenVINO IR (.xml + .bin) for Intel CPUs; fp32, bf16, int8 (NNCF)"
     extra = "openvino"
     requires = ("openvino",)
@@ -39,7 +45,7 @@ class OpenVinoFormat(Format):
     def export(self, ctx: ExportContext) -> Exported:
         import openvino as ov
 
-        proto, info = fp32_proto(ctx)
+        proto, graph = fp32_proto(ctx)
         try:
             model = ov.convert_model(_to_file(proto, ctx))
         except Exception as e:  # noqa: BLE001
@@ -49,19 +55,26 @@ class OpenVinoFormat(Format):
         # of each ONNX node the IR's operations are named after
         reference = (model.clone(), _modules(proto)) if precision != "fp32" else None
         if precision == "int8":
-            model, info["quantization"] = _quantize(model, ctx, proto)
+            model, graph.info["quantization"] = _quantize(model, ctx, proto)
         xml = ctx.path(self.suffix)
         ov.save_model(model, str(xml), compress_to_fp16=False)
-        info.update({"source": f"onnx ({info.pop('exporter')})", "converter": f"openvino {ov.get_version()}",
-                     "inference_precision": INFERENCE_PRECISION[precision]})
-        return Exported([xml, xml.with_suffix(".bin")], info, reference=reference)
+        info = {**graph.info, "converter": f"openvino {ov.get_version()}",
+                "inference_precision": INFERENCE_PRECISION[precision]}
+        return dataclasses.replace(graph, files=[xml, xml.with_suffix(".bin")], info=info,
+                                   exporter=f"onnx ({graph.exporter})", reference=reference)
+
+    @staticmethod
+    def check_file(path: Path) -> None:
+        head = path.read_bytes()[:512].lstrip()
+        if not head.startswith(b"<?xml") and not head.startswith(b"<net"):
+            raise UserError(f"{path} is not an OpenVINO IR .xml file")
 
     @staticmethod
     def diagnose(ctx: ExportContext, exported: Exported, pictures, cosine_gate: float) -> dict | None:
         from autotimm_deploy.exporter.formats.openvino_layers import eager_divergence, layer_divergence
 
         if exported.reference is None:  # fp32: against eager, where the tensors carry PyTorch's names
-            if "torch.onnx.dynamo" not in exported.info.get("source", ""):
+            if "torch.onnx.dynamo" not in exported.exporter:
                 return None
             return eager_divergence(ctx, exported.artifact, exported.info["inference_precision"], pictures,
                                     cosine_gate)

@@ -23,12 +23,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from autotimm_deploy.exporter.core.cli import float_in, int_in
 from autotimm_deploy.exporter.core.environment import tensorrt_environment, version_tuple
 from autotimm_deploy.exporter.core.errors import ExportFailed, UserError, first_line
 from autotimm_deploy.exporter.core.files import sha256_file
-from autotimm_deploy.exporter.formats.base import ExportContext, Exported, ExportOptions, Format, register_format
+from autotimm_deploy.exporter.formats.base import (
+    BatchRange,
+    ExportContext,
+    Exported,
+    ExportOptions,
+    Format,
+    cli_option,
+    register_format,
+)
 from autotimm_deploy.exporter.formats.onnx import precision_proto
-from autotimm_deploy.exporter.formats.onnx_graph import save_onnx
+from autotimm_deploy.exporter.formats.onnx_graph import FP32_GRAPH, save_onnx
 from autotimm_deploy.exporter.inputs.calibration import NEEDS_DATA
 
 STRONG_TYPING_FROM = 11  # first TensorRT major version without weak-typing precision flags
@@ -53,16 +62,26 @@ def typing_for(version: str) -> str:
 class TensorRTOptions:
     """What only a TensorRT build takes (``ExportOptions.format_options["trt"]``)."""
 
-    dynamic_batch: tuple[int, int, int] | None = None  # optimization profile MIN:OPT:MAX batch
-    workspace_gib: float | None = None
-    opt_level: int | None = None  # builder optimization level 0-5
-    timing_cache: str | None = None
-    dla_core: int | None = None
-    version_compatible: bool = False
-    hardware_compatibility: str | None = None  # ampere+ | same-cc
+    # the optimization profile's MIN:OPT:MAX batch
+    dynamic_batch: tuple[int, int, int] | None = cli_option(
+        "--dynamic-batch", "the engine's optimization profile (default 1:BATCH:32, or the --static batch)",
+        metavar="MIN:OPT:MAX", parse=lambda text: parse_dynamic_batch(text))
+    workspace_gib: float | None = cli_option("--workspace", "builder workspace limit", metavar="GiB",
+                                             type=float_in(0, 1024, low_open=True))
+    opt_level: int | None = cli_option("--opt-level", "builder optimization level (TensorRT's default 3)",
+                                       metavar="0-5", type=int)
+    timing_cache: str | None = cli_option("--timing-cache", "tactic timing cache, read if present and updated",
+                                          metavar="PATH")
+    dla_core: int | None = cli_option("--dla-core", "Jetson: run on DLA core N, GPU fallback on", metavar="N",
+                                      type=int_in(0, 15))
+    version_compatible: bool = cli_option("--version-compatible", "engine runs on later TensorRT of the same major",
+                                          default=False, action="store_true")
+    hardware_compatibility: str | None = cli_option("--hardware-compatible", "ampere+ (any sm_80+ GPU) or same-cc",
+                                                    metavar="LEVEL")
     # fp32 layers may use TF32 tensor cores (10-bit mantissa products, fp32 accumulation), as
     # trtexec and eager cuDNN convolutions do by default; False builds strict fp32
-    tf32: bool = True
+    tf32: bool = cli_option("--no-tf32", "strict fp32 layers (default: TF32 tensor cores, as trtexec and cuDNN; "
+                            "gated at tf32 parity)", default=True, action="store_const", const=False)
 
 
 def batch_profile(options: ExportOptions) -> tuple[int, int, int]:
@@ -310,6 +329,10 @@ def _calibration_batches(data, plan: BuildPlan):
 class TensorRTFormat(Format):
     name = "trt"
     suffix = ".engine"
+    aliases = (".plan",)
+    default_runtime = "tensorrt"
+    intermediates = (FP32_GRAPH,)
+    cli_title = "TensorRT"
     description = "TensorRT engine for NVIDIA GPUs (built on the GPU it runs on); fp32, fp16, bf16, int8"
     # built from an ONNX graph of its own precision (see the module docstring), not from the onnx
     # artifact, so `--format trt --bf16` needs no bf16 .onnx artifact beside the engine
@@ -330,7 +353,7 @@ class TensorRTFormat(Format):
         env = tensorrt_environment(torch.cuda.current_device())
         spec = ctx.spec
         plan = plan_build(ctx.options, (spec.in_chans, *spec.img_size), env["version"])
-        proto, info = precision_proto(ctx, "fp32" if plan.network == "fp32" else plan.precision)
+        proto, graph = precision_proto(ctx, "fp32" if plan.network == "fp32" else plan.precision)
         src = ctx.workdir / f".{ctx.stem}.trt-src.onnx"
         save_onnx(proto, src)
         del proto
@@ -346,23 +369,23 @@ class TensorRTFormat(Format):
         if not engine.exists() or engine.stat().st_size == 0:
             raise ExportFailed("TensorRT build produced no engine (see TensorRT's log above)")
         lo, opt, hi = (plan.profile[k][0] for k in ("min", "opt", "max"))
-        info.update({
-            "source": f"onnx ({info.pop('exporter')})",
+        info = {
+            **graph.info,
             "tensorrt": {**env, "typing": plan.typing, "version_compatible": plan.version_compatible,
                          "hardware_compatibility": plan.hardware_compatibility, "tf32": plan.tf32},
             "build": plan.to_dict(),
             "timing_cache_sha256": sha256_file(plan.timing_cache) if plan.timing_cache else None,
-            "batch": {"dynamic": hi > lo, "min": lo, "opt": opt, "max": hi},
-        })
+        }
         if plan.calibrator:
             info["calibration"] = ctx.calibration_info
         # kept for `diagnose` (the network and config rebuilt with every tensor marked); the source ONNX
         # stays in the work folder until the export ends
-        return Exported([engine], info, gate=gate_precision(plan), reference=(chain, plan))
+        return Exported([engine], info, exporter=f"onnx ({graph.exporter})", batch=BatchRange.up_to(opt, hi, lo),
+                        fallback=graph.fallback, gate=gate_precision(plan), reference=(chain, plan))
 
     @staticmethod
     def diagnose(ctx: ExportContext, exported: Exported, pictures, cosine_gate: float) -> dict | None:
-        if exported.reference is None or "torch.onnx.dynamo" not in exported.info.get("source", ""):
+        if exported.reference is None or "torch.onnx.dynamo" not in (exported.exporter or ""):
             return None  # no PyTorch names to match without the dynamo exporter
         from autotimm_deploy.exporter.formats.tensorrt_layers import layer_divergence
 

@@ -17,8 +17,9 @@ import inspect
 from typing import Any
 
 from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
-from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
-from autotimm_deploy.exporter.formats.dims import export_dims, export_program, size_info
+from autotimm_deploy.exporter.formats.file_checks import zip_check
+from autotimm_deploy.exporter.formats.base import BatchRange, ExportContext, Exported, Format, register_format
+from autotimm_deploy.exporter.formats.dims import export_dims, export_program
 from autotimm_deploy.exporter.formats.tensorrt import batch_profile, profile_shapes
 from autotimm_deploy.exporter.formats.torch_program import program_module
 
@@ -70,6 +71,8 @@ def partitions(graph_module) -> dict[str, list[str]]:
 class TorchTensorRTFormat(Format):
     name = "torch-trt"
     suffix = ".trt.ep"
+    default_runtime = "torch-trt"
+    check_file = staticmethod(zip_check("Torch-TensorRT program (.trt.ep)", "archive_format"))
     description = "Torch-TensorRT: the torch.export program with TensorRT engines inside, PyTorch fallback (NVIDIA GPU)"
     extra = "torch-trt"
     requires = ("torch_tensorrt",)
@@ -115,16 +118,16 @@ class TorchTensorRTFormat(Format):
 
         gpu = gpu_environment(torch.cuda.current_device())
         info = {
-            "exporter": "torch.export(strict=False)", "compiler": "torch_tensorrt.dynamo.compile",
+            "compiler": "torch_tensorrt.dynamo.compile",
             "versions": package_versions(("torch-tensorrt", "tensorrt")),
             "settings": {k: (sorted(map(str, v)) if isinstance(v, set) else str(v) if not isinstance(v, (bool, int))
                              else v) for k, v in settings.items()},
             "input_ranges": {k: list(v) for k, v in ranges.items()},
             "tensorrt_subgraphs": len(parts["tensorrt"]), "pytorch_subgraphs": len(parts["pytorch"]),
-            "fallback_ops": parts["fallback_ops"], **size_info(multiple),
+            "fallback_ops": parts["fallback_ops"],
             "gpu": {"name": gpu["name"], "compute_capability": gpu["compute_capability"], "cuda": gpu["cuda"]},
-            "batch": {"dynamic": ranges["max_shape"][0] > ranges["min_shape"][0], "min": ranges["min_shape"][0],
-                      "opt": ranges["opt_shape"][0], "max": ranges["max_shape"][0]},
         }
+        batch = BatchRange.up_to(ranges["opt_shape"][0], ranges["max_shape"][0], ranges["min_shape"][0])
         # TensorRT uses TF32 for fp32 layers unless told not to (Torch-TensorRT's disable_tf32=False)
-        return Exported([path], info, gate="tf32" if ctx.options.precision == "fp32" else None)
+        return Exported([path], info, exporter="torch.export(strict=False)", batch=batch, size_multiple=multiple,
+                        gate="tf32" if ctx.options.precision == "fp32" else None)

@@ -6,6 +6,7 @@ import io
 import warnings
 
 from autotimm_deploy.exporter.core.files import write_bytes
+from autotimm_deploy.exporter.formats.file_checks import zip_check
 from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
 from autotimm_deploy.exporter.formats.torch_program import program_module
 
@@ -14,6 +15,9 @@ from autotimm_deploy.exporter.formats.torch_program import program_module
 class TorchScriptFormat(Format):
     name = "torchscript"
     suffix = ".pt"
+    aliases = (".ts", ".torchscript", ".jit")
+    default_runtime = "torchscript"
+    check_file = staticmethod(zip_check("TorchScript", "constants.pkl"))
     description = "TorchScript (traced, frozen) for libtorch / torch.jit.load"
 
     def export(self, ctx: ExportContext) -> Exported:
@@ -27,4 +31,4 @@ class TorchScriptFormat(Format):
             buf = io.BytesIO()  # serialised in memory: a full disk is then an OSError, not a C++ abort
             torch.jit.save(frozen, buf)
         write_bytes(path, buf.getvalue())
-        return Exported([path], {"exporter": "torch.jit.trace+freeze"})
+        return Exported([path], exporter="torch.jit.trace+freeze")

@@ -12,13 +12,13 @@ from autotimm_deploy.exporter.triton_backend.tensors import failed, model_folder
 class TritonPythonModel:
     def initialize(self, args):
         from autotimm_deploy.exporter.core.manifest import load_manifest
-        from autotimm_deploy.profiler.runtimes import open_session
+        from autotimm_deploy.profiler.artifact import open_artifact
 
         path = model_folder(args) / parameters(args)["artifact"]
         manifest = load_manifest(path)
         gpu = args.get("model_instance_kind") == "GPU"
         device = f"cuda:{args.get('model_instance_device_id', 0)}" if gpu else None
-        self.session = open_session(path, manifest=manifest, device=device).__enter__()
+        self.session = open_artifact(path, manifest=manifest, device=device).__enter__()
         if len(self.session.inputs) != 1:
             raise ValueError(f"{path.name} has {len(self.session.inputs)} inputs; this model feeds one")
         self.input = self.session.inputs[0].name

@@ -1,61 +1,47 @@
-"""Runtime registry. Entries name their module lazily so that listing runtimes imports nothing heavy;
-adding a runtime is adding one module and one line here."""
+"""Runtime registry: one module per runtime, each `Session` class registered by name with
+`register_runtime`. Every module of this package is imported below; they import their heavy
+libraries lazily, inside the session, so listing runtimes loads nothing heavy. Adding a runtime is
+adding one module here."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import pkgutil
 from pathlib import Path
 
 from autotimm_deploy.exporter.core.errors import MissingExtra, RuntimeUnavailable, UserError
 from autotimm_deploy.exporter.core.manifest import Manifest
-from autotimm_deploy.profiler.runtimes.base import Session
+from autotimm_deploy.profiler.runtimes.base import RUNTIMES, Session, register_runtime
 
-# name -> (module, class, extra that provides it, modules it needs)
-RUNTIMES: dict[str, tuple[str, str, str | None, tuple[str, ...]]] = {
-    "eager": ("autotimm_deploy.profiler.runtimes.eager", "EagerSession", None, ("torch", "timm")),
-    "torchscript": ("autotimm_deploy.profiler.runtimes.torchscript", "TorchScriptSession", None, ("torch",)),
-    "pt2": ("autotimm_deploy.profiler.runtimes.pt2", "PT2Session", None, ("torch",)),
-    "aoti": ("autotimm_deploy.profiler.runtimes.aoti", "AOTISession", None, ("torch",)),
-    "executorch": ("autotimm_deploy.profiler.runtimes.executorch", "ExecuTorchSession", "executorch", ("executorch",)),
-    "ncnn": ("autotimm_deploy.profiler.runtimes.ncnn", "NcnnSession", "ncnn", ("ncnn",)),
-    "litert": ("autotimm_deploy.profiler.runtimes.litert", "LiteRTSession", "litert", ("ai_edge_litert",)),
-    "coreml": ("autotimm_deploy.profiler.runtimes.coreml", "CoreMLSession", "coreml", ("coremltools",)),
-    "onnxruntime": ("autotimm_deploy.profiler.runtimes.onnxruntime", "OnnxRuntimeSession", None, ("onnxruntime",)),
-    "openvino": ("autotimm_deploy.profiler.runtimes.openvino", "OpenVinoSession", "openvino", ("openvino",)),
-    "tensorrt": ("autotimm_deploy.profiler.runtimes.tensorrt", "TensorRTSession", "trt", ("tensorrt", "torch")),
-    "torch-trt": ("autotimm_deploy.profiler.runtimes.torch_trt", "TorchTensorRTSession", "torch-trt", ("torch_tensorrt",)),
-    "onnxruntime-cuda": ("autotimm_deploy.profiler.runtimes.onnxruntime", "OnnxRuntimeCudaSession", "gpu", ("onnxruntime",)),
-    "onnxruntime-trt": ("autotimm_deploy.profiler.runtimes.onnxruntime", "OnnxRuntimeTensorRTSession", "gpu", ("onnxruntime",)),
-    "triton": ("autotimm_deploy.profiler.runtimes.triton", "TritonSession", "triton", ("tritonclient",)),
-}
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
-# The runtime an artifact format runs on unless the user picks another.
-DEFAULT_RUNTIME = {"torchscript": "torchscript", "pt2": "pt2", "aoti": "aoti", "executorch": "executorch",
-                   "ncnn": "ncnn", "litert": "litert", "coreml": "coreml", "onnx": "onnxruntime",
-                   "openvino": "openvino", "trt": "tensorrt", "torch-trt": "torch-trt", "triton": "triton"}
+__all__ = ["RUNTIMES", "Session", "available_runtimes", "open_session", "register_runtime", "runtime_class",
+           "runtime_names"]
+
+
+def runtime_names() -> str:
+    """The registered runtimes, for help texts and errors."""
+    return ", ".join(RUNTIMES)
 
 
 def runtime_class(name: str) -> type[Session]:
+    """The runtime ``name``, its modules installed (else `MissingExtra` naming its extra)."""
     if name not in RUNTIMES:
-        raise UserError(f"unknown runtime {name!r} (available: {', '.join(RUNTIMES)})")
-    module, cls, extra, needs = RUNTIMES[name]
-    missing = [m for m in needs if importlib.util.find_spec(m) is None]
+        raise UserError(f"unknown runtime {name!r} (available: {runtime_names()})")
+    cls = RUNTIMES[name]
+    missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
     if missing:
-        raise MissingExtra(f"the {name} runtime ({', '.join(missing)})", extra or "dev")
-    return getattr(importlib.import_module(module), cls)
+        raise MissingExtra(f"the {name} runtime ({', '.join(missing)})", cls.extra or "dev")
+    return cls
 
 
-def open_session(path: str | Path | None, runtime: str | None = None, manifest: Manifest | None = None,
+def open_session(path: str | Path | None, runtime: str, manifest: Manifest | None = None,
                  device: str | None = None, threads: int | None = None, **options) -> Session:
-    """Load an artifact for execution. ``runtime`` defaults from the manifest's format, ``device``
-    to the runtime's first (the CPU, or the GPU for GPU-only runtimes)."""
-    if runtime is None:
-        if manifest is None:
-            raise UserError(f"cannot tell which runtime runs {path}: no manifest and no --runtime")
-        runtime = DEFAULT_RUNTIME.get(manifest.format)
-        if runtime is None:
-            raise UserError(f"no runtime for format {manifest.format!r}; pass --runtime")
+    """Load an artifact for execution on ``runtime`` (`autotimm_deploy.profiler.artifact.open_artifact`
+    picks its format's default one); ``device`` defaults to the runtime's first (the CPU, or the GPU
+    for GPU-only runtimes)."""
     cls = runtime_class(runtime)
     reason = cls.unavailable_reason()
     if reason:

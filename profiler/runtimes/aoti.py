@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.profiler.runtimes._torch import TorchSession
+from autotimm_deploy.profiler.runtimes.base import register_runtime
 
 
 def compiled_for(manifest, path=None) -> str | None:
@@ -25,7 +26,9 @@ def compiled_for(manifest, path=None) -> str | None:
         return None
 
 
+@register_runtime
 class AOTISession(TorchSession):
+    requires = ("torch",)
     name = "aoti"
     formats = ("aoti",)
 

@@ -10,10 +10,24 @@ import numpy as np
 from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig
 
 
+RUNTIMES: dict[str, type["Session"]] = {}
+
+
+def register_runtime(cls: type["Session"]) -> type["Session"]:
+    """Class decorator: ``cls`` runs artifacts under its ``name`` (`autotimm_deploy.profiler.runtimes`)."""
+    RUNTIMES[cls.name] = cls
+    return cls
+
+
 class Session:
+    """One runtime, declared in one module: its name, the artifact formats it opens, the devices it
+    runs on and what it needs installed are class attributes; the methods load and run an artifact."""
+
     name: ClassVar[str]
     formats: ClassVar[tuple[str, ...]] = ()  # artifact formats this runtime executes
-    devices: ClassVar[tuple[str, ...]] = ("cpu",)  # what a runtime needs installed is in the registry
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    extra: ClassVar[str | None] = None  # the pip extra that provides `requires`
+    requires: ClassVar[tuple[str, ...]] = ()  # importable modules it needs (imported lazily, inside it)
 
     def __init__(self, path: str | Path | None, manifest: Manifest | None = None, device: str = "cpu",
                  threads: int | None = None, **options: Any):

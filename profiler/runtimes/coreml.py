@@ -20,10 +20,13 @@ import numpy as np
 from autotimm_deploy.exporter.core.capture import quiet_import
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.manifest import TensorSig
-from autotimm_deploy.profiler.runtimes.base import Session
+from autotimm_deploy.profiler.runtimes.base import Session, register_runtime
 
 
+@register_runtime
 class CoreMLSession(Session):
+    extra = "coreml"
+    requires = ("coremltools",)
     name = "coreml"
     formats = ("coreml",)
     devices = ("cpu",)

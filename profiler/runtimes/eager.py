@@ -8,9 +8,12 @@ import contextlib
 from typing import Any
 
 from autotimm_deploy.profiler.runtimes._torch import TorchSession
+from autotimm_deploy.profiler.runtimes.base import register_runtime
 
 
+@register_runtime
 class EagerSession(TorchSession):
+    requires = ("torch", "timm")
     name = "eager"
     formats = ("eager",)
 

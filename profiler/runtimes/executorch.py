@@ -10,13 +10,16 @@ import numpy as np
 from autotimm_deploy.exporter.core.capture import captured_output
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.manifest import TensorSig
-from autotimm_deploy.profiler.runtimes.base import Session
+from autotimm_deploy.profiler.runtimes.base import Session, register_runtime
 
 DTYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "float16", 6: "float32", 7: "float64",
           11: "bool", 15: "bfloat16"}  # ExecuTorch ScalarType codes
 
 
+@register_runtime
 class ExecuTorchSession(Session):
+    extra = "executorch"
+    requires = ("executorch",)
     name = "executorch"
     formats = ("executorch",)
     devices = ("cpu",)

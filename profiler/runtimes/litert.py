@@ -17,14 +17,17 @@ import numpy as np
 from autotimm_deploy.exporter.core.capture import captured_output
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.manifest import TensorSig
-from autotimm_deploy.profiler.runtimes.base import Session
+from autotimm_deploy.profiler.runtimes.base import Session, register_runtime
 
 
 def _numeric(name: str) -> tuple:
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
 
 
+@register_runtime
 class LiteRTSession(Session):
+    extra = "litert"
+    requires = ("ai_edge_litert",)
     name = "litert"
     formats = ("litert",)
     devices = ("cpu",)

@@ -16,7 +16,7 @@ import numpy as np
 from autotimm_deploy.exporter.core.capture import captured_output
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.manifest import TensorSig
-from autotimm_deploy.profiler.runtimes.base import Session
+from autotimm_deploy.profiler.runtimes.base import Session, register_runtime
 
 
 def binary_path(param: Path) -> Path:
@@ -24,7 +24,10 @@ def binary_path(param: Path) -> Path:
     return param.with_name((name[:-len(".param")] if name.endswith(".param") else name) + ".bin")
 
 
+@register_runtime
 class NcnnSession(Session):
+    extra = "ncnn"
+    requires = ("ncnn",)
     name = "ncnn"
     formats = ("ncnn",)
     devices = ("cpu",)

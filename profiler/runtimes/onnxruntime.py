@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.manifest import TensorSig
-from autotimm_deploy.profiler.runtimes.base import Session
+from autotimm_deploy.profiler.runtimes.base import Session, register_runtime
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -19,7 +19,9 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
               "tensor(int32)": "int32", "tensor(bool)": "bool", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
 
 
+@register_runtime
 class OnnxRuntimeSession(Session):
+    requires = ("onnxruntime",)
     name = "onnxruntime"
     formats = ("onnx",)
     devices = ("cpu", "cuda")
@@ -182,16 +184,22 @@ def _sig(node) -> TensorSig:
     return TensorSig(node.name, _ORT_TYPES.get(node.type, node.type), shape)
 
 
+@register_runtime
 class OnnxRuntimeCudaSession(OnnxRuntimeSession):
     """ONNX Runtime's CUDA execution provider (``onnxruntime-gpu``, the ``[gpu]`` extra)."""
+    extra = "gpu"
+    requires = ("onnxruntime",)
 
     name = "onnxruntime-cuda"
     devices = ("cuda",)
     provider = "cuda"
 
 
+@register_runtime
 class OnnxRuntimeTensorRTSession(OnnxRuntimeSession):
     """ONNX Runtime's TensorRT execution provider, CUDA then CPU for what TensorRT cannot run."""
+    extra = "gpu"
+    requires = ("onnxruntime",)
 
     name = "onnxruntime-trt"
     devices = ("cuda",)

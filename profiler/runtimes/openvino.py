@@ -10,10 +10,13 @@ from typing import Any
 import numpy as np
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.manifest import TensorSig
-from autotimm_deploy.profiler.runtimes.base import Session
+from autotimm_deploy.profiler.runtimes.base import Session, register_runtime
 
 
+@register_runtime
 class OpenVinoSession(Session):
+    extra = "openvino"
+    requires = ("openvino",)
     name = "openvino"
     formats = ("openvino",)
     devices = ("cpu",)

@@ -15,7 +15,7 @@ import numpy as np
 from autotimm_deploy.exporter.core.environment import tensorrt_environment, version_tuple
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.manifest import TensorSig
-from autotimm_deploy.profiler.runtimes.base import Session
+from autotimm_deploy.profiler.runtimes.base import Session, register_runtime
 
 _DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",
            "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}
@@ -60,7 +60,10 @@ def compatibility_problem(built: dict | None, current: dict) -> str | None:
 
 
 
+@register_runtime
 class TensorRTSession(Session):
+    extra = "trt"
+    requires = ("tensorrt", "torch")
     name = "tensorrt"
     formats = ("trt",)
     devices = ("cuda",)

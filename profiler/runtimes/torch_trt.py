@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.profiler.runtimes._torch import TorchSession
+from autotimm_deploy.profiler.runtimes.base import register_runtime
 
 
+@register_runtime
 class TorchTensorRTSession(TorchSession):
+    extra = "torch-trt"
+    requires = ("torch_tensorrt",)
     name = "torch-trt"
     formats = ("torch-trt",)
     devices = ("cuda",)

@@ -1,9 +1,12 @@
 """TorchScript artifacts via ``torch.jit.load``."""
 
 from autotimm_deploy.profiler.runtimes._torch import TorchSession
+from autotimm_deploy.profiler.runtimes.base import register_runtime
 
 
+@register_runtime
 class TorchScriptSession(TorchSession):
+    requires = ("torch",)
     name = "torchscript"
     formats = ("torchscript",)
 

@@ -13,9 +13,9 @@ from urllib.parse import urlparse
 import numpy as np
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig
-from autotimm_deploy.profiler.runtimes.base import Session
+from autotimm_deploy.profiler.runtimes.base import Session, register_runtime
 
-SCHEME = "triton://"
+
 def parse_url(url: str) -> tuple[str, str, str]:
     """``triton://host:port/model[?protocol=grpc]`` -> (host:port, model, protocol)."""
     parsed = urlparse(url)
@@ -92,7 +92,10 @@ def _as_dict(message) -> dict:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
+@register_runtime
 class TritonSession(Session):
+    extra = "triton"
+    requires = ("tritonclient",)
     name = "triton"
     served_manifest = staticmethod(served_manifest)
     formats = ("triton",)
