@@ -39,10 +39,12 @@ from autotimm_deploy.exporter.core.spec import (
     DETECTION_ARCHS,
     INTERPOLATIONS,
     PRECISIONS,
+    RESIZE_MODES,
     SEG_HEADS,
     TASKS,
     ModelSpec,
     parse_img_size,
+    read_class_names,
 )
 from autotimm_deploy.exporter.formats import FORMATS, ExportOptions, export_order
 from autotimm_deploy.exporter.formats.dims import AUTO_MIN_SIZE, parse_dynamic_size
@@ -106,6 +108,8 @@ def _model_options(p) -> None:
     w.add_argument("--checkpoint", metavar="PATH", help="local .safetensors / .pth / .pt / .bin state dict, or an "
                    "AutoTimm .ckpt (backbone, task, classes and head settings read from it)")
     g.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0, help="seed for random weights (default 0)")
+    g.add_argument("--class-names", metavar="FILE", help="the name of each class, one per line (or a JSON list), kept "
+                   "in the manifest and the artifact's metadata for the answers (autotimm-predict)")
 
 
 def _head_options(p) -> None:
@@ -133,6 +137,10 @@ def _preprocessing_options(p) -> None:
     pp.add_argument("--std", metavar="R,G,B", help="per-channel std of the normalisation")
     pp.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize filter")
     pp.add_argument("--crop-pct", type=float_in(0, 1, low_open=True), help="centre crop share (1: no crop)")
+    pp.add_argument("--resize", choices=RESIZE_MODES, help="how a picture becomes the input: crop (resize, centre "
+                    "crop), stretch (the whole picture, aspect not kept) or letterbox (aspect kept, padded); default: "
+                    "the transform the model was evaluated with")
+    pp.add_argument("--pad-value", metavar="V|R,G,B", help="letterbox padding, 0-255 (default 114)")
 
 
 def _export_options(p) -> None:
@@ -225,8 +233,10 @@ def _floats(text: str, flag: str) -> list[float]:
 
 
 def preprocess_from_args(a) -> dict:
+    pad = _floats(a.pad_value, "--pad-value") if a.pad_value else None
     pre = {"mean": _floats(a.mean, "--mean") if a.mean else None, "std": _floats(a.std, "--std") if a.std else None,
-           "interpolation": a.interpolation, "crop_pct": a.crop_pct}
+           "interpolation": a.interpolation, "crop_pct": a.crop_pct, "resize": a.resize,
+           "pad_value": pad * a.in_chans if pad and len(pad) == 1 else pad}
     return {k: v for k, v in pre.items() if v is not None}
 
 
@@ -235,7 +245,7 @@ def spec_from_args(a) -> ModelSpec:
 
     head = {k: getattr(a, k) for k in ALL_HEAD_OPTIONS if getattr(a, k) is not None}
     common = dict(img_size=parse_img_size(a.img_size) if a.img_size else None, in_chans=a.in_chans, seed=a.seed,
-                  preprocess=preprocess_from_args(a))
+                  preprocess=preprocess_from_args(a), class_names=read_class_names(a.class_names) if a.class_names else None)
     autotimm = bool(a.checkpoint) and is_autotimm_checkpoint(a.checkpoint)
     if a.architecture == "builtin" and autotimm:
         raise UserError(f"{a.checkpoint} is an AutoTimm checkpoint: its architecture is AutoTimm's; drop "

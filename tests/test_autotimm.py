@@ -54,7 +54,10 @@ def test_checkpoint_exports_with_predict_parity(variant, checkpoints, tmp_path):
         assert at["version"].startswith("0.7.") and len(at["checkpoint_sha256"]) == 64
         assert at["compiled"] == (variant in COMPILED)
         assert at["hyper_parameters"]["backbone"] == "test_resnet" and "username" not in at["hyper_parameters"]
-        assert manifest["preprocessing"]["source"].startswith("timm's pretrained config of test_resnet")
+        prep = manifest["preprocessing"]  # AutoTimm's own eval transform for the task (no DataModule saved)
+        assert prep["source"].startswith("AutoTimm's ") and "AutoTimm's defaults" in prep["source"]
+        assert prep["resize"] == {"classification": "crop", "detection": "letterbox"}.get(task, "stretch")
+        assert prep["mean"] == [0.485, 0.456, 0.406] and prep["library"] == ("pil" if task == "classification" else "cv2")
         if task in ("detection", "instance-segmentation"):
             det = ref["metrics"]["detections"]
             assert det["ref_detections"] > 0 and det["match_rate"] == 1.0 and det["mean_iou"] > 0.9999
@@ -116,13 +119,18 @@ def test_datamodule_objects_are_not_loaded(checkpoints, tmp_path):
 
     ck = torch.load(checkpoints["fcn"], weights_only=True)
     ck["datamodule_hyper_parameters"] = {"data_dir": tmp_path / "data", "image_size": 96, "payload": Payload(),
-                                         "transform_config": autotimm.TransformConfig()}
+                                         "transform_config": autotimm.TransformConfig(image_size=80, backend="albumentations",
+                                                                                      mean=(0.5, 0.5, 0.5))}
     ck["hyper_parameters"]["extra"] = Payload()
     path = tmp_path / "with-datamodule.ckpt"
     torch.save(ck, path)
     read = read_lightning_checkpoint(path)
     assert read.datamodule == {"image_size": 96} and "extra" not in read.hparams
-    assert spec_from_checkpoint(path).img_size == (96, 96)
+    assert read.transform_config["backend"] == "albumentations" and read.transform_config["mean"] == (0.5, 0.5, 0.5)
+    assert spec_from_checkpoint(path).img_size == (80, 80)  # the TransformConfig's size wins, as in AutoTimm
+    prep = build_model(spec_from_checkpoint(path)).preprocessing
+    assert prep["resize"] == "crop" and prep["resize_size"] == [91, 91] and prep["mean"] == [0.5, 0.5, 0.5]
+    assert "TransformConfig (albumentations backend)" in prep["source"]
     assert not (tmp_path / "pwned").exists()
 
 

@@ -120,6 +120,8 @@ def _detections(data: Labelled, boxes, keep=lambda i, j: True, shift=0.0, n: int
             if not keep(i, j):
                 continue
             dx = (x2 - x1) * shift
+            if x2 + dx > w0:  # shifted towards the inside: answers are clipped to the picture
+                dx = -dx
             out["boxes"][i, k] = [(x1 + dx) * w_in / w0, y1 * h_in / h0, (x2 + dx) * w_in / w0, y2 * h_in / h0]
             out["scores"][i, k], out["labels"][i, k] = 0.9 - 0.01 * j, c
             if masks is not None:

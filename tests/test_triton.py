@@ -142,20 +142,18 @@ def test_every_config_parses_with_tritons_schema(tmp_path, artifacts):
 def _expected(artifact, picture: bytes):
     """The artifact's own outputs (our runtime, in this process) on the picture, preprocessed as
     the manifest says."""
-    from autotimm_deploy.exporter.inputs.preprocess import preprocess, preprocess_stretch
-    from autotimm_deploy.exporter.triton_backend.boxes_model import to_original
+    from autotimm_deploy.exporter.inputs.preprocess import prepare
     from autotimm_deploy.exporter.triton_backend.preprocess_model import decode
     from autotimm_deploy.profiler.artifact import open_artifact
 
     m = load_manifest(artifact)
     rgb = decode(np.frombuffer(picture, np.uint8))
-    dense = m.spec["task"] != "classification"
-    x = (preprocess_stretch if dense else preprocess)(rgb, m.preprocessing)[None]
+    x, geometry = prepare(rgb, m.preprocessing)
     with open_artifact(artifact, manifest=m) as s:
-        out = s.infer({s.inputs[0].name: x})
+        out = s.infer({s.inputs[0].name: x[None]})
     if "boxes" in out:
-        out["boxes"] = to_original(out["boxes"], np.array([rgb.shape[:2]]), tuple(m.preprocessing["input_size"][1:]))
-    return x, out
+        out["boxes"] = geometry.boxes_to_picture(out["boxes"])
+    return x[None], out
 
 
 @needs_server

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from autotimm_deploy.exporter.core.errors import UserError
@@ -40,7 +41,10 @@ ALL_HEAD_OPTIONS = tuple(dict.fromkeys(k for table in (HEAD_OPTIONS, AUTOTIMM_HE
 HEAD_INT_LIMITS = {"head_channels": 4096, "fpn_channels": 4096, "max_detections": 10000,
                    "head_convs": 16, "roi_size": 64}
 # Preprocessing a user may set instead of the backbone's timm defaults (--mean, --std, ...)
-PREPROCESS_KEYS = ("mean", "std", "interpolation", "crop_pct")
+PREPROCESS_KEYS = ("mean", "std", "interpolation", "crop_pct", "resize", "pad_value")
+# how a picture becomes the model's input (exporter/inputs/preprocess.py): centre crop, stretched, or
+# letterboxed (aspect kept, padded)
+RESIZE_MODES = ("crop", "stretch", "letterbox")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 TASK_SUFFIX = {"classification": "", "detection": "-det", "instance-segmentation": "-inst"}
@@ -65,6 +69,7 @@ class ModelSpec:
     seed: int = 0
     architecture: str = "builtin"
     preprocess: dict[str, Any] = field(default_factory=dict)
+    class_names: tuple[str, ...] | None = None  # label i's name (--class-names); its length is num_classes
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -112,6 +117,11 @@ class ModelSpec:
                 raise UserError(f"--img-size takes sides from 1 to {MAX_IMG_SIDE}, got {h}x{w}")
             object.__setattr__(self, "img_size", (int(h), int(w)))
         check_preprocess(self.preprocess, self.in_chans)
+        if self.class_names is not None:
+            names = check_class_names(self.class_names, self.num_classes)
+            object.__setattr__(self, "class_names", names)
+            if self.num_classes is None:
+                object.__setattr__(self, "num_classes", len(names))
 
     @property
     def seg_head(self) -> str | None:
@@ -179,6 +189,48 @@ def check_preprocess(pre: dict[str, Any], in_chans: int) -> None:
         v = pre["crop_pct"]
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 1:
             raise UserError(f"--crop-pct takes a number in (0, 1], got {v!r}")
+    if "resize" in pre and pre["resize"] not in RESIZE_MODES:
+        raise UserError(f"--resize takes one of {', '.join(RESIZE_MODES)}, got {pre['resize']!r}")
+    if "pad_value" in pre:
+        vals = pre["pad_value"]
+        if (not isinstance(vals, (list, tuple)) or len(vals) != in_chans
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 255 for v in vals)):
+            raise UserError(f"--pad-value takes one number or {in_chans} (one per channel) from 0 to 255, got {vals!r}")
+
+
+def check_class_names(names: Any, num_classes: int | None) -> tuple[str, ...]:
+    """Class names, one per label: non-empty text, as many as the model's classes."""
+    if isinstance(names, str) or not isinstance(names, (list, tuple)) or not 1 <= len(names) <= MAX_CLASSES:
+        raise UserError(f"class names are a list of 1 to {MAX_CLASSES} names, one per class, got {str(names)[:60]!r}")
+    bad = next((n for n in names if not isinstance(n, str) or not n.strip() or len(n) > 200), None)
+    if bad is not None:
+        raise UserError(f"class names are 1 to 200 characters of text each, got {str(bad)[:60]!r}")
+    if num_classes is not None and len(names) != num_classes:
+        raise UserError(f"{len(names)} class names for a model with {num_classes} classes: give one name per class")
+    return tuple(n.strip() for n in names)
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """--class-names FILE: a JSON list of names, or one name per line (blank lines skipped)."""
+    import json
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"--class-names: no such file: {p}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--class-names: cannot read {p} as text ({type(e).__name__})") from None
+    if text.lstrip().startswith("["):
+        try:
+            names = json.loads(text)
+        except ValueError as e:
+            raise UserError(f"--class-names: {p} is not a JSON list ({e})") from None
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise UserError(f"--class-names: {p} names no classes (one name per line, or a JSON list)")
+    return names
 
 
 def parse_img_size(text: str) -> tuple[int, int]:

@@ -25,16 +25,6 @@ def _ground_truth(gt: dict):
     return coco
 
 
-def _resize_probs(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A [h, w] mask over the whole input picture -> bool [H0, W0] over the original (bilinear, > 0.5)."""
-    from PIL import Image
-
-    if mask.shape == size:
-        return mask > 0.5
-    img = Image.fromarray(mask.astype(np.float32), mode="F").resize((size[1], size[0]), resample=2)
-    return np.asarray(img) > 0.5
-
-
 @register_metric
 class CocoAP(Metric):
     tasks = ("detection", "instance-segmentation")
@@ -57,13 +47,12 @@ class CocoAP(Metric):
     def update(self, outputs, index):
         from pycocotools import mask as mask_utils
 
-        h_in, w_in = self.data.images.shape[2:]
         count = outputs.get("num_detections")
         self.seen += [self.data.image_ids[i] for i in index]
         for row, i in enumerate(index):
-            h0, w0 = self.data.sizes[i]
+            geometry = self.data.geometries[i]
             n = int(count[row]) if count is not None else len(outputs["scores"][row])
-            boxes = np.asarray(outputs["boxes"][row][:n], dtype=np.float64) * np.array([w0 / w_in, h0 / h_in] * 2)
+            boxes = geometry.boxes_to_picture(np.asarray(outputs["boxes"][row][:n], dtype=np.float64))
             for j in range(n):
                 label = int(outputs["labels"][row][j])
                 if not 0 <= label < len(self.data.category_ids):
@@ -73,7 +62,7 @@ class CocoAP(Metric):
                      "bbox": [x1, y1, max(x2 - x1, 0.0), max(y2 - y1, 0.0)],
                      "score": float(outputs["scores"][row][j])}
                 if self.masks:
-                    m = _resize_probs(np.asarray(outputs["masks"][row][j], dtype=np.float32), (h0, w0))
+                    m = geometry.dense_to_picture(np.asarray(outputs["masks"][row][j], dtype=np.float32)) > 0.5
                     rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
                     rle["counts"] = rle["counts"].decode()
                     r["segmentation"] = rle

@@ -17,14 +17,6 @@ def predicted_classes(outputs: dict[str, np.ndarray]) -> np.ndarray:
     return np.asarray(outputs["logits"]).argmax(1)
 
 
-def resize_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A [h, w] label map to ``size`` (H, W), nearest neighbour on pixel centres."""
-    h, w = labels.shape
-    rows = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64), w - 1)
-    return labels[rows[:, None], cols[None, :]]
-
-
 @register_metric
 class MeanIoU(Metric):
     tasks = ("semantic-segmentation",)
@@ -46,7 +38,8 @@ class MeanIoU(Metric):
         k = len(self.confusion)
         for p, i in zip(pred, index):
             gt = self.data.labels[i].astype(np.int64)
-            p = resize_nearest(p, gt.shape)
+            if p.shape != gt.shape:  # at the input's pixels: back to the picture's (a prediction at its size is kept)
+                p = self.data.geometries[i].dense_to_picture(p, "nearest").astype(np.int64)
             valid = gt != IGNORE_INDEX
             self.confusion += np.bincount(gt[valid] * k + np.clip(p[valid], 0, k - 1),
                                           minlength=k * k).reshape(k, k)

@@ -171,6 +171,15 @@ class ExportContext:
     def path(self, suffix: str) -> Path:
         return self.workdir / f"{self.stem}{suffix}"
 
+    def metadata(self) -> dict[str, Any]:
+        """What an artifact carries about itself in its format's own metadata (ONNX ``metadata_props``,
+        OpenVINO ``rt_info``, Core ML's user metadata), beside the manifest: enough for a program that
+        has only the file to feed it and name its answers."""
+        spec = self.spec
+        return {"model": spec.model, "task": spec.task, "num_classes": spec.num_classes,
+                "class_names": list(spec.class_names) if spec.class_names else None,
+                "outputs": list(self.model.output_names), "preprocessing": self.model.preprocessing}
+
 
 def cli_option(flag: str, help: str, default: Any = None, parse: Callable[[Any], Any] | None = None,
                **argparse_kwargs: Any) -> Any:

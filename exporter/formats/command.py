@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from autotimm_deploy.exporter.core.spec import ALL_HEAD_OPTIONS, ModelSpec
+from autotimm_deploy.exporter.core.spec import ALL_HEAD_OPTIONS, PREPROCESS_KEYS, ModelSpec
 from autotimm_deploy.exporter.formats.base import ExportOptions, get_format
 
 PROG = "autotimm-export"
@@ -42,10 +42,13 @@ def _model_args(spec: ModelSpec) -> list[str]:
             args.append(_flag(name))
         elif value is not None and value is not False:
             args += [_flag(name), ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)]
-    for name in ("mean", "std", "interpolation", "crop_pct"):
+    for name in PREPROCESS_KEYS:
         value = spec.preprocess.get(name)
         if value is not None:
             args += [_flag(name), ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)]
+    if spec.class_names:
+        args += ["--class-names", "<a file naming the classes: " + ", ".join(spec.class_names[:3])
+                 + (", ..." if len(spec.class_names) > 3 else "") + ">"]
     return args
 
 

@@ -150,9 +150,7 @@ def _describe(mlmodel, ctx: ExportContext) -> None:
         f"{json.dumps(pre, default=str)}")
     for name in model.output_names:
         mlmodel.output_description[name] = f"{spec.task} output {name!r}"
-    meta = {"model": spec.model, "task": spec.task, "num_classes": spec.num_classes,
-            "outputs": list(model.output_names), "preprocessing": pre}
-    for key, value in meta.items():
+    for key, value in ctx.metadata().items():
         mlmodel.user_defined_metadata[METADATA_PREFIX + key] = json.dumps(value, default=str)
 
 

@@ -37,6 +37,7 @@ class OnnxFormat(Format):
         reference = fp32_proto(ctx)[0] if ctx.options.precision != "fp32" else None
         proto, graph = precision_proto(ctx, ctx.options.precision)
         path = ctx.path(self.suffix)
+        set_metadata(proto, ctx.metadata())
         files = save_onnx(proto, path)
         check_saved(path, dynamic=not ctx.options.static and graph.batch is None)
         graph.info["external_data"] = len(files) > 1
@@ -62,6 +63,21 @@ class OnnxFormat(Format):
                 return None
             return eager_divergence(ctx, exported.artifact, pictures, cosine_gate)
         return layer_divergence(exported.reference, exported.artifact, pictures, cosine_gate, ctx.workdir)
+
+
+METADATA_PREFIX = "autotimm_deploy."
+
+
+def set_metadata(proto, metadata: dict) -> None:
+    """``metadata`` as the graph's ``metadata_props`` (JSON values, keys under our prefix), replacing ours."""
+    import json
+
+    kept = [p for p in proto.metadata_props if not p.key.startswith(METADATA_PREFIX)]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_PREFIX + key, json.dumps(value, default=str)
 
 
 def precision_proto(ctx: ExportContext, precision: str):

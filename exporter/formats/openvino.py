@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from autotimm_deploy.exporter.core.errors import ExportFailed, MissingExtra, UserError, first_line
@@ -57,6 +58,8 @@ class OpenVinoFormat(Format):
         if precision == "int8":
             model, graph.info["quantization"] = _quantize(model, ctx, proto)
         xml = ctx.path(self.suffix)
+        for key, value in ctx.metadata().items():  # read back with model.get_rt_info(["autotimm_deploy", key])
+            model.set_rt_info(json.dumps(value, default=str), ["autotimm_deploy", key])
         ov.save_model(model, str(xml), compress_to_fp16=False)
         info = {**graph.info, "converter": f"openvino {ov.get_version()}",
                 "inference_precision": INFERENCE_PRECISION[precision]}

@@ -27,7 +27,7 @@ import numpy as np
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.limits import MAX_EVAL_SAMPLES
 from autotimm_deploy.exporter.inputs.calibration import IMAGE_SUFFIXES, check_fits
-from autotimm_deploy.exporter.inputs.preprocess import preprocess, preprocess_stretch
+from autotimm_deploy.exporter.inputs.preprocess import Geometry, describe, prepare
 
 IGNORE_INDEX = 255  # segmentation mask value left out of the metrics
 
@@ -38,7 +38,7 @@ class Labelled:
 
     kind: str  # "image-folder" | "label-csv" | "multilabel-csv" | "coco" | "mask-folder"
     images: np.ndarray  # [N, C, H, W] float32, preprocessed
-    sizes: list[tuple[int, int]]  # each picture's original (height, width)
+    geometries: list[Geometry]  # where each picture lies in its input (predictions map back through it)
     labels: Any = None  # int [N] (single-label) | float 0/1 [N, K] (multi-label) | masks (list of int [H0, W0])
     coco: dict | None = None  # the COCO ground truth of the chosen pictures
     image_ids: list[int] = field(default_factory=list)  # COCO image ids, in ``images`` order
@@ -47,6 +47,11 @@ class Labelled:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    @property
+    def sizes(self) -> list[tuple[int, int]]:
+        """Each picture's own (height, width)."""
+        return [g.picture for g in self.geometries]
 
 
 def load_labelled(source: str | Path, task: str, prep: dict, num_classes: int | None, multi_label: bool = False,
@@ -58,12 +63,13 @@ def load_labelled(source: str | Path, task: str, prep: dict, num_classes: int | 
     if not path.exists():
         raise UserError(f"evaluation data not found: {path}")
     kind, loader = _kind(path, task, multi_label)
+    prep = describe(prep, task)
     data = loader(path, prep, num_classes, samples)
     if len(data) == 0:
         raise UserError(f"evaluation data {path} holds no pictures")
     data.info = {"source": str(path), "kind": kind, "samples": len(data), **data.info,
-                 "preprocessing": "resize the shorter side, centre crop (timm eval transform)" if task == "classification"
-                 else "the whole picture stretched to the input size, predictions mapped back to its pixels"}
+                 "preprocessing": f"the manifest's ({prep['resize']}), predictions mapped back to "
+                                  "each picture's own pixels"}
     return data
 
 
@@ -118,15 +124,15 @@ def _read(path: Path, mode: str = "RGB") -> np.ndarray:
         raise UserError(f"cannot read evaluation picture {path}: {first_line(e, 150)}") from None
 
 
-def _load(files: list[Path], prep: dict, transform) -> tuple[np.ndarray, list[tuple[int, int]]]:
+def _load(files: list[Path], prep: dict) -> tuple[np.ndarray, list[Geometry]]:
+    """The pictures preprocessed as the manifest says, and where each lies in its input."""
     check_fits(len(files), prep, "evaluation pictures", "pass --eval-samples N")
     out = np.empty((len(files), *prep["input_size"]), dtype=np.float32)
-    sizes = []
+    geometries = []
     for i, f in enumerate(files):
-        img = _read(f)
-        sizes.append((int(img.shape[0]), int(img.shape[1])))
-        out[i] = transform(img, prep)
-    return out, sizes
+        out[i], g = prepare(_read(f), prep)
+        geometries.append(g)
+    return out, geometries
 
 
 def _image_folder(path: Path, prep: dict, num_classes: int | None, samples) -> Labelled:
@@ -148,8 +154,8 @@ def _image_folder(path: Path, prep: dict, num_classes: int | None, samples) -> L
     if not items:
         raise UserError(f"{path}: the class folders hold no pictures ({', '.join(IMAGE_SUFFIXES)})")
     items = [items[i] for i in _choose(len(items), samples)]
-    images, sizes = _load([f for f, _ in items], prep, preprocess)
-    return Labelled("image-folder", images, sizes, labels=np.array([y for _, y in items], dtype=np.int64),
+    images, geometries = _load([f for f, _ in items], prep)
+    return Labelled("image-folder", images, geometries, labels=np.array([y for _, y in items], dtype=np.int64),
                     info={"classes": len(classes), "class_names": classes if not by_number else None})
 
 
@@ -183,8 +189,8 @@ def _label_csv(path: Path, prep: dict, num_classes: int | None, samples) -> Labe
     labels = np.array([_number(r[1], path, i + 2) for i, r in enumerate(rows)], dtype=np.int64)
     if num_classes is not None and (labels.min() < 0 or labels.max() >= num_classes):
         raise UserError(f"{path}: labels must be class indices 0..{num_classes - 1}")
-    images, sizes = _load([_under(path.parent, r[0]) for r in rows], prep, preprocess)
-    return Labelled("label-csv", images, sizes, labels=labels, info={"classes": num_classes})
+    images, geometries = _load([_under(path.parent, r[0]) for r in rows], prep)
+    return Labelled("label-csv", images, geometries, labels=labels, info={"classes": num_classes})
 
 
 def _multilabel_csv(path: Path, prep: dict, num_classes: int | None, samples) -> Labelled:
@@ -196,8 +202,8 @@ def _multilabel_csv(path: Path, prep: dict, num_classes: int | None, samples) ->
     labels = np.array([[_number(v, path, i + 2, float) for v in r[1:]] for i, r in enumerate(rows)], dtype=np.float32)
     if not np.isin(labels, (0.0, 1.0)).all():
         raise UserError(f"{path}: label columns hold 0 or 1")
-    images, sizes = _load([_under(path.parent, r[0]) for r in rows], prep, preprocess)
-    return Labelled("multilabel-csv", images, sizes, labels=labels, info={"classes": len(names), "class_names": names})
+    images, geometries = _load([_under(path.parent, r[0]) for r in rows], prep)
+    return Labelled("multilabel-csv", images, geometries, labels=labels, info={"classes": len(names), "class_names": names})
 
 
 def _under(root: Path, name: str) -> Path:
@@ -236,7 +242,8 @@ def _coco(path: Path, prep: dict, num_classes: int | None, samples) -> Labelled:
     roots = (path.parent, path.parent / "images")
     files = [next((r / image_files[i] for r in roots if (r / image_files[i]).is_file()), roots[0] / image_files[i])
              for i in ids]
-    arrays, sizes = _load(files, prep, preprocess_stretch)
+    arrays, geometries = _load(files, prep)
+    sizes = [g.picture for g in geometries]
     chosen = set(ids)
     for im, (h, w) in zip(images, sizes):
         if (int(im.get("height") or h), int(im.get("width") or w)) != (h, w):
@@ -245,7 +252,7 @@ def _coco(path: Path, prep: dict, num_classes: int | None, samples) -> Labelled:
     subset = {**{k: v for k, v in gt.items() if k not in ("images", "annotations")},
               "images": [{**im, "height": h, "width": w} for im, (h, w) in zip(images, sizes)],
               "annotations": [a for a in gt["annotations"] if int(a["image_id"]) in chosen]}
-    return Labelled("coco", arrays, sizes, coco=subset, image_ids=ids, category_ids=cats,
+    return Labelled("coco", arrays, geometries, coco=subset, image_ids=ids, category_ids=cats,
                     info={"classes": len(cats), "annotations": len(subset["annotations"])})
 
 
@@ -256,9 +263,9 @@ def _mask_folder(path: Path, prep: dict, num_classes: int | None, samples) -> La
     if missing:
         raise UserError(f"{path / 'masks'} has no mask for {missing[0]} (masks share the pictures' file stems)")
     pictures = [pictures[i] for i in _choose(len(pictures), samples)]
-    arrays, sizes = _load(pictures, prep, preprocess_stretch)
+    arrays, geometries = _load(pictures, prep)
     labels, top = [], 0
-    for p, size in zip(pictures, sizes):
+    for p, size in zip(pictures, (g.picture for g in geometries)):
         m = _read(masks[p.stem], mode=None)
         if m.ndim != 2:
             raise UserError(f"mask {masks[p.stem]} has {m.ndim} dimensions: a mask is one channel of class indices")
@@ -272,4 +279,4 @@ def _mask_folder(path: Path, prep: dict, num_classes: int | None, samples) -> La
                             f"classes ({IGNORE_INDEX}: ignored)")
         top = max(top, int(values.max()) + 1 if values.size else 0)
         labels.append(m)  # as stored (uint8 / uint16): converted per picture when scored
-    return Labelled("mask-folder", arrays, sizes, labels=labels, info={"classes": num_classes or top})
+    return Labelled("mask-folder", arrays, geometries, labels=labels, info={"classes": num_classes or top})

@@ -100,9 +100,12 @@ def preprocessing(model: torch.nn.Module, spec: ModelSpec) -> dict:
 
 
 def preprocessing_record(spec: ModelSpec, mean, std, interpolation: str, crop_pct: float, source: str,
-                         crop_mode: str = "center") -> dict:
-    """The manifest's preprocessing: these defaults with the spec's overrides (``--mean`` ...) on top,
-    and ``source`` saying which values came from where."""
+                         crop_mode: str = "center", extra: dict | None = None) -> dict:
+    """The manifest's preprocessing (`autotimm_deploy.exporter.inputs.preprocess` applies it): these
+    defaults with the spec's overrides (``--mean``, ``--resize`` ...) on top, and ``source`` saying
+    which values came from where. Without ``extra`` (``resize`` ...), a timm classifier's transform:
+    the shorter side to ``size / crop_pct`` with PIL, centre crop; a dense task's: the picture
+    stretched to the input size, as our built-in heads are evaluated."""
     prep = {
         "input_size": [spec.in_chans, *spec.img_size],
         "mean": [float(v) for v in mean],
@@ -110,12 +113,22 @@ def preprocessing_record(spec: ModelSpec, mean, std, interpolation: str, crop_pc
         "interpolation": interpolation,
         "crop_pct": crop_pct,
         "crop_mode": crop_mode,
+        "resize": "crop" if spec.task == "classification" else "stretch",
+        "library": "pil",
+        **(extra or {}),
         "color_space": "RGB" if spec.in_chans == 3 else f"{spec.in_chans}-channel",
         "layout": "NCHW",
         "scale": "pixel / 255, then (x - mean) / std",
     }
     given = {k: ([float(x) for x in v] if isinstance(v, (list, tuple)) else v) for k, v in spec.preprocess.items()}
     prep.update(given)
+    if prep["resize"] == "letterbox":
+        prep.setdefault("pad_value", [114.0] * 3)
+        prep.setdefault("pad_position", "center")
+    if "pad_value" in given and prep["resize"] != "letterbox":
+        raise UserError("--pad-value applies to --resize letterbox (the picture padded to the input size)")
+    if given.keys() & {"crop_pct", "resize"} and "resize_size" in prep:
+        del prep["resize_size"]  # an override of how to resize replaces AutoTimm's fixed resize size
     prep["source"] = f"{source}; set by the user: {', '.join(sorted(given))}" if given else source
     return prep
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.manifest import MANIFEST_SUFFIX, Manifest, load_manifest, manifest_path, verify_files
+from autotimm_deploy.exporter.inputs.preprocess import describe
 from autotimm_deploy.exporter.triton.config import (
     NATIVE,
     ServeOptions,
@@ -201,8 +202,7 @@ def _write_artifact(repo: Path, base: str, folder: Path, m: Manifest, options: S
                                      "the raw-picture ensemble sends one picture"))
         return models
     pre = f"{base}_preprocess"
-    dense = m.spec.get("task", "classification") != "classification"
-    _write(repo / pre, preprocess_config(pre, m, options, "stretch" if dense else "crop"), module="preprocess_model")
+    _write(repo / pre, preprocess_config(pre, m, options), module="preprocess_model")
     models.append(RepoModel(pre, "preprocess", "python", m.artifact))
     boxes = None
     if m.spec.get("task") in BOX_TASKS:
@@ -246,26 +246,29 @@ def _link_or_copy(src: Path, dest: Path) -> None:
         shutil.copy2(src, dest)
 
 
-def preprocess_config(name: str, m: Manifest, options: ServeOptions, mode: str) -> dict:
+def _preprocessing(m: Manifest) -> str:
+    """The manifest's preprocessing, every key the transform needs filled in, as the Python models read it."""
+    return json.dumps(describe(m.preprocessing, m.spec.get("task")))
+
+
+def preprocess_config(name: str, m: Manifest, options: ServeOptions) -> dict:
     c, h, w = m.preprocessing["input_size"]
     return {"name": name, "backend": "python", "max_batch_size": 0,
             "input": [{"name": "IMAGE", "data_type": "TYPE_UINT8", "dims": [-1]}],
             "output": [{"name": "input", "data_type": "TYPE_FP32", "dims": [1, c, h, w]},
                        {"name": "original_size", "data_type": "TYPE_INT32", "dims": [1, 2]}],
             "instance_group": [{"kind": "KIND_CPU", "count": options.instances}],
-            "parameters": {"preprocessing": {"string_value": json.dumps(m.preprocessing)},
-                           "mode": {"string_value": mode}}}
+            "parameters": {"preprocessing": {"string_value": _preprocessing(m)}}}
 
 
 def boxes_config(name: str, m: Manifest, options: ServeOptions) -> dict:
     sig = next(o for o in m.outputs if o.name == "boxes")
-    _, h, w = m.preprocessing["input_size"]
     return {"name": name, "backend": "python", "max_batch_size": 0,
             "input": [{"name": "boxes", "data_type": data_type(sig.dtype), "dims": [-1, -1, 4]},
                       {"name": "original_size", "data_type": "TYPE_INT32", "dims": [1, 2]}],
             "output": [{"name": "boxes", "data_type": data_type(sig.dtype), "dims": [-1, -1, 4]}],
             "instance_group": [{"kind": "KIND_CPU", "count": options.instances}],
-            "parameters": {"input_size": {"string_value": json.dumps([h, w])}}}
+            "parameters": {"preprocessing": {"string_value": _preprocessing(m)}}}
 
 
 def ensemble_config(name: str, m: Manifest, pre: str, target: str, name_of, boxes: str | None) -> dict:

@@ -1,6 +1,7 @@
 """Detection postprocessing in the ensemble: ``boxes`` [1, K, 4] (x1, y1, x2, y2 in the model's input
-pixels, the picture stretched to it) mapped back to the original picture's pixels with
-``original_size`` [1, 2]; ``parameters.input_size`` is the model's (height, width)."""
+pixels) mapped back to the original picture's pixels, clipped to it, with ``original_size`` [1, 2]
+(height, width) and the manifest's preprocessing (``parameters.preprocessing``): a letterbox's scale
+and padding removed, a stretch undone, the same `Geometry` as every other consumer."""
 
 from __future__ import annotations
 
@@ -10,22 +11,23 @@ import numpy as np
 from autotimm_deploy.exporter.triton_backend.tensors import failed, parameters, read, respond
 
 
-def to_original(boxes: np.ndarray, original: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
-    """Scale x by W0 / w and y by H0 / h, per picture."""
-    h, w = input_size
-    scale = np.stack([original[:, 1] / w, original[:, 0] / h] * 2, axis=-1).astype(np.float32)  # [B, 4]
-    return (boxes * scale[:, None, :]).astype(boxes.dtype)
+def to_original(boxes: np.ndarray, original: np.ndarray, prep: dict) -> np.ndarray:
+    """Each picture's boxes in its own pixels."""
+    from autotimm_deploy.exporter.inputs.preprocess import geometry
+
+    out = [geometry(tuple(size), prep).boxes_to_picture(b) for b, size in zip(boxes, original)]
+    return np.stack(out).astype(boxes.dtype) if out else boxes
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.input_size = tuple(json.loads(parameters(args)["input_size"]))
+        self.prep = json.loads(parameters(args)["preprocessing"])
 
     def execute(self, requests):
         responses = []
         for request in requests:
             try:
-                boxes = to_original(read(request, "boxes"), read(request, "original_size"), self.input_size)
+                boxes = to_original(read(request, "boxes"), read(request, "original_size"), self.prep)
                 responses.append(respond({"boxes": boxes}))
             except Exception as e:  # noqa: BLE001
                 responses.append(failed(e))

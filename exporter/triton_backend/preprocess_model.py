@@ -1,7 +1,6 @@
 """Raw pictures in, the model's input out: a client sends an encoded image file (JPEG, PNG, ...) as
 a UINT8 vector ``IMAGE``; this decodes it and applies the manifest's preprocessing (``parameters``:
-``preprocessing`` as JSON, ``mode`` ``crop`` for classifiers (timm's eval transform) or ``stretch`` for
-dense tasks). Outputs ``input`` [1, C, H, W] and ``original_size`` [1, 2] (height, width), which the
+``preprocessing`` as JSON: the transform the model was evaluated with). Outputs ``input`` [1, C, H, W] and ``original_size`` [1, 2] (height, width), which the
 postprocessing uses to map boxes back to the picture's own pixels."""
 
 from __future__ import annotations
@@ -26,11 +25,10 @@ def decode(data: np.ndarray) -> np.ndarray:
 
 class TritonPythonModel:
     def initialize(self, args):
-        from autotimm_deploy.exporter.inputs.preprocess import preprocess, preprocess_stretch
+        from autotimm_deploy.exporter.inputs.preprocess import preprocess
 
-        params = parameters(args)
-        self.prep = json.loads(params["preprocessing"])
-        self.transform = preprocess_stretch if params.get("mode") == "stretch" else preprocess
+        self.prep = json.loads(parameters(args)["preprocessing"])
+        self.transform = preprocess
 
     def execute(self, requests):
         responses = []

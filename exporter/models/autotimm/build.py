@@ -23,7 +23,8 @@ from autotimm_deploy.exporter.core.files import sha256_file
 from autotimm_deploy.exporter.core.spec import DETECTION_ARCHS, ModelSpec
 from autotimm_deploy.exporter.models.autotimm.checkpoint import LightningCheckpoint, read_lightning_checkpoint
 from autotimm_deploy.exporter.models.autotimm.tasks import BY_TASK, STRUCTURAL, TASKS, AutoTimmTask, identify
-from autotimm_deploy.exporter.models.timm_backbone import preprocessing
+from autotimm_deploy.exporter.models.autotimm.preprocessing import eval_transform
+from autotimm_deploy.exporter.models.timm_backbone import preprocessing, preprocessing_record
 from autotimm_deploy.exporter.models.weights import check_trained_floats
 
 SUPPORTED = (0, 7)  # AutoTimm 0.7.x: the modules and predict() this code reproduces
@@ -35,7 +36,6 @@ _SHOW = 4
 HUB_PREFIXES = ("hf-hub:", "hf_hub:", "timm/", "local-dir:")
 # AutoTimm's detection and segmentation eval transforms resize to the input size (letterbox or
 # stretch) with bilinear filtering and never crop; timm's classifier config would centre-crop
-DENSE_PREPROCESSING = {"crop_pct": 1.0, "interpolation": "bilinear"}
 PRIVATE = ("username",)  # AutoTimm records the trainer's login; manifests travel, so it stays out
 
 
@@ -129,7 +129,7 @@ def spec_from_checkpoint(checkpoint: str | Path, model: str | None = None, task:
             raise UserError(f"{what} trained with --{key.replace('_', '-')} {settings[key]}, not {value}: only "
                             "thresholds can change after training")
         settings[key] = value
-    size = ck.datamodule.get("image_size")
+    size = (ck.transform_config or {}).get("image_size", ck.datamodule.get("image_size"))  # a TransformConfig's wins
     if fields.get("img_size") is None and isinstance(size, int) and not isinstance(size, bool) and size > 0:
         fields["img_size"] = (size, size)  # the DataModule's training size, when it was saved
     return ModelSpec(model=hp["backbone"], task=t.task, num_classes=classes, weights="checkpoint",
@@ -228,16 +228,18 @@ def build_autotimm(spec: ModelSpec) -> torch.nn.Module:
                 "unused_entries": ignored} if ck else {"weights": spec.weights}),
         },
     }
-    model.preprocessing = _preprocessing(net, spec)
+    model.preprocessing = _preprocessing(net, spec, ck)
     return model
 
 
-def _preprocessing(net: torch.nn.Module, spec: ModelSpec) -> dict[str, Any]:
-    prep = preprocessing(net.backbone, spec)
-    if spec.task == "classification":
-        return prep
-    dense = {k: v for k, v in DENSE_PREPROCESSING.items() if k not in spec.preprocess}
-    prep.update(dense)
-    if dense:
-        prep["source"] += f"; {' and '.join(sorted(dense))} as AutoTimm's {spec.task} eval transform (no crop)"
-    return prep
+def _preprocessing(net: torch.nn.Module, spec: ModelSpec, ck: LightningCheckpoint | None) -> dict[str, Any]:
+    """AutoTimm's eval transform for the task (from the checkpoint's DataModule settings, or its
+    defaults), with the spec's overrides (``--mean``, ``--resize`` ...) on top."""
+    timm_cfg = preprocessing(net.backbone, spec)
+    at = eval_transform(spec.task, spec.img_size[0], ck.datamodule if ck else None,
+                        ck.transform_config if ck else None, timm_cfg)
+    if ck is not None and ck.custom_eval_transforms:
+        at["source"] += "; the DataModule was given eval transforms of its own, which a checkpoint cannot describe: " \
+                        "give them with --resize/--mean/--std/--interpolation if they differ"
+    return preprocessing_record(spec, at.pop("mean"), at.pop("std"), at.pop("interpolation"), at.pop("crop_pct"),
+                                at.pop("source"), extra=at)

@@ -28,8 +28,9 @@ COMPILED = "._orig_mod"  # torch.compile's wrapper, in keys saved with AutoTimm'
 
 class _NotLoaded:
     """Stands in for every class or function a checkpoint names beyond torch's tensor building blocks
-    (a DataModule's paths and transform configs, ...): created empty, never the real thing, so
-    reading a file cannot run its code."""
+    (a DataModule's paths and transform configs, ...): never the real thing, so reading a file cannot
+    run its code. It keeps the state the file gives an object (a dataclass's fields, such as
+    AutoTimm's ``TransformConfig``), to be read as plain values only (`_plain_values`)."""
 
     def __new__(cls, *args, **kwargs):
         return object.__new__(cls)
@@ -37,8 +38,14 @@ class _NotLoaded:
     def __init__(self, *args, **kwargs):
         pass
 
-    def __setstate__(self, _state):
-        pass
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):  # (dict, slots)
+            state = {**(state[0] or {}), **state[1]}
+        object.__setattr__(self, "_state", state if isinstance(state, dict) else None)
+
+    def fields(self) -> dict[str, Any]:
+        """The plain values of the state the file gave this object (none when it gave none)."""
+        return _plain_values(getattr(self, "_state", None))
 
     def __setitem__(self, key, value):
         pass
@@ -79,6 +86,9 @@ class LightningCheckpoint:
     lightning_version: str | None
     compiled: bool  # saved from torch.compile'd modules (its keys held ._orig_mod, removed here)
     datamodule: dict[str, Any]  # the DataModule's plain hyper-parameters (image_size, ...), if it saved any
+    # the plain fields of the DataModule's TransformConfig (backend, image_size, mean, ...), if it had one
+    transform_config: dict[str, Any] | None = None
+    custom_eval_transforms: bool = False  # the DataModule was given eval transforms of the user's own
 
 
 def _load(path: Path):
@@ -135,5 +145,9 @@ def _read(path: Path, _size: int, _mtime_ns: int) -> LightningCheckpoint | None:
     sd = {k.replace(COMPILED, ""): v for k, v in sd.items()}
     version = obj.get("pytorch-lightning_version")
     hparams = {k: v for k, v in obj["hyper_parameters"].items() if not isinstance(v, _NotLoaded)}
+    dm = obj.get("datamodule_hyper_parameters")
+    dm = dm if isinstance(dm, dict) else {}
+    config = dm.get("transform_config")
+    custom = any(dm.get(k) is not None for k in ("eval_transforms", "custom_val_transforms", "val_transforms"))
     return LightningCheckpoint(path, hparams, sd, version if isinstance(version, str) else None, compiled,
-                               _plain_values(obj.get("datamodule_hyper_parameters")))
+                               _plain_values(dm), config.fields() if isinstance(config, _NotLoaded) else None, custom)

@@ -1,0 +1,160 @@
+"""autotimm-predict: picture files in, answers out in each picture's own pixels, through the
+manifest's preprocessing and the artifact's own runtime; annotated copies; one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.inputs.preprocess import prepare
+from autotimm_deploy.exporter.models import build_model
+from autotimm_deploy.exporter.pipeline import export
+from autotimm_deploy.profiler.predict import predict, read_picture
+from autotimm_deploy.profiler.report.annotate import decode_mask
+from conftest import files_under, run_cli
+
+NAMES = ("cat", "coffee", "rocket")
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    """Real non-square pictures as files (JPEG and PNG) in a folder."""
+    import skimage.data
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("pictures")
+    Image.fromarray(skimage.data.chelsea()).save(folder / "chelsea.jpg", quality=95)
+    Image.fromarray(skimage.data.coffee()).save(folder / "coffee.png")
+    (folder / "sub").mkdir()
+    Image.fromarray(np.ascontiguousarray(skimage.data.astronaut()[:, 100:380])).save(folder / "sub" / "astronaut.png")
+    return folder
+
+
+def _export(tmp_path, spec: ModelSpec):
+    (r,) = export(spec, ["onnx"], tmp_path)
+    assert r.ok, r.error or r.parity.failures
+    return r.artifact
+
+
+def _eager(spec: ModelSpec, picture: np.ndarray, prep: dict):
+    import torch
+
+    model = build_model(spec)
+    x, geometry = prepare(picture, prep)
+    with torch.no_grad():
+        outs = model(torch.from_numpy(x[None]))
+    return dict(zip(model.output_names, (t.numpy() for t in outs))), geometry
+
+
+def test_classification_top_k_with_names(tmp_path, pictures):
+    spec = ModelSpec("test_resnet", num_classes=3, img_size=(64, 64), class_names=NAMES)
+    artifact = _export(tmp_path, spec)
+    answers = predict(artifact, [pictures], top_k=3)
+    assert [a.file.name for a in answers] == ["chelsea.jpg", "coffee.png", "astronaut.png"]
+    a = answers[0]
+    assert (a.width, a.height) == (451, 300) and [t["name"] for t in a.top] != [] and len(a.top) == 3
+    assert {t["name"] for t in a.top} == set(NAMES) and abs(sum(t["prob"] for t in a.top) - 1) < 1e-4
+    outs, _ = _eager(spec, read_picture(a.file, {}), build_model(spec).preprocessing)
+    assert a.top[0]["label"] == int(outs["logits"][0].argmax())
+
+
+def test_letterboxed_detections_in_picture_pixels(tmp_path, pictures):
+    """Boxes leave in the picture's pixels: the letterbox's scale and padding removed, clipped."""
+    spec = ModelSpec("test_resnet", task="detection", num_classes=3, img_size=(128, 128),
+                     head={"fpn_channels": 16, "max_detections": 10}, preprocess={"resize": "letterbox"})
+    artifact = _export(tmp_path, spec)
+    (a,) = predict(artifact, [pictures / "coffee.png"])
+    assert a.task == "detection" and (a.width, a.height) == (600, 400) and a.detections
+    prep = build_model(spec).preprocessing
+    assert prep["resize"] == "letterbox" and prep["pad_value"] == [114.0] * 3
+    outs, geometry = _eager(spec, read_picture(a.file, prep), prep)
+    assert geometry.offset == (21, 0) and geometry.resized == (85, 128)  # 600x400 -> 128x85, padded 21 above
+    n = int(outs["num_detections"][0])
+    want = geometry.boxes_to_picture(outs["boxes"][0][:n])
+    got = np.array([d["box"] for d in a.detections])
+    assert np.allclose(got, want, atol=0.05)
+    assert (got[:, [0, 2]] <= 600).all() and (got[:, [1, 3]] <= 400).all() and (got >= 0).all()
+    assert {d["name"] for d in a.detections} <= {"0", "1", "2"}  # no names given: the label
+
+
+def test_segmentation_and_instance_answers_at_picture_size(tmp_path, pictures):
+    seg = _export(tmp_path / "seg", ModelSpec("test_resnet", task="semantic-segmentation", num_classes=4,
+                                              img_size=(64, 64)))
+    (a,) = predict(seg, [pictures / "chelsea.jpg"])
+    assert a.mask.shape == (300, 451) and a.mask.max() < 4 and abs(sum(c["share"] for c in a.class_shares()) - 1) < 1e-3
+    inst = _export(tmp_path / "inst", ModelSpec("test_resnet", task="instance-segmentation", num_classes=2,
+                                                img_size=(128, 128), head={"fpn_channels": 16, "max_detections": 5}))
+    (b,) = predict(inst, [pictures / "sub"])
+    assert b.masks is not None and len(b.masks) == len(b.detections)
+    for d in b.detections:
+        m = decode_mask(d["mask"])
+        assert m.shape == (512, 280)
+        x1, y1, x2, y2 = d["box"]
+        ys, xs = np.nonzero(m)
+        slack = 4 * 512 / 128 * 1.5  # the masks come at stride 4 of the input, 4 picture pixels per input pixel
+        if len(ys):  # the mask lies in its box, within the resize's blur
+            assert xs.min() >= x1 - slack and xs.max() <= x2 + slack and ys.min() >= y1 - slack and ys.max() <= y2 + slack
+
+
+def test_cli_json_and_annotated_pictures(tmp_path, pictures):
+    artifact = _export(tmp_path / "a", ModelSpec("test_resnet", task="semantic-segmentation", num_classes=3,
+                                                 img_size=(64, 64)))
+    out = tmp_path / "seen"
+    r = run_cli("autotimm_deploy.profiler.predict_cli", str(artifact), str(pictures), "-o", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    results = json.loads(r.stdout)["results"]
+    assert [x["file"].split("/")[-1] for x in results] == ["chelsea.jpg", "coffee.png", "astronaut.png"]
+    assert results[1]["width"] == 600 and results[1]["height"] == 400 and results[1]["mask"].endswith("coffee.mask.png")
+    assert files_under(out) == sorted(f"{n}.{k}.png" for n in ("astronaut", "chelsea", "coffee") for k in ("mask", "pred"))
+    from PIL import Image
+
+    with Image.open(out / "coffee.mask.png") as m, Image.open(out / "coffee.pred.png") as p:
+        assert m.size == (600, 400) and p.size == (600, 400)
+        assert np.asarray(m).max() < 3
+
+
+def test_cli_errors_are_one_line_and_leave_nothing(tmp_path, pictures):
+    artifact = _export(tmp_path / "a", ModelSpec("test_resnet", num_classes=3, img_size=(64, 64)))
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not a jpeg")
+    names = tmp_path / "names.txt"
+    names.write_text("a\nb\n")
+    lonely = tmp_path / "lonely.onnx"
+    lonely.write_bytes(artifact.read_bytes())
+    cases = [([str(artifact), str(tmp_path / "missing.jpg")], "no such picture"),
+             ([str(artifact), str(bad)], "cannot read picture"),
+             ([str(lonely), str(pictures)], "no manifest"),
+             ([str(artifact), str(pictures), "--class-names", str(names)], "2 class names for a model with 3 classes"),
+             ([str(artifact), str(pictures), "-o", str(bad)], "not a folder"),
+             ([str(tmp_path / "nothing.onnx"), str(pictures)], "no such file")]
+    for args, message in cases:
+        r = run_cli("autotimm_deploy.profiler.predict_cli", *args, "-o", str(tmp_path / "out")) \
+            if "-o" not in args else run_cli("autotimm_deploy.profiler.predict_cli", *args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and message in lines[0], (args, r.stderr)
+    assert files_under(tmp_path / "out") == []
+    with pytest.raises(UserError, match="holds no pictures"):
+        predict(artifact, [tmp_path / "a"])
+
+
+def test_class_names_travel_in_the_formats_own_metadata(tmp_path):
+    """A program holding only the file can still name the answers and preprocess for it."""
+    import onnx
+    from autotimm_deploy.exporter.formats import get_format
+
+    spec = ModelSpec("test_resnet", num_classes=3, img_size=(64, 64), class_names=NAMES)
+    formats = ["onnx"] + ([] if get_format("openvino").unavailable_reason() else ["openvino"])
+    results = export(spec, formats, tmp_path, verify=False)
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(results[0].artifact)).metadata_props}
+    assert props["autotimm_deploy.class_names"] == list(NAMES) and props["autotimm_deploy.task"] == "classification"
+    assert props["autotimm_deploy.preprocessing"]["resize"] == "crop"
+    if len(results) > 1:
+        import openvino as ov
+
+        model = ov.Core().read_model(str(results[1].artifact))
+        assert json.loads(model.get_rt_info(["autotimm_deploy", "class_names"]).astype(str)) == list(NAMES)
+    with pytest.raises(UserError, match="2 class names for a model with 3 classes"):
+        ModelSpec("test_resnet", num_classes=3, class_names=("a", "b"))
