@@ -13,7 +13,7 @@ from autotimm_deploy.exporter.inputs.preprocess import prepare
 from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.profiler.predict import predict, read_picture
-from autotimm_deploy.profiler.report.annotate import decode_mask
+from autotimm_deploy.exporter.inputs.answers import decode_mask
 from conftest import files_under, run_cli
 
 NAMES = ("cat", "coffee", "rocket")

@@ -49,6 +49,9 @@ class ParityReport:
     # the same artifact outputs against the model's own reference implementation, where it has one
     # (AutoTimm models: their predict()): {"against": str, "metrics": {...}, "failures": [...]}
     reference: dict[str, Any] | None = None
+    # raw pictures through AutoTimm's own eval transform, predict() and geometry vs through ours and the
+    # artifact (exporter/end_to_end.py): {"verdict", "against", "pictures": [...], "failures": [...]}
+    end_to_end: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:

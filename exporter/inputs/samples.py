@@ -25,6 +25,13 @@ def _picture(name: str) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+def non_square_pictures() -> dict[str, np.ndarray]:
+    """Four real pictures that are not square (HWC uint8 RGB): landscape 600x400, 640x427 and 451x300,
+    and a 280x512 portrait crop of the astronaut. What letterbox, stretch and crop treat differently."""
+    return {"coffee": _picture("coffee"), "rocket": _picture("rocket"), "chelsea": _picture("chelsea"),
+            "astronaut-crop": np.ascontiguousarray(_picture("astronaut")[:, 100:380])}
+
+
 def sample_images(n: int, prep: dict, offset: int = 0) -> np.ndarray:
     """``n`` pictures as float32 NCHW, preprocessed as ``prep`` (a manifest's ``preprocessing``).
     Picture ``i`` is ``PICTURES[(offset + i) % len]``, mirrored on every second pass through the list,

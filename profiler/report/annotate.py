@@ -9,6 +9,7 @@ import io
 from typing import Any
 
 import numpy as np
+from autotimm_deploy.exporter.inputs.answers import decode_mask
 
 OVERLAY_ALPHA = 0.45
 
@@ -75,21 +76,6 @@ def draw(picture: np.ndarray, answer: Any) -> bytes:
     buf = io.BytesIO()
     out.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def encode_mask(mask: np.ndarray) -> dict:
-    """A bool [H, W] mask as COCO run-length encoding (``{"size": [H, W], "counts": str}``)."""
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()}
-
-
-def decode_mask(rle: dict) -> np.ndarray:
-    """An `encode_mask` mask back to bool [H, W]."""
-    from pycocotools import mask as mask_utils
-
-    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
 
 
 def mask_png(mask: np.ndarray) -> bytes:

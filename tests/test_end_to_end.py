@@ -1,0 +1,61 @@
+"""End-to-end parity for AutoTimm checkpoints: raw non-square pictures through AutoTimm's own eval
+transform, predict() and geometry against our preprocessing, the artifact and our answers; and the
+check catches a pipeline that drifts from AutoTimm's (the stretch we used to apply to detectors)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from autotimm_deploy.exporter.models.autotimm import spec_from_checkpoint
+from autotimm_deploy.exporter.pipeline import export
+
+pytest.importorskip("autotimm")
+from autotimm_models import SIZE, make_checkpoints  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    return make_checkpoints(tmp_path_factory.mktemp("e2e"), names=("fcos", "fcn", "classifier"))
+
+
+@pytest.mark.parametrize("variant", ["fcos", "fcn", "classifier"])
+def test_same_answers_as_autotimm_on_raw_pictures(variant, checkpoints, tmp_path):
+    spec = spec_from_checkpoint(checkpoints[variant], img_size=(SIZE, SIZE))
+    (r,) = export(spec, ["onnx"], tmp_path)
+    assert r.ok, (r.error, r.parity and r.parity.failures)
+    e2e = json.loads(r.manifest.read_text())["parity"]["end_to_end"]
+    assert e2e["verdict"] == "pass" and e2e["against"].startswith("AutoTimm's eval transform")
+    assert [p["picture"] for p in e2e["pictures"]] == ["coffee", "rocket", "chelsea", "astronaut-crop"]
+    for p in e2e["pictures"]:
+        if variant == "fcos":
+            assert p["reference"] > 0 and p["matched"] == p["reference"] == p["ours"] and p["min_iou"] >= 0.95
+        elif variant == "fcn":
+            assert p["mask_iou"] >= 0.99
+        else:
+            assert p["top1_same"]
+
+
+def test_a_drifting_pipeline_fails_end_to_end(checkpoints, tmp_path, monkeypatch):
+    """Our side stretched with PIL (what we did before AutoTimm's letterbox): tensor parity still
+    passes, the answers on real pictures do not, and the fp32 artifact fails."""
+    from autotimm_deploy.exporter import end_to_end
+    from autotimm_deploy.exporter.inputs.preprocess import prepare
+
+    def stretched(img, prep):
+        return prepare(img, {**prep, "resize": "stretch", "library": "pil"})
+
+    monkeypatch.setattr(end_to_end, "prepare", stretched)
+    spec = spec_from_checkpoint(checkpoints["fcos"], img_size=(SIZE, SIZE))
+    (r,) = export(spec, ["onnx"], tmp_path)
+    e2e = r.parity.end_to_end
+    assert e2e["verdict"] == "fail" and not r.ok
+    assert all(f.startswith("end to end") for f in r.parity.failures)  # the tensors themselves agreed
+    assert any(f.startswith("end to end: coffee") for f in r.parity.failures)
+    assert sum(p["matched"] for p in e2e["pictures"]) < sum(p["reference"] for p in e2e["pictures"])
+
+
+def test_overridden_preprocessing_is_not_compared(checkpoints, tmp_path):
+    spec = spec_from_checkpoint(checkpoints["fcn"], img_size=(SIZE, SIZE), preprocess={"resize": "letterbox"})
+    (r,) = export(spec, ["onnx"], tmp_path)
+    assert r.ok and r.parity.end_to_end["verdict"] == "not run" and "overridden" in r.parity.end_to_end["reason"]
