@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 from autotimm_deploy.exporter.core.errors import first_line
-from autotimm_deploy.exporter.inputs.answers import Answer, answer, decode_mask
+from autotimm_deploy.exporter.inputs.answers import Answer, answer, decode_mask, picture_geometry, picture_outputs
 from autotimm_deploy.exporter.inputs.preprocess import Geometry, describe, prepare
 from autotimm_deploy.exporter.inputs.samples import non_square_pictures
 
@@ -112,6 +112,29 @@ def _passed(m: dict[str, Any]) -> bool:
         return m["mask_iou"] >= MASK_IOU
     ok = m["matched"] == m["reference"] == m["ours"]
     return ok and (m.get("min_mask_iou") is None or m["min_mask_iou"] >= MASK_IOU)
+
+
+def against_python(embedded, predict: Callable[[np.ndarray], dict[str, np.ndarray]]) -> dict[str, Any]:
+    """An artifact with its preprocessing inside (``predict``: picture input -> outputs already in the
+    picture's pixels) against the Python pipeline with the same record and the plain model."""
+    import torch
+
+    from autotimm_deploy.exporter.inputs.pictures import picture_input
+
+    inner, task = embedded.model, embedded.task
+    prep = describe(inner.preprocessing, task)
+    rows = []
+    for name, img in non_square_pictures().items():
+        x, geometry = prepare(img, prep)
+        with torch.no_grad():
+            ref_out = dict(zip(inner.output_names, (t.numpy() for t in inner(torch.from_numpy(x[None])))))
+        ref = answer(ref_out, geometry, task, None, name)
+        ours = answer(picture_outputs(predict(picture_input(img, embedded.layout)), task), picture_geometry(img), task,
+                      None, name)
+        rows.append({"picture": name, "size": [int(img.shape[0]), int(img.shape[1])], **compare(ref, ours)})
+    failed = [r["picture"] for r in rows if not _passed(r)]
+    return {"verdict": "fail" if failed else "pass", "against": "the Python pipeline (exporter/inputs/preprocess.py)",
+            "pictures": rows, "failures": [f"{p}: answers differ from the Python pipeline's" for p in failed]}
 
 
 def end_to_end(model, predict: Callable[[np.ndarray], dict[str, np.ndarray]], pictures=None) -> dict[str, Any] | None:

@@ -319,6 +319,33 @@ def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | N
     )
 
 
+def verify_pictures(model, session, precision: str = "fp32") -> ParityReport:
+    """An artifact with its preprocessing inside (``--embed-preprocessing``): it and the eager wrapper
+    on the same raw non-square 8-bit pictures, one at a time (each its own size)."""
+    import torch
+
+    from autotimm_deploy.exporter.inputs.samples import non_square_pictures
+    from autotimm_deploy.exporter.inputs.pictures import picture_input
+
+    tol = TOLERANCES[precision]
+    name = session.inputs[0].name
+    per_picture = {}
+    for key, img in non_square_pictures().items():
+        x = picture_input(img, model.layout)
+        with torch.no_grad():
+            ref = dict(zip(model.output_names, (t.numpy() for t in model(torch.from_numpy(x)))))
+        try:
+            per_picture[key] = compare_outputs(ref, session.infer({name: x}), tol)
+        except Exception as e:  # noqa: BLE001 - a runtime crash is a parity failure
+            per_picture[key] = {"runtime": error_metrics(f"runtime failed on {key}: {first_line(e, 200)}")}
+    merged = _merge(per_picture)
+    problems = [f"{n}: {p}" for n, m in merged.items() for p in failures(m, precision)]
+    return ParityReport(verdict=Verdict.FAIL if problems else Verdict.PASS, precision=precision, runtime=session.name,
+                        device=session.device, batches=[1], tolerance=asdict(tol), metrics=merged,
+                        inputs="four raw non-square scikit-image pictures (8-bit), preprocessed inside the graph",
+                        per_batch=per_picture, failures=problems)
+
+
 def _reference_outputs(reference, x: np.ndarray) -> dict[str, np.ndarray] | str:
     """The model's own reference outputs for ``x``, or why it could not run (a parity failure)."""
     import torch

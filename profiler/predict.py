@@ -7,12 +7,13 @@ instance masks pasted at the picture's resolution, a class mask the size of the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.limits import MAX_IMG_SIDE
-from autotimm_deploy.exporter.inputs.answers import Answer, answer, class_names
+from autotimm_deploy.exporter.inputs.answers import Answer, answer, class_names, picture_geometry, picture_outputs
+from autotimm_deploy.exporter.inputs.pictures import picture_input
 from autotimm_deploy.exporter.inputs.preprocess import describe, prepare
 from autotimm_deploy.profiler.artifact import detect, open_artifact
 
@@ -42,19 +43,41 @@ def picture_files(paths: Iterable[str | Path]) -> list[Path]:
 
 def read_picture(path: Path, prep: dict[str, Any]) -> np.ndarray:
     """A picture file -> HWC uint8 RGB, decoded as the reference transform's loader does: OpenCV's
-    (``library`` cv2) turns the picture upright by its EXIF orientation, PIL's does not."""
+    (``library`` cv2) turns the picture upright by its EXIF orientation, PIL's does not; grey,
+    palette, CMYK and transparent pictures become RGB (alpha dropped), 16-bit ones 8-bit (>> 8)."""
     from PIL import Image, ImageOps
 
-    setattr(Image, "MAX_IMAGE_PIXELS", MAX_PICTURE_PIXELS)  # PIL refuses larger pictures (a decompression bomb)
+    setattr(Image, "MAX_IMAGE_PIXELS", MAX_PICTURE_PIXELS)  # PIL refuses far larger pictures (a decompression bomb)
     try:
         with Image.open(path) as img:
+            if img.width * img.height > MAX_PICTURE_PIXELS:
+                raise UserError(f"{path} is {img.width}x{img.height}, more than {MAX_PICTURE_PIXELS:,} pixels: refused")
             if prep.get("library") == "cv2":
                 img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: its top 8 bits, as OpenCV reads it
+                grey = (np.asarray(img, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+                return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
             return np.asarray(img.convert("RGB"))
+    except UserError:
+        raise
     except Image.DecompressionBombError:
         raise UserError(f"{path} is larger than {MAX_PICTURE_PIXELS:,} pixels: refused") from None
     except Exception as e:  # noqa: BLE001 - not a picture, truncated, ...
         raise UserError(f"cannot read picture {path}: {first_line(e, 150)}") from None
+
+
+def _run(session, picture: np.ndarray, prep: dict[str, Any], embedded: str | None, task: str):
+    """One picture through the artifact: (its outputs, batch of one, and the geometry they are in).
+    A graph with the preprocessing inside takes the picture as it is and answers in its pixels."""
+    name = session.inputs[0].name
+    if embedded:
+        result = session.infer({name: picture_input(picture, embedded)})
+        return picture_outputs({k: np.asarray(v) for k, v in result.items()}, task), picture_geometry(picture)
+    x, geometry = prepare(picture, prep)
+    batch = session.batch_range()[0]
+    feed = np.repeat(x[None], batch, axis=0) if batch > 1 else x[None]  # a fixed batch: the picture, repeated
+    result = session.infer({name: np.ascontiguousarray(feed)})
+    return {k: np.asarray(v)[:1] for k, v in result.items()}, geometry
 
 
 def predict(artifact: str | Path, pictures: Iterable[str | Path], runtime: str | None = None,
@@ -71,21 +94,17 @@ def predict(artifact: str | Path, pictures: Iterable[str | Path], runtime: str |
                         f"(export it with autotimm-export, which writes {path.name}.json)")
     task = manifest.spec.get("task", "classification")
     prep = describe(manifest.preprocessing, task)
-    if manifest.size.get("dynamic"):
+    embedded = (prep.get("embedded") or {}).get("layout")
+    if manifest.size.get("dynamic") and not embedded:
         raise UserError(f"{path} takes inputs of any size (--dynamic-size): autotimm-predict feeds the export size "
                         "the manifest's preprocessing describes; export it at a fixed size to predict with it")
     names = class_names(manifest, names)
     out: list[Answer] = []
     with open_artifact(path, manifest=manifest, runtime=runtime, device=device) as session:
-        name = session.inputs[0].name
-        batch = session.batch_range()[0]
         for f in files:
             picture = read_picture(f, prep)
-            x, geometry = prepare(picture, prep)
-            feed = np.repeat(x[None], batch, axis=0) if batch > 1 else x[None]  # a fixed batch: the picture, repeated
-            result = session.infer({name: np.ascontiguousarray(feed)})
-            a = answer({k: np.asarray(v)[:1] for k, v in result.items()}, geometry, task, names, f, top_k,
-                       min_score=min_score)
+            outputs, geometry = _run(session, picture, prep, embedded, task)
+            a = answer(outputs, geometry, task, names, f, top_k, min_score=min_score)
             if on_answer:
                 a.picture = picture
                 on_answer(a)

@@ -158,3 +158,29 @@ def test_class_names_travel_in_the_formats_own_metadata(tmp_path):
         assert json.loads(model.get_rt_info(["autotimm_deploy", "class_names"]).astype(str)) == list(NAMES)
     with pytest.raises(UserError, match="2 class names for a model with 3 classes"):
         ModelSpec("test_resnet", num_classes=3, class_names=("a", "b"))
+
+
+def test_pictures_of_every_kind_are_read_as_rgb(tmp_path):
+    """Grey, palette, RGBA, CMYK and 16-bit files become 8-bit RGB of the picture's size; EXIF
+    orientation turns the picture upright for OpenCV-read models (AutoTimm's dense tasks), as cv2.imread does."""
+    import cv2
+    import skimage.data
+    from PIL import Image
+
+    rgb = skimage.data.chelsea()
+    cases = {"grey.png": Image.fromarray(rgb).convert("L"), "palette.png": Image.fromarray(rgb).convert("P"),
+             "rgba.png": Image.fromarray(rgb).convert("RGBA"), "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
+             "deep.png": Image.fromarray((rgb[..., 0].astype(np.uint16) * 257))}
+    for name, img in cases.items():
+        img.save(tmp_path / name)
+        out = read_picture(tmp_path / name, {})
+        assert out.shape == (300, 451, 3) and out.dtype == np.uint8, name
+    assert np.array_equal(read_picture(tmp_path / "deep.png", {})[..., 0], rgb[..., 0])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    Image.fromarray(rgb).save(tmp_path / "turned.jpg", exif=exif.tobytes(), quality=95)
+    upright = read_picture(tmp_path / "turned.jpg", {"library": "cv2"})
+    reference = cv2.cvtColor(cv2.imread(str(tmp_path / "turned.jpg")), cv2.COLOR_BGR2RGB)
+    assert upright.shape == reference.shape == (451, 300, 3)
+    assert np.abs(upright.astype(int) - reference.astype(int)).max() <= 2  # (two JPEG decoders)
+    assert read_picture(tmp_path / "turned.jpg", {"library": "pil"}).shape == (300, 451, 3)  # PIL's own loader

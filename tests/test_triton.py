@@ -324,3 +324,46 @@ def test_export_writes_the_repository_for_the_artifacts_that_pass(tmp_path):
     assert sorted(p.name for p in (tmp_path / "repo" / "test_resnet_onnx_python" / "1").iterdir()) == \
         ["model.py", "test_resnet.onnx", "test_resnet.onnx.json"]
     assert (tmp_path / "repo" / "test_resnet_onnx" / "1" / "model.onnx").is_file()
+
+
+@needs_server
+def test_ensemble_gives_autotimms_boxes_on_a_non_square_picture(tmp_path):
+    """An AutoTimm FCOS checkpoint served as a raw-picture ensemble: a non-square JPEG in, the same
+    boxes out as AutoTimm's own letterbox, predict() and geometry give, in the picture's pixels."""
+    pytest.importorskip("autotimm")
+    import tritonclient.http as http
+    from autotimm_deploy.exporter.end_to_end import reference_geometry, reference_transform
+    from autotimm_deploy.exporter.inputs.answers import answer
+    from autotimm_deploy.exporter.models import build_model
+    from autotimm_deploy.exporter.models.autotimm import spec_from_checkpoint
+    from autotimm_deploy.exporter.triton import build_repository
+    from autotimm_deploy.exporter.triton.server import serving
+    from autotimm_deploy.exporter.triton_backend.preprocess_model import decode
+    from autotimm_models import SIZE, make_checkpoints
+
+    ckpt = make_checkpoints(tmp_path / "ckpt", names=("fcos",))["fcos"]
+    spec = spec_from_checkpoint(ckpt, img_size=(SIZE, SIZE))
+    (r,) = export(spec, ["onnx"], tmp_path / "out")
+    assert r.ok and load_manifest(r.artifact).preprocessing["resize"] == "letterbox"
+    picture = _picture("coffee")  # 600 x 400
+    rgb = decode(np.frombuffer(picture, np.uint8))
+    model = build_model(spec)
+    prep = model.preprocessing
+    import torch
+
+    with torch.no_grad():
+        ref = model.reference(torch.from_numpy(reference_transform(prep, spec.task, spec.model)(rgb)[None]))
+    want = answer({k: v.numpy() for k, v in ref.items()}, reference_geometry(rgb.shape[:2], prep), spec.task, None, "")
+    assert want.detections
+    repo = tmp_path / "repo"
+    build_repository([r.artifact], repo)
+    data = np.frombuffer(picture, np.uint8)
+    with serving(repo) as server:
+        image = http.InferInput("IMAGE", list(data.shape), "UINT8")
+        image.set_data_from_numpy(data)
+        got = http.InferenceServerClient(server.http_url).infer(f"{r.artifact.stem}_onnx_ensemble", [image])
+    n = int(got.as_numpy("num_detections")[0])
+    boxes, labels = got.as_numpy("boxes")[0][:n], got.as_numpy("labels")[0][:n]
+    assert n == len(want.detections) and (boxes[:, [0, 2]] <= 600).all() and (boxes[:, [1, 3]] <= 400).all()
+    for d, box, label in zip(want.detections, boxes, labels):
+        assert int(label) == d["label"] and np.allclose(box, d["box"], atol=0.05), (box, d)

@@ -67,6 +67,7 @@ class AOTIFormat(Format):
     description = "AOTInductor package: compiled C++/CUDA kernels + weights, runs without Python (CPU or --device cuda)"
     precisions = ("fp32",)
     dynamic_size = True
+    embeds_preprocessing = True
     Options = AOTIOptions
 
     @classmethod

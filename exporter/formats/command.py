@@ -62,6 +62,8 @@ def _export_args(options: ExportOptions) -> list[str]:
         args += ["--batch-size", str(options.batch_size)]
     if not options.simplify:
         args.append("--no-simplify")
+    if options.embed_preprocessing:
+        args += ["--embed-preprocessing", options.embed_preprocessing]
     if options.dynamic_size:
         args += ["--dynamic-size", f"{options.dynamic_size[0]}:{options.dynamic_size[1]}"]
     if options.precision == "int8":

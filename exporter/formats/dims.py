@@ -17,6 +17,10 @@ def export_dims(options, multiple: int | None = None, max_batch: int | None = No
     only holds on multiples of their stride. ``max_batch`` bounds the batch (Torch-TensorRT)."""
     from torch.export import Dim
 
+    if getattr(options, "embed_preprocessing", None):  # one picture, its height and width symbolic
+        from autotimm_deploy.exporter.inputs.pictures import picture_dims
+
+        return picture_dims(options.embed_preprocessing)
     dims = {}
     if not options.static:
         dims[0] = Dim(BATCH, min=1, max=max_batch) if max_batch else Dim(BATCH, min=1)
@@ -56,6 +60,9 @@ def with_dynamic_dims(options, call, max_batch: int | None = None):
 def onnx_axes(options, inputs: list[str], outputs: list[str]) -> dict | None:
     """The TorchScript ONNX exporter's ``dynamic_axes``: symbolic batch everywhere, symbolic height
     and width on the input (output spatial sizes follow from the graph)."""
+    if getattr(options, "embed_preprocessing", None):
+        hw = {1: HEIGHT, 2: WIDTH} if options.embed_preprocessing == "nhwc" else {2: HEIGHT, 3: WIDTH}
+        return {inputs[0]: hw}
     axes = {n: {} for n in inputs + outputs}
     if not options.static:
         for n in axes:

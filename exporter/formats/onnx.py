@@ -23,6 +23,7 @@ class OnnxFormat(Format):
                    "--int8: Q/DQ via onnxruntime static quantization")
     precisions = ("fp32", "fp16", "int8")
     dynamic_size = True
+    embeds_preprocessing = True
 
     @staticmethod
     def check_options(options) -> None:

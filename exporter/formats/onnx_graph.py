@@ -21,6 +21,11 @@ DYNAMO_MIN_OPSET = 18
 MIN_OPSET = 9  # the oldest the TorchScript-based exporter writes
 
 
+def input_name(ctx: ExportContext) -> str:
+    """The graph's input: ``image`` (an 8-bit picture) with the preprocessing inside, else ``input``."""
+    return "image" if ctx.options.embed_preprocessing else "input"
+
+
 def _dynamo(ctx: ExportContext, names: tuple[list[str], list[str]]):
     return _dynamo_program(ctx, names, ctx.options.optimize_dynamo).model_proto
 
@@ -29,7 +34,10 @@ def _dynamo_program(ctx: ExportContext, names: tuple[list[str], list[str]], opti
     import torch
 
     def call(dims):
-        return torch.onnx.export(ctx.model, (ctx.example_input(),), dynamo=True, dynamic_shapes=dims,
+        model, example = ctx.model, (ctx.example_input(),)
+        if ctx.options.embed_preprocessing:  # torch.export first: the exporter's own retries lose the size symbols
+            model, dims = torch.export.export(model, example, dynamic_shapes=dims, strict=False), None
+        return torch.onnx.export(model, example, dynamo=True, dynamic_shapes=dims,
                                  input_names=names[0], output_names=names[1], opset_version=ctx.options.opset,
                                  optimize=optimize, verbose=False)
 
@@ -42,7 +50,7 @@ def translated_program(ctx: ExportContext):
     names are the tensor names of the ONNX graph, so it is PyTorch's side of a layer comparison."""
     import torch
 
-    names = (["input"], list(ctx.model.output_names))
+    names = ([input_name(ctx)], list(ctx.model.output_names))
     with warnings.catch_warnings(), torch.no_grad(), captured_output():
         warnings.simplefilter("ignore")
         return _dynamo_program(ctx, names, optimize=False).exported_program
@@ -141,7 +149,7 @@ def _first_success(ctx: ExportContext):
     What the exporters print (graphs, warnings, C++ logs) is captured, not shown."""
     import torch
 
-    names = (["input"], list(ctx.model.output_names))
+    names = ([input_name(ctx)], list(ctx.model.output_names))
     candidates = list(EXPORTERS) if ctx.options.opset >= DYNAMO_MIN_OPSET else ["torch.onnx.torchscript"]
     failures: dict[str, str] = {}
     for exporter in candidates:

@@ -35,6 +35,8 @@ class OpenVinoFormat(Format):
     requires = ("openvino",)
     precisions = ("fp32", "bf16", "int8")
     dynamic_size = True
+    # (not yet: its Interpolate resamples the picture differently from torch, cosine 0.9989 on the logits)
+    embeds_preprocessing = False
 
     @staticmethod
     def check_options(options) -> None:

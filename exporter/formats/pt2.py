@@ -19,6 +19,7 @@ class PT2Format(Format):
     check_file = staticmethod(zip_check("torch.export (.pt2)", "archive_format"))
     description = "torch.export ExportedProgram (AOTInductor / ExecuTorch input)"
     dynamic_size = True
+    embeds_preprocessing = True
 
     def export(self, ctx: ExportContext) -> Exported:
         import torch

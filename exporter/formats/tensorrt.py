@@ -340,6 +340,7 @@ class TensorRTFormat(Format):
     requires = ("tensorrt", "polygraphy")
     precisions = ("fp32", "fp16", "bf16", "int8")
     dynamic_size = True
+    embeds_preprocessing = False  # (the engine needs a uint8 picture profile: not yet written)
     Options = TensorRTOptions
     needs_cuda = "TensorRT builds an engine on the GPU that will run it"
 

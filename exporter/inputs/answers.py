@@ -122,3 +122,16 @@ def answer(outputs: dict[str, np.ndarray], geometry: Geometry, task: str, names:
         else:
             a.mask = geometry.dense_to_picture(np.asarray(outputs["mask"][0]), "nearest").astype(np.int64)
     return a
+
+
+def picture_geometry(img: np.ndarray) -> Geometry:
+    """An embedded graph's answers are in the picture's pixels already: the identity."""
+    h, w = img.shape[:2]
+    return Geometry((h, w), (h, w), (0, 0), (h, w))
+
+
+def picture_outputs(outputs: dict[str, np.ndarray], task: str) -> dict[str, np.ndarray]:
+    """An embedded graph's outputs for `answer`: a semantic ``mask`` at the picture's size, not the logits."""
+    if task == "semantic-segmentation":
+        return {k: v for k, v in outputs.items() if k != "logits"}
+    return outputs
