@@ -89,48 +89,44 @@ def test_refusals_are_one_line(package, tmp_path, export_cli):
 
 
 @pytest.mark.slow
-def test_cpp_example_classifies_a_picture(package, tmp_path):
-    """docs/examples/aoti/classify.cpp, built against the torch wheel, classifies chelsea.ppm without
-    Python; its top-5 equals the package run from Python on the same preprocessing."""
+def test_cpp_example_answers_from_a_picture_file(tmp_path):
+    """docs/examples/aoti/predict.cpp, built against the torch wheel, reads a picture file and runs an
+    --embed-preprocessing package with no preprocessing of its own: its top-5 is autotimm-predict's,
+    and a detector's boxes (in the picture's pixels) are autotimm-predict's."""
+    from autotimm_deploy.profiler.predict import predict
     from PIL import Image
     from skimage import data
 
-    exe = subprocess.run(["bash", str(ROOT / "docs/examples/aoti/build.sh"), str(tmp_path / "classify")],
+    exe = subprocess.run(["bash", str(ROOT / "docs/examples/aoti/build.sh"), str(tmp_path / "predict")],
                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PYTHON": str(Path(
                              __import__("sys").executable))}, timeout=600)
     assert exe.returncode == 0, exe.stderr[-2000:]
-    picture = data.chelsea()  # 300 x 451 x 3
-    Image.fromarray(picture).save(tmp_path / "chelsea.ppm")
-    pre = load_manifest(package.artifact).preprocessing
-    args = [str(package.artifact), str(tmp_path / "chelsea.ppm"), "64", "64", str(pre["crop_pct"]),
-            pre["interpolation"], *map(str, pre["mean"]), *map(str, pre["std"]), "5"]
-    run = subprocess.run([str(tmp_path / "classify"), *args], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    got = [line.split() for line in run.stdout.strip().splitlines()]
-    runner = torch._inductor.aoti_load_package(str(package.artifact))
-    # 1. exactly the C++ steps in torch: the same numbers
-    x = torch.from_numpy(picture).permute(2, 0, 1)[None].float()
-    ratio = 64 / pre["crop_pct"] / min(picture.shape[:2])
-    size = (max(64, round(picture.shape[0] * ratio)), max(64, round(picture.shape[1] * ratio)))
-    x = torch.nn.functional.interpolate(x, size=size, mode=pre["interpolation"], align_corners=False, antialias=True)
-    top, left = (size[0] - 64) // 2, (size[1] - 64) // 2
-    levels = x[:, :, top:top + 64, left:left + 64].round().clamp(0, 255)
-    x = (levels / 255 - torch.tensor(pre["mean"]).view(1, 3, 1, 1)) / torch.tensor(pre["std"]).view(1, 3, 1, 1)
-    with torch.no_grad():
-        probs = runner(x.contiguous()).softmax(1)[0]
-    values, indices = probs.topk(5)
-    assert [int(i) for i, _ in got] == indices.tolist()
-    np.testing.assert_allclose([float(p) for _, p in got], values.numpy(), atol=2e-6)
-    # 2. those steps are the project's own preprocessing (PIL's resize there): within one 8-bit level
-    from autotimm_deploy.exporter.inputs.preprocess import preprocess
-
-    ours = preprocess(picture, {**pre, "mean": [0.0] * 3, "std": [1.0] * 3}) * 255
-    assert np.abs(levels[0].numpy() - ours).max() <= 1.001
+    Image.fromarray(data.chelsea()).save(tmp_path / "chelsea.ppm")  # 451 x 300
+    embed = ExportOptions(embed_preprocessing="nhwc")
+    (cls,) = export(ModelSpec("test_resnet", num_classes=7, img_size=(64, 64)), ["aoti"], tmp_path / "cls", embed)
+    (det,) = export(ModelSpec("test_resnet", task="detection", num_classes=3, img_size=(128, 128),
+                              head={"fpn_channels": 16, "max_detections": 5}, preprocess={"resize": "letterbox"}),
+                    ["aoti"], tmp_path / "det", embed)
+    assert cls.ok and det.ok, (cls.parity and cls.parity.failures, det.parity and det.parity.failures)
+    for artifact in (cls.artifact, det.artifact):
+        run = subprocess.run([str(tmp_path / "predict"), str(artifact), str(tmp_path / "chelsea.ppm")],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        got = [line.split() for line in run.stdout.strip().splitlines()]
+        (want,) = predict(artifact, [tmp_path / "chelsea.ppm"])
+        if want.top:
+            assert [int(g[0]) for g in got] == [t["label"] for t in want.top]
+            np.testing.assert_allclose([float(g[1]) for g in got], [t["prob"] for t in want.top], atol=2e-6)
+        else:
+            assert len(got) == len(want.detections) > 0
+            for g, d in zip(got, want.detections):
+                assert int(g[0]) == d["label"] and abs(float(g[1]) - d["score"]) < 1e-5
+                np.testing.assert_allclose([float(v) for v in g[2:]], d["box"], atol=0.02)
     # a bad picture: one line on stderr, exit 1
     (tmp_path / "bad.ppm").write_bytes(b"P3\n1 1\n255\n0 0 0\n")
-    bad = subprocess.run([str(tmp_path / "classify"), args[0], str(tmp_path / "bad.ppm"), *args[2:]],
+    bad = subprocess.run([str(tmp_path / "predict"), str(cls.artifact), str(tmp_path / "bad.ppm")],
                          capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 1 and bad.stderr.strip() == f"classify: {tmp_path / 'bad.ppm'} is not a binary PPM (P6) picture"
+    assert bad.returncode == 1 and bad.stderr.strip() == f"predict: {tmp_path / 'bad.ppm'} is not a binary PPM (P6) picture"
 
 
 @pytest.mark.gpu
