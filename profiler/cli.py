@@ -11,7 +11,6 @@ from autotimm_deploy.exporter.core.cli import (
     EXIT_OK,
     OneLineParser,
     console,
-    csv_list,
     float_in,
     int_in,
     progress_bar,
@@ -45,7 +44,8 @@ def build_parser() -> OneLineParser:
     p.add_argument("--report", choices=("benchmark", "seed"),
                    help="with --recipe: render the benchmark page, AutoTimm's benchmark tables regenerated from "
                         "this recipe's measurements (Markdown + PNG); seed is the old name of benchmark")
-    p.add_argument("-o", "--out", default="out", help="with --recipe: the folder autotimm-export --recipe wrote into")
+    p.add_argument("-o", "--out", default="out", help="with --recipe: the folder autotimm-export --recipe wrote into "
+                   "(default out; . for the current folder)")
     p.add_argument("--force", action="store_true", help="with --recipe: re-profile even what is up to date")
     p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
                    help="with --recipe: time each job on the Ray node that declares its device (ADDRESS: a cluster; "
@@ -71,42 +71,102 @@ def build_parser() -> OneLineParser:
     h.add_argument("--warmup-time", type=float_in(0, 600), default=5.0, help="seconds of warm-up at most (default 5)")
     h.add_argument("--iterations", type=int_in(1, MAX_ITERATIONS), help="force this many timed iterations")
     h.add_argument("--target-ci", type=float_in(0, 0.5, low_open=True), default=0.02, help="stop when the median's 95%% CI is within ± this")
-    h.add_argument("--device-io", action="store_true", help="time compute only: inputs already on the device")
+    h.add_argument("--device-io", action="store_true",
+                   help="on CUDA: time compute only, inputs already on the device (refused on the CPU, which has no copy "
+                        "to leave out)")
     h.add_argument("--cuda-graph", action="store_true",
-                   help="on CUDA: capture and replay a CUDA graph per batch size (every runtime but ONNX Runtime, eager too)")
+                   help="on CUDA: capture and replay a CUDA graph per batch size (every runtime but ONNX Runtime, eager "
+                        "too; refused on the CPU)")
     e = p.add_argument_group("eager options")
     e.add_argument("--channels-last", action="store_true")
     e.add_argument("--bf16", action="store_true", help="bf16 autocast for eager")
     p.add_argument("--img-size", metavar="H[,W]", help="input size for an artifact without a manifest, or an eager model")
-    o = p.add_argument_group("reports")
+    o = p.add_argument_group("reports (PATH - is standard output, for one text report at a time; the table then goes "
+                             "to stderr)")
     o.add_argument("--json", nargs="?", const="-", metavar="PATH", help="JSON report to PATH, or stdout with no PATH or -")
-    o.add_argument("--csv", metavar="PATH")
-    o.add_argument("--markdown", metavar="PATH")
-    o.add_argument("--plot", metavar="PATH", help="PNG: latency and throughput vs batch size")
+    o.add_argument("--csv", metavar="PATH", help="CSV report to PATH, or stdout with -")
+    o.add_argument("--markdown", metavar="PATH", help="Markdown report to PATH, or stdout with -")
+    o.add_argument("--plot", metavar="PATH", help="PNG: latency and throughput vs batch size (a file, never stdout)")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     return p
+
+
+def _integers(text: str) -> list[int] | None:
+    """``"1,8,32"`` as integers; None when an item is not one, or is empty (``1,,8``, ``,8``, ``8,``)."""
+    items = [v.strip() for v in text.split(",")]
+    try:
+        return [int(v) for v in items] if all(items) else None
+    except ValueError:
+        return None
 
 
 def _batches(a) -> list[int]:
     if a.max_batch is not None:
         return powers_of_two(a.max_batch)
-    if not a.batch_sizes:
+    if a.batch_sizes is None:
         return [1]
-    try:
-        values = [int(v) for v in csv_list(a.batch_sizes)]
-    except ValueError:
-        values = []
+    values = _integers(a.batch_sizes)
     if not values or min(values) < 1 or max(values) > MAX_BATCH:
         raise UserError(f"--batch-sizes takes integers from 1 to {MAX_BATCH} like 1,8,32, got {a.batch_sizes!r}")
     return sorted(set(values))
 
 
+STDOUT = "-"  # a report path that means standard output
+TEXT_REPORTS = ("json", "csv", "markdown")  # the reports that may go to standard output
+
+
+def _to_stdout(a) -> bool:
+    """Whether a report goes to standard output (then the table goes to stderr); at most one may."""
+    flags = [f"--{name}" for name in TEXT_REPORTS if getattr(a, name) == STDOUT]
+    if len(flags) > 1:
+        raise UserError(f"{flags[0]} - and {flags[1]} - both write to standard output; give one of them a file")
+    return bool(flags)
+
+
 def _check_outputs(a) -> None:
     """Report paths are refused before any work when they would replace what they should not,
     including the artifacts being profiled."""
+    if a.plot == STDOUT:
+        raise UserError("--plot writes a PNG file: give it a path (standard output takes --json, --csv or --markdown)")
+    _to_stdout(a)
     protected = [q for target in a.targets if Path(target).exists() for q in artifact_files(Path(target))]
-    check_report_paths({"--json": a.json if a.json != "-" else None, "--csv": a.csv, "--markdown": a.markdown,
-                        "--plot": a.plot}, protected)
+    check_report_paths({f"--{name}": (None if getattr(a, name) == STDOUT else getattr(a, name))
+                        for name in (*TEXT_REPORTS, "plot")}, protected)
+
+
+def _check_out(a) -> None:
+    """``-o ''`` would be the current folder by accident: refused (``-o .`` says it)."""
+    if not a.out.strip():
+        raise UserError("-o takes a folder, got an empty path (pass -o . for the current folder)")
+
+
+def _check_cpu_flags(a) -> None:
+    """``--device-io`` and ``--cuda-graph`` change nothing on the CPU: refused there, not ignored. The
+    device is ``--device``, or the one the pipeline picks for the targets (cuda for a GPU-only runtime)."""
+    flags = [f for f, on in (("--cuda-graph", a.cuda_graph), ("--device-io", a.device_io)) if on]
+    if not flags or (a.device is not None and a.device != "cpu"):
+        return
+    if a.device is None:
+        if not a.targets or _gpu_runtime(a):
+            return  # no target: the pipeline says so; a GPU runtime: the run is on CUDA
+    why = "--device cpu" if a.device == "cpu" else "these targets run on the CPU (pass --device cuda for a GPU)"
+    raise UserError(f"{flags[0]} applies on CUDA only, and {why}; drop {flags[0]}")
+
+
+def _gpu_runtime(a) -> bool:
+    """Whether the pipeline will put these targets on CUDA (a runtime that only runs there, or a package
+    built for it); an unknown or unavailable runtime is left for the pipeline to report."""
+    from autotimm_deploy.profiler.runtimes import RUNTIMES, runtime_class
+    from autotimm_deploy.profiler.targets import resolve
+
+    if a.runtime is not None and a.runtime not in RUNTIMES:
+        return True
+    for text in a.targets:
+        t = resolve(text, a.runtime, parse_img_size(a.img_size) if a.img_size else None)
+        cls = runtime_class(t.runtime)
+        if cls.unavailable_reason() or "cpu" not in cls.devices or cls.default_device(t.manifest, t.path).startswith("cuda"):
+            return True
+    return False
 
 
 def run_recipe(a) -> int:
@@ -143,8 +203,11 @@ def run_recipe(a) -> int:
 
 
 def main(a) -> int:
+    _check_out(a)
     if a.recipe:
         return run_recipe(a)
+    if a.force:
+        raise UserError("--force re-profiles a recipe's jobs that are up to date: use it with --recipe FILE.yaml")
     if a.report:
         raise UserError(f"--report {a.report} renders a recipe's results: use it with --recipe FILE.yaml")
     if a.ray:
@@ -154,10 +217,12 @@ def main(a) -> int:
     _check_outputs(a)
     if a.concurrency:
         concurrency_levels(a)  # checked before anything runs
+    batches = _batches(a)
+    _check_cpu_flags(a)
     settings = Settings(
         device=a.device,
         threads=a.threads,
-        batch_sizes=_batches(a),
+        batch_sizes=batches,
         device_io=a.device_io,
         harness=HarnessConfig(max_time=a.max_time, warmup_time=a.warmup_time, iterations=a.iterations,
                               target_ci=a.target_ci),
@@ -174,7 +239,7 @@ def main(a) -> int:
                          on_progress=lambda text: bar.update(task, description=text))
     if a.concurrency:
         report["concurrency"] = concurrency_sweeps(a, settings, concurrency_levels(a))
-    to_stdout = a.json == "-"
+    to_stdout = _to_stdout(a)
     table.render(report, console(to_stdout))
     if a.concurrency:
         print_concurrency(report["concurrency"], console(to_stdout))
@@ -190,10 +255,7 @@ def main(a) -> int:
 
 
 def concurrency_levels(a) -> list[int]:
-    try:
-        levels = [int(v) for v in csv_list(a.concurrency)]
-    except ValueError:
-        levels = []
+    levels = _integers(a.concurrency)
     if not levels or any(not 1 <= v <= 256 for v in levels):
         raise UserError(f"--concurrency takes numbers of clients from 1 to 256, e.g. 1,4,16; got {a.concurrency!r}")
     served = [t for t in a.targets if t.startswith("triton://")]

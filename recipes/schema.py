@@ -66,6 +66,8 @@ SHIPPED = Path(__file__).resolve().parent  # the recipes that ship with the pack
 TOP_KEYS = {"recipe", "name", "description", "models", "tasks", "formats", "precisions", "batch_sizes", "devices",
             "img_size", "num_classes", "calibration", "eval", "profile"}
 MODEL_KEYS = {"model", "img_size", "num_classes", "reference"}
+# a model's `reference:` (AutoTimm's benchmark page's numbers): each a number from 0 to its most
+REFERENCE_KEYS = {"params_m": 1e6, "size_mb": 1e7, "v100_ms": 1e6, "top1": 100.0}
 TASK_KEYS = {"task", "img_size", "num_classes", "label", "architecture"}  # plus the task's head options
 CALIBRATION_KEYS = {"data", "samples", "random"}
 EVAL_KEYS = {"data", "samples", "max_drop"}
@@ -377,13 +379,27 @@ def _models(data, default_size, default_classes) -> list[ModelEntry]:
             check_model_name(entry["model"])
         except UserError as e:
             raise _LineError(_line(entry, "model", line), str(e)) from None
-        reference = entry.get("reference") or {}
-        if not isinstance(reference, dict):
-            raise _LineError(_line(entry, "reference", line), "reference must be a mapping (the numbers "
-                             "AutoTimm's benchmark page publishes for the model: params_m, size_mb, v100_ms)")
         models.append(ModelEntry(entry["model"], _img_size(entry, line) or default_size,
-                                 _classes(entry, line) or default_classes, dict(reference)))
+                                 _classes(entry, line) or default_classes, _reference(entry, line)))
     return models
+
+
+def _reference(entry, line: int) -> dict[str, float]:
+    """A model's ``reference:``: the numbers AutoTimm's benchmark page publishes for it, each known
+    key a finite number in its range (the page formats them as numbers)."""
+    reference = entry.get("reference") or {}
+    line = _line(entry, "reference", line)
+    if not isinstance(reference, dict):
+        raise _LineError(line, "reference must be a mapping (the numbers AutoTimm's benchmark page publishes for "
+                               f"the model: {', '.join(REFERENCE_KEYS)})")
+    _unknown(reference, set(REFERENCE_KEYS), "reference")
+    for key, value in reference.items():
+        most = REFERENCE_KEYS[key]
+        if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+                or not 0 <= value <= most):
+            raise _LineError(_line(reference, key, line), f"reference {key} must be a number from 0 to {most:g}, "
+                                                           f"got {value!r}")
+    return dict(reference)
 
 
 def _tasks(data) -> list[TaskEntry]:

@@ -54,17 +54,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, file_mode())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
 
 
-def _umask() -> int:
+def file_mode() -> int:
+    """The mode a new file gets from ``open()`` under this process's umask (0644 under 022), which
+    ``mkstemp``'s private 0600 must be given before the rename."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -105,6 +107,34 @@ def make_out_dir(out_dir: Path) -> None:
         raise UserError(f"cannot create output folder {out_dir}: {e.strerror or e}") from None
 
 
+@contextlib.contextmanager
+def out_dir_for(out_dir: Path) -> Iterator[None]:
+    """``out_dir`` made (`make_out_dir`, parents too) for the block; the folders it made are removed
+    again when the block returns or raises an error and leaves them empty (a refusal inside it, every
+    format failed), so a refused export leaves no empty folder behind. A folder that existed before is
+    never removed; an interrupted export (Ctrl-C, a signal) keeps it, as it always did."""
+    made, p = [], Path(out_dir)
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        made.append(p)  # deepest first
+        p = p.parent
+    make_out_dir(Path(out_dir))
+    try:
+        yield
+    except Exception:
+        _remove_empty(made)
+        raise
+    _remove_empty(made)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove each folder, deepest first, while it is empty (what another writer put there stays)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
 def plain_name(name: object, what: str = "file name") -> str:
     """``name`` when it names a file directly inside a folder (no folder part, not ``.``/``..``)."""
     if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
@@ -128,16 +158,65 @@ def folder_lock(folder: Path, what: str = "autotimm-export") -> Iterator[None]:
     except ImportError:  # not POSIX: no lock
         yield
         return
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    for _ in range(3):  # the folder may be removed under us by a writer that left it empty (`out_dir_for`)
+        with contextlib.suppress(FileNotFoundError):
+            fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise UserError(f"another {what} is writing into {folder}; wait for it to finish, "
+                                "or pass another -o") from None
+            if _same_file(os.fstat(fd), folder):
+                break
+            os.close(fd)
+        make_out_dir(Path(folder))
+    else:
+        raise UserError(f"output folder {folder} keeps disappearing; is another program removing it?")
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"another {what} is writing into {folder}; wait for it to finish, "
-                            "or pass another -o") from None
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _same_file(st: os.stat_result, path: Path) -> bool:
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+
+
+_FS_IOC_GETFLAGS = 0x80086601  # Linux: a file's attributes (chattr)
+_FS_IMMUTABLE_FL, _FS_APPEND_FL = 0x10, 0x20
+
+
+def replace_blocker(path: Path) -> str | None:
+    """Why ``path`` cannot be replaced even by its owner (Linux's immutable or append-only
+    attribute, ``chattr +i`` / ``+a``), else None; None where the attributes cannot be read."""
+    try:
+        import fcntl
+        import struct
+
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except (ImportError, OSError):
+        return None
+    try:
+        flags = struct.unpack("i", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8))[:4])[0]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if flags & _FS_IMMUTABLE_FL:
+        return "immutable (chattr +i)"
+    return "append-only (chattr +a)" if flags & _FS_APPEND_FL else None
+
+
+def cannot_replace(path: Path, e: OSError) -> UserError:
+    """A file under --force the system will not let us replace, as one line naming it."""
+    why = replace_blocker(path) or e.strerror or type(e).__name__
+    return UserError(f"cannot replace {path}: {why}; make it writable (chattr -i, chmod, its owner) or pass "
+                     "another -o or --name")
 
 
 def scratch_dir(folder: Path, tag: str = "") -> Path:
@@ -214,6 +293,7 @@ def install_artifact(folder: Path, artifact: str, files: Mapping[str, Path | byt
         with contextlib.suppress(UserError):  # an unreadable old manifest names nothing to remove
             old = load_manifest(written).files
     placed: list[Path] = []
+    path = target
     with disk_full_is_fault(target):
         try:
             for name in sorted(names, key=lambda n: n == artifact):  # companions first, in their order
@@ -223,13 +303,16 @@ def install_artifact(folder: Path, artifact: str, files: Mapping[str, Path | byt
                 else:
                     os.replace(source, path)
                 placed.append(path)
+            path = written
             if isinstance(manifest, bytes):
                 atomic_write_bytes(written, manifest)
             else:
                 write_manifest(manifest, target)
-        except BaseException:
-            for path in placed:
-                path.unlink(missing_ok=True)
+        except BaseException as e:
+            for done in placed:
+                done.unlink(missing_ok=True)
+            if isinstance(e, PermissionError):  # an immutable file, a folder not ours (--force)
+                raise cannot_replace(path, e) from None
             raise
     for name in set(old) - set(names):
         if own_companion(folder, name, target, old[name]):

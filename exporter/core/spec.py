@@ -235,9 +235,9 @@ def read_class_names(path: str | Path) -> list[str]:
 
 def parse_img_size(text: str) -> tuple[int, int]:
     """``"224"`` -> (224, 224); ``"256,320"`` or ``"256x320"`` -> (256, 320)."""
-    parts = text.replace("x", ",").split(",")
+    parts = [p.strip() for p in text.replace("x", ",").split(",")]
     try:
-        vals = [int(p) for p in parts if p.strip()]
+        vals = [int(p) for p in parts] if all(parts) else []  # an empty item (",64", "64,") is a typo
     except ValueError:
         vals = []
     if len(vals) == 1:

@@ -6,7 +6,8 @@ own, so the venv's older typing-extensions and pydantic win there and only there
 torch as installed (it never downloads another). pip refuses to touch packages outside the venv.
 
 The venv is built once (about 780 MB, mostly jaxlib and the converter) by ``autotimm-export
---setup-litert``, into ``$AUTOTIMM_LITERT_ENV`` or ``~/.cache/autotimm-deploy/litert-env``; it is
+--setup-litert``, into ``$AUTOTIMM_LITERT_ENV`` or ``~/.cache/autotimm-deploy/litert-env``; one set up
+beside the running venv (``<venv>/litert-env``, where ``make setup`` puts it) is found there first. It is
 written beside its final place and renamed into it, so a failed setup leaves nothing half-made.
 The converter runs there in a subprocess on a saved ``torch.export`` program (`litert_convert`).
 """
@@ -30,9 +31,15 @@ SETUP_HINT = "run: autotimm-export --setup-litert (a separate ~780 MB environmen
 
 
 def env_dir() -> Path:
+    """``$AUTOTIMM_LITERT_ENV``; else the one beside the running venv when set up there (``make setup``
+    builds it at ``<venv>/litert-env``), so ``.venv/bin/autotimm-export`` finds it without the variable;
+    else the user's cache."""
     given = os.environ.get("AUTOTIMM_LITERT_ENV")
     if given:
         return Path(given).expanduser()
+    beside = Path(sys.prefix) / "litert-env"
+    if (beside / READY).is_file():
+        return beside
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "autotimm-deploy" / "litert-env"
 

@@ -62,8 +62,10 @@ def check_fits(n: int, prep: dict, what: str, fix: str) -> None:
 
 
 def load_calibration(source: str | None, samples: int, prep: dict, allow_random: bool = False,
-                     seed: int = 0) -> tuple[np.ndarray, dict]:
-    """(data [N,C,H,W] float32, description for the manifest)."""
+                     seed: int = 0, exact: bool = False) -> tuple[np.ndarray, dict]:
+    """(data [N,C,H,W] float32, description for the manifest). A folder or ``.npy`` holding fewer
+    than ``samples``: with ``exact`` (the user asked for that many) a `UserError` naming both numbers;
+    else (the default number) what it holds is used, and the description's ``note`` says so."""
     if not 1 <= samples <= MAX_CALIBRATION_SAMPLES:
         raise UserError(f"--calib-samples takes 1 to {MAX_CALIBRATION_SAMPLES}, got {samples}")
     check_fits(samples, prep, "calibration samples", "pass fewer --calib-samples")
@@ -90,4 +92,11 @@ def load_calibration(source: str | None, samples: int, prep: dict, allow_random:
         raise UserError(f"calibration data {path} holds no samples")
     if not np.isfinite(data).all():
         raise UserError(f"calibration data {path} holds NaN or Inf values; give real preprocessed images")
-    return data, {"source": str(path), "samples": int(len(data))}
+    info = {"source": str(path), "samples": int(len(data))}
+    if len(data) < samples:
+        if exact:
+            raise UserError(f"calibration data {path} holds {len(data)} samples, fewer than the {samples} asked for "
+                            f"(--calib-samples {samples}): give more, or pass --calib-samples {len(data)}")
+        info["note"] = (f"calibrated on {len(data)} sample{'s' * (len(data) > 1)}, all that {path.name} holds "
+                        f"(fewer than the default --calib-samples {samples})")
+    return data, info

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -28,6 +30,12 @@ INSTALL = ("the Triton server binary comes with PyPI's nvidia-pytriton wheel: pi
            "nvidia-pytriton (Linux x86_64 or aarch64, glibc 2.35+), or run the repository in NVIDIA's Triton container")
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
+PORT_TRIES = 3  # starts on fresh free ports when one we picked was taken before the server bound it
+SHM = Path("/dev/shm")
+# the Python backend's shared-memory regions are named after our pid and the serving's token, so a
+# later start removes what a launcher killed with -9 (and its server) left: `remove_stale_regions`
+SHM_PREFIX = "autotimm-triton-shm-"
+_SHM_OWNER = re.compile(rf"^{re.escape(SHM_PREFIX)}(\d+)-")
 
 
 @dataclass
@@ -90,10 +98,26 @@ def servable(repository: Path, backends: set[str]) -> tuple[list[str], dict[str,
     return [n for n in configs if n not in skipped], skipped
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+def free_port(held: contextlib.ExitStack | None = None) -> int:
+    """A port free on 127.0.0.1 now; with ``held``, its socket stays bound until ``held`` closes, so the
+    next pick cannot return it."""
+    s = socket.socket()
+    with contextlib.ExitStack() as closing:
+        (held or closing).enter_context(s)
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def pick_ports(http_port: int | None, grpc_port: int | None) -> tuple[int, int, int]:
+    """(http, grpc, metrics): the ports given, the others free now and distinct (each held bound until
+    all are picked). Another program may still take one before the server binds it: `serving` then
+    starts again on fresh ones."""
+    given = {p for p in (http_port, grpc_port) if p}
+    with contextlib.ExitStack() as held:
+        def pick() -> int:
+            return next(port for port in iter(lambda: free_port(held), None) if port not in given)
+
+        return http_port or pick(), grpc_port or pick(), pick()
 
 
 def check_port(port: int, what: str) -> None:
@@ -114,6 +138,60 @@ def remove_stale_copies() -> None:
         pid = folder.name[len(TMP_PREFIX):].split("-", 1)[0]
         if pid.isdigit() and folder.is_dir() and not folder.is_symlink() and not Path(f"/proc/{pid}").exists():
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_stale_regions(shm: Path = SHM, prefix: str | None = None) -> list[str]:
+    """Shared-memory regions of ours (`SHM_PREFIX`) whose launcher is gone, or, with ``prefix``, those
+    of one serving (its server stopped); returns their names. Nobody else's region is touched."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for p in shm.iterdir():
+            owner = _SHM_OWNER.match(p.name)
+            if owner is None:
+                continue
+            ours = p.name.startswith(prefix) if prefix else not Path(f"/proc/{owner.group(1)}").exists()
+            if ours and p.is_file() and not p.is_symlink():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed.append(p.name)
+    return removed
+
+
+def check_model_files(repository: Path, models: list[str]) -> None:
+    """Each Python-backend model to be loaded (the steps of an ensemble too) has the version folder and
+    the ``model.py`` the server would load: without them tritonserver waits silently until the timeout."""
+    from autotimm_deploy.exporter.triton.config import schema
+    from google.protobuf import text_format
+
+    todo, seen = list(models), set()
+    while todo:
+        name = todo.pop()
+        config = repository / name / "config.pbtxt"
+        if name in seen or not config.is_file():
+            continue
+        seen.add(name)
+        c = text_format.Parse(config.read_text(), schema().ModelConfig())
+        todo += [s.model_name for s in c.ensemble_scheduling.step]
+        if c.backend != "python":
+            continue
+        filename = c.default_model_filename or "model.py"
+        versions = sorted(int(v.name) for v in (repository / name).iterdir() if v.is_dir() and v.name.isdigit())
+        for v in _loaded_versions(c, versions) or [1]:
+            if not (repository / name / str(v) / filename).is_file():
+                raise UserError(f"{repository / name / str(v) / filename} is missing: the Python backend loads model "
+                                f"{name} from it (version {v})")
+
+
+def _loaded_versions(config, versions: list[int]) -> list[int]:
+    """The versions of a model the server loads by its version policy (default: the latest one)."""
+    policy = config.version_policy
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "all":
+        return versions
+    if kind == "specific":
+        return list(policy.specific.versions)
+    latest = policy.latest.num_versions if kind == "latest" and policy.latest.num_versions else 1
+    return versions[-latest:]
 
 
 def _prepare(root: Path, workdir: Path) -> Path:
@@ -174,38 +252,96 @@ def serving(repository: str | Path, models: list[str] | None = None, http_port: 
     if not models:
         raise UserError(f"none of the models in {repository} can be served by this tritonserver "
                         f"({'; '.join(f'{k}: {v}' for k, v in skipped.items()) or 'the repository is empty'})")
-    ports = (http_port or free_port(), grpc_port or free_port(), free_port())
-    for port, what in zip(ports[:2], ("http", "grpc")):
-        check_port(port, what)
+    check_model_files(repository, models)
+    for port, what in ((http_port, "http"), (grpc_port, "grpc")):
+        if port:
+            check_port(port, what)
     remove_stale_copies()
+    remove_stale_regions()
     with tempfile.TemporaryDirectory(prefix=f"{TMP_PREFIX}{os.getpid()}-") as tmp:
         server = _prepare(root, Path(tmp))
-        log = log or Path(tmp) / "tritonserver.log"
-        args = [str(server / "bin" / "tritonserver"), f"--model-repository={repository}",
+        launch = _Launch(server, repository, models, libs, log or Path(tmp) / "tritonserver.log", verbose,
+                         f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-")
+        running = None
+        try:
+            running = _start(launch, http_port, grpc_port, timeout)
+            running.skipped = {k: v for k, v in skipped.items() if k not in models}
+            yield running
+        finally:
+            if running is not None:
+                stop(running.process)
+            remove_stale_regions(prefix=launch.shm_prefix)  # what a server killed with -9 left
+
+
+@dataclass
+class _Launch:
+    """What every start of one serving shares: the server's copy, the models, its log, its regions' prefix."""
+
+    server: Path
+    repository: Path
+    models: list[str]
+    libs: Path
+    log: Path
+    verbose: bool
+    shm_prefix: str
+
+    def args(self, ports: tuple[int, int, int]) -> list[str]:
+        server = self.server
+        return [str(server / "bin" / "tritonserver"), f"--model-repository={self.repository}",
                 f"--backend-directory={server / 'backends'}", f"--cache-directory={server / 'caches'}",
                 "--http-address=127.0.0.1", f"--http-port={ports[0]}",
                 "--grpc-address=127.0.0.1", f"--grpc-port={ports[1]}",
                 "--metrics-address=127.0.0.1", f"--metrics-port={ports[2]}",
-                "--exit-on-error=true", "--strict-readiness=true", f"--log-verbose={1 if verbose else 0}",
-                "--model-control-mode=explicit", *(f"--load-model={m}" for m in models)]
-        with open(log, "wb") as out:
-            process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=_environment(libs),
-                                       preexec_fn=_die_with_parent)
-        running = Server(*ports, log=log, process=process, loaded=list(models),
-                         skipped={k: v for k, v in skipped.items() if k not in models})
+                f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+                "--exit-on-error=true", "--strict-readiness=true", f"--log-verbose={1 if self.verbose else 0}",
+                "--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models)]
+
+
+class _PortTaken(UserError):
+    """The server could not bind one of its ports (``service``: HTTP, GRPC or Metrics)."""
+
+    def __init__(self, service: str, line: str):
+        super().__init__(line)
+        self.service = service
+
+
+def _start(launch: _Launch, http_port: int | None, grpc_port: int | None, timeout: float) -> Server:
+    """The server started and ready; when another program took a port we picked between the pick and
+    the server's bind, started again on fresh ports (`PORT_TRIES` in all)."""
+    attempt = 0
+    while True:
+        attempt += 1
+        ports = pick_ports(http_port, grpc_port)
+        with open(launch.log, "wb") as out:
+            process = subprocess.Popen(launch.args(ports), stdout=out, stderr=subprocess.STDOUT,
+                                       env=_environment(launch.libs), preexec_fn=_die_with_parent)
+        running = Server(*ports, log=launch.log, process=process, loaded=list(launch.models), skipped={})
         try:
             _wait_ready(running, timeout)
-            yield running
-        finally:
+            return running
+        except _PortTaken as e:
             stop(process)
+            given = {"HTTP": (http_port, "http"), "GRPC": (grpc_port, "grpc")}.get(e.service, (None, ""))
+            if given[0]:
+                raise UserError(f"port {given[0]} ({given[1]}) on 127.0.0.1 is in use: pass another "
+                                f"--{given[1]}-port") from None
+            if attempt == PORT_TRIES:
+                raise UserError(f"tritonserver found its ports taken {PORT_TRIES} times: {e}") from None
+        except BaseException:
+            stop(process)
+            raise
 
 
 def _wait_ready(server: Server, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
+            log = server.log.read_text(errors="replace")
+            taken = re.search(r"failed to start (HTTP|GRPC|Metrics) service", log)
+            if taken:
+                raise _PortTaken(taken.group(1), failure(log))
             raise UserError(f"tritonserver stopped (exit {server.process.returncode}) before it was ready: "
-                            f"{failure(server.log.read_text(errors='replace'))}")
+                            f"{failure(log)}")
         log = server.log.read_text(errors="replace")
         if "failed to load" in log or "Poll failed" in log:  # it may wait for other models before exiting
             raise UserError(f"tritonserver could not load a model: {failure(log)}")

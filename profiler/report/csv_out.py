@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from pathlib import Path
 
 from autotimm_deploy.exporter.core.files import atomic_write_text
@@ -19,4 +20,7 @@ def write(report: dict, path: str) -> None:
     w = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows(report))
-    atomic_write_text(Path(path), buf.getvalue())
+    if path == "-":  # standard output, as for --json
+        sys.stdout.write(buf.getvalue())
+    else:
+        atomic_write_text(Path(path), buf.getvalue())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from autotimm_deploy.exporter.core.files import atomic_write_text
@@ -30,4 +31,7 @@ def render(report: dict) -> str:
 
 
 def write(report: dict, path: str) -> None:
-    atomic_write_text(Path(path), render(report))
+    if path == "-":  # standard output, as for --json
+        sys.stdout.write(render(report))
+    else:
+        atomic_write_text(Path(path), render(report))

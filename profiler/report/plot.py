@@ -17,6 +17,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from autotimm_deploy.exporter.core.files import file_mode
+
 FONT = 9  # tick labels; titles and labels are derived from it
 SPEEDUP_TITLE = "speedup over "
 
@@ -311,6 +313,7 @@ def save_png(fig, target: Path) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110)
+        os.chmod(tmp, file_mode())  # mkstemp's 0600, else: a PNG as readable as every other report
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
