@@ -75,7 +75,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--recipe", metavar="FILE.yaml", help="export a recipe's whole matrix into OUT/<recipe name>/ (see recipes/)")
     p.add_argument("-f", "--format", default="onnx",
                    help=f"comma-separated formats: {', '.join(FORMATS)} (see --list-formats); default onnx")
-    p.add_argument("-o", "--out", default="out", help="output folder (default: out/)")
+    p.add_argument("-o", "--out", default="out", help="output folder (default: out/; . for the current folder)")
     p.add_argument("--name", help="file stem for the artifacts (default: model name, plus task and precision)")
     for add in (_model_options, _head_options, _preprocessing_options, _export_options, _calibration_options,
                 _accuracy_options, _target_options):
@@ -158,6 +158,10 @@ def _export_options(p) -> None:
     e.add_argument("--dynamic-size", nargs="?", const="auto", metavar="MIN:MAX",
                    help=f"symbolic input height and width in [MIN, MAX] px (default {AUTO_MIN_SIZE} to twice "
                         f"--img-size); {sized}; classification and semantic segmentation; parity at two sizes")
+    embeds = ", ".join(n for n, c in FORMATS.items() if c.embeds_preprocessing)
+    e.add_argument("--embed-preprocessing", nargs="?", const="nhwc", choices=("nhwc", "nchw"), metavar="nhwc|nchw",
+                   help=f"the graph takes one 8-bit RGB picture of any size (NHWC, the default, or NCHW) and does the "
+                        f"preprocessing itself; boxes and masks come out in the picture's pixels ({embeds})")
     e.add_argument("--no-verify", action="store_true", help="skip the parity check")
     e.add_argument("--force", action="store_true", help="overwrite existing artifacts")
     e.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
@@ -168,7 +172,9 @@ def _export_options(p) -> None:
 def _calibration_options(p) -> None:
     c = p.add_argument_group("int8 calibration")
     c.add_argument("--calib-data", metavar="DIR|FILE.npy", help="images (a folder), a .npy array, or sample-pictures (scikit-image's) for int8 calibration")
-    c.add_argument("--calib-samples", type=int_in(1, MAX_CALIBRATION_SAMPLES), default=32, help="calibration samples to use (default 32)")
+    c.add_argument("--calib-samples", type=int_in(1, MAX_CALIBRATION_SAMPLES), metavar="N",
+                   help=f"with --int8 (or --target): calibration samples to use (default {ExportOptions.calib_samples}, "
+                        "or all the data holds if fewer); fewer than N in the data is an error")
     c.add_argument("--calib-random", action="store_true", help="calibrate on random data (smoke tests only; flagged)")
 
 
@@ -226,10 +232,13 @@ def int_list(text: str) -> list[int]:
 
 
 def _floats(text: str, flag: str) -> list[float]:
+    items = [v.strip() for v in text.split(",")]
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        if all(items):  # an empty item (0.5,,0.4) is a typo, not a default
+            return [float(v) for v in items]
     except ValueError:
-        raise UserError(f"{flag} takes comma-separated numbers, e.g. 0.485,0.456,0.406; got {text!r}") from None
+        pass
+    raise UserError(f"{flag} takes comma-separated numbers, e.g. 0.485,0.456,0.406; got {text!r}")
 
 
 def preprocess_from_args(a) -> dict:
@@ -281,11 +290,33 @@ def _format_options(a, formats: list[str]) -> dict:
 
 def export_options(a, formats: list[str]) -> ExportOptions:
     """The `ExportOptions` the parsed command line asks for."""
+    given = a.calib_samples is not None
     return ExportOptions(opset=a.opset, static=a.static, batch_size=a.batch_size, simplify=not a.no_simplify,
-                         precision=a.precision, calib_data=a.calib_data, calib_samples=a.calib_samples,
+                         precision=a.precision, calib_data=a.calib_data,
+                         calib_samples=a.calib_samples if given else ExportOptions.calib_samples,
+                         calib_samples_given=given,
                          calib_random=a.calib_random, format_options=_format_options(a, formats),
                          dynamic_size=parse_dynamic_size(a.dynamic_size) if a.dynamic_size else None,
-                         eval_data=a.eval, eval_samples=a.eval_samples, max_drop=a.max_drop)
+                         eval_data=a.eval, eval_samples=a.eval_samples, max_drop=a.max_drop,
+                         embed_preprocessing=a.embed_preprocessing)
+
+
+def check_out(a) -> None:
+    """``-o ''`` would be the current folder by accident: refused (``-o .`` says it)."""
+    if not a.out.strip():
+        raise UserError("-o takes a folder, got an empty path (pass -o . for the current folder)")
+
+
+def check_mode_flags(a) -> None:
+    """Flags of another mode are refused, not ignored: --max-time times a --target search or bounds
+    a --recipe run; --calib-samples, --calib-data and --calib-random calibrate int8 (--int8, or --target's
+    int8 candidates)."""
+    if a.max_time is not None and not a.target:
+        raise UserError("--max-time bounds a --target cpu search (or a --recipe run): use it with one of them")
+    calib = [f for f, v in (("--calib-data", a.calib_data), ("--calib-random", a.calib_random),
+                            ("--calib-samples", a.calib_samples is not None)) if v]
+    if calib and a.precision != "int8" and not a.target:
+        raise UserError(f"{calib[0]}: the calibration options only apply to --int8 (or --target)")
 
 
 def main(a) -> int:
@@ -296,6 +327,7 @@ def main(a) -> int:
 
         litert_env.setup(lambda text: console().print(escape(text)))
         return EXIT_OK
+    check_out(a)
     if a.recipe:
         if a.model:
             raise UserError("give a model name or --recipe, not both")
@@ -309,12 +341,11 @@ def main(a) -> int:
     if not formats:
         raise UserError("--format needs at least one format")
     a.precision = a.precision or default_precision(formats)
+    check_mode_flags(a)
     spec = spec_from_args(a)
     check_triton_repo(a)
     if (a.recipe_out or a.threads) and not a.target:
         raise UserError(f"{'--recipe-out' if a.recipe_out else '--threads'} only applies with --target cpu")
-    if (a.calib_data or a.calib_random) and a.precision != "int8" and not a.target:
-        raise UserError("--calib-data and --calib-random only apply to --int8 (or --target)")
     options = export_options(a, formats)
     if a.target:
         return run_target(a, spec, options)
@@ -413,26 +444,38 @@ def run_target(a, spec: ModelSpec, options) -> int:
 
 
 def check_triton_repo(a) -> None:
-    """--triton-repo: a new folder, the [triton] extra, valid options; before any export starts."""
+    """--triton-repo: a new folder, the [triton] extra, valid options, and (formats named on the
+    command line) one format Triton serves among them; before any export starts."""
     if not a.triton_repo:
         check_serve_options_used(a)
     else:
-        from autotimm_deploy.exporter.triton.repository import check_destination
+        from autotimm_deploy.exporter.triton.repository import KNOWN_FORMATS, check_destination
 
         check_destination(a.triton_repo)
         serve_options(a).check()
+        formats = csv_list(a.format) if not (a.recipe or a.target) else []
+        if formats and not set(formats) & set(KNOWN_FORMATS):
+            raise UserError(f"--triton-repo: Triton serves none of {', '.join(formats)}; add a format it serves "
+                            f"({', '.join(KNOWN_FORMATS)}) or leave --triton-repo out")
 
 
 def write_triton_repo(a, artifacts: list) -> None:
-    """The repository for the artifacts that passed (none passed: said, nothing written)."""
+    """The repository for the artifacts that passed and that Triton serves; those it does not
+    (edge formats: ncnn, LiteRT, ...) are listed as not written, with why. None passed, or none of
+    those served: said, nothing written."""
     if not a.triton_repo:
         return
     if not artifacts:
         stderr.print(f"[yellow]no artifact passed: no Triton repository written at {escape(a.triton_repo)}[/]")
         return
-    from autotimm_deploy.exporter.triton import build_repository
+    from autotimm_deploy.exporter.triton.repository import NothingServed, build_repository
 
-    models = build_repository(artifacts, a.triton_repo, serve_options(a), ensemble_over=a.ensemble_over)
+    try:
+        models = build_repository(artifacts, a.triton_repo, serve_options(a), ensemble_over=a.ensemble_over,
+                                  skip_unserved=True)
+    except NothingServed as e:  # the formats it serves failed: said, as when none passed
+        stderr.print(f"[yellow]{escape(str(e))}[/]")
+        return
     print_models(models, a.triton_repo, console(True))
 
 
@@ -512,6 +555,8 @@ def print_table(results, out: Console) -> None:
     for r in results:
         if r.parity and r.parity.reference:
             out.print(f"{r.format} vs {escape(r.parity.reference['against'])}: {escape(reference_summary(r.parity))}")
+        if r.parity and r.parity.end_to_end:
+            out.print(f"{r.format} end to end: {escape(end_to_end_line(r.parity.end_to_end))}")
     for r in results:
         for f in r.parity.failures if r.parity else []:
             out.print(f"[red]{r.format} parity[/]: {escape(f)}")
@@ -521,6 +566,24 @@ def print_table(results, out: Console) -> None:
             out.print(f"[yellow]{r.format}[/]: {escape(r.fallback)}")
         if not r.ok and r.command:
             out.print(f"[red]{r.format}[/] again on its own: {escape(r.command)}")
+
+
+def end_to_end_line(e: dict) -> str:
+    """Raw pictures through our pipeline vs AutoTimm's, in one line."""
+    if e["verdict"] == "not run":
+        return f"not run ({e['reason']})"
+    rows = e.get("pictures", [])
+    if rows and "matched" in rows[0]:
+        detail = f"{sum(r['matched'] for r in rows)}/{sum(r['reference'] for r in rows)} detections matched"
+        ious = [r["min_iou"] for r in rows if r["min_iou"] is not None]
+        detail += f", IoU >= {min(ious):.4f}" if ious else ""
+        masks = [r["min_mask_iou"] for r in rows if r.get("min_mask_iou") is not None]
+        detail += f", mask IoU >= {min(masks):.4f}" if masks else ""
+    elif rows and "mask_iou" in rows[0]:
+        detail = f"class-map IoU >= {min(r['mask_iou'] for r in rows):.4f}"
+    else:
+        detail = f"top-1 the same on {sum(bool(r.get('top1_same')) for r in rows)}/{len(rows)}"
+    return f"{e['verdict']} vs {e.get('against', 'AutoTimm')} on {len(rows)} non-square pictures: {detail}"
 
 
 def diagnosis_line(d: dict) -> str:

@@ -20,15 +20,17 @@ from autotimm_deploy.exporter.core.files import (
     file_entries,
     folder_lock,
     install_artifact,
-    make_out_dir,
+    out_dir_for,
     plain_name,
     remove_stale_scratch,
+    replace_blocker,
     scratch_dir,
 )
-from autotimm_deploy.exporter.core.limits import check_max_drop
+from autotimm_deploy.exporter.core.limits import MAX_IMG_SIDE, check_max_drop
 from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig, manifest_path
 from autotimm_deploy.exporter.core.results import AccuracyReport, MetricKind, ParityReport, Verdict
 from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.end_to_end import against_python, end_to_end
 from autotimm_deploy.exporter.evaluate import budget_report, evaluate
 from autotimm_deploy.exporter.formats import (
     FORMATS,
@@ -46,8 +48,10 @@ from autotimm_deploy.exporter.inputs.calibration import NEEDS_DATA, SAMPLE_PICTU
 from autotimm_deploy.exporter.inputs.labelled import Labelled, load_labelled
 from autotimm_deploy.exporter.inputs.samples import sample_images
 from autotimm_deploy.exporter.models import build_model
+from autotimm_deploy.exporter.models.embedded import EmbeddedPreprocessing, embed
 from autotimm_deploy.exporter.parity import TOLERANCES
 from autotimm_deploy.exporter.parity import verify as check_parity
+from autotimm_deploy.exporter.parity import verify_pictures
 from autotimm_deploy.profiler.artifact import open_artifact
 
 
@@ -115,6 +119,38 @@ def _tolerance_only(parity: ParityReport) -> bool:
 
 def planned_paths(formats: Iterable[str], out_dir: Path, stem: str) -> dict[str, Path]:
     return {f: out_dir / f"{stem}{get_format(f).suffix}" for f in export_order(list(formats))}
+
+
+def check_formats(order: list[str], spec: ModelSpec, options: ExportOptions) -> None:
+    """Every format can run here and can make what is asked (precision, task, its own options,
+    preprocessing in the graph); a one-line `UserError` before anything is built."""
+    for fmt in order:
+        cls = get_format(fmt)
+        reason = cls.unavailable_reason()
+        if reason:
+            raise UserError(f"format {fmt!r} cannot run here: {reason}")
+        if options.precision not in cls.precisions:
+            raise UserError(f"format {fmt!r} does not support {options.precision}")
+        cls.check_options(options)
+        reason = cls.check_task(spec)
+        if reason:
+            raise UserError(f"format {fmt!r} cannot export {spec.task}: {reason}")
+    if options.embed_preprocessing:
+        check_embedding(order, options)
+
+
+def check_embedding(order: list[str], options: ExportOptions) -> None:
+    """--embed-preprocessing: formats that can take a picture of any size, and what it cannot combine with."""
+    able = [n for n, c in FORMATS.items() if c.embeds_preprocessing]
+    refused = next((f for f in order if not get_format(f).embeds_preprocessing), None)
+    if refused:
+        raise UserError(f"--embed-preprocessing: format {refused!r} cannot take pictures of any size with the "
+                        f"preprocessing inside (it applies to {', '.join(able)})")
+    clashes = (("--dynamic-size", options.dynamic_size), ("--int8", options.precision == "int8"),
+               ("--eval", options.eval_data), ("--static --batch-size", options.static and options.batch_size > 1))
+    clash = next((flag for flag, given in clashes if given), None)
+    if clash:
+        raise UserError(f"--embed-preprocessing takes one picture of any size: it does not combine with {clash}")
 
 
 def check_calibration_source(options: ExportOptions) -> None:
@@ -225,16 +261,7 @@ def export(
     step = progress or (lambda _text, advance=True: None)
     out_dir = Path(out_dir)
     order = export_order(list(formats))
-    for fmt in order:
-        reason = get_format(fmt).unavailable_reason()
-        if reason:
-            raise UserError(f"format {fmt!r} cannot run here: {reason}")
-        if options.precision not in get_format(fmt).precisions:
-            raise UserError(f"format {fmt!r} does not support {options.precision}")
-        get_format(fmt).check_options(options)
-        reason = get_format(fmt).check_task(spec)
-        if reason:
-            raise UserError(f"format {fmt!r} cannot export {spec.task}: {reason}")
+    check_formats(order, spec, options)
     stem = check_stem(name) if name is not None else spec.stem(options.precision)
     targets = planned_paths(order, out_dir, stem)
     _refuse_taken(targets, force)
@@ -245,15 +272,18 @@ def export(
     if model is None:
         step(f"build {spec.model}")
         model = build_model(spec)
+    if options.embed_preprocessing:
+        model, options = embed(model, options.embed_preprocessing), dataclasses.replace(options, static=True,
+                                                                                       batch_size=1)
     spec = model.spec
     options = resolve_dynamic_size(options, model, order)
     evaluation = prepare_evaluation(options, model, cache, step)
     calibration, calibration_info = None, None
     if options.precision == "int8":
         calibration, calibration_info = load_calibration(options.calib_data, options.calib_samples,
-                                                         model.preprocessing, options.calib_random, spec.seed)
-    make_out_dir(out_dir)
-    with folder_lock(out_dir):
+                                                         model.preprocessing, options.calib_random, spec.seed,
+                                                         exact=options.calib_samples_given)
+    with out_dir_for(out_dir), folder_lock(out_dir):  # a refusal from here on leaves no empty -o behind
         _refuse_taken(targets, force)  # again, now that no other export can write here
         remove_stale_scratch(out_dir)
         check_free_space(out_dir, _space_needed(model, order), f"exporting {spec.model} to {', '.join(order)}")
@@ -272,9 +302,19 @@ def export(
                 results.append(_export_format(fmt, ctx, io, targets[fmt], verify, step, evaluation))
                 if not ctx.share_intermediates:
                     _free_intermediates(ctx, order[i + 1:])
+            _note_calibration(results, calibration_info)
             return results
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _note_calibration(results: list[ExportResult], calibration_info: dict | None) -> None:
+    """A calibration on fewer samples than the default (all the data held) is said beside each
+    artifact, as a fallback is."""
+    note = (calibration_info or {}).get("note")
+    for r in results:
+        if note and r.error is None:
+            r.fallback = "; ".join(filter(None, (r.fallback, note)))
 
 
 def _free_intermediates(ctx: ExportContext, later: list[str]) -> None:
@@ -342,7 +382,12 @@ def _refuse_taken(targets: dict[str, Path], force: bool = False) -> None:
         for p in (t, manifest_path(t)):
             if p.is_dir() and not p.is_symlink():
                 raise UserError(f"{p} is a folder where the artifact goes; move it or pass --name")
-    if force:
+    if force:  # what the system will not let us replace is said now, not after the export
+        for p in (p for t in targets.values() for p in (t, manifest_path(t)) if p.is_file()):
+            why = replace_blocker(p)
+            if why:
+                raise UserError(f"{p} is {why}: --force cannot replace it; make it writable (chattr -i) or pass "
+                                "another -o or --name")
         return
     taken = [p for t in targets.values() for p in (t, manifest_path(t)) if p.exists() or p.is_symlink()]
     if taken:
@@ -450,8 +495,12 @@ def _check(model, exported: Exported, manifest: Manifest, precision: str | None,
     parity = accuracy = None
     try:
         with open_artifact(exported.artifact, manifest=manifest) as session:
-            if precision is not None:
+            if precision is not None and isinstance(model, EmbeddedPreprocessing):
+                parity = verify_pictures(model, session, precision)
+                _end_to_end(model, session, parity)
+            elif precision is not None:
                 parity = check_parity(model, session, precision=precision, sizes=sizes)
+                _end_to_end(model, session, parity)
             if evaluation is not None:
                 name = session.inputs[0].name
                 accuracy = evaluation.report(lambda x: session.infer({name: x}), session.output_names,
@@ -467,6 +516,40 @@ def _check(model, exported: Exported, manifest: Manifest, precision: str | None,
             accuracy = budget_report(evaluation.data, evaluation.eager, {"metrics": {}, "seconds": 0.0}, max_drop)
             accuracy.error = reason  # (off its platform an artifact is not scored, like its parity: not run)
     return parity, accuracy
+
+
+def _end_to_end(model, session, parity: ParityReport) -> None:
+    """AutoTimm models: raw pictures through AutoTimm's transform and predict() vs through ours and the
+    artifact, into ``parity.end_to_end``; a failure fails an fp32 artifact (reduced precision: recorded)."""
+    import numpy as np
+
+    if parity.verdict == Verdict.NOT_RUN:
+        return
+    name = session.inputs[0].name
+    if isinstance(model, EmbeddedPreprocessing):  # against our own Python pipeline, on raw pictures
+        parity.end_to_end = against_python(model, lambda x: session.infer({name: x}))
+        return _fail_on(parity)
+    if session.size_range():
+        return
+    low = session.batch_range()[0]
+
+    def predict(x):
+        out = session.infer({name: np.repeat(x, low, axis=0) if low > 1 else x})
+        return {k: np.asarray(v)[:1] for k, v in out.items()}
+
+    try:
+        parity.end_to_end = end_to_end(model, predict)
+    except Exception as e:  # noqa: BLE001 - the comparison itself broke: said, and an fp32 artifact fails
+        parity.end_to_end = {"verdict": "fail", "failures": [f"end-to-end check failed: {first_line(e, 200)}"]}
+    _fail_on(parity)
+
+
+def _fail_on(parity: ParityReport) -> None:
+    """An end-to-end failure fails an fp32 artifact (at reduced precision it is recorded)."""
+    e2e = parity.end_to_end
+    if e2e and e2e["verdict"] == "fail" and parity.precision in ("fp32", "tf32"):
+        parity.verdict = Verdict.FAIL
+        parity.failures += [f"end to end: {f}" for f in e2e["failures"]]
 
 
 def _follow_size(dims: list, moved: list, size: tuple[int, int], other: tuple[int, int], name: str) -> list:
@@ -488,6 +571,9 @@ def _follow_size(dims: list, moved: list, size: tuple[int, int], other: tuple[in
 
 def _io_signature(model, options: ExportOptions) -> dict[str, Any]:
     import torch
+
+    if options.embed_preprocessing:
+        return _picture_signature(model, options.embed_preprocessing)
 
     spec = model.spec
     batch = options.batch_size if options.static else 2
@@ -512,6 +598,30 @@ def _io_signature(model, options: ExportOptions) -> dict[str, Any]:
                     for n, t, dims in zip(model.output_names, outs, out_dims)],
         "size": size,
     }
+
+
+def _picture_signature(model, layout: str) -> dict[str, Any]:
+    """An embedded graph's inputs and outputs: one 8-bit picture of any size; output dims that follow
+    the picture's size are named after it (run at two picture sizes to tell)."""
+    import numpy as np
+    import torch
+
+    from autotimm_deploy.exporter.inputs.pictures import MIN_SIDE, example_picture, picture_input
+
+    c, h, w = model.preprocessing["input_size"]
+    first = example_picture(model.preprocessing, layout)
+    other = np.zeros((h + 17, w * 3 // 4 + 3, c), np.uint8)
+    sizes = [tuple(first.shape[1:3] if layout == "nhwc" else first.shape[2:]), other.shape[:2]]
+    with torch.no_grad():
+        outs = model(first)
+        moved = model(torch.from_numpy(picture_input(other, layout)))
+    out_dims = [_follow_size([1, *t.shape[1:]], [1, *u.shape[1:]], sizes[0], sizes[1], n)
+                for t, u, n in zip(outs, moved, model.output_names)]
+    shape = [1, "height", "width", c] if layout == "nhwc" else [1, c, "height", "width"]
+    outputs = [TensorSig(n, str(t.dtype).replace("torch.", ""), d) for n, t, d in zip(model.output_names, outs, out_dims)]
+    return {"inputs": [TensorSig("image", "uint8", shape)], "outputs": outputs,
+            "size": {"dynamic": True, "min": [MIN_SIDE, MIN_SIDE], "opt": [h, w], "max": [MAX_IMG_SIDE, MAX_IMG_SIDE],
+                     "picture": layout}}
 
 
 def _size_record(size: dict, multiple: int | None) -> dict:

@@ -12,12 +12,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.files import (
     check_out_dir,
     folder_lock,
     install_artifact,
-    make_out_dir,
+    out_dir_for,
     remove_stale_scratch,
     scratch_dir,
 )
@@ -28,6 +27,7 @@ from autotimm_deploy.exporter.inputs.calibration import load_calibration
 from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.pipeline import (
     ExportResult,
+    _refuse_taken,
     check_calibration_source,
     check_eval_options,
     export,
@@ -111,22 +111,20 @@ def target_cpu(spec: ModelSpec, out_dir: str | Path, options: ExportOptions | No
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     candidates = available_candidates(options)
-    if not force:
-        for c in candidates:
-            path = planned_paths([c.format], out_dir, spec.stem(c.precision))[c.format]
-            if path.exists():
-                raise UserError(f"{path} already exists; pass --force to overwrite it")
+    # taken (without --force) or, with it, not replaceable (immutable): said before the search
+    _refuse_taken({c.label: planned_paths([c.format], out_dir, spec.stem(c.precision))[c.format]
+                   for c in candidates}, force)
     if options.calib_data or options.calib_random:
         check_calibration_source(replace(options, precision="int8"))
     check_eval_options(options)
     step(f"build {spec.model}")
     model = build_model(spec)
     if any(c.precision == "int8" and not c.skipped for c in candidates):  # bad calibration data: fail now
-        load_calibration(options.calib_data, options.calib_samples, model.preprocessing, options.calib_random)
+        load_calibration(options.calib_data, options.calib_samples, model.preprocessing, options.calib_random,
+                         exact=options.calib_samples_given)
     shared: dict = {}  # one fp32 ONNX graph for the ONNX and OpenVINO candidates, one eager --eval pass
     prepare_evaluation(options, model, shared, step)  # bad evaluation data: fail now, before writing
-    make_out_dir(out_dir)
-    with folder_lock(out_dir):
+    with out_dir_for(out_dir), folder_lock(out_dir):  # nothing chosen or a refusal: no empty -o left
         remove_stale_scratch(out_dir)
         scratch = scratch_dir(out_dir, "target-")
         try:

@@ -134,3 +134,10 @@ def test_old_records_read_as_before():
     """A manifest written before `resize` existed: timm's centre crop, dense tasks stretched, PIL."""
     assert describe({"interpolation": "bicubic"})["resize"] == "crop"
     assert describe({}, "detection") == {"resize": "stretch", "library": "pil", "interpolation": "bicubic"}
+
+
+def test_a_crop_one_pixel_larger_than_the_input():
+    """Resized to 33 for a 32 input: the centre crop starts at row 0 (round half to even), not a pad."""
+    img = pictures()["chelsea"][:300, :300]
+    x, g = prepare(img, record(32, resize="crop", library="pil", interpolation="bilinear", resize_size=[33]))
+    assert x.shape == (3, 32, 32) and g.resized == (33, 33) and g.offset == (0, 0)

@@ -25,11 +25,17 @@ class ExportOptions:
     calib_data: str | None = None  # folder of images or .npy, for int8
     calib_samples: int = 32
     calib_random: bool = False
+    # calib_samples was asked for (--calib-samples N): fewer pictures in calib_data is an error naming
+    # both numbers; with the default, what exists is used and the manifest and table say so
+    calib_samples_given: bool = False
     dynamic_size: tuple[int, int] | None = None  # (min, max) pixels of a symbolic height and width
     eval_data: str | None = None  # labelled data (--eval): the task metric for eager and every artifact
     eval_samples: int | None = None  # pictures of it to use (a seeded choice); None: all
     max_drop: float | None = None  # accuracy budget in metric points (--max-drop): the verdict, with --eval
     optimize_dynamo: bool = True  # onnxscript's optimizer; off for graphs it is slow on (unrolled NMS)
+    # preprocessing inside the graph (--embed-preprocessing): the layout of the 8-bit picture it takes
+    # ("nhwc" or "nchw"); None: the graph takes the preprocessed float32 batch
+    embed_preprocessing: str | None = None
     # options of one format only, by format name: {"trt": TensorRTOptions(...)}; see `Format.Options`
     format_options: dict[str, Any] = field(default_factory=dict)
 
@@ -165,6 +171,10 @@ class ExportContext:
     def example_input(self):
         import torch
 
+        if self.options.embed_preprocessing:  # one 8-bit picture, not square (neither side specialised)
+            from autotimm_deploy.exporter.inputs.pictures import example_picture
+
+            return example_picture(self.model.preprocessing, self.options.embed_preprocessing)
         gen = torch.Generator().manual_seed(self.spec.seed)
         return torch.randn(self.example_batch, self.spec.in_chans, *self.spec.img_size, generator=gen)
 
@@ -210,6 +220,8 @@ class Format:
     Options: ClassVar[type | None] = None  # a dataclass of options only this format takes (`cli_option` fields)
     cli_title: ClassVar[str | None] = None  # the title of its options' --help group (default: its name)
     dynamic_size: ClassVar[bool] = False  # can keep height and width symbolic (--dynamic-size)
+    # can take 8-bit pictures of any size with the preprocessing in the graph (--embed-preprocessing)
+    embeds_preprocessing: ClassVar[bool] = False
     # intermediates of `ExportContext.cache` it reads (e.g. the fp32 ONNX graph): kept while a later
     # format of the same export still needs them, then freed
     intermediates: ClassVar[tuple[str, ...]] = ()

@@ -67,7 +67,8 @@ def _export_args(options: ExportOptions) -> list[str]:
     if options.dynamic_size:
         args += ["--dynamic-size", f"{options.dynamic_size[0]}:{options.dynamic_size[1]}"]
     if options.precision == "int8":
-        args += ["--calib-samples", str(options.calib_samples)]
+        if getattr(options, "calib_samples_given", True):
+            args += ["--calib-samples", str(options.calib_samples)]
         args += ["--calib-random"] if options.calib_random else ["--calib-data", str(options.calib_data)] \
             if options.calib_data else []
     for flag, value in (("--eval", options.eval_data), ("--eval-samples", options.eval_samples),

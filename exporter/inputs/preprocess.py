@@ -123,12 +123,12 @@ def prepare(img: np.ndarray, prep: dict[str, Any]) -> tuple[np.ndarray, Geometry
     g = geometry(pic.shape[:2], prep)
     out = _resize(pic, g.resized, prep["interpolation"], prep["library"])
     (top, left), (rh, rw) = g.offset, g.resized
-    if top >= 0 and left >= 0 and (top, left, rh, rw) != (0, 0, h, w):  # padded (letterbox)
+    if prep["resize"] == "letterbox":  # padded to the input size
         canvas = np.empty((h, w, out.shape[2]), np.uint8)
         canvas[...] = np.resize(np.asarray(prep.get("pad_value", DEFAULT_PAD_VALUE), np.uint8), out.shape[2])
         canvas[top:top + rh, left:left + rw] = out
         out = canvas
-    elif top <= 0 and left <= 0:  # centre-cropped (or exact)
+    elif prep["resize"] == "crop":  # the centre of the resized picture
         out = out[-top:-top + h, -left:-left + w]
     return _normalise(out, prep), g
 

@@ -1,0 +1,112 @@
+"""End-to-end against compute-only, per AutoTimm variant (issue #29): what a picture costs from file
+to answer (decode, the manifest's preprocessing, inference, answers in the picture's pixels) beside
+the model alone, for the Python pipeline and for an --embed-preprocessing artifact of the same model,
+both on ONNX Runtime, measured in interleaved rounds by the profiler's one harness.
+
+    .venv/bin/python benchmarks/pictures_e2e.py [--quick] [--out results.json]
+
+Random weights (AutoTimm's own architectures, ``--architecture autotimm``): speed does not depend
+on them, and the end-to-end parity numbers come from the same export (``parity.end_to_end``). Run it
+alone on the machine; name the CPU (``lscpu``) beside the numbers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.formats import ExportOptions
+from autotimm_deploy.exporter.inputs.answers import answer, picture_geometry, picture_outputs
+from autotimm_deploy.exporter.inputs.pictures import picture_input
+from autotimm_deploy.exporter.inputs.preprocess import prepare
+from autotimm_deploy.exporter.inputs.samples import non_square_pictures
+from autotimm_deploy.exporter.pipeline import export
+from autotimm_deploy.profiler.artifact import open_artifact
+from autotimm_deploy.profiler.measure.timing import HarnessConfig, measure
+from autotimm_deploy.profiler.predict import read_picture
+
+# AutoTimm's benchmark page's sizes per task (classification 224, detection 640, segmentation 512)
+VARIANTS = {
+    "classification": (ModelSpec("resnet50", img_size=(224, 224), architecture="autotimm"), 224),
+    "detection (fcos)": (ModelSpec("resnet50", task="detection", img_size=(640, 640), architecture="autotimm"), 640),
+    "segmentation (fcn)": (ModelSpec("resnet50", task="semantic-segmentation", img_size=(512, 512),
+                                     architecture="autotimm"), 512),
+}
+QUICK = {"classification": (ModelSpec("resnet18", img_size=(224, 224), architecture="autotimm"), 224),
+         "detection (fcos)": (ModelSpec("resnet18", task="detection", img_size=(320, 320), architecture="autotimm"), 320)}
+
+
+def _jpeg(tmp: Path) -> Path:
+    from PIL import Image
+
+    path = tmp / "coffee.jpg"
+    Image.fromarray(non_square_pictures()["coffee"]).save(path, quality=92)  # 600 x 400
+    return path
+
+
+def run_variant(label: str, spec: ModelSpec, tmp: Path, cfg: HarnessConfig) -> dict:
+    plain = export(spec, ["onnx"], tmp / "plain", force=True)[0]
+    embedded = export(spec, ["onnx"], tmp / "embedded", ExportOptions(embed_preprocessing="nhwc"), force=True)[0]
+    path = _jpeg(tmp)
+    prep, task = json.loads(plain.manifest.read_text())["preprocessing"], spec.task
+    with open_artifact(plain.artifact, manifest=None, runtime="onnxruntime") as s, \
+            open_artifact(embedded.artifact, manifest=None, runtime="onnxruntime") as e:
+        name, ename = s.inputs[0].name, e.inputs[0].name
+        picture = read_picture(path, prep)
+        x, geometry = prepare(picture, prep)
+        outputs = s.infer({name: x[None]})
+
+        def python_pipeline():
+            pic = read_picture(path, prep)
+            xx, g = prepare(pic, prep)
+            return answer(s.infer({name: xx[None]}), g, task, None, path)
+
+        def embedded_pipeline():
+            pic = read_picture(path, prep)
+            return answer(picture_outputs(e.infer({ename: picture_input(pic)}), task), picture_geometry(pic), task,
+                          None, path)
+
+        steps = {"decode": lambda: read_picture(path, prep), "preprocess": lambda: prepare(picture, prep),
+                 "compute only": lambda: s.infer({name: x[None]}),
+                 "answers": lambda: answer(outputs, geometry, task, None, path),
+                 "end to end (Python preprocessing)": python_pipeline,
+                 "end to end (embedded)": embedded_pipeline}
+        m = measure(list(steps.values()), cfg)
+    row = {"variant": label, "model": spec.model, "size": spec.img_size[0],
+           "ms": {k: m.stats(i).p50 for i, k in enumerate(steps)},
+           "ci": {k: [m.stats(i).ci_low, m.stats(i).ci_high] for i, k in enumerate(steps)},
+           "end_to_end_parity": plain.parity.end_to_end, "embedded_parity": embedded.parity.end_to_end}
+    return row
+
+
+def markdown(rows: list[dict]) -> str:
+    cols = ["decode", "preprocess", "compute only", "answers", "end to end (Python preprocessing)",
+            "end to end (embedded)"]
+    lines = ["| variant | size | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
+    for r in rows:
+        lines.append(f"| {r['variant']} ({r['model']}) | {r['size']} | "
+                     + " | ".join(f"{r['ms'][c]:.2f}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="resnet18 at smaller sizes")
+    p.add_argument("--out", help="write the rows as JSON here")
+    p.add_argument("--max-time", type=float, default=20.0)
+    a = p.parse_args()
+    cfg = HarnessConfig(max_time=a.max_time, warmup_time=3.0)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, (spec, _) in (QUICK if a.quick else VARIANTS).items():
+            rows.append(run_variant(label, spec, Path(tmp) / label.split()[0], cfg))
+            print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+    print(markdown(rows))
+    if a.out:
+        Path(a.out).write_text(json.dumps(rows, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
