@@ -1,13 +1,14 @@
 """Real AutoTimm checkpoints for the tests: each task trained for a few optimizer steps with
-Lightning's ``Trainer.fit`` on a tiny synthetic dataset (timm's ``test_resnet`` backbone, 64 px) and
-saved with ``trainer.save_checkpoint``, as an AutoTimm user saves theirs."""
+Lightning's ``Trainer.fit`` on a tiny synthetic dataset (timm's ``test_resnet`` backbone, 64 px;
+YOLOXDetector: its smallest variant, yolox-nano) and saved with ``trainer.save_checkpoint``, as an
+AutoTimm user saves theirs."""
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
 
-SIZE, CLASSES, BACKBONE = 64, 3, "test_resnet"
+SIZE, CLASSES, BACKBONE, YOLOX = 64, 3, "test_resnet", "yolox-nano"
 # name -> (AutoTimm class, constructor arguments beyond backbone/num_classes); detection scores are
 # kept low-thresholded and few, so the sample pictures give several well-ranked detections quickly
 DETECTION = {"fpn_channels": 64, "head_num_convs": 1, "score_thresh": 0.02, "max_detections_per_image": 8}
@@ -19,7 +20,15 @@ VARIANTS = {
     "fcn": ("SemanticSegmentor", {"head_type": "fcn"}),
     "deeplabv3plus": ("SemanticSegmentor", {"head_type": "deeplabv3plus"}),
     "instance": ("InstanceSegmentor", DETECTION),
+    # its own network (no timm backbone): scores start at its 0.01 prior, distances at 0 (see START_DISTANCE)
+    "yolox_detector": ("YOLOXDetector", {"model_name": YOLOX, "optimizer": "adamw", "score_thresh": 0.005,
+                                          "max_detections_per_image": 8}),
 }
+# YOLOX's head (YOLOXDetector's, and ObjectDetector's with detection_arch="yolox") regresses raw
+# distances from a zero start: 3 steps leave inverted points, not boxes, which match nothing by IoU
+# and give NMS no overlaps to remove. Trained from distances of this many pixels (as from pretrained
+# weights), its boxes overlap their neighbours'.
+START_DISTANCE = 16.0
 COMPILED = ("classifier", "fcos")  # saved with AutoTimm's default compile_model=True (keys with ._orig_mod)
 
 
@@ -65,14 +74,18 @@ def make_checkpoints(folder: Path, names=tuple(VARIANTS)) -> dict[str, Path]:
             cls_name, extra = VARIANTS[name]
             cls = getattr(autotimm, cls_name)
             config = autotimm.BackboneConfig if cls_name == "ImageClassifier" else autotimm.FeatureBackboneConfig
-            kwargs = dict(backbone=config(model_name=BACKBONE, pretrained=False), num_classes=CLASSES, lr=1e-2,
-                          scheduler=None, compile_model=name in COMPILED, seed=None, deterministic=False, **extra)
+            kwargs = dict(num_classes=CLASSES, lr=1e-2, scheduler=None, compile_model=name in COMPILED, seed=None,
+                          deterministic=False, **extra)
+            if "model_name" not in extra:
+                kwargs["backbone"] = config(model_name=BACKBONE, pretrained=False)
             if cls_name in ("ObjectDetector", "InstanceSegmentor"):
                 kwargs["metrics"] = []  # COCO mAP needs pycocotools: validation only, not trained here
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.manual_seed(0)
                 model = cls(**kwargs)
+                if cls_name == "YOLOXDetector" or extra.get("detection_arch") == "yolox":
+                    torch.nn.init.constant_(model.head.reg_pred.bias, START_DISTANCE)
                 data, collate = _data(name, extra.get("multi_label", False))
                 trainer = pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                                      enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,

@@ -17,7 +17,7 @@ from conftest import files_under
 
 pytest.importorskip("autotimm", reason="the [autotimm] extra is not installed")
 
-from autotimm_models import CLASSES, COMPILED, SIZE, make_checkpoints  # noqa: E402
+from autotimm_models import CLASSES, COMPILED, SIZE, YOLOX, make_checkpoints  # noqa: E402
 
 # variant -> (task, our output names)
 EXPECTED = {
@@ -28,7 +28,9 @@ EXPECTED = {
     "fcn": ("semantic-segmentation", ("logits", "mask", "feature_mask")),
     "deeplabv3plus": ("semantic-segmentation", ("logits", "mask", "feature_mask")),
     "instance": ("instance-segmentation", ("boxes", "scores", "labels", "num_detections", "masks")),
+    "yolox_detector": ("detection", ("boxes", "scores", "labels", "num_detections")),
 }
+MODEL = {"yolox_detector": YOLOX}  # the others: the timm backbone test_resnet
 
 
 @pytest.fixture(scope="session")
@@ -41,8 +43,9 @@ def test_checkpoint_exports_with_predict_parity(variant, checkpoints, tmp_path):
     """Every variant to ONNX, TorchScript and torch.export; each artifact agrees with eager and with
     AutoTimm's own predict() on real pictures; the manifest says where the model came from."""
     task, outputs = EXPECTED[variant]
+    model = MODEL.get(variant, "test_resnet")
     spec = spec_from_checkpoint(checkpoints[variant], img_size=(SIZE, SIZE))
-    assert (spec.task, spec.model, spec.num_classes, spec.architecture) == (task, "test_resnet", CLASSES, "autotimm")
+    assert (spec.task, spec.model, spec.num_classes, spec.architecture) == (task, model, CLASSES, "autotimm")
     results = export(spec, ["onnx", "torchscript", "pt2"], tmp_path)
     for r in results:
         assert r.ok, (r.format, r.error, r.parity and r.parity.failures)
@@ -53,7 +56,8 @@ def test_checkpoint_exports_with_predict_parity(variant, checkpoints, tmp_path):
         at = manifest["model"]["autotimm"]
         assert at["version"].startswith("0.7.") and len(at["checkpoint_sha256"]) == 64
         assert at["compiled"] == (variant in COMPILED)
-        assert at["hyper_parameters"]["backbone"] == "test_resnet" and "username" not in at["hyper_parameters"]
+        hp = at["hyper_parameters"]
+        assert hp.get("backbone", hp.get("model_name")) == model and "username" not in hp
         prep = manifest["preprocessing"]  # AutoTimm's own eval transform for the task (no DataModule saved)
         assert prep["source"].startswith("AutoTimm's ") and "AutoTimm's defaults" in prep["source"]
         assert prep["resize"] == {"classification": "crop", "detection": "letterbox"}.get(task, "stretch")
@@ -61,6 +65,7 @@ def test_checkpoint_exports_with_predict_parity(variant, checkpoints, tmp_path):
         if task in ("detection", "instance-segmentation"):
             det = ref["metrics"]["detections"]
             assert det["ref_detections"] > 0 and det["match_rate"] == 1.0 and det["mean_iou"] > 0.9999
+            assert det["label_agreement"] == 1.0
             if task == "instance-segmentation":
                 assert det["mask_iou"] > 0.99
 
@@ -100,9 +105,9 @@ def test_not_autotimm_checkpoints(tmp_path):
         spec_from_checkpoint(weights)
     yolox = tmp_path / "yolox.ckpt"
     torch.save({"state_dict": {"w": torch.ones(1)}, "hyper_parameters": {
-        "model_name": "yolox-s", "num_classes": 80, "total_epochs": 300, "warmup_epochs": 5, "no_aug_epochs": 15}},
+        "model_name": "yolox-q", "num_classes": 80, "total_epochs": 300, "warmup_epochs": 5, "no_aug_epochs": 15}},
         yolox)
-    with pytest.raises(UserError, match="AutoTimm YOLOXDetector checkpoint, which this version cannot deploy"):
+    with pytest.raises(UserError, match="'yolox-q' is none of AutoTimm's YOLOXDetector models"):
         spec_from_checkpoint(yolox)
 
 
@@ -173,6 +178,64 @@ def test_random_autotimm_architecture_exports(tmp_path):
     assert r.ok and r.artifact.name == "test_resnet-yolox.onnx"
     assert r.parity.metrics["detections"]["ref_detections"] > 0 and not r.parity.reference["failures"]
     assert json.loads(r.manifest.read_text())["model"]["architecture"] == "autotimm ObjectDetector"
+
+
+def _same_detections(model, x: torch.Tensor) -> list[int]:
+    """The wrapper's detections are AutoTimm's predict()'s, as sets (predict() lists them class by
+    class, the wrapper by score): the same boxes and labels bit for bit, scores to a float's rounding
+    (a vectorised sigmoid); returns how many each picture has."""
+    with torch.no_grad():
+        ours, ref = dict(zip(model.output_names, model(x))), model.reference(x)
+    counts = []
+    for b in range(len(x)):
+        n = int(ref["num_detections"][b])
+        assert int(ours["num_detections"][b]) == n
+        rows = [sorted(zip(map(tuple, d["boxes"][b, :n].tolist()), d["labels"][b, :n].tolist(),
+                           d["scores"][b, :n].tolist())) for d in (ours, ref)]
+        assert [r[:2] for r in rows[0]] == [r[:2] for r in rows[1]]
+        assert max(abs(p[2] - q[2]) for p, q in zip(*rows)) < 1e-6
+        counts.append(n)
+    return counts
+
+
+def test_yolox_detector_checkpoint(checkpoints):
+    """YOLOXDetector: the model is AutoTimm's variant name; its own size when the checkpoint records
+    none; only thresholds change; the graph's score-ordered NMS keeps exactly predict()'s per-class
+    ops.nms detections, with every location in NMS (84 at 64 px, 3549 at 416 px: the one-pick-per-round path)."""
+    ck = checkpoints["yolox_detector"]
+    spec = spec_from_checkpoint(ck)
+    assert (spec.model, spec.img_size, spec.stem(), spec.task_label()) == (
+        YOLOX, (416, 416), "yolox-nano-yolox", "detection (autotimm yolox)")
+    assert spec.head == {"arch": "yolox", "score_threshold": 0.005, "iou_threshold": 0.65, "max_detections": 8}
+    gen = torch.Generator().manual_seed(0)
+    for size in (SIZE, 416):
+        model = build_model(spec_from_checkpoint(ck, img_size=(size, size), head={"max_detections": 100}))
+        assert model.build_info["architecture"] == "autotimm YOLOXDetector" and model.preprocessing["resize"] == "letterbox"
+        counts = _same_detections(model, torch.randn(2, 3, size, size, generator=gen))
+        assert min(counts) > 8 and (size == SIZE or max(counts) == 100)  # predict()'s cut to 100 (topk) and not
+    with pytest.raises(UserError, match="--fpn-channels does not apply to AutoTimm's YOLOXDetector"):
+        spec_from_checkpoint(ck, head={"fpn_channels": 64})
+    with pytest.raises(UserError, match="trained with --arch yolox, not fcos"):
+        spec_from_checkpoint(ck, head={"arch": "fcos"})
+    with pytest.raises(UserError, match="its model is yolox-nano, not yolox-s"):
+        spec_from_checkpoint(ck, model="yolox-s")
+    with pytest.raises(UserError, match="input sides must be multiples of 32, not 96x100"):
+        build_model(spec_from_checkpoint(ck, img_size=(96, 100)))
+
+
+def test_random_yolox_detector():
+    """No checkpoint: a YOLOX variant's name with --architecture autotimm --arch yolox builds AutoTimm's
+    YOLOXDetector with random weights (spread so that it detects, with no tied classes)."""
+    spec = ModelSpec(YOLOX, task="detection", architecture="autotimm", img_size=(SIZE, SIZE), head={"arch": "yolox"})
+    model = build_model(spec)
+    assert model.spec.num_classes == 80 and type(model.task).__name__ == "YOLOXDetector"
+    assert min(_same_detections(model, torch.randn(2, 3, SIZE, SIZE))) > 0
+    with pytest.raises(UserError, match="whose --arch is yolox: give --arch yolox$"):
+        build_model(spec.replace(head={}))
+    with pytest.raises(UserError, match="no pretrained weights"):
+        build_model(spec.replace(weights="pretrained"))
+    with pytest.raises(UserError, match="did you mean .*yolox-s"):
+        build_model(spec.replace(model="yolox-q"))
 
 
 def test_paste_masks_matches_interpolate():

@@ -29,10 +29,14 @@ def _is_hub_name(name: str) -> bool:
 
 
 def check_model_name(name: str) -> None:
+    """A timm model name (or Hub/folder reference), or one of AutoTimm's own model names (its YOLOX
+    variants, which AutoTimm builds itself: `autotimm_deploy.exporter.models.autotimm.tasks`)."""
+    from autotimm_deploy.exporter.models.autotimm.tasks import VARIANTS
+
     base = name.split(".", 1)[0]
-    if _is_hub_name(name) or _timm().is_model(base):
+    if _is_hub_name(name) or name in VARIANTS or _timm().is_model(base):
         return
-    close = difflib.get_close_matches(base, _all_names(), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(base, (*VARIANTS, *_all_names()), n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
     raise UserError(f"unknown timm model {name!r}{hint}")
 

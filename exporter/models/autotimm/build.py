@@ -3,7 +3,9 @@ with random weights (the speed tables of the architectures AutoTimm trains).
 
 The module is AutoTimm's class itself, constructed from the checkpoint's ``hyper_parameters`` with
 the backbone's ``pretrained=False`` (nothing is downloaded), no ``torch.compile`` and no global
-seeding; the inference submodules' weights are then loaded strictly. The deployable model is a
+seeding; the inference submodules' weights are then loaded strictly. A timm backbone is given in
+AutoTimm's ``(Feature)BackboneConfig``; YOLOXDetector takes the name of one of its own variants
+(``yolox-s``), which is the spec's model name. The deployable model is a
 fixed-shape wrapper (`wrappers`) around it."""
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from autotimm_deploy.exporter.core.errors import MissingExtra, UserError, first_
 from autotimm_deploy.exporter.core.files import sha256_file
 from autotimm_deploy.exporter.core.spec import DETECTION_ARCHS, ModelSpec
 from autotimm_deploy.exporter.models.autotimm.checkpoint import LightningCheckpoint, read_lightning_checkpoint
-from autotimm_deploy.exporter.models.autotimm.tasks import BY_TASK, STRUCTURAL, TASKS, AutoTimmTask, identify
+from autotimm_deploy.exporter.models.autotimm.tasks import STRUCTURAL, TASKS, AutoTimmTask, for_spec, identify
 from autotimm_deploy.exporter.models.autotimm.preprocessing import eval_transform
 from autotimm_deploy.exporter.models.timm_backbone import preprocessing, preprocessing_record
 from autotimm_deploy.exporter.models.weights import check_trained_floats
@@ -75,9 +77,6 @@ def load_autotimm_checkpoint(path: str | Path) -> tuple[LightningCheckpoint, Aut
         raise UserError(f"{path} is a Lightning checkpoint, but not of an AutoTimm task (its hyper_parameters name "
                         f"none of {', '.join(t.cls_name for t in TASKS)}); to load its weights into a timm model, "
                         f"name the model: autotimm-export MODEL --task TASK --checkpoint {path}")
-    if isinstance(found, str):
-        raise UserError(f"{path} is an AutoTimm {found} checkpoint, which this version cannot deploy yet "
-                        f"(supported: {', '.join(t.cls_name for t in TASKS)})")
     return ck, found
 
 
@@ -113,18 +112,24 @@ def spec_from_checkpoint(checkpoint: str | Path, model: str | None = None, task:
     classes = hp["num_classes"]
     if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
         raise UserError(f"{what} whose num_classes is {classes!r}, not a positive integer: a damaged checkpoint")
-    if model is None and hp["backbone"].startswith(HUB_PREFIXES):
-        raise UserError(f"{what}: its backbone {hp['backbone']!r} is read from the Hugging Face Hub or a folder; name "
+    name, kind = hp[t.model_key], "model" if t.variants else "backbone"
+    if t.variants and name not in t.variants:
+        raise UserError(f"{what}: {name!r} is none of AutoTimm's {t.cls_name} models ({', '.join(t.variants)}): a "
+                        "damaged checkpoint, or one of another AutoTimm version")
+    if model is None and name.startswith(HUB_PREFIXES):
+        raise UserError(f"{what}: its backbone {name!r} is read from the Hugging Face Hub or a folder; name "
                         "it on the command line to allow that")
-    if model is not None and model != hp["backbone"]:
-        raise UserError(f"{what}: its backbone is {hp['backbone']}, not {model}; leave the model name out (the "
+    if model is not None and model != name:
+        raise UserError(f"{what}: its {kind} is {name}, not {model}; leave the model name out (the "
                         "checkpoint names it)")
     if task is not None and task != t.task:
         raise UserError(f"{what}, a {t.task} model, not {task}: leave --task out")
     if num_classes is not None and num_classes != hp["num_classes"]:
         raise UserError(f"{what} with {hp['num_classes']} classes, not {num_classes}: leave --num-classes out")
-    settings = {opt: _plain(hp[arg]) for opt, arg in t.options.items() if arg in hp and hp[arg] is not None}
+    settings = {**t.fixed, **{opt: _plain(hp[arg]) for opt, arg in t.options.items()
+                               if arg in hp and hp[arg] is not None}}
     for key, value in (head or {}).items():
+        _check_option(t, key, what)
         if key in STRUCTURAL and key in settings and value != settings[key]:
             raise UserError(f"{what} trained with --{key.replace('_', '-')} {settings[key]}, not {value}: only "
                             "thresholds can change after training")
@@ -132,8 +137,37 @@ def spec_from_checkpoint(checkpoint: str | Path, model: str | None = None, task:
     size = (ck.transform_config or {}).get("image_size", ck.datamodule.get("image_size"))  # a TransformConfig's wins
     if fields.get("img_size") is None and isinstance(size, int) and not isinstance(size, bool) and size > 0:
         fields["img_size"] = (size, size)  # the DataModule's training size, when it was saved
-    return ModelSpec(model=hp["backbone"], task=t.task, num_classes=classes, weights="checkpoint",
+    if fields.get("img_size") is None and t.variants:
+        fields["img_size"] = (t.variants[name],) * 2  # the variant's own size, not timm's 224 for an unknown name
+    return ModelSpec(model=name, task=t.task, num_classes=classes, weights="checkpoint",
                      checkpoint=str(checkpoint), head=settings, architecture="autotimm", **fields)
+
+
+def _check_option(t: AutoTimmTask, key: str, what: str) -> None:
+    """A head option ``t`` has no setting of (the spec allows it for other classes of the task)."""
+    if key not in t.options and key not in t.fixed:
+        takes = ", ".join("--" + k.replace("_", "-") for k in (*t.fixed, *t.options))
+        raise UserError(f"{what}: --{key.replace('_', '-')} does not apply to AutoTimm's {t.cls_name} (it takes: "
+                        f"{takes})")
+
+
+def _check_spec(t: AutoTimmTask, spec: ModelSpec) -> None:
+    """What AutoTimm's ``t`` cannot build: another channel count, head options it has no setting of,
+    another value of one it fixes, pretrained weights it has none of, input sides its network refuses."""
+    if spec.in_chans != 3:
+        raise UserError(f"AutoTimm models take 3-channel RGB input; --in-chans {spec.in_chans} does not apply")
+    what = f"{spec.model} is AutoTimm's {t.cls_name} model" if t.variants else f"AutoTimm {t.cls_name}({spec.model})"
+    for key in spec.head:
+        _check_option(t, key, what)
+    for key, value in t.fixed.items():
+        if spec.head.get(key) != value:
+            raise UserError(f"{what}, whose --{key.replace('_', '-')} is {value}: give --{key.replace('_', '-')} "
+                            f"{value}" + (f", not {spec.head[key]}" if key in spec.head else ""))
+    if t.variants and spec.weights == "pretrained":
+        raise UserError(f"{what}: AutoTimm has no pretrained weights for it; give a checkpoint, or random weights")
+    h, w = spec.img_size
+    if h % t.size_multiple or w % t.size_multiple:
+        raise UserError(f"{what}: its input sides must be multiples of {t.size_multiple}, not {h}x{w} (--img-size)")
 
 
 def _load_weights(net: torch.nn.Module, ck: LightningCheckpoint, t: AutoTimmTask, version: str) -> int:
@@ -158,7 +192,9 @@ def _load_weights(net: torch.nn.Module, ck: LightningCheckpoint, t: AutoTimmTask
 def _spread_random_head(net: torch.nn.Module, seed: int) -> None:
     """Random weights: AutoTimm initialises detection heads to score ~0.01 everywhere (below any
     threshold), so nothing would be detected and parity would compare empty lists. Spread the final
-    layers (seeded) so scores and boxes differ across locations and pictures."""
+    layers (seeded) so scores and boxes differ across locations and pictures, and classes apart by a
+    bias each: where features vanish (YOLOX's 2x2 top level at 64 px), the classes' scores would tie
+    to 1e-7 and any runtime's rounding would pick another label."""
     gen = torch.Generator().manual_seed(seed)
     head = getattr(net, "detection_head", None) or net.head
     with torch.no_grad():
@@ -167,14 +203,14 @@ def _spread_random_head(net: torch.nn.Module, seed: int) -> None:
             if layer is not None:
                 layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * 0.05)
                 layer.bias.zero_()
+        head.cls_pred.bias.copy_(torch.randn(head.cls_pred.bias.shape, generator=gen) * 0.1)
         head.reg_pred.bias.fill_(16.0)  # boxes of a few dozen pixels, not degenerate ones
 
 
 def build_autotimm(spec: ModelSpec) -> torch.nn.Module:
     """AutoTimm's module for ``spec`` (a checkpoint's, or random weights), in its deployable wrapper."""
-    t = BY_TASK[spec.task]
-    if spec.in_chans != 3:
-        raise UserError(f"AutoTimm models take 3-channel RGB input; --in-chans {spec.in_chans} does not apply")
+    t = for_spec(spec.task, spec.model)
+    _check_spec(t, spec)
     ck, hp = None, {}
     if spec.weights == "checkpoint":
         ck, found = load_autotimm_checkpoint(spec.checkpoint)
@@ -189,13 +225,16 @@ def build_autotimm(spec: ModelSpec) -> torch.nn.Module:
     kwargs["num_classes"] = spec.num_classes
     kwargs.update({t.options[k]: (tuple(v) if isinstance(v, list) else v) for k, v in spec.head.items()
                    if k in t.options})
-    if t.task == "detection":
+    if "arch" in t.options:
         kwargs.setdefault("detection_arch", DETECTION_ARCHS[0])
     if spec.seg_head:
         kwargs.setdefault("head_type", spec.seg_head)  # our default (fcn), which the spec's name and label say
-    config = autotimm.FeatureBackboneConfig if t.features else autotimm.BackboneConfig
-    kwargs.update(backbone=config(model_name=spec.model, pretrained=spec.weights == "pretrained"),
-                  compile_model=False, compile_kwargs=None, seed=None, deterministic=False, **t.construct)
+    if t.variants:
+        kwargs[t.model_key] = spec.model
+    else:
+        config = autotimm.FeatureBackboneConfig if t.features else autotimm.BackboneConfig
+        kwargs[t.model_key] = config(model_name=spec.model, pretrained=spec.weights == "pretrained")
+    kwargs.update(compile_model=False, compile_kwargs=None, seed=None, deterministic=False, **t.construct)
     torch.manual_seed(spec.seed)
     try:
         with warnings.catch_warnings(), captured_output():

@@ -7,6 +7,10 @@ fixed-shape graph code with the same meaning, for every location and class:
   distances, each coordinate clamped to the image;
 - class-aware greedy NMS (``torchvision.ops.batched_nms``: a kept box retires the same-class boxes
   whose IoU with it is ``> nms_thresh``, in descending score order), first ``max_detections``.
+  ``YOLOXDetector.predict`` runs ``ops.nms`` class by class and keeps the ``max_detections`` best
+  of the union: the same boxes (classes never suppress each other, and the best ``N`` of the union
+  are the first ``N`` greedy picks), listed by class there and by score here, with IoU computed on
+  the boxes themselves (``class_offsets=False``).
 
 NMS visits every location (``predict()`` cuts nothing before NMS either), so the result is exact
 however many locations pass. Outputs follow our detection contract: ``boxes [B, N, 4]`` (x1, y1,
@@ -56,20 +60,24 @@ def decode_locations(cls: list[torch.Tensor], reg: list[torch.Tensor], ctr: list
 
 
 def detect(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, score_thresh: float,
-           nms_thresh: float, max_detections: int):
+           nms_thresh: float, max_detections: int, class_offsets: bool = True):
     """Greedy class-aware NMS over every location; the first ``max_detections`` kept, padded.
 
     As ``torchvision.ops.batched_nms`` on the CPU: candidates in score order, ties to the earlier
     location (its sort is stable); with at most ``VANILLA_ABOVE`` boxes passing, IoU is computed on
     boxes shifted by ``label * (max coordinate + 1)`` (its "coordinate trick", whose rounding we
-    reproduce), otherwise on the boxes themselves. Up to ``MATRIX_LIMIT`` locations, which box
-    suppresses which is computed once as a matrix; above, each round compares its pick with every
-    location (no [A, A] matrix). Both visit every location: nothing is cut before NMS."""
-    passing = scores > score_thresh
-    corner = torch.where(passing[..., None], boxes, torch.full_like(boxes, float("-inf"))).amax(dim=(1, 2))
-    trick = passing.sum(1) <= VANILLA_ABOVE
-    shifted = torch.where(trick[:, None, None], boxes + (labels.to(boxes.dtype) * (corner + 1)[:, None])[..., None],
-                          boxes)
+    reproduce), otherwise on the boxes themselves. Without ``class_offsets``, always on the boxes
+    themselves (``ops.nms`` class by class, as YOLOXDetector runs it). Up to ``MATRIX_LIMIT``
+    locations, which box suppresses which is computed once as a matrix; above, each round compares
+    its pick with every location (no [A, A] matrix). Both visit every location: nothing is cut before NMS."""
+    if class_offsets:
+        passing = scores > score_thresh
+        corner = torch.where(passing[..., None], boxes, torch.full_like(boxes, float("-inf"))).amax(dim=(1, 2))
+        trick = passing.sum(1) <= VANILLA_ABOVE
+        shifted = torch.where(trick[:, None, None],
+                              boxes + (labels.to(boxes.dtype) * (corner + 1)[:, None])[..., None], boxes)
+    else:
+        shifted = boxes
     if scores.shape[1] <= MATRIX_LIMIT:
         return batched_greedy_nms(boxes, scores, labels, nms_thresh, score_thresh, max_detections, strict=True,
                                   iou_boxes=shifted)

@@ -5,7 +5,8 @@ itself and pads its per-image lists into the same contract, for the parity check
 Contracts (docs/formats.md, "AutoTimm models"):
 - classification: ``logits [B, K]`` (AutoTimm's forward) and ``probs [B, K]`` (what
   ``predict_step`` returns: softmax, or sigmoid for multi-label models);
-- detection (FCOS, YOLOX): ``boxes``, ``scores``, ``labels``, ``num_detections`` (see decode.py);
+- detection (ObjectDetector's FCOS and YOLOX heads, YOLOXDetector): ``boxes``, ``scores``,
+  ``labels``, ``num_detections`` (see decode.py);
 - semantic segmentation: ``logits [B, K, H, W]`` at input resolution (AutoTimm's logits, at 1/4 or
   1/32 of the input, upsampled bilinearly as its training loss does), ``mask [B, H, W]``, their
   arg-max, and ``feature_mask [B, h, w]``, the arg-max at feature resolution that ``predict()`` returns;
@@ -64,6 +65,7 @@ class Detector(Wrapper):
 
     parts = ("backbone", "fpn", "head")
     output_names = DETECTION_OUTPUTS
+    class_offsets = True  # predict()'s NMS is torchvision's batched_nms (see decode.detect)
 
     def __init__(self, net: nn.Module, img_size: tuple[int, int]):
         super().__init__(net, img_size)
@@ -82,13 +84,26 @@ class Detector(Wrapper):
     def detections(self, levels):
         cls, reg, ctr = levels
         boxes, scores, labels = decode_locations(cls, reg, ctr, self.points, self.img_size)
-        return detect(boxes, scores, labels, self.score_thresh, self.nms_thresh, self.max_detections)
+        return detect(boxes, scores, labels, self.score_thresh, self.nms_thresh, self.max_detections,
+                      self.class_offsets)
 
     def forward(self, x: torch.Tensor):
         return self.detections(self.levels(self.fpn(self.backbone(x))))
 
     def reference(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return pad_detections(self.task.predict(x), self.max_detections)
+
+
+class YOLOXDetector(Detector):
+    """YOLOXDetector: CSPDarknet, YOLOX's PAFPN neck and its decoupled head (3 levels, strides 8, 16,
+    32, no centerness), with predict()'s decode and NMS in the graph. predict() suppresses class by
+    class with ``ops.nms`` and lists its detections by class; ours are the same detections, by score."""
+
+    parts = ("backbone", "neck", "head")
+    class_offsets = False
+
+    def forward(self, x: torch.Tensor):
+        return self.detections(self.levels(self.neck(self.backbone(x))))
 
 
 class Segmentor(Wrapper):
