@@ -16,6 +16,16 @@ MAX_CALIBRATION_SAMPLES = 10_000  # calibration saturates long before; beyond it
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of YAML
 MAX_EVAL_SAMPLES = 1_000_000  # --eval-samples; memory is checked separately, against what is free
 MAX_DROP_POINTS = 100.0  # --max-drop: metric points (top-1 %, AP x 100, mIoU %)
+# A checkpoint's zip entries: torch.save stores them uncompressed and floats hardly compress, so an
+# entry (past a megabyte) or a whole file that inflates more than this is not weights but a zip bomb.
+MAX_INFLATION = 100
+# Dims a manifest may declare: a graph input is [batch <= MAX_BATCH, channels <= MAX_IN_CHANS, sides
+# <= MAX_IMG_SIDE]; an output dim past MAX_OUTPUT_DIM (the pixels of the largest picture: flattened
+# anchors, a flattened mask) or one picture's outputs past MAX_OUTPUT_VALUES (logits for MAX_CLASSES
+# at the largest size) no model within the bounds above produces.
+MAX_RANK = 8
+MAX_OUTPUT_DIM = MAX_IMG_SIDE**2
+MAX_OUTPUT_VALUES = MAX_CLASSES * MAX_IMG_SIDE**2
 
 
 def check_max_drop(value: object, what: str = "--max-drop") -> float:

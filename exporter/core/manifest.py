@@ -11,6 +11,14 @@ from typing import Any
 
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.files import atomic_write_text, plain_name, sha256_file
+from autotimm_deploy.exporter.core.limits import (
+    MAX_BATCH,
+    MAX_IMG_SIDE,
+    MAX_IN_CHANS,
+    MAX_OUTPUT_DIM,
+    MAX_OUTPUT_VALUES,
+    MAX_RANK,
+)
 from autotimm_deploy.exporter.core.results import AccuracyReport, ParityReport
 from autotimm_deploy.exporter.core.spec import ModelSpec
 
@@ -101,10 +109,7 @@ def load_manifest(path: str | Path) -> Manifest:
                           ("size", dict)):
             if not isinstance(getattr(manifest, key), kind):
                 raise ValueError(f"{key} must be a {kind.__name__}")
-        for key in ("min", "opt", "max") if manifest.size else ():
-            hw = manifest.size.get(key)
-            if not (isinstance(hw, list) and len(hw) == 2 and all(type(v) is int and 0 < v <= 65536 for v in hw)):
-                raise ValueError(f"size.{key} must be [height, width] in pixels")
+        check_bounds(manifest)
         if any(not isinstance(e, dict) or type(e.get("bytes")) is not int for e in manifest.files.values()):
             raise ValueError("every file needs an integer byte count")
         if manifest.spec:
@@ -112,6 +117,66 @@ def load_manifest(path: str | Path) -> Manifest:
     except (TypeError, KeyError, ValueError, AttributeError, UserError) as e:
         raise UserError(f"manifest {path} is malformed: {first_line(e)}; re-export the artifact") from None
     return manifest
+
+
+# (lowest, highest, what the highest is) of each number a manifest gives
+_BATCH = (1, MAX_BATCH, "the largest batch")
+_CHANS = (1, MAX_IN_CHANS, "the most input channels")
+_SIDE = (1, MAX_IMG_SIDE, "the largest picture side")
+_OUT_DIM = (0, MAX_OUTPUT_DIM, "the most an output dim holds")
+
+
+def _bounded(value: Any, field: str, bound: tuple[int, int, str]) -> None:
+    """``value`` is an integer within ``bound``, else a ValueError naming ``field`` and the bound."""
+    lo, hi, what = bound
+    if type(value) is not int or not lo <= value <= hi:
+        shown = repr(value) if len(repr(value)) <= 24 else repr(value)[:24] + "..."
+        raise ValueError(f"{field} is {shown}, not an integer from {lo} to {hi} ({what})")
+
+
+def _check_dims(sig: TensorSig, field: str, bounds: list[tuple[int, int, str]]) -> int:
+    """The dims of one input or output: integers within ``bounds`` (by position, the last repeating)
+    or names; returns the product of the integer dims after the batch."""
+    if not isinstance(sig.name, str) or not sig.name or not isinstance(sig.dtype, str):
+        raise ValueError(f"{field} needs a name and a dtype")
+    if not isinstance(sig.shape, list) or len(sig.shape) > MAX_RANK:
+        raise ValueError(f"{field}.shape must be a list of at most {MAX_RANK} dims")
+    values = 1
+    for i, d in enumerate(sig.shape):
+        if isinstance(d, str) and 0 < len(d) <= 128:
+            continue
+        _bounded(d, f"{field}.shape[{i}]", bounds[min(i, len(bounds) - 1)])
+        values *= d if i else 1
+    return values
+
+
+def check_bounds(manifest: Manifest) -> None:
+    """The numbers a manifest gives to what reads it (Triton configs, the profiler, predictions)
+    within the bounds the command line applies (`autotimm_deploy.exporter.core.limits`): input
+    dims, output dims, the batch and size records, the preprocessing's input size. A ValueError
+    naming the field."""
+    for i, sig in enumerate(manifest.inputs):
+        _check_dims(sig, f"inputs[{i}]", [_BATCH, _CHANS, _SIDE])
+    for i, sig in enumerate(manifest.outputs):
+        values = _check_dims(sig, f"outputs[{i}]", [_BATCH, _OUT_DIM])
+        if values > MAX_OUTPUT_VALUES:
+            raise ValueError(f"outputs[{i}].shape {sig.shape} holds {values:,} values per picture, past "
+                             f"{MAX_OUTPUT_VALUES:,}")
+    for key in ("min", "opt", "max", "static"):
+        if manifest.batch.get(key) is not None:
+            _bounded(manifest.batch[key], f"batch.{key}", _BATCH)
+    if not isinstance(manifest.batch.get("dynamic", False), bool):
+        raise ValueError("batch.dynamic must be true or false")
+    for key in ("min", "opt", "max") if manifest.size else ():
+        hw = manifest.size.get(key)
+        if not (isinstance(hw, list) and len(hw) == 2):
+            raise ValueError(f"size.{key} must be [height, width] in pixels")
+        for j, v in enumerate(hw):
+            _bounded(v, f"size.{key}[{j}]", _SIDE)
+    size = manifest.preprocessing.get("input_size") if isinstance(manifest.preprocessing, dict) else None
+    if isinstance(size, list) and len(size) == 3:
+        for j, (v, bound) in enumerate(zip(size, (_CHANS, _SIDE, _SIDE))):
+            _bounded(v, f"preprocessing.input_size[{j}]", bound)
 
 
 def write_manifest(manifest: Manifest, artifact: str | Path) -> Path:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import struct
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
+from autotimm_deploy.exporter.core.environment import available_memory
 from autotimm_deploy.exporter.core.errors import UserError, first_line
+from autotimm_deploy.exporter.core.limits import MAX_INFLATION
 
 # Containers that training scripts wrap a state dict in, tried in this order.
 _NESTED_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module", "net")
@@ -14,11 +18,75 @@ _NESTED_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module", 
 _PREFIXES = ("module.", "model.", "_orig_mod.", "backbone.", "net.")
 _SHOW = 5
 
+_SMALL_ENTRY = 1 << 20  # entries below this may compress as they like (tiny all-zero buffers do)
+_SAFETENSORS_MAX_HEADER = 100_000_000  # safetensors' own bound on its JSON header
+_ZIP_MAGIC = b"PK\x03\x04"  # what torch.load takes for a zip archive (the file's first bytes)
+
+
+def _size(n: int) -> str:
+    if n < 2**20:
+        return f"{n / 2**10:,.0f} KB"
+    return f"{n / 2**20:,.0f} MB" if n < 2**30 else f"{n / 2**30:,.1f} GB"
+
+
+def check_unpacked_size(path: Path) -> None:
+    """Bound what reading the checkpoint at ``path`` holds in memory, from what the file declares and
+    before anything is read: a torch zip's entry sizes from its directory (each entry's inflation
+    against its compressed size, and their total against the file's size), a safetensors file's
+    header length; then that total against the memory available now. A `UserError` past either."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise UserError(f"cannot read checkpoint {path}: {first_line(e, 120)}") from None
+    if path.suffix == ".safetensors":
+        unpacked = _safetensors_data(path, head, size)
+    elif head.startswith(_ZIP_MAGIC):
+        unpacked = _zip_unpacked(path, size)
+    else:  # a legacy torch file: its storages are read as they lie in it
+        unpacked = size
+    free = available_memory()
+    if free is not None and unpacked > free:
+        raise UserError(f"checkpoint {path} unpacks to {_size(unpacked)} in memory, {_size(free)} is available here: "
+                        "free memory or read it on a larger machine")
+
+
+def _zip_unpacked(path: Path, size: int) -> int:
+    """The bytes a torch zip checkpoint inflates to, read from its directory (nothing inflated yet)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            entries = z.infolist()
+    except Exception as e:  # noqa: BLE001 - a truncated or forged directory, in any of zipfile's ways
+        raise UserError(f"cannot read checkpoint {path}: its zip directory is damaged ({first_line(e, 120)})") from None
+    for entry in entries:
+        packed = max(entry.compress_size, 1)
+        if entry.file_size > _SMALL_ENTRY and entry.file_size > MAX_INFLATION * packed:
+            raise UserError(f"checkpoint {path}: {entry.filename} inflates {entry.file_size // packed:,}-fold, to "
+                            f"{_size(entry.file_size)} from {_size(packed)}: not weights torch saved (a zip bomb?)")
+    total = sum(entry.file_size for entry in entries)
+    if total > max(MAX_INFLATION * size, 64 * _SMALL_ENTRY):
+        raise UserError(f"checkpoint {path}: its {len(entries):,} entries inflate to {_size(total)} from a "
+                        f"{_size(size)} file: not weights torch saved (a zip bomb?)")
+    return total
+
+
+def _safetensors_data(path: Path, head: bytes, size: int) -> int:
+    """The tensor bytes of a safetensors file, its header length checked against the file first."""
+    if len(head) < 8:
+        raise UserError(f"cannot read checkpoint {path}: not a safetensors file ({size} bytes, no header)")
+    header = struct.unpack("<Q", head)[0]
+    if header > min(size - 8, _SAFETENSORS_MAX_HEADER):
+        raise UserError(f"cannot read checkpoint {path}: not a safetensors file (its header says it is {header:,} "
+                        f"bytes long, the file holds {size:,})")
+    return size - 8 - header
+
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    check_unpacked_size(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -79,6 +79,17 @@ def check_name(name: str) -> str:
 KNOWN_FORMATS = (*NATIVE, "pt2", "aoti", "torch-trt")  # what our runtimes run (the _python variant)
 
 
+class NothingServed(UserError):
+    """None of the artifacts is of a format Triton serves: no repository is written."""
+
+
+def unserved(m: Manifest) -> RepoModel:
+    """The row for an artifact no Triton model here serves (an edge format): listed, nothing written."""
+    return RepoModel("-", "-", "-", m.artifact,
+                     note=f"not written: Triton serves no {m.format} artifact (an edge format: run it with its "
+                          f"own runtime; Triton serves {', '.join(KNOWN_FORMATS)})")
+
+
 def check_servable(m: Manifest, path: Path) -> None:
     """What a config is written from, present and well-formed (one line, not a KeyError later)."""
     def fail(what: str):
@@ -118,9 +129,12 @@ def check_destination(repository: str | Path) -> Path:
 
 
 def build_repository(artifacts: list[str | Path], repository: str | Path, options: ServeOptions | None = None,
-                     names: list[str] | None = None, ensemble_over: str = "python") -> list[RepoModel]:
+                     names: list[str] | None = None, ensemble_over: str = "python",
+                     skip_unserved: bool = False) -> list[RepoModel]:
     """Write the repository at ``repository`` (which must not exist) for ``artifacts`` (files with
-    their manifests, or folders of them); ``names``: the base name of each, default from its file."""
+    their manifests, or folders of them); ``names``: the base name of each, default from its file.
+    ``skip_unserved``: an artifact of a format no Triton model serves (ncnn, LiteRT, ...) is listed
+    as not written, with why, instead of refusing them all; none served is still a `UserError`."""
     options = options or ServeOptions()
     options.check()
     if ensemble_over not in ("python", "native"):
@@ -129,17 +143,12 @@ def build_repository(artifacts: list[str | Path], repository: str | Path, option
     paths = find_artifacts(artifacts)
     if names is not None and len(names) != len(paths):
         raise UserError(f"{len(names)} names for {len(paths)} artifacts")
-    loaded = []
-    for path in paths:
-        if not manifest_path(path).is_file():
-            raise UserError(f"{path} has no manifest ({manifest_path(path).name}): the configs are written from it; "
-                            "export the model with autotimm-export")
-        manifest = load_manifest(path)
-        folder = manifest_path(path).parent
-        verify_files(manifest, folder)
-        check_servable(manifest, manifest_path(path))
-        loaded.append((folder, manifest))
-    bases = names or [base_name(folder / m.artifact) for folder, m in loaded]
+    served, skipped = _load_manifests(paths, names, skip_unserved)
+    if not served:
+        raise NothingServed(f"Triton serves none of these artifacts ({', '.join(m.artifact for m in skipped)}): "
+                           f"no repository written at {repository} (it serves {', '.join(KNOWN_FORMATS)})")
+    bases = [base for _, _, base in served]
+    loaded = [(folder, m) for folder, m, _ in served]
     taken: dict[str, Path] = {}
     for base, (folder, m) in zip(bases, loaded):
         for name in (base, *(f"{base}_{role}" for role in ("python", "preprocess", "boxes", "ensemble"))):
@@ -161,6 +170,7 @@ def build_repository(artifacts: list[str | Path], repository: str | Path, option
             except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:  # a manifest's odd field
                 raise UserError(f"the manifest of {folder / m.artifact} cannot be written as a Triton config "
                                 f"({type(e).__name__}: {e}); re-export the artifact") from None
+        models += skipped
         first = next((x for x in models if x.role == "ensemble" and not x.note), None)
         client = CLIENT.read_text().replace("__MODEL__", first.name if first else "")
         (tmp / "client.py").write_text(client)
@@ -174,6 +184,26 @@ def build_repository(artifacts: list[str | Path], repository: str | Path, option
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return models
+
+
+def _load_manifests(paths: list[Path], names: list[str] | None,
+                    skip_unserved: bool) -> tuple[list[tuple[Path, Manifest, str]], list[RepoModel]]:
+    """(folder, manifest, base name) of each artifact to serve, its files verified; and, with
+    ``skip_unserved``, the rows of those of a format no Triton model serves."""
+    loaded, skipped = [], []
+    for i, path in enumerate(paths):
+        if not manifest_path(path).is_file():
+            raise UserError(f"{path} has no manifest ({manifest_path(path).name}): the configs are written from it; "
+                            "export the model with autotimm-export")
+        manifest = load_manifest(path)
+        folder = manifest_path(path).parent
+        if skip_unserved and manifest.format not in KNOWN_FORMATS:
+            skipped.append(unserved(manifest))
+            continue
+        verify_files(manifest, folder)
+        check_servable(manifest, manifest_path(path))
+        loaded.append((folder, manifest, names[i] if names else base_name(folder / manifest.artifact)))
+    return loaded, skipped
 
 
 def _write_artifact(repo: Path, base: str, folder: Path, m: Manifest, options: ServeOptions,

@@ -2,7 +2,9 @@
 requests back to back (each on its own connection) for a fixed time after a warm-up; every request's
 round trip is kept. Reported per level: requests, throughput (requests and pictures per second, over
 the time from the start of the measurement to the last request's answer) and latency percentiles. A
-request that fails stops its client thread, and the level reports the first error."""
+request that fails stops its client thread, and the level reports the first error. Before and after
+each level one request (untimed) has its answer checked against the model's declared outputs: a
+server that answers without them reports that error, not a speed."""
 
 from __future__ import annotations
 
@@ -26,11 +28,25 @@ def sweep(make_caller: Callable[[], Callable[[], object]], levels: list[int], se
 def _level(make_caller, n: int, seconds: float, batch: int, warmup: float) -> dict:
     callers = [make_caller() for _ in range(n)]
     try:
-        return _measure(callers, seconds, batch, warmup)
+        wrong = _wrong_answer(callers[0])
+        row = _measure(callers, seconds, batch, warmup) if wrong is None else None
+        wrong = wrong or _wrong_answer(callers[0])
+        return row if wrong is None else {"concurrency": n, "batch": batch, "requests": 0, "error": wrong}
     finally:
         for c in callers:
             if hasattr(c, "close"):
                 c.close()
+
+
+def _wrong_answer(caller) -> str | None:
+    """What is wrong with one untimed answer of ``caller`` (a caller that cannot check is not checked)."""
+    check = getattr(caller, "checked_call", None)
+    try:
+        if check is not None:
+            check()
+    except Exception as e:  # noqa: BLE001 - reported in the row
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return None
 
 
 def _measure(callers, seconds: float, batch: int, warmup: float) -> dict:

@@ -1,5 +1,6 @@
 """Batch sweep: the harness at each batch size, within the artifact's declared batch range. An
-error at one size (out of memory, a runtime refusing a shape) is recorded and ends the sweep."""
+error at one size (out of memory, a runtime refusing a shape, an answer without the declared
+outputs) is recorded and ends the sweep."""
 
 from __future__ import annotations
 
@@ -48,6 +49,14 @@ def timed_call(session, batch: int, device_io: bool, seed: int = 0) -> Callable[
     return on_stream(session, lambda: session.fetch(session.run(session.prepare(host))))
 
 
+def checked_call(session, batch: int, seed: int = 0) -> None:
+    """One untimed call at ``batch`` whose outputs the session checks against what it declares
+    (`Session.check_outputs`: names, shapes, dtypes); a duck-typed session without it is not checked."""
+    check = getattr(session, "check_outputs", None)
+    if check is not None:
+        check(session.fetch(session.run(session.prepare(session.random_arrays(batch, seed)))), batch)
+
+
 PHASES = ("h2d_ms", "compute_ms", "d2h_ms")
 
 
@@ -85,14 +94,20 @@ class Point:
 
 def sweep(sessions: Sequence, batches: Sequence[int], cfg: HarnessConfig, clock, device_io: bool = False,
           on_point: Callable[[int, str], None] | None = None) -> list[Point]:
-    """Measure ``sessions`` (interleaved when more than one) at each batch size in turn."""
+    """Measure ``sessions`` (interleaved when more than one) at each batch size in turn. Around each
+    measurement, outside the clock, a call of each session has its outputs checked, so a runtime or
+    server that answers without them (or with other shapes) fails the point instead of reporting a speed."""
     points = []
     for b in batches:
         if on_point:
             on_point(b, "measuring")
         try:
             fns = [timed_call(s, b, device_io) for s in sessions]
+            for s in sessions:
+                checked_call(s, b)
             m = measure(fns, cfg, clock)
+            for s in sessions:
+                checked_call(s, b)
         except Exception as e:  # noqa: BLE001 - OOM or a runtime error ends the sweep, recorded
             points.append(Point(batch=b, error=f"{type(e).__name__}: {first_line(e, 200)}"))
             break

@@ -12,6 +12,12 @@ from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig
 
 RUNTIMES: dict[str, type["Session"]] = {}
 
+_KINDS = {"f": "float", "i": "integer", "u": "integer", "b": "bool"}  # numpy dtype kinds, as compared
+
+
+class WrongOutputs(RuntimeError):
+    """A call's answer lacks an output the session declares, or holds one of another shape or dtype."""
+
 
 def register_runtime(cls: type["Session"]) -> type["Session"]:
     """Class decorator: ``cls`` runs artifacts under its ``name`` (`autotimm_deploy.profiler.runtimes`)."""
@@ -101,6 +107,31 @@ class Session:
         """Runtime-native outputs -> host numpy arrays by output name."""
         raise NotImplementedError
 
+    def check_outputs(self, got: Any, batch: int) -> None:
+        """``got``, what `fetch` returned for one call at ``batch``, holds every declared output as an
+        array of its declared rank, sizes (a symbolic ``batch`` dim is ``batch``, other names any size)
+        and kind of dtype (float for float: runtimes hand fp16 back as float32); else `WrongOutputs`,
+        naming the first that does not. Where the signatures are placeholders (no manifest, the eager
+        twin) only the names are checked."""
+        if not isinstance(got, dict) or not got:
+            raise WrongOutputs(f"{self.name} answered batch {batch} with no outputs")
+        real = self.manifest is not None and self.manifest.format != "eager"
+        for sig in self.outputs:
+            value = got.get(sig.name)
+            declared = f"declared {sig.dtype} {list(sig.shape)}"
+            if not isinstance(value, np.ndarray):
+                raise WrongOutputs(f"{self.name} answered batch {batch} without output {sig.name!r} ({declared})")
+            if not real:
+                continue
+            want = [batch if d == "batch" else d for d in sig.shape]
+            if len(value.shape) != len(want) or any(isinstance(w, int) and w != v for w, v in zip(want, value.shape)):
+                raise WrongOutputs(f"{self.name} answered batch {batch} with {sig.name!r} of shape {list(value.shape)} "
+                                   f"({declared})")
+            kind = _dtype_kind(sig.dtype)
+            if kind is not None and _KINDS.get(value.dtype.kind) != kind:
+                raise WrongOutputs(f"{self.name} answered batch {batch} with {sig.name!r} as {value.dtype} "
+                                   f"({declared})")
+
     def synchronize(self) -> None:
         """Block until queued work is done (CUDA runtimes); no-op on the CPU."""
 
@@ -121,3 +152,13 @@ class Session:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _dtype_kind(dtype: str) -> str | None:
+    """float, integer or bool for a declared dtype name (bfloat16 is a float); None when unknown."""
+    if dtype == "bfloat16":
+        return "float"
+    try:
+        return _KINDS.get(np.dtype(dtype).kind)
+    except TypeError:
+        return None

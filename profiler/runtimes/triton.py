@@ -129,7 +129,8 @@ class TritonSession(Session):
     def caller(self, batch: int, seed: int = 0) -> "Caller":
         """Sends one request at ``batch`` on its own connection (one per thread); close it after."""
         client = self.client_module.InferenceServerClient(parse_url(self.url)[0])
-        return Caller(client, self.model, self.prepare(self.random_arrays(batch, seed)), self.requested)
+        return Caller(client, self.model, self.prepare(self.random_arrays(batch, seed)), self.requested,
+                      check=lambda result: self.check_outputs(self.fetch(result), batch))
 
     def close(self) -> None:
         try:
@@ -139,11 +140,18 @@ class TritonSession(Session):
 
 
 class Caller:
-    def __init__(self, client, model: str, inputs, outputs):
+    def __init__(self, client, model: str, inputs, outputs, check=None):
         self.client, self.model, self.inputs, self.outputs = client, model, inputs, outputs
+        self._check = check
 
     def __call__(self):
         return self.client.infer(self.model, self.inputs, outputs=self.outputs)
+
+    def checked_call(self) -> None:
+        """One request, untimed, its answer checked against the model's declared outputs (`WrongOutputs`)."""
+        result = self()
+        if self._check is not None:
+            self._check(result)
 
     def close(self) -> None:
         try:

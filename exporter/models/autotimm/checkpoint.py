@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from autotimm_deploy.exporter.core.errors import UserError, first_line
+from autotimm_deploy.exporter.models.weights import check_unpacked_size
 
 COMPILED = "._orig_mod"  # torch.compile's wrapper, in keys saved with AutoTimm's compile_model=True
 
@@ -128,6 +129,7 @@ def _read(path: Path, _size: int, _mtime_ns: int) -> LightningCheckpoint | None:
     # size and mtime are only the cache key: a file rewritten in place is read again
     if path.suffix == ".safetensors":
         return None
+    check_unpacked_size(path)  # a zip bomb is refused from its directory, before torch inflates it
     try:
         obj = _load(path)
     except Exception as e:  # noqa: BLE001 - corrupt, truncated, not a torch file, ...
