@@ -56,7 +56,7 @@ class NcnnFormat(Format):
         import torch
 
         spec = ctx.spec
-        work = ctx.workdir / f".{ctx.stem}.pnnx"
+        work = (ctx.workdir / f".{ctx.stem}.pnnx").resolve()
         work.mkdir()
         traced_path = work / "model.pt"
         with warnings.catch_warnings(), torch.no_grad():
@@ -64,7 +64,8 @@ class NcnnFormat(Format):
             example = ctx.example_input()[:1]
             traced = torch.jit.trace(program_module(ctx.model), example, check_trace=False, strict=False)
             traced.save(str(traced_path))
-        param, binary = ctx.path(self.suffix), ctx.path(self.companions[0])
+        # pnnx runs in its work folder: every path it is given is absolute (a relative -o broke it)
+        param, binary = ctx.path(self.suffix).resolve(), ctx.path(self.companions[0]).resolve()
         shape = f"[1,{spec.in_chans},{spec.img_size[0]},{spec.img_size[1]}]f32"
         fp16 = int(ctx.options.precision == "fp16")
         scratch = {k: str(work / name) for k, name in (("pnnxparam", "p.param"), ("pnnxbin", "p.bin"),
