@@ -40,6 +40,10 @@ class EmbeddedPreprocessing(nn.Module):
             raise UserError(f"--embed-preprocessing: the {spec.task} outputs{' (--raw)' if spec.head.get('raw') else ''} "
                             "cannot be mapped to the picture's pixels in the graph")
         prep = describe(model.preprocessing, spec.task)
+        if spec.task == "instance-segmentation" and prep["resize"] != "stretch":
+            raise UserError(f"--embed-preprocessing: instance masks stay at the input's size, which maps back to the "
+                            f"picture only when it was stretched (this model's resize is {prep['resize']}); export "
+                            "without --embed-preprocessing")
         if prep["interpolation"] not in _MODES:
             raise UserError(f"--embed-preprocessing: {prep['interpolation']} resizing has no graph op that matches "
                             f"{prep['library']}'s; pass --interpolation bilinear or bicubic")
