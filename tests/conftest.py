@@ -11,7 +11,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one threa
 
 # Test files that must share one pytest-xdist worker (run one after another): each starts its own
 # Ray cluster on this machine.
-SAME_WORKER = {"tests/test_fleet_faults.py": "tests/test_fleet.py"}
+SAME_WORKER = {"tests/test_fleet_faults.py": "tests/test_fleet.py", "tests/test_reliability_fleet.py": "tests/test_fleet.py"}
 
 
 def pytest_xdist_make_scheduler(config, log):

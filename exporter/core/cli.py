@@ -1,19 +1,87 @@
-"""What both CLIs share: one-line errors, exit codes, the rich consoles."""
+"""What the CLIs share: one-line errors, exit codes, the rich consoles.
+
+Signals. While a command runs (`run_cli`), Ctrl-C, SIGTERM and SIGHUP raise `Interrupted`, so what it
+was writing is cleaned up; it ends in one line, exit 128 + the signal. Before that (while a CLI's
+modules import and argparse runs) and after it (the interpreter's exit: Ray's shutdown), nothing is
+being written: this module, which every CLI imports before the rest of its own, makes them end the
+process at once with the same line (`_quit`), never a traceback. (Before it: Python's start and the
+package's ``__init__``, some 40 ms.) Only in a CLI's own process: a program that imports the package
+keeps its own signal handling.
+"""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import math
 import os
 import signal
 import sys
-from typing import Callable
+import threading
 
-from autotimm_deploy.exporter.core.environment import cores_available
-from autotimm_deploy.exporter.core.errors import Fault, Interrupted, UserError, first_line
-from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+# The CLIs, by module (``python -m``) and console script (pyproject.toml's [project.scripts]).
+CLIS = {"autotimm_deploy.exporter.cli": "autotimm-export", "autotimm_deploy.profiler.cli": "autotimm-profile",
+        "autotimm_deploy.exporter.triton_cli": "autotimm-triton",
+        "autotimm_deploy.profiler.predict_cli": "autotimm-predict"}
+ENDING = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+
+
+def _cli_running() -> str | None:
+    """The CLI this process is (its console script, or ``python -m`` its module), else None."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name in CLIS:
+        return CLIS[spec.name]
+    name = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return name if name in CLIS.values() else None
+
+
+def interrupted_line(prog: str, signum: int) -> str:
+    return f"{prog}: interrupted ({signal.Signals(signum).name}); no partial files were left\n"
+
+
+def _quit(signum, _frame):  # a signal handler's signature
+    """Ends a CLI that is not running a command (nothing is being written): the line, 128 + signal."""
+    for stream in (sys.stdout, sys.stderr):  # what was printed is kept (a signal handler: best effort)
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001, S110 - a closed pipe or a reentrant call: nothing more to keep
+            pass
+    if not _reported:  # a second signal after the command said it was interrupted: no second line
+        try:
+            os.write(2, interrupted_line(_PROG or "autotimm", signum).encode())
+        except OSError:  # stderr gone (a closed terminal)
+            pass
+    os._exit(128 + signum)
+
+
+def _on_signals(handler, sigint=None) -> dict:
+    """``handler`` for SIGTERM and SIGHUP, ``sigint`` (else ``handler``) for Ctrl-C; the handlers
+    they replaced. Only the main thread sets handlers: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, sigint if sig == signal.SIGINT and sigint else handler) for sig in ENDING}
+
+
+def _spawned() -> bool:
+    """A child a multiprocessing pool started (it runs the CLI's module again, not the command)."""
+    mp = sys.modules.get("multiprocessing")
+    return mp is not None and mp.current_process().name != "MainProcess"
+
+
+_PROG = _cli_running()
+_reported = False  # the interrupted line was written
+_signalled = 0  # the signal `_terminate` took: code that turns KeyboardInterrupts into its own (Ray's
+# ray.wait, in C) raises a plain one, without `Interrupted.signum`
+if _PROG is not None and not _spawned():
+    _on_signals(_quit)
+
+# after the handlers: Ctrl-C while these import is one line too
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import math  # noqa: E402
+from typing import Callable  # noqa: E402
+
+from autotimm_deploy.exporter.core.environment import cores_available  # noqa: E402
+from autotimm_deploy.exporter.core.errors import Fault, Interrupted, UserError, first_line  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # interrupted: 128 + the signal number, as shells report it
 
@@ -31,11 +99,16 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def run_cli(prog: str, main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv=None) -> int:
-    """Parse, run, and turn every exception a user can meet into one line and an exit code."""
-    args = parser.parse_args(argv)
-    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):  # clean up on `kill` / a closed terminal
-        if sig is not None:
-            signal.signal(sig, _terminate)
+    """Parse, run, and turn every exception a user can meet into one line and an exit code. While
+    ``main`` runs, Ctrl-C, SIGTERM and SIGHUP raise `Interrupted` (cleaned up like Ctrl-C); the
+    handlers before are back after it (in a CLI's process: `_quit`, see the module's docstring)."""
+    global _signalled
+    _signalled = 0
+    try:
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt as e:  # called in-process (a CLI's own process ends in `_quit`)
+        return _interrupted(prog, e)
+    before = _on_signals(_terminate, sigint=signal.default_int_handler)  # Ctrl-C: KeyboardInterrupt, as ever
     try:
         return main(args)
     except BrokenPipeError:  # the reader went away (`| head`): nothing more to say
@@ -46,18 +119,35 @@ def run_cli(prog: str, main: Callable[[argparse.Namespace], int], parser: argpar
         sys.stderr.write(f"{prog}: error: {first_line(e, 2000)}\n")
         return e.exit_code
     except KeyboardInterrupt as e:
-        signum = getattr(e, "signum", signal.SIGINT)
-        sys.stderr.write(f"{prog}: interrupted ({signal.Signals(signum).name}); no partial files were left\n")
-        return 128 + signum
+        return _interrupted(prog, e)
     except Exception as e:  # noqa: BLE001 - a bug: still one line, traceback only on request
         if getattr(args, "debug", False):
             raise
         sys.stderr.write(f"{prog}: internal error: {type(e).__name__}: {first_line(e)} (rerun with --debug)\n")
         return EXIT_FAILED
+    finally:
+        for sig, handler in before.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(sig, handler)
+
+
+def interrupting_signal(e: KeyboardInterrupt) -> int:
+    """The signal behind ``e``: its own, else the one `_terminate` took, else Ctrl-C's."""
+    return getattr(e, "signum", None) or _signalled or signal.SIGINT
+
+
+def _interrupted(prog: str, e: KeyboardInterrupt) -> int:
+    global _reported
+    signum = interrupting_signal(e)
+    sys.stderr.write(interrupted_line(prog, signum))
+    _reported = True
+    return 128 + signum
 
 
 def _terminate(signum, _frame):  # a signal handler's signature
+    global _signalled
     signal.signal(signum, signal.SIG_IGN)  # a second signal must not interrupt the cleanup
+    _signalled = signum
     raise Interrupted(signum)
 
 
