@@ -103,15 +103,16 @@ def test_an_engine_is_built_on_the_node_of_its_gpu(cluster, tmp_path):
 
 
 def test_an_export_asks_for_the_memory_its_model_needs(tmp_path):
-    """Ray places exports by memory too: about 5.5 copies of the fp32 weights over a 1 GiB process,
-    never more than the largest node has (else nothing could take it), nothing for an unknown size."""
+    """Ray places exports by memory too: its family's measured copies of the fp32 weights over a
+    1.5 GiB process, never more than the largest node has (else nothing could take it), nothing for an
+    unknown size."""
     r = recipe(tmp_path, "[cpu]")
     job = r.export_jobs()[0]
     weights = fleet.weights_bytes(job)
     import timm
 
     assert weights == 4 * sum(p.numel() for p in timm.create_model("test_resnet", num_classes=4).parameters())
-    assert fleet.export_memory(job, 64 * 2**30, {}) == int(2**30 + 5.5 * weights)
+    assert fleet.export_memory(job, 64 * 2**30, {}) == int(fleet.BASE_MEMORY + fleet.COPIES["ResNet"] * weights)
     assert fleet.export_memory(job, 2**29, {}) == 2**29
     assert fleet.export_memory(job, 0, {}) is None
     job.spec = job.spec.replace(checkpoint=str(tmp_path / "missing.ckpt"), weights="checkpoint")
