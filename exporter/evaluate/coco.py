@@ -1,6 +1,13 @@
 """Detection and instance segmentation: COCO mAP@[.5:.95] and mAP@.5 by pycocotools' own
 ``COCOeval`` (boxes; masks as RLE for instance segmentation), on the predictions mapped back to each
-picture's pixels and the labels mapped to the file's category ids."""
+picture's pixels (boxes clipped to the picture) and the labels mapped to the file's category ids.
+
+On an AutoTimm detector this is the mAP AutoTimm's own validation logs (torchmetrics'
+``MeanAveragePrecision`` on pycocotools, in the letterboxed input) once its boxes are clipped to the
+picture, not to the padded input (tests/test_eval_matches_autotimm.py); masks are scored at the
+picture's resolution (AutoTimm: its input's), on COCO's own float64 IoU thresholds (torchmetrics':
+float32), and COCO's rules hold where AutoTimm's datasets leave them: pictures without annotations
+are scored, ``iscrowd`` regions ignored."""
 
 from __future__ import annotations
 

@@ -6,9 +6,11 @@ picture preprocessed once as the manifest says, for every task:
   multi-label models: a CSV whose first column is the picture and whose other columns are 0/1 per
   class (AutoTimm's ``MultiLabelImageDataset`` layout). Pictures: timm's eval transform (resize,
   centre crop).
-- detection and instance segmentation: a COCO JSON file (``file_name`` relative to the JSON's folder
-  or its ``images/`` folder); category ids in sorted order are the model's labels 0..K-1, as AutoTimm's
-  COCO datasets number them. Pictures: stretched to the input size, predictions mapped back.
+- detection and instance segmentation: a COCO JSON file (``file_name`` relative to the JSON's folder,
+  its ``images/`` folder, or, in COCO's layout ``annotations/instances_<split>.json``, the split's
+  folder ``<split>/`` beside ``annotations/``); category ids in sorted order are the model's labels
+  0..K-1, as AutoTimm's COCO datasets number them. Pictures: the manifest's transform (AutoTimm's
+  detectors: letterbox; its instance segmentors: stretch), predictions mapped back to their pixels.
 - semantic segmentation: ``DATA/images/`` and ``DATA/masks/`` with matching file stems, a mask
   holding the class index per pixel and 255 where it is ignored (AutoTimm's ``png`` layout).
 
@@ -239,7 +241,7 @@ def _coco(path: Path, prep: dict, num_classes: int | None, samples) -> Labelled:
         raise UserError(f"{path}: annotations use category ids {sorted(unknown)[:5]} missing from its categories")
     images = [images[i] for i in _choose(len(images), samples)]
     ids = [int(im["id"]) for im in images]
-    roots = (path.parent, path.parent / "images")
+    roots = _picture_roots(path)
     files = [next((r / image_files[i] for r in roots if (r / image_files[i]).is_file()), roots[0] / image_files[i])
              for i in ids]
     arrays, geometries = _load(files, prep)
@@ -254,6 +256,18 @@ def _coco(path: Path, prep: dict, num_classes: int | None, samples) -> Labelled:
               "annotations": [a for a in gt["annotations"] if int(a["image_id"]) in chosen]}
     return Labelled("coco", arrays, geometries, coco=subset, image_ids=ids, category_ids=cats,
                     info={"classes": len(cats), "annotations": len(subset["annotations"])})
+
+
+def _picture_roots(path: Path) -> list[Path]:
+    """Where a COCO file's ``file_name`` may be relative to: its own folder, its ``images/`` folder
+    and, for COCO's own layout (``annotations/instances_<split>.json``, AutoTimm's default), the
+    split's picture folder beside ``annotations/`` (``<split>/``, with or without 2017)."""
+    roots = [path.parent, path.parent / "images"]
+    if path.parent.name == "annotations" and path.stem.startswith("instances_"):
+        split = path.stem[len("instances_"):]
+        base = split.removesuffix("2017")
+        roots += [path.parent.parent / s for s in dict.fromkeys((split, base + "2017", base)) if s]
+    return roots
 
 
 def _mask_folder(path: Path, prep: dict, num_classes: int | None, samples) -> Labelled:
