@@ -18,14 +18,13 @@ from pathlib import Path
 
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.formats import ExportOptions
-from autotimm_deploy.exporter.inputs.answers import answer, picture_geometry, picture_outputs
-from autotimm_deploy.exporter.inputs.pictures import picture_input
+from autotimm_deploy.exporter.inputs.answers import answer
 from autotimm_deploy.exporter.inputs.preprocess import prepare
 from autotimm_deploy.exporter.inputs.samples import non_square_pictures
 from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.profiler.artifact import open_artifact
 from autotimm_deploy.profiler.measure.timing import HarnessConfig, measure
-from autotimm_deploy.profiler.predict import read_picture
+from autotimm_deploy.profiler.predict import read_picture, run_picture
 
 # AutoTimm's benchmark page's sizes per task (classification 224, detection 640, segmentation 512)
 VARIANTS = {
@@ -53,26 +52,20 @@ def run_variant(label: str, spec: ModelSpec, tmp: Path, cfg: HarnessConfig) -> d
     prep, task = json.loads(plain.manifest.read_text())["preprocessing"], spec.task
     with open_artifact(plain.artifact, manifest=None, runtime="onnxruntime") as s, \
             open_artifact(embedded.artifact, manifest=None, runtime="onnxruntime") as e:
-        name, ename = s.inputs[0].name, e.inputs[0].name
+        name = s.inputs[0].name
         picture = read_picture(path, prep)
         x, geometry = prepare(picture, prep)
         outputs = s.infer({name: x[None]})
 
-        def python_pipeline():
+        def pipeline(session, embedded):  # what autotimm-predict does for one picture file
             pic = read_picture(path, prep)
-            xx, g = prepare(pic, prep)
-            return answer(s.infer({name: xx[None]}), g, task, None, path)
-
-        def embedded_pipeline():
-            pic = read_picture(path, prep)
-            return answer(picture_outputs(e.infer({ename: picture_input(pic)}), task), picture_geometry(pic), task,
-                          None, path)
+            return answer(*run_picture(session, pic, prep, embedded, task), task, None, path)
 
         steps = {"decode": lambda: read_picture(path, prep), "preprocess": lambda: prepare(picture, prep),
                  "compute only": lambda: s.infer({name: x[None]}),
                  "answers": lambda: answer(outputs, geometry, task, None, path),
-                 "end to end (Python preprocessing)": python_pipeline,
-                 "end to end (embedded)": embedded_pipeline}
+                 "end to end (Python preprocessing)": lambda: pipeline(s, None),
+                 "end to end (embedded)": lambda: pipeline(e, "nhwc")}
         m = measure(list(steps.values()), cfg)
     row = {"variant": label, "model": spec.model, "size": spec.img_size[0],
            "ms": {k: m.stats(i).p50 for i, k in enumerate(steps)},

@@ -10,6 +10,7 @@ top-1 identical."""
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable
 
 import numpy as np
@@ -114,6 +115,26 @@ def _passed(m: dict[str, Any]) -> bool:
     return ok and (m.get("min_mask_iou") is None or m["min_mask_iou"] >= MASK_IOU)
 
 
+# the reference answers of a model, made once per model whatever the number of formats it is exported to
+_REFERENCES: "weakref.WeakKeyDictionary[Any, list[Answer]]" = weakref.WeakKeyDictionary()
+
+
+def _references(model, make: Callable[[], list[Answer]]) -> list[Answer]:
+    if model not in _REFERENCES:
+        _REFERENCES[model] = make()
+    return _REFERENCES[model]
+
+
+def _report(rows: list[dict[str, Any]], against: str, whose: str) -> dict[str, Any]:
+    failed = [r["picture"] for r in rows if not _passed(r)]
+    return {"verdict": "fail" if failed else "pass", "against": against, "pictures": rows,
+            "failures": [f"{p}: answers differ from {whose}" for p in failed]}
+
+
+def _row(name: str, img: np.ndarray, ref: Answer, ours: Answer) -> dict[str, Any]:
+    return {"picture": name, "size": [int(img.shape[0]), int(img.shape[1])], **compare(ref, ours)}
+
+
 def against_python(embedded, predict: Callable[[np.ndarray], dict[str, np.ndarray]]) -> dict[str, Any]:
     """An artifact with its preprocessing inside (``predict``: picture input -> outputs already in the
     picture's pixels) against the Python pipeline with the same record and the plain model."""
@@ -123,18 +144,21 @@ def against_python(embedded, predict: Callable[[np.ndarray], dict[str, np.ndarra
 
     inner, task = embedded.model, embedded.task
     prep = describe(inner.preprocessing, task)
-    rows = []
-    for name, img in non_square_pictures().items():
-        x, geometry = prepare(img, prep)
-        with torch.no_grad():
-            ref_out = dict(zip(inner.output_names, (t.numpy() for t in inner(torch.from_numpy(x[None])))))
-        ref = answer(ref_out, geometry, task, None, name)
-        ours = answer(picture_outputs(predict(picture_input(img, embedded.layout)), task), picture_geometry(img), task,
-                      None, name)
-        rows.append({"picture": name, "size": [int(img.shape[0]), int(img.shape[1])], **compare(ref, ours)})
-    failed = [r["picture"] for r in rows if not _passed(r)]
-    return {"verdict": "fail" if failed else "pass", "against": "the Python pipeline (exporter/inputs/preprocess.py)",
-            "pictures": rows, "failures": [f"{p}: answers differ from the Python pipeline's" for p in failed]}
+    pictures = non_square_pictures()
+
+    def python_answers() -> list[Answer]:
+        out = []
+        for name, img in pictures.items():
+            x, geometry = prepare(img, prep)
+            with torch.no_grad():
+                raw = dict(zip(inner.output_names, (t.numpy() for t in inner(torch.from_numpy(x[None])))))
+            out.append(answer(raw, geometry, task, None, name))
+        return out
+
+    rows = [_row(name, img, ref, answer(picture_outputs(predict(picture_input(img, embedded.layout)), task),
+                                        picture_geometry(img), task, None, name))
+            for (name, img), ref in zip(pictures.items(), _references(embedded, python_answers))]
+    return _report(rows, "the Python pipeline (exporter/inputs/preprocess.py)", "the Python pipeline's")
 
 
 def end_to_end(model, predict: Callable[[np.ndarray], dict[str, np.ndarray]], pictures=None) -> dict[str, Any] | None:
@@ -154,14 +178,20 @@ def end_to_end(model, predict: Callable[[np.ndarray], dict[str, np.ndarray]], pi
         transform = reference_transform(prep, spec.task, spec.model)
     except Exception as e:  # noqa: BLE001 - AutoTimm (or albumentations) missing or changed
         return {"verdict": "not run", "reason": f"AutoTimm's transform could not be built: {first_line(e, 150)}"}
+    given = pictures is not None
+    pictures = pictures or non_square_pictures()
+
+    def autotimm_answers() -> list[Answer]:
+        out = []
+        for name, img in pictures.items():
+            with torch.no_grad():
+                raw = {k: v.numpy() for k, v in reference(torch.from_numpy(transform(img)[None])).items()}
+            out.append(answer(raw, reference_geometry(img.shape[:2], prep), spec.task, None, name))
+        return out
+
+    refs = autotimm_answers() if given else _references(model, autotimm_answers)
     rows = []
-    for name, img in (pictures or non_square_pictures()).items():
-        with torch.no_grad():
-            ref_out = {k: v.numpy() for k, v in reference(torch.from_numpy(transform(img)[None])).items()}
+    for (name, img), ref in zip(pictures.items(), refs):
         x, geometry = prepare(img, prep)
-        ref = answer(ref_out, reference_geometry(img.shape[:2], prep), spec.task, None, name)
-        ours = answer(predict(x[None]), geometry, spec.task, None, name)
-        rows.append({"picture": name, "size": [int(img.shape[0]), int(img.shape[1])], **compare(ref, ours)})
-    failed = [r["picture"] for r in rows if not _passed(r)]
-    return {"verdict": "fail" if failed else "pass", "against": f"AutoTimm's eval transform + {model.reference_name}",
-            "pictures": rows, "failures": [f"{p}: answers differ from AutoTimm's" for p in failed]}
+        rows.append(_row(name, img, ref, answer(predict(x[None]), geometry, spec.task, None, name)))
+    return _report(rows, f"AutoTimm's eval transform + {model.reference_name}", "AutoTimm's")

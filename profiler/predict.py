@@ -66,7 +66,7 @@ def read_picture(path: Path, prep: dict[str, Any]) -> np.ndarray:
         raise UserError(f"cannot read picture {path}: {first_line(e, 150)}") from None
 
 
-def _run(session, picture: np.ndarray, prep: dict[str, Any], embedded: str | None, task: str):
+def run_picture(session, picture: np.ndarray, prep: dict[str, Any], embedded: str | None, task: str):
     """One picture through the artifact: (its outputs, batch of one, and the geometry they are in).
     A graph with the preprocessing inside takes the picture as it is and answers in its pixels."""
     name = session.inputs[0].name
@@ -103,7 +103,7 @@ def predict(artifact: str | Path, pictures: Iterable[str | Path], runtime: str |
     with open_artifact(path, manifest=manifest, runtime=runtime, device=device) as session:
         for f in files:
             picture = read_picture(f, prep)
-            outputs, geometry = _run(session, picture, prep, embedded, task)
+            outputs, geometry = run_picture(session, picture, prep, embedded, task)
             a = answer(outputs, geometry, task, names, f, top_k, min_score=min_score)
             if on_answer:
                 a.picture = picture
