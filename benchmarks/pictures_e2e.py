@@ -1,7 +1,8 @@
 """End-to-end against compute-only, per AutoTimm variant (issue #29): what a picture costs from file
 to answer (decode, the manifest's preprocessing, inference, answers in the picture's pixels) beside
 the model alone, for the Python pipeline and for an --embed-preprocessing artifact of the same model,
-both on ONNX Runtime, measured in interleaved rounds by the profiler's one harness.
+both on ONNX Runtime, measured by ``autotimm-profile --pictures`` (`profile_pictures`) on
+scikit-image's four non-square pictures, each call taking the next picture in turn.
 
     .venv/bin/python benchmarks/pictures_e2e.py [--quick] [--out results.json]
 
@@ -18,13 +19,11 @@ from pathlib import Path
 
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.formats import ExportOptions
-from autotimm_deploy.exporter.inputs.answers import answer
-from autotimm_deploy.exporter.inputs.preprocess import prepare
 from autotimm_deploy.exporter.inputs.samples import non_square_pictures
 from autotimm_deploy.exporter.pipeline import export
-from autotimm_deploy.profiler.artifact import open_artifact
-from autotimm_deploy.profiler.measure.timing import HarnessConfig, measure
-from autotimm_deploy.profiler.predict import read_picture, run_picture
+from autotimm_deploy.profiler.measure.settings import Settings
+from autotimm_deploy.profiler.measure.timing import HarnessConfig
+from autotimm_deploy.profiler.picture_timing import profile_pictures
 
 # AutoTimm's benchmark page's sizes per task (classification 224, detection 640, segmentation 512)
 VARIANTS = {
@@ -37,41 +36,29 @@ QUICK = {"classification": (ModelSpec("resnet18", img_size=(224, 224), architect
          "detection (fcos)": (ModelSpec("resnet18", task="detection", img_size=(320, 320), architecture="autotimm"), 320)}
 
 
-def _jpeg(tmp: Path) -> Path:
+def _jpegs(tmp: Path) -> Path:
+    """scikit-image's four non-square pictures as JPEG files (coffee 600x400, rocket 640x427, ...)."""
     from PIL import Image
 
-    path = tmp / "coffee.jpg"
-    Image.fromarray(non_square_pictures()["coffee"]).save(path, quality=92)  # 600 x 400
-    return path
+    folder = tmp / "pictures"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, picture in non_square_pictures().items():
+        Image.fromarray(picture).save(folder / f"{name}.jpg", quality=92)
+    return folder
 
 
 def run_variant(label: str, spec: ModelSpec, tmp: Path, cfg: HarnessConfig) -> dict:
+    """autotimm-profile --pictures on the plain and the embedded export, one picture per call."""
     plain = export(spec, ["onnx"], tmp / "plain", force=True)[0]
     embedded = export(spec, ["onnx"], tmp / "embedded", ExportOptions(embed_preprocessing="nhwc"), force=True)[0]
-    path = _jpeg(tmp)
-    prep, task = json.loads(plain.manifest.read_text())["preprocessing"], spec.task
-    with open_artifact(plain.artifact, manifest=None, runtime="onnxruntime") as s, \
-            open_artifact(embedded.artifact, manifest=None, runtime="onnxruntime") as e:
-        name = s.inputs[0].name
-        picture = read_picture(path, prep)
-        x, geometry = prepare(picture, prep)
-        outputs = s.infer({name: x[None]})
-
-        def pipeline(session, embedded):  # what autotimm-predict does for one picture file
-            pic = read_picture(path, prep)
-            return answer(*run_picture(session, pic, prep, embedded, task), task, None, path)
-
-        steps = {"decode": lambda: read_picture(path, prep), "preprocess": lambda: prepare(picture, prep),
-                 "compute only": lambda: s.infer({name: x[None]}),
-                 "answers": lambda: answer(outputs, geometry, task, None, path),
-                 "end to end (Python preprocessing)": lambda: pipeline(s, None),
-                 "end to end (embedded)": lambda: pipeline(e, "nhwc")}
-        m = measure(list(steps.values()), cfg)
-    row = {"variant": label, "model": spec.model, "size": spec.img_size[0],
-           "ms": {k: m.stats(i).p50 for i, k in enumerate(steps)},
-           "ci": {k: [m.stats(i).ci_low, m.stats(i).ci_high] for i, k in enumerate(steps)},
-           "end_to_end_parity": plain.parity.end_to_end, "embedded_parity": embedded.parity.end_to_end}
-    return row
+    report = profile_pictures([plain.artifact, embedded.artifact], [_jpegs(tmp)], Settings(harness=cfg),
+                              runtime="onnxruntime")
+    python, inside = (run["points"][0]["steps_ms"] for run in report["end_to_end"])
+    steps = {**{k: python[k] for k in ("decode", "preprocess", "compute only", "answers")},
+             "end to end (Python preprocessing)": python["end to end"], "end to end (embedded)": inside["end to end"]}
+    return {"variant": label, "model": spec.model, "size": spec.img_size[0],
+            "ms": {k: v["p50"] for k, v in steps.items()}, "ci": {k: [v["ci_low"], v["ci_high"]] for k, v in steps.items()},
+            "end_to_end_parity": plain.parity.end_to_end, "embedded_parity": embedded.parity.end_to_end}
 
 
 def markdown(rows: list[dict]) -> str:

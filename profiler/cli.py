@@ -60,6 +60,10 @@ def build_parser() -> OneLineParser:
     p.add_argument("--concurrency", metavar="N,N,...",
                    help="served models (triton://HOST:PORT/MODEL): also sweep these numbers of concurrent clients "
                         "(each level runs --max-time seconds at the first batch size)")
+    p.add_argument("--pictures", action="append", metavar="PICTURE|FOLDER",
+                   help="time each artifact from picture file to answer (decode, its manifest's preprocessing, "
+                        "compute, answers in the picture's pixels) beside compute only, on these pictures (repeat for "
+                        "more; folders searched); --compare-eager adds the eager model end to end")
     p.add_argument("--interleave", action="store_true", help="measure all targets interleaved; the first is the baseline")
     iso = p.add_mutually_exclusive_group()
     iso.add_argument("--isolate", dest="isolate", action="store_true", default=None,
@@ -176,6 +180,8 @@ def run_recipe(a) -> int:
 
     if a.targets:
         raise UserError("give artifacts or --recipe, not both")
+    if a.pictures:
+        raise UserError("--pictures times artifacts from picture file to answer: give artifacts, not --recipe")
     recipe = load_recipe(a.recipe, a.out)
     with progress_bar(counts=True) as bar:
         task = bar.add_task(f"recipe {recipe.name}", total=None)
@@ -215,21 +221,13 @@ def main(a) -> int:
     a.max_time = 10.0 if a.max_time is None else a.max_time
 
     _check_outputs(a)
+    if a.pictures:
+        _check_pictures_flags(a)
     if a.concurrency:
         concurrency_levels(a)  # checked before anything runs
-    batches = _batches(a)
-    _check_cpu_flags(a)
-    settings = Settings(
-        device=a.device,
-        threads=a.threads,
-        batch_sizes=batches,
-        device_io=a.device_io,
-        harness=HarnessConfig(max_time=a.max_time, warmup_time=a.warmup_time, iterations=a.iterations,
-                              target_ci=a.target_ci),
-        eager_options={k: True for k in ("channels_last", "bf16", "cuda_graph") if getattr(a, k)},
-        runtime_options={"cuda_graph": True} if a.cuda_graph else {},
-        img_size=parse_img_size(a.img_size) if a.img_size else None,
-    )
+    settings = _settings(a)
+    if a.pictures:
+        return run_pictures(a, settings)
     from autotimm_deploy.profiler.pipeline import profile
 
     with progress_bar() as bar:
@@ -246,12 +244,58 @@ def main(a) -> int:
     for name, path in (("json", a.json), ("csv", a.csv), ("markdown", a.markdown), ("plot", a.plot)):
         if path:
             RENDERERS[name](report, path)
-    failed = [f"{run['target']['label']} at batch {p['batch']}" for run in report["runs"] for p in run["points"]
-              if p.get("error")]
+    return _exit_code(report["runs"])
+
+
+def _exit_code(runs: list[dict]) -> int:
+    """Failed when a measurement failed (its row says why); the line names each."""
+    failed = [f"{run['target']['label']} at batch {p['batch']}" for run in runs for p in run["points"] if p.get("error")]
     if failed:
         stderr.print(f"[red]{len(failed)} measurement(s) failed[/]: {escape(', '.join(failed))} (see the error rows)")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _settings(a) -> Settings:
+    batches = _batches(a)
+    _check_cpu_flags(a)
+    return Settings(
+        device=a.device,
+        threads=a.threads,
+        batch_sizes=batches,
+        device_io=a.device_io,
+        harness=HarnessConfig(max_time=a.max_time, warmup_time=a.warmup_time, iterations=a.iterations,
+                              target_ci=a.target_ci),
+        eager_options={k: True for k in ("channels_last", "bf16", "cuda_graph") if getattr(a, k)},
+        runtime_options={"cuda_graph": True} if a.cuda_graph else {},
+        img_size=parse_img_size(a.img_size) if a.img_size else None,
+    )
+
+
+def _check_pictures_flags(a) -> None:
+    """What ``--pictures`` cannot honour is refused before any work, not ignored."""
+    for flag, given in (("--csv", a.csv), ("--plot", a.plot), ("--concurrency", a.concurrency),
+                        ("--interleave", a.interleave), ("--isolate", a.isolate), ("--device-io", a.device_io),
+                        ("--img-size", a.img_size)):
+        if given:
+            raise UserError(f"{flag} does not apply with --pictures, which times artifacts from picture file to "
+                            "answer with their manifest's preprocessing (its reports: the table, --json, --markdown)")
+
+
+def run_pictures(a, settings: Settings) -> int:
+    from autotimm_deploy.profiler.picture_timing import profile_pictures
+    from autotimm_deploy.profiler.report import end_to_end
+
+    with progress_bar() as bar:
+        task = bar.add_task("starting", total=None)
+        report = profile_pictures(a.targets, a.pictures, settings, runtime=a.runtime, compare_eager=a.compare_eager,
+                                  on_progress=lambda text: bar.update(task, description=text))
+    end_to_end.render(report, console(_to_stdout(a)))
+    if a.json:
+        RENDERERS["json"](report, a.json)
+    if a.markdown:
+        end_to_end.write_markdown(report, a.markdown)
+    return _exit_code(report["end_to_end"])
 
 
 def concurrency_levels(a) -> list[int]:

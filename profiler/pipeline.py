@@ -271,26 +271,8 @@ def profile(target_texts: list, settings: Settings | None = None, runtime: str |
     """Measure every target (artifact paths, timm names, or `Target`s); return the report
     (schema_version 1, raw floats, times in ms)."""
     settings = settings or Settings()
-    if not target_texts:
-        raise UserError("give at least one artifact or timm model name")
-    if runtime is not None and runtime not in RUNTIMES:
-        raise UserError(f"unknown runtime {runtime!r} (available: {runtime_names()})")
     check_settings(settings)
-    targets = [t if isinstance(t, Target) else resolve(t, runtime, settings.img_size) for t in target_texts]
-    for t in targets:
-        reason = runtime_class(t.runtime).unavailable_reason()
-        if reason:
-            raise RuntimeUnavailable(f"the {t.runtime} runtime cannot run here: {reason}")
-    if settings.device is None:  # a GPU-only runtime (TensorRT), or a package compiled for CUDA, puts the
-        # whole comparison on the GPU
-        gpu_only = [t.runtime for t in targets if "cpu" not in runtime_class(t.runtime).devices
-                    or runtime_class(t.runtime).default_device(t.manifest, t.path).startswith("cuda")]
-        settings.device = "cuda" if gpu_only else "cpu"
-        if gpu_only and not cuda_visible():
-            raise UserError(f"the {gpu_only[0]} runtime needs a CUDA GPU and none is visible here")
-    check_device(settings.device)
-    if settings.runtime_options.get("cuda_graph") and not settings.device.startswith("cuda"):
-        raise UserError("--cuda-graph captures CUDA graphs: it needs --device cuda (a GPU)")
+    targets = resolve_targets(target_texts, settings, runtime)
     groups = plan_groups(targets, compare_eager, interleave)
     if isolate is None:
         isolate = len(groups) > 1
@@ -307,3 +289,28 @@ def profile(target_texts: list, settings: Settings | None = None, runtime: str |
         "runs": [r.to_dict() for r in runs],
         "warnings": list(dict.fromkeys(w for r in runs for w in r.machine.get("warnings", []))),
     }
+
+
+def resolve_targets(target_texts: list, settings: Settings, runtime: str | None) -> list[Target]:
+    """The targets (texts resolved), each runtime checked to run here; ``settings.device`` set when
+    it was left to the targets (cuda when one only runs there), and checked."""
+    if not target_texts:
+        raise UserError("give at least one artifact or timm model name")
+    if runtime is not None and runtime not in RUNTIMES:
+        raise UserError(f"unknown runtime {runtime!r} (available: {runtime_names()})")
+    targets = [t if isinstance(t, Target) else resolve(t, runtime, settings.img_size) for t in target_texts]
+    for t in targets:
+        reason = runtime_class(t.runtime).unavailable_reason()
+        if reason:
+            raise RuntimeUnavailable(f"the {t.runtime} runtime cannot run here: {reason}")
+    if settings.device is None:  # a GPU-only runtime (TensorRT), or a package compiled for CUDA, puts the
+        # whole comparison on the GPU
+        gpu_only = [t.runtime for t in targets if "cpu" not in runtime_class(t.runtime).devices
+                    or runtime_class(t.runtime).default_device(t.manifest, t.path).startswith("cuda")]
+        settings.device = "cuda" if gpu_only else "cpu"
+        if gpu_only and not cuda_visible():
+            raise UserError(f"the {gpu_only[0]} runtime needs a CUDA GPU and none is visible here")
+    check_device(settings.device)
+    if settings.runtime_options.get("cuda_graph") and not settings.device.startswith("cuda"):
+        raise UserError("--cuda-graph captures CUDA graphs: it needs --device cuda (a GPU)")
+    return targets

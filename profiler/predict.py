@@ -6,12 +6,14 @@ instance masks pasted at the picture's resolution, a class mask the size of the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.limits import MAX_IMG_SIDE
+from autotimm_deploy.exporter.core.manifest import Manifest
 from autotimm_deploy.exporter.inputs.answers import Answer, answer, class_names, picture_geometry, picture_outputs
 from autotimm_deploy.exporter.inputs.pictures import picture_input
 from autotimm_deploy.exporter.inputs.preprocess import describe, prepare
@@ -80,6 +82,34 @@ def run_picture(session, picture: np.ndarray, prep: dict[str, Any], embedded: st
     return {k: np.asarray(v)[:1] for k, v in result.items()}, geometry
 
 
+@dataclass
+class PicturePipeline:
+    """What turns a picture file into an artifact's answer: its task, the manifest's preprocessing,
+    the embedded picture layout (None: Python preprocessing) and the class names."""
+
+    task: str
+    prep: dict[str, Any]
+    embedded: str | None
+    names: list[str] | None
+
+
+def picture_pipeline(path: Path, manifest: Manifest | None, names: list[str] | None = None,
+                     tool: str = "autotimm-predict") -> PicturePipeline:
+    """The pipeline the manifest beside ``path`` describes; one line when there is none to follow."""
+    if manifest is None:
+        raise UserError(f"{path} has no manifest beside it: {tool} needs its preprocessing and task "
+                        f"(export it with autotimm-export, which writes {path.name}.json)")
+    if not manifest.preprocessing:
+        raise UserError(f"{path}'s manifest records no preprocessing: {tool} cannot turn pictures into its input")
+    task = manifest.spec.get("task", "classification")
+    prep = describe(manifest.preprocessing, task)
+    embedded = (prep.get("embedded") or {}).get("layout")
+    if manifest.size.get("dynamic") and not embedded:
+        raise UserError(f"{path} takes inputs of any size (--dynamic-size): {tool} feeds the export size "
+                        "the manifest's preprocessing describes; export it at a fixed size to use it on pictures")
+    return PicturePipeline(task, prep, embedded, class_names(manifest, names))
+
+
 def predict(artifact: str | Path, pictures: Iterable[str | Path], runtime: str | None = None,
             device: str | None = None, names: list[str] | None = None, top_k: int = 5, min_score: float = 0.0,
             on_answer: Callable[[Answer], None] | None = None) -> list[Answer]:
@@ -88,23 +118,14 @@ def predict(artifact: str | Path, pictures: Iterable[str | Path], runtime: str |
     ``on_answer(a)`` sees each as it comes (progress, writing annotated copies)."""
     files = picture_files(pictures)
     path = Path(artifact)
-    fmt, manifest = detect(path)
-    if manifest is None:
-        raise UserError(f"{path} has no manifest beside it: autotimm-predict needs its preprocessing and task "
-                        f"(export it with autotimm-export, which writes {path.name}.json)")
-    task = manifest.spec.get("task", "classification")
-    prep = describe(manifest.preprocessing, task)
-    embedded = (prep.get("embedded") or {}).get("layout")
-    if manifest.size.get("dynamic") and not embedded:
-        raise UserError(f"{path} takes inputs of any size (--dynamic-size): autotimm-predict feeds the export size "
-                        "the manifest's preprocessing describes; export it at a fixed size to predict with it")
-    names = class_names(manifest, names)
+    _, manifest = detect(path)
+    pipe = picture_pipeline(path, manifest, names)
     out: list[Answer] = []
     with open_artifact(path, manifest=manifest, runtime=runtime, device=device) as session:
         for f in files:
-            picture = read_picture(f, prep)
-            outputs, geometry = run_picture(session, picture, prep, embedded, task)
-            a = answer(outputs, geometry, task, names, f, top_k, min_score=min_score)
+            picture = read_picture(f, pipe.prep)
+            outputs, geometry = run_picture(session, picture, pipe.prep, pipe.embedded, pipe.task)
+            a = answer(outputs, geometry, pipe.task, pipe.names, f, top_k, min_score=min_score)
             if on_answer:
                 a.picture = picture
                 on_answer(a)

@@ -32,9 +32,10 @@ class Target:
                 "precision": self.manifest.precision if self.manifest else "fp32"}
 
 
-def resolve(text: str, runtime: str | None = None, img_size: tuple[int, int] | None = None) -> Target:
+def resolve(text: str | Path, runtime: str | None = None, img_size: tuple[int, int] | None = None) -> Target:
     """``text`` is a path to an artifact, a served model (``triton://HOST:PORT/MODEL``), or a timm
     model name (eager baseline)."""
+    text = str(text)
     if text.startswith("triton://"):
         return _served(text, runtime)
     path = Path(text)
