@@ -23,11 +23,13 @@ DETECTOR = ModelSpec("test_resnet", task="detection", num_classes=3, img_size=(1
                      head={"fpn_channels": 16, "max_detections": 5}, preprocess={"resize": "letterbox"})
 
 
-@pytest.mark.parametrize("library,resize", [("pil", "crop"), ("cv2", "crop"), ("cv2", "letterbox"), ("pil", "stretch")])
-def test_graph_preprocessing_matches_python_within_one_level(library, resize):
+@pytest.mark.parametrize("library,resize,interpolation", [
+    ("pil", "crop", "bilinear"), ("pil", "crop", "bicubic"), ("cv2", "crop", "bilinear"), ("cv2", "letterbox", "bilinear"),
+    ("pil", "stretch", "bilinear"), ("pil", "stretch", "bicubic")])
+def test_graph_preprocessing_matches_python_within_one_level(library, resize, interpolation):
     model = build_model(ModelSpec("test_resnet", num_classes=3, img_size=(64, 64)))
-    model.preprocessing = {**model.preprocessing, "library": library, "resize": resize, "interpolation": "bilinear",
-                           "pad_value": [114] * 3}
+    model.preprocessing = {**model.preprocessing, "library": library, "resize": resize,
+                           "interpolation": interpolation, "pad_value": [114] * 3}
     wrapped = embed(model)
     std = np.asarray(model.preprocessing["std"]).reshape(3, 1, 1)
     for name, img in non_square_pictures().items():
@@ -35,12 +37,15 @@ def test_graph_preprocessing_matches_python_within_one_level(library, resize):
         with torch.no_grad():
             ours, _ = wrapped.preprocess(torch.from_numpy(img)[None])
         levels = np.abs(ours[0].numpy() - x) * std * 255
-        assert levels.max() <= 1.0 + 1e-3, (name, levels.max())
+        if interpolation == "bilinear":
+            assert levels.max() <= 1.0 + 1e-3, (name, levels.max())
+        else:  # Pillow >= 13 runs the vertical pass first on some sizes (exporter/models/resample.py)
+            assert (levels <= 1.0 + 1e-3).mean() >= 0.99 and levels.max() <= 8.0 + 1e-3, (name, levels.max())
 
 
 @pytest.mark.parametrize("spec,formats", [
-    (ModelSpec("test_resnet", num_classes=5, img_size=(64, 64), class_names=("a", "b", "c", "d", "e")), ["onnx", "pt2"]),
-    (DETECTOR, ["onnx"]),
+    (ModelSpec("test_resnet", num_classes=5, img_size=(64, 64), class_names=("a", "b", "c", "d", "e")), ["onnx", "pt2", "openvino"]),
+    (DETECTOR, ["onnx", "openvino"]),
     (ModelSpec("test_resnet", task="semantic-segmentation", num_classes=4, img_size=(64, 64)), ["onnx"]),
 ])
 def test_exports_take_pictures_and_answer_in_their_pixels(spec, formats, tmp_path):

@@ -89,6 +89,21 @@ def test_loader_chain_inspected_not_built(tmp_path, precision, version):
         assert chain.config.calibration_batches is None
 
 
+@pytest.mark.parametrize("layout,shape", [("nhwc", lambda h, w: (1, h, w, 3)), ("nchw", lambda h, w: (1, 3, h, w))])
+def test_embedded_engine_profile_takes_8_bit_pictures(tmp_path, layout, shape):
+    """--embed-preprocessing: one profile over the picture's height and width (batch 1), on input 'image'."""
+    from autotimm_deploy.exporter.formats.tensorrt import PICTURE_MAX_SIDE, PICTURE_OPT
+    from autotimm_deploy.exporter.inputs.pictures import MIN_SIDE
+
+    plan = plan_build(trt_options(embed_preprocessing=layout), SHAPE, TRT10)
+    assert plan.input_name == "image"
+    chain = loader_chain(plan, tmp_path / "m.onnx", tmp_path / "m.engine")
+    (profile,) = chain.config.create().profiles
+    got = profile["image"]
+    assert (tuple(got.min), tuple(got.opt), tuple(got.max)) == (
+        shape(MIN_SIDE, MIN_SIDE), shape(*PICTURE_OPT), shape(PICTURE_MAX_SIDE, PICTURE_MAX_SIDE))
+
+
 def test_dla_and_missing_timing_cache(tmp_path):
     plan = plan_build(trt_options(precision="fp16", dla_core=1, timing_cache=str(tmp_path / "new.cache")),
                       SHAPE, TRT10)

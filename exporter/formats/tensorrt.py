@@ -39,6 +39,7 @@ from autotimm_deploy.exporter.formats.base import (
 from autotimm_deploy.exporter.formats.onnx import precision_proto
 from autotimm_deploy.exporter.formats.onnx_graph import FP32_GRAPH, save_onnx
 from autotimm_deploy.exporter.inputs.calibration import NEEDS_DATA
+from autotimm_deploy.exporter.inputs.pictures import MIN_SIDE
 
 STRONG_TYPING_FROM = 11  # first TensorRT major version without weak-typing precision flags
 DEFAULT_MAX_BATCH = 32
@@ -150,8 +151,9 @@ def plan_build(options: ExportOptions, input_shape: tuple[int, ...], version: st
         network="fp32" if typing == "weak" else NETWORK[precision],
         builder_flags=list(WEAK_FLAGS[precision]) if typing == "weak" else [],
         calibrator=typing == "weak" and precision == "int8",
-        input_name=input_name,
-        profile=profile_shapes((lo, opt, hi), input_shape, options.dynamic_size),
+        input_name="image" if options.embed_preprocessing else input_name,
+        profile=(picture_profile(options.embed_preprocessing) if options.embed_preprocessing
+                 else profile_shapes((lo, opt, hi), input_shape, options.dynamic_size)),
         workspace_bytes=int(trt.workspace_gib * 2**30) if trt.workspace_gib else None,
         opt_level=trt.opt_level,
         timing_cache=str(Path(trt.timing_cache).resolve()) if trt.timing_cache else None,
@@ -189,6 +191,23 @@ def profile_shapes(batch: tuple[int, int, int], input_shape: tuple[int, ...],
     c, h, w = input_shape
     lo_hw, hi_hw = ((size[0], size[0]), (size[1], size[1])) if size else ((h, w), (h, w))
     return {"min": [batch[0], c, *lo_hw], "opt": [batch[1], c, h, w], "max": [batch[2], c, *hi_hw]}
+
+
+# An --embed-preprocessing engine's one profile: pictures from MIN_SIDE to this many pixels a side.
+# TensorRT sizes its activation memory for the profile's MAX shape, and the graph's float copies of
+# an 8192 px picture alone are gigabytes, so the engine stops at 16 MP photos (4096 x 4096) and OPT
+# is a 4:3 VGA-sized one; a larger picture is refused by the runtime at the profile's bound.
+PICTURE_MAX_SIDE = 4096
+PICTURE_OPT = (480, 640)
+
+
+def picture_profile(layout: str) -> dict[str, list[int]]:
+    """min / opt / max shapes of the 8-bit picture input (batch 1, NHWC or NCHW)."""
+    def shape(h: int, w: int) -> list[int]:
+        return [1, h, w, 3] if layout == "nhwc" else [1, 3, h, w]
+
+    return {"min": shape(MIN_SIDE, MIN_SIDE), "opt": shape(*PICTURE_OPT),
+            "max": shape(PICTURE_MAX_SIDE, PICTURE_MAX_SIDE)}
 
 
 def check_plan_options(options: ExportOptions) -> None:
@@ -340,7 +359,9 @@ class TensorRTFormat(Format):
     requires = ("tensorrt", "polygraphy")
     precisions = ("fp32", "fp16", "bf16", "int8")
     dynamic_size = True
-    embeds_preprocessing = False  # (the engine needs a uint8 picture profile: not yet written)
+    # a uint8 picture profile (picture_profile) and PIL's resize as plain ops (TensorRT's resize has no
+    # antialiasing); written to the documented API, not run here (no GPU)
+    embeds_preprocessing = True
     Options = TensorRTOptions
     needs_cuda = "TensorRT builds an engine on the GPU that will run it"
 

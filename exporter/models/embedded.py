@@ -8,7 +8,8 @@ the letterbox or stretch undone and clipped, a semantic ``mask`` at the picture'
 Every size is computed from the input's shape with integer arithmetic (no branches on it), so the
 exporters keep height and width symbolic: ``round(h * S / max(h, w))`` is
 ``(2 * h * S + m) // (2 * m)``. The resize is bilinear or bicubic without antialiasing for records read
-with OpenCV (``library: cv2``) and with it for PIL's (``pil``), which is how each library resamples."""
+with OpenCV (``library: cv2``); for PIL's (``pil``) it is PIL's antialiased resample written with plain
+ops (`autotimm_deploy.exporter.models.resample`), since no exporter's own antialiased resize is PIL's."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.inputs.pictures import LAYOUTS
 from autotimm_deploy.exporter.inputs.preprocess import describe
+from autotimm_deploy.exporter.models.resample import antialiased_resize, round_half_up
 from torch import nn
 
 EMBEDDED_TASKS = ("classification", "detection", "semantic-segmentation", "instance-segmentation")
@@ -78,7 +80,9 @@ class EmbeddedPreprocessing(nn.Module):
 
     def _resize(self, x, size):
         mode = _MODES[self.prep["interpolation"]]
-        kwargs = {} if mode == "nearest" else {"align_corners": False, "antialias": self.prep["library"] == "pil"}
+        if self.prep["library"] == "pil" and mode != "nearest":  # PIL's antialiasing, the same in every format
+            return round_half_up(antialiased_resize(x, size, mode))
+        kwargs = {} if mode == "nearest" else {"align_corners": False}
         x = F.interpolate(x, size=size, mode=mode, **kwargs)
         return torch.round(x).clamp(0, 255)  # the 8-bit picture the reference library returns
 
