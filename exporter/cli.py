@@ -509,7 +509,8 @@ def print_ranking(rows: list[dict], eager: dict, out: Console) -> None:
         sp = r["speedup_vs_eager"]
         a = r.get("accuracy")
         acc = ([_ranking_accuracy(a)] if scored else [])
-        t.add_row("[green]chosen[/]" if r["chosen"] else "", r["format"], r["precision"],
+        precision = r["precision"] + (f" ({r['form']})" if r.get("form") else "")
+        t.add_row("[green]chosen[/]" if r["chosen"] else "", r["format"], precision,
                   f"{r['median_ms']:.2f}" if r["median_ms"] is not None else "-",
                   f"{sp['ratio']:.2f}x [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]" if sp else "-",
                   r["parity"] or "-", f"{r['max_rel']:.1e}" if r["max_rel"] is not None else "-",

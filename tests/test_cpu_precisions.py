@@ -1,6 +1,7 @@
 """OpenVINO (fp32 / bf16 / int8) and ONNX int8: export, reload, parity; the calibration loader."""
 
 import numpy as np
+import onnx
 import pytest
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.manifest import load_manifest
@@ -71,6 +72,40 @@ def test_int8_with_calibration_images(tmp_path, calib_dir, fmt):
 
         ops = {n.op_type for n in onnx.load(str(r.artifact)).graph.node}
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+@pytest.mark.parametrize("form,zero_point_type,op", [
+    ("s8s8", onnx.TensorProto.INT8, "QuantizeLinear"),  # the default: TensorRT's form
+    ("u8s8", onnx.TensorProto.UINT8, "QuantizeLinear"),  # what ONNX Runtime's CPU kernels take
+    ("u8s8-qop", onnx.TensorProto.UINT8, "QLinearConv"),
+])
+def test_onnx_int8_forms(tmp_path, form, zero_point_type, op):
+    from autotimm_deploy.exporter.formats.onnx import OnnxOptions
+
+    opts = ExportOptions(precision="int8", calib_data="sample-pictures",
+                         format_options={} if form == "s8s8" else {"onnx": OnnxOptions(int8_form=form)})
+    (r,) = export(SPEC, ["onnx"], tmp_path, opts)
+    assert r.ok, r.parity.failures
+    q = load_manifest(r.artifact).export["quantization"]
+    assert q["form"] == form and q["activations"] == ("int8 symmetric" if form == "s8s8" else "uint8 asymmetric")
+    graph = onnx.load(str(r.artifact)).graph
+    assert op in {n.op_type for n in graph.node}
+    inits = {t.name: t for t in graph.initializer}
+    activation_zero_points = [inits[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear" and
+                              len(n.input) > 2 and n.input[2] in inits]
+    if op == "QuantizeLinear":  # activations' zero points: int8 zeros (symmetric) or uint8 (asymmetric)
+        assert activation_zero_points and {z.data_type for z in activation_zero_points} == {zero_point_type}
+
+
+def test_onnx_int8_form_refusals(tmp_path):
+    from autotimm_deploy.exporter.formats.onnx import OnnxOptions
+
+    with pytest.raises(UserError, match="--onnx-int8 u8s8 sets the form of the int8 graph: add --int8"):
+        export(SPEC, ["onnx"], tmp_path / "a", ExportOptions(format_options={"onnx": OnnxOptions(int8_form="u8s8")}))
+    with pytest.raises(UserError, match="u8s8-qop cannot hold an accuracy budget"):
+        export(SPEC, ["onnx"], tmp_path / "b", ExportOptions(precision="int8", calib_random=True, max_drop=1.0,
+                                                               format_options={"onnx": OnnxOptions(int8_form="u8s8-qop")}))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_random_calibration_is_flagged(tmp_path):

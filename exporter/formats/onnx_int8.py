@@ -1,5 +1,12 @@
-"""ONNX int8: onnxruntime static quantization to a Q/DQ graph (symmetric int8 activations and
-per-channel int8 weights, the form TensorRT's explicit-precision path also accepts).
+"""ONNX int8: onnxruntime static quantization, in one of three forms (`INT8_FORMS`), all with
+per-channel symmetric int8 weights:
+
+- ``s8s8``: a Q/DQ graph with symmetric int8 activations, the form TensorRT's explicit-precision path
+  takes (its int8 engines are always built from this one);
+- ``u8s8``: a Q/DQ graph with asymmetric uint8 activations, what ONNX Runtime's CPU kernels (MLAS,
+  VNNI / AMX) run natively: s8s8 activations make them convert on every call;
+- ``u8s8-qop``: the same numbers as quantized operators (QLinearConv, MatMulInteger, QGemm), for
+  ONNX Runtime only.
 
 With an accuracy budget (``--eval DATA --max-drop POINTS``) the graph is scored on the labelled data
 and, while it misses the budget, the compute nodes whose quantized input activations are noisiest
@@ -42,7 +49,12 @@ class _Reader:
         return item
 
 
-def quantize_qdq(proto, ctx):
+# form -> (ORT QuantFormat name, activation QuantType name, activations symmetric)
+INT8_FORMS = {"s8s8": ("QDQ", "QInt8", True), "u8s8": ("QDQ", "QUInt8", False),
+              "u8s8-qop": ("QOperator", "QUInt8", False)}
+
+
+def quantize_qdq(proto, ctx, form: str = "s8s8"):
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -58,7 +70,7 @@ def quantize_qdq(proto, ctx):
 
         def quantize(exclude: list[str]):
             dst = Path(tmp, f"int8-{len(exclude)}.onnx")
-            _quantize_static(pre, dst, _Reader(input_name, data), exclude)
+            _quantize_static(pre, dst, _Reader(input_name, data), exclude, form)
             return dst
 
         dst = quantize([])
@@ -66,25 +78,28 @@ def quantize_qdq(proto, ctx):
         if ctx.budget is not None:
             dst, control = _hold_budget(ctx, pre, dst, quantize)
         out = onnx.load(str(dst))
-    info = {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "ops": list(QUANTIZED_OPS),
-            "activations": "int8 symmetric",
+    quant_format, activations, symmetric = INT8_FORMS[form]
+    info = {"tool": "onnxruntime.quantization.quantize_static", "form": form, "format": quant_format,
+            "ops": list(QUANTIZED_OPS),
+            "activations": f"{'int8' if activations == 'QInt8' else 'uint8'} {'symmetric' if symmetric else 'asymmetric'}",
             "weights": "int8 per-channel symmetric", "calibration": ctx.calibration_info}
     if control is not None:
         info["accuracy_control"] = control
     return out, info
 
 
-def _quantize_static(src: Path, dst: Path, reader, exclude: list[str]) -> None:
+def _quantize_static(src: Path, dst: Path, reader, exclude: list[str], form: str = "s8s8") -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    quant_format, activations, symmetric = INT8_FORMS[form]
     try:
         quantize_static(
             str(src), str(dst), reader,
-            quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            quant_format=getattr(QuantFormat, quant_format), per_channel=True,
+            activation_type=getattr(QuantType, activations), weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(QUANTIZED_OPS),
             nodes_to_exclude=list(exclude),
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
         )
     except Exception as e:  # noqa: BLE001
         raise ExportFailed(f"onnxruntime static quantization failed: {first_line(e)}") from e
