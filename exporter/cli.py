@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -285,6 +286,9 @@ def _format_options(a, formats: list[str]) -> dict:
             raise UserError(f"{given[0]} only applies to --format {name}")
         if options is not None:
             out[name] = options
+    onnx = out.get("onnx")
+    if onnx is not None and onnx.int8_form != type(onnx).int8_form and a.precision != "int8" and not a.target:
+        raise UserError(f"--onnx-int8 {onnx.int8_form} sets the form of the int8 graph: add --int8")
     return out
 
 
@@ -494,6 +498,8 @@ def write_recipe(path: str, spec: ModelSpec, winner, options) -> None:
     if winner.precision == "int8":
         recipe["calibration"] = ({"data": options.calib_data, "samples": options.calib_samples}
                                  if options.calib_data else {"random": True, "samples": options.calib_samples})
+    if winner.format_options:  # the variant that won (ONNX's u8s8, a frozen AOTInductor package)
+        recipe["format_options"] = {fmt: dataclasses.asdict(own) for fmt, own in winner.format_options.items()}
     atomic_write_text(Path(path), yaml.safe_dump(recipe, sort_keys=False))
 
 
@@ -509,7 +515,7 @@ def print_ranking(rows: list[dict], eager: dict, out: Console) -> None:
         sp = r["speedup_vs_eager"]
         a = r.get("accuracy")
         acc = ([_ranking_accuracy(a)] if scored else [])
-        precision = r["precision"] + (f" ({r['form']})" if r.get("form") else "")
+        precision = r["precision"] + (f" ({r['variant']})" if r.get("variant") else "")
         t.add_row("[green]chosen[/]" if r["chosen"] else "", r["format"], precision,
                   f"{r['median_ms']:.2f}" if r["median_ms"] is not None else "-",
                   f"{sp['ratio']:.2f}x [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]" if sp else "-",

@@ -135,6 +135,9 @@ def check_formats(order: list[str], spec: ModelSpec, options: ExportOptions) -> 
         reason = cls.check_task(spec)
         if reason:
             raise UserError(f"format {fmt!r} cannot export {spec.task}: {reason}")
+        reason = cls.check_precision(spec, options.precision)
+        if reason:
+            raise UserError(f"format {fmt!r} cannot export {spec.task} at {options.precision}: {reason}")
     if options.embed_preprocessing:
         check_embedding(order, options)
 

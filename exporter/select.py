@@ -20,9 +20,11 @@ from autotimm_deploy.exporter.core.files import (
     remove_stale_scratch,
     scratch_dir,
 )
+from autotimm_deploy.exporter.core.environment import cpu_flags
 from autotimm_deploy.exporter.core.manifest import load_manifest, manifest_path
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.formats import ExportOptions, get_format
+from autotimm_deploy.exporter.formats.aoti import AOTIOptions
 from autotimm_deploy.exporter.formats.onnx import OnnxOptions
 from autotimm_deploy.exporter.inputs.calibration import load_calibration
 from autotimm_deploy.exporter.models import build_model
@@ -42,18 +44,23 @@ from autotimm_deploy.profiler.targets import eager_twin, resolve
 
 # ONNX's int8 candidate is the u8s8 form (asymmetric uint8 activations), which ONNX Runtime's CPU
 # kernels run natively: 2.8x fp32 on resnet18 here, where the default s8s8 (TensorRT's form) ran as
-# fast as fp32 (benchmarks/ort_int8_forms.py)
-ONNX_CPU_INT8 = {"onnx": OnnxOptions(int8_form="u8s8")}
+# fast as fp32 (benchmarks/ort_int8_forms.py). AOTInductor comes plain, frozen (weights folded and
+# prepacked), bf16 (only where the CPU has bf16 instructions) and PT2E int8 (both frozen).
+FROZEN = {"aoti": AOTIOptions(freezing=True)}
 
-# (format, precision, format options): every artifact a CPU deployment could use, in export order.
-CPU_CANDIDATES = [("onnx", "fp32", {}), ("onnx", "int8", ONNX_CPU_INT8), ("torchscript", "fp32", {}),
-                  ("aoti", "fp32", {}), ("openvino", "fp32", {}), ("openvino", "bf16", {}), ("openvino", "int8", {})]
+# (format, precision, variant, format options): every artifact a CPU deployment could use, in export order.
+CPU_CANDIDATES = [("onnx", "fp32", None, {}), ("onnx", "int8", "u8s8", {"onnx": OnnxOptions(int8_form="u8s8")}),
+                  ("torchscript", "fp32", None, {}), ("aoti", "fp32", None, {}), ("aoti", "fp32", "frozen", FROZEN),
+                  ("aoti", "bf16", None, {}), ("aoti", "int8", None, {}),
+                  ("openvino", "fp32", None, {}), ("openvino", "bf16", None, {}), ("openvino", "int8", None, {})]
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs that compute in bfloat16
 
 
 @dataclass
 class Candidate:
     format: str
     precision: str
+    variant: str | None = None  # what sets it apart from the format's plain export at that precision
     format_options: dict[str, Any] = field(default_factory=dict)
     result: ExportResult | None = None
     median_ms: float | None = None
@@ -61,13 +68,8 @@ class Candidate:
     skipped: str | None = None
 
     @property
-    def form(self) -> str | None:
-        """The int8 graph's form where the candidate sets one (ONNX's u8s8)."""
-        return getattr(self.format_options.get(self.format), "int8_form", None)
-
-    @property
     def label(self) -> str:
-        return f"{self.format} {self.precision}" + (f" ({self.form})" if self.form else "")
+        return f"{self.format} {self.precision}" + (f" ({self.variant})" if self.variant else "")
 
     @property
     def passed(self) -> bool:
@@ -77,7 +79,7 @@ class Candidate:
         parity = self.result.parity if self.result else None
         acc = self.result.accuracy if self.result else None
         m = parity.primary[1] if parity else {}
-        return {"format": self.format, "precision": self.precision, "form": self.form, "median_ms": self.median_ms,
+        return {"format": self.format, "precision": self.precision, "variant": self.variant, "median_ms": self.median_ms,
                 "speedup_vs_eager": self.speedup, "parity": str(parity.verdict) if parity else None,
                 "max_rel": m.get("max_rel"), "cosine": m.get("cosine"), "top1_agreement": m.get("top1_agreement"),
                 "accuracy": acc.row() if acc else None,
@@ -100,11 +102,14 @@ def choose(candidates: list[Candidate]) -> Candidate | None:
 
 def available_candidates(options: ExportOptions) -> list[Candidate]:
     out = []
-    for fmt, precision, format_options in CPU_CANDIDATES:
-        c = Candidate(fmt, precision, dict(format_options))
+    bf16 = cpu_flags() & set(BF16_FLAGS)
+    for fmt, precision, variant, format_options in CPU_CANDIDATES:
+        c = Candidate(fmt, precision, variant, dict(format_options))
         reason = get_format(fmt).unavailable_reason()
         if reason:
             c.skipped = reason
+        elif fmt == "aoti" and precision == "bf16" and not bf16:
+            c.skipped = f"this CPU has no bfloat16 instructions ({' or '.join(BF16_FLAGS)})"
         elif options.dynamic_size and not get_format(fmt).dynamic_size:
             c.skipped = "fixes the input size (--dynamic-size)"
         elif precision == "int8" and options.calib_data is None and not options.calib_random:
@@ -153,8 +158,8 @@ def _search(spec, model, candidates: list[Candidate], options: ExportOptions, sc
             continue
         step(f"export + verify {c.label}")
         own = replace(options, precision=c.precision, format_options={**options.format_options, **c.format_options})
-        (c.result,) = export(spec, [c.format], scratch / f"{c.format}-{c.precision}", own, verify=True, model=model,
-                             cache=shared)
+        folder = scratch / "-".join(filter(None, (c.format, c.precision, c.variant)))
+        (c.result,) = export(spec, [c.format], folder, own, verify=True, model=model, cache=shared)
     passing = [c for c in candidates if c.passed]
     if not passing:
         return None, rank(candidates), {}

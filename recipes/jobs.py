@@ -97,6 +97,7 @@ class ExportJob:
     evaluation: dict[str, Any] = field(default_factory=dict)  # the recipe's `eval:` (data, samples, max_drop)
     skipped: str | None = None  # why this combination is not made (format lacks the precision, ...)
     device: str | None = None  # a format built on the GPU that runs it (TensorRT): built and timed on this one
+    format_options: dict[str, Any] = field(default_factory=dict)  # the recipe's format_options for this format
 
     @property
     def key(self) -> str:
@@ -112,7 +113,9 @@ class ExportJob:
                              calib_samples=self.calibration.get("samples", 32),
                              calib_random=bool(self.calibration.get("random")),
                              eval_data=self.evaluation.get("data"), eval_samples=self.evaluation.get("samples"),
-                             max_drop=self.evaluation.get("max_drop"))
+                             max_drop=self.evaluation.get("max_drop"),
+                             format_options={self.format: get_format(self.format).Options(**self.format_options)}
+                             if self.format_options else {})
 
     def fingerprint(self) -> dict[str, Any]:
         spec = self.spec.to_dict()
@@ -124,6 +127,8 @@ class ExportJob:
         if self.evaluation:
             options = self.options().record(self.format)
             fp["evaluation"] = {k: options[k] for k in EVAL_OPTIONS}
+        if self.format_options:
+            fp["format_options"] = {k: self.options().record(self.format)[self.format][k] for k in self.format_options}
         return fp
 
     def stored_fingerprint(self, manifest: Manifest) -> dict[str, Any]:
@@ -137,6 +142,9 @@ class ExportJob:
         if "evaluation" in wanted:
             options = manifest.export.get("options", {})
             fp["evaluation"] = {k: options.get(k) for k in EVAL_OPTIONS}
+        if "format_options" in wanted:
+            own = manifest.export.get("options", {}).get(self.format, {})
+            fp["format_options"] = {k: own.get(k) for k in wanted["format_options"]}
         return fp
 
     def current_manifest(self) -> Manifest | None:
@@ -211,7 +219,8 @@ def export_jobs(recipe: Recipe) -> list[ExportJob]:
                         tag = f"-{device_tag(device)}" if device else ""
                         stem = spec.stem(p) + (f"-{t.label}" if t.label else "") + tag
                         job = ExportJob(m, t, fmt, p, spec, stem, recipe.artifacts_dir / f"{stem}{cls.suffix}",
-                                        recipe.calibration, recipe.evaluation, device=device)
+                                        recipe.calibration, recipe.evaluation, device=device,
+                                        format_options=dict(recipe.format_options.get(fmt, {})))
                         if p not in cls.precisions:
                             job.skipped = f"{fmt} has no {p} (it has {', '.join(cls.precisions)})"
                         elif (reason := cls.check_task(spec)) is not None:

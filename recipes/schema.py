@@ -21,6 +21,7 @@ The file is validated on load; every error names the file and line. Schema (docs
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ from autotimm_deploy.exporter.core.spec import (
     TASKS,
     ModelSpec,
 )
-from autotimm_deploy.exporter.formats import FORMATS
+from autotimm_deploy.exporter.formats import FORMATS, get_format
 from autotimm_deploy.exporter.inputs.calibration import SAMPLE_PICTURES
 from autotimm_deploy.exporter.models.timm_backbone import check_model_name
 from autotimm_deploy.recipes.jobs import (
@@ -64,7 +65,7 @@ from autotimm_deploy.recipes.jobs import (
 SCHEMA_VERSION = 1
 SHIPPED = Path(__file__).resolve().parent  # the recipes that ship with the package: recipes/*.yaml
 TOP_KEYS = {"recipe", "name", "description", "models", "tasks", "formats", "precisions", "batch_sizes", "devices",
-            "img_size", "num_classes", "calibration", "eval", "profile"}
+            "img_size", "num_classes", "calibration", "eval", "profile", "format_options"}
 MODEL_KEYS = {"model", "img_size", "num_classes", "reference"}
 # a model's `reference:` (AutoTimm's benchmark page's numbers): each a number from 0 to its most
 REFERENCE_KEYS = {"params_m": 1e6, "size_mb": 1e7, "v100_ms": 1e6, "top1": 100.0}
@@ -170,6 +171,8 @@ class Recipe:
     profile: dict[str, Any]
     out_dir: Path = Path("out")
     evaluation: dict[str, Any] = field(default_factory=dict)  # `eval:` data, samples, max_drop
+    # `format_options:` one format's own options by name ({aoti: {freezing: true}}), as the CLI's
+    format_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def root(self) -> Path:
@@ -325,13 +328,14 @@ def _build(path: Path, data, out_dir: Path) -> Recipe:
     calibration = _calibration(data, path, precisions)
     evaluation = _evaluation(data, path, tasks)
     profile = _profile(data)
+    format_options = _format_options(data, formats)
     name = data.get("name") or path.stem
     if not _short_name(name):
         raise _LineError(_line(data, "name", data.line), f"name must be a short name (letters, digits, - _), got {name!r}")
     recipe = Recipe(path=path, name=name, description=str(data.get("description") or ""), models=models, tasks=tasks,
                     formats=list(formats), precisions=list(precisions), batch_sizes=sorted(set(batches)),
                     devices=list(devices), calibration=dict(calibration), profile=dict(profile), out_dir=out_dir,
-                    evaluation=evaluation)
+                    evaluation=evaluation, format_options=format_options)
     recipe.export_jobs()  # name collisions are errors now, not halfway through a run
     return recipe
 
@@ -489,6 +493,34 @@ def _calibration(data, path: Path, precisions: list) -> dict:
         raise _LineError(_line(data, "precisions", data.line),
                          "int8 needs calibration: add `calibration: {data: DIR|FILE.npy|sample-pictures}`")
     return calibration
+
+
+def _format_options(data, formats: list) -> dict[str, dict[str, Any]]:
+    """``format_options: {FORMAT: {option: value}}``: a listed format's own options (the fields of its
+    `Format.Options`, as `--help` groups them), each checked by building the options object."""
+    raw = data.get("format_options") or {}
+    line = _line(data, "format_options", data.line)
+    if not isinstance(raw, dict):
+        raise _LineError(line, "format_options must be a mapping of format names to their options")
+    out = {}
+    for fmt, values in raw.items():
+        at = _line(raw, fmt, line)
+        options_class = get_format(fmt).Options if fmt in formats else None
+        if options_class is None:
+            raise _LineError(at, f"format_options: {fmt!r} is not a listed format with options of its own")
+        if not isinstance(values, dict):
+            raise _LineError(at, f"format_options: {fmt} takes a mapping of its options")
+        fields = {f.name: f.metadata.get("cli", {}) for f in dataclasses.fields(options_class)}
+        _unknown(values, set(fields), f"{fmt}'s format_options")
+        for key, value in values.items():
+            cli = fields[key]
+            if cli.get("choices") and value not in cli["choices"]:
+                raise _LineError(_line(values, key, at), f"format_options: {fmt}.{key} takes one of "
+                                 f"{', '.join(map(str, cli['choices']))}, got {value!r}")
+            if cli.get("action") in ("store_true", "store_const") and not isinstance(value, bool):
+                raise _LineError(_line(values, key, at), f"format_options: {fmt}.{key} takes true or false, got {value!r}")
+        out[fmt] = dict(values)
+    return out
 
 
 def _profile(data) -> dict:

@@ -89,6 +89,32 @@ def test_refusals_are_one_line(package, tmp_path, export_cli):
 
 
 
+@pytest.mark.parametrize("precision,own", [("fp32", AOTIOptions(freezing=True)), ("bf16", AOTIOptions()),
+                                           ("int8", AOTIOptions())])
+def test_frozen_bf16_and_int8_packages(tmp_path, precision, own):
+    """The --target cpu candidates beside the plain package: frozen fp32, bf16 and PT2E int8 (both
+    frozen), each through its precision's parity gate, with what Inductor was told in the manifest."""
+    options = ExportOptions(precision=precision, format_options={"aoti": own},
+                            calib_data="sample-pictures" if precision == "int8" else None, calib_samples=8)
+    (r,) = export(SPEC, ["aoti"], tmp_path, options)
+    assert r.ok, (r.error, r.parity and r.parity.failures)
+    info = load_manifest(r.artifact).export
+    assert info["inductor_configs"] == {"freezing": True, "max_autotune": False}
+    if precision == "int8":
+        assert info["quantization"]["tool"] == "torchao pt2e + X86InductorQuantizer"
+    with open_artifact(r.artifact, manifest=load_manifest(r.artifact)) as s:  # float32 in and out, whatever it computes in
+        out = s.infer({s.inputs[0].name: np.zeros((2, 3, 64, 64), np.float32)})
+        assert all(v.dtype == np.float32 for v in out.values())
+
+
+def test_bf16_refusals(tmp_path):
+    with pytest.raises(UserError, match="cannot export detection at bf16: its boxes would be computed in bfloat16"):
+        export(ModelSpec("test_resnet", task="detection", num_classes=3, img_size=(128, 128)), ["aoti"], tmp_path / "d",
+               ExportOptions(precision="bf16"))
+    with pytest.raises(UserError, match="does not combine with --embed-preprocessing"):
+        export(SPEC, ["aoti"], tmp_path / "e", ExportOptions(precision="bf16", embed_preprocessing="nhwc"))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
 def test_package_compiled_for_cuda_with_cuda_graphs(tmp_path):

@@ -100,8 +100,11 @@ def test_onnx_int8_forms(tmp_path, form, zero_point_type, op):
 def test_onnx_int8_form_refusals(tmp_path):
     from autotimm_deploy.exporter.formats.onnx import OnnxOptions
 
-    with pytest.raises(UserError, match="--onnx-int8 u8s8 sets the form of the int8 graph: add --int8"):
-        export(SPEC, ["onnx"], tmp_path / "a", ExportOptions(format_options={"onnx": OnnxOptions(int8_form="u8s8")}))
+    from conftest import run_cli
+
+    p = run_cli("autotimm_deploy.exporter.cli", "test_resnet", "-f", "onnx", "--onnx-int8", "u8s8", "-o",
+                str(tmp_path / "a"))
+    assert p.returncode == 2 and "--onnx-int8 u8s8 sets the form of the int8 graph: add --int8" in p.stderr
     with pytest.raises(UserError, match="u8s8-qop cannot hold an accuracy budget"):
         export(SPEC, ["onnx"], tmp_path / "b", ExportOptions(precision="int8", calib_random=True, max_drop=1.0,
                                                                format_options={"onnx": OnnxOptions(int8_form="u8s8-qop")}))

@@ -69,6 +69,12 @@ def test_shipped_recipes_load(path):
     (("num_classes: 4", "num_classes: 4\neval: {dat: .}"), 12, "unknown key 'dat' in eval"),
     (("tasks: [classification]", "tasks: [classification, semantic-segmentation]\neval: {data: .}"), 7,
      "eval scores one task's labelled data; this recipe has classification and semantic-segmentation"),
+    (("num_classes: 4", "num_classes: 4\nformat_options: {onnx: {int8_form: u9s9}}"), 12,
+     "format_options: onnx.int8_form takes one of s8s8, u8s8, u8s8-qop, got 'u9s9'"),
+    (("num_classes: 4", "num_classes: 4\nformat_options: {aoti: {freezing: true}}"), 12,
+     "format_options: 'aoti' is not a listed format with options of its own"),
+    (("num_classes: 4", "num_classes: 4\nformat_options: {onnx: {int8: u8s8}}"), 12,
+     "unknown key 'int8' in onnx's format_options (did you mean 'int8_form'?)"),
 ])
 def test_recipe_errors_name_file_and_line(tmp_path, edit, line, message):
     path = write(tmp_path, TINY.replace(*edit))
@@ -89,6 +95,15 @@ def test_recipe_matrix_and_skips(tmp_path):
     assert {j.artifact.name for j in jobs if j.format == "onnx"} == {
         "test_resnet.onnx", "test_resnet-int8.onnx", "test_vit.onnx", "test_vit-int8.onnx"}
     assert all(j.artifact.parent == tmp_path / "out" / "tiny" / "artifacts" for j in jobs)
+
+
+def test_format_options_reach_the_exports(tmp_path):
+    """format_options: a format's own options (what --target cpu's winner needs, e.g. ONNX's u8s8)."""
+    text = TINY.replace("num_classes: 4", "num_classes: 4\nformat_options:\n  onnx: {int8_form: u8s8}")
+    jobs = {(j.format, j.precision): j for j in load_recipe(write(tmp_path, text), tmp_path / "out").export_jobs()}
+    own = jobs[("onnx", "int8")].options().of("onnx")
+    assert own.int8_form == "u8s8" and jobs[("onnx", "int8")].fingerprint()["format_options"] == {"int8_form": "u8s8"}
+    assert "format_options" not in jobs[("torchscript", "fp32")].fingerprint()
 
 
 def test_engines_are_built_per_gpu_and_timed_only_there(tmp_path):

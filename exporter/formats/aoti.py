@@ -7,8 +7,20 @@ CPU unless ``--device cuda``, and only runs on the kind of device it was compile
 records it and the `aoti` runtime refuses another.
 
 Compiling needs a C++ compiler (Inductor calls ``g++`` / ``$CXX``) and takes tens of seconds (the
-small test models) to minutes (resnet50 on 2 cores). Inductor's ``freezing`` (weights folded into
-the graph) is left off: on this project's CPU it made resnet18 slower, not faster (docs/benchmarks.md).
+small test models) to minutes (resnet50 on 2 cores).
+
+Precisions and Inductor's options (each a ``--target cpu`` candidate, see `autotimm_deploy.exporter.select`):
+
+- ``--freezing``: weights folded into the graph as constants and prepacked for the CPU's GEMM kernels
+  (oneDNN); off by default, since on this project's 2-core CPU it made resnet18 slower, not faster.
+- ``--max-autotune``: Inductor benchmarks its GEMM templates (C++ micro-kernels, AMX where the CPU has
+  it) against the library kernels while compiling: much longer compiles.
+- ``--bf16``: the model's weights and compute in bfloat16 behind float32 input and outputs, frozen;
+  fast only on CPUs with AMX-BF16 or AVX512-BF16. Classification and segmentation only: boxes in
+  bfloat16 lose whole pixels.
+- ``--int8``: PT2E post-training quantization with torchao's ``X86InductorQuantizer`` (int8
+  activations and per-channel weights), calibrated on the calibration pictures, frozen, so Inductor
+  lowers it to oneDNN's quantized convolutions and matmuls (VNNI / AMX-INT8).
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from autotimm_deploy.exporter.core.errors import ExportFailed, UserError, first_line
+from autotimm_deploy.exporter.core.errors import ExportFailed, MissingExtra, UserError, first_line
 from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, cli_option, register_format
 from autotimm_deploy.exporter.formats.dims import export_program
 from autotimm_deploy.exporter.formats.file_checks import zip_check, zip_names
@@ -35,6 +47,10 @@ class AOTIOptions:
 
     device: str = cli_option("--device", "compile the package's kernels for cpu (default), cuda or cuda:N",
                              default="cpu", metavar="DEVICE")  # the device the kernels are compiled for
+    freezing: bool = cli_option("--freezing", "fold the weights into the graph and prepack them (Inductor's "
+                                "freezing; bf16 and int8 are always frozen)", default=False, action="store_true")
+    max_autotune: bool = cli_option("--max-autotune", "let Inductor benchmark its GEMM templates while compiling "
+                                    "(much longer compiles)", default=False, action="store_true")
 
 
 def compiler() -> str | None:
@@ -65,7 +81,7 @@ class AOTIFormat(Format):
     default_runtime = "aoti"
     check_file = staticmethod(zip_check("AOTInductor package (.pt2)", AOTI_MARKER))
     description = "AOTInductor package: compiled C++/CUDA kernels + weights, runs without Python (CPU or --device cuda)"
-    precisions = ("fp32",)
+    precisions = ("fp32", "bf16", "int8")
     dynamic_size = True
     embeds_preprocessing = True
     Options = AOTIOptions
@@ -78,34 +94,97 @@ class AOTIFormat(Format):
 
     @staticmethod
     def check_options(options) -> None:
+        import importlib.util
+
         check_device(options.of("aoti").device)
+        if options.precision != "fp32" and options.embed_preprocessing:
+            raise UserError(f"AOTInductor --{options.precision} does not combine with --embed-preprocessing (the "
+                            "picture's preprocessing stays in float32): export fp32 with it, or drop it")
+        if options.precision == "int8" and importlib.util.find_spec("torchao") is None:
+            raise MissingExtra("torchao (for AOTInductor int8)", "executorch")
 
     @staticmethod
     def recognizes(path: Path) -> bool:
         """An AOTInductor package is a .pt2 archive too, with compiled kernels under data/aotinductor/."""
         return any(AOTI_MARKER in n for n in zip_names(path) or ())
 
+    @staticmethod
+    def check_precision(spec, precision: str) -> str | None:
+        if precision == "bf16" and spec.task in ("detection", "instance-segmentation"):
+            return ("its boxes would be computed in bfloat16, which loses whole pixels: export fp32, or OpenVINO "
+                    "--bf16 (it keeps them in float32)")
+        return None
+
     def export(self, ctx: ExportContext) -> Exported:
         import torch
 
-        device = torch.device(ctx.options.of("aoti").device)
+        own, precision = ctx.options.of("aoti"), ctx.options.precision
+        device = torch.device(own.device)
         model = program_module(ctx.model)
         example = ctx.example_input()
         if device.type != "cpu":  # a copy on the GPU: the other formats keep exporting the CPU model
             model, example = copy.deepcopy(model).to(device), example.to(device)
+        if precision == "bf16":
+            model = _bfloat16_module()(model)
         program, multiple = export_program(model, example, ctx.options)
+        quantization = None
+        if precision == "int8":
+            program, quantization = _quantize_x86(program, example, ctx)
+        configs = {"freezing": own.freezing or precision != "fp32", "max_autotune": own.max_autotune}
         path = ctx.path(self.suffix)
         try:
             with torch.no_grad():
-                torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+                torch._inductor.aoti_compile_and_package(program, package_path=str(path),
+                                                         inductor_configs={k: v for k, v in configs.items() if v})
         except Exception as e:  # noqa: BLE001 - Inductor lowering or the C++ compiler failed
             raise ExportFailed(f"AOTInductor compile failed: {first_line(e)}") from e
         if not path.is_file() or path.stat().st_size == 0:
             raise ExportFailed("AOTInductor produced no package")
-        info = {"compiler": "torch._inductor.aoti_compile_and_package", "device": device.type, "cxx": compiler()}
+        info = {"compiler": "torch._inductor.aoti_compile_and_package", "device": device.type, "cxx": compiler(),
+                "inductor_configs": configs}
+        if quantization:
+            info["quantization"] = quantization
         if device.type == "cuda":
             from autotimm_deploy.exporter.core.environment import gpu_environment
 
             gpu = gpu_environment(device.index or 0)
             info["gpu"] = {"name": gpu["name"], "compute_capability": gpu["compute_capability"], "cuda": gpu["cuda"]}
         return Exported([path], info, exporter="torch.export(strict=False)", size_multiple=multiple)
+
+
+def _bfloat16_module():
+    import torch
+
+    class Bfloat16Module(torch.nn.Module):
+        """``model`` in bfloat16 behind float32 input and outputs."""
+
+        def __init__(self, inner: torch.nn.Module):
+            super().__init__()
+            self.model = copy.deepcopy(inner).to(torch.bfloat16).eval()
+            self.output_names = getattr(inner, "output_names", None)
+
+        def forward(self, x):
+            out = self.model(x.to(torch.bfloat16))
+            if isinstance(out, (tuple, list)):
+                return tuple(o.float() if o.is_floating_point() else o for o in out)
+            return out.float()
+
+    return Bfloat16Module
+
+
+def _quantize_x86(program, example, ctx: ExportContext):
+    """PT2E int8 for Inductor's x86 lowering: ``program`` quantized and exported again with its dims."""
+    from autotimm_deploy.exporter.formats.dims import export_program
+    from autotimm_deploy.exporter.formats.torch_program import quantize_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+
+    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    dims = None if ctx.options.static else True
+    quantized = quantize_pt2e(program.module(), quantizer, ctx, dims)
+    requantized, _ = export_program(quantized, example, ctx.options)
+    return requantized, {"tool": "torchao pt2e + X86InductorQuantizer",
+                         "scheme": "int8 activations (asymmetric uint8), per-channel int8 weights; frozen",
+                         "calibration": ctx.calibration_info}

@@ -311,6 +311,11 @@ class Format:
         """Why this format cannot express ``spec``'s task (its postprocessing's ops), or None."""
         return None
 
+    @staticmethod
+    def check_precision(spec, precision: str) -> str | None:
+        """Why this format cannot export ``spec`` at ``precision`` (it has the precision, not for this task), or None."""
+        return None
+
     def export(self, ctx: ExportContext) -> Exported:  # pragma: no cover - abstract
         raise NotImplementedError
 

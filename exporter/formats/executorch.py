@@ -27,10 +27,9 @@ from autotimm_deploy.exporter.formats.base import (
     register_format,
     with_batch_fallback,
 )
-from autotimm_deploy.exporter.formats.torch_program import folded_program, program_module
+from autotimm_deploy.exporter.formats.torch_program import folded_program, program_module, quantize_pt2e
 
 BATCH_BOUND = 8  # a dynamic batch's largest size: memory for it is planned (and allocated) up front
-CALIB_BATCH = 8
 
 
 @register_format
@@ -94,27 +93,13 @@ def _lower(program) -> bytes:
 def _quantize(graph, example, dims, ctx: ExportContext):
     """PT2E post-training quantization for XNNPACK of ``graph`` (an exported program's module),
     calibrated on ``ctx.calibration``."""
-    import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    with torch.no_grad():
-        prepared = prepare_pt2e(graph, quantizer)
-        data = torch.from_numpy(ctx.calibration).float()
-        if dims is None:  # a fixed batch: calibrate in batches of exactly that size
-            step = ctx.options.batch_size
-            data = data[: len(data) // step * step] if len(data) >= step else data[:0]
-            if not len(data):
-                raise ExportFailed(f"int8 calibration needs at least --batch-size ({step}) pictures")
-        else:
-            step = CALIB_BATCH
-        for i in range(0, len(data), step):
-            prepared(data[i:i + step])
-        quantized = convert_pt2e(prepared)
+    quantized = quantize_pt2e(graph, quantizer, ctx, dims)
     return quantized, {"tool": "torchao pt2e + XNNPACKQuantizer", "scheme": "symmetric int8, per-channel weights",
                        "calibration": ctx.calibration_info}
 

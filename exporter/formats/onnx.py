@@ -43,9 +43,7 @@ class OnnxFormat(Format):
         import onnx
 
         form = options.of("onnx").int8_form
-        if form != OnnxOptions.int8_form and options.precision != "int8":
-            raise UserError(f"--onnx-int8 {form} sets the form of the int8 graph: add --int8")
-        if form == "u8s8-qop" and options.max_drop is not None:
+        if form == "u8s8-qop" and options.max_drop is not None and options.precision == "int8":
             raise UserError("--onnx-int8 u8s8-qop cannot hold an accuracy budget (--max-drop ranks the Q/DQ "
                             "graph's nodes): use --onnx-int8 u8s8")
         top = onnx.defs.onnx_opset_version()

@@ -34,3 +34,28 @@ def folded_program(module, example, dims=None):
         folded = const_fold.split_const_subgraphs(program.module())
         folded.run_folding()
         return torch.export.export(folded, (example,), dynamic_shapes=dims, strict=False)
+
+
+CALIB_BATCH = 8  # pictures per calibration forward when the batch is dynamic
+
+
+def quantize_pt2e(graph, quantizer, ctx, dims) -> "object":
+    """PT2E post-training quantization of ``graph`` (an exported program's module) with
+    ``quantizer``, calibrated on ``ctx.calibration``: the observed, then converted module."""
+    import torch
+    from autotimm_deploy.exporter.core.errors import ExportFailed
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    with torch.no_grad():
+        prepared = prepare_pt2e(graph, quantizer)
+        data = torch.from_numpy(ctx.calibration).float()
+        if dims is None:  # a fixed batch: calibrate in batches of exactly that size
+            step = ctx.options.batch_size
+            data = data[: len(data) // step * step] if len(data) >= step else data[:0]
+            if not len(data):
+                raise ExportFailed(f"int8 calibration needs at least --batch-size ({step}) pictures")
+        else:
+            step = CALIB_BATCH
+        for i in range(0, len(data), step):
+            prepared(data[i:i + step])
+        return convert_pt2e(prepared)
