@@ -53,13 +53,17 @@ class Folder:
     prepared: list[tuple[np.ndarray, Any]]  # (model input, geometry) per picture
 
 
+def _prepared(picture: np.ndarray, pipe: PicturePipeline):
+    """(model input, geometry of its answers) for one decoded picture: the manifest's transform, or
+    for an embedded graph the picture in its layout (answers already in its pixels)."""
+    if pipe.embedded:
+        return picture_input(picture, pipe.embedded)[0], picture_geometry(picture)
+    return prepare(picture, pipe.prep)
+
+
 def _load(files: list[Path], pipe: PicturePipeline) -> Folder:
     pictures = [read_picture(f, pipe.prep) for f in files]
-    if pipe.embedded:
-        prepared = [(picture_input(p, pipe.embedded)[0], picture_geometry(p)) for p in pictures]
-    else:
-        prepared = [prepare(p, pipe.prep) for p in pictures]
-    return Folder(files, pictures, prepared)
+    return Folder(files, pictures, [_prepared(p, pipe) for p in pictures])
 
 
 def _groups(n: int, batch: int) -> list[list[int]]:
@@ -67,14 +71,14 @@ def _groups(n: int, batch: int) -> list[list[int]]:
     return [[(k * batch + j) % n for j in range(batch)] for k in range(math.ceil(n / batch))]
 
 
-def _rotating(groups: list[list[int]], fn: Callable[[list[int]], Any]) -> Callable[[], Any]:
-    """A step that runs ``fn`` on the next call's pictures each time."""
+def _rotating(calls: int, fn: Callable[[int], Any]) -> Callable[[], Any]:
+    """A step that runs ``fn`` on the next call's index (0, 1, ..., calls - 1, 0, ...) each time."""
     state = {"k": 0}
 
     def step():
-        idx = groups[state["k"] % len(groups)]
+        k = state["k"] % calls
         state["k"] += 1
-        return fn(idx)
+        return fn(k)
 
     return step
 
@@ -105,34 +109,18 @@ class Steps:
         return out
 
     def end_to_end(self, idx: list[int]) -> list:
-        pictures = [read_picture(self.folder.files[i], self.pipe.prep) for i in idx]
-        if self.pipe.embedded:
-            inputs = [(picture_input(p, self.pipe.embedded)[0], picture_geometry(p)) for p in pictures]
-        else:
-            inputs = [prepare(p, self.pipe.prep) for p in pictures]
+        inputs = [_prepared(read_picture(self.folder.files[i], self.pipe.prep), self.pipe) for i in idx]
         outputs = self.infer(self.stack([x for x, _ in inputs]))
         return self.answers(outputs, idx, [g for _, g in inputs])
 
     def functions(self) -> dict[str, Callable[[], Any]]:
         f, pipe, groups = self.folder, self.pipe, self.groups
-        k = {"compute": 0, "answers": 0}
-
-        def compute():
-            k["compute"] = (k["compute"] + 1) % len(groups)
-            return self.infer(self.stacked[k["compute"]])
-
-        def answers():
-            k["answers"] = (k["answers"] + 1) % len(groups)
-            g = groups[k["answers"]]
-            return self.answers(self.outputs[k["answers"]], g, [f.prepared[i][1] for i in g])
-
-        if pipe.embedded:
-            prep = _rotating(groups, lambda idx: self.stack([picture_input(f.pictures[i], pipe.embedded)[0]
-                                                             for i in idx]))
-        else:
-            prep = _rotating(groups, lambda idx: self.stack([prepare(f.pictures[i], pipe.prep)[0] for i in idx]))
-        decode = _rotating(groups, lambda idx: [read_picture(f.files[i], pipe.prep) for i in idx])
-        return dict(zip(STEPS, (_rotating(groups, self.end_to_end), decode, prep, compute, answers)))
+        steps = (lambda k: self.end_to_end(groups[k]),
+                 lambda k: [read_picture(f.files[i], pipe.prep) for i in groups[k]],
+                 lambda k: self.stack([_prepared(f.pictures[i], pipe)[0] for i in groups[k]]),
+                 lambda k: self.infer(self.stacked[k]),
+                 lambda k: self.answers(self.outputs[k], groups[k], [f.prepared[i][1] for i in groups[k]]))
+        return {name: _rotating(len(groups), fn) for name, fn in zip(STEPS, steps)}
 
 
 def _batches(session, pipe: PicturePipeline, asked: list[int]) -> tuple[list[int], list[int], str | None]:
