@@ -28,6 +28,7 @@ from autotimm_deploy.exporter.core.files import (
 )
 from autotimm_deploy.exporter.core.limits import MAX_IMG_SIDE, check_max_drop
 from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig, manifest_path
+from autotimm_deploy.exporter.core.operators import recording
 from autotimm_deploy.exporter.core.results import AccuracyReport, MetricKind, ParityReport, Verdict
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.end_to_end import against_python, end_to_end
@@ -426,7 +427,7 @@ def _export_format(fmt: str, ctx: ExportContext, io: dict, target: Path, verify:
     step(f"export {fmt}")
     t0 = time.perf_counter()
     try:
-        with disk_full_is_fault(f"{fmt} into {target.parent}"):
+        with disk_full_is_fault(f"{fmt} into {target.parent}"), recording() as trace:
             exported = get_format(fmt)().export(ctx)
     except Fault:
         raise
@@ -437,6 +438,8 @@ def _export_format(fmt: str, ctx: ExportContext, io: dict, target: Path, verify:
         result.error = f"{type(e).__name__}: {first_line(e)}"
         return result
     result.export_seconds = time.perf_counter() - t0
+    if trace.nms is not None:  # the NMS the artifact holds (a graph made once and shared says it itself)
+        exported.info.setdefault("nms", trace.nms)
     result.info, result.exporter, result.fallback = exported.record(), exported.exporter, exported.fallback
     ctx.done[fmt] = exported
     gc.collect()  # a large model's export graph is gigabytes: free it before the next format

@@ -4,12 +4,11 @@ the graph. Outputs ``boxes [B, N, 4]`` (x1, y1, x2, y2 in input pixels), ``score
 per-level head maps instead.
 
 NMS is exact greedy class-aware NMS (what ``torchvision.ops.batched_nms`` computes) over the top
-1000 candidates, written as ``max_detections`` rounds of "take the best remaining candidate, retire
-the same-class boxes that overlap it above the IoU threshold" on a suppression matrix computed once.
-Every round is plain tensor math over the whole batch, so the graph has fixed shapes, a dynamic
-batch, and the same meaning in ONNX, TorchScript and torch.export (no custom op, nothing
-data-dependent). Greedy NMS visits boxes in score order, so its first N kept boxes are exactly
-these N rounds.
+1000 candidates (`nms`): in the ONNX graph ONNX's own ``NonMaxSuppression``, in every other format
+``max_detections`` rounds of "take the best remaining candidate, retire the same-class boxes that
+overlap it above the IoU threshold" on a suppression matrix computed once, plain tensor math over
+the whole batch with fixed shapes and a dynamic batch. Greedy NMS visits boxes in score order, so
+its first N kept boxes are exactly these N rounds.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.models.features import Features, check_divisible
+from autotimm_deploy.exporter.models.nms import batched_greedy_nms
 from autotimm_deploy.exporter.models.registry import register_task
 from autotimm_deploy.exporter.models.timm_backbone import check_forward, preprocessing
 from autotimm_deploy.exporter.models.weights import load_checkpoint
@@ -100,54 +100,6 @@ def flat_levels(levels, i: int) -> torch.Tensor:
     return torch.cat([level[i].flatten(2) for level in levels], 2).transpose(1, 2)
 
 
-def pairwise_iou(boxes: torch.Tensor) -> torch.Tensor:
-    """boxes [B, K, 4] -> IoU [B, K, K], computed as torchvision's NMS kernel computes it (areas not
-    clamped, no epsilon: two empty boxes give NaN, which suppresses nothing, as there)."""
-    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-    lt = torch.maximum(boxes[:, :, None, :2], boxes[:, None, :, :2])
-    rb = torch.minimum(boxes[:, :, None, 2:], boxes[:, None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    return inter / (area[:, :, None] + area[:, None, :] - inter)
-
-
-def batched_greedy_nms(boxes, scores, labels, iou_threshold: float, score_threshold: float, rounds: int,
-                       strict: bool = False, iou_boxes=None):
-    """boxes [B, K, 4], scores [B, K], labels [B, K] (candidates) -> the first ``rounds`` boxes greedy
-    class-aware NMS keeps, padded: (boxes [B, N, 4], scores [B, N], labels [B, N], count [B]).
-    ``iou_boxes`` (default ``boxes``): the coordinates overlaps are computed on."""
-    idx, best, valid = greedy_nms_picks(boxes if iou_boxes is None else iou_boxes, scores, labels, iou_threshold,
-                                        score_threshold, rounds, strict)
-    out_boxes = torch.gather(boxes, 1, idx[..., None].expand(-1, -1, 4))
-    out_boxes = torch.where(valid[..., None], out_boxes, torch.zeros_like(out_boxes))
-    out_labels = torch.where(valid, torch.gather(labels, 1, idx), torch.full_like(idx, -1))
-    return out_boxes, torch.where(valid, best, torch.zeros_like(best)), out_labels, valid.sum(1)
-
-
-def greedy_nms_picks(boxes, scores, labels, iou_threshold: float, score_threshold: float, rounds: int,
-                     strict: bool = False):
-    """(candidate index [B, N], its score [B, N], valid [B, N]) of the first ``rounds`` picks.
-    Candidates need a score ``>= score_threshold`` (``> score_threshold`` when ``strict``); a pick
-    retires the same-class candidates whose IoU with it is ``> iou_threshold``.
-
-    Which candidate suppresses which is computed once ([B, K, K]); each round is then five ops:
-    take the best live candidate, look up its row, retire what it suppresses (itself included)."""
-    k = scores.shape[1]
-    same = labels[:, :, None] == labels[:, None, :]
-    eye = torch.arange(k, device=scores.device)[:, None] == torch.arange(k, device=scores.device)[None, :]
-    kills = ((pairwise_iou(boxes) > iou_threshold) & same) | eye[None]
-    passing = scores > score_threshold if strict else scores >= score_threshold
-    live = torch.where(passing, scores, torch.full_like(scores, -1.0))
-    picks, bests = [], []
-    for _ in range(rounds):
-        best, idx = live.max(dim=1)
-        picks.append(idx)
-        bests.append(best)
-        row = torch.gather(kills, 1, idx[:, None, None].expand(-1, 1, k))[:, 0]
-        live = torch.where(row, torch.full_like(live, -1.0), live)
-    idx, best = torch.stack(picks, 1), torch.stack(bests, 1)
-    return idx, best, best >= 0
-
-
 class Detector(nn.Module):
     def __init__(self, features: Features, spec: ModelSpec, opts: dict):
         super().__init__()
@@ -196,7 +148,7 @@ class Detector(nn.Module):
             return tuple(t for level in levels for t in level)
         boxes, scores, labels, _ = self.candidates(levels)
         return batched_greedy_nms(boxes, scores, labels, self.opts["iou_threshold"], self.opts["score_threshold"],
-                                  self.opts["max_detections"])
+                                  self.opts["max_detections"], num_classes=self.num_classes)
 
 
 def seed_head(model: "Detector", seed: int) -> None:

@@ -23,9 +23,9 @@ from autotimm_deploy.exporter.models.detection import (
     FCOSHead,
     build_fpn_model,
     flat_levels,
-    greedy_nms_picks,
     seed_head,
 )
+from autotimm_deploy.exporter.models.nms import greedy_nms_picks
 from autotimm_deploy.exporter.models.registry import register_task
 from torch import nn
 
@@ -74,7 +74,8 @@ class InstanceSegmenter(Detector):
         levels = [self.head(p) for p in pyramid]
         boxes, scores, labels, location = self.candidates(levels)
         idx, best, valid = greedy_nms_picks(boxes, scores, labels, self.opts["iou_threshold"],
-                                            self.opts["score_threshold"], self.opts["max_detections"])
+                                            self.opts["score_threshold"], self.opts["max_detections"],
+                                            num_classes=self.num_classes)
         kept_boxes = torch.gather(boxes, 1, idx[..., None].expand(-1, -1, 4))
         kept_boxes = torch.where(valid[..., None], kept_boxes, torch.zeros_like(kept_boxes))
         kept_labels = torch.where(valid, torch.gather(labels, 1, idx), torch.full_like(idx, -1))

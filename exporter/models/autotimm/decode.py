@@ -21,7 +21,8 @@ x2, y2, input pixels), ``scores [B, N]``, ``labels [B, N]`` (int64, -1 for paddi
 from __future__ import annotations
 
 import torch
-from autotimm_deploy.exporter.models.detection import batched_greedy_nms
+from autotimm_deploy.exporter.core.operators import nms_operator_allowed, note_nms, unrolled_nms
+from autotimm_deploy.exporter.models.nms import batched_greedy_nms
 
 VANILLA_ABOVE = 1000  # torchvision's CPU batched_nms switches from the coordinate trick to a per-class loop above this
 MATRIX_LIMIT = 2000  # locations up to which NMS computes the whole suppression matrix once
@@ -60,7 +61,7 @@ def decode_locations(cls: list[torch.Tensor], reg: list[torch.Tensor], ctr: list
 
 
 def detect(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, score_thresh: float,
-           nms_thresh: float, max_detections: int, class_offsets: bool = True):
+           nms_thresh: float, max_detections: int, class_offsets: bool = True, num_classes: int | None = None):
     """Greedy class-aware NMS over every location; the first ``max_detections`` kept, padded.
 
     As ``torchvision.ops.batched_nms`` on the CPU: candidates in score order, ties to the earlier
@@ -69,7 +70,10 @@ def detect(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, scor
     reproduce), otherwise on the boxes themselves. Without ``class_offsets``, always on the boxes
     themselves (``ops.nms`` class by class, as YOLOXDetector runs it). Up to ``MATRIX_LIMIT``
     locations, which box suppresses which is computed once as a matrix; above, each round compares
-    its pick with every location (no [A, A] matrix). Both visit every location: nothing is cut before NMS."""
+    its pick with every location (no [A, A] matrix). Both visit every location: nothing is cut before NMS.
+    In the ONNX graph (``num_classes`` given), whatever the number of locations, ONNX's
+    ``NonMaxSuppression`` (`models.nms`) on the same boxes, shifted as above, so its IoU is
+    rounded as predict()'s."""
     if class_offsets:
         passing = scores > score_thresh
         corner = torch.where(passing[..., None], boxes, torch.full_like(boxes, float("-inf"))).amax(dim=(1, 2))
@@ -78,15 +82,16 @@ def detect(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, scor
                               boxes + (labels.to(boxes.dtype) * (corner + 1)[:, None])[..., None], boxes)
     else:
         shifted = boxes
-    if scores.shape[1] <= MATRIX_LIMIT:
+    if scores.shape[1] <= MATRIX_LIMIT or (num_classes is not None and nms_operator_allowed()):
         return batched_greedy_nms(boxes, scores, labels, nms_thresh, score_thresh, max_detections, strict=True,
-                                  iou_boxes=shifted)
+                                  iou_boxes=shifted, num_classes=num_classes)
     return _nms_by_rounds(boxes, shifted, scores, labels, score_thresh, nms_thresh, max_detections)
 
 
 def _nms_by_rounds(boxes, shifted, scores, labels, score_thresh: float, nms_thresh: float, rounds: int):
     """One pick per round: the best live location (the first on ties), its box selected by a one-hot
     product (exact: one term is non-zero), IoU with every location, same-class overlaps retired."""
+    note_nms(unrolled_nms(rounds))
     x1, y1, x2, y2 = shifted.unbind(-1)
     corners = torch.stack([x1, y1, -x2, -y2], -1)  # max() over these gives the intersection's corners
     areas = (x2 - x1) * (y2 - y1)

@@ -85,7 +85,7 @@ class Detector(Wrapper):
         cls, reg, ctr = levels
         boxes, scores, labels = decode_locations(cls, reg, ctr, self.points, self.img_size)
         return detect(boxes, scores, labels, self.score_thresh, self.nms_thresh, self.max_detections,
-                      self.class_offsets)
+                      num_classes=cls[0].shape[1], class_offsets=self.class_offsets)
 
     def forward(self, x: torch.Tensor):
         return self.detections(self.levels(self.fpn(self.backbone(x))))
