@@ -106,10 +106,23 @@ def test_ncnn_detection_raw_converts_and_postprocessing_is_refused(tmp_path, exp
 
 
 def test_ncnn_names_the_ops_it_lacks(tmp_path):
-    """pnnx keeps ops it cannot convert under their PyTorch names; the export fails naming them."""
+    """pnnx keeps ops it cannot convert under their PyTorch names; the export fails naming them
+    (ncnn has no cumulative product)."""
     needs("ncnn")
-    (r,) = export(ModelSpec("test_vit", num_classes=10, img_size=(64, 64)), ["ncnn"], tmp_path)
-    assert not r.ok and r.error.startswith("ncnn has no layer for") and "torch.unbind" in r.error
+    import torch
+    from autotimm_deploy.exporter.models import from_module
+
+    class CumProd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x).sigmoid().cumprod(-1).mean((2, 3))
+
+    model = from_module(CumProd(), "cumprod", 32)
+    (r,) = export(model.spec, ["ncnn"], tmp_path, model=model)
+    assert not r.ok and r.error.startswith("ncnn has no layer for") and "torch.cumprod" in r.error
     assert files_under(tmp_path) == []
 
 

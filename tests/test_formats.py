@@ -24,11 +24,9 @@ EDGE = ("executorch", "litert", "ncnn")
 
 def formats_for(name: str) -> list[str]:
     """AOTInductor compiles C++ for ~25 s a model (CI time): test_aoti.py and test_target_cpu.py
-    compile it, not this matrix; Core ML (which predicts only on macOS) has tests/test_coreml.py. The edge formats (10-30 s a model) run on the edge CNN and the ViT;
-    ncnn has no layer for a ViT's attention (torch.unbind): tests/test_edge_formats.py checks that
-    this fails naming those ops."""
-    return [f for f in CPU_FORMATS if f not in ("aoti", "coreml") and not (f in EDGE and name == "resnet18")
-            and not (f == "ncnn" and "vit" in name)]
+    compile it, not this matrix; Core ML (which predicts only on macOS) has tests/test_coreml.py. The edge formats (10-30 s a model) run on the edge CNN and the ViT
+    (ncnn's through the rewrite of tests/test_ncnn_rewrite.py)."""
+    return [f for f in CPU_FORMATS if f not in ("aoti", "coreml") and not (f in EDGE and name == "resnet18")]
 
 
 @pytest.fixture(scope="module", params=list(MODELS))

@@ -2,7 +2,9 @@
 -> ncnn converter, the binary its wheel ships), for Android / ARM CPUs and Vulkan GPUs. The `ncnn`
 runtime runs it here with the ``ncnn`` Python package.
 
-ncnn has no batch dimension: the graph is traced at batch 1 and the runtime runs a batch picture by
+ncnn has no batch dimension: the model is exported at batch 1 (``torch.export``, constants folded),
+rewritten where pnnx would leave PyTorch ops behind (`ncnn_rewrite`: transformers' attention,
+window partitions, ``var``, ``unfold``...), traced, and the runtime runs a batch picture by
 picture. fp16 stores the weights in fp16 (pnnx ``fp16=1``) and runs with ncnn's fp16 storage and
 arithmetic where the CPU has them. Operations ncnn has no layer for (``torch.topk`` in our detection
 postprocessing) stay as pnnx's own ops in the graph, which ncnn cannot load: such exports fail with
@@ -19,6 +21,7 @@ from pathlib import Path
 from autotimm_deploy.exporter.core.environment import package_versions
 from autotimm_deploy.exporter.core.errors import ExportFailed, UserError, first_line
 from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
+from autotimm_deploy.exporter.formats.ncnn_rewrite import ncnn_module
 from autotimm_deploy.exporter.formats.torch_program import program_module
 
 TIMEOUT_S = 1800
@@ -62,7 +65,8 @@ class NcnnFormat(Format):
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             example = ctx.example_input()[:1]
-            traced = torch.jit.trace(program_module(ctx.model), example, check_trace=False, strict=False)
+            traced = torch.jit.trace(ncnn_module(program_module(ctx.model), example), example, check_trace=False,
+                                     strict=False)
             traced.save(str(traced_path))
         # pnnx runs in its work folder: every path it is given is absolute (a relative -o broke it)
         param, binary = ctx.path(self.suffix).resolve(), ctx.path(self.companions[0]).resolve()
@@ -86,12 +90,14 @@ class NcnnFormat(Format):
             raise ExportFailed(f"ncnn has no layer for {', '.join(unknown)} (pnnx left them as PyTorch ops)")
         versions = package_versions(["pnnx", "ncnn"])
         info = {"converter": f"pnnx {versions['pnnx']}", "ncnn": versions["ncnn"], "weights": "fp16" if fp16 else "fp32"}
-        return Exported([param, binary], info, exporter="torch.jit.trace (batch 1)")
+        return Exported([param, binary], info,
+                        exporter="torch.export (batch 1), rewritten for pnnx, torch.jit.trace")
 
 
 def unsupported_layers(param_text: str) -> list[str]:
     """Layer types in an ncnn ``.param`` that ncnn cannot create: pnnx keeps ops it could not convert
-    under their PyTorch names (``torch.topk``, ``Tensor.index``, ``pnnx.Expression``), all dotted."""
+    under their PyTorch names (``torch.topk``, ``Tensor.index``, ``pnnx.Expression``, all dotted) or,
+    for an ATen op it does not know, under the op's own name (``aten::clamp_min``)."""
     types = [ln.split()[0] for ln in param_text.splitlines()[2:] if ln.split()]
-    return sorted({t for t in types if "." in t})
+    return sorted({t for t in types if "." in t or "::" in t})
 
