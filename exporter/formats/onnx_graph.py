@@ -13,8 +13,10 @@ from typing import Any
 
 from autotimm_deploy.exporter.core.capture import captured_output
 from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
+from autotimm_deploy.exporter.core.operators import nms_operator, recording
 from autotimm_deploy.exporter.formats.base import BatchRange, ExportContext, Exported
 from autotimm_deploy.exporter.formats.dims import onnx_axes, with_dynamic_dims
+from autotimm_deploy.exporter.formats.onnx_nms import translation_table
 
 INLINE_LIMIT = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave room for the graph itself
 DYNAMO_MIN_OPSET = 18
@@ -31,6 +33,8 @@ def _dynamo(ctx: ExportContext, names: tuple[list[str], list[str]]):
 
 
 def _dynamo_program(ctx: ExportContext, names: tuple[list[str], list[str]], optimize: bool):
+    """The dynamo exporter's program; detection NMS traced as one operator, translated into ONNX's
+    ``NonMaxSuppression`` (`onnx_nms`)."""
     import torch
 
     def call(dims):
@@ -39,9 +43,10 @@ def _dynamo_program(ctx: ExportContext, names: tuple[list[str], list[str]], opti
             model, dims = torch.export.export(model, example, dynamic_shapes=dims, strict=False), None
         return torch.onnx.export(model, example, dynamo=True, dynamic_shapes=dims,
                                  input_names=names[0], output_names=names[1], opset_version=ctx.options.opset,
-                                 optimize=optimize, verbose=False)
+                                 optimize=optimize, verbose=False, custom_translation_table=translation_table())
 
-    program, _multiple = with_dynamic_dims(ctx.options, call)
+    with nms_operator():
+        program, _multiple = with_dynamic_dims(ctx.options, call)
     return program
 
 
@@ -123,11 +128,11 @@ def export_graph(ctx: ExportContext) -> tuple[Any, Exported]:
     can keep the batch dynamic (a model whose graph depends on the batch size, such as CondConv's
     per-sample kernels), the graph is exported again with the batch fixed to ``--batch-size``, and
     the returned `Exported` says so (the manifest then records a static batch)."""
-    proto, exporter, failures = _first_success(ctx)
+    proto, exporter, failures, nms = _first_success(ctx)
     graph = Exported([], {"opset": ctx.options.opset}, exporter=exporter)
     if proto is None and not ctx.options.static:
         fixed = dataclasses.replace(ctx, options=dataclasses.replace(ctx.options, static=True))
-        proto, exporter, static_failures = _first_success(fixed)
+        proto, exporter, static_failures, nms = _first_success(fixed)
         if proto is not None:
             b = ctx.options.batch_size
             graph = dataclasses.replace(graph, exporter=exporter, batch=BatchRange.fixed(b),
@@ -138,6 +143,8 @@ def export_graph(ctx: ExportContext) -> tuple[Any, Exported]:
         raise ExportFailed("; ".join(f"{k}: {v}" for k, v in failures.items()))
     if failures:
         graph.info["fallback_from"] = failures
+    if nms is not None:
+        graph.info["nms"] = nms
 
     if ctx.options.simplify:
         proto, graph.info["simplifier"] = _simplify(proto)
@@ -145,8 +152,8 @@ def export_graph(ctx: ExportContext) -> tuple[Any, Exported]:
 
 
 def _first_success(ctx: ExportContext):
-    """(proto or None, exporter name, {exporter: why it failed}) over the exporters for the opset.
-    What the exporters print (graphs, warnings, C++ logs) is captured, not shown."""
+    """(proto or None, exporter name, {exporter: why it failed}, the NMS the graph holds) over the
+    exporters for the opset. What the exporters print (graphs, warnings, C++ logs) is captured, not shown."""
     import torch
 
     names = ([input_name(ctx)], list(ctx.model.output_names))
@@ -154,12 +161,12 @@ def _first_success(ctx: ExportContext):
     failures: dict[str, str] = {}
     for exporter in candidates:
         try:
-            with warnings.catch_warnings(), torch.no_grad(), captured_output():
+            with warnings.catch_warnings(), torch.no_grad(), captured_output(), recording() as trace:
                 warnings.simplefilter("ignore")
-                return EXPORTERS[exporter](ctx, names), exporter, failures
+                return EXPORTERS[exporter](ctx, names), exporter, failures, trace.nms
         except Exception as e:  # noqa: BLE001 - any exporter failure means "try the next one"
             failures[exporter] = first_line(e, 160)
-    return None, None, failures
+    return None, None, failures, None
 
 
 def check_saved(path: Path, dynamic: bool) -> None:

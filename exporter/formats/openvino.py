@@ -1,4 +1,5 @@
-"""OpenVINO IR (``.xml`` + ``.bin``), converted from our fp32 ONNX graph.
+"""OpenVINO IR (``.xml`` + ``.bin``), converted from our fp32 ONNX graph (detection NMS as ONNX's
+``NonMaxSuppression``, adjusted to ONNX's meaning by `onnx_nms.exact_openvino_nms`).
 
 - fp32: weights and compute in fp32 (the runtime pins ``INFERENCE_PRECISION_HINT=f32``, since
   OpenVINO otherwise runs bf16 on CPUs with AMX/AVX512-BF16).
@@ -19,6 +20,7 @@ from autotimm_deploy.exporter.core.errors import ExportFailed, MissingExtra, Use
 from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
 from autotimm_deploy.exporter.formats.onnx_graph import FP32_GRAPH, fp32_proto, save_onnx
 from autotimm_deploy.exporter.formats.onnx_int8 import module_name
+from autotimm_deploy.exporter.formats.onnx_nms import exact_openvino_nms
 
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "default"}
 
@@ -54,6 +56,7 @@ class OpenVinoFormat(Format):
             model = ov.convert_model(_to_file(proto, ctx))
         except Exception as e:  # noqa: BLE001
             raise ExportFailed(f"openvino.convert_model failed: {first_line(e)}") from e
+        exact_openvino_nms(model)
         precision = ctx.options.precision
         # kept for `diagnose` (a reduced artifact's layers against this fp32 IR), with the timm module
         # of each ONNX node the IR's operations are named after
