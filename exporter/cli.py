@@ -582,6 +582,8 @@ def end_to_end_line(e: dict) -> str:
     rows = e.get("pictures", [])
     if rows and "matched" in rows[0]:
         detail = f"{sum(r['matched'] for r in rows)}/{sum(r['reference'] for r in rows)} detections matched"
+        displaced = sum(r.get("displaced", 0) for r in rows)
+        detail += f" ({displaced} displaced at the lists' edge by near ties)" if displaced else ""
         ious = [r["min_iou"] for r in rows if r["min_iou"] is not None]
         detail += f", IoU >= {min(ious):.4f}" if ious else ""
         masks = [r["min_mask_iou"] for r in rows if r.get("min_mask_iou") is not None]

@@ -59,3 +59,23 @@ def test_overridden_preprocessing_is_not_compared(checkpoints, tmp_path):
     spec = spec_from_checkpoint(checkpoints["fcn"], img_size=(SIZE, SIZE), preprocess={"resize": "letterbox"})
     (r,) = export(spec, ["onnx"], tmp_path)
     assert r.ok and r.parity.end_to_end["verdict"] == "not run" and "overridden" in r.parity.end_to_end["reason"]
+
+
+def test_only_near_ties_at_the_edge_may_go_unmatched():
+    """A detection may be missing on one side only where a near tie decides what makes the cut
+    (within 0.02 of the lowest score kept); a missing confident one is a real difference."""
+    from pathlib import Path
+
+    from autotimm_deploy.exporter.end_to_end import _passed, compare
+    from autotimm_deploy.exporter.inputs.answers import Answer
+
+    def answer(*dets):
+        a = Answer(Path("p.jpg"), 100, 100, "detection")
+        a.detections = [{"box": box, "score": score, "label": 0} for box, score in dets]
+        return a
+
+    ref = answer(([0, 0, 10, 10], 0.9), ([20, 20, 30, 30], 0.3), ([50, 50, 60, 60], 0.101))
+    edge = compare(ref, answer(([0, 0, 10, 10], 0.9), ([20, 20, 30, 30], 0.3), ([70, 70, 80, 80], 0.1)))
+    assert (edge["matched"], edge["displaced"]) == (2, 2) and _passed(edge)
+    real = compare(ref, answer(([0, 0, 10, 10], 0.9), ([70, 70, 80, 80], 0.3), ([50, 50, 60, 60], 0.101)))
+    assert (real["matched"], real["displaced"]) == (2, 0) and not _passed(real)
