@@ -124,6 +124,39 @@ class Halo(nn.Module):
         return self.head(self.attn(self.embed(x)).mean((2, 3)))
 
 
+class GroupedWindows(nn.Module):
+    """Twins' locally grouped attention: its qkv projection runs on six axes."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.models.twins import LocallyGroupedAttn
+
+        self.attn = LocallyGroupedAttn(16, num_heads=2, ws=2)
+
+    def forward(self, tokens):
+        return self.attn(tokens, (4, 4))
+
+
+class FoldedBatchNorm(nn.Module):
+    """LeViT's linear + BatchNorm over ``x.flatten(0, 1)`` (the batch folded into the tokens), and
+    GCViT's ``repeat_interleave`` of one global token per window."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.models.levit import LinearNorm
+
+        self.linear = LinearNorm(16, 16)
+        with torch.no_grad():  # statistics that are not the identity
+            self.linear.bn.running_mean.uniform_(-1, 1)
+            self.linear.bn.running_var.uniform_(0.5, 2)
+
+    def forward(self, tokens):
+        y = self.linear(tokens)
+        windows = y.reshape(-1, 4, 16)  # B * 4 windows of 4 tokens
+        shared = y.mean(1, keepdim=True).repeat_interleave(4, dim=0)
+        return (windows * shared.sigmoid()).reshape(y.shape)
+
+
 class SplitsAndSteps(nn.Module):
     """An uneven ``chunk`` (16 channels in 6, 6, 4) and strided slices (LeViT's subsampling)."""
 
@@ -145,11 +178,13 @@ MODULES = {
     "variance": Variance,
     "over_rank_region": RelativeLogits,
     "six_axis_windows": Windows,
+    "six_axis_projection": lambda: Tokens(GroupedWindows()),
+    "folded_batch_norm_repeat_interleave": lambda: Tokens(FoldedBatchNorm()),
     "unfold": Halo,
     "uneven_chunk_strided_slice": SplitsAndSteps,
 }
 GONE = {"aten.unbind.int", "aten.var.correction", "aten.var.dim", "aten.linalg_vector_norm.default", "aten.chunk.default",
-        "aten.unfold.default"}
+        "aten.unfold.default", "aten.repeat_interleave.self_int"}
 
 
 def rewritten(module: nn.Module, size=(SIZE, SIZE)):

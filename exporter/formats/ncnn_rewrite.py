@@ -15,13 +15,20 @@ graph, each step into an equal computation:
    ncnn's Normalize, which normalizes across channels); ``clamp_min`` into ``clamp`` and ``alias``
    dropped (pnnx knows neither); an uneven ``chunk`` / ``split`` with its sizes spelled out (pnnx
    makes it an equal Slice that reads past the end); a strided slice into a slice, a reshape and a
-   select; ``unfold`` into its windows;
+   select; ``unfold`` into its windows; an inference BatchNorm over a tensor whose first axis is not
+   the batch (LeViT's ``bn(x.flatten(0, 1))``) into ``x * scale + shift``, and that flatten and
+   ``reshape_as`` into plain reshapes; ``repeat_interleave`` into an expanded axis; attention over
+   more than four axes into its matmuls and softmax (ncnn's SDPA takes three);
 2. a reshape out of a tensor ncnn cannot hold, computed once per index of one of its input's axes
    and concatenated, so that step 3 takes that axis out of the whole region before it;
 3. every ``select`` moved above the ops that make what it selects from (permute, transpose,
-   reshape, expand, add / sub / mul / div, stack, cat, slice) while selects are all they feed:
+   reshape, expand, add / sub / mul / div, stack, cat, slice; and out of a tensor ncnn cannot hold,
+   linear, layer norm, softmax, matmul, activations) while selects are all they feed:
    ``select(permute(reshape(qkv)), 0, i)`` becomes a slice of the qkv projection reshaped on its
-   own, four axes with the batch in front.
+   own, four axes with the batch in front; steps 2 and 3 repeat while reshapes out of six axes are
+   left;
+4. selects of every index of one axis that could not move as one-wide slices (pnnx would join them
+   into an ``unbind`` that ncnn cannot run).
 
 The rewritten module is what ``torch.jit.trace`` records and pnnx converts; the ncnn export's parity
 check compares the ncnn artifact with the original eager model.
@@ -49,17 +56,32 @@ def rewrite(gm) -> None:
     """Rewrite ``gm`` (a ``torch.export`` graph with shapes in each node's ``meta["val"]``) in place."""
     graph = gm.graph
     for node in list(graph.nodes):
-        _decompose(graph, node)
+        _decompose(gm, node)
     graph.eliminate_dead_code()  # what the decompositions replaced
-    for _ in range(MAX_PASSES):  # a piece may still be too large: split again
+    _split_all(graph, 5)
+    _sink_selects(graph)
+    # moved selects leave reshapes out of six axes behind (Twins' qkv projection): split, move again.
+    # (Five axes are left alone in this round: pnnx converts the ones left here, Swin's windows.)
+    for _ in range(MAX_PASSES):
+        if not _split_all(graph, 6):
+            break
+        _sink_selects(graph)
+    _selects_as_slices(graph)
+    gm.recompile()
+
+
+def _split_all(graph, min_rank: int) -> bool:
+    """Split every reshape out of a tensor of ``min_rank`` axes or more that ncnn cannot hold, and
+    the pieces again while they are too large; whether any was split."""
+    anything = False
+    for _ in range(MAX_PASSES):
         carriers = _batch_carriers(graph)
-        split = [node for node in list(graph.nodes) if _split_over_rank(graph, node, carriers)]
+        split = [node for node in list(graph.nodes) if _split_over_rank(graph, node, carriers, min_rank)]
         graph.eliminate_dead_code()
         if not split:
             break
-    _sink_selects(graph)
-    graph.eliminate_dead_code()
-    gm.recompile()
+        anything = True
+    return anything
 
 
 def _aten():
@@ -93,12 +115,17 @@ def _call(graph, target, *args, **kwargs):
     return node
 
 
-def _decompose(graph, node) -> None:
+def _decompose(gm, node) -> None:
     aten = _aten()
+    graph = gm.graph
     if node.op != "call_function":
         return
     with graph.inserting_before(node):
-        if node.target is aten.unbind.int:
+        if node.target is aten.batch_norm.default and not node.args[5] and _shape(node)[0] != 1:
+            _batch_norm_as_affine(gm, node)
+        elif node.target is aten.reshape_as.default or (node.target is aten.flatten.using_ints and node.args[1] == 0):
+            node.replace_all_uses_with(_call(graph, aten.reshape.default, node.args[0], _shape(node)))
+        elif node.target is aten.unbind.int:
             _unbind(graph, node)
         elif node.target in (aten.var.correction, aten.var.dim):
             _var(graph, node)
@@ -108,12 +135,40 @@ def _decompose(graph, node) -> None:
             _norm(graph, node)
         elif node.target is aten.unfold.default:
             _unfold(graph, node)
+        elif node.target is aten.repeat_interleave.self_int and _arg(node, 2, "dim", None) is not None:
+            _repeat_interleave(graph, node)
+        elif node.target is aten.scaled_dot_product_attention.default and len(_shape(node)) > 4:
+            _attention(graph, node)
         elif node.target in (aten.split.Tensor, aten.chunk.default):
             _uneven_split(graph, node)
         elif node.target is aten.alias.default:  # a view that changes nothing (Swin): pnnx keeps aten::alias
             node.replace_all_uses_with(node.args[0])
         elif node.target is aten.clamp_min.default:  # pnnx knows clamp(x, min), not clamp_min
             node.replace_all_uses_with(_call(graph, aten.clamp.default, node.args[0], node.args[1]))
+
+
+def _batch_norm_as_affine(gm, node) -> None:
+    """An inference BatchNorm over a tensor whose first axis is not the batch (LeViT's
+    ``bn(x.flatten(0, 1))``) as ``x * scale + shift``: pnnx takes BatchNorm's first axis for the
+    batch and drops it (the output was NaN). The flatten and the ``reshape_as`` back become plain
+    reshapes beside it."""
+    import torch
+
+    graph = gm.graph
+    x, weight, bias, mean, var = node.args[:5]
+    eps = node.args[7]
+    mean, var = (operator.attrgetter(n.target)(gm).detach() for n in (mean, var))
+    scale = torch.rsqrt(var + eps) * (1 if weight is None else operator.attrgetter(weight.target)(gm).detach())
+    shift = (0 if bias is None else operator.attrgetter(bias.target)(gm).detach()) - mean * scale
+    axes = [1] * (len(_shape(x)) - 2)
+    terms = []
+    for name, value in (("scale", scale), ("shift", shift)):
+        attr = f"_ncnn_{node.name}_{name}"
+        gm.register_buffer(attr, value.reshape(-1, *axes).contiguous())
+        terms.append(graph.get_attr(attr))
+        terms[-1].meta["val"] = getattr(gm, attr)
+    scaled = _call(graph, _aten().mul.Tensor, x, terms[0])
+    node.replace_all_uses_with(_call(graph, _aten().add.Tensor, scaled, terms[1]))
 
 
 def _arg(node, index: int, name: str, default):
@@ -177,6 +232,32 @@ def _unfold(graph, node) -> None:
     node.replace_all_uses_with(_call(graph, aten.permute.default, stacked, order))
 
 
+def _repeat_interleave(graph, node) -> None:
+    """``x.repeat_interleave(r, d)`` (GCViT's global queries, one per window) as an axis of ``r``
+    after ``d``, expanded, merged into ``d``: ncnn has no such layer."""
+    aten = _aten()
+    x, repeats, dim = node.args[0], node.args[1], node.args[2] % len(_shape(node.args[0]))
+    shape = _shape(x)
+    grown = _call(graph, aten.reshape.default, x, shape[:dim + 1] + [1] + shape[dim + 1:])
+    grown = _call(graph, aten.expand.default, grown, shape[:dim + 1] + [repeats] + shape[dim + 1:])
+    node.replace_all_uses_with(_call(graph, aten.reshape.default, grown, _shape(node)))
+
+
+def _attention(graph, node) -> None:
+    """``scaled_dot_product_attention`` over more than four axes (Twins' windows and heads) as its
+    matmuls and softmax: ncnn's SDPA layer takes three axes (heads, tokens, channels) and computed
+    such inputs wrongly. With a mask, causality or dropout it is left as it is."""
+    aten = _aten()
+    q, k, v = node.args[:3]
+    if any(_arg(node, i, name, none) for i, name, none in ((3, "attn_mask", None), (4, "dropout_p", 0.0),
+                                                            (5, "is_causal", False))):
+        return
+    scale = node.kwargs.get("scale") or _shape(q)[-1] ** -0.5
+    keys = _call(graph, aten.transpose.int, k, -2, -1)
+    scores = _call(graph, aten.matmul.default, _call(graph, aten.mul.Tensor, q, scale), keys)
+    node.replace_all_uses_with(_call(graph, aten.matmul.default, _call(graph, aten.softmax.int, scores, -1), v))
+
+
 def _uneven_split(graph, node) -> None:
     """``chunk`` / ``split`` whose last piece is shorter (``chunk(3)`` of 88 channels: 30, 30, 28)
     with the sizes spelled out: pnnx makes it ncnn's equal Slice, which reads past the end and
@@ -222,16 +303,36 @@ def _split_axis(in_shape: list[int], out_shape: list[int], axis: int) -> int | N
 
 
 def _batch_carriers(graph) -> set:
-    """The nodes whose first axis is the picture's batch (of 1), followed as pnnx follows it: from
-    the input through every op whose output still starts with an axis of 1. A reshape that puts an
-    axis of 1 in front of a tensor without the batch (Swin's ``attn.view(-1, nW, H, N, N)``) does
-    not make one."""
-    carriers = set()
+    """The nodes whose first axis is the picture's batch (of 1). The batch axis is followed from the
+    input: through permutes and selects to where they move it (the qkv permute puts it second, the
+    select of q, k or v brings it back), through a reshape only while it stays first with 1, through
+    other ops where the output still has a 1 there. A reshape that puts an axis of 1 in front of a
+    tensor without the batch (Swin's ``attn.view(-1, nW, H, N, N)``) makes none."""
+    axis = {}
     for node in graph.nodes:
-        shape = getattr(node.meta.get("val"), "shape", None)
-        if shape and shape[0] == 1 and (node.op == "placeholder" or any(a in carriers for a in node.all_input_nodes)):
-            carriers.add(node)
-    return carriers
+        shape = list(getattr(node.meta.get("val"), "shape", None) or [])
+        source = next((a for a in node.all_input_nodes if axis.get(a) is not None), None)
+        if node.op == "placeholder":
+            b = 0 if shape[:1] == [1] else None
+        else:
+            b = None if source is None else _batch_axis_after(node, source, axis[source])
+            if shape and b is not None and (b >= len(shape) or shape[b] != 1):
+                b = None
+        axis[node] = b
+    return {node for node, b in axis.items() if b == 0}
+
+
+def _batch_axis_after(node, source, b: int):
+    """Where ``node`` puts the batch that is axis ``b`` of its input ``source`` (None: nowhere)."""
+    aten = _aten()
+    if node.target in (aten.permute.default, aten.transpose.int) and node.args[0] is source:
+        return _permutation(node).index(b)
+    if node.target is aten.select.int and node.args[0] is source:
+        d = node.args[1] % len(_shape(source))
+        return None if d == b else b - (d < b)
+    if _is_reshape(node):
+        return 0 if b == 0 and _shape(node)[0] == 1 else None
+    return b
 
 
 def _fits(shape: list[int], batch: bool) -> bool:
@@ -239,18 +340,18 @@ def _fits(shape: list[int], batch: bool) -> bool:
     return len(shape) <= 4 or (len(shape) == 5 and batch)
 
 
-def _split_over_rank(graph, node, carriers: set) -> bool:
+def _split_over_rank(graph, node, carriers: set, min_rank: int) -> bool:
     """A reshape into a tensor ncnn holds from one it cannot (BoTNet's relative-position logits
     ``(heads, H, W, H, W)``, Swin's windows ``(1, H/7, 7, W/7, 7, C)``): computed once per index
     of one axis of its input and concatenated, so that the selects of that axis sink through the
     region before it, leaving every tensor in it one axis smaller. An axis of 1 in front that is
-    not the batch is the cheapest (one piece)."""
+    not the batch is the cheapest (one piece). Only inputs of ``min_rank`` axes or more."""
     aten = _aten()
     if not _is_reshape(node):
         return False
     y, shape = node.args[0], _shape(node)
     source = _shape(y)
-    if _fits(source, y in carriers) or not _fits(shape, node in carriers):
+    if len(source) < min_rank or _fits(source, y in carriers) or not _fits(shape, node in carriers):
         return False
     for a, n in enumerate(source):
         j = _split_axis(shape, source, a) if n <= MAX_UNROLL and (n > 1 or (a == 0 and y not in carriers)) else None
@@ -258,30 +359,78 @@ def _split_over_rank(graph, node, carriers: set) -> bool:
             break
     else:
         return False
-    piece = shape[:j] + [shape[j] // n] + shape[j + 1:]
+    # pnnx takes a first axis for the batch: join behind an axis of 1 (that still fits)
+    lead = int(j == 0 and shape[0] != 1 and n > 1 and len(shape) < 4)
+    piece = [1] * lead + shape[:j] + [shape[j] // n] + shape[j + 1:]
     with graph.inserting_before(node.next):
         pieces = [_call(graph, aten.reshape.default, _call(graph, aten.select.int, y, a, i), piece) for i in range(n)]
-        node.replace_all_uses_with(pieces[0] if n == 1 else _call(graph, aten.cat.default, pieces, j))
+        joined = pieces[0] if n == 1 else _call(graph, aten.cat.default, pieces, j + lead)
+        node.replace_all_uses_with(_call(graph, aten.reshape.default, joined, shape) if lead else joined)
     return True
 
 
-def _sink_selects(graph) -> None:
+def _sink_selects(graph) -> bool:
     """Move every ``select`` above the layout and elementwise ops that make the tensor it selects
-    from, as long as selects are all those ops feed (nothing is computed twice), until none moves."""
+    from, as long as selects are all those ops feed (nothing is computed twice), until none moves;
+    above the ops that compute (linear, layer norm, softmax, matmul, activations) only out of a
+    tensor ncnn cannot hold (Twins' attention runs its qkv projection on six axes). Whether any
+    moved."""
+    anything = False
     for _ in range(MAX_PASSES):
         moved = False
+        carriers = _batch_carriers(graph)
         for node in list(graph.nodes):
             if node.op == "call_function" and node.target is _aten().select.int and node.users:
                 producer = node.args[0]
                 if producer.op == "call_function" and all(u.target is _aten().select.int for u in producer.users):
+                    d, i = node.args[1] % len(_shape(producer)), node.args[2]
                     with graph.inserting_before(node):
-                        new = _select_through(graph, producer, node.args[1] % len(_shape(producer)), node.args[2])
+                        new = _select_through(graph, producer, d, i)
+                        if new is None and not _fits(_shape(producer), producer in carriers):
+                            new = _select_through_compute(graph, producer, d, i)
                     if new is not None:
                         node.replace_all_uses_with(new)
                         moved = True
         graph.eliminate_dead_code()
+        anything |= moved
         if not moved:
-            return
+            break
+    return anything
+
+
+def _selects_as_slices(graph) -> None:
+    """Selects of every index of one axis, left where they could not move, as one-wide slices
+    reshaped: pnnx joins them into an ``unbind``, whose ncnn Reshape fails at run time (GCViT)."""
+    aten = _aten()
+    for x in list(graph.nodes):
+        for d in {u.args[1] % len(_shape(x)) for u in x.users if u.target is aten.select.int}:
+            picks = [u for u in x.users if u.target is aten.select.int and u.args[1] % len(_shape(x)) == d]
+            if len(picks) < 2 or len({u.args[2] % _shape(x)[d] for u in picks}) < _shape(x)[d]:
+                continue
+            for node in picks:
+                i = node.args[2] % _shape(x)[d]
+                with graph.inserting_before(node):
+                    piece = _call(graph, aten.slice.Tensor, x, d, i, i + 1)
+                    node.replace_all_uses_with(_call(graph, aten.reshape.default, piece, _shape(node)))
+                graph.erase_node(node)
+
+
+def _select_through_compute(graph, producer, d: int, i: int):
+    """``select(producer, d, i)`` for an op that computes along other axes than ``d``."""
+    aten = _aten()
+    target, args, rank = producer.target, producer.args, len(_shape(producer))
+    unary = (aten.gelu.default, aten.relu.default, aten.relu_.default, aten.sigmoid.default, aten.silu.default,
+             aten.hardswish.default, aten.tanh.default, aten.exp.default, aten.neg.default, aten.sqrt.default,
+             aten.dropout.default, aten.clamp.default)
+    if target is aten.softmax.int and args[1] % rank != d:
+        dim = args[1] % rank
+        return _call(graph, target, _call(graph, aten.select.int, args[0], d, i), dim - (dim > d), *args[2:])
+    if (target in unary or (target is aten.linear.default and d < rank - 1)
+            or (target is aten.layer_norm.default and d < rank - len(args[1]))):
+        return _call(graph, target, _call(graph, aten.select.int, args[0], d, i), *args[1:], **producer.kwargs)
+    if target is aten.matmul.default and d < rank - 2:
+        return _call(graph, target, *(_select_operand(graph, a, rank, d, i) for a in args[:2]))
+    return None
 
 
 def _select_through(graph, producer, d: int, i: int):
@@ -366,11 +515,15 @@ def _select_from_reshape(graph, x, out_shape: list[int], d: int, i: int):
     """``select(reshape(x, out_shape), d, i)`` from ``x``: a slice (or select) of ``x`` reshaped when
     axis ``d`` is the outer part of one input axis ``j`` (``qkv.reshape(B, N, 3, H, D)``'s 3 of
     3*H*D); otherwise ``x`` seen as ``(1, P, n, Q)`` (the axes before ``d``, ``d``, the axes after;
-    the batch kept in front), the select on ``n``, reshaped."""
+    the batch kept in front), the select on ``n``, reshaped. That way too when ``j`` is a first axis
+    that is not the batch (Swin's windows): pnnx takes a first axis for the batch and writes a Slice
+    of it that ncnn cannot load."""
     aten = _aten()
     rest = out_shape[:d] + out_shape[d + 1:]
+    if out_shape[d] == 1:
+        return _call(graph, aten.reshape.default, x, rest)
     j = _split_axis(_shape(x), out_shape, d)
-    if j is None:
+    if j is None or (j == 0 and _shape(x)[0] != 1):
         view = [math.prod(out_shape[:d]), out_shape[d], math.prod(out_shape[d + 1:])]
         piece = _call(graph, aten.select.int, _call(graph, aten.reshape.default, x, [1, *view]), 2, i)
     elif _shape(x)[j] == out_shape[d]:
