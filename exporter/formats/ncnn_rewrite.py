@@ -359,13 +359,14 @@ def _split_over_rank(graph, node, carriers: set, min_rank: int) -> bool:
             break
     else:
         return False
-    # pnnx takes a first axis for the batch: join behind an axis of 1 (that still fits)
-    lead = int(j == 0 and shape[0] != 1 and n > 1 and len(shape) < 4)
-    piece = [1] * lead + shape[:j] + [shape[j] // n] + shape[j + 1:]
+    piece = shape[:j] + [shape[j] // n] + shape[j + 1:]
+    flat = j == 0 and shape[0] != 1 and n > 1  # pnnx takes a first axis for the batch: join flat rows
+    if flat:
+        piece, j = [1, math.prod(piece)], 1
     with graph.inserting_before(node.next):
         pieces = [_call(graph, aten.reshape.default, _call(graph, aten.select.int, y, a, i), piece) for i in range(n)]
-        joined = pieces[0] if n == 1 else _call(graph, aten.cat.default, pieces, j + lead)
-        node.replace_all_uses_with(_call(graph, aten.reshape.default, joined, shape) if lead else joined)
+        joined = pieces[0] if n == 1 else _call(graph, aten.cat.default, pieces, j)
+        node.replace_all_uses_with(_call(graph, aten.reshape.default, joined, shape) if flat else joined)
     return True
 
 
