@@ -76,8 +76,9 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
-def compare(ref: Answer, ours: Answer) -> dict[str, Any]:
-    """How far our answer on one picture is from AutoTimm's."""
+def compare(ref: Answer, ours: Answer, cut: tuple[float, int] | None = None) -> dict[str, Any]:
+    """How far our answer on one picture is from AutoTimm's; ``cut``: the model's score threshold and
+    ``max_detections``, where a detection list ends (unknown: at the lowest score either side kept)."""
     if ref.task == "classification":
         return {"top1_same": ref.top[0]["label"] == ours.top[0]["label"],
                 "prob_delta": abs(ref.top[0]["prob"] - next((t["prob"] for t in ours.top
@@ -104,20 +105,34 @@ def compare(ref: Answer, ours: Answer) -> dict[str, Any]:
             mask_ious.append(_mask_iou(decode_mask(r["mask"]), decode_mask(ours.detections[j]["mask"])))
     out = {"reference": len(ref.detections), "ours": len(ours.detections), "matched": matched,
            "min_iou": min(ious, default=None), "max_score_delta": max(deltas, default=None),
-           "displaced": _displaced(ref, ours, used, free)}
+           "displaced": _displaced(ref, ours, used, free, cut)}
     if ref.task == "instance-segmentation":
         out["min_mask_iou"] = min(mask_ious, default=None)
     return out
 
 
-def _displaced(ref: Answer, ours: Answer, used: set[int], free: list[int]) -> int:
-    """Unmatched detections (on either side) at the edge of the lists: scoring within SCORE_DELTA of
-    the lowest score either side kept, where a near tie decides what makes the cut (the last of
-    ``max_detections``, or the score threshold). Any other unmatched detection is a real difference."""
-    scores = [d["score"] for d in ref.detections + ours.detections]
-    edge = min(scores, default=0.0) + SCORE_DELTA
-    return (sum(r["score"] <= edge for i, r in enumerate(ref.detections) if i not in used)
-            + sum(ours.detections[j]["score"] <= edge for j in free))
+def _displaced(ref: Answer, ours: Answer, used: set[int], free: list[int], cut: tuple[float, int] | None) -> int:
+    """Unmatched detections (on either side) at the edge of the other side's list: scoring within
+    SCORE_DELTA of where it was cut, where a near tie decides what makes it (the score threshold, or
+    the last of ``max_detections`` when the list is full). Any other unmatched detection is a real
+    difference."""
+
+    def edge(other: list[dict]) -> float:
+        if cut is None:  # unknown: the lowest score either side kept
+            return min((d["score"] for d in ref.detections + ours.detections), default=0.0) + SCORE_DELTA
+        threshold, capacity = cut
+        return (min(d["score"] for d in other) if len(other) >= capacity else threshold) + SCORE_DELTA
+
+    return (sum(r["score"] <= edge(ours.detections) for i, r in enumerate(ref.detections) if i not in used)
+            + sum(ours.detections[j]["score"] <= edge(ref.detections) for j in free))
+
+
+def _cut(model) -> tuple[float, int] | None:
+    """A detector's score threshold and ``max_detections`` (AutoTimm's wrapper or our head's options)."""
+    opts = getattr(model, "opts", None) or {}
+    threshold = getattr(model, "score_thresh", opts.get("score_threshold"))
+    capacity = getattr(model, "max_detections", opts.get("max_detections"))
+    return None if threshold is None or capacity is None else (float(threshold), int(capacity))
 
 
 def _passed(m: dict[str, Any]) -> bool:
@@ -141,13 +156,17 @@ def _references(model, make: Callable[[], list[Answer]]) -> list[Answer]:
 
 
 def _report(rows: list[dict[str, Any]], against: str, whose: str) -> dict[str, Any]:
+    if rows and "matched" in rows[0] and not any(r["reference"] or r["ours"] for r in rows):
+        return {"verdict": "not run", "against": against, "pictures": rows,
+                "reason": f"no detection above the score threshold on any of {len(rows)} pictures, in {whose} "
+                          "answers or ours: nothing to compare (tensor parity still holds)"}
     failed = [r["picture"] for r in rows if not _passed(r)]
     return {"verdict": "fail" if failed else "pass", "against": against, "pictures": rows,
             "failures": [f"{p}: answers differ from {whose}" for p in failed]}
 
 
-def _row(name: str, img: np.ndarray, ref: Answer, ours: Answer) -> dict[str, Any]:
-    return {"picture": name, "size": [int(img.shape[0]), int(img.shape[1])], **compare(ref, ours)}
+def _row(name: str, img: np.ndarray, ref: Answer, ours: Answer, cut: tuple[float, int] | None = None) -> dict[str, Any]:
+    return {"picture": name, "size": [int(img.shape[0]), int(img.shape[1])], **compare(ref, ours, cut)}
 
 
 def against_python(embedded, predict: Callable[[np.ndarray], dict[str, np.ndarray]]) -> dict[str, Any]:
@@ -171,7 +190,7 @@ def against_python(embedded, predict: Callable[[np.ndarray], dict[str, np.ndarra
         return out
 
     rows = [_row(name, img, ref, answer(picture_outputs(predict(picture_input(img, embedded.layout)), task),
-                                        picture_geometry(img), task, None, name))
+                                        picture_geometry(img), task, None, name), _cut(inner))
             for (name, img), ref in zip(pictures.items(), _references(embedded, python_answers))]
     return _report(rows, "the Python pipeline (exporter/inputs/preprocess.py)", "the Python pipeline's")
 
@@ -208,5 +227,5 @@ def end_to_end(model, predict: Callable[[np.ndarray], dict[str, np.ndarray]], pi
     rows = []
     for (name, img), ref in zip(pictures.items(), refs):
         x, geometry = prepare(img, prep)
-        rows.append(_row(name, img, ref, answer(predict(x[None]), geometry, spec.task, None, name)))
+        rows.append(_row(name, img, ref, answer(predict(x[None]), geometry, spec.task, None, name), _cut(model)))
     return _report(rows, f"AutoTimm's eval transform + {model.reference_name}", "AutoTimm's")

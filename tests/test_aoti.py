@@ -38,7 +38,7 @@ def test_package_exports_verifies_and_reloads(package):
     assert r.parity.metrics["logits"]["max_rel"] < 1e-3
     m = load_manifest(r.artifact)
     assert m.format == "aoti" and m.export["device"] == "cpu" and m.batch["dynamic"]
-    assert m.export["options"]["aoti"] == {"device": "cpu"}
+    assert m.export["options"]["aoti"] == {"device": "cpu", "freezing": False, "max_autotune": False}
     runner = torch._inductor.aoti_load_package(str(r.artifact))  # a plain torch user loads it alike
     with torch.no_grad():
         y = runner(torch.zeros(3, 3, 64, 64))  # a batch size parity never used

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from autotimm_deploy.exporter.inputs.answers import Answer
 from autotimm_deploy.exporter.models.autotimm import spec_from_checkpoint
 from autotimm_deploy.exporter.pipeline import export
 
@@ -67,7 +69,6 @@ def test_only_near_ties_at_the_edge_may_go_unmatched():
     from pathlib import Path
 
     from autotimm_deploy.exporter.end_to_end import _passed, compare
-    from autotimm_deploy.exporter.inputs.answers import Answer
 
     def answer(*dets):
         a = Answer(Path("p.jpg"), 100, 100, "detection")
@@ -79,3 +80,28 @@ def test_only_near_ties_at_the_edge_may_go_unmatched():
     assert (edge["matched"], edge["displaced"]) == (2, 2) and _passed(edge)
     real = compare(ref, answer(([0, 0, 10, 10], 0.9), ([70, 70, 80, 80], 0.3), ([50, 50, 60, 60], 0.101)))
     assert (real["matched"], real["displaced"]) == (2, 0) and not _passed(real)
+    # with the model's cut known: near its threshold, or the last of a full list, only
+    ours = answer(([0, 0, 10, 10], 0.9), ([20, 20, 30, 30], 0.3), ([70, 70, 80, 80], 0.1))
+    assert _passed(compare(ref, ours, (0.09, 100))) and _passed(compare(ref, ours, (0.0, 3)))
+    assert not _passed(compare(ref, ours, (0.05, 100)))  # 0.1 is not near a 0.05 threshold
+
+
+def test_no_detection_anywhere_is_not_a_pass():
+    """Nothing detected on any picture, on either side: the check compared nothing and says so,
+    rather than passing; a detection on one side alone still fails."""
+    from pathlib import Path
+
+    from autotimm_deploy.exporter.end_to_end import _report, _row
+
+    def rows(*counts):
+        out = []
+        for k, n in enumerate(counts):
+            ref = Answer(Path(f"p{k}.jpg"), 100, 100, "detection")
+            ours = Answer(Path(f"p{k}.jpg"), 100, 100, "detection")
+            ours.detections = [{"box": [0, 0, 10, 10], "score": 0.9, "label": 0}] * n
+            out.append(_row(f"p{k}", np.zeros((100, 100, 3), np.uint8), ref, ours, (0.05, 100)))
+        return _report(out, "AutoTimm", "AutoTimm's")
+
+    empty = rows(0, 0)
+    assert empty["verdict"] == "not run" and "nothing to compare" in empty["reason"]
+    assert rows(0, 1)["verdict"] == "fail"  # 0.9 is far above the 0.05 threshold: not a near tie
