@@ -157,8 +157,14 @@ def check_embedding(order: list[str], options: ExportOptions) -> None:
         raise UserError(f"--embed-preprocessing takes one picture of any size: it does not combine with {clash}")
 
 
-def check_calibration_source(options: ExportOptions) -> None:
-    if options.precision != "int8":
+def calibrates(order: list[str], options: ExportOptions) -> bool:
+    """Whether any of these formats reads calibration pictures at ``options`` (`Format.calibrates`:
+    a weight-only or dynamic-range int8 needs none)."""
+    return any(get_format(f).calibrates(options) for f in order)
+
+
+def check_calibration_source(options: ExportOptions, order: list[str] | None = None) -> None:
+    if options.precision != "int8" or (order is not None and not calibrates(order, options)):
         return
     if options.calib_data is None and not options.calib_random:
         raise UserError(NEEDS_DATA)
@@ -270,7 +276,7 @@ def export(
     targets = planned_paths(order, out_dir, stem)
     _refuse_taken(targets, force)
     check_out_dir(out_dir)
-    check_calibration_source(options)
+    check_calibration_source(options, order)
     check_eval_options(options)
 
     if model is None:
@@ -283,7 +289,7 @@ def export(
     options = resolve_dynamic_size(options, model, order)
     evaluation = prepare_evaluation(options, model, cache, step)
     calibration, calibration_info = None, None
-    if options.precision == "int8":
+    if options.precision == "int8" and calibrates(order, options):
         calibration, calibration_info = load_calibration(options.calib_data, options.calib_samples,
                                                          model.preprocessing, options.calib_random, spec.seed,
                                                          exact=options.calib_samples_given)

@@ -307,6 +307,12 @@ class Format:
         """Raise `UserError` for options this format cannot honour (before anything is built)."""
 
     @staticmethod
+    def calibrates(options: ExportOptions) -> bool:
+        """Whether an export at ``options`` reads calibration pictures (static int8 does; a weight-only
+        or dynamic-range int8 form does not, and is exported without --calib-data)."""
+        return options.precision == "int8"
+
+    @staticmethod
     def check_task(spec) -> str | None:
         """Why this format cannot express ``spec``'s task (its postprocessing's ops), or None."""
         return None

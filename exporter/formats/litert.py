@@ -3,8 +3,10 @@
 (`litert_env`: it cannot share ours) by `litert_convert` in a subprocess. The `litert` runtime
 (``ai-edge-litert``'s interpreter, with its XNNPACK delegate) runs it here.
 
-- fp32; fp16 (weights stored in fp16, fp32 compute on CPUs); int8 (static int8 weights and
-  activations, calibrated on our calibration pictures; float32 graph inputs and outputs).
+- fp32; fp16 (weights stored in fp16, fp32 compute on CPUs); int8 in two forms (``--litert-int8``):
+  ``static`` (default: int8 weights and activations, calibrated on our calibration pictures, int8
+  graph inputs and outputs inside, float32 at the signature) and ``dynamic`` (dynamic-range: int8
+  weights, activations quantized at run time, float I/O; no calibration data).
 - The input stays NCHW, as in PyTorch (the converter transposes inside the graph).
 - litert-torch cannot export a symbolic batch (its lowering needs concrete shapes), so the graph is
   converted at ``--batch-size`` and the interpreter resizes the input at run time. Graphs whose
@@ -19,6 +21,7 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from autotimm_deploy.exporter.core.capture import captured_output
@@ -31,6 +34,7 @@ from autotimm_deploy.exporter.formats.base import (
     ExportContext,
     Exported,
     Format,
+    cli_option,
     register_format,
     with_batch_fallback,
 )
@@ -38,6 +42,17 @@ from autotimm_deploy.exporter.formats.torch_program import folded_program, progr
 
 TIMEOUT_S = 3600
 SCRIPT = Path(__file__).with_name("litert_convert.py")
+INT8_FORMS = ("static", "dynamic")
+
+
+@dataclass
+class LiteRTOptions:
+    """What only a LiteRT export takes (``ExportOptions.format_options["litert"]``)."""
+
+    int8_form: str = cli_option(
+        "--litert-int8", "the --int8 model's form: static (default: int8 weights and activations, calibrated on "
+        "--calib-data), dynamic (dynamic-range: int8 weights, activations quantized at run time, float I/O; "
+        "needs no calibration data)", default="static", choices=INT8_FORMS)
 
 
 @register_format
@@ -50,6 +65,12 @@ class LiteRTFormat(Format):
     extra = "litert"
     requires = ("ai_edge_litert",)
     precisions = ("fp32", "fp16", "int8")
+    Options = LiteRTOptions
+    cli_title = "LiteRT"
+
+    @staticmethod
+    def calibrates(options) -> bool:
+        return options.precision == "int8" and options.of("litert").int8_form == "static"
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -74,9 +95,10 @@ class LiteRTFormat(Format):
         buf = io.BytesIO()
         torch.export.save(program, buf)
         write_bytes(work / "program.pt2", buf.getvalue())
+        dynamic_int8 = options.precision == "int8" and not self.calibrates(options)
         args = [str(litert_env.env_python()), str(SCRIPT), str(work / "program.pt2"), str(ctx.path(self.suffix)),
-                options.precision]
-        if options.precision == "int8":
+                "int8-dynamic" if dynamic_int8 else options.precision]
+        if self.calibrates(options):
             np.save(work / "calibration.npy", ctx.calibration.astype(np.float32))
             args.append(str(work / "calibration.npy"))
         try:
