@@ -286,9 +286,12 @@ def _format_options(a, formats: list[str]) -> dict:
             raise UserError(f"{given[0]} only applies to --format {name}")
         if options is not None:
             out[name] = options
-    onnx = out.get("onnx")
-    if onnx is not None and onnx.int8_form != type(onnx).int8_form and a.precision != "int8" and not a.target:
-        raise UserError(f"--onnx-int8 {onnx.int8_form} sets the form of the int8 graph: add --int8")
+    for name, own in out.items():  # --onnx-int8, --litert-int8, --coreml-int8: the form of an --int8 artifact
+        form = getattr(own, "int8_form", None)
+        if form is not None and form != type(own).int8_form and a.precision != "int8" and not a.target:
+            flag = next(f.metadata["cli"]["flag"] for f in dataclasses.fields(own) if f.name == "int8_form")
+            what = "graph" if name == "onnx" else "model"
+            raise UserError(f"{flag} {form} sets the form of the int8 {what}: add --int8")
     return out
 
 
@@ -386,11 +389,24 @@ def print_preprocessing(results, out: Console) -> None:
     m = load_manifest(done.artifact)
     if m.spec.get("architecture") != "autotimm" or m.spec.get("weights") != "checkpoint":
         return
-    p = m.preprocessing
-    out.print(f"preprocessing in the manifest: {p['interpolation']} resize, crop {p['crop_pct']:g}, mean "
-              f"{[round(v, 4) for v in p['mean']]}, std {[round(v, 4) for v in p['std']]} ({escape(p.get('source', ''))}); "
-              "AutoTimm checkpoints do not record their transforms: pass --mean/--std/--interpolation/--crop-pct "
-              "if you trained with others")
+    out.print(f"preprocessing in the manifest: {escape(preprocessing_line(m.preprocessing, m.spec.get('task')))}")
+
+
+def preprocessing_line(prep: dict, task: str | None) -> str:
+    """How a picture becomes the input, in one line, with the flags that change each part."""
+    from autotimm_deploy.exporter.inputs.preprocess import describe
+
+    p = describe(prep, task)
+    library = {"pil": "PIL", "cv2": "OpenCV"}.get(p["library"], p["library"])
+    resize = {"crop": f"resized to crop {p.get('crop_pct') or 1:g}, centre-cropped",
+              "stretch": "stretched to the input size",
+              "letterbox": f"letterboxed (longest side to the input, padded {p.get('pad_value')} "
+                           f"{p.get('pad_position', 'center')})"}[p["resize"]]
+    flags = {"crop": "--resize/--crop-pct", "stretch": "--resize", "letterbox": "--resize/--pad-value"}[p["resize"]]
+    source = f" ({p['source']})" if p.get("source") else ""
+    return (f"{resize}, {p['interpolation']} as {library} reads it, mean {[round(v, 4) for v in p['mean']]}, "
+            f"std {[round(v, 4) for v in p['std']]}{source}; AutoTimm checkpoints do not record their transforms: "
+            f"pass {flags}/--interpolation/--mean/--std if you trained with others")
 
 
 def run_recipe(a) -> int:

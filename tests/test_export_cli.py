@@ -129,3 +129,18 @@ def test_task_heads_through_the_cli(tmp_path, export_cli):
                    "-f", "torchscript", "-o", str(tmp_path))
     assert p.returncode == 0, p.stderr
     assert "test_resnet-fcn.pt" in p.stdout and "pixels=100.00%" in p.stdout
+
+
+def test_the_preprocessing_line_describes_each_resize():
+    """What an AutoTimm checkpoint's export says it assumed: each resize mode in its own words, with
+    the flags that change it (a letterbox has no crop, and its pad value is one of them)."""
+    from autotimm_deploy.exporter.cli import preprocessing_line
+
+    norm = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    box = preprocessing_line({**norm, "resize": "letterbox", "library": "cv2", "pad_value": [114, 114, 114]},
+                             "detection")
+    assert box.startswith("letterboxed (longest side to the input, padded [114, 114, 114] center), bilinear as OpenCV")
+    assert "crop" not in box and "--resize/--pad-value/--interpolation/--mean/--std" in box
+    crop = preprocessing_line({**norm, "crop_pct": 0.875, "interpolation": "bicubic"}, "classification")
+    assert crop.startswith("resized to crop 0.875, centre-cropped, bicubic as PIL") and "--crop-pct" in crop
+    assert preprocessing_line({**norm, "library": "cv2"}, "semantic-segmentation").startswith("stretched")

@@ -141,3 +141,10 @@ def test_bring_your_own_module_with_its_postprocessing(tmp_path):
         from_module(torch.nn.Conv2d(3, 4, 3), "conv", 64, output_names=("a", "b"))
     with pytest.raises(UserError, match="cannot run on a"):
         from_module(Net(), "my-net", 64, in_chans=1)
+
+
+def test_a_relative_checkpoint_path_is_kept_absolute(tmp_path, monkeypatch):
+    """The manifest names the checkpoint wherever it is read from, not relative to where export ran."""
+    monkeypatch.chdir(tmp_path)
+    spec = ModelSpec("resnet18", weights="checkpoint", checkpoint="runs/best.ckpt")
+    assert spec.checkpoint == str(tmp_path / "runs" / "best.ckpt")

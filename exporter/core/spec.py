@@ -78,6 +78,8 @@ class ModelSpec:
             raise UserError(f"unknown weights {self.weights!r}; choose one of: {', '.join(WEIGHTS)}")
         if (self.weights == "checkpoint") != (self.checkpoint is not None):
             raise UserError("weights='checkpoint' and a checkpoint path go together")
+        if self.checkpoint is not None:  # the manifest says which file, wherever it is read from
+            object.__setattr__(self, "checkpoint", str(Path(self.checkpoint).expanduser().absolute()))
         if self.num_classes is not None and not 1 <= self.num_classes <= MAX_CLASSES:
             raise UserError(f"--num-classes takes 1 to {MAX_CLASSES}, got {self.num_classes}")
         if not 1 <= self.in_chans <= MAX_IN_CHANS:
