@@ -50,6 +50,7 @@ from autotimm_deploy.exporter.inputs.labelled import Labelled, load_labelled
 from autotimm_deploy.exporter.inputs.samples import sample_images
 from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.models.embedded import EmbeddedPreprocessing, embed
+from autotimm_deploy.exporter.models.flops import counting_flops
 from autotimm_deploy.exporter.parity import TOLERANCES
 from autotimm_deploy.exporter.parity import verify as check_parity
 from autotimm_deploy.exporter.parity import verify_pictures
@@ -589,7 +590,7 @@ def _io_signature(model, options: ExportOptions) -> dict[str, Any]:
 
     spec = model.spec
     batch = options.batch_size if options.static else 2
-    with torch.no_grad():
+    with torch.no_grad(), counting_flops() as flops:  # counted once, on the forward that is run anyway
         outs = model(torch.zeros(batch, spec.in_chans, *spec.img_size))
     dim0 = options.batch_size if options.static else "batch"
     out_dims = [[dim0, *t.shape[1:]] for t in outs]
@@ -609,6 +610,7 @@ def _io_signature(model, options: ExportOptions) -> dict[str, Any]:
         "outputs": [TensorSig(n, str(t.dtype).replace("torch.", ""), dims)
                     for n, t, dims in zip(model.output_names, outs, out_dims)],
         "size": size,
+        "flops": flops.record(batch, [spec.in_chans, *spec.img_size]),
     }
 
 
@@ -625,7 +627,8 @@ def _picture_signature(model, layout: str) -> dict[str, Any]:
     other = np.zeros((h + 17, w * 3 // 4 + 3, c), np.uint8)
     sizes = [tuple(first.shape[1:3] if layout == "nhwc" else first.shape[2:]), other.shape[:2]]
     with torch.no_grad():
-        outs = model(first)
+        with counting_flops() as flops:
+            outs = model(first)
         moved = model(torch.from_numpy(picture_input(other, layout)))
     out_dims = [_follow_size([1, *t.shape[1:]], [1, *u.shape[1:]], sizes[0], sizes[1], n)
                 for t, u, n in zip(outs, moved, model.output_names)]
@@ -633,7 +636,8 @@ def _picture_signature(model, layout: str) -> dict[str, Any]:
     outputs = [TensorSig(n, str(t.dtype).replace("torch.", ""), d) for n, t, d in zip(model.output_names, outs, out_dims)]
     return {"inputs": [TensorSig("image", "uint8", shape)], "outputs": outputs,
             "size": {"dynamic": True, "min": [MIN_SIDE, MIN_SIDE], "opt": [h, w], "max": [MAX_IMG_SIDE, MAX_IMG_SIDE],
-                     "picture": layout}}
+                     "picture": layout},
+            "flops": flops.record(1, [c, h, w])}
 
 
 def _size_record(size: dict, multiple: int | None) -> dict:
@@ -662,7 +666,7 @@ def _manifest(fmt, exported: Exported, model, io, options: ExportOptions, second
         size=_size_record(io["size"], exported.size_multiple),
         preprocessing=model.preprocessing,
         export={**exported.record(), "seconds": round(seconds, 3), "options": options.record(fmt), "command": command},
-        model=dict(model.build_info),
+        model={**model.build_info, "flops": io.get("flops")},
         environment=build_environment(),
         files=file_entries(exported.files),
     )
