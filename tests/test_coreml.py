@@ -140,3 +140,35 @@ def test_translations_for_ops_coremltools_lacks():
     assert {"floor_div", "reduce_prod", "gather_along_axis", "logical_and", "logical_or", "logical_xor",
             "logical_not"} <= ops, ops
     assert len(package_interface(model.get_spec())["outputs"]) == 3
+
+
+@pytest.mark.parametrize("form,op", [("linear", "constexpr_affine_dequantize"), ("palette4", "constexpr_lut_to_dense")])
+def test_int8_compresses_the_weights_without_calibration_data(tmp_path, package, form, op):
+    """Weight-only int8 / palettised weights (coremltools.optimize): no --calib-data, the interface
+    checked as for fp16, the weights stored compressed (the decompression ops are in the saved
+    program), the package smaller than fp16's and its size in the manifest."""
+    from autotimm_deploy.exporter.formats.coreml import CoreMLOptions
+
+    options = ExportOptions(precision="int8", format_options={"coreml": CoreMLOptions(int8_form=form)})
+    (r,) = export(SMALL, ["coreml"], tmp_path, options)
+    assert r.ok, r.error
+    m = load_manifest(r.artifact)
+    assert m.precision == "int8" and m.export["compute_precision"] == "fp16" and form in m.export["options"]["coreml"][
+        "int8_form"]
+    assert m.export["compressed_weights"] > 0 and m.export["interface"]["inputs"][0]["name"] == "input"
+    assert m.export["package_bytes"] < 0.7 * load_manifest(package.artifact).export["package_bytes"]
+    ct = quiet_import("coremltools")
+    with zipfile.ZipFile(r.artifact) as z:
+        z.extractall(tmp_path / "unzipped")
+    spec = ct.models.MLModel(str(next((tmp_path / "unzipped").iterdir())), skip_model_load=True).get_spec()
+    ops = {o.type for f in spec.mlProgram.functions.values() for b in f.block_specializations.values()
+           for o in b.operations}
+    assert op in ops
+    assert r.parity.verdict == (Verdict.PASS if ON_MAC else Verdict.NOT_RUN)
+
+
+def test_int8_form_without_int8_is_one_line(tmp_path, export_cli):
+    p = export_cli("test_resnet", "--format", "coreml", "--coreml-int8", "palette8", "-o", str(tmp_path))
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [
+        "autotimm-export: error: --coreml-int8 palette8 sets the form of the int8 model: add --int8"]

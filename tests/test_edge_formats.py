@@ -150,6 +150,23 @@ def test_litert_fp16_resizes_its_batch(tmp_path):
         assert s.infer(s.random_arrays(3))["logits"].shape == (3, 6)
 
 
+def test_litert_dynamic_range_int8_needs_no_calibration_data(tmp_path):
+    """--litert-int8 dynamic: int8 weights, activations quantized at run time, float I/O; no
+    --calib-data, parity-checked by the interpreter like the other LiteRT modes."""
+    from autotimm_deploy.exporter.formats.litert import LiteRTOptions
+
+    needs("litert")
+    options = ExportOptions(precision="int8", format_options={"litert": LiteRTOptions(int8_form="dynamic")})
+    (r,) = export(SMALL, ["litert"], tmp_path, options)
+    assert r.ok, (r.error, r.parity and r.parity.failures)
+    m = load_manifest(r.artifact)
+    assert "dynamic-range" in m.export["scheme"] and m.export["options"]["litert"]["int8_form"] == "dynamic"
+    assert r.parity.metrics["logits"]["cosine"] > 0.999 and "calibration" not in m.export
+    with open_target(resolve(str(r.artifact)), "cpu", threads=1) as s:
+        assert [i.dtype for i in s.inputs] == ["float32"]
+    assert r.bytes < 0.4 * 4 * r.params  # int8 weights: about a quarter of fp32's bytes
+
+
 def test_litert_without_its_converter_is_one_line(tmp_path, export_cli, monkeypatch):
     pytest.importorskip("ai_edge_litert")
     monkeypatch.setenv("AUTOTIMM_LITERT_ENV", str(tmp_path / "nowhere"))

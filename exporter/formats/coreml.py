@@ -11,6 +11,12 @@ program (constants folded) converted by ``coremltools``, for Apple devices (CPU,
   model's own metadata as well as into our manifest: the input is the preprocessed float tensor,
   as for every other format (Core ML's image input takes one scale for all channels, timm's
   per-channel std does not fit it).
+- int8: weight-only compression of the fp16 model by ``coremltools.optimize.coreml`` (no calibration
+  data; compute stays fp16), in the form ``--coreml-int8`` names: ``linear`` (default: int8 weights,
+  symmetric per output channel, ``linear_quantize_weights``), ``palette8`` / ``palette4`` (weights as
+  indices into a 256- / 16-entry k-means table per tensor, ``palettize_weights``). Weights under 2,048
+  elements stay fp16 (coremltools' threshold). The package's size is in the manifest
+  (``export.package_bytes`` and every file's bytes).
 - Core ML predicts only on macOS. Here the saved package is read back and its interface (input
   name, shape and batch range; output names, order and dtypes) checked against the model; the
   numeric parity check runs where the `coreml` runtime can (macOS), and is reported as not run
@@ -22,26 +28,43 @@ from __future__ import annotations
 import json
 import shutil
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from autotimm_deploy.exporter.core.capture import captured_output, quiet_import
 from autotimm_deploy.exporter.core.environment import package_versions
 from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
 from autotimm_deploy.exporter.formats import coreml_ops
+from autotimm_deploy.exporter.formats.edge_rewrite import edge_program
 from autotimm_deploy.exporter.formats.file_checks import zip_check
 from autotimm_deploy.exporter.formats.base import (
     BatchRange,
     ExportContext,
     Exported,
     Format,
+    cli_option,
     register_format,
     with_batch_fallback,
 )
-from autotimm_deploy.exporter.formats.torch_program import folded_program, program_module
+from autotimm_deploy.exporter.formats.torch_program import program_module
 
 DEPLOYMENT_TARGET = "iOS16"  # ML programs with fp16 and float32 I/O, RangeDim; iOS 16 / macOS 13 and later
 BATCH_BOUND = 64  # a dynamic batch's largest size (Core ML plans buffers for a bounded range)
 METADATA_PREFIX = "autotimm_deploy."
+# --int8's weight-only forms: what the manifest says each stores
+INT8_FORMS = {"linear": "int8 weights, symmetric per output channel (linear_quantize_weights)",
+              "palette8": "8-bit palettised weights: a 256-entry k-means table per tensor (palettize_weights)",
+              "palette4": "4-bit palettised weights: a 16-entry k-means table per tensor (palettize_weights)"}
+
+
+@dataclass
+class CoreMLOptions:
+    """What only a Core ML export takes (``ExportOptions.format_options["coreml"]``)."""
+
+    int8_form: str = cli_option(
+        "--coreml-int8", "the --int8 package's weight-only form (compute stays fp16, no calibration data): linear "
+        "(default: int8 weights per output channel), palette8 / palette4 (8- / 4-bit k-means palettised weights)",
+        default="linear", choices=tuple(INT8_FORMS))
 
 
 @register_format
@@ -53,30 +76,40 @@ class CoreMLFormat(Format):
     description = "Core ML ML program (.mlpackage, zipped) for Apple CPUs, GPUs and the Neural Engine; fp16, fp32"
     extra = "coreml"
     requires = ("coremltools",)
-    precisions = ("fp16", "fp32")
+    precisions = ("fp16", "fp32", "int8")
     default_precision = "fp16"
+    Options = CoreMLOptions
+    cli_title = "Core ML"
+
+    @staticmethod
+    def calibrates(options) -> bool:
+        return False  # int8 is weight-only
 
     def export(self, ctx: ExportContext) -> Exported:
         options = ctx.options
         bound = max(BATCH_BOUND, options.batch_size)
         info = {"converter": "coremltools", **package_versions(["coremltools"]), "deployment_target": DEPLOYMENT_TARGET,
-                "compute_precision": options.precision, "package": f"{ctx.stem}.mlpackage (zipped)"}
+                "compute_precision": "fp16" if options.precision == "int8" else options.precision,
+                "package": f"{ctx.stem}.mlpackage (zipped)"}
+        if options.precision == "int8":
+            info["weights"] = INT8_FORMS[options.of("coreml").int8_form]
         path = ctx.path(self.suffix)
 
         def dynamic() -> BatchRange:
-            info["interface"] = _build(ctx, bound, path)
+            info.update(_build(ctx, bound, path))
             return BatchRange.up_to(options.batch_size, bound)
 
         def fixed() -> None:  # some translations cannot take a symbolic batch (a GroupNorm's reshape)
-            info["interface"] = _build(ctx, None, path)
+            info.update(_build(ctx, None, path))
 
         batch, fallback = with_batch_fallback(ctx, dynamic, fixed, "the conversion failed")
         return Exported([path], info, exporter="torch.export(strict=False)", batch=batch, fallback=fallback)
 
 
 def _build(ctx: ExportContext, bound: int | None, path: Path) -> dict:
-    """Convert, save and read back the package (its interface checked), zipped at ``path``; the
-    interface it declares."""
+    """Convert, save and read back the package (its interface checked), zipped at ``path``; what the
+    manifest records of it: the interface it declares, its size in bytes and (int8) how many weights
+    it holds compressed."""
     ct = quiet_import("coremltools")
     names = list(ctx.model.output_names)
     work = ctx.workdir / f".{ctx.stem}.coreml"
@@ -86,7 +119,7 @@ def _build(ctx: ExportContext, bound: int | None, path: Path) -> dict:
         package = work / f"{ctx.stem}.mlpackage"
         with captured_output():
             try:
-                mlmodel = _convert(ctx, bound, names)
+                mlmodel = _compress(_convert(ctx, bound, names), ctx.options)
                 _describe(mlmodel, ctx)
                 mlmodel.save(str(package))
             except Exception as e:  # noqa: BLE001 - torch.export or a conversion pass failed
@@ -96,10 +129,35 @@ def _build(ctx: ExportContext, bound: int | None, path: Path) -> dict:
         problems = interface_problems(interface, names, ctx.spec, ctx.options.batch_size, bound)
         if problems:
             raise ExportFailed(f"the saved Core ML package does not match the model: {'; '.join(problems)}")
+        facts = {"interface": interface,
+                 "package_bytes": sum(p.stat().st_size for p in package.rglob("*") if p.is_file())}
+        if ctx.options.precision == "int8":
+            facts["compressed_weights"] = compressed_weights(saved)
         zip_package(package, path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return interface
+    return facts
+
+
+def compressed_weights(model_spec) -> int:
+    """How many weights an ML program keeps compressed (its ``constexpr_*`` decompression ops)."""
+    blocks = [b for f in model_spec.mlProgram.functions.values() for b in f.block_specializations.values()]
+    return sum(op.type.startswith("constexpr_") for b in blocks for op in b.operations)
+
+
+def _compress(mlmodel, options):
+    """The fp16 model with its weights compressed in the --int8 form asked for (others unchanged)."""
+    if options.precision != "int8":
+        return mlmodel
+    import coremltools.optimize.coreml as cto
+
+    form = options.of("coreml").int8_form
+    if form == "linear":
+        config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric"))
+        return cto.linear_quantize_weights(mlmodel, config)
+    nbits = int(form.removeprefix("palette"))
+    config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=nbits))
+    return cto.palettize_weights(mlmodel, config)
 
 
 def _convert(ctx: ExportContext, bound: int | None, names: list[str]):
@@ -117,7 +175,7 @@ def _convert(ctx: ExportContext, bound: int | None, names: list[str]):
     else:
         dims = ({0: Dim("batch", min=1, max=bound)},)
         batch = ct.RangeDim(lower_bound=1, upper_bound=bound, default=options.batch_size)
-    program = folded_program(program_module(ctx.model), example, dims).run_decompositions({})
+    program = edge_program(program_module(ctx.model), example, dims).run_decompositions({})
     # float outputs float32 at either precision; integer ones int32 (Core ML has no int64, and a count
     # summed over a mask would otherwise come out float)
     dtypes = [np.float32 if d.is_floating_point else np.int32 for d in _output_dtypes(ctx.model, example)]
@@ -127,7 +185,7 @@ def _convert(ctx: ExportContext, bound: int | None, names: list[str]):
                               dtype=np.float32)],
         outputs=[ct.TensorType(name=n, dtype=d) for n, d in zip(names, dtypes)],
         convert_to="mlprogram",
-        compute_precision=ct.precision.FLOAT16 if options.precision == "fp16" else ct.precision.FLOAT32,
+        compute_precision=ct.precision.FLOAT32 if options.precision == "fp32" else ct.precision.FLOAT16,
         minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
         skip_model_load=True,  # loading compiles the model, which only macOS can
     )
