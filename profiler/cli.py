@@ -56,6 +56,11 @@ def build_parser() -> OneLineParser:
     b = p.add_mutually_exclusive_group()
     b.add_argument("--batch-sizes", help="comma-separated batch sizes (default 1)")
     b.add_argument("--max-batch", type=int_in(1, MAX_BATCH), help="sweep powers of two from 1 up to this")
+    p.add_argument("--batch-mode", choices=("throughput", "latency"), default="throughput",
+                   help="how batches above 1 run: throughput (default; each runtime's throughput settings: OpenVINO's "
+                        "THROUGHPUT hint with its infer requests in flight together, ONNX Runtime's batch split across "
+                        "concurrent single-threaded runs) or latency (the batch-1 settings); the table's settings column "
+                        "says what each row used")
     p.add_argument("--compare-eager", action="store_true", help="measure each artifact interleaved with eager PyTorch")
     p.add_argument("--concurrency", metavar="N,N,...",
                    help="served models (triton://HOST:PORT/MODEL): also sweep these numbers of concurrent clients "
@@ -267,7 +272,7 @@ def _settings(a) -> Settings:
         harness=HarnessConfig(max_time=a.max_time, warmup_time=a.warmup_time, iterations=a.iterations,
                               target_ci=a.target_ci),
         eager_options={k: True for k in ("channels_last", "bf16", "cuda_graph") if getattr(a, k)},
-        runtime_options={"cuda_graph": True} if a.cuda_graph else {},
+        runtime_options={"batch_mode": a.batch_mode, **({"cuda_graph": True} if a.cuda_graph else {})},
         img_size=parse_img_size(a.img_size) if a.img_size else None,
     )
 

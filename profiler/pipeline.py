@@ -26,6 +26,7 @@ from autotimm_deploy.exporter.core.limits import MAX_BATCH, MAX_ITERATIONS, MAX_
 from autotimm_deploy.exporter.core.results import ProfilePoint, ProfileRun
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.profiler.measure.load import CpuSnapshot, assess, loadavg
+from autotimm_deploy.profiler.measure.peak import Peak, device_peak, percent_of_peak, read_cpu_facts
 from autotimm_deploy.profiler.measure.settings import Settings
 from autotimm_deploy.profiler.measure.sweep import batches_in_range, phase_split, sweep
 from autotimm_deploy.profiler.measure.timing import clock_for
@@ -170,8 +171,9 @@ def _gpu_phases(sessions: list, targets: list[Target], settings: Settings, kept:
     return phases
 
 
-def _point_rows(points: list, i: int, kept: list[int]) -> list[ProfilePoint]:
-    """Target ``i``'s row at each swept batch size."""
+def _point_rows(points: list, i: int, kept: list[int], flops: int | None = None,
+                peak: Peak | None = None) -> list[ProfilePoint]:
+    """Target ``i``'s row at each swept batch size; "% of peak" from ``flops`` per picture and ``peak``."""
     base = None
     rows = []
     for p in points:
@@ -183,13 +185,25 @@ def _point_rows(points: list, i: int, kept: list[int]) -> list[ProfilePoint]:
         base = base or (ips if p.batch == kept[0] else None)
         rows.append(ProfilePoint(p.batch, stats_ms=st, images_per_s=ips,
                                  speedup_vs_batch1=ips / base if base and kept[0] == 1 else None,
-                                 vs_baseline=p.speedup[i], samples=p.samples, stop=p.stop))
+                                 vs_baseline=p.speedup[i], samples=p.samples, stop=p.stop,
+                                 settings=p.settings[i] if p.settings else None,
+                                 percent_of_peak=percent_of_peak(flops, ips, peak)))
     return rows
+
+
+def flops_per_image(session) -> int | None:
+    """The FLOPs per picture counted at export (the manifest's ``model.flops``), if any."""
+    record = (session.manifest.model or {}).get("flops") if getattr(session, "manifest", None) else None
+    value = record.get("per_image") if isinstance(record, dict) else None
+    return value if type(value) is int and value > 0 else None
 
 
 def _assemble_runs(targets: list[Target], sessions: list, settings: Settings, points: list, kept: list[int],
                    dropped: list[int], machine: dict, phases: dict[int, dict], memory: dict) -> list[ProfileRun]:
     """One run record per target; ``memory`` holds loaded_mb (one per target), baseline_rss_mb, peak_gpu_mb."""
+    facts = None if settings.device.startswith("cuda") else read_cpu_facts()
+    flops = [flops_per_image(s) for s in sessions]
+    peaks = [device_peak(settings.device, _precision(s), settings.threads, facts) for s in sessions]
     return [ProfileRun(
         target=t.describe(),
         runtime=s.name,
@@ -197,12 +211,20 @@ def _assemble_runs(targets: list[Target], sessions: list, settings: Settings, po
         baseline=targets[0].label if i > 0 else None,
         batches_skipped=dropped,
         phases_ms=phases.get(i),
-        points=_point_rows(points, i, kept),
+        points=_point_rows(points, i, kept, flops[i], peaks[i]),
+        flops_per_image=flops[i],
+        peak=peaks[i].to_dict(),
         machine=machine,
         memory={"loaded_mb": memory["loaded_mb"][i], "peak_rss_mb": peak_rss_mb(),
                 "baseline_rss_mb": memory["baseline_rss_mb"], "peak_gpu_mb": memory["peak_gpu_mb"],
                 "process_holds": [x.label for x in targets]},
     ) for i, (t, s) in enumerate(zip(targets, sessions))]
+
+
+def _precision(session) -> str:
+    """The precision ``session`` computes in (a duck-typed session without `compute_precision`: fp32)."""
+    precision = getattr(session, "compute_precision", None)
+    return precision() if precision is not None else "fp32"
 
 
 def _threads_used(settings: Settings) -> int:

@@ -10,6 +10,7 @@ from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.models import build_model, check_model_name
+from autotimm_deploy.exporter.models.flops import counting_flops
 from autotimm_deploy.profiler.artifact import default_runtime, detect, endings
 from autotimm_deploy.profiler.runtimes import open_session
 
@@ -86,7 +87,7 @@ def open_target(target: Target, device: str, threads: int | None, options: dict[
         manifest = Manifest(format="eager", artifact="", spec=spec.to_dict(),
                             inputs=[TensorSig("input", "float32", ["batch", spec.in_chans, *spec.img_size])],
                             outputs=[TensorSig(n, "float32", ["batch"]) for n in model.output_names],
-                            batch={"dynamic": True, "min": 1, "max": None})
+                            batch={"dynamic": True, "min": 1, "max": None}, model={"flops": _count(model)})
         return open_session(None, "eager", manifest, device=device, threads=threads, model=model, **options)
     if target.url:
         options["url"] = target.url
@@ -97,6 +98,16 @@ def open_target(target: Target, device: str, threads: int | None, options: dict[
             raise UserError(f"{target.path} has no manifest and its input shape is unknown; pass --img-size H,W")
         session.inputs = [TensorSig("input", "float32", ["batch", 3, *img_size])]
     return session
+
+
+def _count(model) -> dict:
+    """The eager model's FLOPs per picture, counted as an export counts them (one picture, untimed)."""
+    import torch
+
+    spec = model.spec
+    with torch.no_grad(), counting_flops() as flops:
+        model(torch.zeros(1, spec.in_chans, *spec.img_size))
+    return flops.record(1, [spec.in_chans, *spec.img_size])
 
 
 def _concrete(session) -> bool:

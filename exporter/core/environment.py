@@ -100,6 +100,38 @@ def cores_available() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def cpuinfo_blocks(path: str = "/proc/cpuinfo") -> list[dict[str, str]]:
+    """One dict per logical CPU of ``/proc/cpuinfo`` (processor, vendor_id, cpu family, model, flags,
+    physical id, core id, cpu MHz, ...); empty where it cannot be read."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return []
+    blocks = []
+    for chunk in text.strip().split("\n\n"):
+        pairs = (line.split(":", 1) for line in chunk.splitlines() if ":" in line)
+        block = {k.strip(): v.strip() for k, v in pairs}
+        if block:
+            blocks.append(block)
+    return blocks
+
+
+def usable_cpu_blocks(blocks: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The ``cpuinfo_blocks`` of the CPUs this process may run on (all of them where unknown)."""
+    allowed = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    mine = [b for b in blocks if allowed is None or b.get("processor", "").isdigit() and int(b["processor"]) in allowed]
+    return mine or blocks
+
+
+def physical_cores(blocks: list[dict[str, str]] | None = None) -> int:
+    """Physical cores (hyper-threads of one core counted once) among those this process may run on;
+    the usable logical CPUs where ``/proc/cpuinfo`` does not tell."""
+    mine = usable_cpu_blocks(cpuinfo_blocks() if blocks is None else blocks)
+    cores = {(b.get("physical id", "0"), b.get("core id", b.get("processor"))) for b in mine}
+    return len(cores) or cores_available()
+
+
 def environment(threads: int | None = None) -> dict:
     import torch
 

@@ -129,6 +129,8 @@ class ProfilePoint:
     samples: int = 0
     stop: str = ""
     error: str | None = None
+    settings: dict[str, Any] | None = None  # how the runtime ran this batch (mode, streams, threads ...)
+    percent_of_peak: float | None = None  # FLOPs per picture x images/s / the run's peak, in percent
 
     @property
     def median_ms(self) -> float | None:
@@ -157,6 +159,8 @@ class ProfileRun:
     batches_skipped: list[int] = field(default_factory=list)
     phases_ms: dict[str, float] | None = None
     machine: dict[str, Any] = field(default_factory=dict)  # load while measuring and its warnings
+    flops_per_image: int | None = None  # counted at export (the manifest's model.flops)
+    peak: dict[str, Any] | None = None  # the device's peak for the precision computed, and how it was derived
 
     @property
     def label(self) -> str:

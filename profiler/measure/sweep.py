@@ -57,6 +57,12 @@ def checked_call(session, batch: int, seed: int = 0) -> None:
         check(session.fetch(session.run(session.prepare(session.random_arrays(batch, seed)))), batch)
 
 
+def run_settings(session, batch: int) -> dict:
+    """How ``session`` ran calls at ``batch`` (a duck-typed session without `run_settings`: nothing known)."""
+    describe = getattr(session, "run_settings", None)
+    return describe(batch) if describe is not None else {}
+
+
 PHASES = ("h2d_ms", "compute_ms", "d2h_ms")
 
 
@@ -90,6 +96,7 @@ class Point:
     stop: str = ""
     error: str | None = None
     warmup_settled: list[bool | None] = field(default_factory=list)  # per session
+    settings: list[dict] = field(default_factory=list)  # per session: how its calls ran (`Session.run_settings`)
 
 
 def sweep(sessions: Sequence, batches: Sequence[int], cfg: HarnessConfig, clock, device_io: bool = False,
@@ -118,5 +125,6 @@ def sweep(sessions: Sequence, batches: Sequence[int], cfg: HarnessConfig, clock,
             samples=min(len(s) for s in m.samples),
             stop=m.stop,
             warmup_settled=m.warmup_settled,
+            settings=[run_settings(s, b) for s in sessions],
         ))
     return points

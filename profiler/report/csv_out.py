@@ -12,7 +12,7 @@ from autotimm_deploy.profiler.report.table import rows
 
 FIELDS = ("target", "runtime", "device", "batch", "median_ms", "ci_low_ms", "ci_high_ms", "p90_ms", "p95_ms",
           "p99_ms", "n", "images_per_s", "speedup_vs_batch1", "baseline", "speedup_vs_baseline", "speedup_ci_low",
-          "speedup_ci_high", "peak_rss_mb", "peak_gpu_mb", "error")
+          "speedup_ci_high", "percent_of_peak", "settings", "peak_rss_mb", "peak_gpu_mb", "error")
 
 
 def write(report: dict, path: str) -> None:

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from autotimm_deploy.exporter.core.files import atomic_write_text
-from autotimm_deploy.profiler.report.table import COLUMNS, caption, cells, rows
+from autotimm_deploy.profiler.report.table import COLUMNS, caption, cells, peak_lines, rows
 
 
 def render(report: dict) -> str:
@@ -21,6 +21,8 @@ def render(report: dict) -> str:
     lines.append("|" + "|".join("---" if c in ("target", "runtime", "device") else "---:" for c in COLUMNS) + "|")
     for r in rows(report):
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells(r)) + " |")
+    notes = peak_lines(report)
+    lines += ["", *(f"- {line}" for line in notes)] if notes else []
     split = [(r["target"]["label"], r["phases_ms"]) for r in report["runs"] if r.get("phases_ms")]
     if split:
         lines += ["", "GPU time split (medians, each phase timed alone):", "",

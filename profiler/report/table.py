@@ -10,7 +10,10 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 COLUMNS = ("target", "runtime", "device", "batch", "median ms", "p90 ms", "p95 ms", "p99 ms", "images/s",
-           "x batch 1", "speedup vs baseline (95% CI)", "peak RSS MB", "n")
+           "% of peak", "x batch 1", "speedup vs baseline (95% CI)", "peak RSS MB", "n", "settings")
+# the runtime settings shown in the table's last column, in this order, as "N label" (all are in --json)
+SETTING_LABELS = {"streams": "streams", "infer_requests": "requests", "threads": "threads",
+                  "intra_op_threads": "threads/run", "inference_precision": "", "cuda_graph": "CUDA graph"}
 
 
 def _fmt(v, spec=".2f"):
@@ -32,8 +35,31 @@ def rows(report: dict) -> list[dict]:
                             "ci_low_ms": st["ci_low"], "ci_high_ms": st["ci_high"], "n": st["n"],
                             "images_per_s": p.images_per_s, "speedup_vs_batch1": p.speedup_vs_batch1,
                             "speedup_vs_baseline": vs.get("ratio"), "speedup_ci_low": vs.get("ci_low"),
-                            "speedup_ci_high": vs.get("ci_high")})
+                            "speedup_ci_high": vs.get("ci_high"), "percent_of_peak": p.percent_of_peak,
+                            "settings": settings_text(p.settings)})
             out.append(row)
+    return out
+
+
+def settings_text(settings: dict | None) -> str:
+    """``throughput: 2 streams, 2 requests, 2 threads``: the settings a row ran with (`SETTING_LABELS`)."""
+    settings = settings or {}
+    shown = [f"{settings[k]} {label}".strip() if settings[k] is not True else label
+             for k, label in SETTING_LABELS.items() if settings.get(k) is not None]
+    mode = settings.get("mode")
+    return f"{mode}: {', '.join(shown)}" if mode and shown else mode or ", ".join(shown) or "-"
+
+
+def peak_lines(report: dict) -> list[str]:
+    """One line per run: how the "% of peak" column's peak was derived, or why it is empty."""
+    out = []
+    for run in report["runs"]:
+        peak, flops = run.get("peak"), run.get("flops_per_image")
+        if peak is None:
+            continue
+        what = f"{peak['precision']} peak: {peak['how']}" + "".join(f"; {n}" for n in peak.get("notes") or [])
+        counted = f"{flops / 1e9:.3g} GFLOPs per picture" if flops else "no FLOP count (the manifest has none)"
+        out.append(f"{run['target']['label']}: {counted}; {what}")
     return out
 
 
@@ -48,8 +74,9 @@ def cells(r: dict) -> list[str]:
         return [r["target"], r["runtime"], r["device"], str(r["batch"]), f"error: {r['error']}"] + [""] * (len(COLUMNS) - 5)
     return [r["target"], r["runtime"], r["device"], str(r["batch"]), _fmt(r["median_ms"], ".3f"),
             _fmt(r["p90_ms"], ".3f"), _fmt(r["p95_ms"], ".3f"), _fmt(r["p99_ms"], ".3f"), _fmt(r["images_per_s"], ".1f"),
-            _fmt(r["speedup_vs_batch1"]), speedup_text(r),
-            _fmt(r["peak_gpu_mb"] if r["peak_gpu_mb"] is not None else r["peak_rss_mb"], ".0f"), str(r["n"])]
+            _fmt(r.get("percent_of_peak"), ".1f"), _fmt(r["speedup_vs_batch1"]), speedup_text(r),
+            _fmt(r["peak_gpu_mb"] if r["peak_gpu_mb"] is not None else r["peak_rss_mb"], ".0f"), str(r["n"]),
+            r.get("settings") or "-"]
 
 
 def render(report: dict, console: "Console") -> None:
@@ -65,6 +92,8 @@ def render(report: dict, console: "Console") -> None:
     for r in rows(report):
         t.add_row(*(escape(c) for c in cells(r)), style="red" if r.get("error") else None)
     console.print(t)
+    for line in peak_lines(report):
+        console.print(escape(line))
     for w in report.get("warnings", []):
         console.print(f"[yellow]warning:[/] {escape(w)}")
     for run in report["runs"]:

@@ -28,6 +28,10 @@ class TorchSession(Session):
     def load(self):
         raise NotImplementedError
 
+    def run_settings(self, batch: int) -> dict[str, Any]:
+        settings = {"mode": "latency", "threads": self.torch.get_num_threads()}
+        return {**settings, "cuda_graph": True} if self.cuda_graph else settings
+
     def prepare(self, arrays: dict[str, np.ndarray]) -> Any:
         return [self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays.values()]
 

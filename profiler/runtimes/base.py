@@ -132,6 +132,17 @@ class Session:
                 raise WrongOutputs(f"{self.name} answered batch {batch} with {sig.name!r} as {value.dtype} "
                                    f"({declared})")
 
+    def compute_precision(self) -> str:
+        """The precision the arithmetic runs in (fp32, bf16, fp16, int8): what "% of peak" compares
+        with. Default: the artifact's precision."""
+        return self.manifest.precision if self.manifest else "fp32"
+
+    def run_settings(self, batch: int) -> dict[str, Any]:
+        """How a call at ``batch`` runs, for the report (after it ran: lazily made settings exist):
+        ``mode`` (latency: one call on every thread; throughput: the batch split across concurrent
+        requests) and the runtime's own knobs."""
+        return {"mode": "latency", "threads": self.threads}
+
     def synchronize(self) -> None:
         """Block until queued work is done (CUDA runtimes); no-op on the CPU."""
 

@@ -29,6 +29,9 @@ class EagerSession(TorchSession):
             model = model.to(memory_format=self.torch.channels_last)
         return model
 
+    def compute_precision(self) -> str:
+        return "bf16" if self.options.get("bf16") else "fp32"
+
     def prepare(self, arrays) -> Any:
         tensors = super().prepare(arrays)
         if self.options.get("channels_last"):

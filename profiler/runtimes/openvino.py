@@ -1,5 +1,7 @@
 """OpenVINO on the CPU. Batch 1 runs a model compiled with the LATENCY hint; larger batches a
-model compiled with the THROUGHPUT hint, the batch split across its parallel infer requests.
+model compiled with the THROUGHPUT hint, the batch split across its parallel infer requests (an
+AsyncInferQueue of OPTIMAL_NUMBER_OF_INFER_REQUESTS, all in flight at once, one per stream), unless
+``batch_mode="latency"`` keeps the batch-1 settings.
 The inference precision comes from the manifest (fp32 is pinned to f32: OpenVINO would otherwise
 pick bf16 on CPUs that have it)."""
 
@@ -55,10 +57,32 @@ class OpenVinoSession(Session):
 
     def run(self, prepared: Any) -> Any:
         batch = prepared[0].shape[0]
-        if batch == 1 or self.options.get("hint") == "latency":
+        if not self._throughput(batch):
             result = self.request.infer(prepared)
             return [np.array(result[o]) for o in self.request.model_outputs]
         return self._run_throughput(prepared, batch)
+
+    def _throughput(self, batch: int) -> bool:
+        return batch > 1 and self.options.get("batch_mode", "throughput") == "throughput"
+
+    def compute_precision(self) -> str:
+        if self.manifest and self.manifest.precision == "int8":
+            return "int8"
+        return _PRECISIONS.get(self.precision, self.manifest.precision if self.manifest else "fp32")
+
+    def run_settings(self, batch: int) -> dict[str, Any]:
+        """The compiled model's own record of its hint, streams and threads, and the requests in flight."""
+        hint = "THROUGHPUT" if self._throughput(batch) else "LATENCY"
+        compiled = self.compiled(hint)
+        settings = {"mode": hint.lower(), "hint": hint}
+        for key, prop, read in (("streams", "NUM_STREAMS", int), ("threads", "INFERENCE_NUM_THREADS", int),
+                                ("inference_precision", "INFERENCE_PRECISION_HINT", lambda t: t.get_type_name())):
+            try:
+                settings[key] = read(compiled.get_property(prop))
+            except Exception:  # noqa: BLE001 - a property this OpenVINO does not report is left out
+                pass
+        settings["infer_requests"] = min(len(self._queue), batch) if hint == "THROUGHPUT" and self._queue else 1
+        return settings
 
     def _run_throughput(self, prepared, batch: int):
         import openvino as ov
@@ -79,6 +103,9 @@ class OpenVinoSession(Session):
 
     def fetch(self, outputs: Any) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, outputs))
+
+
+_PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}  # OpenVINO's inference precision -> ours
 
 
 def _sig(port, fallback: str) -> TensorSig:
