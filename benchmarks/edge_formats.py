@@ -18,9 +18,20 @@ import time
 import warnings
 from pathlib import Path
 
+# (format, precision) or (format, "int8", its --<format>-int8 form)
 CELLS = [("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "int8"),
          ("executorch", "fp32"), ("executorch", "int8"), ("litert", "fp32"), ("litert", "fp16"),
-         ("litert", "int8"), ("ncnn", "fp32"), ("ncnn", "fp16"), ("coreml", "fp32"), ("coreml", "fp16")]
+         ("litert", "int8"), ("litert", "int8", "dynamic"), ("ncnn", "fp32"), ("ncnn", "fp16"), ("ncnn", "int8"),
+         ("coreml", "fp32"), ("coreml", "fp16"), ("coreml", "int8", "linear"), ("coreml", "int8", "palette4")]
+
+
+def cell_options(fmt: str, precision: str, form: str | None):
+    """The export options of one cell: int8 calibrated on the sample pictures, in its form."""
+    from autotimm_deploy.exporter.formats import ExportOptions, get_format
+
+    own = {fmt: get_format(fmt).Options(int8_form=form)} if form else {}
+    return ExportOptions(precision=precision, calib_data="sample-pictures" if precision == "int8" else None,
+                         format_options=own)
 
 
 def parity_numbers(parity) -> str:
@@ -41,7 +52,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--models", default="mobilenetv3_small_100,mobilenetv3_large_100,efficientnet_b0")
     p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--cells", help="comma-separated format:precision (default: all of CELLS)")
+    p.add_argument("--cells", help="comma-separated format:precision[:int8 form] (default: all of CELLS)")
     p.add_argument("--max-time", type=float, default=4.0, help="seconds of timing per artifact")
     p.add_argument("--out", default="out/bench-edge-formats")
     p.add_argument("--resume", action="store_true", help="keep the rows (and timings) already in OUT/results.json")
@@ -50,7 +61,6 @@ def main() -> None:
 
     from autotimm_deploy.exporter.core.environment import package_versions
     from autotimm_deploy.exporter.core.spec import ModelSpec
-    from autotimm_deploy.exporter.formats import ExportOptions
     from autotimm_deploy.exporter.models import build_model
     from autotimm_deploy.exporter.pipeline import export
     from autotimm_deploy.profiler.measure.settings import Settings
@@ -63,22 +73,24 @@ def main() -> None:
     results = out / "results.json"
     rows = json.loads(results.read_text()) if a.resume and results.exists() else []
     done = {(r["model"], r["format"], r["precision"]) for r in rows}
+    label = {c: c[1] if len(c) == 2 else f"{c[1]} {c[2]}" for c in cells}  # "int8 dynamic"
     for name in a.models.split(","):
-        todo = [c for c in cells if (name, *c) not in done]
+        todo = [c for c in cells if (name, c[0], label[c]) not in done]
         if not todo:
             continue
         spec = ModelSpec(name, img_size=(a.img_size, a.img_size))
         model = build_model(spec)
-        for fmt, precision in todo:
-            options = ExportOptions(precision=precision, calib_data="sample-pictures" if precision == "int8" else None)
+        for cell in todo:
+            fmt, precision = cell[:2]
+            options = cell_options(fmt, precision, cell[2] if len(cell) > 2 else None)
             t0 = time.perf_counter()
-            (r,) = export(spec, [fmt], out / name, options, force=True, model=model)
-            row = {"model": name, "format": fmt, "precision": precision, "ok": r.ok, "error": r.error,
+            (r,) = export(spec, [fmt], out / name / label[cell].replace(" ", "-"), options, force=True, model=model)
+            row = {"model": name, "format": fmt, "precision": label[cell], "ok": r.ok, "error": r.error,
                    "size_mb": round(r.bytes / 2**20, 2), "export_s": round(r.export_seconds, 1),
                    "verify_s": round(r.verify_seconds, 1), "wall_s": round(time.perf_counter() - t0, 1),
                    "parity": parity_numbers(r.parity), "artifact": str(r.artifact) if r.artifact else None,
                    "batch": r.info.get("batch_fallback") or "dynamic"}
-            print(f"{name} {fmt} {precision}: {row['export_s']} s, {row['size_mb']} MB, {row['parity']}"
+            print(f"{name} {fmt} {label[cell]}: {row['export_s']} s, {row['size_mb']} MB, {row['parity']}"
                   f"{' ERROR ' + r.error if r.error else ''}", flush=True)
             rows.append(row)
             results.write_text(json.dumps(rows, indent=1))

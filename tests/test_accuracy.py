@@ -12,7 +12,7 @@ from labelled_data import digits_spec
 
 @pytest.mark.parametrize("fmt,precision", [("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8"),
                                            ("openvino", "int8"), ("openvino", "bf16"), ("executorch", "int8"),
-                                           ("ncnn", "fp16"), ("litert", "int8")])
+                                           ("ncnn", "fp16"), ("ncnn", "int8"), ("litert", "int8")])
 def test_reduced_precision_keeps_digits_accuracy(tmp_path, digits, fmt, precision):
     _holds(tmp_path, digits, fmt, precision)
 

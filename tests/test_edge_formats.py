@@ -150,6 +150,25 @@ def test_litert_fp16_resizes_its_batch(tmp_path):
         assert s.infer(s.random_arrays(3))["logits"].shape == (3, 6)
 
 
+@pytest.mark.parametrize("model,int8_layers", [("test_resnet", 16), ("test_vit", 2)])
+def test_ncnn_int8_calibrated_and_written_as_ncnn2int8_does(tmp_path, model, int8_layers):
+    """ncnn int8: the table from our calibration pictures (KL per input blob, per-channel weight
+    scales), the model in ncnn2int8's format (int8_scale_term on the quantized layers, int8 weights
+    behind ncnn's int8 tag), run and parity-checked by ncnn. test_vit: its convolution and head in
+    int8, the attention's Gemm layers left fp32 as ncnn2int8 leaves them."""
+    needs("ncnn")
+    spec = ModelSpec(model, num_classes=6, img_size=(64, 64))
+    options = ExportOptions(precision="int8", calib_data="sample-pictures", calib_samples=8)
+    (r,) = export(spec, ["ncnn"], tmp_path, options)
+    assert r.ok, (r.error, r.parity and r.parity.failures)
+    assert r.parity.metrics["logits"]["cosine"] > 0.999
+    m = load_manifest(r.artifact)
+    assert m.precision == "int8" and m.export["int8_layers"] == int8_layers
+    lines = [ln.split() for ln in r.artifact.read_text().splitlines()[2:]]
+    assert sum("8=2" in ln or "8=1" in ln for ln in lines) == int8_layers
+    assert (0x000D4B38).to_bytes(4, "little") in r.artifact.with_name(r.artifact.name[:-6] + ".bin").read_bytes()
+
+
 def test_litert_dynamic_range_int8_needs_no_calibration_data(tmp_path):
     """--litert-int8 dynamic: int8 weights, activations quantized at run time, float I/O; no
     --calib-data, parity-checked by the interpreter like the other LiteRT modes."""

@@ -6,9 +6,11 @@ ncnn has no batch dimension: the model is exported at batch 1 (``torch.export``,
 rewritten where pnnx would leave PyTorch ops behind (`ncnn_rewrite`: transformers' attention,
 window partitions, ``var``, ``unfold``...), traced, and the runtime runs a batch picture by
 picture. fp16 stores the weights in fp16 (pnnx ``fp16=1``) and runs with ncnn's fp16 storage and
-arithmetic where the CPU has them. Operations ncnn has no layer for (``torch.topk`` in our detection
-postprocessing) stay as pnnx's own ops in the graph, which ncnn cannot load: such exports fail with
-the ops named; detection exports with ``--raw`` (no postprocessing) convert.
+arithmetic where the CPU has them. int8 is ncnn's own: the fp32 model calibrated on our calibration
+pictures (ncnn2table's KL method) and rewritten in ncnn2int8's format (`ncnn_int8`): Convolution,
+ConvolutionDepthWise and InnerProduct in int8, the other layers fp32. Operations ncnn has no layer
+for (``torch.topk`` in our detection postprocessing) stay as pnnx's own ops in the graph, which ncnn
+cannot load: such exports fail with the ops named; detection exports with ``--raw`` (no postprocessing) convert.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from autotimm_deploy.exporter.core.environment import package_versions
 from autotimm_deploy.exporter.core.errors import ExportFailed, UserError, first_line
 from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
+from autotimm_deploy.exporter.formats.ncnn_int8 import quantize
 from autotimm_deploy.exporter.formats.ncnn_rewrite import ncnn_module
 from autotimm_deploy.exporter.formats.torch_program import program_module
 
@@ -33,10 +36,11 @@ class NcnnFormat(Format):
     suffix = ".ncnn.param"
     companions = (".ncnn.bin",)
     default_runtime = "ncnn"
-    description = "ncnn (.ncnn.param + .ncnn.bin) via pnnx, for Android/ARM CPUs and Vulkan GPUs; fp32, fp16"
+    description = ("ncnn (.ncnn.param + .ncnn.bin) via pnnx, for Android/ARM CPUs and Vulkan GPUs; fp32, fp16, int8 "
+                   "(ncnn2table/ncnn2int8's calibration and format)")
     extra = "ncnn"
     requires = ("pnnx", "ncnn")
-    precisions = ("fp32", "fp16")
+    precisions = ("fp32", "fp16", "int8")
 
     @staticmethod
     def check_task(spec) -> str | None:
@@ -90,6 +94,9 @@ class NcnnFormat(Format):
             raise ExportFailed(f"ncnn has no layer for {', '.join(unknown)} (pnnx left them as PyTorch ops)")
         versions = package_versions(["pnnx", "ncnn"])
         info = {"converter": f"pnnx {versions['pnnx']}", "ncnn": versions["ncnn"], "weights": "fp16" if fp16 else "fp32"}
+        if ctx.options.precision == "int8":
+            info = {**info, "weights": "int8 (quantized layers), fp32 (the rest)",
+                    **quantize(param, binary, ctx.calibration, "in0")}
         return Exported([param, binary], info,
                         exporter="torch.export (batch 1), rewritten for pnnx, torch.jit.trace")
 
