@@ -73,7 +73,8 @@ class CoreMLFormat(Format):
     suffix = ".mlpackage.zip"
     default_runtime = "coreml"
     check_file = staticmethod(zip_check("zipped Core ML package (.mlpackage.zip)", ".mlpackage/Manifest.json"))
-    description = "Core ML ML program (.mlpackage, zipped) for Apple CPUs, GPUs and the Neural Engine; fp16, fp32"
+    description = ("Core ML ML program (.mlpackage, zipped) for Apple CPUs, GPUs and the Neural Engine; fp16, fp32, "
+                   "int8 weights (--coreml-int8 linear | palette8 | palette4)")
     extra = "coreml"
     requires = ("coremltools",)
     precisions = ("fp16", "fp32", "int8")

@@ -61,7 +61,8 @@ class LiteRTFormat(Format):
     suffix = ".tflite"
     default_runtime = "litert"
     check_file = staticmethod(flatbuffer_check("a LiteRT / TensorFlow Lite model (.tflite)", (b"TFL3",)))
-    description = "LiteRT / TensorFlow Lite (.tflite) for Android, iOS, MCUs; fp32, fp16, int8 (converter in its own env)"
+    description = ("LiteRT / TensorFlow Lite (.tflite) for Android, iOS, MCUs; fp32, fp16, int8 (--litert-int8 static | "
+                   "dynamic; converter in its own env)")
     extra = "litert"
     requires = ("ai_edge_litert",)
     precisions = ("fp32", "fp16", "int8")
