@@ -18,6 +18,7 @@ from autotimm_deploy.exporter.core.capture import captured_output
 from autotimm_deploy.exporter.core.environment import package_versions
 from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
 from autotimm_deploy.exporter.core.files import write_bytes
+from autotimm_deploy.exporter.formats.edge_rewrite import edge_program
 from autotimm_deploy.exporter.formats.file_checks import flatbuffer_check
 from autotimm_deploy.exporter.formats.base import (
     BatchRange,
@@ -27,7 +28,7 @@ from autotimm_deploy.exporter.formats.base import (
     register_format,
     with_batch_fallback,
 )
-from autotimm_deploy.exporter.formats.torch_program import folded_program, program_module, quantize_pt2e
+from autotimm_deploy.exporter.formats.torch_program import program_module, quantize_pt2e
 
 BATCH_BOUND = 8  # a dynamic batch's largest size: memory for it is planned (and allocated) up front
 
@@ -71,7 +72,7 @@ class ExecuTorchFormat(Format):
             example = example[:ctx.options.batch_size]
         with captured_output():
             try:
-                program = folded_program(program_module(ctx.model), example, dims)  # before quantizing, never after
+                program = edge_program(program_module(ctx.model), example, dims)  # before quantizing, never after
                 if ctx.options.precision == "int8":
                     quantized, info["quantization"] = _quantize(program.module(), example, dims, ctx)
                     with torch.no_grad():

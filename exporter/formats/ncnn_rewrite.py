@@ -15,7 +15,7 @@ graph, each step into an equal computation:
    ncnn's Normalize, which normalizes across channels); ``clamp_min`` into ``clamp`` and ``alias``
    dropped (pnnx knows neither); an uneven ``chunk`` / ``split`` with its sizes spelled out (pnnx
    makes it an equal Slice that reads past the end); a strided slice into a slice, a reshape and a
-   select; ``unfold`` into its windows; an inference BatchNorm over a tensor whose first axis is not
+   select; an inference BatchNorm over a tensor whose first axis is not
    the batch (LeViT's ``bn(x.flatten(0, 1))``) into ``x * scale + shift``, and that flatten and
    ``reshape_as`` into plain reshapes; ``repeat_interleave`` into an expanded axis; attention over
    more than four axes into its matmuls and softmax (ncnn's SDPA takes three);
@@ -30,6 +30,8 @@ graph, each step into an equal computation:
 4. selects of every index of one axis that could not move as one-wide slices (pnnx would join them
    into an ``unbind`` that ncnn cannot run).
 
+``unfold`` is written as its windows before, for every edge format (`edge_rewrite`).
+
 The rewritten module is what ``torch.jit.trace`` records and pnnx converts; the ncnn export's parity
 check compares the ncnn artifact with the original eager model.
 """
@@ -39,7 +41,7 @@ from __future__ import annotations
 import math
 import operator
 
-from autotimm_deploy.exporter.formats.torch_program import folded_program
+from autotimm_deploy.exporter.formats.edge_rewrite import edge_program
 
 MAX_UNROLL = 16  # the longest axis a region ncnn cannot hold is computed once per index of
 MAX_PASSES = 32  # bound on the rounds of splitting and of moving selects up (one op a round)
@@ -47,7 +49,7 @@ MAX_PASSES = 32  # bound on the rounds of splitting and of moving selects up (on
 
 def ncnn_module(module, example):
     """``module`` at ``example``'s (batch-1) shapes as a rewritten ``torch.fx.GraphModule``."""
-    gm = folded_program(module, example).module()
+    gm = edge_program(module, example).module()
     rewrite(gm)
     return gm
 
@@ -133,8 +135,6 @@ def _decompose(gm, node) -> None:
             _strided_slice(graph, node)
         elif node.target is aten.linalg_vector_norm.default and _arg(node, 1, "ord", 2) == 2:
             _norm(graph, node)
-        elif node.target is aten.unfold.default:
-            _unfold(graph, node)
         elif node.target is aten.repeat_interleave.self_int and _arg(node, 2, "dim", None) is not None:
             _repeat_interleave(graph, node)
         elif node.target is aten.scaled_dot_product_attention.default and len(_shape(node)) > 4:
@@ -218,18 +218,6 @@ def _norm(graph, node) -> None:
     squares = _call(graph, aten.mul.Tensor, x, x)
     total = _call(graph, aten.sum.dim_IntList, squares, dims, _arg(node, 3, "keepdim", False))
     node.replace_all_uses_with(_call(graph, aten.sqrt.default, total))
-
-
-def _unfold(graph, node) -> None:
-    """``x.unfold(d, size, step)`` (halo attention's neighbourhoods) as its windows: ``size``-long
-    slices of axis ``d`` every ``step``, stacked at ``d``, the window axis moved last."""
-    aten = _aten()
-    x, dim, size, step = node.args
-    dim %= len(_shape(x))
-    windows = [_call(graph, aten.slice.Tensor, x, dim, k * step, k * step + size) for k in range(_shape(node)[dim])]
-    stacked = _call(graph, aten.stack.default, windows, dim)
-    order = [a for a in range(len(_shape(stacked))) if a != dim + 1] + [dim + 1]
-    node.replace_all_uses_with(_call(graph, aten.permute.default, stacked, order))
 
 
 def _repeat_interleave(graph, node) -> None:

@@ -1,0 +1,153 @@
+"""What the edge converters cannot take, rewritten once for all four (ExecuTorch, LiteRT, Core ML,
+ncnn) in the ``torch.export`` program they start from (issue #32).
+
+- ``Tensor.unfold`` (halo attention's overlapping windows, timm's ``HaloAttn``: halonet, sehalonet,
+  halo2botnet): Core ML has no translation for it, LiteRT's converter rejected the pad before it
+  (``unfold`` made it six axes), pnnx leaves it as a PyTorch op. ``x.unfold(d, size, step)`` is its
+  windows: ``size``-long slices of axis ``d`` every ``step``, stacked at ``d``, the window axis
+  moved last. Two unfolds of a map's last two axes read only through reshapes (HaloAttn's) are
+  written as the windows flattened, ``(B, C, windows, size * size)``: the same elements in the same
+  order, no tensor of six axes (Core ML holds five).
+- An operand of add / sub / mul / div that is an ``expand`` (or a permute of one) where
+  broadcasting gives the same result, left to broadcast: LiteRT's converter rejected HaloAttn's
+  relative logits, two expanded five-axis terms added, as not broadcast-compatible.
+
+The graph is exported again after the rewrite, so a dynamic batch stays dynamic and every node has
+its shapes (which `ncnn_rewrite` reads).
+"""
+
+from __future__ import annotations
+
+from autotimm_deploy.exporter.formats.torch_program import folded_program
+
+
+def edge_program(module, example, dims=None):
+    """``folded_program(module, example, dims)`` with every ``unfold`` written as its windows and
+    expanded operands of elementwise ops left to broadcast."""
+    import warnings
+
+    import torch
+
+    program = folded_program(module, example, dims)
+    graph_module = program.module()
+    broadcast = broadcast_not_expanded(graph_module.graph)
+    if not (unfold_as_windows(graph_module.graph) or broadcast):
+        return program
+    graph_module.recompile()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.export.export(graph_module, (example,), dynamic_shapes=dims, strict=False)
+
+
+def unfold_as_windows(graph) -> bool:
+    """Replace each ``aten.unfold`` over an axis of fixed size in ``graph`` by slices + stack +
+    permute (the new nodes carry no shapes: export the graph again); whether any was replaced."""
+    import torch
+
+    aten = torch.ops.aten
+    replaced = False
+    erased = set()
+    for node in [n for n in graph.nodes if n.op == "call_function" and n.target is aten.unfold.default]:
+        if node in erased:
+            continue  # the second of a pair
+        second = _flat_windows(graph, node)
+        if second is not None:
+            erased.add(second)
+            replaced = True
+            continue
+        x, dim, size, step = node.args
+        out = node.meta["val"]  # the unfold's own shapes (its input may be a replaced unfold)
+        rank = out.dim() - 1
+        dim %= max(rank, 1)
+        count = out.shape[dim]
+        if not isinstance(count, int):
+            continue  # a symbolic axis (the batch): no fixed number of windows
+        with graph.inserting_before(node):
+            windows = [graph.call_function(aten.slice.Tensor, (x, dim, k * step, k * step + size)) for k in range(count)]
+            stacked = graph.call_function(aten.stack.default, (windows, dim))
+            order = [a for a in range(rank + 1) if a != dim + 1] + [dim + 1]
+            node.replace_all_uses_with(graph.call_function(aten.permute.default, (stacked, order)))
+        graph.erase_node(node)
+        replaced = True
+    return replaced
+
+
+def broadcast_not_expanded(graph) -> bool:
+    """An operand of add / sub / mul / div that is ``expand(x)``, or a permute of it, as ``x`` (or
+    its permute) where broadcasting gives the same result (HaloAttn's relative logits: two
+    five-axis expanded, permuted terms added; LiteRT's converter rejected that add as not
+    broadcast-compatible); whether any was replaced."""
+    import torch
+
+    aten = torch.ops.aten
+    replaced = False
+    for node in [n for n in graph.nodes if n.op == "call_function"
+                 and n.target in (aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor)]:
+        operands, shapes = list(node.args[:2]), [_fixed(o) for o in node.args[:2]]
+        for k, operand in enumerate(node.args[:2]):
+            permute = operand if getattr(operand, "target", None) is aten.permute.default else None
+            expand = permute.args[0] if permute is not None else operand
+            if getattr(expand, "target", None) is not aten.expand.default:
+                continue
+            x = expand.args[0]
+            if permute is not None and x.meta["val"].dim() != expand.meta["val"].dim():
+                continue
+            order = list(permute.args[1]) if permute is not None else None
+            shape = _fixed(x)
+            if shape is None or None in shapes or _fixed(node) is None:
+                continue
+            shape = shape if order is None else [shape[p] for p in order]
+            if list(torch.broadcast_shapes(*shapes[:k], shape, *shapes[k + 1:])) != _fixed(node):
+                continue
+            shapes[k] = shape
+            with graph.inserting_before(node):
+                operands[k] = x if permute is None else graph.call_function(aten.permute.default, (x, order))
+            node.update_arg(k, operands[k])
+            replaced = True
+    graph.eliminate_dead_code()
+    return replaced
+
+
+def _fixed(value):
+    """The shape of a node's value as ints (a number: ``[]``), None where an axis is symbolic."""
+    import torch
+
+    if not isinstance(value, torch.fx.Node):
+        return []
+    if "val" not in value.meta:
+        return None
+    shape = list(value.meta["val"].shape)
+    return shape if all(isinstance(s, int) for s in shape) else None
+
+
+def _flat_windows(graph, node):
+    """``x.unfold(-2, k1, s1).unfold(-1, k2, s2)`` read only through reshapes (HaloAttn's windows of a
+    ``(B, C, H, W)`` map) as the windows flattened: ``(B, C, n1 * n2, k1 * k2)``, the same elements in
+    the same order, so every reshape of it is unchanged, and no tensor of six axes (Core ML holds
+    five). The pair's second unfold when ``node`` was its first (both erased), else None."""
+    import torch
+
+    aten = torch.ops.aten
+    users = list(node.users)
+    if len(users) != 1 or users[0].target is not aten.unfold.default or users[0].args[0] is not node:
+        return None
+    second = users[0]
+    x, d1, k1, s1 = node.args
+    _, d2, k2, s2 = second.args
+    rank = node.meta["val"].dim() - 1
+    n1, n2 = second.meta["val"].shape[rank - 2:rank]
+    reshapes = (aten.reshape.default, aten.view.default, aten._unsafe_view.default)
+    if (rank < 2 or d1 % rank != rank - 2 or d2 % (rank + 1) != rank - 1 or not isinstance(n1, int)
+            or not isinstance(n2, int) or not second.users or any(u.target not in reshapes for u in second.users)):
+        return None
+    with graph.inserting_before(second):
+        windows = []
+        for i in range(n1):
+            rows = graph.call_function(aten.slice.Tensor, (x, rank - 2, i * s1, i * s1 + k1))
+            for j in range(n2):
+                window = graph.call_function(aten.slice.Tensor, (rows, rank - 1, j * s2, j * s2 + k2))
+                windows.append(graph.call_function(aten.flatten.using_ints, (window, rank - 2, rank - 1)))
+        second.replace_all_uses_with(graph.call_function(aten.stack.default, (windows, rank - 2)))
+    graph.erase_node(second)
+    graph.erase_node(node)
+    return second
