@@ -110,15 +110,17 @@ class Windows(nn.Module):
 
 
 class Halo(nn.Module):
-    """HaloNet's attention: ``unfold`` twice into overlapping windows (six axes), blocked queries."""
+    """HaloNet's attention: ``unfold`` twice into overlapping windows (six axes), blocked queries
+    (with ``channels=64``, heads of 32 channels: the query blocks' six axes, once the heads are
+    split off, left five that could not be split again, as in halonet26t)."""
 
-    def __init__(self):
+    def __init__(self, channels: int = 16):
         super().__init__()
         from timm.layers.halo_attn import HaloAttn
 
-        self.embed = nn.Conv2d(3, 16, 4, stride=4)
-        self.attn = HaloAttn(16, feat_size=(8, 8), num_heads=2, block_size=4, halo_size=1)
-        self.head = nn.Linear(16, 5)
+        self.embed = nn.Conv2d(3, channels, 4, stride=4)
+        self.attn = HaloAttn(channels, feat_size=(8, 8), num_heads=2, block_size=4, halo_size=1)
+        self.head = nn.Linear(channels, 5)
 
     def forward(self, x):
         return self.head(self.attn(self.embed(x)).mean((2, 3)))
@@ -181,6 +183,7 @@ MODULES = {
     "six_axis_projection": lambda: Tokens(GroupedWindows()),
     "folded_batch_norm_repeat_interleave": lambda: Tokens(FoldedBatchNorm()),
     "unfold": Halo,
+    "query_blocks_of_wide_heads": lambda: Halo(64),
     "uneven_chunk_strided_slice": SplitsAndSteps,
 }
 GONE = {"aten.unbind.int", "aten.var.correction", "aten.var.dim", "aten.linalg_vector_norm.default", "aten.chunk.default",

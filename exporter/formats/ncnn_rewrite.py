@@ -18,7 +18,8 @@ graph, each step into an equal computation:
    select; an inference BatchNorm over a tensor whose first axis is not
    the batch (LeViT's ``bn(x.flatten(0, 1))``) into ``x * scale + shift``, and that flatten and
    ``reshape_as`` into plain reshapes; ``repeat_interleave`` into an expanded axis; attention over
-   more than four axes into its matmuls and softmax (ncnn's SDPA takes three);
+   more than four axes into its matmuls and softmax (ncnn's SDPA takes three); a map cut into
+   blocks through six axes (HaloAttn's queries) as its blocks sliced and stacked;
 2. a reshape out of a tensor ncnn cannot hold, computed once per index of one of its input's axes
    and concatenated, so that step 3 takes that axis out of the whole region before it;
 3. every ``select`` moved above the ops that make what it selects from (permute, transpose,
@@ -129,6 +130,8 @@ def _decompose(gm, node) -> None:
             node.replace_all_uses_with(_call(graph, aten.reshape.default, node.args[0], _shape(node)))
         elif node.target is aten.unbind.int:
             _unbind(graph, node)
+        elif node.target is aten.permute.default and list(node.args[1]) == [0, 1, 3, 5, 2, 4]:
+            _blocks(graph, node)
         elif node.target in (aten.var.correction, aten.var.dim):
             _var(graph, node)
         elif node.target is aten.slice.Tensor and _arg(node, 4, "step", 1) > 1:
@@ -218,6 +221,31 @@ def _norm(graph, node) -> None:
     squares = _call(graph, aten.mul.Tensor, x, x)
     total = _call(graph, aten.sum.dim_IntList, squares, dims, _arg(node, 3, "keepdim", False))
     node.replace_all_uses_with(_call(graph, aten.sqrt.default, total))
+
+
+def _blocks(graph, node) -> None:
+    """``x.reshape(P, Q, n1, k1, n2, k2).permute(0, 1, 3, 5, 2, 4)`` of a map ``x`` of ``(.., ..,
+    n1 * k1, n2 * k2)``, read only through reshapes (HaloAttn's query blocks), as its ``k1 x k2``
+    blocks sliced, flattened and stacked last, ``(P, Q, k1 * k2, n1 * n2)``: the same elements in the
+    same order, no tensor of six axes (the heads folded into the batch left five that ncnn cannot
+    hold)."""
+    aten = _aten()
+    source = node.args[0]
+    if not _is_reshape(source) or not node.users or not all(_is_reshape(u) for u in node.users):
+        return
+    x, (p, q, n1, k1, n2, k2) = source.args[0], _shape(source)
+    if len(_shape(x)) != 4 or _shape(x)[2:] != [n1 * k1, n2 * k2]:
+        return
+    x = _call(graph, aten.reshape.default, x, [p, q, n1 * k1, n2 * k2])
+    blocks = []
+    for i in range(n1):
+        rows = _call(graph, aten.slice.Tensor, x, 2, i * k1, (i + 1) * k1)
+        for j in range(n2):
+            block = _call(graph, aten.slice.Tensor, rows, 3, j * k2, (j + 1) * k2)
+            blocks.append(_call(graph, aten.reshape.default, block, [p, q, k1 * k2]))
+    stacked = _call(graph, aten.stack.default, blocks, 3)
+    for user in list(node.users):
+        user.replace_input_with(node, stacked)
 
 
 def _repeat_interleave(graph, node) -> None:
