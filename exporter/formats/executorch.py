@@ -28,7 +28,7 @@ from autotimm_deploy.exporter.formats.base import (
     register_format,
     with_batch_fallback,
 )
-from autotimm_deploy.exporter.formats.torch_program import program_module, quantize_pt2e
+from autotimm_deploy.exporter.formats.torch_program import fine_activation_scales, program_module, quantize_pt2e
 
 BATCH_BOUND = 8  # a dynamic batch's largest size: memory for it is planned (and allocated) up front
 
@@ -99,7 +99,7 @@ def _quantize(graph, example, dims, ctx: ExportContext):
         get_symmetric_quantization_config,
     )
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer = XNNPACKQuantizer().set_global(fine_activation_scales(get_symmetric_quantization_config(is_per_channel=True)))
     quantized = quantize_pt2e(graph, quantizer, ctx, dims)
     return quantized, {"tool": "torchao pt2e + XNNPACKQuantizer", "scheme": "symmetric int8, per-channel weights",
                        "calibration": ctx.calibration_info}

@@ -71,6 +71,26 @@ def dynamic_int8(module, example, out: str) -> dict:
             "scheme": "dynamic-range int8: per-channel int8 weights, activations quantized at run time; float I/O"}
 
 
+def _fine_activation_scales(config):
+    """The config with its observers' scale floor (2**-12) at float32's epsilon, as
+    ``torch_program.fine_activation_scales`` (this script imports nothing of the package): a tensor
+    spanning under 0.03 rounded to a few int8 steps; efficientnet_b0 with random weights gave a
+    constant 0 output."""
+    import dataclasses
+
+    import torch
+
+    def finer(spec):
+        p = getattr(getattr(spec, "observer_or_fake_quant_ctr", None), "p", None)  # Observer.with_args(...)
+        if p is None or "eps" not in p.keywords:
+            return spec
+        ctr = p.func.with_args(*p.args, **{**p.keywords, "eps": torch.finfo(torch.float32).eps})  # the class's own
+        return dataclasses.replace(spec, observer_or_fake_quant_ctr=ctr)
+
+    return dataclasses.replace(config, input_activation=finer(config.input_activation),
+                               output_activation=finer(config.output_activation), weight=finer(config.weight))
+
+
 def int8(module, example, out: str, calibration: str) -> dict:
     """PT2E with litert-torch's quantizer (symmetric int8, per-channel weights), calibrated in PyTorch,
     then converted: int8 weights, activations and graph inputs / outputs (their scale and zero point
@@ -83,7 +103,8 @@ def int8(module, example, out: str, calibration: str) -> dict:
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
+    quantizer = PT2EQuantizer().set_global(_fine_activation_scales(config))
     prepared = prepare_pt2e(module, quantizer)
     data = torch.from_numpy(np.load(calibration).astype(np.float32))
     batch = example[0].shape[0]
