@@ -16,7 +16,9 @@ class Settings:
     device_io: bool = False
     harness: HarnessConfig = field(default_factory=HarnessConfig)
     eager_options: dict[str, Any] = field(default_factory=dict)  # channels_last, bf16
-    runtime_options: dict[str, Any] = field(default_factory=dict)  # for artifact runtimes: cuda_graph
+    # for artifact runtimes: cuda_graph, batch_mode (throughput: batches above 1 on each runtime's
+    # throughput settings, the profiler's default; latency: batch 1's)
+    runtime_options: dict[str, Any] = field(default_factory=lambda: {"batch_mode": "throughput"})
     img_size: tuple[int, int] | None = None  # for artifacts without a manifest
 
     def to_dict(self) -> dict:

@@ -94,8 +94,10 @@ class OnnxRuntimeSession(Session):
                 for k, v in arrays.items()}
 
     def _throughput(self, batch: int) -> bool:
-        return (not self.on_gpu and batch > 1 and self.streams() > 1
-                and self.options.get("batch_mode", "throughput") == "throughput")
+        """A batch split across streams: asked for (the profiler's batch sweeps; never a parity run),
+        on the CPU, and only where the graph's batch is symbolic (a static batch takes no part)."""
+        return (not self.on_gpu and batch > 1 and self.streams() > 1 and self.options.get("batch_mode") == "throughput"
+                and all(not isinstance(i.shape[0], int) for i in self.sess.get_inputs() if i.shape))
 
     def streams(self) -> int:
         """Concurrent runs of a throughput batch: one per thread asked for, else per physical core."""
