@@ -68,6 +68,8 @@ class OnnxRuntimeSession(Session):
             self.inputs = [_sig(i) for i in self.sess.get_inputs()]
         if not self.outputs:
             self.outputs = [_sig(o) for o in self.sess.get_outputs()]
+        # a batch can be split across streams only where the graph's batch is symbolic
+        self._splittable = all(not isinstance(i.shape[0], int) for i in self.sess.get_inputs() if i.shape)
 
     def _options(self, threads: int | None):
         """Session options: every graph optimisation, ``threads`` intra-op threads (ORT's default: one
@@ -96,8 +98,8 @@ class OnnxRuntimeSession(Session):
     def _throughput(self, batch: int) -> bool:
         """A batch split across streams: asked for (the profiler's batch sweeps; never a parity run),
         on the CPU, and only where the graph's batch is symbolic (a static batch takes no part)."""
-        return (not self.on_gpu and batch > 1 and self.streams() > 1 and self.options.get("batch_mode") == "throughput"
-                and all(not isinstance(i.shape[0], int) for i in self.sess.get_inputs() if i.shape))
+        return (not self.on_gpu and batch > 1 and self._splittable and self.streams() > 1
+                and self.options.get("batch_mode") == "throughput")
 
     def streams(self) -> int:
         """Concurrent runs of a throughput batch: one per thread asked for, else per physical core."""
