@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ from autotimm_deploy.exporter.inputs.samples import sample_images
 from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.models.embedded import EmbeddedPreprocessing, embed
 from autotimm_deploy.exporter.models.flops import counting_flops
+from autotimm_deploy.exporter.int8_retry import retry_int8
 from autotimm_deploy.exporter.parity import TOLERANCES
 from autotimm_deploy.exporter.parity import verify as check_parity
 from autotimm_deploy.exporter.parity import verify_pictures
@@ -423,32 +425,73 @@ def _space_needed(model, order: list[str]) -> int:
 
 def _export_format(fmt: str, ctx: ExportContext, io: dict, target: Path, verify: bool,
                    step: Callable[..., None], evaluation: Evaluation | None = None) -> ExportResult:
-    """One format: export into the scratch folder, verify, install at ``target``."""
-    model, options = ctx.model, ctx.options
-    result = ExportResult(format=fmt, params=model.build_info.get("params", 0),
-                          command=reproduce_command(model.spec, fmt, options, target.parent, ctx.stem))
+    """One format: export into the scratch folder, verify (int8 that misses its gate: retried along
+    `int8_retry`'s ladder), install at ``target``."""
+    template = ExportResult(format=fmt, params=ctx.model.build_info.get("params", 0),
+                            command=reproduce_command(ctx.model.spec, fmt, ctx.options, target.parent, ctx.stem))
     parent = get_format(fmt).derives_from
     if parent and parent not in ctx.done:
-        result.error = f"needs the {parent} artifact, which failed"
+        template.error = f"needs the {parent} artifact, which failed"
+        return template
+    made = _attempt(fmt, ctx, io, template, target.parent, verify, step, evaluation)
+    if verify and _retries_int8(fmt, ctx, made[0]):
+        def attempt(plan):
+            sub = Path(tempfile.mkdtemp(prefix=f"{fmt}-int8-", dir=ctx.workdir))
+            return _attempt(fmt, dataclasses.replace(ctx, workdir=sub, int8_plan=plan), io, template,
+                            target.parent, verify, step, evaluation)
+
+        made = retry_int8(get_format(fmt), ctx.model, made, attempt, lambda r: r.ok)
+    result, exported, manifest = made
+    if exported is None:
         return result
+    ctx.done[fmt] = exported
+    result.info, result.fallback = exported.record(), exported.fallback
+    manifest.export.update(result.info)
+    if result.parity is not None or result.accuracy is not None:
+        t0 = time.perf_counter()
+        if not accepted(result.parity, result.accuracy):
+            result.diagnosis = _diagnose(fmt, ctx, exported, exported.gate or ctx.options.precision, evaluation)
+        result.verify_seconds += time.perf_counter() - t0
+        manifest.parity, manifest.accuracy, manifest.diagnosis = result.parity, result.accuracy, result.diagnosis
+    exported.reference = None  # the fp32 graph can be gigabytes: not kept past the check
+    result.artifact, result.manifest = install_artifact(target.parent, target.name,
+                                                        {f.name: f for f in exported.files}, manifest)
+    result.bytes = sum(v["bytes"] for v in manifest.files.values())
+    return result
+
+
+def _retries_int8(fmt: str, ctx: ExportContext, result: ExportResult) -> bool:
+    """An int8 artifact that missed its proxy gate on tolerances alone, without a budget (``--max-drop``
+    keeps layers in float by measured accuracy instead), in a format that can retry."""
+    cls = get_format(fmt)
+    return (ctx.options.precision == "int8" and ctx.budget is None and result.error is None
+            and result.parity is not None and not result.ok and _tolerance_only(result.parity)
+            and (len(cls.int8_calibrators) > 1 or cls.keeps_float))
+
+
+def _attempt(fmt: str, ctx: ExportContext, io: dict, template: ExportResult, out_dir: Path, verify: bool,
+             step: Callable[..., None], evaluation: Evaluation | None):
+    """Export ``fmt`` once into ``ctx.workdir`` (for ``out_dir``) and check it: (result, exported,
+    manifest), the last two None when the export failed."""
+    model, options = ctx.model, ctx.options
+    result = dataclasses.replace(template)
     step(f"export {fmt}")
     t0 = time.perf_counter()
     try:
-        with disk_full_is_fault(f"{fmt} into {target.parent}"), recording() as trace:
+        with disk_full_is_fault(f"{fmt} into {out_dir}"), recording() as trace:
             exported = get_format(fmt)().export(ctx)
     except Fault:
         raise
     except (ExportFailed, UserError) as e:
         result.error = first_line(e, 1000)
-        return result
+        return result, None, None
     except Exception as e:  # noqa: BLE001 - an exporter crash on one format must not stop the rest
         result.error = f"{type(e).__name__}: {first_line(e)}"
-        return result
+        return result, None, None
     result.export_seconds = time.perf_counter() - t0
     if trace.nms is not None:  # the NMS the artifact holds (a graph made once and shared says it itself)
         exported.info.setdefault("nms", trace.nms)
-    result.info, result.exporter, result.fallback = exported.record(), exported.exporter, exported.fallback
-    ctx.done[fmt] = exported
+    result.exporter = exported.exporter
     gc.collect()  # a large model's export graph is gigabytes: free it before the next format
     manifest = _manifest(fmt, exported, model, io, options, result.export_seconds, result.command)
     if verify or evaluation:
@@ -459,15 +502,8 @@ def _export_format(fmt: str, ctx: ExportContext, io: dict, target: Path, verify:
         result.parity, result.accuracy = _check(model, exported, manifest, gate if verify else None, sizes,
                                                 evaluation, options.max_drop,
                                                 pictures_progress(step, f"evaluate {fmt}"))
-        if not accepted(result.parity, result.accuracy):
-            result.diagnosis = _diagnose(fmt, ctx, exported, gate, evaluation)
-        exported.reference = None  # the fp32 graph can be gigabytes: not kept past the check
         result.verify_seconds = time.perf_counter() - t0
-        manifest.parity, manifest.accuracy, manifest.diagnosis = result.parity, result.accuracy, result.diagnosis
-    result.artifact, result.manifest = install_artifact(target.parent, target.name,
-                                                        {f.name: f for f in exported.files}, manifest)
-    result.bytes = sum(v["bytes"] for v in manifest.files.values())
-    return result
+    return result, exported, manifest
 
 
 DIAGNOSIS_PICTURES = 4

@@ -82,6 +82,7 @@ class AOTIFormat(Format):
     check_file = staticmethod(zip_check("AOTInductor package (.pt2)", AOTI_MARKER))
     description = "AOTInductor package: compiled C++/CUDA kernels + weights, runs without Python (CPU or --device cuda)"
     precisions = ("fp32", "bf16", "int8")
+    keeps_float = True  # int8 layers kept in float get no qconfig (`int8_plan`)
     dynamic_size = True
     embeds_preprocessing = True
     Options = AOTIOptions
@@ -175,16 +176,20 @@ def _bfloat16_module():
 def _quantize_x86(program, example, ctx: ExportContext):
     """PT2E int8 for Inductor's x86 lowering: ``program`` quantized and exported again with its dims."""
     from autotimm_deploy.exporter.formats.dims import export_program
-    from autotimm_deploy.exporter.formats.torch_program import quantize_pt2e
+    from autotimm_deploy.exporter.formats.torch_program import planned_float, quantize_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer,
         get_default_x86_inductor_quantization_config,
     )
 
+    info = {"tool": "torchao pt2e + X86InductorQuantizer",
+            "scheme": "int8 activations (asymmetric uint8), per-channel int8 weights; frozen",
+            "calibration": ctx.calibration_info}
+    graph = program.module()
     quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    for name in sorted(planned_float(graph, ctx.int8_plan, info)):
+        quantizer.set_module_name_qconfig(name, None)
     dims = None if ctx.options.static else True
-    quantized = quantize_pt2e(program.module(), quantizer, ctx, dims)
+    quantized = quantize_pt2e(graph, quantizer, ctx, dims)
     requantized, _ = export_program(quantized, example, ctx.options)
-    return requantized, {"tool": "torchao pt2e + X86InductorQuantizer",
-                         "scheme": "int8 activations (asymmetric uint8), per-channel int8 weights; frozen",
-                         "calibration": ctx.calibration_info}
+    return requantized, info

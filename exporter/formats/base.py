@@ -162,6 +162,7 @@ class ExportContext:
     cache: dict[Any, Any] = field(default_factory=dict)
     share_intermediates: bool = False  # the caller's cache (--target): kept past this export call
     budget: AccuracyBudget | None = None  # int8 with --eval and --max-drop: keep layers in float until it holds
+    int8_plan: Any = None  # `int8_plan.Int8Plan`: a retry's calibrator and layers kept in float (None: plain)
 
     @property
     def example_batch(self) -> int:
@@ -225,6 +226,10 @@ class Format:
     # intermediates of `ExportContext.cache` it reads (e.g. the fp32 ONNX graph): kept while a later
     # format of the same export still needs them, then freed
     intermediates: ClassVar[tuple[str, ...]] = ()
+    # int8 that misses its parity gate is retried (`int8_plan`): the calibrators it fits activation
+    # ranges with, its default first, and whether it can keep named layers in float
+    int8_calibrators: ClassVar[tuple[str, ...]] = ()
+    keeps_float: ClassVar[bool] = False
 
     # set for formats built on the GPU that will run them: why a visible CUDA GPU is needed
     needs_cuda: ClassVar[str | None] = None

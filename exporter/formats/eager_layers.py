@@ -7,7 +7,7 @@ graph) are compared with them in the program's order, each with the timm module 
 from __future__ import annotations
 
 import numpy as np
-from autotimm_deploy.exporter.formats.onnx_int8 import timm_path
+from autotimm_deploy.exporter.formats.int8_plan import timm_path
 
 AGAINST = "eager PyTorch (the program the ONNX exporter translated, run node by node)"
 

@@ -28,7 +28,13 @@ from autotimm_deploy.exporter.formats.base import (
     register_format,
     with_batch_fallback,
 )
-from autotimm_deploy.exporter.formats.torch_program import fine_activation_scales, program_module, quantize_pt2e
+from autotimm_deploy.exporter.formats.torch_program import (
+    fine_activation_scales,
+    outside,
+    planned_float,
+    program_module,
+    quantize_pt2e,
+)
 
 BATCH_BOUND = 8  # a dynamic batch's largest size: memory for it is planned (and allocated) up front
 
@@ -43,6 +49,7 @@ class ExecuTorchFormat(Format):
     extra = "executorch"
     requires = ("executorch",)
     precisions = ("fp32", "int8")
+    keeps_float = True  # int8 layers kept in float stay out of the XNNPACK quantizer (`int8_plan`)
 
     def export(self, ctx: ExportContext) -> Exported:
         from torch.export import Dim
@@ -99,10 +106,13 @@ def _quantize(graph, example, dims, ctx: ExportContext):
         get_symmetric_quantization_config,
     )
 
+    info = {"tool": "torchao pt2e + XNNPACKQuantizer", "scheme": "symmetric int8, per-channel weights",
+            "calibration": ctx.calibration_info}
     quantizer = XNNPACKQuantizer().set_global(fine_activation_scales(get_symmetric_quantization_config(is_per_channel=True)))
-    quantized = quantize_pt2e(graph, quantizer, ctx, dims)
-    return quantized, {"tool": "torchao pt2e + XNNPACKQuantizer", "scheme": "symmetric int8, per-channel weights",
-                       "calibration": ctx.calibration_info}
+    in_float = planned_float(graph, ctx.int8_plan, info)
+    if in_float:
+        quantizer.set_filter_function(outside(in_float))
+    return quantize_pt2e(graph, quantizer, ctx, dims), info
 
 
 def _runs_batches(path, ctx: ExportContext, batches) -> str | None:

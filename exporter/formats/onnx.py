@@ -10,7 +10,7 @@ from pathlib import Path
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, cli_option, register_format
 from autotimm_deploy.exporter.formats.onnx_graph import FP32_GRAPH, MIN_OPSET, check_saved, fp32_proto, save_onnx
-from autotimm_deploy.exporter.formats.onnx_int8 import INT8_FORMS, quantize_qdq
+from autotimm_deploy.exporter.formats.onnx_int8 import CALIBRATORS, INT8_FORMS, quantize_qdq
 from autotimm_deploy.exporter.formats.onnx_reduced import reduced_proto
 
 
@@ -37,6 +37,8 @@ class OnnxFormat(Format):
     dynamic_size = True
     embeds_preprocessing = True
     Options = OnnxOptions
+    int8_calibrators = tuple(CALIBRATORS)
+    keeps_float = True
 
     @staticmethod
     def check_options(options) -> None:

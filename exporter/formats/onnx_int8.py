@@ -18,16 +18,18 @@ into the manifest; TensorRT's strongly typed int8 engines are built from this sa
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from pathlib import Path
 
 from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
+from autotimm_deploy.exporter.formats.int8_plan import kept, timm_path
 
 # Q/DQ only on the inputs of the compute-heavy ops, the placement TensorRT's explicit int8 path
 # expects; post-processing (box decode, NMS, resizes, concatenations) stays in float, where
 # quantizing it would cost accuracy (box coordinates) and can produce graphs ORT cannot load.
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-WRAPPER_PREFIXES = ("net.", "model.")  # our wrappers' attribute in front of the timm module path
 
 
 class _Reader:
@@ -49,6 +51,8 @@ class _Reader:
         return item
 
 
+# our calibrator name -> onnxruntime's CalibrationMethod; the first is the default
+CALIBRATORS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 # form -> (ORT QuantFormat name, activation QuantType name, activations symmetric)
 INT8_FORMS = {"s8s8": ("QDQ", "QInt8", True), "u8s8": ("QDQ", "QUInt8", False),
               "u8s8-qop": ("QOperator", "QUInt8", False)}
@@ -67,10 +71,15 @@ def quantize_qdq(proto, ctx, form: str = "s8s8"):
         except Exception:  # noqa: BLE001 - pre-processing only helps; quantize the plain graph instead
             pre = src
         input_name = proto.graph.input[0].name
+        plan = ctx.int8_plan
+        calibrator = (plan and plan.calibrator) or next(iter(CALIBRATORS))
+        weights = {i.name for i in proto.graph.initializer}
+        in_float = set(kept(plan, [module_name(n, weights) for n in proto.graph.node]))
+        planned = [n.name for n in proto.graph.node if n.op_type in QUANTIZED_OPS and module_name(n, weights) in in_float]
 
         def quantize(exclude: list[str]):
             dst = Path(tmp, f"int8-{len(exclude)}.onnx")
-            _quantize_static(pre, dst, _Reader(input_name, data), exclude, form)
+            _quantize_static(pre, dst, _Reader(input_name, data), planned + exclude, form, calibrator)
             return dst
 
         dst = quantize([])
@@ -82,25 +91,30 @@ def quantize_qdq(proto, ctx, form: str = "s8s8"):
     info = {"tool": "onnxruntime.quantization.quantize_static", "form": form, "format": quant_format,
             "ops": list(QUANTIZED_OPS),
             "activations": f"{'int8' if activations == 'QInt8' else 'uint8'} {'symmetric' if symmetric else 'asymmetric'}",
-            "weights": "int8 per-channel symmetric", "calibration": ctx.calibration_info}
+            "weights": "int8 per-channel symmetric", "calibration": ctx.calibration_info, "calibrator": calibrator}
+    if planned:
+        info["kept_float"] = {**plan.record()["kept_float"], "nodes": len(planned)}
     if control is not None:
         info["accuracy_control"] = control
     return out, info
 
 
-def _quantize_static(src: Path, dst: Path, reader, exclude: list[str], form: str = "s8s8") -> None:
+def _quantize_static(src: Path, dst: Path, reader, exclude: list[str], form: str = "s8s8",
+                     calibrator: str = "minmax") -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     quant_format, activations, symmetric = INT8_FORMS[form]
     try:
-        quantize_static(
-            str(src), str(dst), reader,
-            quant_format=getattr(QuantFormat, quant_format), per_channel=True,
-            activation_type=getattr(QuantType, activations), weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(QUANTIZED_OPS),
-            nodes_to_exclude=list(exclude),
-            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
-        )
+        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
+            quantize_static(
+                str(src), str(dst), reader,
+                quant_format=getattr(QuantFormat, quant_format), per_channel=True,
+                activation_type=getattr(QuantType, activations), weight_type=QuantType.QInt8,
+                calibrate_method=getattr(CalibrationMethod, CALIBRATORS[calibrator]),
+                op_types_to_quantize=list(QUANTIZED_OPS),
+                nodes_to_exclude=list(exclude),
+                extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+            )
     except Exception as e:  # noqa: BLE001
         raise ExportFailed(f"onnxruntime static quantization failed: {first_line(e)}") from e
 
@@ -200,10 +214,3 @@ def module_name(node, weights: set[str]) -> str:
             return timm_path(t[: -len(".weight")])
     return node.name
 
-
-def timm_path(path: str) -> str:
-    """A module path inside our wrapper -> the timm model's own path."""
-    for prefix in WRAPPER_PREFIXES:
-        if path.startswith(prefix):
-            return path[len(prefix):]
-    return path

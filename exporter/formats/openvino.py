@@ -19,10 +19,13 @@ from pathlib import Path
 from autotimm_deploy.exporter.core.errors import ExportFailed, MissingExtra, UserError, first_line
 from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
 from autotimm_deploy.exporter.formats.onnx_graph import FP32_GRAPH, fp32_proto, save_onnx
+from autotimm_deploy.exporter.formats.int8_plan import kept
 from autotimm_deploy.exporter.formats.onnx_int8 import module_name
 from autotimm_deploy.exporter.formats.onnx_nms import exact_openvino_nms
 
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "default"}
+# our calibrator name -> NNCF's activation range estimator; the first is NNCF's own default
+CALIBRATORS = {"mean-minmax": "MEAN_MINMAX", "histogram": "HISTOGRAM", "mean-quantile": "MEAN_QUANTILE"}
 
 
 @register_format
@@ -36,6 +39,8 @@ class OpenVinoFormat(Format):
     extra = "openvino"
     requires = ("openvino",)
     precisions = ("fp32", "bf16", "int8")
+    int8_calibrators = tuple(CALIBRATORS)
+    keeps_float = True
     dynamic_size = True
     # PIL's antialiased resize as plain ops (exporter/models/resample.py): OpenVINO's own antialiased
     # Interpolate is off by up to 70 levels of 8 bits
@@ -121,6 +126,7 @@ def _quantize(model, ctx: ExportContext, proto):
     preset = nncf.QuantizationPreset.MIXED if transformer else nncf.QuantizationPreset.PERFORMANCE
     info = {"tool": f"nncf {nncf.__version__}", "model_type": "transformer" if transformer else "cnn",
             "calibration": ctx.calibration_info}
+    kwargs.update(_planned(nncf, model, proto, ctx.int8_plan, info))
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             if ctx.budget is None:
@@ -131,6 +137,25 @@ def _quantize(model, ctx: ExportContext, proto):
     except Exception as e:  # noqa: BLE001
         raise ExportFailed(f"NNCF quantization failed: {first_line(e)}") from e
     return q, info
+
+
+def _planned(nncf, model, proto, plan, info: dict) -> dict:
+    """NNCF's arguments for a retry's `Int8Plan`: its range estimator, its layers as an ignored scope."""
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    out: dict = {}
+    info["calibrator"] = (plan and plan.calibrator) or next(iter(CALIBRATORS))
+    if plan is not None and plan.calibrator:
+        estimator = getattr(RangeEstimatorParametersSet, CALIBRATORS[plan.calibrator])
+        out["advanced_parameters"] = nncf.AdvancedQuantizationParameters(activations_range_estimator_params=estimator)
+    in_float = set(kept(plan, _modules(proto).values()))
+    if in_float:
+        nodes = {n for n, m in _modules(proto).items() if m in in_float}
+        names = [op.get_friendly_name() for op in model.get_ordered_ops()
+                 if op.get_type_name() in COMPUTE_OPS and op.get_friendly_name().split("/")[0] in nodes]
+        out["ignored_scope"] = nncf.IgnoredScope(names=names, validate=False)
+        info["kept_float"] = {**plan.record()["kept_float"], "nodes": len(names)}
+    return out
 
 
 def _with_accuracy_control(nncf, model, calibration, ctx: ExportContext, preset, kwargs, proto):

@@ -80,3 +80,26 @@ def quantize_pt2e(graph, quantizer, ctx, dims) -> "object":
         for i in range(0, len(data), step):
             prepared(data[i:i + step])
         return convert_pt2e(prepared)
+
+
+def module_stack(node) -> list[str]:
+    """The module paths a traced node runs inside, outermost first (as PT2E's module-name filters
+    read them: without a strict trace's ``L['self'].``)."""
+    return [fqn.removeprefix("L['self'].") for fqn, _ in (node.meta.get("nn_module_stack") or {}).values()]
+
+
+def planned_float(graph, plan, info: dict) -> set[str]:
+    """The module paths of ``graph`` (an exported program's module) that ``plan`` keeps in float,
+    recorded in ``info``; PT2E quantizers skip the nodes inside them (`outside`)."""
+    from autotimm_deploy.exporter.formats.int8_plan import kept
+
+    names = sorted({fqn for node in graph.graph.nodes for fqn in module_stack(node)})
+    in_float = set(kept(plan, names))
+    if in_float:
+        info["kept_float"] = {**plan.record()["kept_float"], "graph_modules": len(in_float)}
+    return in_float
+
+
+def outside(in_float: set[str]):
+    """A PT2E node filter: True (quantize) for nodes in none of the ``in_float`` modules."""
+    return lambda node: not in_float.intersection(module_stack(node))

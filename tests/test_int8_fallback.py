@@ -1,0 +1,126 @@
+"""int8 that misses its parity gate is retried along a ladder (issue #31 point 3): the format's other
+calibrators, then the first and last layers in float, then the family's sensitive layers; the
+manifest records what was tried and what was kept in float."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from autotimm_deploy.exporter import export, from_module
+from autotimm_deploy.exporter.formats import ExportOptions, get_format
+from autotimm_deploy.exporter.formats.int8_plan import Int8Plan, float_plans, kept, sensitive_layers
+
+INT8 = ExportOptions(precision="int8", calib_data="sample-pictures", calib_samples=16)
+
+
+class Outlier(torch.nn.Module):
+    """A classifier whose head reads features beside one huge constant channel it ignores: per-tensor
+    int8 of the head's input (step ~16) rounds the informative features to 0. With ``inside``, the
+    outlier comes out of a convolution instead, whose output every form quantizes: nothing on the
+    ladder can save it."""
+
+    def __init__(self, inside: bool = False):
+        super().__init__()
+        self.inside = inside
+        self.stem = torch.nn.Conv2d(3, 16, 3, stride=2)
+        self.mix = torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.head = torch.nn.Linear(16, 10)
+        self.register_buffer("offset", torch.zeros(16))
+        with torch.no_grad():
+            (self.mix.bias if inside else self.offset)[0] = 2000.0
+            self.head.weight[:, 0] = 0.0
+
+    def forward(self, x):
+        features = self.mix(self.stem(x).relu()).mean((2, 3))
+        return self.head(features if self.inside else features + self.offset)
+
+
+def _model(inside: bool = False):
+    torch.manual_seed(0)
+    return from_module(Outlier(inside), "outlier", 64)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_int8_missing_its_gate_keeps_layers_in_float(tmp_path, fmt):
+    pytest.importorskip({"onnx": "onnxruntime", "openvino": "nncf"}[fmt])
+    model = _model()
+    (r,) = export(model.spec, [fmt], tmp_path, INT8, model=model)
+    assert r.ok, r.parity.failures
+    record = r.info["int8_fallback"]
+    steps = [t["step"] for t in record["tried"]]
+    calibrators = get_format(fmt).int8_calibrators
+    assert steps == ["plain", *(f"calibrator {c}" for c in calibrators[1:]), "2 layers in float (edges)"]
+    assert all(t["verdict"] == "fail" for t in record["tried"][:-1]) and record["tried"][-1]["verdict"] == "pass"
+    assert record["tried"][0]["cosine"] < 0.98 < record["tried"][-1]["cosine"]
+    assert record["chosen"] == "2 layers in float (edges)" and "top1" in record["why"]
+    assert "int8 kept with 2 layers in float (edges)" in r.fallback
+    manifest = json.loads(r.manifest.read_text())
+    kept_float = manifest["export"]["quantization"]["kept_float"]
+    assert kept_float["modules"] == ["stem", "head"] and kept_float["nodes"] == 2
+    assert manifest["export"]["int8_fallback"]["chosen"] == record["chosen"]
+    assert [p.name for p in tmp_path.iterdir() if "int8-" in p.name] == []  # the retries' scratch is gone
+
+
+def test_int8_nothing_on_the_ladder_helps(tmp_path):
+    """Every step fails: the plain artifact stays, failing, with every step in its record."""
+    pytest.importorskip("onnxruntime")
+    model = _model(inside=True)
+    (r,) = export(model.spec, ["onnx"], tmp_path, INT8, model=model)
+    assert not r.ok and r.error is None
+    record = r.info["int8_fallback"]
+    assert record["chosen"] is None and len(record["tried"]) == 4
+    assert "quantization" in r.info and "kept_float" not in r.info["quantization"]
+    assert "int8 kept" not in (r.fallback or "")
+    assert json.loads(r.manifest.read_text())["parity"]["verdict"] == "fail"
+
+
+def test_no_retry_when_plain_int8_passes(tmp_path):
+    pytest.importorskip("onnxruntime")
+    model = _model()
+    model.module.offset.zero_()  # no outlier: plain int8 holds
+    (r,) = export(model.spec, ["onnx"], tmp_path, INT8, model=model)
+    assert r.ok and "int8_fallback" not in r.info and "kept_float" not in r.info["quantization"]
+
+
+def test_sensitive_layers_by_family():
+    import timm
+
+    cnn = sensitive_layers(timm.create_model("mobilenetv3_small_100", pretrained=False, num_classes=10))
+    assert cnn["edges"] == ["conv_stem", "classifier"]
+    assert "blocks.0.0.conv_dw" in cnn["depthwise"] and "blocks.0.0.se.conv_reduce" in cnn["squeeze-excite"]
+    assert cnn["attention-out"] == [] and cnn["mlp-out"] == []
+    vit = sensitive_layers(timm.create_model("test_vit", pretrained=False, num_classes=10))
+    assert vit["edges"] == ["patch_embed.proj", "head"]
+    assert "blocks.0.attn.proj" in vit["attention-out"] and "blocks.0.mlp.fc2" in vit["mlp-out"]
+    assert vit["depthwise"] == [] and vit["squeeze-excite"] == []
+
+
+def test_float_plans_grow_and_paths_match_through_wrappers():
+    import timm
+
+    net = timm.create_model("test_vit", pretrained=False, num_classes=10)
+    plans = float_plans(get_format("onnx"), net, "entropy")
+    assert [p.groups for p in plans] == [("edges",), ("edges", "attention-out", "mlp-out")]
+    assert all(p.calibrator == "entropy" for p in plans) and set(plans[0].modules) < set(plans[1].modules)
+    assert float_plans(get_format("torchscript"), net, None) == []  # a format that cannot keep layers in float
+    plan = Int8Plan(groups=("edges",), modules=("head",))
+    assert kept(plan, ["model.net.head", "L.head", "net.head.fc", "head"]) == ["model.net.head", "head"]
+    assert kept(None, ["head"]) == []
+
+
+def test_pt2e_keeps_planned_modules_out_of_the_quantizer():
+    """ExecuTorch's and AOTInductor's quantizers skip the nodes inside the plan's modules."""
+    pytest.importorskip("torchao")
+    from autotimm_deploy.exporter.formats.torch_program import module_stack, outside, planned_float
+
+    graph = torch.export.export(Outlier().eval(), (torch.randn(1, 3, 32, 32),)).module()
+    info: dict = {}
+    in_float = planned_float(graph, Int8Plan(groups=("edges",), modules=("stem", "head")), info)
+    assert in_float == {"stem", "head"} and info["kept_float"]["graph_modules"] == 2
+    quantize = outside(in_float)
+    verdicts = {module_stack(n)[-1]: quantize(n) for n in graph.graph.nodes if n.op == "call_function"
+                and n.target.__name__ in ("conv2d.default", "linear.default")}
+    assert verdicts == {"stem": False, "mix": True, "head": False}
+    assert planned_float(graph, None, {}) == set()
