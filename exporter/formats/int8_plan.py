@@ -5,7 +5,7 @@ Without labelled data the gate is a proxy (cosine, top-1 agreement against eager
 When the plain int8 artifact misses it, the pipeline retries along a ladder, cheapest in speed first,
 and keeps the first artifact that passes:
 
-1. the format's other calibrators (how activation ranges are fitted: percentile and entropy clip the
+1. the format's other calibrators (how activation ranges are fitted: percentile and histogram fits clip the
    outliers that min/max keeps, at no cost in speed);
 2. with the calibrator that came closest, the model's first and last compute layers kept in float (the
    stem sees raw pixels, the classifier's inputs are few and decide the answer);

@@ -52,7 +52,9 @@ class _Reader:
 
 
 # our calibrator name -> onnxruntime's CalibrationMethod; the first is the default
-CALIBRATORS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+# (not Entropy: quantize_static builds it with 128 bins and 128 quantized bins, so its KL search has
+# one candidate, the full range, and gives min/max's scales exactly, measured on mobilenetv3_large_100)
+CALIBRATORS = {"minmax": "MinMax", "percentile": "Percentile"}
 # form -> (ORT QuantFormat name, activation QuantType name, activations symmetric)
 INT8_FORMS = {"s8s8": ("QDQ", "QInt8", True), "u8s8": ("QDQ", "QUInt8", False),
               "u8s8-qop": ("QOperator", "QUInt8", False)}
