@@ -16,6 +16,8 @@ Per output tensor we report:
 
 from __future__ import annotations
 
+import hashlib
+import weakref
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -251,13 +253,77 @@ def compare_outputs(ref: dict, out: dict, tol: Tolerance) -> dict:
     return metrics
 
 
+# The eager model's outputs per model and input, computed once: the formats of one export (and the
+# signature forward before them, `keep_reference`) hold their artifacts against the same pictures.
+_EAGER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _state(model) -> tuple:
+    """What an eager output depends on besides its input: each weight and buffer (which tensor, and
+    its in-place version) and the train/eval mode. A model changed in place misses the cache."""
+    return (model.training, *((id(t), t._version) for t in (*model.parameters(), *model.buffers())))
+
+
+def _input_key(x: np.ndarray) -> tuple:
+    return x.shape, x.dtype.str, hashlib.blake2b(np.ascontiguousarray(x).data, digest_size=16).digest()
+
+
+def _cached(model, kind: str, x: np.ndarray):
+    entry = _EAGER.get(model)
+    if entry is None or entry[0] != _state(model):
+        return None
+    return entry[1].get((kind, _input_key(x)))
+
+
+def _store(model, kind: str, x: np.ndarray, value) -> None:
+    state = _state(model)
+    entry = _EAGER.get(model)
+    if entry is None or entry[0] != state:
+        entry = _EAGER[model] = (state, {})
+    entry[1][(kind, _input_key(x))] = value
+
+
+def _frozen(tensors, names) -> dict[str, np.ndarray]:
+    out = {}
+    for name, t in zip(names, tensors):
+        a = t.detach().numpy()
+        a.setflags(write=False)  # shared by every format's comparison
+        out[name] = a
+    return out
+
+
+def eager_outputs(model, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The eager ``model``'s outputs for ``x`` (read-only), run once per model state and input."""
+    import torch
+
+    ref = _cached(model, "eager", x)
+    if ref is None:
+        with torch.no_grad():
+            ref = _frozen(model(torch.from_numpy(x)), model.output_names)
+        _store(model, "eager", x, ref)
+    return ref
+
+
+def keep_reference(model, x: np.ndarray, outputs) -> None:
+    """Keep ``outputs``, the eager model's tensors for ``x`` that a caller just computed, so that
+    `verify` does not run the same forward again."""
+    try:
+        _store(model, "eager", x, _frozen(outputs, model.output_names))
+    except (TypeError, RuntimeError):  # an output numpy cannot hold: computed again by `verify`
+        pass
+
+
+def parity_pictures(prep: dict, batch: int, batches: tuple[int, ...] = BATCHES) -> np.ndarray:
+    """The pictures `verify` feeds at ``batch``, one of ``batches`` (at the export size): each batch
+    starts where the one before it ended in the sample list."""
+    return sample_images(batch, prep, offset=sum(batches[:batches.index(batch)]))
+
+
 def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | None = None,
            sizes: list[tuple[int, int]] | None = None) -> dict:
     """Run ``session`` (an open `autotimm_deploy.profiler.runtimes` session on the artifact) and the eager ``model``
     on the same pictures; return the parity report that goes into the manifest. ``sizes``: the input
     sizes (h, w) to compare at, for artifacts that take more than one (default: the export size)."""
-    import torch
-
     tol = TOLERANCES[precision]
     lo, hi = session.batch_range()
     if batches is None:
@@ -273,9 +339,8 @@ def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | N
         x = sample_images(b, prep if hw is None else {**prep, "input_size": [prep["input_size"][0], *hw]},
                           offset=offset)
         offset += b
-        with torch.no_grad():
-            ref = dict(zip(model.output_names, (t.numpy() for t in model(torch.from_numpy(x)))))
-        own = _reference_outputs(reference, x) if reference else None
+        ref = eager_outputs(model, x)
+        own = _own_reference(model, reference, x) if reference else None
         try:
             out = session.infer({input_name: x})
         except Exception as e:  # noqa: BLE001 - a runtime crash is a parity failure, reported as such
@@ -344,6 +409,15 @@ def verify_pictures(model, session, precision: str = "fp32") -> ParityReport:
                         device=session.device, batches=[1], tolerance=asdict(tol), metrics=merged,
                         inputs="four raw non-square scikit-image pictures (8-bit), preprocessed inside the graph",
                         per_batch=per_picture, failures=problems)
+
+
+def _own_reference(model, reference, x: np.ndarray) -> dict[str, np.ndarray] | str:
+    """`_reference_outputs`, once per model state and input."""
+    own = _cached(model, "reference", x)
+    if own is None:
+        own = _reference_outputs(reference, x)
+        _store(model, "reference", x, own)
+    return own
 
 
 def _reference_outputs(reference, x: np.ndarray) -> dict[str, np.ndarray] | str:

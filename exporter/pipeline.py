@@ -53,7 +53,7 @@ from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.models.embedded import EmbeddedPreprocessing, embed
 from autotimm_deploy.exporter.models.flops import counting_flops
 from autotimm_deploy.exporter.int8_retry import retry_int8
-from autotimm_deploy.exporter.parity import TOLERANCES
+from autotimm_deploy.exporter.parity import BATCHES, TOLERANCES, keep_reference, parity_pictures
 from autotimm_deploy.exporter.parity import verify as check_parity
 from autotimm_deploy.exporter.parity import verify_pictures
 from autotimm_deploy.profiler.artifact import open_artifact
@@ -309,7 +309,7 @@ def export(
                 ctx.budget = evaluation.budget(list(model.output_names), options.max_drop)
             if cache is not None:
                 ctx.cache, ctx.share_intermediates = cache, True
-            io = _io_signature(model, options)
+            io = _io_signature(model, options, parity=verify)
             results = []
             for i, fmt in enumerate(order):
                 results.append(_export_format(fmt, ctx, io, targets[fmt], verify, step, evaluation))
@@ -618,16 +618,25 @@ def _follow_size(dims: list, moved: list, size: tuple[int, int], other: tuple[in
     return out
 
 
-def _io_signature(model, options: ExportOptions) -> dict[str, Any]:
+def _io_signature(model, options: ExportOptions, parity: bool = True) -> dict[str, Any]:
+    """The manifest's inputs, outputs (run once to learn their shapes), size range and FLOPs. With
+    ``parity`` to come, the run is parity's at its larger batch, on its pictures, and kept for it."""
+    import numpy as np
     import torch
 
     if options.embed_preprocessing:
         return _picture_signature(model, options.embed_preprocessing)
 
     spec = model.spec
-    batch = options.batch_size if options.static else 2
+    batch = options.batch_size if options.static else (BATCHES[-1] if parity else 2)
+    if parity and list(model.preprocessing["input_size"]) == [spec.in_chans, *spec.img_size]:
+        x = parity_pictures(model.preprocessing, batch, (batch,) if options.static else BATCHES)
+    else:
+        x = np.zeros((batch, spec.in_chans, *spec.img_size), np.float32)
     with torch.no_grad(), counting_flops() as flops:  # counted once, on the forward that is run anyway
-        outs = model(torch.zeros(batch, spec.in_chans, *spec.img_size))
+        outs = model(torch.from_numpy(x))
+    if parity:
+        keep_reference(model, x, outs)
     dim0 = options.batch_size if options.static else "batch"
     out_dims = [[dim0, *t.shape[1:]] for t in outs]
     size: dict[str, Any] = {}

@@ -101,3 +101,25 @@ def test_verify_catches_a_broken_artifact_and_passes_a_good_one():
     bad = verify(model, _Scaled(model, 1.01))
     assert bad.verdict == "fail"
     assert bad.failures[0].startswith("logits: max_rel")
+
+
+def test_eager_reference_runs_once_per_model_state_and_input():
+    """Formats of one export share the eager outputs (and the signature forward seeds them); a model
+    changed in place is run again, never compared against its old outputs."""
+    import copy
+
+    from autotimm_deploy.exporter.parity import keep_reference, parity_pictures
+
+    model = build_model(ModelSpec("test_resnet", num_classes=10, img_size=(64, 64)))
+    session = _Scaled(copy.deepcopy(model), 1.0)  # the artifact: the model as it was
+    seen = []
+    model.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[0]))
+    x = parity_pictures(model.preprocessing, 4)
+    with torch.no_grad():
+        keep_reference(model, x, model(torch.from_numpy(x)))
+    assert seen == [4]
+    assert verify(model, session).verdict == "pass" and seen == [4, 1]  # batch 4 kept, batch 1 run
+    assert verify(model, session).verdict == "pass" and seen == [4, 1]  # a second format: nothing run
+    with torch.no_grad():
+        list(model.parameters())[-1].add_(1.0)  # changed in place: outputs differ from the artifact's
+    assert verify(model, session).verdict == "fail" and seen == [4, 1, 1, 4]
