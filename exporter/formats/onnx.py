@@ -59,7 +59,7 @@ class OnnxFormat(Format):
         path = ctx.path(self.suffix)
         set_metadata(proto, ctx.metadata())
         files = save_onnx(proto, path)
-        check_saved(path, dynamic=not ctx.options.static and graph.batch is None)
+        check_saved(path, dynamic=not ctx.options.static and graph.batch is None, proto=proto)
         graph.info["external_data"] = len(files) > 1
         return dataclasses.replace(graph, files=files, reference=reference)
 

@@ -169,14 +169,17 @@ def _first_success(ctx: ExportContext):
     return None, None, failures, None
 
 
-def check_saved(path: Path, dynamic: bool) -> None:
+def check_saved(path: Path, dynamic: bool, proto=None) -> None:
+    """``onnx.checker`` on the file at ``path``; a dynamic batch kept on every input and output, read
+    from ``proto`` (what was saved there) when given, else from the file (loaded again)."""
     import onnx
 
     try:
         onnx.checker.check_model(str(path))
     except Exception as e:  # noqa: BLE001
         raise ExportFailed(f"onnx.checker rejected the graph: {first_line(e)}") from e
-    _check_batch_dim(path, dynamic)
+    _check_batch_dim(proto.graph if proto is not None else onnx.load(str(path), load_external_data=False).graph,
+                     dynamic)
 
 
 def _simplify(proto):
@@ -191,10 +194,7 @@ def _simplify(proto):
         return proto, {"tool": "onnxslim", "error": first_line(e)}
 
 
-def _check_batch_dim(path: Path, dynamic: bool) -> None:
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
+def _check_batch_dim(graph, dynamic: bool) -> None:
     for value in list(graph.input) + list(graph.output):
         dim0 = value.type.tensor_type.shape.dim[0]
         if dynamic and not dim0.dim_param:
