@@ -141,3 +141,14 @@ def test_a_crop_one_pixel_larger_than_the_input():
     img = pictures()["chelsea"][:300, :300]
     x, g = prepare(img, record(32, resize="crop", library="pil", interpolation="bilinear", resize_size=[33]))
     assert x.shape == (3, 32, 32) and g.resized == (33, 33) and g.offset == (0, 0)
+
+
+def test_sample_pictures_read_as_skimage_reads_them():
+    """The parity pictures are read with PIL from skimage's folder: the same pixels as skimage.data."""
+    import skimage.data
+    from autotimm_deploy.exporter.inputs.samples import FILES, PICTURES, read_picture
+
+    assert set(PICTURES) == set(FILES)
+    for name in PICTURES:
+        ours, theirs = read_picture(name), np.asarray(getattr(skimage.data, name)())
+        assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs), name
