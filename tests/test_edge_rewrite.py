@@ -55,3 +55,39 @@ def test_halo_attention_exports_to_every_edge_format(fmt, tmp_path):
     assert r.ok, (r.error, r.parity and r.parity.failures)
     if fmt != "coreml":  # Core ML predicts only on macOS: its interface is what is checked here
         assert r.parity.metrics["logits"]["max_rel"] < 1e-4
+
+
+class ResponseNorm(nn.Module):
+    """ConvNeXt-V2's global response norm (``torch.addcmul``), which Core ML and pnnx cannot take."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.layers.grn import GlobalResponseNorm
+
+        self.embed = nn.Conv2d(3, 8, 4, stride=4)
+        self.grn = GlobalResponseNorm(8, channels_last=False)
+        with torch.no_grad():
+            self.grn.weight.normal_()
+            self.grn.bias.normal_()
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.head(self.grn(self.embed(x)).mean((2, 3)))
+
+
+def test_addcmul_is_decomposed_for_the_edge_converters(tmp_path):
+    torch.manual_seed(0)
+    module = ResponseNorm().eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    program = edge_program(module, x)
+    ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert "aten.addcmul.default" not in ops
+    with torch.no_grad():
+        (got,) = program.module()(x)
+        torch.testing.assert_close(got, module(x), rtol=1e-5, atol=1e-6)
+    for fmt in ("ncnn", "coreml"):  # both failed before: "no layer for aten::addcmul", "Unsupported fx node addcmul"
+        if get_format(fmt).unavailable_reason():
+            continue
+        model = from_module(ResponseNorm(), "grn", SIZE)
+        (r,) = export(model.spec, [fmt], tmp_path / fmt, model=model)
+        assert r.ok, (r.error, r.parity and r.parity.failures)

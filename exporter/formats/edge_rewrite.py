@@ -12,6 +12,10 @@ ncnn) in the ``torch.export`` program they start from (issue #32).
   broadcasting gives the same result, left to broadcast: LiteRT's converter rejected HaloAttn's
   relative logits, two expanded five-axis terms added, as not broadcast-compatible.
 
+- ``addcmul`` / ``addcdiv`` (ConvNeXt-V2's global response norm: ``torch.addcmul``), which Core ML
+  and pnnx have no translation for: decomposed into their multiplies / divides and add (PyTorch's own
+  decompositions, `EDGE_DECOMPOSED`).
+
 The graph is exported again after the rewrite, so a dynamic batch stays dynamic and every node has
 its shapes (which `ncnn_rewrite` reads).
 """
@@ -29,6 +33,7 @@ def edge_program(module, example, dims=None):
     import torch
 
     program = folded_program(module, example, dims)
+    program = decomposed(program)
     graph_module = program.module()
     broadcast = broadcast_not_expanded(graph_module.graph)
     if not (unfold_as_windows(graph_module.graph) or broadcast):
@@ -37,6 +42,21 @@ def edge_program(module, example, dims=None):
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.export.export(graph_module, (example,), dynamic_shapes=dims, strict=False)
+
+
+EDGE_DECOMPOSED = ("addcmul", "addcdiv")  # aten ops written as their parts for every edge converter
+
+
+def decomposed(program):
+    """``program`` with the `EDGE_DECOMPOSED` ops it holds replaced by PyTorch's decompositions."""
+    import torch
+    from torch._decomp import get_decompositions
+
+    ops = [getattr(torch.ops.aten, name) for name in EDGE_DECOMPOSED]
+    held = {n.target for n in program.graph.nodes if n.op == "call_function"}
+    if not any(op.default in held for op in ops):
+        return program
+    return program.run_decompositions(get_decompositions(ops))
 
 
 def unfold_as_windows(graph) -> bool:
