@@ -122,4 +122,6 @@ def test_eager_reference_runs_once_per_model_state_and_input():
     assert verify(model, session).verdict == "pass" and seen == [4, 1]  # a second format: nothing run
     with torch.no_grad():
         list(model.parameters())[-1].add_(1.0)  # changed in place: outputs differ from the artifact's
-    assert verify(model, session).verdict == "fail" and seen == [4, 1, 1, 4]
+    report = verify(model, session)
+    # run again, then (failed fp32) once more in float64 on a copy, hooks and all (parity_exact)
+    assert report.verdict == "fail" and report.exact["verdict"] == "fail" and seen == [4, 1, 1, 4, 1, 4]

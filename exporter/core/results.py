@@ -52,6 +52,9 @@ class ParityReport:
     # raw pictures through AutoTimm's own eval transform, predict() and geometry vs through ours and the
     # artifact (exporter/end_to_end.py): {"verdict", "against", "pictures": [...], "failures": [...]}
     end_to_end: dict[str, Any] | None = None
+    # fp32 that missed the gate where eager fp32 itself departs from float64 (exporter/parity_exact.py):
+    # {"verdict", "factor", "failures", "eager_vs_float64", "artifact_vs_float64"}
+    exact: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
