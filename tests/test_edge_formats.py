@@ -150,6 +150,30 @@ def test_litert_fp16_resizes_its_batch(tmp_path):
         assert s.infer(s.random_arrays(3))["logits"].shape == (3, 6)
 
 
+def test_litert_graph_that_bakes_its_batch_in_is_not_called_dynamic(monkeypatch, tmp_path):
+    """An interpreter that runs a resized batch but answers the converted batch's rows (a reshape
+    baking the batch in: cspdarknet53's) does not resize: the export then fixes the batch."""
+    pytest.importorskip("ai_edge_litert")
+    from types import SimpleNamespace
+
+    import ai_edge_litert.interpreter
+    from autotimm_deploy.exporter.formats import litert
+
+    class Interpreter:
+        def __init__(self, model_path):
+            pass
+
+        def get_signature_runner(self):
+            runner = lambda **feed: {"logits": np.zeros((1, 6), np.float32), "count": np.float32(0)}  # noqa: E731
+            runner.get_input_details = lambda: {"input": {}}
+            return runner
+
+    monkeypatch.setattr(ai_edge_litert.interpreter, "Interpreter", Interpreter)
+    ctx = SimpleNamespace(spec=SimpleNamespace(in_chans=3, img_size=(8, 8)))
+    assert litert._resizes(tmp_path / "m.tflite", 2, ctx) == "gave [1] rows for a batch of 2"
+    assert litert._resizes(tmp_path / "m.tflite", 1, ctx) is None  # (a scalar output has no rows)
+
+
 @pytest.mark.parametrize("model,int8_layers", [("test_resnet", 16), ("test_vit", 2)])
 def test_ncnn_int8_calibrated_and_written_as_ncnn2int8_does(tmp_path, model, int8_layers):
     """ncnn int8: the table from our calibration pictures (KL per input blob, per-channel weight
