@@ -116,7 +116,7 @@ def _quantize(graph, example, dims, ctx: ExportContext):
 
 
 def _runs_batches(path, ctx: ExportContext, batches) -> str | None:
-    """None when the program runs at each of ``batches``, else what failed."""
+    """None when the program runs at each of ``batches`` and answers every picture, else what failed."""
     import torch
     from executorch.runtime import Runtime
 
@@ -124,7 +124,10 @@ def _runs_batches(path, ctx: ExportContext, batches) -> str | None:
         try:
             method = Runtime.get().load_program(str(path)).load_method("forward")
             for b in batches:
-                method.execute([torch.zeros(b, ctx.spec.in_chans, *ctx.spec.img_size)])
+                outputs = method.execute([torch.zeros(b, ctx.spec.in_chans, *ctx.spec.img_size)])
+                rows = {o.shape[0] for o in outputs if isinstance(o, torch.Tensor) and o.dim()}
+                if not rows <= {b}:
+                    return f"gave {sorted(rows)} rows for a batch of {b}"
         except Exception as e:  # noqa: BLE001 - the runtime's own error, kept for the manifest
             return first_line(e, 200)
     return None
