@@ -137,8 +137,8 @@ def run_one(name: str, family: str, a: argparse.Namespace) -> list[dict]:
     try:
         with tempfile.TemporaryDirectory() as d:
             results = export(ModelSpec(name, img_size=size), formats, d)
-    except (UserError, Exception) as e:  # noqa: BLE001 - a model that will not build is a row per format
-        line = f"ERROR (build) {str(e).strip().splitlines()[0][:300]}"
+    except (UserError, Exception) as e:  # noqa: BLE001 - an export call that raises is a row per format
+        line = f"ERROR (export raised) {str(e).strip().splitlines()[0][:300]}"
         return [{**base, "format": f, "ok": False, "verdict": line, "s": 0.0} for f in formats]
     rows = []
     for r in results:
