@@ -51,7 +51,7 @@ from autotimm_deploy.exporter.inputs.labelled import Labelled, load_labelled
 from autotimm_deploy.exporter.inputs.samples import sample_images
 from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.models.embedded import EmbeddedPreprocessing, embed
-from autotimm_deploy.exporter.models.flops import counting_flops
+from autotimm_deploy.exporter.models.flops import counted
 from autotimm_deploy.exporter.int8_retry import retry_int8
 from autotimm_deploy.exporter.parity import BATCHES, TOLERANCES, keep_reference, parity_pictures
 from autotimm_deploy.exporter.parity import verify as check_parity
@@ -633,8 +633,8 @@ def _io_signature(model, options: ExportOptions, parity: bool = True) -> dict[st
         x = parity_pictures(model.preprocessing, batch, (batch,) if options.static else BATCHES)
     else:
         x = np.zeros((batch, spec.in_chans, *spec.img_size), np.float32)
-    with torch.no_grad(), counting_flops() as flops:  # counted once, on the forward that is run anyway
-        outs = model(torch.from_numpy(x))
+    with torch.no_grad():  # counted once, on the forward that is run anyway
+        outs, flops = counted(model, lambda: model(torch.from_numpy(x)))
     if parity:
         keep_reference(model, x, outs)
     dim0 = options.batch_size if options.static else "batch"
@@ -672,8 +672,7 @@ def _picture_signature(model, layout: str) -> dict[str, Any]:
     other = np.zeros((h + 17, w * 3 // 4 + 3, c), np.uint8)
     sizes = [tuple(first.shape[1:3] if layout == "nhwc" else first.shape[2:]), other.shape[:2]]
     with torch.no_grad():
-        with counting_flops() as flops:
-            outs = model(first)
+        outs, flops = counted(model, lambda: model(first))
         moved = model(torch.from_numpy(picture_input(other, layout)))
     out_dims = [_follow_size([1, *t.shape[1:]], [1, *u.shape[1:]], sizes[0], sizes[1], n)
                 for t, u, n in zip(outs, moved, model.output_names)]

@@ -10,7 +10,7 @@ from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.models import build_model, check_model_name
-from autotimm_deploy.exporter.models.flops import counting_flops
+from autotimm_deploy.exporter.models.flops import counted
 from autotimm_deploy.profiler.artifact import default_runtime, detect, endings
 from autotimm_deploy.profiler.runtimes import open_session
 
@@ -105,8 +105,8 @@ def _count(model) -> dict:
     import torch
 
     spec = model.spec
-    with torch.no_grad(), counting_flops() as flops:
-        model(torch.zeros(1, spec.in_chans, *spec.img_size))
+    with torch.no_grad():
+        _, flops = counted(model, lambda: model(torch.zeros(1, spec.in_chans, *spec.img_size)))
     return flops.record(1, [spec.in_chans, *spec.img_size])
 
 

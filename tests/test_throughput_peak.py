@@ -162,3 +162,30 @@ def test_profile_reports_peak_and_settings(artifacts):
     text = markdown.render(report)
     assert "% of peak" in text and "peak: " in text and "GFLOPs per picture" in text
     json.dumps(report)  # --json writes it as it is
+
+
+def test_flops_of_a_model_the_counter_used_to_break():
+    """CaiT's class-attention blocks made the counter's module tracker assert ("Expected gradient
+    function to be set") and the whole export fail; counted with the weights not requiring grad,
+    they count, and the weights' flags come back. A counter that still breaks the forward leaves the
+    count empty, with the reason, and the forward's own result."""
+    import timm
+    from autotimm_deploy.exporter.models.flops import counted
+
+    net = timm.create_model("cait_xxs24_224", pretrained=False, img_size=64, num_classes=4).eval()
+    net.head.weight.requires_grad_(False)
+    with torch.no_grad():
+        out, count = counted(net, lambda: net(torch.zeros(1, 3, 64, 64)))
+    assert out.shape == (1, 4) and count.total > 0 and count.error is None
+    assert not net.head.weight.requires_grad and net.cls_token.requires_grad
+    calls = []
+
+    def breaks_once():
+        calls.append(1)
+        if len(calls) == 1:
+            raise AssertionError("Expected gradient function to be set")
+        return "answer"
+
+    out, count = counted(net, breaks_once)
+    assert out == "answer" and count.total is None and "the counter broke the forward" in count.error
+    assert count.record(1, [3, 64, 64])["per_image"] is None

@@ -11,7 +11,7 @@ count is a slight undercount and "% of peak" a slight understatement, never an o
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 COUNTED_BY = "torch.utils.flop_counter.FlopCounterMode"
 COUNTS = ("2 per multiply-accumulate of convolutions, matrix products and attention; bias adds, norms, "
@@ -48,3 +48,23 @@ def counting_flops() -> Iterator[FlopCount]:
         count.total = int(mode.get_total_flops())
     except Exception as e:  # noqa: BLE001 - a count is a report, never a reason to fail an export
         count.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+def counted(model, forward: Callable[[], Any]) -> tuple[Any, FlopCount]:
+    """``forward()``'s result (a forward of ``model``) and its FLOPs. The weights stop requiring grad
+    while it is counted (restored after): the counter's module tracker hooks tensors that require
+    grad and asserts on some (CaiT's class-attention blocks: "Expected gradient function to be set").
+    Where the counter still breaks the forward, the forward runs again uncounted and the count is
+    empty with that reason."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.requires_grad_(False)
+        with counting_flops() as count:
+            return forward(), count
+    except Exception as e:  # noqa: BLE001 - the same forward without the counter decides
+        out, count = forward(), FlopCount()
+        count.error = f"the counter broke the forward: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+        return out, count
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
