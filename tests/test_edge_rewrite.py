@@ -91,3 +91,31 @@ def test_addcmul_is_decomposed_for_the_edge_converters(tmp_path):
         model = from_module(ResponseNorm(), "grn", SIZE)
         (r,) = export(model.spec, [fmt], tmp_path / fmt, model=model)
         assert r.ok, (r.error, r.parity and r.parity.failures)
+
+
+class StackedHeads(nn.Module):
+    """EfficientViM's distilled head: per-stage logits stacked on a new first axis and summed over it."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 4, stride=4)
+        self.heads = nn.ModuleList(nn.Linear(8, 5) for _ in range(3))
+
+    def forward(self, x):
+        f = self.embed(x).mean((2, 3))
+        return torch.stack([h(f) for h in self.heads]).sum(0) + torch.stack([f[:, :5], f[:, 3:]]).mean(0)
+
+
+def test_sum_over_a_stack_is_added_for_the_edge_converters(tmp_path):
+    torch.manual_seed(0)
+    module = StackedHeads().eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    program = edge_program(module, x)
+    assert "aten.stack.default" not in {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    with torch.no_grad():
+        got = program.module()(x)
+        torch.testing.assert_close(got[0] if isinstance(got, (tuple, list)) else got, module(x), rtol=1e-5, atol=1e-6)
+    if get_format("ncnn").unavailable_reason() is None:  # before: ncnn summed over the classes, shape [1, 1]
+        model = from_module(StackedHeads(), "stacked", SIZE)
+        (r,) = export(model.spec, ["ncnn"], tmp_path, model=model)
+        assert r.ok, (r.error, r.parity and r.parity.failures)

@@ -16,6 +16,10 @@ ncnn) in the ``torch.export`` program they start from (issue #32).
   and pnnx have no translation for: decomposed into their multiplies / divides and add (PyTorch's own
   decompositions, `EDGE_DECOMPOSED`).
 
+- ``sum`` / ``mean`` over the axis a ``stack`` just made, as the stacked tensors added (EfficientViM's
+  distilled head, ``torch.stack(logits).sum(0)``): pnnx puts that axis where ncnn has no axis (the
+  batch's) and ncnn summed over the classes instead.
+
 The graph is exported again after the rewrite, so a dynamic batch stays dynamic and every node has
 its shapes (which `ncnn_rewrite` reads).
 """
@@ -26,8 +30,8 @@ from autotimm_deploy.exporter.formats.torch_program import folded_program
 
 
 def edge_program(module, example, dims=None):
-    """``folded_program(module, example, dims)`` with every ``unfold`` written as its windows and
-    expanded operands of elementwise ops left to broadcast."""
+    """``folded_program(module, example, dims)`` with the ops above decomposed, every ``unfold`` written
+    as its windows, expanded operands of elementwise ops left to broadcast and sums of a stack added."""
     import warnings
 
     import torch
@@ -35,8 +39,9 @@ def edge_program(module, example, dims=None):
     program = folded_program(module, example, dims)
     program = decomposed(program)
     graph_module = program.module()
-    broadcast = broadcast_not_expanded(graph_module.graph)
-    if not (unfold_as_windows(graph_module.graph) or broadcast):
+    changed = [rewrite(graph_module.graph) for rewrite in (broadcast_not_expanded, unfold_as_windows,
+                                                               stack_reduced_as_adds)]
+    if not any(changed):
         return program
     graph_module.recompile()
     with torch.no_grad(), warnings.catch_warnings():
@@ -88,6 +93,37 @@ def unfold_as_windows(graph) -> bool:
             order = [a for a in range(rank + 1) if a != dim + 1] + [dim + 1]
             node.replace_all_uses_with(graph.call_function(aten.permute.default, (stacked, order)))
         graph.erase_node(node)
+        replaced = True
+    return replaced
+
+
+def stack_reduced_as_adds(graph) -> bool:
+    """``sum(stack(xs, d), d)`` (or ``mean``) as ``xs[0] + xs[1] + ...`` (divided by their count); whether
+    any was replaced."""
+    import torch
+
+    aten = torch.ops.aten
+    replaced = False
+    for node in [n for n in graph.nodes if n.op == "call_function"
+                 and n.target in (aten.sum.dim_IntList, aten.mean.dim)]:
+        stack = node.args[0]
+        if getattr(stack, "target", None) is not aten.stack.default or len(stack.users) != 1:
+            continue
+        pieces, d = stack.args[0], (stack.args[1] if len(stack.args) > 1 else 0)
+        rank = stack.meta["val"].dim()
+        dims = node.args[1] if len(node.args) > 1 else None
+        keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+        if dims is None or [a % rank for a in dims] != [d % rank] or keepdim or node.kwargs.get("dtype"):
+            continue
+        with graph.inserting_before(node):
+            total = pieces[0]
+            for piece in pieces[1:]:
+                total = graph.call_function(aten.add.Tensor, (total, piece))
+            if node.target is aten.mean.dim:
+                total = graph.call_function(aten.div.Tensor, (total, len(pieces)))
+            node.replace_all_uses_with(total)
+        graph.erase_node(node)
+        graph.erase_node(stack)
         replaced = True
     return replaced
 
