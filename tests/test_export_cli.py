@@ -89,6 +89,7 @@ def test_failed_parity_exits_1(tmp_path, monkeypatch, capsys):
     from autotimm_deploy.exporter.cli import entry
 
     monkeypatch.setitem(v.TOLERANCES, "fp32", v.Tolerance(max_rel=-1, max_abs=-1, cosine=2, delta_cosine=2, top1=2, tie_margin=0, pixel=2))
+    monkeypatch.setattr("autotimm_deploy.exporter.parity_exact.FACTOR", 0.0)  # no allowance against float64 either
     assert entry(["test_resnet", "--img-size", "64", "-f", "torchscript", "-o", str(tmp_path), "--json"]) == 1
     data = json.loads(capsys.readouterr().out)
     assert data["results"][0]["parity"]["verdict"] == "fail"

@@ -162,6 +162,7 @@ def test_failed_parity_keeps_the_verdict(tmp_path, monkeypatch):
     import autotimm_deploy.exporter.parity as v
 
     monkeypatch.setitem(v.TOLERANCES, "fp32", v.Tolerance(max_rel=-1, max_abs=-1, cosine=2, delta_cosine=2, top1=2, tie_margin=0, pixel=2))
+    monkeypatch.setattr("autotimm_deploy.exporter.parity_exact.FACTOR", 0.0)  # no allowance against float64 either
     (r,) = export(SMALL, ["torchscript"], tmp_path)
     assert not r.ok and r.parity.verdict == "fail"
     assert load_manifest(r.artifact).parity.verdict == "fail"

@@ -70,7 +70,8 @@ def test_int8_nothing_on_the_ladder_helps(tmp_path):
     (r,) = export(model.spec, ["onnx"], tmp_path, INT8, model=model)
     assert not r.ok and r.error is None
     record = r.info["int8_fallback"]
-    assert record["chosen"] is None and len(record["tried"]) == 4
+    # plain, each other calibrator, the edges in float (the module has no family layers)
+    assert record["chosen"] is None and len(record["tried"]) == len(get_format("onnx").int8_calibrators) + 1
     assert "quantization" in r.info and "kept_float" not in r.info["quantization"]
     assert "int8 kept" not in (r.fallback or "")
     assert json.loads(r.manifest.read_text())["parity"]["verdict"] == "fail"

@@ -75,6 +75,5 @@ def test_a_well_conditioned_model_keeps_the_plain_tolerance():
     model = _model(0.0)  # no cancellation: eager fp32 is within ~1e-7 of float64
     exact = _run(model, torch.float64)
     report = verify(model, Session(lambda x: exact(x) * 1.01))  # 1 % off
-    assert report.verdict == Verdict.FAIL and report.exact["verdict"] == "fail"
-    assert report.exact["eager_vs_float64"]["logits"]["max_rel"] < 1e-5
+    assert report.verdict == Verdict.FAIL and report.exact is None  # eager holds the gate against float64
     assert verify(model, Session(_run(model, torch.float32))).exact is None  # it passed: nothing to judge
