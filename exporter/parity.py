@@ -394,10 +394,17 @@ def _exact(model, precision: str, merged: dict, problems: list[str], compared: l
     fp32 itself departs from it (`parity_exact`): (the judgement or None, notes)."""
     if precision != "fp32" or not problems or any(m["kind"] != MetricKind.TENSOR for m in merged.values()):
         return None, []
-    from autotimm_deploy.exporter.parity_exact import against_float64
+    from autotimm_deploy.exporter.parity_exact import against_float64, float64_outputs
 
-    exact = against_float64(model, compared, tol, compare, _merge)
-    if exact is None or not any(failures(m, precision) for m in exact["eager_vs_float64"].values()):
+    outputs = [_cached(model, "float64", x) for x, _, _ in compared]  # once per model and pictures, as eager's
+    if any(o is None for o in outputs):
+        outputs = float64_outputs(model, [x for x, _, _ in compared])
+        if outputs is None:
+            return None, []
+        for (x, _, _), o in zip(compared, outputs):
+            _store(model, "float64", x, o)
+    exact = against_float64(outputs, compared, tol, compare, _merge)
+    if not any(failures(m, precision) for m in exact["eager_vs_float64"].values()):
         return None, []  # eager fp32 holds the gate against float64 itself: the gate against eager decides
     if exact["verdict"] != "pass":
         return exact, []

@@ -24,21 +24,26 @@ import numpy as np
 FACTOR = 3.0  # an artifact may be this many times as far from float64 as eager fp32 is
 
 
-def against_float64(model, runs: list[tuple[np.ndarray, dict, dict]], tol, compare: Callable,
-                    merge: Callable) -> dict[str, Any] | None:
-    """``runs``: (pictures, eager fp32 outputs, artifact outputs) per batch compared; ``compare`` and
-    ``merge``: parity's per-tensor metrics and how batches combine. The judgement, or None where the
-    model cannot run in float64."""
+def float64_outputs(model, xs: list[np.ndarray]) -> list[dict[str, np.ndarray]] | None:
+    """The eager model's outputs for each of ``xs``, run in float64 on a copy; None where it cannot
+    run in float64."""
     import torch
 
     try:
         exact_model = copy.deepcopy(model).double().eval()
         with torch.no_grad():
-            exact = [dict(zip(model.output_names, (t.detach().double().numpy() for t in
-                                                   exact_model(torch.from_numpy(x).double()))))
-                     for x, _, _ in runs]
+            return [dict(zip(model.output_names, (t.detach().double().numpy() for t in
+                                                  exact_model(torch.from_numpy(x).double()))))
+                    for x in xs]
     except Exception:  # noqa: BLE001 - an op without a float64 kernel: no exact answer to judge by
         return None
+
+
+def against_float64(exact: list[dict], runs: list[tuple[np.ndarray, dict, dict]], tol, compare: Callable,
+                    merge: Callable) -> dict[str, Any]:
+    """``exact``: `float64_outputs` of the pictures of ``runs``, (pictures, eager fp32 outputs, artifact
+    outputs) per batch compared; ``compare`` and ``merge``: parity's per-tensor metrics and how batches
+    combine. The judgement."""
     names = [n for n in runs[0][1] if np.issubdtype(runs[0][1][n].dtype, np.floating)]
     eager = merge({str(i): {n: compare(e[n], ref[n], tol) for n in names} for i, (e, (_, ref, _)) in
                     enumerate(zip(exact, runs))})

@@ -76,8 +76,9 @@ def quantize_qdq(proto, ctx, form: str = "s8s8"):
         plan = ctx.int8_plan
         calibrator = (plan and plan.calibrator) or next(iter(CALIBRATORS))
         weights = {i.name for i in proto.graph.initializer}
-        in_float = set(kept(plan, [module_name(n, weights) for n in proto.graph.node]))
-        planned = [n.name for n in proto.graph.node if n.op_type in QUANTIZED_OPS and module_name(n, weights) in in_float]
+        compute = {n.name: module_name(n, weights) for n in proto.graph.node if n.op_type in QUANTIZED_OPS}
+        in_float = set(kept(plan, compute.values()))
+        planned = [node for node, module in compute.items() if module in in_float]
 
         def quantize(exclude: list[str]):
             dst = Path(tmp, f"int8-{len(exclude)}.onnx")

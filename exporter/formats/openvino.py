@@ -148,9 +148,10 @@ def _planned(nncf, model, proto, plan, info: dict) -> dict:
     if plan is not None and plan.calibrator:
         estimator = getattr(RangeEstimatorParametersSet, CALIBRATORS[plan.calibrator])
         out["advanced_parameters"] = nncf.AdvancedQuantizationParameters(activations_range_estimator_params=estimator)
-    in_float = set(kept(plan, _modules(proto).values()))
+    modules = _modules(proto)
+    in_float = set(kept(plan, modules.values()))
     if in_float:
-        nodes = {n for n, m in _modules(proto).items() if m in in_float}
+        nodes = {n for n, m in modules.items() if m in in_float}
         names = [op.get_friendly_name() for op in model.get_ordered_ops()
                  if op.get_type_name() in COMPUTE_OPS and op.get_friendly_name().split("/")[0] in nodes]
         out["ignored_scope"] = nncf.IgnoredScope(names=names, validate=False)
