@@ -4,7 +4,9 @@ a quiet machine:
     .venv/bin/python benchmarks/cpu_targets.py [--models resnet50,...] [--max-time 20] [--out bench-cpu]
 
 Calibration: 32 images made from scikit-image's pictures (random 224-px crops, flips) written as PNG
-files, as a user's folder would be. Prints a Markdown table and the geometric-mean speedup."""
+files, as a user's folder would be. Prints a Markdown table (the chosen artifact's speedup over eager
+and over ONNX Runtime fp32, its "% of peak" for its precision on this CPU), the geometric means and
+every candidate's time."""
 
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ from pathlib import Path
 import numpy as np
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.formats import ExportOptions
+from autotimm_deploy.exporter.core.manifest import load_manifest
 from autotimm_deploy.exporter.select import target_cpu
+from autotimm_deploy.profiler.measure.peak import device_peak, percent_of_peak
 
 MODELS = "resnet50,mobilenetv3_small_100,efficientnet_b0,convnext_tiny,vit_base_patch16_224"
 
@@ -38,15 +42,24 @@ def calibration_folder(folder: Path, n: int = 32, seed: int = 0) -> Path:
     return folder
 
 
+def peak_share(candidate) -> str:
+    """The chosen artifact's batch-1 FLOP/s as a share of this CPU's peak for its precision
+    (profiler/measure/peak.py: flags, cores, clock), from the FLOPs counted at export."""
+    flops = (load_manifest(candidate.result.artifact).model or {}).get("flops") or {}
+    pct = percent_of_peak(flops.get("per_image"), 1000.0 / candidate.median_ms, device_peak("cpu", candidate.precision))
+    return "-" if pct is None else f"{pct:.1f} %"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=MODELS)
     ap.add_argument("--max-time", type=float, default=20.0)
     ap.add_argument("--out", default="bench-cpu")
     a = ap.parse_args()
-    speedups, every = [], {}
-    print("| model | eager fp32 ms | chosen | its ms | speedup [95% CI] | max_rel | cosine | top1 | runner-up |")
-    print("|---|---:|---|---:|---|---:|---:|---:|---|")
+    speedups, over_ort, every = [], [], {}
+    print("| model | eager fp32 ms | chosen | its ms | speedup [95% CI] | vs ORT fp32 | % of peak | max_rel | cosine "
+          "| top1 | runner-up |")
+    print("|---|---:|---|---:|---|---:|---:|---:|---:|---:|---|")
     with tempfile.TemporaryDirectory() as tmp:
         calib = calibration_folder(Path(tmp))
         for model in a.models.split(","):
@@ -57,20 +70,25 @@ def main() -> None:
                                                                  c.result and c.result.ok)
                                                       for c in ranked})
             if winner is None:
-                print(f"| {model} | {eager.get('median_ms')} | none passed | | | | | | |")
+                print(f"| {model} | {eager.get('median_ms')} | none passed | | | | | | | | |")
                 continue
             row = winner.row(True)
             second = next((c for c in ranked if c is not winner and c.median_ms is not None), None)
             sp = winner.speedup
             speedups.append(sp["ratio"])
+            ort = next((c.median_ms for c in ranked if c.label == "onnx fp32" and c.median_ms), None)
+            if ort:
+                over_ort.append(ort / winner.median_ms)
             top1 = "-" if row["top1_agreement"] is None else f"{row['top1_agreement']:.0%}"
             print(f"| {model} | {eager['median_ms']:.2f} | {winner.label} | {winner.median_ms:.2f} | "
-                  f"{sp['ratio']:.2f}x [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}] | {row['max_rel']:.1e} | "
+                  f"{sp['ratio']:.2f}x [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}] | "
+                  f"{f'{ort / winner.median_ms:.2f}x' if ort else '-'} | {peak_share(winner)} | {row['max_rel']:.1e} | "
                   f"{row['cosine']:.5f} | {top1} | "
                   f"{second.label + f' {second.median_ms:.2f} ms' if second else '-'} |", flush=True)
-    if speedups:
-        geo = math.exp(sum(math.log(s) for s in speedups) / len(speedups))
-        print(f"\ngeometric-mean speedup over eager fp32: {geo:.2f}x over {len(speedups)} models")
+    for what, ratios in (("eager fp32", speedups), ("ONNX Runtime fp32", over_ort)):
+        if ratios:
+            geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+            print(f"\ngeometric-mean speedup over {what}: {geo:.2f}x over {len(ratios)} models")
     labels = list(dict.fromkeys(label for _, cands in every.values() for label in cands))
     print("\nEvery candidate, batch-1 median ms (export seconds); - : not timed (failed parity or skipped)\n")
     print("| model | eager | " + " | ".join(labels) + " |")

@@ -34,6 +34,21 @@ def test_fastest_passing_candidate_wins():
     assert rows[-1]["parity"] == "fail" and rows[-1]["failures"] == ["logits: max_rel"]
 
 
+@pytest.mark.parametrize("flags", [set(), {"avx512_bf16"}, {"amx_bf16"}])
+def test_bf16_is_a_candidate_only_where_the_cpu_computes_in_it(monkeypatch, flags):
+    """Without bf16 instructions every bf16 candidate is skipped, saying why (OpenVINO would emulate
+    it, far slower than its fp32); with them none is skipped for that."""
+    from autotimm_deploy.exporter import select
+    from autotimm_deploy.exporter.formats import ExportOptions, get_format
+
+    monkeypatch.setattr(select, "cpu_flags", lambda: {"avx512f", *flags})
+    bf16 = [c for c in select.available_candidates(ExportOptions())
+            if c.precision == "bf16" and not get_format(c.format).unavailable_reason()]
+    assert "openvino" in {c.format for c in bf16}
+    why = [c for c in bf16 if c.skipped and "bfloat16 instructions" in c.skipped]
+    assert why == ([] if flags else bf16)
+
+
 def test_accuracy_budget_decides_over_the_parity_proxy():
     """--eval --max-drop: an int8 candidate that fails the proxy gate but holds the user's metric
     within budget wins; one through the proxy but past the budget loses; fp32 still needs parity."""
@@ -76,7 +91,7 @@ def test_target_cpu_end_to_end(tmp_path, export_cli):
     cands = data["candidates"]
     assert len(cands) == len(CPU_CANDIDATES) and sum(c["chosen"] for c in cands) == 1 and cands[0]["chosen"]
     timed = [c["median_ms"] for c in cands if c["median_ms"] is not None]
-    skipped = [c for c in cands if c["note"] and "bfloat16 instructions" in c["note"]]  # aoti bf16 on a CPU without
+    skipped = [c for c in cands if c["note"] and "bfloat16 instructions" in c["note"]]  # bf16 on a CPU without
     assert timed == sorted(timed) and len(timed) == len(cands) - len(skipped)  # every other one passed, was timed
     assert {(c["format"], c["precision"], c["variant"]) for c in cands} == {(f, p, v) for f, p, v, _ in CPU_CANDIDATES}
     chosen = cands[0]
