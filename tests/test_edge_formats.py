@@ -174,12 +174,18 @@ def test_litert_graph_that_bakes_its_batch_in_is_not_called_dynamic(monkeypatch,
     assert litert._resizes(tmp_path / "m.tflite", 1, ctx) is None  # (a scalar output has no rows)
 
 
-@pytest.mark.parametrize("model,int8_layers", [("test_resnet", 16), ("test_vit", 2)])
-def test_ncnn_int8_calibrated_and_written_as_ncnn2int8_does(tmp_path, model, int8_layers):
+@pytest.mark.parametrize("model,int8_layers,gemms", [("test_resnet", 16, 0), ("test_vit", 26, 24)])
+def test_ncnn_int8_calibrated_and_written_as_ncnn2int8_does(tmp_path, model, int8_layers, gemms):
     """ncnn int8: the table from our calibration pictures (KL per input blob, per-channel weight
     scales), the model in ncnn2int8's format (int8_scale_term on the quantized layers, int8 weights
-    behind ncnn's int8 tag), run and parity-checked by ncnn. test_vit: its convolution and head in
-    int8, the attention's Gemm layers left fp32 as ncnn2int8 leaves them."""
+    behind ncnn's int8 tag), run and parity-checked by ncnn. test_vit (6 blocks): its convolution and
+    head by the table (8=2), its 24 Gemm layers (nn.Linear on tokens) as ncnn2int8 quantizes them
+    (18=2, their inputs quantized by ncnn at run time; its attention is MatMul + Softmax, fp32), so
+    its file is about a quarter of fp32's."""
+    from collections import Counter
+
+    from autotimm_deploy.exporter.formats.ncnn_int8 import DYNAMIC_LAYERS
+
     needs("ncnn")
     spec = ModelSpec(model, num_classes=6, img_size=(64, 64))
     options = ExportOptions(precision="int8", calib_data="sample-pictures", calib_samples=8)
@@ -187,10 +193,47 @@ def test_ncnn_int8_calibrated_and_written_as_ncnn2int8_does(tmp_path, model, int
     assert r.ok, (r.error, r.parity and r.parity.failures)
     assert r.parity.metrics["logits"]["cosine"] > 0.999
     m = load_manifest(r.artifact)
-    assert m.precision == "int8" and m.export["int8_layers"] == int8_layers
     lines = [ln.split() for ln in r.artifact.read_text().splitlines()[2:]]
-    assert sum("8=2" in ln or "8=1" in ln for ln in lines) == int8_layers
+    int8 = Counter(ln[0] for ln in lines
+                   if ("18=2" in ln if ln[0] in DYNAMIC_LAYERS else "8=2" in ln or "8=1" in ln))
+    assert m.precision == "int8" and m.export["int8_layers"] == int8_layers == sum(int8.values())
+    assert m.export["int8_layer_types"] == dict(int8) and int8["Gemm"] == gemms
     assert (0x000D4B38).to_bytes(4, "little") in r.artifact.with_name(r.artifact.name[:-6] + ".bin").read_bytes()
+    assert r.bytes < 0.4 * 4 * r.params  # int8 weights: about a quarter of fp32's bytes
+
+
+def test_ncnn_int8_multiheadattention_as_ncnn2int8_writes_it(tmp_path):
+    """A MultiHeadAttention layer (what pnnx makes of nn.MultiheadAttention; timm's attention comes as
+    Gemm + SDPA) quantized the way ncnn2table + ncnn2int8 do: q/k/v weights per row, the output weight
+    per tensor, the scales after the biases; ncnn loads it and its int8 forward stays close to fp32."""
+    needs("ncnn")
+    import ncnn
+    from autotimm_deploy.exporter.formats.ncnn_int8 import quantize
+
+    rng = np.random.default_rng(0)
+    e, seq = 32, 7
+    param, binary = tmp_path / "m.param", tmp_path / "m.bin"
+    param.write_text(f"7767517\n2 2\nInput in0 0 1 in0 0={e} 1={seq}\n"
+                     f"MultiHeadAttention mha 1 1 in0 out0 0={e} 1=4 2={e * e}\n")
+    arrays = [a for _ in range(4) for a in (rng.normal(0, 0.1, e * e), rng.normal(0, 0.1, e))]
+    binary.write_bytes(b"".join((b"" if i % 2 else b"\0" * 4) + a.astype(np.float32).tobytes()
+                                for i, a in enumerate(arrays)))
+    x = rng.normal(size=(seq, e)).astype(np.float32)
+
+    def run():
+        net = ncnn.Net()
+        net.opt.use_vulkan_compute = False
+        assert net.load_param(str(param)) == 0 and net.load_model(str(binary)) == 0
+        ex = net.create_extractor()
+        ex.input("in0", ncnn.Mat(x))
+        return np.array(ex.extract("out0")[1]).ravel()
+
+    fp32, size = run(), binary.stat().st_size
+    info = quantize(param, binary, [], "in0")
+    int8 = run()
+    assert info["int8_layer_types"] == {"MultiHeadAttention": 1} and "18=2" in param.read_text().split()
+    assert binary.stat().st_size == size - 4 * 3 * e * e + 3 * e * 4 + 4  # int8 weights, 3 x e + 1 scales
+    assert np.dot(fp32, int8) / np.linalg.norm(fp32) / np.linalg.norm(int8) > 0.999
 
 
 def test_litert_dynamic_range_int8_needs_no_calibration_data(tmp_path):

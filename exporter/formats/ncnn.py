@@ -8,7 +8,9 @@ window partitions, ``var``, ``unfold``...), traced, and the runtime runs a batch
 picture. fp16 stores the weights in fp16 (pnnx ``fp16=1``) and runs with ncnn's fp16 storage and
 arithmetic where the CPU has them. int8 is ncnn's own: the fp32 model calibrated on our calibration
 pictures (ncnn2table's KL method) and rewritten in ncnn2int8's format (`ncnn_int8`): Convolution,
-ConvolutionDepthWise and InnerProduct in int8, the other layers fp32. Operations ncnn has no layer
+ConvolutionDepthWise and InnerProduct in int8 by the table, Gemm, MultiHeadAttention and SDPA (a
+transformer's linears and attention) in int8 with their inputs quantized at run time, the other
+layers fp32. Operations ncnn has no layer
 for (``torch.topk`` in our detection postprocessing) stay as pnnx's own ops in the graph, which ncnn
 cannot load: such exports fail with the ops named; detection exports with ``--raw`` (no postprocessing) convert.
 """

@@ -12,21 +12,32 @@ the ``ncnn`` and ``pnnx`` wheels ship neither tool and pnnx has no quantization 
 3. The model (ncnn2int8's format): those layers get ``8=int8_scale_term`` (2; 1 for depthwise),
    their weights int8 behind ncnn's int8 tag (0x000D4B38, padded to 4 bytes), the bias as it was,
    then the weight scales and the input scale in float32. ncnn quantizes the input at run time and
-   dequantizes the output; every other layer (Gemm, attention, LayerNorm, element-wise) stays fp32,
-   as ncnn2int8 leaves it.
+   dequantizes the output.
+4. The transformer layers, as ncnn2int8 quantizes them (``quantize_gemm``,
+   ``quantize_multiheadattention``, ``quantize_sdpa``), each with ``18=2``: ``Gemm`` (pnnx's form of
+   ``nn.Linear`` on 3-D input) keeps a constant B (the weight) in int8 with one scale for the tensor
+   and a constant A with a scale per row; ``MultiHeadAttention`` its q, k, v weights per row and its
+   output weight per tensor; ``SDPA`` has no weights. ncnn quantizes these layers' inputs per row at
+   run time (absmax, no table), so the calibration pictures do not reach them. Every other layer
+   (LayerNorm, element-wise, MatMul, Softmax) stays fp32: ncnn has no int8 form of them.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from autotimm_deploy.exporter.core.errors import ExportFailed
 
-# the layer types ncnn2int8 quantizes, and the int8_scale_term it gives each
+# the layer types ncnn2int8 quantizes with an input scale from the table, and the int8_scale_term (param 8)
+# it gives each
 INT8_LAYERS = {"Convolution": 2, "ConvolutionDepthWise": 1, "InnerProduct": 2}
+# the ones it quantizes from their weights alone (param 18=2), ncnn quantizing their inputs at run time
+DYNAMIC_LAYERS = ("Gemm", "MultiHeadAttention", "SDPA")
+NOT_HERE = ("Embed", "RNN", "LSTM", "GRU")  # ncnn2int8 quantizes these too; no timm model has them
 INT8_TAG = 0x000D4B38
 FP32_TAG = b"\0\0\0\0"
 BINS, LEVELS = 2048, 128  # ncnn2table's histogram and int8 levels
@@ -54,14 +65,20 @@ def quantize(param: Path, binary: Path, pictures, input_blob: str) -> dict:
     targets = [x for x in layers if x.type in INT8_LAYERS and x.loads and len(x.bottoms) == 1]
     scales = blob_scales(param, binary, sorted({x.bottoms[0] for x in targets}), pictures, input_blob)
     targets = [x for x in targets if np.isfinite(scales[x.bottoms[0]]) and scales[x.bottoms[0]] > 0]
-    if not targets:
-        raise ExportFailed("ncnn int8: the model has no Convolution or InnerProduct layer to quantize")
-    chosen = {x.name for x in targets}
+    dynamic = [x for x in layers if x.type in DYNAMIC_LAYERS and not int(x.params.get(18, 0))]
+    if not targets and not dynamic:
+        raise ExportFailed("ncnn int8: the model has no Convolution, InnerProduct, Gemm or attention layer to "
+                           "quantize")
+    chosen, writers = {x.name for x in targets}, {x.name: DYNAMIC_WRITERS[x.type] for x in dynamic}
     lines, chunks = param.read_text().splitlines()[:2], []
     for layer in layers:
         if layer.name in chosen:
-            lines.append(f"{layer.line} 8={INT8_LAYERS[layer.type]}")
+            lines.append(with_param(layer.line, 8, INT8_LAYERS[layer.type]))
             chunks.append(_int8_layer(layer, data, scales[layer.bottoms[0]]))
+        elif layer.name in writers:
+            replaced, tail, line = writers[layer.name](layer, data)
+            lines.append(with_param(line, 18, 2))
+            chunks.append(_rewrite(layer, data, replaced, tail))
         else:
             lines.append(layer.line)
             chunks.append(data[layer.start:layer.end])
@@ -69,10 +86,27 @@ def quantize(param: Path, binary: Path, pictures, input_blob: str) -> dict:
         tmp = path.with_name(path.name + ".int8.tmp")
         tmp.write_bytes(content)
         os.replace(tmp, path)
-    weighted = [x for x in layers if x.loads]
-    return {"int8_layers": len(targets), "float_layers": sorted({x.type for x in weighted if x.name not in chosen}),
-            "calibration_method": "ncnn2table's: KL divergence over a 2048-bin histogram per input blob",
-            "quantizer": "ncnn2int8's format, written by autotimm-deploy (weights per output channel)"}
+    return _report(layers, targets + dynamic)
+
+
+def _report(layers: list[Layer], done: list[Layer]) -> dict:
+    """What the manifest says of the quantization: how many layers of each type are int8, which
+    types with weights stay fp32 and why."""
+    names = {x.name for x in done}
+    types = {}
+    for layer in done:
+        types[layer.type] = types.get(layer.type, 0) + 1
+    left = sorted({x.type for x in layers if x.loads and x.name not in names})
+    why = {t: ("ncnn2int8 quantizes it; not done here" if t in NOT_HERE
+               else "no calibrated range for its input (or more than one input)" if t in INT8_LAYERS
+               else "ncnn has no int8 form of it; ncnn2int8 leaves it fp32") for t in left}
+    return {"int8_layers": len(done), "int8_layer_types": types, "float_layers": left, "float_layer_reasons": why,
+            "calibration_method": "ncnn2table's: KL divergence over a 2048-bin histogram per input blob "
+                                  "(Convolution, ConvolutionDepthWise, InnerProduct)",
+            "quantizer": "ncnn2int8's format, written by autotimm-deploy: Convolution / InnerProduct weights per "
+                         "output channel, their input by the table's scale; Gemm / MultiHeadAttention weights per "
+                         "row (a constant A, attention's q/k/v) or per tensor (a constant B, attention's output), "
+                         "their inputs and SDPA's quantized per row by ncnn at run time"}
 
 
 def read_layers(param_text: str, data: bytes) -> list[Layer]:
@@ -214,18 +248,104 @@ def _integral(values, x):
     return cum[whole] + (x - whole) * values[whole]
 
 
+def with_param(line: str, key: int, value) -> str:
+    """An ncnn .param layer line with parameter ``key`` set to ``value``: its ``key=`` token replaced,
+    or one added at the end (the rest of the line as pnnx aligned it)."""
+    kind, name, n_in, n_out, *rest = line.split()
+    if str(key) not in {kv.split("=", 1)[0] for kv in rest[int(n_in) + int(n_out):]}:
+        return f"{line.rstrip()} {key}={value}"
+    return re.sub(rf"(?<=\s){key}=\S+", f"{key}={value}", line)
+
+
 def _int8_layer(layer: Layer, data: bytes, input_scale: float) -> bytes:
-    """A layer's bytes as ncnn2int8 writes them: int8 weights behind the int8 tag, padded to 4 bytes,
-    the rest of its arrays (the bias) as they were, the weight scales and the input scale."""
+    """A Convolution / InnerProduct as ncnn2int8 writes it: int8 weights (per output channel, per group
+    for depthwise) behind the int8 tag, padded to 4 bytes, the bias as it was, the weight scales and
+    the input scale."""
+    rows = int(layer.params.get(7 if layer.type == "ConvolutionDepthWise" else 0, 1))
+    w = _array(data, layer.loads[0]).reshape(rows, -1)
+    scales = _scales(abs(w).max(1))
+    return _rewrite(layer, data, {0: _tagged(w, scales[:, None])}, [scales, [input_scale]])
+
+
+def _int8_gemm(layer: Layer, data: bytes):
+    """ncnn2int8's Gemm (tools/quantize/ncnn2int8.cpp, quantize_gemm): a constant A in int8 with a
+    scale per row (transposed first if it was stored transposed), a constant B in int8 with one scale;
+    ncnn quantizes a non-constant input per row at run time. ncnn2int8 takes B's max |w| over its first
+    row only (``B_data.w`` of the 2-D K x N mat, clipping the other rows); here it is over all of B, as
+    ncnn's run-time quantization of a non-constant B does (src/layer/gemm.cpp, forward_int8)."""
+    get = lambda key: int(layer.params.get(key, 0))  # noqa: E731
+    replaced, tail, line, i = {}, [], layer.line, 0
+    if get(4):  # constantA: M x K, or K x M when transA
+        m, k = get(7), get(9)
+        a = _array(data, layer.loads[0]).reshape((k, m) if get(2) else (m, k))
+        if get(2):
+            a, line = a.T, with_param(line, 2, 0)
+        scales = _scales(abs(a).max(1))
+        replaced[0], i = _tagged(a, scales[:, None]), 1
+        tail.append(scales)
+    if get(5):  # constantB: its layout does not matter to one scale
+        b = _array(data, layer.loads[i])
+        scale = _scales(abs(b).max(initial=0.0))
+        replaced[i] = _tagged(b, scale)
+        tail.append([scale])
+    return replaced, tail, line
+
+
+def _int8_attention(layer: Layer, data: bytes):
+    """ncnn2table + ncnn2int8's MultiHeadAttention: q, k and v weights (embed_dim rows) in int8 with a
+    scale per row, the output weight with one scale; the biases stay fp32."""
+    if len(layer.loads) != 8:
+        raise ExportFailed(f"ncnn int8: MultiHeadAttention {layer.name} does not hold its 8 arrays")
+    embed_dim, replaced, tail = int(layer.params.get(0, 0)), {}, []
+    for i in (0, 2, 4):
+        w = _array(data, layer.loads[i]).reshape(embed_dim, -1)
+        scales = _scales(abs(w).max(1))
+        replaced[i] = _tagged(w, scales[:, None])
+        tail.append(scales)
+    out = _array(data, layer.loads[6])
+    scale = _scales(abs(out).max(initial=0.0))
+    replaced[6] = _tagged(out, scale)
+    return replaced, tail + [[scale]], layer.line
+
+
+DYNAMIC_WRITERS = {"Gemm": _int8_gemm, "MultiHeadAttention": _int8_attention,
+                   "SDPA": lambda layer, data: ({}, [], layer.line)}  # no weights: ncnn quantizes q, k, v
+
+
+def _array(data: bytes, load: tuple[int, int, int]):
     import numpy as np
 
-    start, end, _ = layer.loads[0]
-    weights = np.frombuffer(data, np.float32, (end - start) // 4, start)
-    rows = int(layer.params.get(7 if layer.type == "ConvolutionDepthWise" else 0, 1))
-    w = weights.reshape(rows, -1)
-    peak = np.abs(w).max(1)
-    scales = np.where(peak > 0, 127 / np.where(peak > 0, peak, 1), 1).astype(np.float32)
-    q = np.clip(np.round(w * scales[:, None]), -127, 127).astype(np.int8).tobytes()
-    padded = q + b"\0" * (-len(q) % 4)
-    return b"".join([struct.pack("<I", INT8_TAG), padded, data[end:layer.end], scales.tobytes(),
-                     np.float32(input_scale).tobytes()])
+    start, end, _ = load
+    return np.frombuffer(data, np.float32, (end - start) // 4, start)
+
+
+def _scales(peak):
+    """127 / max |w|, 1 where the weights are all 0 (ncnn's tools' convention)."""
+    import numpy as np
+
+    peak = np.asarray(peak, np.float32)
+    return np.where(peak > 0, np.float32(127) / np.where(peak > 0, peak, 1), 1).astype(np.float32)
+
+
+def _tagged(w, scales) -> bytes:
+    """``w * scales`` in int8 as ncnn's float2int8 rounds it (half away from zero, clamped to
+    [-127, 127]), behind the int8 tag and padded to 4 bytes."""
+    import numpy as np
+
+    x = w * scales
+    q = np.clip(np.trunc(x + np.copysign(np.float32(0.5), x)), -127, 127).astype(np.int8).tobytes()
+    return struct.pack("<I", INT8_TAG) + q + b"\0" * (-len(q) % 4)
+
+
+def _rewrite(layer: Layer, data: bytes, replaced: dict, tail: list) -> bytes:
+    """A layer's bytes with the arrays in ``replaced`` (by their load order, tag included) swapped for
+    the given bytes, the others as they were, then ``tail`` (the scales) in float32."""
+    import numpy as np
+
+    out, cursor = [], layer.start
+    for i, (_, end, _) in enumerate(layer.loads):
+        out.append(replaced[i] if i in replaced else data[cursor:end])
+        cursor = end
+    out.append(data[cursor:layer.end])
+    out.extend(np.asarray(t, np.float32).ravel().tobytes() for t in tail)
+    return b"".join(out)
