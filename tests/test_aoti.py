@@ -13,6 +13,7 @@ from autotimm_deploy.exporter.core.manifest import load_manifest
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.formats import ExportOptions, get_format
 from autotimm_deploy.exporter.formats.aoti import AOTIOptions, check_device
+from autotimm_deploy.exporter.formats.file_checks import zip_names
 from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.profiler.artifact import open_artifact
 
@@ -102,9 +103,18 @@ def test_frozen_bf16_and_int8_packages(tmp_path, precision, own):
     assert info["inductor_configs"] == {"freezing": True, "max_autotune": False}
     if precision == "int8":
         assert info["quantization"]["tool"] == "torchao pt2e + X86InductorQuantizer"
+    # frozen with a dynamic batch: a second model with the batch fixed to 1 (weights packed for oneDNN)
+    assert info["tuned"]["model"] == "batch1" and info["tuned"]["input_shape"] == [1, 3, 64, 64]
+    assert {n.split("/aotinductor/")[1].split("/")[0] for n in zip_names(r.artifact) if "/aotinductor/" in n} == \
+        {"model", "batch1"}
     with open_artifact(r.artifact, manifest=load_manifest(r.artifact)) as s:  # float32 in and out, whatever it computes in
-        out = s.infer({s.inputs[0].name: np.zeros((2, 3, 64, 64), np.float32)})
-        assert all(v.dtype == np.float32 for v in out.values())
+        tuned, calls = s.module.tuned, []
+        s.module.tuned = lambda *a: calls.append(a[0].shape[0]) or tuned(*a)
+        x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+        both, first = s.infer({s.inputs[0].name: x}), s.infer({s.inputs[0].name: x[:1]})
+        assert calls == [1] and all(v.dtype == np.float32 for v in both.values())
+        for name, v in first.items():  # the two models agree on the same picture
+            np.testing.assert_allclose(v[0], both[name][0], rtol=0, atol=1e-3 * np.abs(v).max())
 
 
 def test_bf16_refusals(tmp_path):

@@ -1,6 +1,8 @@
 """AOTInductor packages (``.aoti.pt2``) via ``torch._inductor.aoti_load_package``: compiled kernels
 for one kind of device, recorded in the manifest (``export.device``); a package is opened on that
-device unless another is asked for, which is refused in one line."""
+device unless another is asked for, which is refused in one line. A package with a model tuned for
+one input shape (``export.tuned``: frozen weights packed for a static shape) runs it on inputs of that
+shape and its any-batch ``model`` on the rest."""
 
 from __future__ import annotations
 
@@ -44,10 +46,25 @@ class AOTISession(TorchSession):
                             f"{self.device.split(':')[0]}")
         device = self.torch.device(self.device)
         index = (device.index or 0) if device.type == "cuda" else -1  # -1: the CPU runner
+        from torch._inductor.package import load_package
+
+        tuned = (self.manifest.export or {}).get("tuned") if self.manifest else None
         try:
             # one runner, no locking between runs: what CUDA-graph capture needs (aoti_load_package's docs)
-            return self.torch._inductor.aoti_load_package(str(self.path), device_index=index,
-                                                          run_single_threaded=bool(self.options.get("cuda_graph")))
+            models = [load_package(str(self.path), name, device_index=index,
+                                   run_single_threaded=bool(self.options.get("cuda_graph")))
+                      for name in ("model", *([tuned["model"]] if tuned else []))]
         except Exception as e:  # noqa: BLE001 - corrupt package, or compiled by another torch
             raise UserError(f"cannot load AOTInductor package {self.path}: {first_line(e, 200)} (packages run "
                             "with the torch version that compiled them)") from None
+        return ByShape(models[0], models[1], tuple(tuned["input_shape"])) if tuned else models[0]
+
+
+class ByShape:
+    """A package's model tuned for one input shape where the input has it, its any-shape model otherwise."""
+
+    def __init__(self, general, tuned, shape: tuple[int, ...]):
+        self.general, self.tuned, self.shape = general, tuned, shape
+
+    def __call__(self, x, *rest):
+        return (self.tuned if tuple(x.shape) == self.shape else self.general)(x, *rest)
