@@ -262,6 +262,16 @@ def test_litert_without_its_converter_is_one_line(tmp_path, export_cli, monkeypa
     assert not (tmp_path / "out").exists()
 
 
+def test_converters_in_a_subprocess_take_a_relative_output_folder(tmp_path, export_cli):
+    """-o relative to the user's folder: the LiteRT converter and pnnx run in a scratch folder of their
+    own, and once failed to find the program written under the relative scratch path."""
+    needs("ncnn"), needs("litert")
+    p = export_cli("test_resnet", "--img-size", "64", "--format", "litert,ncnn", "-o", "rel", "--no-verify",
+                   cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert {"test_resnet.tflite", "test_resnet.ncnn.param"} <= set(files_under(tmp_path / "rel"))
+
+
 def test_int8_scales_follow_tensors_smaller_than_the_quantizers_floor():
     """ExecuTorch's (and litert-torch's) symmetric config floors activation scales at 2**-12: a tensor
     spanning 1e-4 (a random-weights model's late stages), or a weight channel under 0.03, rounds to a

@@ -220,8 +220,9 @@ def cannot_replace(path: Path, e: OSError) -> UserError:
 
 
 def scratch_dir(folder: Path, tag: str = "") -> Path:
-    """A hidden scratch folder inside ``folder``, named with this process's pid."""
-    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-{tag}", dir=folder))
+    """A hidden scratch folder inside ``folder``, named with this process's pid; an absolute path, so
+    the converters that run in a subprocess in a folder of their own find what is written there."""
+    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-{tag}", dir=Path(folder).absolute()))
 
 
 def _alive(pid: int) -> bool:
