@@ -119,3 +119,47 @@ def test_sum_over_a_stack_is_added_for_the_edge_converters(tmp_path):
         model = from_module(StackedHeads(), "stacked", SIZE)
         (r,) = export(model.spec, ["ncnn"], tmp_path, model=model)
         assert r.ok, (r.error, r.parity and r.parity.failures)
+
+
+class PointwiseConv1d(nn.Module):
+    """EfficientViM's HSM-SSD mixer in small: 1-wide Conv1d projections (one with a bias) of a flattened
+    map and of a matmul's result, and a 3-wide Conv1d that stays a convolution."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 4, stride=4)
+        self.bc = nn.Conv1d(8, 12, 1, bias=False)
+        self.hz = nn.Conv1d(8, 16, 1)
+        self.out = nn.Conv1d(8, 8, 1, bias=False)
+        self.wide = nn.Conv1d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        f = self.embed(x).flatten(2)  # B 8 N
+        b, c = torch.split(self.bc(f), [6, 6], dim=1)
+        h, z = torch.split(self.hz(f @ b.softmax(-1).transpose(-2, -1)), [8, 8], dim=1)  # B 8 6
+        return self.head(self.wide(self.out(h * torch.sigmoid(z)) @ c).mean(2))
+
+
+def test_pointwise_conv1d_is_a_matmul_for_litert(tmp_path):
+    """LiteRT's converter failed on this ("'tfl.batch_matmul' op found invalid output rank, expected 3
+    but got 4", as on EfficientViM); with the 1-wide Conv1d written as a matmul, for LiteRT only, it
+    exports with parity, and the 3-wide convolution is kept."""
+    from autotimm_deploy.exporter.formats.edge_rewrite import LITERT_REWRITES
+
+    torch.manual_seed(0)
+    module = PointwiseConv1d().eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    plain, litert = edge_program(module, x), edge_program(module, x, also=LITERT_REWRITES)
+    ops = {name: [str(n.target) for n in p.graph.nodes if n.op == "call_function"]
+           for name, p in (("plain", plain), ("litert", litert))}
+    assert ops["plain"].count("aten.conv1d.default") == 4
+    assert ops["litert"].count("aten.conv1d.default") == 1
+    assert ops["litert"].count("aten.matmul.default") == ops["plain"].count("aten.matmul.default") + 3
+    with torch.no_grad():
+        got = litert.module()(x)
+        torch.testing.assert_close(got[0] if isinstance(got, (tuple, list)) else got, module(x), rtol=1e-5, atol=1e-6)
+    if get_format("litert").unavailable_reason() is None:
+        model = from_module(PointwiseConv1d(), "pointwise", SIZE)
+        (r,) = export(model.spec, ["litert"], tmp_path, model=model)
+        assert r.ok, (r.error, r.parity and r.parity.failures)

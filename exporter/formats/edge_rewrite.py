@@ -20,6 +20,11 @@ ncnn) in the ``torch.export`` program they start from (issue #32).
   distilled head, ``torch.stack(logits).sum(0)``): pnnx puts that axis where ncnn has no axis (the
   batch's) and ncnn summed over the classes instead.
 
+- For LiteRT alone (`LITERT_REWRITES`): a 1-wide ``conv1d`` (stride 1, no padding, one group;
+  EfficientViM's projections) as its weight's matrix times the input. LiteRT's converter lowered it
+  to a ``tfl.batch_matmul`` of the wrong rank ("expected 3 but got 4") and failed; the other three
+  convert the convolution as it is.
+
 The graph is exported again after the rewrite, so a dynamic batch stays dynamic and every node has
 its shapes (which `ncnn_rewrite` reads).
 """
@@ -29,9 +34,10 @@ from __future__ import annotations
 from autotimm_deploy.exporter.formats.torch_program import folded_program
 
 
-def edge_program(module, example, dims=None):
+def edge_program(module, example, dims=None, also=()):
     """``folded_program(module, example, dims)`` with the ops above decomposed, every ``unfold`` written
-    as its windows, expanded operands of elementwise ops left to broadcast and sums of a stack added."""
+    as its windows, expanded operands of elementwise ops left to broadcast and sums of a stack added;
+    ``also``: a format's own rewrites (`LITERT_REWRITES`)."""
     import warnings
 
     import torch
@@ -40,7 +46,7 @@ def edge_program(module, example, dims=None):
     program = decomposed(program)
     graph_module = program.module()
     changed = [rewrite(graph_module.graph) for rewrite in (broadcast_not_expanded, unfold_as_windows,
-                                                               stack_reduced_as_adds)]
+                                                               stack_reduced_as_adds, *also)]
     if not any(changed):
         return program
     graph_module.recompile()
@@ -126,6 +132,35 @@ def stack_reduced_as_adds(graph) -> bool:
         graph.erase_node(stack)
         replaced = True
     return replaced
+
+
+CONV1D_DEFAULTS = (None, [1], [0], [1], 1)  # aten.conv1d's bias, stride, padding, dilation, groups
+
+
+def pointwise_conv1d_as_matmul(graph) -> bool:
+    """``conv1d(x, w, b)`` with a 1-wide kernel, stride 1, no padding and one group as
+    ``w[:, :, 0] @ x + b[:, None]``; whether any was replaced."""
+    import torch
+
+    aten = torch.ops.aten
+    replaced = False
+    for node in [n for n in graph.nodes if n.op == "call_function" and n.target is aten.conv1d.default]:
+        x, weight, bias, stride, padding, dilation, groups = [*node.args, *CONV1D_DEFAULTS[len(node.args) - 2:]]
+        if node.kwargs or _fixed(weight) is None or _fixed(weight)[-1] != 1 or list(stride) != [1] \
+                or padding not in ([0], (0,), "valid") or list(dilation) != [1] or groups != 1:
+            continue
+        with graph.inserting_before(node):
+            out = graph.call_function(aten.matmul.default, (graph.call_function(aten.squeeze.dim, (weight, -1)), x))
+            if bias is not None:
+                out = graph.call_function(aten.add.Tensor, (out, graph.call_function(aten.unsqueeze.default,
+                                                                                     (bias, -1))))
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
+        replaced = True
+    return replaced
+
+
+LITERT_REWRITES = (pointwise_conv1d_as_matmul,)
 
 
 def broadcast_not_expanded(graph) -> bool:

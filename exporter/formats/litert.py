@@ -28,7 +28,7 @@ from autotimm_deploy.exporter.core.capture import captured_output
 from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
 from autotimm_deploy.exporter.core.files import write_bytes
 from autotimm_deploy.exporter.formats import litert_env
-from autotimm_deploy.exporter.formats.edge_rewrite import edge_program
+from autotimm_deploy.exporter.formats.edge_rewrite import LITERT_REWRITES, edge_program
 from autotimm_deploy.exporter.formats.file_checks import flatbuffer_check
 from autotimm_deploy.exporter.formats.base import (
     BatchRange,
@@ -89,7 +89,7 @@ class LiteRTFormat(Format):
         batch = options.batch_size
         example = ctx.example_input()[:batch]
         try:
-            program = edge_program(program_module(ctx.model), example)
+            program = edge_program(program_module(ctx.model), example, also=LITERT_REWRITES)
         except Exception as e:  # noqa: BLE001
             raise ExportFailed(f"torch.export failed: {first_line(e)}") from e
         work = ctx.workdir / f".{ctx.stem}.litert"
