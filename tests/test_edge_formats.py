@@ -202,23 +202,35 @@ def test_ncnn_int8_calibrated_and_written_as_ncnn2int8_does(tmp_path, model, int
     assert r.bytes < 0.4 * 4 * r.params  # int8 weights: about a quarter of fp32's bytes
 
 
-def test_ncnn_int8_multiheadattention_as_ncnn2int8_writes_it(tmp_path):
-    """A MultiHeadAttention layer (what pnnx makes of nn.MultiheadAttention; timm's attention comes as
-    Gemm + SDPA) quantized the way ncnn2table + ncnn2int8 do: q/k/v weights per row, the output weight
-    per tensor, the scales after the biases; ncnn loads it and its int8 forward stays close to fp32."""
+E, SEQ = 32, 7
+# hand-made ncnn layers (line, input w x h, its arrays: (size, tagged)), and the bytes int8 saves
+HAND_MADE = {
+    # nn.MultiheadAttention as pnnx writes it: q/k/v weights per row, the output weight per tensor
+    "MultiHeadAttention": (f"0={E} 1=4 2={E * E}", (E, SEQ), [(E * E, 1), (E, 0)] * 4, 4 * 3 * E * E - 3 * E * 4 - 4),
+    # a constant A stored transposed (transA=1): ncnn2int8 transposes it and scales it per row
+    "Gemm": (f"2=1 3=0 4=1 5=0 6=1 7=24 8=0 9={E} 10=1", (SEQ, E), [(24 * E, 1), (24, 1)], 3 * 24 * E - 24 * 4),
+    # a constant B stored untransposed (transB=0): one scale for the tensor
+    "Gemm B": (f"2=0 3=0 4=0 5=1 6=1 7=0 8=24 9={E} 10=4", (E, SEQ), [(24 * E, 1), (24, 1)], 3 * 24 * E - 4),
+}
+
+
+@pytest.mark.parametrize("layer", list(HAND_MADE))
+def test_ncnn_int8_hand_made_layers_as_ncnn2int8_writes_them(tmp_path, layer):
+    """ncnn layers pnnx writes for other models (MultiHeadAttention for nn.MultiheadAttention; timm's
+    attention comes as Gemm + MatMul) or in other layouts (Gemm's constant A, a transposed A or an
+    untransposed B), quantized the way ncnn2table + ncnn2int8 do: ncnn loads the result, int8 saves
+    the bytes it should, and its int8 forward stays within cosine 0.999 of fp32."""
     needs("ncnn")
     import ncnn
     from autotimm_deploy.exporter.formats.ncnn_int8 import quantize
 
+    params, (w, h), arrays, saved = HAND_MADE[layer]
     rng = np.random.default_rng(0)
-    e, seq = 32, 7
     param, binary = tmp_path / "m.param", tmp_path / "m.bin"
-    param.write_text(f"7767517\n2 2\nInput in0 0 1 in0 0={e} 1={seq}\n"
-                     f"MultiHeadAttention mha 1 1 in0 out0 0={e} 1=4 2={e * e}\n")
-    arrays = [a for _ in range(4) for a in (rng.normal(0, 0.1, e * e), rng.normal(0, 0.1, e))]
-    binary.write_bytes(b"".join((b"" if i % 2 else b"\0" * 4) + a.astype(np.float32).tobytes()
-                                for i, a in enumerate(arrays)))
-    x = rng.normal(size=(seq, e)).astype(np.float32)
+    param.write_text(f"7767517\n2 2\nInput in0 0 1 in0 0={w} 1={h}\n{layer.split()[0]} l 1 1 in0 out0 {params}\n")
+    binary.write_bytes(b"".join(b"\0" * 4 * tagged + rng.normal(0, 0.1, n).astype(np.float32).tobytes()
+                                for n, tagged in arrays))
+    x = rng.normal(size=(h, w)).astype(np.float32)
 
     def run():
         net = ncnn.Net()
@@ -231,9 +243,9 @@ def test_ncnn_int8_multiheadattention_as_ncnn2int8_writes_it(tmp_path):
     fp32, size = run(), binary.stat().st_size
     info = quantize(param, binary, [], "in0")
     int8 = run()
-    assert info["int8_layer_types"] == {"MultiHeadAttention": 1} and "18=2" in param.read_text().split()
-    assert binary.stat().st_size == size - 4 * 3 * e * e + 3 * e * 4 + 4  # int8 weights, 3 x e + 1 scales
-    assert np.dot(fp32, int8) / np.linalg.norm(fp32) / np.linalg.norm(int8) > 0.999
+    assert info["int8_layer_types"] == {layer.split()[0]: 1} and "18=2" in param.read_text().split()
+    assert binary.stat().st_size == size - saved and "2=1" not in param.read_text().split()
+    assert fp32.shape == int8.shape and np.dot(fp32, int8) / np.linalg.norm(fp32) / np.linalg.norm(int8) > 0.999
 
 
 def test_litert_dynamic_range_int8_needs_no_calibration_data(tmp_path):
