@@ -203,34 +203,42 @@ def test_ncnn_int8_calibrated_and_written_as_ncnn2int8_does(tmp_path, model, int
 
 
 E, SEQ = 32, 7
-# hand-made ncnn layers (line, input w x h, its arrays: (size, tagged)), and the bytes int8 saves
+# hand-made ncnn layers after an input in0 (their lines, in0's w, h, c, their arrays: (size, tagged)),
+# and the bytes int8 saves
 HAND_MADE = {
     # nn.MultiheadAttention as pnnx writes it: q/k/v weights per row, the output weight per tensor
-    "MultiHeadAttention": (f"0={E} 1=4 2={E * E}", (E, SEQ), [(E * E, 1), (E, 0)] * 4, 4 * 3 * E * E - 3 * E * 4 - 4),
+    "MultiHeadAttention": ([f"MultiHeadAttention l 1 1 in0 out0 0={E} 1=4 2={E * E}"], (E, SEQ, 1),
+                           [(E * E, 1), (E, 0)] * 4, 4 * 3 * E * E - 3 * E * 4 - 4),
     # a constant A stored transposed (transA=1): ncnn2int8 transposes it and scales it per row
-    "Gemm": (f"2=1 3=0 4=1 5=0 6=1 7=24 8=0 9={E} 10=1", (SEQ, E), [(24 * E, 1), (24, 1)], 3 * 24 * E - 24 * 4),
+    "Gemm": ([f"Gemm l 1 1 in0 out0 2=1 3=0 4=1 5=0 6=1 7=24 8=0 9={E} 10=1"], (SEQ, E, 1),
+             [(24 * E, 1), (24, 1)], 3 * 24 * E - 24 * 4),
     # a constant B stored untransposed (transB=0): one scale for the tensor
-    "Gemm B": (f"2=0 3=0 4=0 5=1 6=1 7=0 8=24 9={E} 10=4", (E, SEQ), [(24 * E, 1), (24, 1)], 3 * 24 * E - 4),
+    "Gemm B": ([f"Gemm l 1 1 in0 out0 2=0 3=0 4=0 5=1 6=1 7=0 8=24 9={E} 10=4"], (E, SEQ, 1),
+               [(24 * E, 1), (24, 1)], 3 * 24 * E - 4),
+    # no weights: q, k and v quantized by ncnn at run time
+    "SDPA": (["Split sp 1 3 in0 a b c", "SDPA l 3 1 a b c out0 6=0.25"], (E, SEQ, 2), [], 0),
 }
 
 
 @pytest.mark.parametrize("layer", list(HAND_MADE))
 def test_ncnn_int8_hand_made_layers_as_ncnn2int8_writes_them(tmp_path, layer):
-    """ncnn layers pnnx writes for other models (MultiHeadAttention for nn.MultiheadAttention; timm's
-    attention comes as Gemm + MatMul) or in other layouts (Gemm's constant A, a transposed A or an
-    untransposed B), quantized the way ncnn2table + ncnn2int8 do: ncnn loads the result, int8 saves
-    the bytes it should, and its int8 forward stays within cosine 0.999 of fp32."""
+    """ncnn layers pnnx writes for other models (MultiHeadAttention for nn.MultiheadAttention, SDPA for
+    fused attention; timm's ViTs come as Gemm + MatMul) or in other layouts (Gemm's constant A stored
+    transposed, an untransposed B), quantized the way ncnn2table + ncnn2int8 do: ncnn loads the
+    result, int8 saves the bytes it should, and its int8 forward stays within cosine 0.999 of fp32."""
     needs("ncnn")
     import ncnn
     from autotimm_deploy.exporter.formats.ncnn_int8 import quantize
 
-    params, (w, h), arrays, saved = HAND_MADE[layer]
+    lines, (w, h, c), arrays, saved = HAND_MADE[layer]
     rng = np.random.default_rng(0)
     param, binary = tmp_path / "m.param", tmp_path / "m.bin"
-    param.write_text(f"7767517\n2 2\nInput in0 0 1 in0 0={w} 1={h}\n{layer.split()[0]} l 1 1 in0 out0 {params}\n")
+    blobs = len({b for ln in lines for b in ln.split()[4:] if "=" not in b} | {"in0"})
+    head = f"Input in0 0 1 in0 0={w} 1={h}" + (f" 2={c}" if c > 1 else "")
+    param.write_text("\n".join(["7767517", f"{len(lines) + 1} {blobs}", head, *lines]) + "\n")
     binary.write_bytes(b"".join(b"\0" * 4 * tagged + rng.normal(0, 0.1, n).astype(np.float32).tobytes()
                                 for n, tagged in arrays))
-    x = rng.normal(size=(h, w)).astype(np.float32)
+    x = rng.normal(size=(c, h, w) if c > 1 else (h, w)).astype(np.float32)
 
     def run():
         net = ncnn.Net()
