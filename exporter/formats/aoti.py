@@ -1,4 +1,5 @@
-"""AOTInductor package (``.aoti.pt2``): ``torch.export`` -> ``torch._inductor.aoti_compile_and_package``.
+"""AOTInductor package (``.aoti.pt2``): ``torch.export`` -> ``torch._inductor.aot_compile`` ->
+``package_aoti`` (``aoti_compile_and_package``'s steps, so one package can hold two models).
 
 The package holds C++/CUDA kernels that Inductor generated and compiled for one device, plus the
 weights, and runs without Python (``torch::inductor::AOTIModelPackageLoader``; see
@@ -25,8 +26,8 @@ Precisions and Inductor's options (each a ``--target cpu`` candidate, see `autot
 A frozen CPU package with a dynamic batch holds two compiled models: ``model``, any batch, and
 ``batch<N>``, the batch fixed to ``--batch-size`` (1 unless given) at the model's size. Inductor
 packs a frozen convolution's weights for oneDNN only where the input shape is static; with a
-symbolic batch it packs them again on every call (resnet50 int8 at batch 1: 434 ms against 39 ms
-with the batch fixed, measured under load on an AVX-512 VNNI Xeon). The manifest records the tuned
+symbolic batch it packs them again on every call (resnet50 int8 at batch 1: 134 ms any-batch against
+19 ms with the batch fixed, both in one profile run on an AVX-512 VNNI Xeon). The manifest records the tuned
 model (``export.tuned``) and the `aoti` runtime runs it on inputs of its shape, ``model`` otherwise;
 a C++ program picks it by name (``AOTIModelPackageLoader(path, "batch1")``).
 """
