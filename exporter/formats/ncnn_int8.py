@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,10 +93,7 @@ def quantize(param: Path, binary: Path, pictures, input_blob: str) -> dict:
 def _report(layers: list[Layer], done: list[Layer]) -> dict:
     """What the manifest says of the quantization: how many layers of each type are int8, which
     types with weights stay fp32 and why."""
-    names = {x.name for x in done}
-    types = {}
-    for layer in done:
-        types[layer.type] = types.get(layer.type, 0) + 1
+    names, types = {x.name for x in done}, dict(Counter(x.type for x in done))
     left = sorted({x.type for x in layers if x.loads and x.name not in names})
     why = {t: ("ncnn2int8 quantizes it; not done here" if t in NOT_HERE
                else "no calibrated range for its input (or more than one input)" if t in INT8_LAYERS
@@ -262,9 +260,8 @@ def _int8_layer(layer: Layer, data: bytes, input_scale: float) -> bytes:
     for depthwise) behind the int8 tag, padded to 4 bytes, the bias as it was, the weight scales and
     the input scale."""
     rows = int(layer.params.get(7 if layer.type == "ConvolutionDepthWise" else 0, 1))
-    w = _array(data, layer.loads[0]).reshape(rows, -1)
-    scales = _scales(abs(w).max(1))
-    return _rewrite(layer, data, {0: _tagged(w, scales[:, None])}, [scales, [input_scale]])
+    weights, scales = _per_row(_array(data, layer.loads[0]).reshape(rows, -1))
+    return _rewrite(layer, data, {0: weights}, [scales, [input_scale]])
 
 
 def _int8_gemm(layer: Layer, data: bytes):
@@ -280,14 +277,12 @@ def _int8_gemm(layer: Layer, data: bytes):
         a = _array(data, layer.loads[0]).reshape((k, m) if get(2) else (m, k))
         if get(2):
             a, line = a.T, with_param(line, 2, 0)
-        scales = _scales(abs(a).max(1))
-        replaced[0], i = _tagged(a, scales[:, None]), 1
+        replaced[0], scales = _per_row(a)
         tail.append(scales)
+        i = 1
     if get(5):  # constantB: its layout does not matter to one scale
-        b = _array(data, layer.loads[i])
-        scale = _scales(abs(b).max(initial=0.0))
-        replaced[i] = _tagged(b, scale)
-        tail.append([scale])
+        replaced[i], scale = _per_tensor(_array(data, layer.loads[i]))
+        tail.append(scale)
     return replaced, tail, line
 
 
@@ -298,14 +293,10 @@ def _int8_attention(layer: Layer, data: bytes):
         raise ExportFailed(f"ncnn int8: MultiHeadAttention {layer.name} does not hold its 8 arrays")
     embed_dim, replaced, tail = int(layer.params.get(0, 0)), {}, []
     for i in (0, 2, 4):
-        w = _array(data, layer.loads[i]).reshape(embed_dim, -1)
-        scales = _scales(abs(w).max(1))
-        replaced[i] = _tagged(w, scales[:, None])
+        replaced[i], scales = _per_row(_array(data, layer.loads[i]).reshape(embed_dim, -1))
         tail.append(scales)
-    out = _array(data, layer.loads[6])
-    scale = _scales(abs(out).max(initial=0.0))
-    replaced[6] = _tagged(out, scale)
-    return replaced, tail + [[scale]], layer.line
+    replaced[6], scale = _per_tensor(_array(data, layer.loads[6]))
+    return replaced, tail + [scale], layer.line
 
 
 DYNAMIC_WRITERS = {"Gemm": _int8_gemm, "MultiHeadAttention": _int8_attention,
@@ -317,6 +308,18 @@ def _array(data: bytes, load: tuple[int, int, int]):
 
     start, end, _ = load
     return np.frombuffer(data, np.float32, (end - start) // 4, start)
+
+
+def _per_row(w) -> tuple[bytes, object]:
+    """``w`` (rows x columns) in int8 with a scale per row: (its tagged bytes, the scales)."""
+    scales = _scales(abs(w).max(1))
+    return _tagged(w, scales[:, None]), scales
+
+
+def _per_tensor(w) -> tuple[bytes, list]:
+    """``w`` in int8 with one scale: (its tagged bytes, [the scale])."""
+    scale = _scales(abs(w).max(initial=0.0))
+    return _tagged(w, scale), [scale]
 
 
 def _scales(peak):
