@@ -44,6 +44,17 @@ def test_unfold_is_gone_and_the_program_computes_the_same_at_any_batch():
         torch.testing.assert_close(got, module(x), rtol=1e-5, atol=1e-6)
 
 
+def test_folded_constants_are_stored_contiguous():
+    """HaloAttn's relative embeddings fold to a transpose; kept with its strides, LiteRT's converter
+    read it wrongly in about half its runs (the halo LiteRT export below failed in CI, cos 0.9989)."""
+    torch.manual_seed(0)
+    program = edge_program(Halo().eval(), torch.randn(1, 3, SIZE, SIZE))
+    tensors = {**program.state_dict, **program.constants}
+    assert any("FOLDED" in name for name in tensors)
+    assert all(t.is_contiguous() for t in tensors.values() if isinstance(t, torch.Tensor)), \
+        {k: t.stride() for k, t in tensors.items() if isinstance(t, torch.Tensor) and not t.is_contiguous()}
+
+
 @pytest.mark.parametrize("fmt", ["executorch", "litert", "coreml", "ncnn"])
 def test_halo_attention_exports_to_every_edge_format(fmt, tmp_path):
     reason = get_format(fmt).unavailable_reason()

@@ -22,7 +22,9 @@ def program_module(model):
 def folded_program(module, example, dims=None):
     """``torch.export`` of ``module`` with what depends on weights alone computed once and stored as
     constants (torch.fx's ``const_fold``), then exported again. A ViT's position-embedding resampling
-    (a bicubic op outside Core ATen, which ExecuTorch and LiteRT cannot lower) becomes a constant."""
+    (a bicubic op outside Core ATen, which ExecuTorch and LiteRT cannot lower) becomes a constant.
+    Every constant is stored contiguous: HaloAttn's folded ``width_rel.T`` kept its transposed strides,
+    and LiteRT's converter read it wrongly in about half its runs (cos 0.9989, issue #32)."""
     import warnings
 
     import torch
@@ -33,6 +35,8 @@ def folded_program(module, example, dims=None):
         program = torch.export.export(module, (example,), dynamic_shapes=dims, strict=False)
         folded = const_fold.split_const_subgraphs(program.module())
         folded.run_folding()
+        for constant in folded.parameters():  # a folded transpose keeps its strides: stored contiguous
+            constant.data = constant.data.contiguous()
         return torch.export.export(folded, (example,), dynamic_shapes=dims, strict=False)
 
 
