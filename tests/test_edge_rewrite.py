@@ -55,6 +55,38 @@ def test_folded_constants_are_stored_contiguous():
         {k: t.stride() for k, t in tensors.items() if isinstance(t, torch.Tensor) and not t.is_contiguous()}
 
 
+class FoldedThenInPlace(nn.Module):
+    """SwinV2's continuous position bias: an MLP with ``ReLU(inplace=True)`` over a fixed table, all of it
+    computable from the weights alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(4, 8))
+        self.mlp = nn.Sequential(nn.Linear(8, 8), nn.ReLU(inplace=True), nn.Linear(8, 5))
+        self.embed = nn.Conv2d(3, 4, 4, stride=4)
+
+    def forward(self, x):
+        return (self.embed(x).mean((2, 3)) @ self.mlp(self.table)).relu_()
+
+
+def test_an_in_place_op_on_a_folded_constant_stays_functional(tmp_path):
+    """Folded, the in-place ReLU wrote to a stored constant: a parameter mutation that Core ML refused
+    ("Only 2 types of outputs handled yet") and ExecuTorch returned as its first output
+    (swinv2_tiny_window8_256 in a held-out draw)."""
+    torch.manual_seed(0)
+    module = FoldedThenInPlace().eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    program = edge_program(module, x).run_decompositions({})
+    assert [o.kind.name for o in program.graph_signature.output_specs] == ["USER_OUTPUT"]
+    assert any("FOLDED" in name for name in program.state_dict)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x)[0], module(x))
+    if get_format("executorch").unavailable_reason() is None:
+        model = from_module(module, "cpb", SIZE)
+        (r,) = export(model.spec, ["executorch"], tmp_path, model=model)
+        assert r.ok, (r.error, r.parity and r.parity.failures)
+
+
 @pytest.mark.parametrize("fmt", ["executorch", "litert", "coreml", "ncnn"])
 def test_halo_attention_exports_to_every_edge_format(fmt, tmp_path):
     reason = get_format(fmt).unavailable_reason()

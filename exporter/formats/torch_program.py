@@ -24,20 +24,46 @@ def folded_program(module, example, dims=None):
     constants (torch.fx's ``const_fold``), then exported again. A ViT's position-embedding resampling
     (a bicubic op outside Core ATen, which ExecuTorch and LiteRT cannot lower) becomes a constant.
     Every constant is stored contiguous: HaloAttn's folded ``width_rel.T`` kept its transposed strides,
-    and LiteRT's converter read it wrongly in about half its runs (cos 0.9989, issue #32)."""
+    and LiteRT's converter read it wrongly in about half its runs (cos 0.9989, issue #32). In-place ops
+    are made functional first: SwinV2's ``ReLU(inplace=True)`` after a folded linear became a parameter
+    mutation, which Core ML refused and ExecuTorch returned as its first output."""
     import warnings
 
     import torch
-    from torch.fx.experimental import const_fold
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # const_fold's get_attr notices
         program = torch.export.export(module, (example,), dynamic_shapes=dims, strict=False)
-        folded = const_fold.split_const_subgraphs(program.module())
-        folded.run_folding()
+        folded = _folded(program.module())
+        if _writes_a_constant(folded.graph):  # an in-place op on what folded: fold the functional graph
+            folded = _folded(program.run_decompositions({}).module())
         for constant in folded.parameters():  # a folded transpose keeps its strides: stored contiguous
             constant.data = constant.data.contiguous()
         return torch.export.export(folded, (example,), dynamic_shapes=dims, strict=False)
+
+
+def _folded(graph_module):
+    from torch.fx.experimental import const_fold
+
+    folded = const_fold.split_const_subgraphs(graph_module)
+    folded.run_folding()
+    return folded
+
+
+def _writes_a_constant(graph) -> bool:
+    """Whether an in-place op in ``graph`` (``relu_``, ``add_``, ...) writes to a stored tensor."""
+    import torch
+
+    import operator
+
+    def stored(value) -> bool:  # a get_attr, or an item of one (const_fold's list of folded tensors)
+        while getattr(value, "target", None) is operator.getitem:
+            value = value.args[0]
+        return getattr(value, "op", None) == "get_attr"
+
+    return any(arg.alias_info is not None and arg.alias_info.is_write and stored(value)
+               for node in graph.nodes if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload)
+               for arg, value in zip(node.target._schema.arguments, node.args))
 
 
 CALIB_BATCH = 8  # pictures per calibration forward when the batch is dynamic
