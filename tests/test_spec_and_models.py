@@ -50,7 +50,7 @@ def test_unknown_model_suggests_names():
 
 
 def test_impossible_size_is_one_line():
-    with pytest.raises(UserError, match="cannot run at 50x50.*divisible"):
+    with pytest.raises(UserError, match="cannot run at 50x50.*divisible.*built for 160x160: try --img-size 160,160"):
         build_model(ModelSpec("test_vit", img_size=(50, 50)))
 
 

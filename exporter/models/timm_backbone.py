@@ -153,8 +153,18 @@ def check_forward(model: torch.nn.Module, spec: ModelSpec) -> None:
             model(x)
     except Exception as e:  # noqa: BLE001
         raise UserError(
-            f"{spec.model} cannot run at {_hw(spec)} with {spec.in_chans} channel(s): {first_line(e)}"
+            f"{spec.model} cannot run at {_hw(spec)} with {spec.in_chans} channel(s): {first_line(e)}{_size_hint(spec)}"
         ) from None
+
+
+def _size_hint(spec: ModelSpec) -> str:
+    """'; it was built for HxW: try --img-size H,W' where timm knows another size for the model."""
+    cfg = _cfg(spec.model)
+    size = tuple(cfg.input_size[-2:]) if cfg and cfg.input_size else None
+    if size is None or size == tuple(spec.img_size):
+        return ""
+    return f"; it was built for {size[0]}x{size[1]}: try --img-size {size[0]},{size[1]}"
+
 
 
 def _runs_on_meta(model: torch.nn.Module, spec: ModelSpec) -> bool:
