@@ -52,18 +52,18 @@ def _folded(graph_module):
 
 def _writes_a_constant(graph) -> bool:
     """Whether an in-place op in ``graph`` (``relu_``, ``add_``, ...) writes to a stored tensor."""
-    import torch
-
     import operator
+
+    import torch
 
     def stored(value) -> bool:  # a get_attr, or an item of one (const_fold's list of folded tensors)
         while getattr(value, "target", None) is operator.getitem:
             value = value.args[0]
         return getattr(value, "op", None) == "get_attr"
 
+    calls = [n for n in graph.nodes if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)]
     return any(arg.alias_info is not None and arg.alias_info.is_write and stored(value)
-               for node in graph.nodes if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload)
-               for arg, value in zip(node.target._schema.arguments, node.args))
+               for node in calls for arg, value in zip(node.target._schema.arguments, node.args))
 
 
 CALIB_BATCH = 8  # pictures per calibration forward when the batch is dynamic

@@ -166,7 +166,6 @@ def _size_hint(spec: ModelSpec) -> str:
     return f"; it was built for {size[0]}x{size[1]}: try --img-size {size[0]},{size[1]}"
 
 
-
 def _runs_on_meta(model: torch.nn.Module, spec: ModelSpec) -> bool:
     """The forward of one zero batch through shape inference alone, on a copy of ``model`` whose
     weights are meta tensors (what a forward caches on its modules stays on the copy): resnet50 in
