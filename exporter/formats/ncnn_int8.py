@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections import Counter
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -50,14 +50,19 @@ def _cfg(name: str):
         return None
 
 
+def _built_size(name: str) -> tuple[int, int] | None:
+    """The (height, width) timm's pretrained config gives ``name``, None where it knows none."""
+    cfg = _cfg(name)
+    return tuple(cfg.input_size[-2:]) if cfg and cfg.input_size else None
+
+
 def resolve_spec(spec: ModelSpec) -> ModelSpec:
     """Fill ``img_size`` and ``num_classes`` from timm's defaults; validate the name."""
     check_model_name(spec.model)
     cfg = _cfg(spec.model)
     changes = {}
     if spec.img_size is None:
-        size = tuple(cfg.input_size[-2:]) if cfg and cfg.input_size else (224, 224)
-        changes["img_size"] = size
+        changes["img_size"] = _built_size(spec.model) or (224, 224)
     if spec.num_classes is None:
         if spec.task == "classification":
             changes["num_classes"] = int(cfg.num_classes) if cfg and cfg.num_classes else 1000
@@ -70,8 +75,7 @@ def create_timm_model(spec: ModelSpec, **extra) -> torch.nn.Module:
     """``timm.create_model`` with ``exportable=True`` and the spec's geometry, errors made one line."""
     cfg = _cfg(spec.model)
     kwargs = dict(exportable=True, in_chans=spec.in_chans, **extra)
-    default_size = tuple(cfg.input_size[-2:]) if cfg and cfg.input_size else None
-    if cfg is not None and cfg.fixed_input_size and spec.img_size != default_size:
+    if cfg is not None and cfg.fixed_input_size and spec.img_size != _built_size(spec.model):
         kwargs["img_size"] = spec.img_size
     pretrained = spec.weights == "pretrained"
     torch.manual_seed(spec.seed)
@@ -159,8 +163,7 @@ def check_forward(model: torch.nn.Module, spec: ModelSpec) -> None:
 
 def _size_hint(spec: ModelSpec) -> str:
     """'; it was built for HxW: try --img-size H,W' where timm knows another size for the model."""
-    cfg = _cfg(spec.model)
-    size = tuple(cfg.input_size[-2:]) if cfg and cfg.input_size else None
+    size = _built_size(spec.model)
     if size is None or size == tuple(spec.img_size):
         return ""
     return f"; it was built for {size[0]}x{size[1]}: try --img-size {size[0]},{size[1]}"
