@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-from autotimm_deploy.exporter.core.cli import EXIT_OK, OneLineParser, console, int_in, run_cli
+from autotimm_deploy.exporter.core.cli import EXIT_OK, OneLineParser, console, int_in, raise_if_interrupted, run_cli
 from autotimm_deploy.exporter.triton.console import add_serve_options, print_models, serve_options
 from rich.markup import escape
 
@@ -61,6 +61,7 @@ def _serve(a: argparse.Namespace) -> int:
             out.print(f"[yellow]not loaded[/] {escape(name)}: {escape(why)}")
         out.print("Ctrl-C (or SIGTERM) stops the server")
         while server.process.poll() is None:
+            raise_if_interrupted()
             time.sleep(0.5)
         why = failure(server.log.read_text(errors="replace"))
         sys.stderr.write(f"{PROG}: error: tritonserver exited ({server.process.returncode}): {why}\n")

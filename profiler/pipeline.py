@@ -20,6 +20,8 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from autotimm_deploy.exporter.core.capture import captured_output
+from autotimm_deploy.exporter.core.cli import raise_if_interrupted
+
 from autotimm_deploy.exporter.core.environment import cores_available, current_rss_mb, environment, peak_rss_mb
 from autotimm_deploy.exporter.core.errors import RuntimeUnavailable, UserError, first_line
 from autotimm_deploy.exporter.core.limits import MAX_BATCH, MAX_ITERATIONS, MAX_SECONDS
@@ -243,6 +245,7 @@ def _run_isolated(targets: list[Target], settings: Settings, on_progress) -> lis
                                 stdin=subprocess.PIPE, stdout=results, stderr=subprocess.PIPE, text=True,
                                 preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         try:
+            raise_if_interrupted()  # a signal in the fork's at-fork hooks (``preexec_fn``) is dropped
             proc.stdin.write(json.dumps(job))
             proc.stdin.close()
             last = ""

@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from autotimm_deploy.exporter.core.cli import raise_if_interrupted
 from autotimm_deploy.exporter.core.errors import MissingExtra, UserError, first_line
 from autotimm_deploy.exporter.core.files import disk_full_is_fault, install_artifact, remove_stale_scratch, scratch_dir
 from autotimm_deploy.exporter.core.manifest import MANIFEST_SUFFIX, load_manifest, manifest_path, verify_files
@@ -127,6 +128,7 @@ def connect(address: str) -> Any:
                 ray.init(address="local", resources=local_devices(), **quiet)
             else:
                 ray.init(address=address, **quiet)
+        raise_if_interrupted()  # a signal in logging's at-fork hook, as Ray starts its processes, is dropped
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise UserError(f"cannot join the Ray cluster at {address!r}: {first_line(e, 200)} (start one with "
                         "`ray start --head`, or pass --ray local)") from None
@@ -534,6 +536,7 @@ def _gather(ray, pending: dict, rows: list, jobs: list, finish, recipe: Recipe, 
     with disk_full_is_fault(f"into {recipe.root}"):  # after what is left was cancelled
         try:
             while pending:
+                raise_if_interrupted()
                 take(ray.wait(list(pending), num_returns=1, timeout=POLL_S)[0])
                 declared = ray.cluster_resources()
                 for ref, i in list(pending.items()):

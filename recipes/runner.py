@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from autotimm_deploy.exporter.core.cli import raise_if_interrupted
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.files import atomic_write_text
 from autotimm_deploy.exporter.formats import get_format
@@ -50,6 +51,7 @@ def run_exports(recipe: Recipe, max_time: float | None = None, progress: Progres
     built: dict[str, Any] = {}  # one eager build per (model, task) serves all its formats
     shared: dict[str, Any] = {}  # with eval:, its one eager --eval pass (and the fp32 ONNX graph formats share)
     for i, job in enumerate(jobs):
+        raise_if_interrupted()
         if progress:
             progress(job.key, i, len(jobs))
         row = settled_export(job, force)
@@ -192,6 +194,7 @@ def run_profiles(recipe: Recipe, max_time: float | None = None, progress: Progre
     jobs = prepare_profiles(recipe)
     start, rows = time.monotonic(), []
     for i, job in enumerate(jobs):
+        raise_if_interrupted()
         if progress:
             progress(f"{job.key} on {job.device}", i, len(jobs))
         row, settings, fingerprint = plan_profile(job, recipe, force)

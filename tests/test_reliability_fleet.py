@@ -104,6 +104,53 @@ def test_in_process_a_ctrl_c_while_parsing_is_one_line_and_the_handlers_are_put_
     assert {sig: signal.getsignal(sig) for sig in core_cli.ENDING} == before
 
 
+class DropsASignal:
+    """A signal raised in a ``__del__``: Python prints its handler's exception ("Exception ignored
+    in") instead of raising it, as in logging's at-fork hook when Ray forks while it starts (CI saw
+    exit 0 and the export run to its end)."""
+
+    def __init__(self, sig=signal.SIGTERM):
+        self.sig = sig
+
+    def __del__(self):
+        signal.raise_signal(self.sig)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_whose_exception_python_dropped_still_ends_the_command(sig, capsys):
+    """One line, no "Exception ignored" traceback; the handlers and the unraisable hook put back."""
+    reached, hook, handlers = [], sys.unraisablehook, {s: signal.getsignal(s) for s in core_cli.ENDING}
+
+    def main(_):
+        DropsASignal(sig)  # collected at once
+        reached.append("the rest of the command")
+        return 0
+
+    assert core_cli.run_cli("autotimm-export", main, core_cli.OneLineParser(prog="autotimm-export"), []) == 128 + sig
+    assert reached and capsys.readouterr().err == core_cli.interrupted_line("autotimm-export", sig)
+    assert sys.unraisablehook is hook and {s: signal.getsignal(s) for s in core_cli.ENDING} == handlers
+    core_cli.raise_if_interrupted()  # the program's own calls after it: not interrupted
+
+
+def test_a_signal_dropped_while_ray_starts_stops_the_run_there(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from autotimm_deploy.recipes import fleet
+
+    private = SimpleNamespace(utils=SimpleNamespace(), worker=SimpleNamespace())
+    ray = SimpleNamespace(is_initialized=lambda: False, init=lambda **_: DropsASignal(), _private=private)
+    monkeypatch.setattr(fleet, "_ray", lambda: ray)
+    reached = []
+
+    def main(_):
+        fleet.connect("local")
+        reached.append("the exports")
+        return 0
+
+    assert core_cli.run_cli("autotimm-export", main, core_cli.OneLineParser(prog="autotimm-export"), []) == 143
+    assert not reached and capsys.readouterr().err == core_cli.interrupted_line("autotimm-export", signal.SIGTERM)
+
+
 def test_the_cli_names_are_the_console_scripts():
     import tomllib
 

@@ -108,9 +108,12 @@ def run_cli(prog: str, main: Callable[[argparse.Namespace], int], parser: argpar
         args = parser.parse_args(argv)
     except KeyboardInterrupt as e:  # called in-process (a CLI's own process ends in `_quit`)
         return _interrupted(prog, e)
-    before = _on_signals(_terminate, sigint=signal.default_int_handler)  # Ctrl-C: KeyboardInterrupt, as ever
+    before = _on_signals(_terminate, sigint=_ctrl_c)
+    hook, sys.unraisablehook = sys.unraisablehook, _quiet_dropped(sys.unraisablehook)
     try:
-        return main(args)
+        code = main(args)
+        raise_if_interrupted()  # a dropped signal: the command went on, but was asked to stop
+        return code
     except BrokenPipeError:  # the reader went away (`| head`): nothing more to say
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -126,14 +129,34 @@ def run_cli(prog: str, main: Callable[[argparse.Namespace], int], parser: argpar
         sys.stderr.write(f"{prog}: internal error: {type(e).__name__}: {first_line(e)} (rerun with --debug)\n")
         return EXIT_FAILED
     finally:
+        _signalled, sys.unraisablehook = 0, hook  # a program's own calls after it are not interrupted
         for sig, handler in before.items():
             if handler is not None:  # None: set outside Python, cannot be put back
                 signal.signal(sig, handler)
 
 
+def _quiet_dropped(hook):
+    """``sys.unraisablehook`` that prints nothing for an interrupt Python dropped (no traceback:
+    `raise_if_interrupted` raises it again), and what ``hook`` prints for anything else."""
+    def quiet(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            hook(unraisable)
+    return quiet
+
+
 def interrupting_signal(e: KeyboardInterrupt) -> int:
     """The signal behind ``e``: its own, else the one `_terminate` took, else Ctrl-C's."""
     return getattr(e, "signum", None) or _signalled or signal.SIGINT
+
+
+def raise_if_interrupted() -> None:
+    """Raises again the `Interrupted` a signal raised where Python drops exceptions: an at-fork hook
+    (logging's runs in the parent of each fork Ray makes while it starts, or a Popen with
+    ``preexec_fn``), a ``__del__``, a weakref callback. Python prints "Exception ignored in ..." and
+    the command goes on as if no signal had come. Work that forks, and loops over long steps, call
+    this; `run_cli` does when the command returns. Outside a running CLI: nothing."""
+    if _signalled:
+        raise Interrupted(_signalled)
 
 
 def _interrupted(prog: str, e: KeyboardInterrupt) -> int:
@@ -142,6 +165,13 @@ def _interrupted(prog: str, e: KeyboardInterrupt) -> int:
     sys.stderr.write(interrupted_line(prog, signum))
     _reported = True
     return 128 + signum
+
+
+def _ctrl_c(signum, frame):  # a signal handler's signature
+    """Ctrl-C: a KeyboardInterrupt, as ever (a second one interrupts the cleanup), and noted."""
+    global _signalled
+    _signalled = signum
+    signal.default_int_handler(signum, frame)
 
 
 def _terminate(signum, _frame):  # a signal handler's signature

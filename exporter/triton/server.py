@@ -24,6 +24,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from autotimm_deploy.exporter.core.cli import raise_if_interrupted
 from autotimm_deploy.exporter.core.errors import UserError
 
 INSTALL = ("the Triton server binary comes with PyPI's nvidia-pytriton wheel: pip install --no-deps "
@@ -317,6 +318,7 @@ def _start(launch: _Launch, http_port: int | None, grpc_port: int | None, timeou
                                        env=_environment(launch.libs), preexec_fn=_die_with_parent)
         running = Server(*ports, log=launch.log, process=process, loaded=list(launch.models), skipped={})
         try:
+            raise_if_interrupted()  # a signal in the fork's at-fork hooks (``preexec_fn``) is dropped
             _wait_ready(running, timeout)
             return running
         except _PortTaken as e:
