@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from autotimm_deploy.exporter.core.errors import UserError
@@ -55,6 +56,51 @@ def test_manifest_names_outside_the_folder_are_refused(tmp_path, files, artifact
     path.write_text(json.dumps(data))
     with pytest.raises(UserError, match="malformed"):
         load_manifest(art)
+
+
+def test_a_manifest_beside_another_file_is_not_that_files_manifest(tmp_path):
+    """Copied (or left by a rename) beside another file, its hashes would vouch for the artifact it
+    names while the other file is run or served."""
+    art, other = tmp_path / "m.onnx", tmp_path / "v2.onnx"
+    art.write_bytes(b"x")
+    other.write_bytes(b"y")
+    write_manifest(_manifest(), art)
+    manifest_path(other).write_text(manifest_path(art).read_text())
+    with pytest.raises(UserError, match=r"v2.onnx.json describes m.onnx, not v2.onnx: .* re-export v2.onnx"):
+        load_manifest(other)
+    assert load_manifest(manifest_path(other)).artifact == "m.onnx"  # named itself: it says what it describes
+    manifest_path(art).write_text("[1, 2]")
+    with pytest.raises(UserError, match="holds a JSON list, not a manifest"):
+        load_manifest(art)
+
+
+PREP = {"input_size": [3, 64, 64], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear",
+        "crop_pct": 0.95, "resize": "crop", "library": "pil", "source": "timm"}
+
+
+@pytest.mark.parametrize("key,value,says", [
+    ("std", [0, 0, 0], "preprocessing.std values must be positive"),  # NaN answers before
+    ("mean", "abc", "preprocessing.mean takes 3 finite number(s)"),  # an internal error before
+    ("mean", [0.5], "preprocessing.mean takes 3 finite number(s)"),
+    ("interpolation", "fancy", "preprocessing.interpolation takes one of"),
+    ("crop_pct", -1, "preprocessing.crop_pct takes a number in (0, 1]"),
+    ("input_size", "big", "preprocessing.input_size is 'big', not [channels, height, width]"),
+    ("input_size", [3, 0, 64], "preprocessing.input_size[1] is 0"),
+    ("resize", "zoom", "preprocessing.resize takes one of crop, stretch, letterbox"),
+    ("library", "skimage", "preprocessing.library takes one of pil, cv2"),
+    ("pad_value", [300, 0, 0], "preprocessing.pad_value takes one number or 3"),
+])
+def test_a_hand_edited_preprocessing_record_is_refused(tmp_path, key, value, says):
+    art = tmp_path / "m.onnx"
+    m = _manifest()
+    m.preprocessing = dict(PREP)
+    write_manifest(m, art)
+    assert load_manifest(art).preprocessing == PREP
+    m.preprocessing[key] = value
+    write_manifest(m, art)
+    with pytest.raises(UserError, match=re.escape(says)) as e:
+        load_manifest(art)
+    assert "\n" not in str(e.value) and str(e.value).endswith("re-export the artifact")
 
 
 def test_sha256(tmp_path):

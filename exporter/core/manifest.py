@@ -20,7 +20,7 @@ from autotimm_deploy.exporter.core.limits import (
     MAX_RANK,
 )
 from autotimm_deploy.exporter.core.results import AccuracyReport, ParityReport
-from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.core.spec import LIBRARIES, PREPROCESS_KEYS, ModelSpec, check_preprocess
 
 SCHEMA_VERSION = 1
 MANIFEST_SUFFIX = ".json"
@@ -83,17 +83,23 @@ def manifest_path(artifact: str | Path) -> Path:
 
 
 def load_manifest(path: str | Path) -> Manifest:
-    """Load a manifest, given its own path or its artifact's; validate ``schema_version``."""
-    path = Path(path)
+    """Load a manifest, given its own path or its artifact's; validate ``schema_version``, and that
+    an artifact's manifest is its own (not one copied beside it, or left by a rename: its hashes
+    would vouch for the other file)."""
+    path = artifact = Path(path)
     if not path.name.endswith(MANIFEST_SUFFIX) or path.suffix != ".json" or not path.is_file():
         path = manifest_path(path)
+    else:
+        artifact = None
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"no manifest at {path}") from None
     except (OSError, ValueError, RecursionError) as e:
         raise UserError(f"manifest {path} is not valid JSON: {first_line(e, 120)}") from None
-    version = data.get("schema_version") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise UserError(f"manifest {path} holds a JSON {type(data).__name__}, not a manifest; re-export the artifact")
+    version = data.get("schema_version")
     if version != SCHEMA_VERSION or isinstance(version, bool):
         raise UserError(
             f"manifest {path} has schema_version {version!r}; this version reads {SCHEMA_VERSION} (re-export the artifact)"
@@ -116,6 +122,9 @@ def load_manifest(path: str | Path) -> Manifest:
             ModelSpec.from_dict(manifest.spec)  # the spec it claims must be a valid one
     except (TypeError, KeyError, ValueError, AttributeError, UserError) as e:
         raise UserError(f"manifest {path} is malformed: {first_line(e)}; re-export the artifact") from None
+    if artifact is not None and artifact.name != manifest.artifact:
+        raise UserError(f"{path} describes {manifest.artifact}, not {artifact.name}: a manifest copied or renamed "
+                        f"beside another file; name the two as exported, or re-export {artifact.name}")
     return manifest
 
 
@@ -173,10 +182,26 @@ def check_bounds(manifest: Manifest) -> None:
             raise ValueError(f"size.{key} must be [height, width] in pixels")
         for j, v in enumerate(hw):
             _bounded(v, f"size.{key}[{j}]", _SIDE)
-    size = manifest.preprocessing.get("input_size") if isinstance(manifest.preprocessing, dict) else None
-    if isinstance(size, list) and len(size) == 3:
-        for j, (v, bound) in enumerate(zip(size, (_CHANS, _SIDE, _SIDE))):
-            _bounded(v, f"preprocessing.input_size[{j}]", bound)
+    _check_preprocessing(manifest.preprocessing)
+
+
+def _check_preprocessing(prep: Any) -> None:
+    """The record predictions follow: an input size, and mean, std, interpolation, crop, resize and
+    padding as `check_preprocess` asks of the command line's (a hand-edited ``"std": [0, 0, 0]`` gave
+    NaN answers, ``"mean": "abc"`` an internal error)."""
+    if not isinstance(prep, dict):
+        raise ValueError("preprocessing must be an object")
+    if not prep:  # none recorded (a custom module's raw artifact)
+        return
+    size = prep.get("input_size")
+    if not (isinstance(size, list) and len(size) == 3):
+        raise ValueError(f"preprocessing.input_size is {size!r}, not [channels, height, width]")
+    for j, (v, bound) in enumerate(zip(size, (_CHANS, _SIDE, _SIDE))):
+        _bounded(v, f"preprocessing.input_size[{j}]", bound)
+    check_preprocess({k: prep[k] for k in PREPROCESS_KEYS if prep.get(k) is not None}, size[0],
+                     name=lambda key: f"preprocessing.{key}")
+    if prep.get("library", "pil") not in LIBRARIES:
+        raise ValueError(f"preprocessing.library takes one of {', '.join(LIBRARIES)}, got {prep['library']!r}")
 
 
 def write_manifest(manifest: Manifest, artifact: str | Path) -> Path:

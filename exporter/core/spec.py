@@ -6,7 +6,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.limits import MAX_CLASSES, MAX_IMG_SIDE, MAX_IN_CHANS
@@ -46,6 +46,7 @@ PREPROCESS_KEYS = ("mean", "std", "interpolation", "crop_pct", "resize", "pad_va
 # letterboxed (aspect kept, padded)
 RESIZE_MODES = ("crop", "stretch", "letterbox")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")
+LIBRARIES = ("pil", "cv2")  # whose resize the preprocessing follows
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 TASK_SUFFIX = {"classification": "", "detection": "-det", "instance-segmentation": "-inst"}
 
@@ -171,8 +172,13 @@ class ModelSpec:
         return cls(**d)
 
 
-def check_preprocess(pre: dict[str, Any], in_chans: int) -> None:
-    """Preprocessing overrides: per-channel mean/std (std > 0), a known interpolation, 0 < crop_pct <= 1."""
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def check_preprocess(pre: dict[str, Any], in_chans: int, name: Callable[[str], str] = _flag) -> None:
+    """Preprocessing overrides: per-channel mean/std (std > 0), a known interpolation, 0 < crop_pct <= 1;
+    a `UserError` naming the value as ``name(key)`` does (the command line's flag, or a manifest's field)."""
     for key in pre:
         if key not in PREPROCESS_KEYS:
             raise UserError(f"unknown preprocessing key {key!r}; known: {', '.join(PREPROCESS_KEYS)}")
@@ -182,22 +188,22 @@ def check_preprocess(pre: dict[str, Any], in_chans: int) -> None:
         vals = pre[key]
         if (not isinstance(vals, (list, tuple)) or len(vals) != in_chans
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vals)):
-            raise UserError(f"--{key} takes {in_chans} finite number(s), one per input channel, got {vals!r}")
+            raise UserError(f"{name(key)} takes {in_chans} finite number(s), one per input channel, got {vals!r}")
         if key == "std" and min(vals) <= 0:
-            raise UserError(f"--std values must be positive, got {list(vals)}")
-    if "interpolation" in pre and pre["interpolation"] not in INTERPOLATIONS:
-        raise UserError(f"--interpolation takes one of {', '.join(INTERPOLATIONS)}, got {pre['interpolation']!r}")
+            raise UserError(f"{name('std')} values must be positive, got {list(vals)}")
+    known = {"interpolation": INTERPOLATIONS, "resize": RESIZE_MODES}
+    for key in (k for k in known if k in pre and pre[k] not in known[k]):
+        raise UserError(f"{name(key)} takes one of {', '.join(known[key])}, got {pre[key]!r}")
     if "crop_pct" in pre:
         v = pre["crop_pct"]
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 1:
-            raise UserError(f"--crop-pct takes a number in (0, 1], got {v!r}")
-    if "resize" in pre and pre["resize"] not in RESIZE_MODES:
-        raise UserError(f"--resize takes one of {', '.join(RESIZE_MODES)}, got {pre['resize']!r}")
+            raise UserError(f"{name('crop_pct')} takes a number in (0, 1], got {v!r}")
     if "pad_value" in pre:
         vals = pre["pad_value"]
         if (not isinstance(vals, (list, tuple)) or len(vals) != in_chans
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 255 for v in vals)):
-            raise UserError(f"--pad-value takes one number or {in_chans} (one per channel) from 0 to 255, got {vals!r}")
+            raise UserError(f"{name('pad_value')} takes one number or {in_chans} (one per channel) from 0 to 255, "
+                            f"got {vals!r}")
 
 
 def check_class_names(names: Any, num_classes: int | None) -> tuple[str, ...]:

@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from autotimm_deploy.exporter.core.spec import RESIZE_MODES
+from autotimm_deploy.exporter.core.spec import LIBRARIES, RESIZE_MODES
 
-LIBRARIES = ("pil", "cv2")
 DEFAULT_PAD_VALUE = (114, 114, 114)  # AutoTimm's (and YOLO's) letterbox grey
 _PIL_FILTER = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}  # PIL.Image.Resampling values
 _CV2_FLAG = {"nearest": 0, "bilinear": 1, "bicubic": 2, "lanczos": 4}  # cv2.INTER_* values

@@ -131,7 +131,7 @@ def preprocessing_record(spec: ModelSpec, mean, std, interpolation: str, crop_pc
     given = {k: ([float(x) for x in v] if isinstance(v, (list, tuple)) else v) for k, v in spec.preprocess.items()}
     prep.update(given)
     if prep["resize"] == "letterbox":
-        prep.setdefault("pad_value", [114.0] * 3)
+        prep.setdefault("pad_value", [114.0] * spec.in_chans)
         prep.setdefault("pad_position", "center")
     if "pad_value" in given and prep["resize"] != "letterbox":
         raise UserError("--pad-value applies to --resize letterbox (the picture padded to the input size)")
