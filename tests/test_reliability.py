@@ -111,6 +111,16 @@ def test_a_second_export_into_a_busy_folder_is_refused(tmp_path, capsys):
 
 
 # 6 -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, ValueError])
+def test_folders_an_export_made_go_when_it_stops_with_them_empty(tmp_path, stop):
+    """Ctrl-C (or a signal) before anything was written left the new -o folder behind, empty."""
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(stop), files_mod.out_dir_for(tmp_path / "kept" / "new" / "deeper"):
+        assert (tmp_path / "kept" / "new" / "deeper").is_dir()
+        raise stop
+    assert files_under(tmp_path) == ["kept"]  # made before: kept
+
+
 def test_scratch_left_by_a_killed_export_is_removed(tmp_path):
     out = tmp_path / "out"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -362,6 +362,6 @@ def test_triton_repo_with_an_edge_format_serves_the_rest_and_lists_it(tmp_path, 
     ncnn = next(out.glob("*.param"))
     with pytest.raises(NothingServed, match="Triton serves none of these artifacts"):
         build_repository([ncnn], tmp_path / "repo2", skip_unserved=True)
-    with pytest.raises(UserError, match="names format 'ncnn'"):  # autotimm-triton build, named: still refused
+    with pytest.raises(UserError, match="is a 'ncnn' artifact, which no Triton model serves"):  # autotimm-triton build, named: still refused
         build_repository([ncnn], tmp_path / "repo2")
     assert not (tmp_path / "repo2").exists() and not list(tmp_path.glob(".repo2*"))

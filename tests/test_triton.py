@@ -287,10 +287,18 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, artifacts):
                "a_python"], "would both be served as 'a_python'"),
              ([str(tmp_path / "nowhere.onnx"), "-o", str(tmp_path / "r5")], "artifact not found"),
              ([str(cls["onnx"]), "-o", str(tmp_path / "r6"), "--kind", "cpu", "--ort-tensorrt"], "needs --kind gpu"),
-             ([str(cls["onnx"]), "-o", str(tmp_path / "no" / "such" / "r7")], "does not exist")]
+             ([str(cls["onnx"]), "-o", str(tmp_path / "no" / "such" / "r7")], "does not exist"),
+             ([str(cls["onnx"]), "-o", str(cls["onnx"] / "r8")], "is a file"),
+             ([str(cls["torchscript"]), "-o", str(tmp_path / "r9"), "--kind", "gpu", "--ort-tensorrt"],
+              "--ort-tensorrt applies to ONNX artifacts")]
+    copied = tmp_path / "copied" / "v2.onnx"  # another file with a copy of the artifact's manifest
+    copied.parent.mkdir()
+    copied.write_bytes(cls["onnx"].read_bytes()[:100_000])
+    shutil.copy(cls["onnx"].with_name(cls["onnx"].name + ".json"), copied.with_name("v2.onnx.json"))
+    cases.append(([str(copied), "-o", str(tmp_path / "r10")], f"describes {cls['onnx'].name}, not v2.onnx"))
     for name, change, message in [("nopre", lambda j: j.pop("preprocessing"), "preprocessing.input_size"),
                                   ("noout", lambda j: j.update(outputs=[]), "no well-formed outputs"),
-                                  ("fmt", lambda j: j.update(format="foo"), "names format 'foo'")]:
+                                  ("fmt", lambda j: j.update(format="foo"), "is a 'foo' artifact")]:
         odd = tmp_path / name / cls["onnx"].name  # valid JSON, a field a config needs broken
         odd.parent.mkdir()
         shutil.copy(cls["onnx"], odd)

@@ -111,8 +111,8 @@ def make_out_dir(out_dir: Path) -> None:
 def out_dir_for(out_dir: Path) -> Iterator[None]:
     """``out_dir`` made (`make_out_dir`, parents too) for the block; the folders it made are removed
     again when the block returns or raises an error and leaves them empty (a refusal inside it, every
-    format failed), so a refused export leaves no empty folder behind. A folder that existed before is
-    never removed; an interrupted export (Ctrl-C, a signal) keeps it, as it always did."""
+    format failed, Ctrl-C or a signal), so a refused or interrupted export leaves no empty folder
+    behind. A folder that existed before is never removed."""
     made, p = [], Path(out_dir)
     while not p.exists() and not p.is_symlink() and p != p.parent:
         made.append(p)  # deepest first
@@ -120,10 +120,8 @@ def out_dir_for(out_dir: Path) -> Iterator[None]:
     make_out_dir(Path(out_dir))
     try:
         yield
-    except Exception:
+    finally:
         _remove_empty(made)
-        raise
-    _remove_empty(made)
 
 
 def _remove_empty(folders: list[Path]) -> None:

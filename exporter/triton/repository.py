@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.files import disk_full_is_fault
 from autotimm_deploy.exporter.core.manifest import MANIFEST_SUFFIX, Manifest, load_manifest, manifest_path, verify_files
 from autotimm_deploy.exporter.inputs.preprocess import describe
 from autotimm_deploy.exporter.triton.config import (
@@ -72,7 +73,7 @@ def find_artifacts(paths: list[str | Path]) -> list[Path]:
 def check_name(name: str) -> str:
     if not NAME.match(name):
         raise UserError(f"{name!r} is not a model name Triton accepts (letters, digits, '_', '.', '-', at most 128, "
-                        "not starting with '.' or '-'); pass --name")
+                        "not starting with '.' or '-'); pass --name with such a name")
     return name
 
 
@@ -96,7 +97,8 @@ def check_servable(m: Manifest, path: Path) -> None:
         raise UserError(f"manifest {path} {what}: re-export the artifact")
 
     if m.format not in KNOWN_FORMATS:
-        fail(f"names format {m.format!r}, which no Triton model here serves (known: {', '.join(KNOWN_FORMATS)})")
+        raise UserError(f"{path.name[:-len(MANIFEST_SUFFIX)]} is a {m.format!r} artifact, which no Triton model serves "
+                        f"(it serves {', '.join(KNOWN_FORMATS)}): export one of those for the server")
     for kind, sigs in (("inputs", m.inputs), ("outputs", m.outputs)):
         if not sigs or not all(isinstance(s.shape, list) and s.shape and isinstance(s.dtype, str) and s.name
                                for s in sigs):
@@ -122,8 +124,13 @@ def check_destination(repository: str | Path) -> Path:
     if repository.exists() or repository.is_symlink():
         raise UserError(f"{repository} already exists: give a new folder for the model repository")
     repository = repository.resolve()
-    if not repository.parent.is_dir():
-        raise UserError(f"folder {repository.parent} does not exist")
+    parent = repository.parent
+    if not parent.is_dir():
+        raise UserError(f"folder {parent} {'is a file' if parent.exists() else 'does not exist'}: give a new folder "
+                        "inside an existing one for the model repository")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"folder {parent} is not writable (a read-only file system, or its permissions): give a new "
+                        "folder inside one you can write for the model repository")
     schema()  # the [triton] extra
     return repository
 
@@ -147,6 +154,9 @@ def build_repository(artifacts: list[str | Path], repository: str | Path, option
     if not served:
         raise NothingServed(f"Triton serves none of these artifacts ({', '.join(m.artifact for m in skipped)}): "
                            f"no repository written at {repository} (it serves {', '.join(KNOWN_FORMATS)})")
+    if options.ort_tensorrt and not any(m.format == "onnx" for _, m, _ in served):
+        raise UserError("--ort-tensorrt applies to ONNX artifacts (ONNX Runtime's TensorRT accelerator) and none of "
+                        f"these is one ({', '.join(m.artifact for _, m, _ in served)}): drop it, or add the ONNX export")
     bases = [base for _, _, base in served]
     loaded = [(folder, m) for folder, m, _ in served]
     taken: dict[str, Path] = {}
@@ -157,6 +167,13 @@ def build_repository(artifacts: list[str | Path], repository: str | Path, option
                 raise UserError(f"two artifacts would both be served as {name!r} ({taken[name]} and "
                                 f"{folder / m.artifact}); pass --name for each")
             taken[name] = folder / m.artifact
+    with disk_full_is_fault(f"the model repository {repository}"):
+        return _write_repository(repository, bases, loaded, skipped, options, ensemble_over)
+
+
+def _write_repository(repository: Path, bases: list[str], loaded: list[tuple[Path, Manifest]],
+                      skipped: list[RepoModel], options: ServeOptions, ensemble_over: str) -> list[RepoModel]:
+    """The repository written in a scratch folder, then renamed into place (none left if it fails)."""
     # a new folder of its own beside the destination (same file system, so the rename is atomic)
     tmp = Path(tempfile.mkdtemp(prefix=f".{repository.name}.tmp-", dir=repository.parent))
     try:
