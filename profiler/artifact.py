@@ -43,10 +43,12 @@ def detect(path: Path) -> tuple[str, Manifest | None]:
     manifest = load_manifest(path) if manifest_path(path).exists() else None
     fmt = manifest.format if manifest else format_of_name(path)
     if fmt is None:
-        raise UserError(
-            f"cannot tell what {path.name} is: unknown extension {path.suffix or '(none)'} and no manifest "
-            f"beside it; pass --runtime (known extensions: {', '.join(sorted(endings()))})"
-        )
+        owner = _owner(path)
+        if owner is not None:
+            raise UserError(f"{path.name} is part of the artifact {owner.name}: give {owner} instead")
+        raise UserError(f"cannot tell what {path.name} is: unknown extension {path.suffix or '(none)'} and no manifest "
+                        f"beside it; give a file autotimm-export wrote (known extensions: "
+                        f"{', '.join(sorted(endings()))})")
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty")
     cls = FORMATS.get(fmt)
@@ -56,6 +58,16 @@ def detect(path: Path) -> tuple[str, Manifest | None]:
     if manifest:
         verify_files(manifest, path.parent)  # sizes and sha256 (cached by size and mtime)
     return fmt, manifest
+
+
+def _owner(path: Path) -> Path | None:
+    """The artifact beside ``path`` that has it as a companion file (an ncnn .bin's .param, an
+    OpenVINO .bin's .xml), or None."""
+    for sibling in sorted(path.parent.iterdir()) if path.parent.is_dir() else ():
+        fmt = format_of_name(sibling) if sibling != path and sibling.is_file() else None
+        if fmt is not None and path in FORMATS[fmt].companion_paths(sibling):
+            return sibling
+    return None
 
 
 def _check_companions(cls: type[Format], path: Path) -> None:

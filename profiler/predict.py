@@ -36,6 +36,8 @@ def picture_files(paths: Iterable[str | Path]) -> list[Path]:
             out += found
         elif p.is_file():
             out.append(p)
+        elif p.exists():
+            raise UserError(f"{p} is neither a picture file nor a folder (a pipe, a device or a socket); give a file")
         else:
             raise UserError(f"no such picture or folder: {p}")
     if not out:
@@ -53,7 +55,8 @@ def read_picture(path: Path, prep: dict[str, Any]) -> np.ndarray:
     try:
         with Image.open(path) as img:
             if img.width * img.height > MAX_PICTURE_PIXELS:
-                raise UserError(f"{path} is {img.width}x{img.height}, more than {MAX_PICTURE_PIXELS:,} pixels: refused")
+                raise UserError(f"{path} is {img.width}x{img.height}, more than {MAX_PICTURE_PIXELS:,} pixels: refused; "
+                                "scale it down first")
             if prep.get("library") == "cv2":
                 img = ImageOps.exif_transpose(img)
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: its top 8 bits, as OpenCV reads it
@@ -63,9 +66,10 @@ def read_picture(path: Path, prep: dict[str, Any]) -> np.ndarray:
     except UserError:
         raise
     except Image.DecompressionBombError:
-        raise UserError(f"{path} is larger than {MAX_PICTURE_PIXELS:,} pixels: refused") from None
+        raise UserError(f"{path} is larger than {MAX_PICTURE_PIXELS:,} pixels: refused; scale it down first") from None
     except Exception as e:  # noqa: BLE001 - not a picture, truncated, ...
-        raise UserError(f"cannot read picture {path}: {first_line(e, 150)}") from None
+        raise UserError(f"cannot read picture {path}: {first_line(e, 150)}; give a whole picture file (PNG, JPEG, "
+                        "...), or leave this one out") from None
 
 
 def run_picture(session, picture: np.ndarray, prep: dict[str, Any], embedded: str | None, task: str):
@@ -73,13 +77,25 @@ def run_picture(session, picture: np.ndarray, prep: dict[str, Any], embedded: st
     A graph with the preprocessing inside takes the picture as it is and answers in its pixels."""
     name = session.inputs[0].name
     if embedded:
-        result = session.infer({name: picture_input(picture, embedded)})
+        result = _infer(session, {name: picture_input(picture, embedded)})
         return picture_outputs({k: np.asarray(v) for k, v in result.items()}, task), picture_geometry(picture)
     x, geometry = prepare(picture, prep)
     batch = session.batch_range()[0]
     feed = np.repeat(x[None], batch, axis=0) if batch > 1 else x[None]  # a fixed batch: the picture, repeated
-    result = session.infer({name: np.ascontiguousarray(feed)})
+    result = _infer(session, {name: np.ascontiguousarray(feed)})
     return {k: np.asarray(v)[:1] for k, v in result.items()}, geometry
+
+
+def _infer(session, feed: dict[str, np.ndarray]) -> dict:
+    """``session.infer``; a runtime that refuses the input its manifest describes (a manifest edited,
+    or not the artifact's own) is a `UserError` with the runtime's whole message on one line."""
+    try:
+        return session.infer(feed)
+    except Exception as e:  # noqa: BLE001 - each runtime raises its own kinds
+        shapes = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in feed.items())
+        raise UserError(f"the {session.name} runtime failed on {shapes}, the input its manifest describes: "
+                        f"{' '.join(str(e).split())[:400] or type(e).__name__}; if the manifest was edited, "
+                        "re-export the artifact") from None
 
 
 @dataclass

@@ -133,7 +133,7 @@ def test_calibration_loader(tmp_path, calib_dir):
     np.testing.assert_allclose(grey[0], (0.5 - 0.485) / 0.229, atol=3e-2)
 
 
-@pytest.mark.parametrize("case", ["empty", "unreadable", "npy shape", "missing", "none", "not npy"])
+@pytest.mark.parametrize("case", ["empty", "unreadable", "npy shape", "missing", "none", "not npy", "text as npy"])
 def test_calibration_errors(tmp_path, case):
     if case == "empty":
         (tmp_path / "empty").mkdir()
@@ -147,6 +147,9 @@ def test_calibration_errors(tmp_path, case):
         src, msg = str(tmp_path / "w.npy"), r"has shape \[2, 5\]"
     elif case == "missing":
         src, msg = str(tmp_path / "nope"), "not found"
+    elif case == "text as npy":  # numpy's own words were its allow_pickle advice
+        (tmp_path / "fake.npy").write_text("a text file\n")
+        src, msg = str(tmp_path / "fake.npy"), "fake.npy: not a NumPy array file; give a folder of pictures, or an .npy"
     elif case == "not npy":
         (tmp_path / "f.txt").write_text("x")
         src, msg = str(tmp_path / "f.txt"), "a folder of images or a .npy file"

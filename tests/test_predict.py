@@ -4,6 +4,7 @@ manifest's preprocessing and the artifact's own runtime; annotated copies; one-l
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -124,7 +125,18 @@ def test_cli_errors_are_one_line_and_leave_nothing(tmp_path, pictures):
     names.write_text("a\nb\n")
     lonely = tmp_path / "lonely.onnx"
     lonely.write_bytes(artifact.read_bytes())
-    cases = [([str(artifact), str(tmp_path / "missing.jpg")], "no such picture"),
+    edited = tmp_path / "edited" / artifact.name  # its own manifest, edited to a size the graph does not take
+    edited.parent.mkdir()
+    edited.write_bytes(artifact.read_bytes())
+    j = json.loads(artifact.with_name(artifact.name + ".json").read_text())
+    j["inputs"][0]["shape"][2:] = j["preprocessing"]["input_size"][1:] = [32, 32]
+    edited.with_name(edited.name + ".json").write_text(json.dumps(j))
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    cases = [([str(edited), str(pictures)], "the onnxruntime runtime failed on input [1, 3, 32, 32] float32, the "
+                                           "input its manifest describes: "),
+             ([str(artifact), str(fifo)], "is neither a picture file nor a folder"),
+             ([str(artifact), str(tmp_path / "missing.jpg")], "no such picture"),
              ([str(artifact), str(bad)], "cannot read picture"),
              ([str(lonely), str(pictures)], "no manifest"),
              ([str(artifact), str(pictures), "--class-names", str(names)], "2 class names for a model with 3 classes"),
@@ -138,6 +150,19 @@ def test_cli_errors_are_one_line_and_leave_nothing(tmp_path, pictures):
     assert files_under(tmp_path / "out") == []
     with pytest.raises(UserError, match="holds no pictures"):
         predict(artifact, [tmp_path / "a"])
+
+
+def test_a_companion_file_names_its_artifact(tmp_path):
+    """An OpenVINO (or ncnn) weights file given instead of the artifact: the file to give instead."""
+    from autotimm_deploy.profiler.artifact import detect
+
+    (tmp_path / "m.xml").write_text("<net/>")
+    (tmp_path / "m.bin").write_bytes(b"w")
+    with pytest.raises(UserError, match=r"m.bin is part of the artifact m.xml: give .*m.xml instead"):
+        detect(tmp_path / "m.bin")
+    (tmp_path / "other.bin").write_bytes(b"w")
+    with pytest.raises(UserError, match="cannot tell what other.bin is: .*give a file autotimm-export wrote"):
+        detect(tmp_path / "other.bin")
 
 
 def test_class_names_travel_in_the_formats_own_metadata(tmp_path):

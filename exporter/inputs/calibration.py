@@ -39,8 +39,10 @@ def _from_folder(folder: Path, n: int, prep: dict) -> np.ndarray:
 def _from_npy(path: Path, n: int, prep: dict) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001
-        raise UserError(f"cannot read calibration file {path}: {first_line(e, 150)}") from None
+    except Exception as e:  # noqa: BLE001 - numpy's own words, e.g. a pickle's "allow_pickle" advice, are no fix
+        why = "not a NumPy array file" if "pickle" in str(e) else first_line(e, 150)
+        raise UserError(f"cannot read calibration file {path}: {why}; give a folder of pictures, or an .npy "
+                        "written by numpy.save (float32 [N,C,H,W] preprocessed, or uint8 [N,H,W,3] images)") from None
     c, h, w = prep["input_size"]
     if arr.ndim == 4 and tuple(arr.shape[1:]) == (c, h, w) and np.issubdtype(arr.dtype, np.floating):
         return np.ascontiguousarray(arr[:n], dtype=np.float32)  # already preprocessed NCHW
