@@ -272,6 +272,29 @@ def test_the_server_is_stopped_when_the_test_fails(tmp_path, artifacts):
                 pass
 
 
+def test_a_full_disk_or_a_read_only_folder_is_one_line(tmp_path, artifacts, monkeypatch):
+    """Both were internal OSErrors (a read-only folder only after the whole export, with --triton-repo)."""
+    import errno
+
+    from autotimm_deploy.exporter.core.errors import Fault
+    from autotimm_deploy.exporter.triton import repository
+
+    cls, _ = artifacts
+
+    def full(*_, **__):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(repository.tempfile, "mkdtemp", full)
+        with pytest.raises(Fault, match="no space left on the device writing the model repository .*: free some"):
+            repository.build_repository([cls["onnx"]], tmp_path / "r1")
+    with monkeypatch.context() as m:
+        m.setattr(repository.os, "access", lambda *_: False)
+        with pytest.raises(UserError, match="is not writable .*: give a new folder inside one you can write"):
+            repository.check_destination(tmp_path / "r2")
+    assert files_under(tmp_path) == []
+
+
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, artifacts):
     cls, _ = artifacts
     bare = tmp_path / "bare.onnx"
