@@ -149,7 +149,7 @@ def build_repository(artifacts: list[str | Path], repository: str | Path, option
     repository = check_destination(repository)
     paths = find_artifacts(artifacts)
     if names is not None and len(names) != len(paths):
-        raise UserError(f"{len(names)} names for {len(paths)} artifacts")
+        raise UserError(f"{len(names)} names for {len(paths)} artifacts: pass one --name per artifact, in order")
     served, skipped = _load_manifests(paths, names, skip_unserved)
     if not served:
         raise NothingServed(f"Triton serves none of these artifacts ({', '.join(m.artifact for m in skipped)}): "
