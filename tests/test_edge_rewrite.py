@@ -206,3 +206,45 @@ def test_pointwise_conv1d_is_a_matmul_for_litert(tmp_path):
         model = from_module(PointwiseConv1d(), "pointwise", SIZE)
         (r,) = export(model.spec, ["litert"], tmp_path, model=model)
         assert r.ok, (r.error, r.parity and r.parity.failures)
+
+
+class BicubicBranches(nn.Module):
+    """CrossViT's cross-branch resize in small: a map resized bicubically to other grids (by size,
+    with and without aligned corners, and by a kept scale factor), then classified."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 4, stride=4)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        f = self.embed(x)  # B 8 8 8 at 32 px
+        import torch.nn.functional as F
+
+        grids = (F.interpolate(f, size=(11, 5), mode="bicubic", align_corners=False),
+                 F.interpolate(f, size=(3, 17), mode="bicubic", align_corners=True),
+                 F.interpolate(f, scale_factor=0.7, mode="bicubic", recompute_scale_factor=False))
+        return self.head(sum(g.mean((2, 3)) for g in grids))
+
+
+def test_bicubic_resize_is_two_matmuls_for_core_ml(tmp_path):
+    """coremltools has no upsample_bicubic2d ("Unsupported fx node upsample_bicubic2d", CrossViT in
+    the held-out draw); for Core ML alone it is written as Mh @ x @ Mw with PyTorch's bicubic weights,
+    exact to float rounding with a static and a dynamic batch, and the package converts."""
+    from autotimm_deploy.exporter.formats.edge_rewrite import COREML_REWRITES, cubic_matrix
+    from torch.export import Dim
+
+    torch.manual_seed(0)
+    module = BicubicBranches().eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    for dims in (None, ({0: Dim("batch", min=1, max=4)},)):
+        program = edge_program(module, x, dims, also=COREML_REWRITES)
+        ops = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+        assert not [o for o in ops if "bicubic" in o] and ops.count("aten.matmul.default") == 6
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(x), module(x), rtol=1e-5, atol=1e-6)
+    assert cubic_matrix(7, 7, False).tolist() == torch.eye(7).tolist()  # the same size: each row itself
+    if get_format("coreml").unavailable_reason() is None:
+        model = from_module(BicubicBranches(), "bicubic", SIZE)
+        (r,) = export(model.spec, ["coreml"], tmp_path, model=model)
+        assert r.artifact is not None and r.error is None, r.error

@@ -35,7 +35,7 @@ from autotimm_deploy.exporter.core.capture import captured_output, quiet_import
 from autotimm_deploy.exporter.core.environment import package_versions
 from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
 from autotimm_deploy.exporter.formats import coreml_ops
-from autotimm_deploy.exporter.formats.edge_rewrite import edge_program
+from autotimm_deploy.exporter.formats.edge_rewrite import COREML_REWRITES, edge_program
 from autotimm_deploy.exporter.formats.file_checks import zip_check
 from autotimm_deploy.exporter.formats.base import (
     BatchRange,
@@ -176,7 +176,7 @@ def _convert(ctx: ExportContext, bound: int | None, names: list[str]):
     else:
         dims = ({0: Dim("batch", min=1, max=bound)},)
         batch = ct.RangeDim(lower_bound=1, upper_bound=bound, default=options.batch_size)
-    program = edge_program(program_module(ctx.model), example, dims).run_decompositions({})
+    program = edge_program(program_module(ctx.model), example, dims, also=COREML_REWRITES).run_decompositions({})
     # float outputs float32 at either precision; integer ones int32 (Core ML has no int64, and a count
     # summed over a mask would otherwise come out float)
     dtypes = [np.float32 if d.is_floating_point else np.int32 for d in _output_dtypes(ctx.model, example)]

@@ -20,6 +20,10 @@ ncnn) in the ``torch.export`` program they start from (issue #32).
   distilled head, ``torch.stack(logits).sum(0)``): pnnx puts that axis where ncnn has no axis (the
   batch's) and ncnn summed over the classes instead.
 
+- For Core ML alone (`COREML_REWRITES`): ``upsample_bicubic2d`` (CrossViT resizes one branch's
+  tokens to the other's grid with ``F.interpolate(mode="bicubic")``), which coremltools has no
+  translation for, as two matrix products with constant interpolation matrices.
+
 - For LiteRT alone (`LITERT_REWRITES`): a 1-wide ``conv1d`` (stride 1, no padding, one group;
   EfficientViM's projections) as its weight's matrix times the input. LiteRT's converter lowered it
   to a ``tfl.batch_matmul`` of the wrong rank ("expected 3 but got 4") and failed; the other three
@@ -161,6 +165,72 @@ def pointwise_conv1d_as_matmul(graph) -> bool:
 
 
 LITERT_REWRITES = (pointwise_conv1d_as_matmul,)
+
+
+def bicubic_as_matmuls(graph) -> bool:
+    """``upsample_bicubic2d`` between fixed sizes (CrossViT's branches resized to each other) as
+    ``Mh @ x @ Mw``: each output row / column PyTorch's bicubic mix of four input ones, the
+    matrices constants (`cubic_matrix`); whether any was replaced."""
+    import warnings
+
+    import torch
+
+    aten = torch.ops.aten
+    replaced = False
+    for node in [n for n in graph.nodes if n.op == "call_function"
+                 and n.target in (aten.upsample_bicubic2d.vec, aten.upsample_bicubic2d.default)]:
+        args = [*node.args, *[None] * 5][:5]
+        x, align = args[0], bool(args[2] if len(node.args) > 2 else node.kwargs.get("align_corners", False))
+        scales = (args[3] or [None, None]) if node.target is aten.upsample_bicubic2d.vec else args[3:5]
+        sizes = [getattr(n.meta.get("val"), "shape", [None])[-2:] if isinstance(n, torch.fx.Node) else [None]
+                 for n in (x, node)]  # (h, w) in and out; the batch may be dynamic
+        if node.kwargs.keys() - {"align_corners"} or not all(isinstance(v, int) for hw in sizes for v in hw):
+            continue
+        rows, cols = (torch.from_numpy(cubic_matrix(i, o, align, s)) for i, o, s in zip(*sizes, scales))
+        with graph.inserting_before(node):
+            names = []
+            for what, matrix in (("rows", rows), ("cols", cols.T.contiguous())):
+                names.append(f"_bicubic_{what}_{node.name}")
+                setattr(graph.owning_module, names[-1], matrix)
+            with warnings.catch_warnings():  # a plain tensor attribute: torch.export lifts it as a constant
+                warnings.simplefilter("ignore")
+                mh, mw = [graph.get_attr(n) for n in names]
+            out = graph.call_function(aten.matmul.default, (graph.call_function(aten.matmul.default, (mh, x)), mw))
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
+        replaced = True
+    return replaced
+
+
+def cubic_matrix(size_in: int, size_out: int, align_corners: bool, scale: float | None = None):
+    """(size_out, size_in) float32: output index i as PyTorch's bicubic interpolation (cubic
+    convolution, A = -0.75, neighbours clamped at the borders) mixes the input indices."""
+    import math
+
+    import numpy as np
+
+    a = -0.75
+
+    def near(t: float) -> float:  # |offset| <= 1
+        return ((a + 2) * t - (a + 3)) * t * t + 1
+
+    def far(t: float) -> float:  # 1 < |offset| < 2
+        return ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+
+    matrix = np.zeros((size_out, size_in), np.float64)
+    for i in range(size_out):
+        if align_corners:
+            src = i * (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
+        else:  # no clamp at 0 for cubic (PyTorch's area_pixel_compute_source_index)
+            src = (1.0 / scale if scale else size_in / size_out) * (i + 0.5) - 0.5
+        x0 = math.floor(src)
+        t = src - x0
+        for k, weight in enumerate((far(t + 1), near(t), near(1 - t), far(2 - t))):
+            matrix[i, min(max(x0 - 1 + k, 0), size_in - 1)] += weight
+    return matrix.astype(np.float32)
+
+
+COREML_REWRITES = (bicubic_as_matmuls,)  # Core ML has no bicubic resize; the other three convert it
 
 
 def broadcast_not_expanded(graph) -> bool:
