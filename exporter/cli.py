@@ -477,6 +477,9 @@ def check_triton_repo(a) -> None:
         if formats and not set(formats) & set(KNOWN_FORMATS):
             raise UserError(f"--triton-repo: Triton serves none of {', '.join(formats)}; add a format it serves "
                             f"({', '.join(KNOWN_FORMATS)}) or leave --triton-repo out")
+        if formats and a.ort_tensorrt and "onnx" not in formats:
+            raise UserError("--ort-tensorrt applies to the ONNX model of the repository (ONNX Runtime's TensorRT "
+                            "accelerator): add onnx to -f, or drop it")
 
 
 def write_triton_repo(a, artifacts: list) -> None:

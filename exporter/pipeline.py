@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from autotimm_deploy.exporter.core.cli import raise_if_interrupted
 from autotimm_deploy.exporter.core.environment import build_environment
 from autotimm_deploy.exporter.core.errors import ExportFailed, Fault, RuntimeUnavailable, UserError, first_line
 from autotimm_deploy.exporter.core.files import (
@@ -312,6 +313,7 @@ def export(
             io = _io_signature(model, options, parity=verify)
             results = []
             for i, fmt in enumerate(order):
+                raise_if_interrupted()
                 results.append(_export_format(fmt, ctx, io, targets[fmt], verify, step, evaluation))
                 if not ctx.share_intermediates:
                     _free_intermediates(ctx, order[i + 1:])

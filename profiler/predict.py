@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
-from autotimm_deploy.exporter.core.errors import UserError, first_line
+from autotimm_deploy.exporter.core.errors import Fault, UserError, first_line
 from autotimm_deploy.exporter.core.limits import MAX_IMG_SIDE
 from autotimm_deploy.exporter.core.manifest import Manifest
 from autotimm_deploy.exporter.inputs.answers import Answer, answer, class_names, picture_geometry, picture_outputs
@@ -91,6 +91,8 @@ def _infer(session, feed: dict[str, np.ndarray]) -> dict:
     or not the artifact's own) is a `UserError` with the runtime's whole message on one line."""
     try:
         return session.infer(feed)
+    except (UserError, Fault, MemoryError):
+        raise
     except Exception as e:  # noqa: BLE001 - each runtime raises its own kinds
         shapes = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in feed.items())
         raise UserError(f"the {session.name} runtime failed on {shapes}, the input its manifest describes: "

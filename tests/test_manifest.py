@@ -69,6 +69,9 @@ def test_a_manifest_beside_another_file_is_not_that_files_manifest(tmp_path):
     with pytest.raises(UserError, match=r"v2.onnx.json describes m.onnx, not v2.onnx: .* re-export v2.onnx"):
         load_manifest(other)
     assert load_manifest(manifest_path(other)).artifact == "m.onnx"  # named itself: it says what it describes
+    (tmp_path / "latest.onnx").symlink_to(art)  # a pair of links to the artifact and its manifest
+    (tmp_path / "latest.onnx.json").symlink_to(manifest_path(art))
+    assert load_manifest(tmp_path / "latest.onnx").artifact == "m.onnx"
     manifest_path(art).write_text("[1, 2]")
     with pytest.raises(UserError, match="holds a JSON list, not a manifest"):
         load_manifest(art)
@@ -83,12 +86,12 @@ PREP = {"input_size": [3, 64, 64], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.
     ("mean", "abc", "preprocessing.mean takes 3 finite number(s)"),  # an internal error before
     ("mean", [0.5], "preprocessing.mean takes 3 finite number(s)"),
     ("interpolation", "fancy", "preprocessing.interpolation takes one of"),
-    ("crop_pct", -1, "preprocessing.crop_pct takes a number in (0, 1]"),
+    ("crop_pct", -1, "preprocessing.crop_pct is -1, not a positive number"),
     ("input_size", "big", "preprocessing.input_size is 'big', not [channels, height, width]"),
     ("input_size", [3, 0, 64], "preprocessing.input_size[1] is 0"),
     ("resize", "zoom", "preprocessing.resize takes one of crop, stretch, letterbox"),
     ("library", "skimage", "preprocessing.library takes one of pil, cv2"),
-    ("pad_value", [300, 0, 0], "preprocessing.pad_value takes one number or 3"),
+    ("pad_value", [300, 0, 0], "preprocessing.pad_value is [300, 0, 0], not numbers from 0 to 255"),
 ])
 def test_a_hand_edited_preprocessing_record_is_refused(tmp_path, key, value, says):
     art = tmp_path / "m.onnx"
@@ -96,7 +99,10 @@ def test_a_hand_edited_preprocessing_record_is_refused(tmp_path, key, value, say
     m.preprocessing = dict(PREP)
     write_manifest(m, art)
     assert load_manifest(art).preprocessing == PREP
-    m.preprocessing[key] = value
+    m.preprocessing.update(crop_pct=1.15, pad_value=[114] * 3, input_size=[1, 64, 64], mean=[0.5], std=[0.5])
+    write_manifest(m, art)  # timm's own crop over 1 (volo_d5_448), 3 pad values on 1 channel (older records)
+    assert load_manifest(art).preprocessing["crop_pct"] == 1.15
+    m.preprocessing = {**PREP, key: value}
     write_manifest(m, art)
     with pytest.raises(UserError, match=re.escape(says)) as e:
         load_manifest(art)

@@ -339,6 +339,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, artifacts):
     out = tmp_path / "out"
     p = run_cli("autotimm_deploy.exporter.cli", "test_resnet", "-o", str(out), "--triton-repo", str(taken))
     assert p.returncode == 2 and "already exists" in p.stderr and not out.exists()
+    p = run_cli("autotimm_deploy.exporter.cli", "test_resnet", "-f", "torchscript", "-o", str(out), "--triton-repo",
+                str(tmp_path / "new"), "--kind", "gpu", "--ort-tensorrt")
+    assert p.returncode == 2 and "--ort-tensorrt applies to the ONNX model" in p.stderr and not out.exists()
     p = run_cli("autotimm_deploy.exporter.cli", "test_resnet", "-o", str(out), "--kind", "gpu")
     assert p.returncode == 2 and "--kind only apply with --triton-repo" in p.stderr and not out.exists()
 

@@ -139,7 +139,7 @@ def _quiet_dropped(hook):
     """``sys.unraisablehook`` that prints nothing for an interrupt Python dropped (no traceback:
     `raise_if_interrupted` raises it again), and what ``hook`` prints for anything else."""
     def quiet(unraisable) -> None:
-        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        if not (_signalled and isinstance(unraisable.exc_value, KeyboardInterrupt)):
             hook(unraisable)
     return quiet
 
@@ -168,9 +168,10 @@ def _interrupted(prog: str, e: KeyboardInterrupt) -> int:
 
 
 def _ctrl_c(signum, frame):  # a signal handler's signature
-    """Ctrl-C: a KeyboardInterrupt, as ever (a second one interrupts the cleanup), and noted."""
+    """Ctrl-C: a KeyboardInterrupt, as ever (a second one interrupts the cleanup), and noted (after
+    SIGTERM or SIGHUP: that one, which the exit code reports)."""
     global _signalled
-    _signalled = signum
+    _signalled = _signalled or signum
     signal.default_int_handler(signum, frame)
 
 

@@ -4,6 +4,7 @@ profiler reads manifests too."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -122,7 +123,7 @@ def load_manifest(path: str | Path) -> Manifest:
             ModelSpec.from_dict(manifest.spec)  # the spec it claims must be a valid one
     except (TypeError, KeyError, ValueError, AttributeError, UserError) as e:
         raise UserError(f"manifest {path} is malformed: {first_line(e)}; re-export the artifact") from None
-    if artifact is not None and artifact.name != manifest.artifact:
+    if artifact is not None and manifest.artifact not in (artifact.name, artifact.resolve().name):
         raise UserError(f"{path} describes {manifest.artifact}, not {artifact.name}: a manifest copied or renamed "
                         f"beside another file; name the two as exported, or re-export {artifact.name}")
     return manifest
@@ -185,6 +186,13 @@ def check_bounds(manifest: Manifest) -> None:
     _check_preprocessing(manifest.preprocessing)
 
 
+LOOSE = ("crop_pct", "pad_value")  # preprocessing keys `_check_preprocessing` bounds itself
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _check_preprocessing(prep: Any) -> None:
     """The record predictions follow: an input size, and mean, std, interpolation, crop, resize and
     padding as `check_preprocess` asks of the command line's (a hand-edited ``"std": [0, 0, 0]`` gave
@@ -198,8 +206,15 @@ def _check_preprocessing(prep: Any) -> None:
         raise ValueError(f"preprocessing.input_size is {size!r}, not [channels, height, width]")
     for j, (v, bound) in enumerate(zip(size, (_CHANS, _SIDE, _SIDE))):
         _bounded(v, f"preprocessing.input_size[{j}]", bound)
-    check_preprocess({k: prep[k] for k in PREPROCESS_KEYS if prep.get(k) is not None}, size[0],
+    # bounded more loosely than the command line's: crop_pct > 1 is timm's own (volo_d5_448: 1.15), and a
+    # letterbox's pad value had 3 numbers whatever the channels before it followed them
+    check_preprocess({k: prep[k] for k in PREPROCESS_KEYS if prep.get(k) is not None and k not in LOOSE}, size[0],
                      name=lambda key: f"preprocessing.{key}")
+    crop, pad = prep.get("crop_pct"), prep.get("pad_value")
+    if crop is not None and not (_number(crop) and crop > 0):
+        raise ValueError(f"preprocessing.crop_pct is {crop!r}, not a positive number")
+    if pad is not None and not (isinstance(pad, list) and pad and all(_number(v) and 0 <= v <= 255 for v in pad)):
+        raise ValueError(f"preprocessing.pad_value is {pad!r}, not numbers from 0 to 255")
     if prep.get("library", "pil") not in LIBRARIES:
         raise ValueError(f"preprocessing.library takes one of {', '.join(LIBRARIES)}, got {prep['library']!r}")
 

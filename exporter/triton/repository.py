@@ -154,7 +154,7 @@ def build_repository(artifacts: list[str | Path], repository: str | Path, option
     if not served:
         raise NothingServed(f"Triton serves none of these artifacts ({', '.join(m.artifact for m in skipped)}): "
                            f"no repository written at {repository} (it serves {', '.join(KNOWN_FORMATS)})")
-    if options.ort_tensorrt and not any(m.format == "onnx" for _, m, _ in served):
+    if options.ort_tensorrt and not skip_unserved and not any(m.format == "onnx" for _, m, _ in served):
         raise UserError("--ort-tensorrt applies to ONNX artifacts (ONNX Runtime's TensorRT accelerator) and none of "
                         f"these is one ({', '.join(m.artifact for _, m, _ in served)}): drop it, or add the ONNX export")
     bases = [base for _, _, base in served]
