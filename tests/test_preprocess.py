@@ -99,6 +99,30 @@ def test_timm_eval_transform_pixel_for_pixel():
             assert agree(prepare(img, prep)[0], reference(Image.fromarray(img))) <= level, name
 
 
+@pytest.mark.parametrize("size", [64, 63])
+def test_a_crop_over_one_pads_as_timm_does(size):
+    """timm's crop_pct over 1 (volo_d5_448: 1.15) resizes the picture smaller than the input, and
+    torchvision's CenterCrop pads it with black: the input came out 4 rows high before; now it is
+    timm's transform pixel for pixel, and --embed-preprocessing refuses it in one line."""
+    import timm
+    from autotimm_deploy.exporter.core.errors import UserError
+    from autotimm_deploy.exporter.core.spec import ModelSpec
+    from autotimm_deploy.exporter.models import build_model
+    from autotimm_deploy.exporter.models.embedded import EmbeddedPreprocessing
+    from PIL import Image
+
+    for crop_pct in (1.15, 1.3):
+        prep = record(size, crop_pct=crop_pct, interpolation="bicubic")
+        reference = timm.data.create_transform(input_size=(3, size, size), interpolation="bicubic", mean=MEAN, std=STD,
+                                               crop_pct=crop_pct)
+        for img in pictures().values():
+            assert agree(prepare(img, prep)[0], reference(Image.fromarray(img))) <= LEVEL, crop_pct
+    model = build_model(ModelSpec("test_resnet", img_size=(64, 64)))
+    model.preprocessing = {**model.preprocessing, "crop_pct": 1.15}
+    with pytest.raises(UserError, match=r"crop_pct 1.15, over 1\) pads the resized picture"):
+        EmbeddedPreprocessing(model)
+
+
 @pytest.mark.parametrize("mode", ["letterbox", "stretch", "crop"])
 def test_geometry_maps_answers_back_to_the_picture(mode):
     prep = describe(record(64, resize=mode, library="cv2", interpolation="bilinear"))

@@ -121,15 +121,22 @@ def prepare(img: np.ndarray, prep: dict[str, Any]) -> tuple[np.ndarray, Geometry
     pic = _uint8(img, c)
     g = geometry(pic.shape[:2], prep)
     out = _resize(pic, g.resized, prep["interpolation"], prep["library"])
-    (top, left), (rh, rw) = g.offset, g.resized
     if prep["resize"] == "letterbox":  # padded to the input size
-        canvas = np.empty((h, w, out.shape[2]), np.uint8)
-        canvas[...] = np.resize(np.asarray(prep.get("pad_value", DEFAULT_PAD_VALUE), np.uint8), out.shape[2])
-        canvas[top:top + rh, left:left + rw] = out
-        out = canvas
-    elif prep["resize"] == "crop":  # the centre of the resized picture
-        out = out[-top:-top + h, -left:-left + w]
+        out = _placed(out, (h, w), g.offset, np.resize(np.asarray(prep.get("pad_value", DEFAULT_PAD_VALUE), np.uint8),
+                                                       out.shape[2]))
+    elif prep["resize"] == "crop":  # the centre of the resized picture, black around it where it is smaller
+        out = _placed(out, (h, w), g.offset, 0)
     return _normalise(out, prep), g
+
+
+def _placed(img: np.ndarray, size: tuple[int, int], offset: tuple[int, int], fill) -> np.ndarray:
+    """``img`` on a ``size`` canvas of ``fill``, its top-left corner at ``offset`` (negative: cut off)."""
+    (h, w), (oy, ox) = size, offset
+    canvas = np.empty((h, w, img.shape[2]), np.uint8)
+    canvas[...] = fill
+    y0, x0, y1, x1 = max(oy, 0), max(ox, 0), min(oy + img.shape[0], h), min(ox + img.shape[1], w)
+    canvas[y0:y1, x0:x1] = img[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+    return canvas
 
 
 def preprocess(img: np.ndarray, prep: dict[str, Any]) -> np.ndarray:
@@ -155,7 +162,11 @@ def _crop_resize_size(prep: dict, picture: tuple[int, int], size: tuple[int, int
 
 
 def _centre(have: int, want: int, library: str) -> int:
-    """The first row (column) of a centre crop: torchvision rounds half to even, albumentations floors."""
+    """The first row (column) of a centre crop: torchvision rounds half to even, albumentations floors.
+    Smaller than the crop (timm's crop_pct over 1: volo_d5_448), torchvision's CenterCrop pads it with
+    black first, ``(want - have) // 2`` before it: the first row is minus that."""
+    if have < want:
+        return -((want - have) // 2)
     return int(round((have - want) / 2.0)) if library == "pil" else (have - want) // 2
 
 

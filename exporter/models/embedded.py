@@ -46,6 +46,10 @@ class EmbeddedPreprocessing(nn.Module):
             raise UserError(f"--embed-preprocessing: instance masks stay at the input's size, which maps back to the "
                             f"picture only when it was stretched (this model's resize is {prep['resize']}); export "
                             "without --embed-preprocessing")
+        if prep["resize"] == "crop" and float(prep.get("crop_pct") or 1.0) > 1 and not prep.get("resize_size"):
+            raise UserError(f"--embed-preprocessing: this model's centre crop (crop_pct {prep['crop_pct']}, over 1) pads "
+                            "the resized picture with black, which the graph does not; export without "
+                            "--embed-preprocessing (autotimm-predict pads it)")
         if prep["interpolation"] not in _MODES:
             raise UserError(f"--embed-preprocessing: {prep['interpolation']} resizing has no graph op that matches "
                             f"{prep['library']}'s; pass --interpolation bilinear or bicubic")
