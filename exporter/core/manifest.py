@@ -4,7 +4,6 @@ profiler reads manifests too."""
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +20,7 @@ from autotimm_deploy.exporter.core.limits import (
     MAX_RANK,
 )
 from autotimm_deploy.exporter.core.results import AccuracyReport, ParityReport
-from autotimm_deploy.exporter.core.spec import LIBRARIES, PREPROCESS_KEYS, ModelSpec, check_preprocess
+from autotimm_deploy.exporter.core.spec import LIBRARIES, PREPROCESS_KEYS, ModelSpec, check_preprocess, is_number
 
 SCHEMA_VERSION = 1
 MANIFEST_SUFFIX = ".json"
@@ -189,10 +188,6 @@ def check_bounds(manifest: Manifest) -> None:
 LOOSE = ("crop_pct", "pad_value")  # preprocessing keys `_check_preprocessing` bounds itself
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _check_preprocessing(prep: Any) -> None:
     """The record predictions follow: an input size, and mean, std, interpolation, crop, resize and
     padding as `check_preprocess` asks of the command line's (a hand-edited ``"std": [0, 0, 0]`` gave
@@ -211,9 +206,9 @@ def _check_preprocessing(prep: Any) -> None:
     check_preprocess({k: prep[k] for k in PREPROCESS_KEYS if prep.get(k) is not None and k not in LOOSE}, size[0],
                      name=lambda key: f"preprocessing.{key}")
     crop, pad = prep.get("crop_pct"), prep.get("pad_value")
-    if crop is not None and not (_number(crop) and crop > 0):
+    if crop is not None and not (is_number(crop) and crop > 0):
         raise ValueError(f"preprocessing.crop_pct is {crop!r}, not a positive number")
-    if pad is not None and not (isinstance(pad, list) and pad and all(_number(v) and 0 <= v <= 255 for v in pad)):
+    if pad is not None and not (isinstance(pad, list) and pad and all(is_number(v) and 0 <= v <= 255 for v in pad)):
         raise ValueError(f"preprocessing.pad_value is {pad!r}, not numbers from 0 to 255")
     if prep.get("library", "pil") not in LIBRARIES:
         raise ValueError(f"preprocessing.library takes one of {', '.join(LIBRARIES)}, got {prep['library']!r}")

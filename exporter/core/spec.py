@@ -172,6 +172,11 @@ class ModelSpec:
         return cls(**d)
 
 
+def is_number(v: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
@@ -187,7 +192,7 @@ def check_preprocess(pre: dict[str, Any], in_chans: int, name: Callable[[str], s
             continue
         vals = pre[key]
         if (not isinstance(vals, (list, tuple)) or len(vals) != in_chans
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vals)):
+                or not all(is_number(v) for v in vals)):
             raise UserError(f"{name(key)} takes {in_chans} finite number(s), one per input channel, got {vals!r}")
         if key == "std" and min(vals) <= 0:
             raise UserError(f"{name('std')} values must be positive, got {list(vals)}")
@@ -201,7 +206,7 @@ def check_preprocess(pre: dict[str, Any], in_chans: int, name: Callable[[str], s
     if "pad_value" in pre:
         vals = pre["pad_value"]
         if (not isinstance(vals, (list, tuple)) or len(vals) != in_chans
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 255 for v in vals)):
+                or not all(is_number(v) and 0 <= v <= 255 for v in vals)):
             raise UserError(f"{name('pad_value')} takes one number or {in_chans} (one per channel) from 0 to 255, "
                             f"got {vals!r}")
 
