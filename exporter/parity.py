@@ -371,6 +371,8 @@ def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | N
     ]
     notes += [f"{name}: the eager model detects nothing in the sample pictures; parity covers little"
               for name, m in merged.items() if m["kind"] == MetricKind.DETECTIONS and not m.get("ref_detections")]
+    computed_in = _computed_in(session, precision)
+    notes += [precision_untested(session.name, precision, computed_in)] if computed_in else []
     return ParityReport(
         verdict=Verdict.FAIL if problems else Verdict.PASS,
         precision=precision,
@@ -386,7 +388,20 @@ def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | N
         notes=notes,
         reference=report_against,
         exact=exact,
+        computed_in=computed_in,
     )
+
+
+def _computed_in(session, precision: str) -> str | None:
+    """The precision ``session`` really computes in, where it is not the reduced ``precision`` asked."""
+    computed = session.compute_precision()
+    return computed if precision in ("bf16", "fp16") and computed != precision else None
+
+
+def precision_untested(runtime: str, precision: str, computed: str) -> str:
+    """The line that says a reduced-precision artifact was checked at another precision."""
+    return (f"{runtime} computed this {precision} artifact in {computed} on this CPU (no {precision} support "
+            f"here): its check shows {computed}'s numbers; check it again on the CPU that will run it")
 
 
 def _exact(model, precision: str, merged: dict, problems: list[str], compared: list, tol) -> tuple[dict | None, list]:
@@ -434,10 +449,12 @@ def verify_pictures(model, session, precision: str = "fp32") -> ParityReport:
             per_picture[key] = {"runtime": error_metrics(f"runtime failed on {key}: {first_line(e, 200)}")}
     merged = _merge(per_picture)
     problems = [f"{n}: {p}" for n, m in merged.items() for p in failures(m, precision)]
+    computed_in = _computed_in(session, precision)
     return ParityReport(verdict=Verdict.FAIL if problems else Verdict.PASS, precision=precision, runtime=session.name,
                         device=session.device, batches=[1], tolerance=asdict(tol), metrics=merged,
                         inputs="four raw non-square scikit-image pictures (8-bit), preprocessed inside the graph",
-                        per_batch=per_picture, failures=problems)
+                        per_batch=per_picture, failures=problems, computed_in=computed_in,
+                        notes=[precision_untested(session.name, precision, computed_in)] if computed_in else [])
 
 
 def _own_reference(model, reference, x: np.ndarray) -> dict[str, np.ndarray] | str:

@@ -54,7 +54,7 @@ from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.models.embedded import EmbeddedPreprocessing, embed
 from autotimm_deploy.exporter.models.flops import counted
 from autotimm_deploy.exporter.int8_retry import retry_int8
-from autotimm_deploy.exporter.parity import BATCHES, TOLERANCES, keep_reference, parity_pictures
+from autotimm_deploy.exporter.parity import BATCHES, TOLERANCES, keep_reference, parity_pictures, precision_untested
 from autotimm_deploy.exporter.parity import verify as check_parity
 from autotimm_deploy.exporter.parity import verify_pictures
 from autotimm_deploy.profiler.artifact import open_artifact
@@ -448,6 +448,9 @@ def _export_format(fmt: str, ctx: ExportContext, io: dict, target: Path, verify:
         return result
     ctx.done[fmt] = exported
     result.info, result.fallback = exported.record(), exported.fallback
+    if result.parity is not None and result.parity.computed_in:
+        said = precision_untested(result.parity.runtime, result.parity.precision, result.parity.computed_in)
+        result.fallback = "; ".join(filter(None, (result.fallback, said)))
     manifest.export.update(result.info)
     if result.parity is not None or result.accuracy is not None:
         t0 = time.perf_counter()

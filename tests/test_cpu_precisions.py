@@ -10,6 +10,7 @@ from autotimm_deploy.exporter.formats import ExportOptions
 from autotimm_deploy.exporter.inputs.calibration import load_calibration
 from autotimm_deploy.exporter.inputs.preprocess import preprocess
 from autotimm_deploy.exporter.pipeline import export
+from autotimm_deploy.profiler.artifact import open_artifact
 from autotimm_deploy.profiler.targets import open_target, resolve
 
 pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
@@ -42,10 +43,40 @@ def test_openvino_export_reload_parity(tmp_path, precision):
     assert set(m.files) == {r.artifact.name, r.artifact.with_suffix(".bin").name}
     assert m.export["inference_precision"] == {"fp32": "f32", "bf16": "bf16"}[precision]
     metrics = r.parity.metrics["logits"]
-    if precision == "fp32":
+    if precision == "fp32" or r.parity.computed_in == "fp32":
         assert metrics["max_rel"] < 1e-4
     else:  # bf16 really ran in bf16: measurably less exact than fp32, still inside the bf16 gate
         assert 1e-4 < metrics["max_rel"] < 6e-2
+    # where this CPU has no bf16 support OpenVINO computes the bf16 IR in f32, and the export says so
+    with open_artifact(r.artifact, manifest=load_manifest(r.artifact)) as s:
+        computed = s.compute_precision()
+    assert r.parity.computed_in == (None if computed == precision else computed)
+    if r.parity.computed_in:
+        said = "openvino computed this bf16 artifact in fp32 on this CPU"
+        assert said in r.fallback and said in " ".join(m.parity.notes)
+    else:
+        assert r.fallback is None
+
+
+def test_openvino_reports_what_it_computes_in(monkeypatch, tmp_path):
+    """OpenVINO's compiled model says its inference precision: a bf16 IR on a CPU without bf16 runs f32."""
+    from autotimm_deploy.profiler.runtimes import openvino as ov_runtime
+
+    (r,) = export(SPEC, ["openvino"], tmp_path, ExportOptions(precision="bf16"), verify=False)
+    with open_artifact(r.artifact, manifest=load_manifest(r.artifact)) as s:
+        monkeypatch.setattr(s, "compiled", lambda hint: type("C", (), {"get_property": lambda self, k: FakeType("f32")})())
+        assert s.compute_precision() == "fp32"
+        monkeypatch.setattr(s, "compiled", lambda hint: type("C", (), {"get_property": lambda self, k: FakeType("bf16")})())
+        assert s.compute_precision() == "bf16"
+    assert ov_runtime._PRECISIONS["f32"] == "fp32"
+
+
+class FakeType:
+    def __init__(self, name):
+        self.name = name
+
+    def get_type_name(self):
+        return self.name
 
 
 def test_openvino_throughput_path_matches_latency_path(tmp_path):

@@ -55,6 +55,9 @@ class ParityReport:
     # fp32 that missed the gate where eager fp32 itself departs from float64 (exporter/parity_exact.py):
     # {"verdict", "factor", "failures", "eager_vs_float64", "artifact_vs_float64"}
     exact: dict[str, Any] | None = None
+    # the precision the runtime really computed in, where it is not ``precision``: OpenVINO runs a
+    # bf16 IR in fp32 on a CPU without bf16 support, so the check shows fp32's numbers
+    computed_in: str | None = None
 
     @property
     def passed(self) -> bool:

@@ -68,7 +68,12 @@ class OpenVinoSession(Session):
     def compute_precision(self) -> str:
         if self.manifest and self.manifest.precision == "int8":
             return "int8"
-        return _PRECISIONS.get(self.precision, self.manifest.precision if self.manifest else "fp32")
+        asked = _PRECISIONS.get(self.precision, self.manifest.precision if self.manifest else "fp32")
+        try:  # what the compiled model really computes in: a CPU without bf16 (or f16) support runs f32
+            return _PRECISIONS.get(self.compiled("LATENCY").get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+                                   asked)
+        except Exception:  # noqa: BLE001 - an OpenVINO that does not report it: what was asked
+            return asked
 
     def run_settings(self, batch: int) -> dict[str, Any]:
         """The compiled model's own record of its hint, streams and threads, and the requests in flight."""
