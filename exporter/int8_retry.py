@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from autotimm_deploy.exporter.formats.int8_plan import Int8Plan, calibrator_plans, float_plans
+from autotimm_deploy.exporter.formats.int8_plan import Int8Plan, calibrator_plans, float_plans, narrow_plans
 
 
 def closeness(result) -> float:
@@ -31,7 +31,7 @@ def retry_int8(fmt, model, first, attempt: Callable[[Int8Plan], tuple], passes: 
     """``first`` (result, exported, manifest) failed its gate: try the ladder, return the attempt to keep."""
     plain = Int8Plan()
     tried, chosen = [_row(plain, first[0])], None
-    best = [closeness(first[0]), None]  # the closest calibrator so far: the layer steps use it
+    best = [closeness(first[0]), plain]  # the closest weights and calibrator so far: later steps use them
 
     def run(plans: list[Int8Plan]):
         for plan in plans:
@@ -40,10 +40,10 @@ def retry_int8(fmt, model, first, attempt: Callable[[Int8Plan], tuple], passes: 
             if made[1] is not None and passes(made[0]):
                 return plan, made
             if not plan.groups and made[1] is not None and closeness(made[0]) > best[0]:
-                best[:] = [closeness(made[0]), plan.calibrator]
+                best[:] = [closeness(made[0]), plan]
         return None
 
-    chosen = run(calibrator_plans(fmt)) or run(float_plans(fmt, model, best[1]))
+    chosen = run(narrow_plans(fmt)) or run(calibrator_plans(fmt, best[1])) or run(float_plans(fmt, model, best[1]))
     why = "; ".join(first[0].parity.failures)
     result, exported, manifest = chosen[1] if chosen else first
     exported.info["int8_fallback"] = {"why": f"plain int8 missed its gate: {why}", "tried": tried,

@@ -10,7 +10,9 @@ import pytest
 import torch
 from autotimm_deploy.exporter import export, from_module
 from autotimm_deploy.exporter.formats import ExportOptions, get_format
-from autotimm_deploy.exporter.formats.int8_plan import Int8Plan, float_plans, kept, sensitive_layers
+from autotimm_deploy.exporter.core.environment import int8_saturates
+from autotimm_deploy.exporter.formats import int8_plan
+from autotimm_deploy.exporter.formats.int8_plan import Int8Plan, float_plans, kept, narrow_plans, sensitive_layers
 
 INT8 = ExportOptions(precision="int8", calib_data="sample-pictures", calib_samples=16)
 
@@ -43,8 +45,9 @@ def _model(inside: bool = False):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
-def test_int8_missing_its_gate_keeps_layers_in_float(tmp_path, fmt):
+def test_int8_missing_its_gate_keeps_layers_in_float(tmp_path, fmt, monkeypatch):
     pytest.importorskip({"onnx": "onnxruntime", "openvino": "nncf"}[fmt])
+    monkeypatch.setattr(int8_plan, "int8_saturates", lambda: False)  # the same ladder on every CPU
     model = _model()
     (r,) = export(model.spec, [fmt], tmp_path, INT8, model=model)
     assert r.ok, r.parity.failures
@@ -63,9 +66,10 @@ def test_int8_missing_its_gate_keeps_layers_in_float(tmp_path, fmt):
     assert [p.name for p in tmp_path.iterdir() if "int8-" in p.name] == []  # the retries' scratch is gone
 
 
-def test_int8_nothing_on_the_ladder_helps(tmp_path):
+def test_int8_nothing_on_the_ladder_helps(tmp_path, monkeypatch):
     """Every step fails: the plain artifact stays, failing, with every step in its record."""
     pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(int8_plan, "int8_saturates", lambda: False)
     model = _model(inside=True)
     (r,) = export(model.spec, ["onnx"], tmp_path, INT8, model=model)
     assert not r.ok and r.error is None
@@ -82,7 +86,50 @@ def test_no_retry_when_plain_int8_passes(tmp_path):
     model = _model()
     model.module.offset.zero_()  # no outlier: plain int8 holds
     (r,) = export(model.spec, ["onnx"], tmp_path, INT8, model=model)
-    assert r.ok and "int8_fallback" not in r.info and "kept_float" not in r.info["quantization"]
+    assert r.ok and "kept_float" not in r.info["quantization"]
+    if not int8_saturates():
+        assert "int8_fallback" not in r.info and r.info["quantization"]["weights"] == "int8 per-channel symmetric"
+    else:  # x86 without VNNI: ONNX Runtime's kernels saturate 8-bit weights, and 7-bit ones are the first retry
+        record = r.info["int8_fallback"]
+        assert [t["step"] for t in record["tried"]] == ["plain", "7-bit weights"] and record["chosen"] == "7-bit weights"
+        assert "reduce_range" in r.info["quantization"]["weights"] and "7-bit weights" in r.fallback
+
+
+def test_seven_bit_weights_come_first_where_int8_saturates(tmp_path, monkeypatch):
+    """On a CPU whose int8 kernels saturate, the ladder's first step quantizes the weights to 7 bits:
+    the graph's int8 weights then lie in [-64, 64]."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    from onnx import numpy_helper
+
+    monkeypatch.setattr(int8_plan, "int8_saturates", lambda: True)
+    model = _model()
+    (r,) = export(model.spec, ["onnx"], tmp_path, INT8, model=model)
+    tried = r.info["int8_fallback"]["tried"]
+    assert tried[1]["step"] == "7-bit weights" and tried[1]["weight_bits"] == 7 and tried[0]["weight_bits"] == 8
+    assert r.ok  # (the outlier is not saturation: the edges in float save it, as on any CPU)
+    # what that step builds: onnxruntime's reduce_range, every int8 weight in [-64, 64]
+    from autotimm_deploy.exporter.formats.onnx_int8 import _quantize_static, _Reader
+    from autotimm_deploy.exporter.inputs.samples import sample_images
+
+    (fp32,) = export(model.spec, ["onnx"], tmp_path / "fp32", model=model, verify=False)
+    pictures = sample_images(8, json.loads(fp32.manifest.read_text())["preprocessing"])
+    weights = {}
+    for narrow in (False, True):
+        dst = tmp_path / f"q-{narrow}.onnx"
+        _quantize_static(fp32.artifact, dst, _Reader("input", pictures), [], narrow=narrow)
+        weights[narrow] = [numpy_helper.to_array(i) for i in onnx.load(str(dst)).graph.initializer
+                           if i.data_type == onnx.TensorProto.INT8 and i.dims]
+    assert weights[True] and all(abs(w.astype(int)).max() <= 64 for w in weights[True])
+    assert any(abs(w.astype(int)).max() > 64 for w in weights[False])  # (8-bit weights use the whole range)
+
+
+def test_which_cpus_saturate_int8():
+    assert int8_saturates({"avx2", "fma"}, "x86_64") and int8_saturates({"avx512f", "avx512bw"}, "x86_64")
+    assert not int8_saturates({"avx2", "avx512_vnni"}, "x86_64") and not int8_saturates({"avx_vnni"}, "AMD64")
+    assert not int8_saturates({"asimd"}, "aarch64") and not int8_saturates(set(), "x86_64")  # flags unread: unknown
+    assert narrow_plans(get_format("onnx"), saturates=True) == [Int8Plan(narrow_weights=True)]
+    assert narrow_plans(get_format("openvino"), saturates=True) == [] and narrow_plans(get_format("onnx"), saturates=False) == []
 
 
 def test_sensitive_layers_by_family():
@@ -102,10 +149,10 @@ def test_float_plans_grow_and_paths_match_through_wrappers():
     import timm
 
     net = timm.create_model("test_vit", pretrained=False, num_classes=10)
-    plans = float_plans(get_format("onnx"), net, "entropy")
+    plans = float_plans(get_format("onnx"), net, Int8Plan(calibrator="entropy"))
     assert [p.groups for p in plans] == [("edges",), ("edges", "attention-out", "mlp-out")]
     assert all(p.calibrator == "entropy" for p in plans) and set(plans[0].modules) < set(plans[1].modules)
-    assert float_plans(get_format("torchscript"), net, None) == []  # a format that cannot keep layers in float
+    assert float_plans(get_format("torchscript"), net) == []  # a format that cannot keep layers in float
     plan = Int8Plan(groups=("edges",), modules=("head",))
     assert kept(plan, ["model.net.head", "L.head", "net.head.fc", "head"]) == ["model.net.head", "head"]
     assert kept(None, ["head"]) == []

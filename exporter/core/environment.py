@@ -83,6 +83,20 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+# x86 int8 dot-product instructions that accumulate u8 x s8 products in 32 bits: without one (AVX2 or
+# AVX-512 alone), ONNX Runtime's int8 kernels use VPMADDUBSW, which adds pairs of products in 16 bits
+# and saturates on large activations and weights (ONNX Runtime's quantization docs: "reduce_range")
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_saturates(flags: set[str] | None = None, machine: str | None = None) -> bool:
+    """Whether this CPU runs int8 products through 16-bit pair sums (x86 without VNNI or AMX); False
+    where that cannot be told (no flags read) or the CPU is not x86."""
+    flags = cpu_flags() if flags is None else flags
+    machine = (machine or platform.machine()).lower()
+    return machine in ("x86_64", "amd64") and bool(flags) and not flags & set(INT8_DOT_FLAGS)
+
+
 def available_memory() -> int | None:
     """Bytes of memory available to new allocations (Linux ``MemAvailable``), or None if unknown."""
     try:

@@ -230,6 +230,7 @@ class Format:
     # ranges with, its default first, and whether it can keep named layers in float
     int8_calibrators: ClassVar[tuple[str, ...]] = ()
     keeps_float: ClassVar[bool] = False
+    int8_narrow_weights: ClassVar[bool] = False  # can quantize weights to 7 bits where int8 kernels saturate
 
     # set for formats built on the GPU that will run them: why a visible CUDA GPU is needed
     needs_cuda: ClassVar[str | None] = None

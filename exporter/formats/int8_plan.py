@@ -5,9 +5,11 @@ Without labelled data the gate is a proxy (cosine, top-1 agreement against eager
 When the plain int8 artifact misses it, the pipeline retries along a ladder, cheapest in speed first,
 and keeps the first artifact that passes:
 
-1. the format's other calibrators (how activation ranges are fitted: percentile and histogram fits clip the
-   outliers that min/max keeps, at no cost in speed);
-2. with the calibrator that came closest, the model's first and last compute layers kept in float (the
+1. on a CPU whose int8 kernels saturate (x86 without VNNI or AMX: ONNX Runtime adds pairs of u8 x s8
+   products in 16 bits there), weights quantized to 7 bits, which cannot saturate (formats that say
+   `Format.int8_narrow_weights`); then the format's other calibrators (how activation ranges are
+   fitted: percentile and histogram fits clip the outliers that min/max keeps), both at no cost in speed;
+2. with the weights and calibrator that came closest, the model's first and last compute layers kept in float (the
    stem sees raw pixels, the classifier's inputs are few and decide the answer);
 3. those plus the layers its family is known to lose in int8: depthwise convolutions and
    squeeze-excite gates in CNNs (few weights a channel, ranges that differ per channel), attention
@@ -21,9 +23,12 @@ the accurate path: it ranks layers by their measured error instead (onnx_int8, N
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable
+
+from autotimm_deploy.exporter.core.environment import int8_saturates
 
 WRAPPERS = ("model.", "net.", "module.")  # our wrappers' attributes in front of the model's own module path
 SQUEEZE_EXCITE = re.compile(r"SqueezeExcit|SEModule|SEBlock|^SE[A-Z]?$|EcaModule|CecaModule|GatherExcite")
@@ -37,13 +42,16 @@ class Int8Plan:
     calibrator: str | None = None  # None: the format's default
     groups: tuple[str, ...] = ()  # which kinds of layer are kept in float
     modules: tuple[str, ...] = ()  # their timm module paths
+    narrow_weights: bool = False  # weights in 7 bits (ONNX Runtime's reduce_range): no 16-bit saturation
 
     def record(self) -> dict[str, Any]:
-        return {"calibrator": self.calibrator, "kept_float": {"groups": list(self.groups), "modules": list(self.modules)}}
+        return {"calibrator": self.calibrator, "weight_bits": 7 if self.narrow_weights else 8,
+                "kept_float": {"groups": list(self.groups), "modules": list(self.modules)}}
 
     @property
     def label(self) -> str:
-        parts = [f"calibrator {self.calibrator}"] if self.calibrator else []
+        parts = ["7-bit weights"] if self.narrow_weights else []
+        parts += [f"calibrator {self.calibrator}"] if self.calibrator else []
         if self.groups:
             parts.append(f"{len(self.modules)} layers in float ({', '.join(self.groups)})")
         return ", ".join(parts) or "plain"
@@ -91,20 +99,27 @@ def sensitive_layers(model) -> dict[str, list[str]]:
     return {g: [timm_path(n) for n in dict.fromkeys(paths)] for g, paths in groups.items()}
 
 
-def calibrator_plans(fmt) -> list[Int8Plan]:
-    """Step 1: the format's calibrators after its default."""
-    return [Int8Plan(calibrator=c) for c in fmt.int8_calibrators[1:]]
+def narrow_plans(fmt, saturates: bool | None = None) -> list[Int8Plan]:
+    """Step 1, first: 7-bit weights, where the format's int8 kernels saturate on this CPU."""
+    saturates = int8_saturates() if saturates is None else saturates
+    return [Int8Plan(narrow_weights=True)] if fmt.int8_narrow_weights and saturates else []
 
 
-def float_plans(fmt, model, calibrator: str | None) -> list[Int8Plan]:
-    """Steps 2 and 3 with ``calibrator``: the edges, then the edges and the family's layers."""
+def calibrator_plans(fmt, base: Int8Plan | None = None) -> list[Int8Plan]:
+    """Step 1: the format's calibrators after its default, with ``base``'s weights."""
+    return [dataclasses.replace(base or Int8Plan(), calibrator=c) for c in fmt.int8_calibrators[1:]]
+
+
+def float_plans(fmt, model, base: Int8Plan | None = None) -> list[Int8Plan]:
+    """Steps 2 and 3 with ``base``'s weights and calibrator: the edges, then the edges and the family's layers."""
     if not fmt.keeps_float:
         return []
+    base = base or Int8Plan()
     layers = sensitive_layers(model)
     plans, groups = [], []
     for step in (("edges",), FAMILY_GROUPS):
         groups += [g for g in step if layers[g]]
         if groups and (not plans or len(groups) > len(plans[-1].groups)):
             modules = tuple(dict.fromkeys(p for g in groups for p in layers[g]))
-            plans.append(Int8Plan(calibrator, tuple(groups), modules))
+            plans.append(dataclasses.replace(base, groups=tuple(groups), modules=modules))
     return plans

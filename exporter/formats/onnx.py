@@ -39,6 +39,7 @@ class OnnxFormat(Format):
     Options = OnnxOptions
     int8_calibrators = tuple(CALIBRATORS)
     keeps_float = True
+    int8_narrow_weights = True  # onnxruntime's reduce_range, where its int8 kernels saturate (no VNNI)
 
     @staticmethod
     def check_options(options) -> None:

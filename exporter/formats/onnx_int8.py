@@ -80,9 +80,11 @@ def quantize_qdq(proto, ctx, form: str = "s8s8"):
         in_float = set(kept(plan, compute.values()))
         planned = [node for node, module in compute.items() if module in in_float]
 
+        narrow = bool(plan and plan.narrow_weights)
+
         def quantize(exclude: list[str]):
             dst = Path(tmp, f"int8-{len(exclude)}.onnx")
-            _quantize_static(pre, dst, _Reader(input_name, data), planned + exclude, form, calibrator)
+            _quantize_static(pre, dst, _Reader(input_name, data), planned + exclude, form, calibrator, narrow)
             return dst
 
         dst = quantize([])
@@ -95,6 +97,9 @@ def quantize_qdq(proto, ctx, form: str = "s8s8"):
             "ops": list(QUANTIZED_OPS),
             "activations": f"{'int8' if activations == 'QInt8' else 'uint8'} {'symmetric' if symmetric else 'asymmetric'}",
             "weights": "int8 per-channel symmetric", "calibration": ctx.calibration_info, "calibrator": calibrator}
+    if narrow:
+        info["weights"] = ("7-bit per-channel symmetric (reduce_range): this CPU's int8 kernels add pairs of "
+                           "products in 16 bits (no VNNI), which 8-bit weights saturate")
     if planned:
         info["kept_float"] = {**plan.record()["kept_float"], "nodes": len(planned)}
     if control is not None:
@@ -103,7 +108,7 @@ def quantize_qdq(proto, ctx, form: str = "s8s8"):
 
 
 def _quantize_static(src: Path, dst: Path, reader, exclude: list[str], form: str = "s8s8",
-                     calibrator: str = "minmax") -> None:
+                     calibrator: str = "minmax", narrow: bool = False) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     quant_format, activations, symmetric = INT8_FORMS[form]
@@ -115,7 +120,7 @@ def _quantize_static(src: Path, dst: Path, reader, exclude: list[str], form: str
                 activation_type=getattr(QuantType, activations), weight_type=QuantType.QInt8,
                 calibrate_method=getattr(CalibrationMethod, CALIBRATORS[calibrator]),
                 op_types_to_quantize=list(QUANTIZED_OPS),
-                nodes_to_exclude=list(exclude),
+                nodes_to_exclude=list(exclude), reduce_range=narrow,
                 extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
             )
     except Exception as e:  # noqa: BLE001
