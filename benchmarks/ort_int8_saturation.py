@@ -1,0 +1,66 @@
+"""Does ONNX Runtime's int8 saturate on this CPU? Run by hand:
+
+    .venv/bin/python benchmarks/ort_int8_saturation.py [--models resnet18,mobilenetv3_small_100] [--img-size 128]
+
+Each model (random weights) is exported to fp32 ONNX, quantized by ``quantize_static`` (min/max on
+scikit-image's pictures, per-channel symmetric weights) in the s8s8 and u8s8 forms with 8-bit and 7-bit
+(``reduce_range``) weights, and run on the same pictures twice: with graph optimizations off, so each
+Q/DQ pair runs in float (what the quantization means), and with ONNX Runtime's default, its int8
+kernels. Where the kernels add pairs of u8 x s8 products in 16 bits (x86 without VNNI or AMX), the
+8-bit rows depart from their unfused selves and the 7-bit rows do not. Prints a markdown table:
+cosine and max_rel of the logits against the fp32 graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from autotimm_deploy.exporter.core.environment import cpu_model, int8_saturates
+from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.formats.onnx_int8 import _quantize_static, _Reader
+from autotimm_deploy.exporter.inputs.samples import sample_images
+from autotimm_deploy.exporter.pipeline import export
+
+
+def _metrics(y: np.ndarray, ref: np.ndarray) -> str:
+    a, b = y.ravel().astype(np.float64), ref.ravel().astype(np.float64)
+    cosine = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+    return f"{cosine:.5f}, {np.abs(a - b).max() / np.abs(b).max():.3f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="resnet18,mobilenetv3_small_100")
+    ap.add_argument("--img-size", type=int, default=128)
+    ap.add_argument("--pictures", type=int, default=16)
+    a = ap.parse_args()
+    import onnxruntime as ort
+
+    def run(path: Path, optimized: bool, x: np.ndarray) -> np.ndarray:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized
+                                       else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+    print(f"CPU: {cpu_model()}; int8 kernels saturate here (x86 without VNNI/AMX): {int8_saturates()}\n")
+    print("| model | form | weights | unfused cosine, max_rel | fused cosine, max_rel |\n|---|---|---|---|---|")
+    for name in a.models.split(","):
+        with tempfile.TemporaryDirectory() as d:
+            (r,) = export(ModelSpec(name, img_size=(a.img_size, a.img_size)), ["onnx"], d, verify=False)
+            x = sample_images(a.pictures, json.loads(r.manifest.read_text())["preprocessing"])
+            ref = run(r.artifact, False, x)
+            for form in ("s8s8", "u8s8"):
+                for narrow in (False, True):
+                    dst = Path(d, f"{form}-{narrow}.onnx")
+                    _quantize_static(r.artifact, dst, _Reader("input", x), [], form, narrow=narrow)
+                    cells = " | ".join(_metrics(run(dst, opt, x), ref) for opt in (False, True))
+                    print(f"| {name} | {form} | {'7-bit' if narrow else '8-bit'} | {cells} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
