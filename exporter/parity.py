@@ -394,8 +394,10 @@ def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | N
 
 def _computed_in(session, precision: str) -> str | None:
     """The precision ``session`` really computes in, where it is not the reduced ``precision`` asked."""
+    if precision not in ("bf16", "fp16") or not hasattr(session, "compute_precision"):
+        return None
     computed = session.compute_precision()
-    return computed if precision in ("bf16", "fp16") and computed != precision else None
+    return computed if computed != precision else None
 
 
 def precision_untested(runtime: str, precision: str, computed: str) -> str:

@@ -447,10 +447,10 @@ def _export_format(fmt: str, ctx: ExportContext, io: dict, target: Path, verify:
     if exported is None:
         return result
     ctx.done[fmt] = exported
-    result.info, result.fallback = exported.record(), exported.fallback
-    if result.parity is not None and result.parity.computed_in:
+    if result.parity is not None and result.parity.computed_in:  # said beside the result and in the manifest
         said = precision_untested(result.parity.runtime, result.parity.precision, result.parity.computed_in)
-        result.fallback = "; ".join(filter(None, (result.fallback, said)))
+        exported.fallback = "; ".join(filter(None, (exported.fallback, said)))
+    result.info, result.fallback = exported.record(), exported.fallback
     manifest.export.update(result.info)
     if result.parity is not None or result.accuracy is not None:
         t0 = time.perf_counter()

@@ -81,18 +81,29 @@ def test_int8_nothing_on_the_ladder_helps(tmp_path, monkeypatch):
     assert json.loads(r.manifest.read_text())["parity"]["verdict"] == "fail"
 
 
-def test_no_retry_when_plain_int8_passes(tmp_path):
-    pytest.importorskip("onnxruntime")
+def _plain(tmp_path):
     model = _model()
-    model.module.offset.zero_()  # no outlier: plain int8 holds
+    model.module.offset.zero_()  # no outlier: plain int8 holds, where the CPU's int8 kernels do not saturate
     (r,) = export(model.spec, ["onnx"], tmp_path, INT8, model=model)
     assert r.ok and "kept_float" not in r.info["quantization"]
-    if not int8_saturates():
-        assert "int8_fallback" not in r.info and r.info["quantization"]["weights"] == "int8 per-channel symmetric"
-    else:  # x86 without VNNI: ONNX Runtime's kernels saturate 8-bit weights, and 7-bit ones are the first retry
-        record = r.info["int8_fallback"]
-        assert [t["step"] for t in record["tried"]] == ["plain", "7-bit weights"] and record["chosen"] == "7-bit weights"
-        assert "reduce_range" in r.info["quantization"]["weights"] and "7-bit weights" in r.fallback
+    return r
+
+
+@pytest.mark.skipif(int8_saturates(), reason="x86 without VNNI/AMX: ONNX Runtime's int8 kernels saturate here")
+def test_no_retry_when_plain_int8_passes(tmp_path):
+    pytest.importorskip("onnxruntime")
+    r = _plain(tmp_path)
+    assert "int8_fallback" not in r.info and r.info["quantization"]["weights"] == "int8 per-channel symmetric"
+
+
+@pytest.mark.skipif(not int8_saturates(), reason="needs an x86 CPU without VNNI/AMX (ONNX Runtime's kernels saturate)")
+def test_seven_bit_weights_hold_where_int8_saturates(tmp_path):
+    """On such a CPU the plain graph's kernels saturate (cosine 0.985 on AMD Zen 3), and 7-bit weights pass."""
+    pytest.importorskip("onnxruntime")
+    r = _plain(tmp_path)
+    record = r.info["int8_fallback"]
+    assert [t["step"] for t in record["tried"]] == ["plain", "7-bit weights"] and record["chosen"] == "7-bit weights"
+    assert "reduce_range" in r.info["quantization"]["weights"] and "7-bit weights" in r.fallback
 
 
 def test_seven_bit_weights_come_first_where_int8_saturates(tmp_path, monkeypatch):

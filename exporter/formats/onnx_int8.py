@@ -23,6 +23,7 @@ import io
 import tempfile
 from pathlib import Path
 
+from autotimm_deploy.exporter.core.environment import cpu_model
 from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
 from autotimm_deploy.exporter.formats.int8_plan import kept, timm_path
 
@@ -98,8 +99,9 @@ def quantize_qdq(proto, ctx, form: str = "s8s8"):
             "activations": f"{'int8' if activations == 'QInt8' else 'uint8'} {'symmetric' if symmetric else 'asymmetric'}",
             "weights": "int8 per-channel symmetric", "calibration": ctx.calibration_info, "calibrator": calibrator}
     if narrow:
-        info["weights"] = ("7-bit per-channel symmetric (reduce_range): this CPU's int8 kernels add pairs of "
-                           "products in 16 bits (no VNNI), which 8-bit weights saturate")
+        info["weights"] = (f"7-bit per-channel symmetric (reduce_range): on the exporting CPU ({cpu_model()}, no "
+                           "VNNI or AMX) ONNX Runtime adds pairs of int8 products in 16 bits, which 8-bit weights "
+                           "saturated; 7-bit weights run everywhere, one bit less exact")
     if planned:
         info["kept_float"] = {**plan.record()["kept_float"], "nodes": len(planned)}
     if control is not None:
