@@ -100,8 +100,8 @@ def quantize_qdq(proto, ctx, form: str = "s8s8"):
             "weights": "int8 per-channel symmetric", "calibration": ctx.calibration_info, "calibrator": calibrator}
     if narrow:
         info["weights"] = (f"7-bit per-channel symmetric (reduce_range): on the exporting CPU ({cpu_model()}, no "
-                           "VNNI or AMX) ONNX Runtime adds pairs of int8 products in 16 bits, which 8-bit weights "
-                           "saturated; 7-bit weights run everywhere, one bit less exact")
+                           "VNNI or AMX) ONNX Runtime adds pairs of int8 products in 16 bits, which 8-bit weights can "
+                           "saturate; 7-bit weights run everywhere, one bit less exact")
     if planned:
         info["kept_float"] = {**plan.record()["kept_float"], "nodes": len(planned)}
     if control is not None:
