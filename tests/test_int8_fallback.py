@@ -139,8 +139,32 @@ def test_which_cpus_saturate_int8():
     assert int8_saturates({"avx2", "fma"}, "x86_64") and int8_saturates({"avx512f", "avx512bw"}, "x86_64")
     assert not int8_saturates({"avx2", "avx512_vnni"}, "x86_64") and not int8_saturates({"avx_vnni"}, "AMD64")
     assert not int8_saturates({"asimd"}, "aarch64") and not int8_saturates(set(), "x86_64")  # flags unread: unknown
-    assert narrow_plans(get_format("onnx"), saturates=True) == [Int8Plan(narrow_weights=True)]
-    assert narrow_plans(get_format("openvino"), saturates=True) == [] and narrow_plans(get_format("onnx"), saturates=False) == []
+    for fmt in ("onnx", "openvino"):
+        assert narrow_plans(get_format(fmt), saturates=True) == [Int8Plan(narrow_weights=True)]
+        assert narrow_plans(get_format(fmt), saturates=False) == []
+    assert narrow_plans(get_format("executorch"), saturates=True) == []  # (XNNPACK's quantizer has no 7-bit form)
+
+
+def test_openvino_narrow_weights_fix_overflow_on_every_layer(tmp_path):
+    """NNCF narrows the first layer's weights by default; the 7-bit step asks it for every layer."""
+    pytest.importorskip("nncf")
+    import nncf
+    import onnx
+    import openvino as ov
+    from autotimm_deploy.exporter.formats.openvino import _planned
+    from nncf.quantization.advanced_parameters import OverflowFix
+
+    model = _model()
+    (fp32,) = export(model.spec, ["onnx"], tmp_path, model=model, verify=False)
+    proto, ir = onnx.load(str(fp32.artifact)), ov.convert_model(str(fp32.artifact))
+    info: dict = {}
+    out = _planned(nncf, ir, proto, Int8Plan(narrow_weights=True, calibrator="histogram"), info)
+    assert out["advanced_parameters"].overflow_fix == OverflowFix.ENABLE
+    default = nncf.AdvancedQuantizationParameters().activations_range_estimator_params
+    assert out["advanced_parameters"].activations_range_estimator_params != default  # the calibrator kept too
+    assert info["weights"].startswith("7-bit on every layer") and "no VNNI or AMX" in info["weights"]
+    plain: dict = {}
+    assert "advanced_parameters" not in _planned(nncf, ir, proto, Int8Plan(), plain) and "weights" not in plain
 
 
 def test_sensitive_layers_by_family():

@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from autotimm_deploy.exporter.core.environment import int8_saturates
+from autotimm_deploy.exporter.core.environment import cpu_model, int8_saturates
 
 WRAPPERS = ("model.", "net.", "module.")  # our wrappers' attributes in front of the model's own module path
 SQUEEZE_EXCITE = re.compile(r"SqueezeExcit|SEModule|SEBlock|^SE[A-Z]?$|EcaModule|CecaModule|GatherExcite")
@@ -103,6 +103,12 @@ def narrow_plans(fmt, saturates: bool | None = None) -> list[Int8Plan]:
     """Step 1, first: 7-bit weights, where the format's int8 kernels saturate on this CPU."""
     saturates = int8_saturates() if saturates is None else saturates
     return [Int8Plan(narrow_weights=True)] if fmt.int8_narrow_weights and saturates else []
+
+
+def narrow_weights_record(how: str) -> str:
+    """The manifest's ``quantization.weights`` for a `narrow_plans` step, ``how`` the tool's own words."""
+    return (f"7-bit {how}: on the exporting CPU ({cpu_model()}, no VNNI or AMX) int8 kernels add pairs of products "
+            "in 16 bits, which 8-bit weights can saturate; 7-bit weights run everywhere, one bit less exact")
 
 
 def calibrator_plans(fmt, base: Int8Plan | None = None) -> list[Int8Plan]:

@@ -23,9 +23,8 @@ import io
 import tempfile
 from pathlib import Path
 
-from autotimm_deploy.exporter.core.environment import cpu_model
 from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
-from autotimm_deploy.exporter.formats.int8_plan import kept, timm_path
+from autotimm_deploy.exporter.formats.int8_plan import kept, narrow_weights_record, timm_path
 
 # Q/DQ only on the inputs of the compute-heavy ops, the placement TensorRT's explicit int8 path
 # expects; post-processing (box decode, NMS, resizes, concatenations) stays in float, where
@@ -99,9 +98,7 @@ def quantize_qdq(proto, ctx, form: str = "s8s8"):
             "activations": f"{'int8' if activations == 'QInt8' else 'uint8'} {'symmetric' if symmetric else 'asymmetric'}",
             "weights": "int8 per-channel symmetric", "calibration": ctx.calibration_info, "calibrator": calibrator}
     if narrow:
-        info["weights"] = (f"7-bit per-channel symmetric (reduce_range): on the exporting CPU ({cpu_model()}, no "
-                           "VNNI or AMX) ONNX Runtime adds pairs of int8 products in 16 bits, which 8-bit weights can "
-                           "saturate; 7-bit weights run everywhere, one bit less exact")
+        info["weights"] = narrow_weights_record("per-channel symmetric (onnxruntime reduce_range)")
     if planned:
         info["kept_float"] = {**plan.record()["kept_float"], "nodes": len(planned)}
     if control is not None:

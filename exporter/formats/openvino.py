@@ -19,7 +19,7 @@ from pathlib import Path
 from autotimm_deploy.exporter.core.errors import ExportFailed, MissingExtra, UserError, first_line
 from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, register_format
 from autotimm_deploy.exporter.formats.onnx_graph import FP32_GRAPH, fp32_proto, save_onnx
-from autotimm_deploy.exporter.formats.int8_plan import kept
+from autotimm_deploy.exporter.formats.int8_plan import kept, narrow_weights_record
 from autotimm_deploy.exporter.formats.onnx_int8 import module_name
 from autotimm_deploy.exporter.formats.onnx_nms import exact_openvino_nms
 
@@ -41,6 +41,7 @@ class OpenVinoFormat(Format):
     precisions = ("fp32", "bf16", "int8")
     int8_calibrators = tuple(CALIBRATORS)
     keeps_float = True
+    int8_narrow_weights = True  # NNCF's overflow_fix on every layer, where int8 kernels saturate (no VNNI)
     dynamic_size = True
     # PIL's antialiased resize as plain ops (exporter/models/resample.py): OpenVINO's own antialiased
     # Interpolate is off by up to 70 levels of 8 bits
@@ -143,11 +144,19 @@ def _planned(nncf, model, proto, plan, info: dict) -> dict:
     """NNCF's arguments for a retry's `Int8Plan`: its range estimator, its layers as an ignored scope."""
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
+    from nncf.quantization.advanced_parameters import OverflowFix
+
     out: dict = {}
+    advanced: dict = {}
     info["calibrator"] = (plan and plan.calibrator) or next(iter(CALIBRATORS))
     if plan is not None and plan.calibrator:
-        estimator = getattr(RangeEstimatorParametersSet, CALIBRATORS[plan.calibrator])
-        out["advanced_parameters"] = nncf.AdvancedQuantizationParameters(activations_range_estimator_params=estimator)
+        advanced["activations_range_estimator_params"] = getattr(RangeEstimatorParametersSet,
+                                                                 CALIBRATORS[plan.calibrator])
+    if plan is not None and plan.narrow_weights:  # NNCF's default narrows the first layer's weights only
+        advanced["overflow_fix"] = OverflowFix.ENABLE
+        info["weights"] = narrow_weights_record("on every layer (NNCF overflow_fix=enable)")
+    if advanced:
+        out["advanced_parameters"] = nncf.AdvancedQuantizationParameters(**advanced)
     modules = _modules(proto)
     in_float = set(kept(plan, modules.values()))
     if in_float:
