@@ -1,6 +1,6 @@
-"""Does ONNX Runtime's int8 saturate on this CPU? Run by hand:
+"""Do ONNX Runtime's and OpenVINO's int8 kernels saturate on this CPU? Run by hand:
 
-    .venv/bin/python benchmarks/ort_int8_saturation.py [--models resnet18,mobilenetv3_small_100] [--img-size 128]
+    .venv/bin/python benchmarks/int8_saturation.py [--models resnet18,mobilenetv3_small_100] [--img-size 128]
 
 Each model (random weights) is exported to fp32 ONNX, quantized by ``quantize_static`` (min/max on
 scikit-image's pictures, per-channel symmetric weights) in the s8s8 and u8s8 forms with 8-bit and 7-bit
@@ -9,6 +9,9 @@ Q/DQ pair runs in float (what the quantization means), and with ONNX Runtime's d
 kernels. Where the kernels add pairs of u8 x s8 products in 16 bits (x86 without VNNI or AMX), the
 8-bit rows depart from their unfused selves and the 7-bit rows do not. Prints a markdown table:
 cosine and max_rel of the logits against the fp32 graph.
+
+Then OpenVINO (with ``--openvino``): NNCF min/max on the same pictures with its ``overflow_fix`` off,
+on the first layer (its default) and on every layer (7-bit weights everywhere), against OpenVINO fp32.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ def main() -> None:
     ap.add_argument("--models", default="resnet18,mobilenetv3_small_100")
     ap.add_argument("--img-size", type=int, default=128)
     ap.add_argument("--pictures", type=int, default=16)
+    ap.add_argument("--openvino", action="store_true", help="also OpenVINO int8 with NNCF's overflow_fix settings")
     a = ap.parse_args()
     import onnxruntime as ort
 
@@ -49,6 +53,7 @@ def main() -> None:
 
     print(f"CPU: {cpu_model()}; int8 kernels saturate here (x86 without VNNI/AMX): {int8_saturates()}\n")
     print("| model | form | weights | unfused cosine, max_rel | fused cosine, max_rel |\n|---|---|---|---|---|")
+    openvino_rows: list[str] = []
     for name in a.models.split(","):
         with tempfile.TemporaryDirectory() as d:
             (r,) = export(ModelSpec(name, img_size=(a.img_size, a.img_size)), ["onnx"], d, verify=False)
@@ -60,6 +65,30 @@ def main() -> None:
                     _quantize_static(r.artifact, dst, _Reader("input", x), [], form, narrow=narrow)
                     cells = " | ".join(_metrics(run(dst, opt, x), ref) for opt in (False, True))
                     print(f"| {name} | {form} | {'7-bit' if narrow else '8-bit'} | {cells} |", flush=True)
+            if a.openvino:
+                openvino_rows.append(_openvino_row(name, r.artifact, x))
+    if openvino_rows:
+        print("\n| model | overflow_fix off | first layer (NNCF's default) | every layer (7-bit weights) |\n|---|---|---|---|")
+        print("\n".join(openvino_rows))
+
+
+def _openvino_row(name: str, onnx_path: Path, x: np.ndarray) -> str:
+    import logging
+
+    import nncf
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    nncf.set_log_level(logging.ERROR)
+    core, model = ov.Core(), ov.convert_model(str(onnx_path))
+    ref = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x)[0]
+    data = nncf.Dataset([x[i:i + 1] for i in range(len(x))])
+    cells = []
+    for fix in (OverflowFix.DISABLE, OverflowFix.FIRST_LAYER, OverflowFix.ENABLE):
+        q = nncf.quantize(model, data, subset_size=len(x),
+                          advanced_parameters=AdvancedQuantizationParameters(overflow_fix=fix))
+        cells.append(_metrics(core.compile_model(q, "CPU")(x)[0], ref))
+    return f"| {name} | {' | '.join(cells)} |"
 
 
 if __name__ == "__main__":
