@@ -141,10 +141,10 @@ def _quantize(model, ctx: ExportContext, proto):
 
 
 def _planned(nncf, model, proto, plan, info: dict) -> dict:
-    """NNCF's arguments for a retry's `Int8Plan`: its range estimator, its layers as an ignored scope."""
-    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
-
+    """NNCF's arguments for a retry's `Int8Plan`: its range estimator, 7-bit weights on every layer,
+    its layers as an ignored scope."""
     from nncf.quantization.advanced_parameters import OverflowFix
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     out: dict = {}
     advanced: dict = {}
