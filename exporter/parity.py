@@ -371,8 +371,8 @@ def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | N
     ]
     notes += [f"{name}: the eager model detects nothing in the sample pictures; parity covers little"
               for name, m in merged.items() if m["kind"] == MetricKind.DETECTIONS and not m.get("ref_detections")]
-    computed_in = _computed_in(session, precision)
-    notes += [precision_untested(session.name, precision, computed_in)] if computed_in else []
+    computed_in, said = _computed_in(session, precision)
+    notes += said
     return ParityReport(
         verdict=Verdict.FAIL if problems else Verdict.PASS,
         precision=precision,
@@ -392,12 +392,13 @@ def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | N
     )
 
 
-def _computed_in(session, precision: str) -> str | None:
-    """The precision ``session`` really computes in, where it is not the reduced ``precision`` asked."""
+def _computed_in(session, precision: str) -> tuple[str | None, list[str]]:
+    """The precision ``session`` really computes in, where it is not the reduced ``precision`` asked,
+    and the report's note saying so (None and no note where it is)."""
     if precision not in ("bf16", "fp16") or not hasattr(session, "compute_precision"):
-        return None
+        return None, []
     computed = session.compute_precision()
-    return computed if computed != precision else None
+    return (None, []) if computed == precision else (computed, [precision_untested(session.name, precision, computed)])
 
 
 def precision_untested(runtime: str, precision: str, computed: str) -> str:
@@ -451,12 +452,12 @@ def verify_pictures(model, session, precision: str = "fp32") -> ParityReport:
             per_picture[key] = {"runtime": error_metrics(f"runtime failed on {key}: {first_line(e, 200)}")}
     merged = _merge(per_picture)
     problems = [f"{n}: {p}" for n, m in merged.items() for p in failures(m, precision)]
-    computed_in = _computed_in(session, precision)
+    computed_in, said = _computed_in(session, precision)
     return ParityReport(verdict=Verdict.FAIL if problems else Verdict.PASS, precision=precision, runtime=session.name,
                         device=session.device, batches=[1], tolerance=asdict(tol), metrics=merged,
                         inputs="four raw non-square scikit-image pictures (8-bit), preprocessed inside the graph",
                         per_batch=per_picture, failures=problems, computed_in=computed_in,
-                        notes=[precision_untested(session.name, precision, computed_in)] if computed_in else [])
+                        notes=said)
 
 
 def _own_reference(model, reference, x: np.ndarray) -> dict[str, np.ndarray] | str:
