@@ -14,7 +14,7 @@ from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.formats import ExportOptions, get_format
 from autotimm_deploy.exporter.pipeline import export
 
-from tests.conftest import files_under, run_cli
+from tests.conftest import call_cli, files_under
 
 SMALL = ModelSpec("test_resnet", num_classes=6, img_size=(64, 64))
 ON_MAC = sys.platform == "darwin"
@@ -80,7 +80,7 @@ def test_on_macos_parity_passes(package):
 
 @pytest.mark.skipif(ON_MAC, reason="on macOS the coreml runtime profiles it")
 def test_profiling_off_macos_is_one_line(package):
-    p = run_cli("autotimm_deploy.profiler.cli", str(package.artifact))
+    p = call_cli("autotimm_deploy.profiler.cli", str(package.artifact))
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines() == [
         "autotimm-profile: error: the coreml runtime cannot run here: Core ML runs models only on macOS "

@@ -130,9 +130,9 @@ def test_onnx_int8_forms(tmp_path, form, zero_point_type, op):
 def test_onnx_int8_form_refusals(tmp_path):
     from autotimm_deploy.exporter.formats.onnx import OnnxOptions
 
-    from conftest import run_cli
+    from conftest import call_cli
 
-    p = run_cli("autotimm_deploy.exporter.cli", "test_resnet", "-f", "onnx", "--onnx-int8", "u8s8", "-o",
+    p = call_cli("autotimm_deploy.exporter.cli", "test_resnet", "-f", "onnx", "--onnx-int8", "u8s8", "-o",
                 str(tmp_path / "a"))
     assert p.returncode == 2 and "--onnx-int8 u8s8 sets the form of the int8 graph: add --int8" in p.stderr
     with pytest.raises(UserError, match="u8s8-qop cannot hold an accuracy budget"):

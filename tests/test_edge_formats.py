@@ -13,7 +13,7 @@ from autotimm_deploy.exporter.formats import ExportOptions, get_format
 from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.profiler.targets import open_target, resolve
 
-from tests.conftest import files_under, run_cli
+from tests.conftest import call_cli, files_under
 
 SMALL = ModelSpec("test_resnet", num_classes=6, img_size=(64, 64))
 
@@ -64,7 +64,7 @@ def test_broken_edge_files_are_one_line(tmp_path, fmt, suffix, bad):
     pytest.importorskip(get_format(fmt).requires[-1])
     path = tmp_path / f"m{suffix}"
     path.write_bytes(bad)
-    r = run_cli("autotimm_deploy.profiler.cli", str(path))
+    r = call_cli("autotimm_deploy.profiler.cli", str(path))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 

@@ -100,9 +100,9 @@ def test_what_cannot_embed_is_refused_before_any_work(tmp_path):
 
 
 def test_cli_flag(tmp_path):
-    from conftest import run_cli
+    from conftest import call_cli
 
-    r = run_cli("autotimm_deploy.exporter.cli", "test_resnet", "--num-classes", "3", "--img-size", "64", "-f", "onnx",
+    r = call_cli("autotimm_deploy.exporter.cli", "test_resnet", "--num-classes", "3", "--img-size", "64", "-f", "onnx",
                 "--embed-preprocessing", "nchw", "-o", str(tmp_path), "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)["results"][0]

@@ -1,4 +1,5 @@
-"""``autotimm-export`` as a user runs it: in a fresh interpreter, with its exit codes and streams."""
+"""``autotimm-export`` as a user runs it, with its exit codes and streams: the first test in a fresh
+interpreter, the rest through its entry point in this process (tests/conftest.py's `call_cli`)."""
 
 import json
 import os
@@ -6,13 +7,13 @@ import os
 import pytest
 import torch
 
-from tests.conftest import files_under
+from tests.conftest import files_under, run_cli
 
 
-def test_export_json_and_table(tmp_path, export_cli):
+def test_export_json_and_table(tmp_path):
     out = tmp_path / "out"
-    p = export_cli("test_resnet", "--img-size", "64", "--num-classes", "4", "-f", "onnx,torchscript", "-o", str(out),
-                   "--json")
+    p = run_cli("autotimm_deploy.exporter.cli", "test_resnet", "--img-size", "64", "--num-classes", "4", "-f",
+                "onnx,torchscript", "-o", str(out), "--json")
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)  # stdout is pure JSON; the table went to stderr
     assert [r["format"] for r in data["results"]] == ["onnx", "torchscript"]
@@ -20,8 +21,8 @@ def test_export_json_and_table(tmp_path, export_cli):
     assert "autotimm-export" in p.stderr and "pass" in p.stderr
     assert files_under(out) == ["test_resnet.onnx", "test_resnet.onnx.json", "test_resnet.pt", "test_resnet.pt.json"]
     # again without --force: refused, nothing touched
-    again = export_cli("test_resnet", "--img-size", "64", "-f", "onnx", "-o", str(out))
-    assert again.returncode == 2 and "--force" in again.stderr
+    again = run_cli("autotimm_deploy.exporter.cli", "test_resnet", "--img-size", "64", "-f", "onnx", "-o", str(out))
+    assert again.returncode == 2 and "--force" in again.stderr and len(again.stderr.strip().splitlines()) == 1
 
 
 def test_list_formats(export_cli):

@@ -13,7 +13,7 @@ from autotimm_deploy.exporter.core.manifest import load_manifest, verify_files
 from autotimm_deploy.recipes.jobs import JobStatus
 from autotimm_deploy.recipes.schema import load_recipe
 
-from tests.conftest import run_cli
+from tests.conftest import call_cli, run_cli
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 from autotimm_deploy.recipes import fleet, runner  # noqa: E402
@@ -171,7 +171,7 @@ def test_fleet_device_errors_are_one_line(tmp_path, export_cli):
     r.write_text(RECIPE.format(name="r", devices="[cpu@nowhere]", formats="[onnx, torchscript]"))
     p = export_cli("--recipe", str(r), "-o", str(tmp_path / "out"))  # the local runner: exports, no device needed
     assert p.returncode == 0, p.stderr
-    p = run_cli("autotimm_deploy.profiler.cli", "--recipe", str(r), "-o", str(tmp_path / "out"))
+    p = call_cli("autotimm_deploy.profiler.cli", "--recipe", str(r), "-o", str(tmp_path / "out"))
     assert p.returncode == 0 and "fleet device" in p.stdout  # skipped locally, with why
     p = run_cli("autotimm_deploy.profiler.cli", "--recipe", str(r), "-o", str(tmp_path / "out"), "--ray", "local")
     assert p.returncode == 2 and "Traceback" not in p.stderr

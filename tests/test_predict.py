@@ -15,7 +15,7 @@ from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.profiler.predict import predict, read_picture
 from autotimm_deploy.exporter.inputs.answers import decode_mask
-from conftest import files_under, run_cli
+from conftest import call_cli, files_under, run_cli
 
 NAMES = ("cat", "coffee", "rocket")
 
@@ -143,8 +143,8 @@ def test_cli_errors_are_one_line_and_leave_nothing(tmp_path, pictures):
              ([str(artifact), str(pictures), "-o", str(bad)], "not a folder"),
              ([str(tmp_path / "nothing.onnx"), str(pictures)], "no such file")]
     for args, message in cases:
-        r = run_cli("autotimm_deploy.profiler.predict_cli", *args, "-o", str(tmp_path / "out")) \
-            if "-o" not in args else run_cli("autotimm_deploy.profiler.predict_cli", *args)
+        r = call_cli("autotimm_deploy.profiler.predict_cli", *args, "-o", str(tmp_path / "out")) \
+            if "-o" not in args else call_cli("autotimm_deploy.profiler.predict_cli", *args)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and message in lines[0], (args, r.stderr)
     assert files_under(tmp_path / "out") == []

@@ -16,7 +16,7 @@ from autotimm_deploy.profiler.measure.settings import Settings
 from autotimm_deploy.profiler.measure.timing import HarnessConfig
 from autotimm_deploy.profiler.picture_timing import STEPS, Folder, Steps, _load, profile_pictures
 from autotimm_deploy.profiler.predict import picture_files, picture_pipeline, predict
-from conftest import run_cli
+from conftest import call_cli, run_cli
 
 FAST = HarnessConfig(max_time=0.5, warmup_time=0.0, iterations=3)
 DET = ModelSpec("test_resnet", task="detection", num_classes=3, img_size=(128, 128),
@@ -109,7 +109,7 @@ def test_cli_table_json_markdown(detector, pictures, tmp_path):
     (["--interleave"], "--interleave does not apply with --pictures"),
 ])
 def test_cli_refuses_what_it_cannot_honour(detector, pictures, tmp_path, args, says):
-    p = run_cli("autotimm_deploy.profiler.cli", str(detector), "--pictures", str(pictures), *args, cwd=tmp_path)
+    p = call_cli("autotimm_deploy.profiler.cli", str(detector), "--pictures", str(pictures), *args, cwd=tmp_path)
     assert p.returncode != 0 and says in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "x.csv").exists()
 

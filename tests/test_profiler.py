@@ -19,7 +19,7 @@ from autotimm_deploy.profiler.artifact import open_artifact
 from autotimm_deploy.profiler.runtimes import RUNTIMES, available_runtimes, runtime_class
 from autotimm_deploy.profiler.targets import open_target, resolve
 
-from tests.conftest import files_under, run_cli
+from tests.conftest import call_cli, files_under, run_cli
 
 SPEC = ModelSpec("test_resnet", num_classes=6, img_size=(64, 64))
 FAST = HarnessConfig(max_time=0.3, warmup_time=0.1, min_samples=3)
@@ -117,7 +117,7 @@ def test_cli_isolated_with_every_renderer(artifacts, tmp_path):
 
 
 def test_cli_json_to_stdout_and_eager_by_name():
-    p = run_cli("autotimm_deploy.profiler.cli", "test_resnet", "--img-size", "64", "--iterations", "3", "--warmup-time", "0",
+    p = call_cli("autotimm_deploy.profiler.cli", "test_resnet", "--img-size", "64", "--iterations", "3", "--warmup-time", "0",
                 "--json")
     assert p.returncode == 0, p.stderr
     report = json.loads(p.stdout)
@@ -165,7 +165,7 @@ def test_bad_input_is_one_line_exit_2(case, artifacts, tmp_path):
     files = _corrupt_files(tmp_path, artifacts)
     args, message = BAD[case]
     args = [a.format(**files) for a in args]
-    p = run_cli("autotimm_deploy.profiler.cli", *args, "--iterations", "2", "--csv", str(tmp_path / "out.csv"))
+    p = call_cli("autotimm_deploy.profiler.cli", *args, "--iterations", "2", "--csv", str(tmp_path / "out.csv"))
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], p.stderr
@@ -184,14 +184,14 @@ def test_artifact_without_manifest(artifacts, tmp_path):
 
     bare = tmp_path / "bare.pt"
     shutil.copy(artifacts["torchscript"], bare)
-    p = run_cli("autotimm_deploy.profiler.cli", str(bare), "--iterations", "2", "--warmup-time", "0")
+    p = call_cli("autotimm_deploy.profiler.cli", str(bare), "--iterations", "2", "--warmup-time", "0")
     assert p.returncode == 2 and "pass --img-size" in p.stderr and len(p.stderr.strip().splitlines()) == 1
-    p = run_cli("autotimm_deploy.profiler.cli", str(bare), "--img-size", "64", "--iterations", "2", "--warmup-time", "0", "--json")
+    p = call_cli("autotimm_deploy.profiler.cli", str(bare), "--img-size", "64", "--iterations", "2", "--warmup-time", "0", "--json")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["runs"][0]["runtime"] == "torchscript"
     onnx_bare = tmp_path / "bare.onnx"  # ONNX knows its own input shape
     shutil.copy(artifacts["onnx"], onnx_bare)
-    p = run_cli("autotimm_deploy.profiler.cli", str(onnx_bare), "--iterations", "2", "--warmup-time", "0", "--json")
+    p = call_cli("autotimm_deploy.profiler.cli", str(onnx_bare), "--iterations", "2", "--warmup-time", "0", "--json")
     assert p.returncode == 0, p.stderr
 
 

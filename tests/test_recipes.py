@@ -228,9 +228,9 @@ def test_recipe_profile_resume_and_seed_report(tiny_run):
 
 
 def test_profile_recipe_flags(tmp_path):
-    from tests.conftest import run_cli
+    from tests.conftest import call_cli
 
-    r = run_cli("autotimm_deploy.profiler.cli", "--report", "seed")
+    r = call_cli("autotimm_deploy.profiler.cli", "--report", "seed")
     assert r.returncode == 2 and "--recipe" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -261,11 +261,11 @@ def test_nothing_written_for_a_bad_recipe(tmp_path, export_cli):
 
 
 def test_profile_recipe_before_export_is_one_line(tmp_path):
-    from tests.conftest import run_cli
+    from tests.conftest import call_cli
 
     path = write(tmp_path, TINY)
     out = tmp_path / "o"
-    r = run_cli("autotimm_deploy.profiler.cli", "--recipe", str(path), "-o", str(out))
+    r = call_cli("autotimm_deploy.profiler.cli", "--recipe", str(path), "-o", str(out))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "autotimm-export --recipe" in r.stderr
     assert not out.exists()
 

@@ -25,7 +25,7 @@ from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.profiler.cli import entry as profile_entry
 from autotimm_deploy.recipes.schema import load_recipe
 
-from tests.conftest import files_under, run_cli
+from tests.conftest import call_cli, files_under
 
 SPEC = ModelSpec("test_resnet", num_classes=4, img_size=(64, 64))
 
@@ -200,7 +200,7 @@ def test_the_profiling_worker_never_outlives_the_profiler(sig):
 def test_a_busy_machine_is_reported_not_hidden(tmp_path):
     burn = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        p = run_cli("autotimm_deploy.profiler.cli", "test_resnet", "--img-size", "64", "--max-time", "2",
+        p = call_cli("autotimm_deploy.profiler.cli", "test_resnet", "--img-size", "64", "--max-time", "2",
                     "--warmup-time", "0.2", "--json")
     finally:
         burn.kill()

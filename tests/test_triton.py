@@ -18,7 +18,7 @@ from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.formats import ExportOptions
 from autotimm_deploy.exporter.pipeline import export
 
-from tests.conftest import files_under, run_cli
+from tests.conftest import call_cli, files_under
 
 pytest.importorskip("tritonclient.grpc", reason="tritonclient (the [triton] extra) is not installed")
 
@@ -237,7 +237,7 @@ def test_profiler_bad_served_targets_are_one_line(tmp_path):
                           (["triton://127.0.0.1/"], "a served model is triton://HOST[:PORT]/MODEL"),
                           (["resnet18", "--concurrency", "1,4"], "--concurrency measures served models"),
                           ([nobody, "--concurrency", "0"], "--concurrency takes numbers of clients")]:
-        p = run_cli("autotimm_deploy.profiler.cli", *args, "--no-isolate")
+        p = call_cli("autotimm_deploy.profiler.cli", *args, "--no-isolate")
         assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
 
 
@@ -331,23 +331,23 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, artifacts):
         cases.append(([str(odd), "-o", str(tmp_path / f"r-{name}")], message))
     before = files_under(tmp_path)
     for args, message in cases:
-        p = run_cli("autotimm_deploy.exporter.triton_cli", "build", *args)
+        p = call_cli("autotimm_deploy.exporter.triton_cli", "build", *args)
         assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
         assert len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert files_under(tmp_path) == before  # nothing written, no temporary folder left
     # autotimm-export --triton-repo checks its folder before exporting anything
     out = tmp_path / "out"
-    p = run_cli("autotimm_deploy.exporter.cli", "test_resnet", "-o", str(out), "--triton-repo", str(taken))
+    p = call_cli("autotimm_deploy.exporter.cli", "test_resnet", "-o", str(out), "--triton-repo", str(taken))
     assert p.returncode == 2 and "already exists" in p.stderr and not out.exists()
-    p = run_cli("autotimm_deploy.exporter.cli", "test_resnet", "-f", "torchscript", "-o", str(out), "--triton-repo",
+    p = call_cli("autotimm_deploy.exporter.cli", "test_resnet", "-f", "torchscript", "-o", str(out), "--triton-repo",
                 str(tmp_path / "new"), "--kind", "gpu", "--ort-tensorrt")
     assert p.returncode == 2 and "--ort-tensorrt applies to the ONNX model" in p.stderr and not out.exists()
-    p = run_cli("autotimm_deploy.exporter.cli", "test_resnet", "-o", str(out), "--kind", "gpu")
+    p = call_cli("autotimm_deploy.exporter.cli", "test_resnet", "-o", str(out), "--kind", "gpu")
     assert p.returncode == 2 and "--kind only apply with --triton-repo" in p.stderr and not out.exists()
 
 
 def test_export_writes_the_repository_for_the_artifacts_that_pass(tmp_path):
-    p = run_cli("autotimm_deploy.exporter.cli", "test_resnet", "--num-classes", "4", "--img-size", "64", "-f",
+    p = call_cli("autotimm_deploy.exporter.cli", "test_resnet", "--num-classes", "4", "--img-size", "64", "-f",
                 "onnx", "-o", str(tmp_path / "out"), "--triton-repo", str(tmp_path / "repo"), "--instances", "2")
     assert p.returncode == 0, p.stderr
     models = json.loads((tmp_path / "repo" / "models.json").read_text())
