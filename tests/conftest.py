@@ -4,14 +4,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from autotimm_deploy.exporter.core.spec import ModelSpec
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download weights
 if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each (and their subprocesses)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-# Test files that must share one pytest-xdist worker (run one after another): each starts its own
-# Ray cluster on this machine.
-SAME_WORKER = {"tests/test_fleet_faults.py": "tests/test_fleet.py", "tests/test_reliability_fleet.py": "tests/test_fleet.py"}
+# Test files that must share one pytest-xdist worker (run one after another): the fleet's, as
+# each starts its own Ray cluster on this machine; the edge tests share `small_artifacts` with the
+# profiler's (a session fixture is built once a worker).
+SAME_WORKER = {"tests/test_fleet_faults.py": "tests/test_fleet.py", "tests/test_reliability_fleet.py": "tests/test_fleet.py",
+               "tests/test_edge_formats.py": "tests/test_profiler.py"}
 
 
 # The longest files (seconds on CI's 2 cores, measured) go to the workers first, so that no long file
@@ -97,6 +100,24 @@ def export_cli():
 
 def files_under(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
+
+
+SMALL = ModelSpec("test_resnet", num_classes=6, img_size=(64, 64))
+
+
+@pytest.fixture(scope="session")
+def small_artifacts(tmp_path_factory):
+    """`SMALL` in every format this machine exports, each through its parity check (read-only: copy
+    before changing one). AOTInductor compiles for ~25 s: tests/test_aoti.py builds its own; Core ML's
+    parity runs on macOS only (tests/test_coreml.py)."""
+    from autotimm_deploy.exporter.formats import available_formats
+    from autotimm_deploy.exporter.pipeline import export
+
+    out = tmp_path_factory.mktemp("small")
+    results = export(SMALL, [f for f in available_formats() if f not in ("aoti", "coreml")], out)
+    for r in results:
+        assert r.ok, (r.format, r.error, r.parity and r.parity.failures)
+    return {r.format: r.artifact for r in results}
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ bound, ncnn's other tasks and fp16, LiteRT's resized batch and its separate conv
 converter cannot express, and broken files."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -13,9 +14,7 @@ from autotimm_deploy.exporter.formats import ExportOptions, get_format
 from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.profiler.targets import open_target, resolve
 
-from tests.conftest import call_cli, files_under
-
-SMALL = ModelSpec("test_resnet", num_classes=6, img_size=(64, 64))
+from tests.conftest import SMALL, call_cli, files_under
 
 
 def needs(fmt: str) -> None:
@@ -25,12 +24,9 @@ def needs(fmt: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def pte(tmp_path_factory):
+def pte(small_artifacts):
     needs("executorch")
-    out = tmp_path_factory.mktemp("pte")
-    (r,) = export(SMALL, ["executorch"], out)
-    assert r.ok, (r.error, r.parity and r.parity.failures)
-    return r.artifact
+    return small_artifacts["executorch"]
 
 
 def test_executorch_records_the_batch_its_memory_is_planned_for(pte):
@@ -69,13 +65,12 @@ def test_broken_edge_files_are_one_line(tmp_path, fmt, suffix, bad):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def test_ncnn_needs_its_bin(tmp_path):
+def test_ncnn_needs_its_bin(small_artifacts, tmp_path):
     needs("ncnn")
-    (r,) = export(SMALL, ["ncnn"], tmp_path, verify=False)
-    r.artifact.with_name(r.artifact.name.replace(".param", ".bin")).unlink()
-    (tmp_path / f"{r.artifact.name}.json").unlink()
+    param = small_artifacts["ncnn"]
+    shutil.copy(param, tmp_path)  # without its .bin and its manifest
     with pytest.raises(UserError, match="needs its .bin"):
-        resolve(str(r.artifact))
+        resolve(str(tmp_path / param.name))
 
 
 def test_ncnn_segmentation_fp16(tmp_path):

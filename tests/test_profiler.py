@@ -8,8 +8,7 @@ import pytest
 import torch
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.manifest import load_manifest
-from autotimm_deploy.exporter.core.spec import ModelSpec
-from autotimm_deploy.exporter.formats import available_formats, get_format
+from autotimm_deploy.exporter.formats import get_format
 from autotimm_deploy.exporter.models import build_model
 from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.profiler.measure.settings import Settings
@@ -19,32 +18,22 @@ from autotimm_deploy.profiler.artifact import open_artifact
 from autotimm_deploy.profiler.runtimes import RUNTIMES, available_runtimes, runtime_class
 from autotimm_deploy.profiler.targets import open_target, resolve
 
-from tests.conftest import call_cli, files_under, run_cli
+from tests.conftest import SMALL, call_cli, files_under, run_cli
 
-SPEC = ModelSpec("test_resnet", num_classes=6, img_size=(64, 64))
 FAST = HarnessConfig(max_time=0.3, warmup_time=0.1, min_samples=3)
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    out = tmp_path_factory.mktemp("artifacts")
-    # AOTInductor compiles for ~25 s: its runtime is checked on the package tests/test_aoti.py builds;
-    # Core ML's runs on macOS only (tests/test_coreml.py)
-    results = export(SPEC, [f for f in available_formats() if f not in ("aoti", "coreml")], out, verify=False)
-    return {r.format: r.artifact for r in results}
 
 
 # every runtime of an artifact file (a served model, the triton runtime, is measured in tests/test_triton.py)
 @pytest.mark.parametrize("runtime", [r for r in available_runtimes("cpu") if r not in ("eager", "aoti", "triton")])
-def test_each_runtime_matches_eager(artifacts, runtime):
-    model = build_model(SPEC)
+def test_each_runtime_matches_eager(small_artifacts, runtime):
+    model = build_model(SMALL)
     x = np.random.default_rng(1).standard_normal((3, 3, 64, 64), dtype=np.float32)
     with torch.no_grad():
         ref = model(torch.from_numpy(x))[0].numpy()
     fmt = runtime_class(runtime).formats[0]
-    if fmt not in artifacts:  # the runtime is installed, its exporter not (LiteRT's converter venv)
+    if fmt not in small_artifacts:  # the runtime is installed, its exporter not (LiteRT's converter venv)
         pytest.skip(f"{fmt} does not export here: {get_format(fmt).unavailable_reason()}")
-    target = resolve(str(artifacts[fmt]), runtime)
+    target = resolve(str(small_artifacts[fmt]), runtime)
     with open_target(target, "cpu", threads=1) as s:
         lo, hi = s.batch_range()  # unbounded, or an ExecuTorch program's planned bound
         assert lo == 1 and (hi is None or hi >= 3)
@@ -60,8 +49,8 @@ def test_eager_runtime_options():
         assert out["logits"].shape == (2, 1000) and out["logits"].dtype == np.float32
 
 
-def test_profile_report_schema_and_compare_eager(artifacts):
-    report = profile([str(artifacts["onnx"])], Settings(batch_sizes=[1, 2], harness=FAST), compare_eager=True)
+def test_profile_report_schema_and_compare_eager(small_artifacts):
+    report = profile([str(small_artifacts["onnx"])], Settings(batch_sizes=[1, 2], harness=FAST), compare_eager=True)
     assert report["schema_version"] == 1 and report["settings"]["copies_timed"] is True
     assert report["settings"]["isolate"] is False  # one group: measured in this process
     eager, onnx_run = report["runs"]
@@ -84,15 +73,16 @@ def test_profile_report_schema_and_compare_eager(artifacts):
 def test_static_artifact_profiles_only_its_batch(tmp_path):
     from autotimm_deploy.exporter.formats import ExportOptions
 
-    (r,) = export(SPEC, ["onnx"], tmp_path, ExportOptions(static=True, batch_size=2), verify=False)
+    (r,) = export(SMALL, ["onnx"], tmp_path, ExportOptions(static=True, batch_size=2), verify=False)
     report = profile([str(r.artifact)], Settings(batch_sizes=[1, 2, 4], harness=FAST))
     (run,) = report["runs"]
     assert [p["batch"] for p in run["points"]] == [2] and run["batches_skipped"] == [1, 4]
 
 
-def test_cli_isolated_with_every_renderer(artifacts, tmp_path):
+def test_cli_isolated_with_every_renderer(small_artifacts, tmp_path):
     paths = {k: tmp_path / f"r.{k}" for k in ("json", "csv", "md", "png")}
-    p = run_cli("autotimm_deploy.profiler.cli", str(artifacts["onnx"]), str(artifacts["torchscript"]), "--batch-sizes", "1,2",
+    onnx, ts = small_artifacts["onnx"], small_artifacts["torchscript"]
+    p = run_cli("autotimm_deploy.profiler.cli", str(onnx), str(ts), "--batch-sizes", "1,2",
                 "--max-time", "0.3", "--warmup-time", "0.1", "--threads", "1",
                 "--json", str(paths["json"]), "--csv", str(paths["csv"]), "--markdown", str(paths["md"]),
                 "--plot", str(paths["png"]))
@@ -127,9 +117,9 @@ def test_cli_json_to_stdout_and_eager_by_name():
     assert "median ms" in p.stderr and "test_resnet [eager]" in p.stderr  # labels are not eaten as markup
 
 
-def _corrupt_files(tmp, artifacts):
+def _corrupt_files(tmp, small_artifacts):
     trunc = tmp / "trunc.onnx"
-    trunc.write_bytes(artifacts["onnx"].read_bytes()[:5000])
+    trunc.write_bytes(small_artifacts["onnx"].read_bytes()[:5000])
     rnd = tmp / "random.onnx"
     rnd.write_bytes(os.urandom(4096))
     rndpt = tmp / "random.pt"
@@ -138,7 +128,8 @@ def _corrupt_files(tmp, artifacts):
     weird.write_bytes(b"1234")
     empty = tmp / "empty.pt2"
     empty.write_bytes(b"")
-    return {"folder": tmp, "onnx": artifacts["onnx"], "trunc": trunc, "random": rnd, "randompt": rndpt, "weird": weird, "empty": empty}
+    return {"folder": tmp, "onnx": small_artifacts["onnx"], "trunc": trunc, "random": rnd, "randompt": rndpt,
+            "weird": weird, "empty": empty}
 
 
 BAD = {
@@ -159,10 +150,10 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_is_one_line_exit_2(case, artifacts, tmp_path):
+def test_bad_input_is_one_line_exit_2(case, small_artifacts, tmp_path):
     if case == "cuda without gpu" and torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    files = _corrupt_files(tmp_path, artifacts)
+    files = _corrupt_files(tmp_path, small_artifacts)
     args, message = BAD[case]
     args = [a.format(**files) for a in args]
     p = call_cli("autotimm_deploy.profiler.cli", *args, "--iterations", "2", "--csv", str(tmp_path / "out.csv"))
@@ -172,33 +163,33 @@ def test_bad_input_is_one_line_exit_2(case, artifacts, tmp_path):
     assert "Traceback" not in p.stderr and not (tmp_path / "out.csv").exists()
 
 
-def test_missing_runtime_names_the_extra(monkeypatch, artifacts):
+def test_missing_runtime_names_the_extra(monkeypatch, small_artifacts):
     monkeypatch.setattr(RUNTIMES["onnxruntime"], "extra", "gpu")
     monkeypatch.setattr(RUNTIMES["onnxruntime"], "requires", ("surely_not_installed_mod",))
     with pytest.raises(UserError, match=r"install the \[gpu\] extra"):
-        open_artifact(artifacts["onnx"], manifest=load_manifest(artifacts["onnx"]))
+        open_artifact(small_artifacts["onnx"], manifest=load_manifest(small_artifacts["onnx"]))
 
 
-def test_artifact_without_manifest(artifacts, tmp_path):
+def test_artifact_without_manifest(small_artifacts, tmp_path):
     import shutil
 
     bare = tmp_path / "bare.pt"
-    shutil.copy(artifacts["torchscript"], bare)
+    shutil.copy(small_artifacts["torchscript"], bare)
     p = call_cli("autotimm_deploy.profiler.cli", str(bare), "--iterations", "2", "--warmup-time", "0")
     assert p.returncode == 2 and "pass --img-size" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     p = call_cli("autotimm_deploy.profiler.cli", str(bare), "--img-size", "64", "--iterations", "2", "--warmup-time", "0", "--json")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["runs"][0]["runtime"] == "torchscript"
     onnx_bare = tmp_path / "bare.onnx"  # ONNX knows its own input shape
-    shutil.copy(artifacts["onnx"], onnx_bare)
+    shutil.copy(small_artifacts["onnx"], onnx_bare)
     p = call_cli("autotimm_deploy.profiler.cli", str(onnx_bare), "--iterations", "2", "--warmup-time", "0", "--json")
     assert p.returncode == 0, p.stderr
 
 
-def test_manifest_size_mismatch_is_refused(artifacts, tmp_path):
+def test_manifest_size_mismatch_is_refused(small_artifacts, tmp_path):
     import shutil
 
-    for f in (artifacts["torchscript"], artifacts["torchscript"].with_name("test_resnet.pt.json")):
+    for f in (small_artifacts["torchscript"], small_artifacts["torchscript"].with_name("test_resnet.pt.json")):
         shutil.copy(f, tmp_path / f.name)
     art = tmp_path / "test_resnet.pt"
     with open(art, "ab") as f:
