@@ -17,11 +17,11 @@ SAME_WORKER = {"tests/test_fleet_faults.py": "tests/test_fleet.py", "tests/test_
                "tests/test_edge_formats.py": "tests/test_profiler.py"}
 
 
-# The longest files (seconds on CI's 2 cores, measured) go to the workers first, so that no long file
-# starts last while the other worker sits idle; the rest follow in collection order.
-LONGEST_FIRST = ("tests/test_fleet.py", "tests/test_formats.py", "tests/test_cpp_example.py", "tests/test_recipes.py",
-                 "tests/test_target_cpu.py", "tests/test_aoti.py", "tests/test_tensorrt.py", "tests/test_accuracy.py",
-                 "tests/test_edge_formats.py", "tests/test_int8_fallback.py")
+# The longest files and groups (280 s down to 95 s on 2 Zen 3 cores, measured) go to the workers first,
+# so that no long file starts last while the other worker sits idle; the rest follow in collection order.
+LONGEST_FIRST = ("tests/test_fleet.py", "tests/test_profiler.py", "tests/test_accuracy.py", "tests/test_formats.py",
+                 "tests/test_autotimm.py", "tests/test_aoti.py", "tests/test_cpp_example.py", "tests/test_recipes.py",
+                 "tests/test_embedded.py", "tests/test_triton.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
