@@ -12,6 +12,10 @@ cosine and max_rel of the logits against the fp32 graph.
 
 Then OpenVINO (with ``--openvino``): NNCF min/max on the same pictures with its ``overflow_fix`` off,
 on the first layer (its default) and on every layer (7-bit weights everywhere), against OpenVINO fp32.
+
+Then ExecuTorch (with ``--executorch``): PT2E int8 with XNNPACKQuantizer (the exporter's config,
+calibrated on the same pictures, batch fixed), run as the quantized PyTorch module (each Q/DQ pair in
+float) and as the lowered XNNPACK program, both against eager fp32.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ def main() -> None:
     ap.add_argument("--img-size", type=int, default=128)
     ap.add_argument("--pictures", type=int, default=16)
     ap.add_argument("--openvino", action="store_true", help="also OpenVINO int8 with NNCF's overflow_fix settings")
+    ap.add_argument("--executorch", action="store_true", help="also ExecuTorch int8: Q/DQ in PyTorch against XNNPACK")
     a = ap.parse_args()
     import onnxruntime as ort
 
@@ -54,6 +59,7 @@ def main() -> None:
     print(f"CPU: {cpu_model()}; int8 kernels saturate here (x86 without VNNI/AMX): {int8_saturates()}\n")
     print("| model | form | weights | unfused cosine, max_rel | fused cosine, max_rel |\n|---|---|---|---|---|")
     openvino_rows: list[str] = []
+    executorch_rows: list[str] = []
     for name in a.models.split(","):
         with tempfile.TemporaryDirectory() as d:
             (r,) = export(ModelSpec(name, img_size=(a.img_size, a.img_size)), ["onnx"], d, verify=False)
@@ -67,9 +73,14 @@ def main() -> None:
                     print(f"| {name} | {form} | {'7-bit' if narrow else '8-bit'} | {cells} |", flush=True)
             if a.openvino:
                 openvino_rows.append(_openvino_row(name, r.artifact, x))
+            if a.executorch:
+                executorch_rows.append(_executorch_row(name, a.img_size, x))
     if openvino_rows:
         print("\n| model | overflow_fix off | first layer (NNCF's default) | every layer (7-bit weights) |\n|---|---|---|---|")
         print("\n".join(openvino_rows))
+    if executorch_rows:
+        print("\n| model | Q/DQ in PyTorch cosine, max_rel | XNNPACK cosine, max_rel |\n|---|---|---|")
+        print("\n".join(executorch_rows))
 
 
 def _openvino_row(name: str, onnx_path: Path, x: np.ndarray) -> str:
@@ -89,6 +100,36 @@ def _openvino_row(name: str, onnx_path: Path, x: np.ndarray) -> str:
                           advanced_parameters=AdvancedQuantizationParameters(overflow_fix=fix))
         cells.append(_metrics(core.compile_model(q, "CPU")(x)[0], ref))
     return f"| {name} | {' | '.join(cells)} |"
+
+
+def _executorch_row(name: str, size: int, x: np.ndarray) -> str:
+    import torch
+    from autotimm_deploy.exporter.formats.edge_rewrite import edge_program
+    from autotimm_deploy.exporter.formats.executorch import _lower
+    from autotimm_deploy.exporter.formats.torch_program import fine_activation_scales, program_module
+    from autotimm_deploy.exporter.models import build_model
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from executorch.runtime import Runtime
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    example = torch.from_numpy(x)
+    module = program_module(build_model(ModelSpec(name, img_size=(size, size))))
+    quantizer = XNNPACKQuantizer().set_global(fine_activation_scales(get_symmetric_quantization_config(is_per_channel=True)))
+    with torch.no_grad():
+        ref = module(example).numpy()
+        prepared = prepare_pt2e(edge_program(module, example).module(), quantizer)
+        prepared(example)
+        quantized = convert_pt2e(prepared)
+        simulated = quantized(example).numpy()
+        program = torch.export.export(quantized, (example,), strict=False)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d, "m.pte")
+        path.write_bytes(_lower(program))
+        lowered = Runtime.get().load_program(str(path)).load_method("forward").execute([example])[0].numpy()
+    return f"| {name} | {_metrics(simulated, ref)} | {_metrics(lowered, ref)} |"
 
 
 if __name__ == "__main__":
