@@ -1,3 +1,4 @@
+import logging
 import os
 import subprocess
 import sys
@@ -57,40 +58,76 @@ def run_cli(module: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
 
 
 def call_cli(module: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
-    """Run a CLI's ``entry`` in this process, as `run_cli` would run it: its exit code, stdout and
-    stderr (warnings printed there as Python's defaults would), with the working folder, environment
-    and torch's thread count put back after it. Several seconds faster a call than a fresh
-    interpreter (importing torch and timm again); each CLI keeps some `run_cli` tests for what only
-    a fresh process shows (import-time noise, signals)."""
+    """Run a CLI's ``entry`` in this process, as `run_cli` would run it: its exit code, and as its
+    stdout and stderr what Python and C code write to them (file descriptors 1 and 2), warnings as
+    Python's defaults print them, and log records that reach no handler (Python's last resort).
+    The working folder, environment and torch's thread count are put back after it. Several seconds
+    faster a call than a fresh interpreter (importing torch and timm again), which each CLI keeps for
+    what only a fresh process shows (import-time noise, signals): see `run_cli`'s callers."""
+    import ctypes
     import importlib
     import io
+    import tempfile
     import warnings
-    from contextlib import redirect_stderr, redirect_stdout
+    from contextlib import ExitStack, redirect_stderr, redirect_stdout
 
     import torch
 
     entry = importlib.import_module(module).entry
     out, err, here, env, threads = io.StringIO(), io.StringIO(), os.getcwd(), dict(os.environ), torch.get_num_threads()
-    os.environ.update(HF_HUB_OFFLINE="1", COLUMNS="200")
-    try:
-        with redirect_stdout(out), redirect_stderr(err), warnings.catch_warnings():
-            warnings.simplefilter("default")
-            for quiet in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
-                warnings.simplefilter("ignore", quiet)
-            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
-                warnings.formatwarning(message, category, filename, lineno, line))
-            if cwd is not None:
-                os.chdir(cwd)
-            try:
-                code = entry(list(args))
-            except SystemExit as e:  # argparse: --help, or a refusal at parse time
-                code = e.code if isinstance(e.code, int) else int(e.code is not None)
-    finally:
-        os.chdir(here)
-        os.environ.clear()
-        os.environ.update(env)
-        torch.set_num_threads(threads)
-    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+    last_resort = _LastResort(err)
+    with ExitStack() as stack:
+        fds = {fd: stack.enter_context(tempfile.TemporaryFile()) for fd in (1, 2)}
+        sys.stdout.flush(), sys.stderr.flush()
+        saved = {fd: os.dup(fd) for fd in fds}
+        try:
+            for fd, f in fds.items():
+                os.dup2(f.fileno(), fd)
+            os.environ.update(HF_HUB_OFFLINE="1", COLUMNS="200")
+            logging.getLogger().addHandler(last_resort)
+            with redirect_stdout(out), redirect_stderr(err), warnings.catch_warnings():
+                warnings.simplefilter("default")
+                for quiet in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                    warnings.simplefilter("ignore", quiet)
+                warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: \
+                    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+                if cwd is not None:
+                    os.chdir(cwd)
+                try:
+                    code = entry(list(args))
+                except SystemExit as e:  # argparse: --help, or a refusal at parse time
+                    if not isinstance(e.code, int) and e.code is not None:
+                        print(e.code, file=sys.stderr)
+                    code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        finally:
+            ctypes.CDLL(None).fflush(None)  # what C code buffered for the descriptors
+            for fd, dup in saved.items():
+                os.dup2(dup, fd)
+                os.close(dup)
+            logging.getLogger().removeHandler(last_resort)
+            os.chdir(here)
+            os.environ.clear()
+            os.environ.update(env)
+            torch.set_num_threads(threads)
+        written = {fd: (f.seek(0), f.read().decode(errors="replace"))[1] for fd, f in fds.items()}
+    return subprocess.CompletedProcess([module, *args], code, out.getvalue() + written[1], err.getvalue() + written[2])
+
+
+class _LastResort(logging.Handler):
+    """Python's ``logging.lastResort`` for an in-process CLI under pytest (whose own handlers sit on
+    the root logger): a warning or worse that no other handler takes is printed to ``stream``."""
+
+    def __init__(self, stream):
+        super().__init__(logging.WARNING)
+        self.stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logger = logging.getLogger(record.name)
+        while logger is not None:
+            if any(h is not self and not type(h).__module__.startswith("_pytest") for h in logger.handlers):
+                return  # another handler took it: a real process would not print it here either
+            logger = logger.parent if logger.propagate else None
+        self.stream.write(self.format(record) + "\n")
 
 
 @pytest.fixture

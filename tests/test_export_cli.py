@@ -147,3 +147,32 @@ def test_the_preprocessing_line_describes_each_resize():
     crop = preprocessing_line({**norm, "crop_pct": 0.875, "interpolation": "bicubic"}, "classification")
     assert crop.startswith("resized to crop 0.875, centre-cropped, bicubic as PIL") and "--crop-pct" in crop
     assert preprocessing_line({**norm, "library": "cv2"}, "semantic-segmentation").startswith("stretched")
+
+
+def test_in_process_runs_show_what_a_process_would(monkeypatch):
+    """tests/conftest.py's `call_cli` (most CLI tests here run through it) shows on stderr what a
+    process would: C code's writes to the descriptor, a library's warning no handler takes (and not
+    one its own handler takes), a SystemExit's message."""
+    import logging
+    import sys
+    import types
+
+    from tests.conftest import call_cli
+
+    def entry(argv):
+        os.write(2, b"from C\n")
+        logging.getLogger("some.lib").warning("a library warning")
+        quiet = logging.getLogger("quiet.lib")
+        quiet.addHandler(logging.NullHandler())
+        quiet.warning("taken by its own handler")
+        print("out")
+        if argv:
+            raise SystemExit("bad thing")
+        return 3
+
+    monkeypatch.setitem(sys.modules, "fake_cli", types.SimpleNamespace(entry=entry))
+    p = call_cli("fake_cli")
+    assert (p.returncode, p.stdout, p.stderr.splitlines()) == (3, "out\n", ["a library warning", "from C"])
+    p = call_cli("fake_cli", "x")
+    assert p.returncode == 1 and "bad thing" in p.stderr
+    logging.getLogger("quiet.lib").handlers.clear()

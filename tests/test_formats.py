@@ -19,17 +19,14 @@ MODELS = {
 }
 
 
-# the edge formats each model leaves out (CI time): ExecuTorch and LiteRT take 15-40 s a model
-EDGE_LEFT_OUT = {"resnet18": ("executorch", "litert", "ncnn"), "mobilenetv3_small_100": ("executorch", "litert"),
-                 "test_vit": ()}
+EDGE = ("executorch", "litert", "ncnn")
 
 
 def formats_for(name: str) -> list[str]:
     """AOTInductor compiles C++ for ~25 s a model (CI time): test_aoti.py and test_target_cpu.py
-    compile it, not this matrix; Core ML (which predicts only on macOS) has tests/test_coreml.py. ncnn runs
-    on the edge CNN and the ViT (through the rewrite of tests/test_ncnn_rewrite.py), ExecuTorch and LiteRT
-    on the ViT; tests/test_profiler.py checks all three on a CNN."""
-    return [f for f in CPU_FORMATS if f not in ("aoti", "coreml", *EDGE_LEFT_OUT[name])]
+    compile it, not this matrix; Core ML (which predicts only on macOS) has tests/test_coreml.py. The edge formats (10-30 s a model) run on the edge CNN and the ViT
+    (ncnn's through the rewrite of tests/test_ncnn_rewrite.py)."""
+    return [f for f in CPU_FORMATS if f not in ("aoti", "coreml") and not (f in EDGE and name == "resnet18")]
 
 
 @pytest.fixture(scope="module", params=list(MODELS))

@@ -6,6 +6,7 @@ import pytest
 import yaml
 from autotimm_deploy.exporter.core.results import AccuracyReport, ParityReport, Verdict
 from autotimm_deploy.exporter.pipeline import ExportResult
+from autotimm_deploy.exporter.formats import get_format
 from autotimm_deploy.exporter.select import CPU_CANDIDATES, Candidate, choose, rank
 
 pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
@@ -71,17 +72,33 @@ def test_skipped_and_errored_candidates_never_win():
 
 
 # AOTInductor's frozen, bf16 and int8 packages compile two models each (~25 s apiece here): their
-# exports and parity are tests/test_aoti.py's; the end-to-end run keeps its plain package
+# exports and parity are tests/test_aoti.py's, what --target cpu asks of them the next test's; the
+# end-to-end run keeps the plain package
 COMPILED_ELSEWHERE = {("aoti", "fp32", "frozen"), ("aoti", "bf16", None), ("aoti", "int8", None)}
 
 
-def test_every_candidate_is_offered_once():
+def test_each_candidate_is_exported_with_its_own_options(tmp_path, monkeypatch):
+    """What --target cpu asks of each candidate's export (every one, the three above included): its
+    format, precision and format options over the user's, the calibration data, one shared model."""
+    from autotimm_deploy.exporter import select
+    from autotimm_deploy.exporter.core.spec import ModelSpec
     from autotimm_deploy.exporter.formats import ExportOptions
-    from autotimm_deploy.exporter.select import available_candidates
 
-    offered = [(c.format, c.precision, c.variant) for c in available_candidates(ExportOptions())]
-    assert offered == [(f, p, v) for f, p, v, _ in CPU_CANDIDATES] and len(set(offered)) == len(offered)
-    assert COMPILED_ELSEWHERE < set(offered)
+    monkeypatch.setattr(select, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})  # bf16 offered too
+    calls = []
+
+    def stub(spec, formats, folder, options, verify, model, cache):  # no compile: its arguments, a failure
+        calls.append((*formats, options.precision, options.format_options, options.calib_samples, model))
+        return [ExportResult(format=formats[0], error="stub")]
+
+    monkeypatch.setattr(select, "export", stub)
+    winner, ranked, _ = select.target_cpu(ModelSpec("test_resnet", img_size=(64, 64)), tmp_path / "out",
+                                          ExportOptions(calib_data="sample-pictures", calib_samples=4))
+    want = [(f, p, own) for f, p, _, own in CPU_CANDIDATES if not get_format(f).unavailable_reason()]
+    assert [c[:3] for c in calls] == want
+    assert {c[3] for c in calls} == {4} and len({id(c[4]) for c in calls}) == 1  # one model built for all
+    assert winner is None and len(ranked) == len(CPU_CANDIDATES)
+    assert not (tmp_path / "out").exists()  # nothing chosen: no empty folder left
 
 
 def test_target_cpu_end_to_end(tmp_path, export_cli, monkeypatch):
