@@ -34,9 +34,16 @@ def calib_dir(tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="module")
+def openvino(tmp_path_factory):
+    """`SPEC` exported to OpenVINO at fp32 and at bf16, each through its parity check (read-only)."""
+    out = tmp_path_factory.mktemp("openvino")
+    return {p: export(SPEC, ["openvino"], out / p, ExportOptions(precision=p))[0] for p in ("fp32", "bf16")}
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_openvino_export_reload_parity(tmp_path, precision):
-    (r,) = export(SPEC, ["openvino"], tmp_path, ExportOptions(precision=precision))
+def test_openvino_export_reload_parity(openvino, precision):
+    r = openvino[precision]
     assert r.ok, r.parity and r.parity.failures
     m = load_manifest(r.artifact)
     assert m.format == "openvino" and m.precision == precision
@@ -58,9 +65,9 @@ def test_openvino_export_reload_parity(tmp_path, precision):
         assert said not in (r.fallback or "")
 
 
-def test_openvino_reports_what_it_computes_in(monkeypatch, tmp_path):
+def test_openvino_reports_what_it_computes_in(monkeypatch, openvino):
     """OpenVINO's compiled model says its inference precision: a bf16 IR on a CPU without bf16 runs f32."""
-    (r,) = export(SPEC, ["openvino"], tmp_path, ExportOptions(precision="bf16"), verify=False)
+    r = openvino["bf16"]
     with open_artifact(r.artifact, manifest=load_manifest(r.artifact)) as s:
         monkeypatch.setattr(s, "compiled", lambda hint: type("C", (), {"get_property": lambda self, k: FakeType("f32")})())
         assert s.compute_precision() == "fp32"
@@ -78,8 +85,8 @@ class FakeType:
         return self.name
 
 
-def test_openvino_throughput_path_matches_latency_path(tmp_path):
-    (r,) = export(SPEC, ["openvino"], tmp_path, verify=False)
+def test_openvino_throughput_path_matches_latency_path(openvino):
+    r = openvino["fp32"]
     with open_target(resolve(str(r.artifact)), "cpu", threads=2) as s:
         x = s.random_arrays(5)
         sliced = np.concatenate([s.infer({"input": x["input"][i:i + 1]})["logits"] for i in range(5)])
@@ -142,7 +149,8 @@ def test_onnx_int8_form_refusals(tmp_path):
 
 
 def test_random_calibration_is_flagged(tmp_path):
-    (r,) = export(SPEC, ["onnx"], tmp_path, ExportOptions(precision="int8", calib_random=True, calib_samples=4))
+    (r,) = export(ModelSpec("test_resnet", img_size=(64, 64)), ["onnx"], tmp_path,
+                  ExportOptions(precision="int8", calib_random=True, calib_samples=4), verify=False)
     q = load_manifest(r.artifact).export["quantization"]["calibration"]
     assert q["source"] == "random" and "meaningless" in q["warning"]
 
