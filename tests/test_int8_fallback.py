@@ -135,6 +135,39 @@ def test_seven_bit_weights_come_first_where_int8_saturates(tmp_path, monkeypatch
     assert any(abs(w.astype(int)).max() > 64 for w in weights[False])  # (8-bit weights use the whole range)
 
 
+@pytest.mark.parametrize("seven,adopted", [(89.5, True), (85.0, True), (70.0, False)])
+def test_budget_scores_seven_bit_weights_first_where_int8_saturates(tmp_path, monkeypatch, seven, adopted):
+    """--max-drop on a CPU whose ONNX Runtime int8 kernels saturate: 7-bit weights are scored before
+    any layer is kept in float, and kept for the search when they score no worse than 8-bit ones
+    (89.5: the budget holds with no layer in float; 85: the search goes on from them)."""
+    from types import SimpleNamespace
+
+    from autotimm_deploy.exporter.formats import onnx_int8
+    from autotimm_deploy.exporter.formats.base import AccuracyBudget
+
+    scores = {"int8-0-8.onnx": 80.0, "int8-0-7.onnx": seven, "int8-1-7.onnx": 89.5, "int8-1-8.onnx": 89.5}
+    made = []
+
+    def quantize(exclude, seven_bits=False):
+        made.append((len(exclude), 7 if seven_bits else 8))
+        return tmp_path / f"int8-{len(exclude)}-{7 if seven_bits else 8}.onnx"
+
+    monkeypatch.setattr(onnx_int8, "_ort_predict", lambda path: path.name)
+    monkeypatch.setattr(onnx_int8, "node_sensitivity", lambda *a: [("conv", "stem", 3.0)])
+    budget = AccuracyBudget(score=lambda predict, batch: scores[predict], metric="top1", eager=90.0, max_drop=1.0,
+                            samples=10)
+    ctx = SimpleNamespace(budget=budget, options=ExportOptions())
+    for may_narrow in (True, False):
+        made.clear()
+        path, control = onnx_int8._hold_budget(ctx, tmp_path / "f.onnx", quantize([]), quantize, may_narrow)
+        bits = 7 if may_narrow and adopted else 8
+        assert control["met"] and control.get("weight_bits", 8) == bits
+        assert ((0, 7) in made) == may_narrow and control["steps"][1:2] == (
+            [{"kept_float": 0, "weight_bits": 7, "top1": seven}] if may_narrow else [{"kept_float": 1, "top1": 89.5}])
+        kept_float = 0 if may_narrow and seven == 89.5 else 1
+        assert path.name == f"int8-{kept_float}-{bits}.onnx" and len(control["kept_float"]) == kept_float
+
+
 def test_which_cpus_saturate_int8():
     assert int8_saturates({"avx2", "fma"}, "x86_64") and int8_saturates({"avx512f", "avx512bw"}, "x86_64")
     assert not int8_saturates({"avx2", "avx512_vnni"}, "x86_64") and not int8_saturates({"avx_vnni"}, "AMD64")

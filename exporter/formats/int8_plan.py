@@ -18,7 +18,8 @@ and keeps the first artifact that passes:
 A format takes part by naming its calibrators (`Format.int8_calibrators`, its default first) and
 whether it can keep named modules in float (`Format.keeps_float`); it reads the step to build from
 ``ctx.int8_plan`` and records it with its quantization info. ``--max-drop`` with labelled data stays
-the accurate path: it ranks layers by their measured error instead (onnx_int8, NNCF).
+the accurate path: it ranks layers by their measured error instead (onnx_int8, NNCF), after 7-bit
+weights where ONNX Runtime's kernels saturate (onnx_int8's ``_hold_budget``).
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ class OnnxFormat(Format):
     def export(self, ctx: ExportContext) -> Exported:
         # a reduced graph keeps its fp32 one for `diagnose` (the cached one: exported once for both)
         reference = fp32_proto(ctx)[0] if ctx.options.precision != "fp32" else None
-        proto, graph = precision_proto(ctx, ctx.options.precision, ctx.options.of("onnx").int8_form)
+        proto, graph = precision_proto(ctx, ctx.options.precision, ctx.options.of("onnx").int8_form, cpu_kernels=True)
         path = ctx.path(self.suffix)
         set_metadata(proto, ctx.metadata())
         files = save_onnx(proto, path)
@@ -101,12 +101,13 @@ def set_metadata(proto, metadata: dict) -> None:
         entry.key, entry.value = METADATA_PREFIX + key, json.dumps(value, default=str)
 
 
-def precision_proto(ctx: ExportContext, precision: str, int8_form: str = "s8s8"):
+def precision_proto(ctx: ExportContext, precision: str, int8_form: str = "s8s8", cpu_kernels: bool = False):
     """The ONNX graph for ``precision``: fp32; fp16/bf16 compute with fp32 I/O; int8 in ``int8_form``
-    (`onnx_int8.INT8_FORMS`; TensorRT always takes s8s8)."""
+    (`onnx_int8.INT8_FORMS`; TensorRT always takes s8s8). ``cpu_kernels``: the graph itself is the
+    artifact, run by ONNX Runtime's CPU kernels (not TensorRT's)."""
     if precision in ("fp16", "bf16"):
         return reduced_proto(ctx, precision)
     proto, graph = fp32_proto(ctx)
     if precision == "int8":
-        proto, graph.info["quantization"] = quantize_qdq(proto, ctx, int8_form)
+        proto, graph.info["quantization"] = quantize_qdq(proto, ctx, int8_form, cpu_kernels)
     return proto, graph

@@ -19,10 +19,12 @@ into the manifest; TensorRT's strongly typed int8 engines are built from this sa
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import tempfile
 from pathlib import Path
 
+from autotimm_deploy.exporter.core.environment import int8_saturates
 from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
 from autotimm_deploy.exporter.formats.int8_plan import kept, narrow_weights_record, timm_path
 
@@ -60,7 +62,12 @@ INT8_FORMS = {"s8s8": ("QDQ", "QInt8", True), "u8s8": ("QDQ", "QUInt8", False),
               "u8s8-qop": ("QOperator", "QUInt8", False)}
 
 
-def quantize_qdq(proto, ctx, form: str = "s8s8"):
+def quantize_qdq(proto, ctx, form: str = "s8s8", cpu_kernels: bool = False):
+    """``proto`` quantized to a Q/DQ (or QOperator) graph in ``form``, calibrated on ``ctx.calibration``,
+    with ``ctx.int8_plan``'s weights, calibrator and layers in float. With ``ctx.budget`` (--max-drop)
+    layers are kept in float until the budget holds (`_hold_budget`); ``cpu_kernels`` (the graph is
+    the artifact ONNX Runtime runs, not TensorRT's input): where those kernels saturate, 7-bit weights
+    are tried first."""
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -82,15 +89,17 @@ def quantize_qdq(proto, ctx, form: str = "s8s8"):
 
         narrow = bool(plan and plan.narrow_weights)
 
-        def quantize(exclude: list[str]):
-            dst = Path(tmp, f"int8-{len(exclude)}.onnx")
-            _quantize_static(pre, dst, _Reader(input_name, data), planned + exclude, form, calibrator, narrow)
+        def quantize(exclude: list[str], seven_bits: bool = narrow):
+            dst = Path(tmp, f"int8-{len(exclude)}-{7 if seven_bits else 8}.onnx")
+            _quantize_static(pre, dst, _Reader(input_name, data), planned + exclude, form, calibrator, seven_bits)
             return dst
 
         dst = quantize([])
         control = None
         if ctx.budget is not None:
-            dst, control = _hold_budget(ctx, pre, dst, quantize)
+            may_narrow = cpu_kernels and not narrow and int8_saturates()
+            dst, control = _hold_budget(ctx, pre, dst, quantize, may_narrow)
+            narrow = narrow or control.get("weight_bits") == 7
         out = onnx.load(str(dst))
     quant_format, activations, symmetric = INT8_FORMS[form]
     info = {"tool": "onnxruntime.quantization.quantize_static", "form": form, "format": quant_format,
@@ -126,8 +135,10 @@ def _quantize_static(src: Path, dst: Path, reader, exclude: list[str], form: str
         raise ExportFailed(f"onnxruntime static quantization failed: {first_line(e)}") from e
 
 
-def _hold_budget(ctx, float_path: Path, qdq_path: Path, quantize) -> tuple[Path, dict]:
-    """Score ``qdq_path``; while it misses the budget keep the most sensitive nodes in float."""
+def _hold_budget(ctx, float_path: Path, qdq_path: Path, quantize, may_narrow: bool = False) -> tuple[Path, dict]:
+    """Score ``qdq_path``; while it misses the budget keep the most sensitive nodes in float. With
+    ``may_narrow`` (ONNX Runtime's int8 kernels saturate on this CPU) 7-bit weights are scored first,
+    and kept for the search when they score no worse: they cost no speed, layers in float do."""
     budget = ctx.budget
     batch = (ctx.options.batch_size,) * 2 if ctx.options.static else (1, None)
 
@@ -138,6 +149,13 @@ def _hold_budget(ctx, float_path: Path, qdq_path: Path, quantize) -> tuple[Path,
     steps = [{"kept_float": 0, budget.metric: value}]
     control = {"tool": "onnxruntime Q/DQ debugging (activation SQNR), nodes_to_exclude", "metric": budget.metric,
                "eager": budget.eager, "max_drop": budget.max_drop, "steps": steps, "kept_float": []}
+    if not budget.holds(value) and may_narrow:
+        narrowed = functools.partial(quantize, seven_bits=True)
+        path = narrowed([])
+        seven = score(path)
+        steps.append({"kept_float": 0, "weight_bits": 7, budget.metric: seven})
+        if seven is not None and (value is None or seven >= value):  # points of the metric: higher is better
+            qdq_path, value, quantize, control["weight_bits"] = path, seven, narrowed, 7
     if budget.holds(value):
         control["met"] = True
         return qdq_path, control
