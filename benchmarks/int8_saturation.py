@@ -13,9 +13,10 @@ cosine and max_rel of the logits against the fp32 graph.
 Then OpenVINO (with ``--openvino``): NNCF min/max on the same pictures with its ``overflow_fix`` off,
 on the first layer (its default) and on every layer (7-bit weights everywhere), against OpenVINO fp32.
 
-Then ExecuTorch (with ``--executorch``): PT2E int8 with XNNPACKQuantizer (the exporter's config,
-calibrated on the same pictures, batch fixed), run as the quantized PyTorch module (each Q/DQ pair in
-float) and as the lowered XNNPACK program, both against eager fp32.
+Then ExecuTorch (with ``--executorch``): PT2E int8 with XNNPACKQuantizer (the exporter's quantizer
+config, calibrated on the same pictures, batch fixed; for CNNs: a transformer's residual adds, which
+the exporter keeps in float, are quantized here), run as the quantized PyTorch module (each Q/DQ pair
+in float) and as the lowered XNNPACK program, both against eager fp32.
 """
 
 from __future__ import annotations
