@@ -140,7 +140,7 @@ def test_onnx_int8_form_refusals(tmp_path):
     from conftest import call_cli
 
     p = call_cli("autotimm_deploy.exporter.cli", "test_resnet", "-f", "onnx", "--onnx-int8", "u8s8", "-o",
-                str(tmp_path / "a"))
+                 str(tmp_path / "a"))
     assert p.returncode == 2 and "--onnx-int8 u8s8 sets the form of the int8 graph: add --int8" in p.stderr
     with pytest.raises(UserError, match="u8s8-qop cannot hold an accuracy budget"):
         export(SPEC, ["onnx"], tmp_path / "b", ExportOptions(precision="int8", calib_random=True, max_drop=1.0,

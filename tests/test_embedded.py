@@ -103,7 +103,7 @@ def test_cli_flag(tmp_path):
     from conftest import call_cli
 
     r = call_cli("autotimm_deploy.exporter.cli", "test_resnet", "--num-classes", "3", "--img-size", "64", "-f", "onnx",
-                "--embed-preprocessing", "nchw", "-o", str(tmp_path), "--json")
+                 "--embed-preprocessing", "nchw", "-o", str(tmp_path), "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)["results"][0]
     assert out["ok"] and "--embed-preprocessing nchw" in out["command"]

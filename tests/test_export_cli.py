@@ -159,6 +159,8 @@ def test_in_process_runs_show_what_a_process_would(monkeypatch):
 
     from tests.conftest import call_cli
 
+    monkeypatch.setattr(logging.getLogger("quiet.lib"), "handlers", [])  # its handler goes with the test
+
     def entry(argv):
         os.write(2, b"from C\n")
         logging.getLogger("some.lib").warning("a library warning")
@@ -175,4 +177,3 @@ def test_in_process_runs_show_what_a_process_would(monkeypatch):
     assert (p.returncode, p.stdout, p.stderr.splitlines()) == (3, "out\n", ["a library warning", "from C"])
     p = call_cli("fake_cli", "x")
     assert p.returncode == 1 and "bad thing" in p.stderr
-    logging.getLogger("quiet.lib").handlers.clear()

@@ -108,7 +108,7 @@ def test_cli_isolated_with_every_renderer(small_artifacts, tmp_path):
 
 def test_cli_json_to_stdout_and_eager_by_name():
     p = call_cli("autotimm_deploy.profiler.cli", "test_resnet", "--img-size", "64", "--iterations", "3", "--warmup-time", "0",
-                "--json")
+                 "--json")
     assert p.returncode == 0, p.stderr
     report = json.loads(p.stdout)
     (run,) = report["runs"]

@@ -201,7 +201,7 @@ def test_a_busy_machine_is_reported_not_hidden(tmp_path):
     burn = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         p = call_cli("autotimm_deploy.profiler.cli", "test_resnet", "--img-size", "64", "--max-time", "2",
-                    "--warmup-time", "0.2", "--json")
+                     "--warmup-time", "0.2", "--json")
     finally:
         burn.kill()
     assert p.returncode == 0, p.stderr

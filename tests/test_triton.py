@@ -340,7 +340,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, artifacts):
     p = call_cli("autotimm_deploy.exporter.cli", "test_resnet", "-o", str(out), "--triton-repo", str(taken))
     assert p.returncode == 2 and "already exists" in p.stderr and not out.exists()
     p = call_cli("autotimm_deploy.exporter.cli", "test_resnet", "-f", "torchscript", "-o", str(out), "--triton-repo",
-                str(tmp_path / "new"), "--kind", "gpu", "--ort-tensorrt")
+                 str(tmp_path / "new"), "--kind", "gpu", "--ort-tensorrt")
     assert p.returncode == 2 and "--ort-tensorrt applies to the ONNX model" in p.stderr and not out.exists()
     p = call_cli("autotimm_deploy.exporter.cli", "test_resnet", "-o", str(out), "--kind", "gpu")
     assert p.returncode == 2 and "--kind only apply with --triton-repo" in p.stderr and not out.exists()
@@ -348,7 +348,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, artifacts):
 
 def test_export_writes_the_repository_for_the_artifacts_that_pass(tmp_path):
     p = call_cli("autotimm_deploy.exporter.cli", "test_resnet", "--num-classes", "4", "--img-size", "64", "-f",
-                "onnx", "-o", str(tmp_path / "out"), "--triton-repo", str(tmp_path / "repo"), "--instances", "2")
+                 "onnx", "-o", str(tmp_path / "out"), "--triton-repo", str(tmp_path / "repo"), "--instances", "2")
     assert p.returncode == 0, p.stderr
     models = json.loads((tmp_path / "repo" / "models.json").read_text())
     assert [m["name"] for m in models] == ["test_resnet_onnx", "test_resnet_onnx_python",
