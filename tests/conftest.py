@@ -37,8 +37,11 @@ def pytest_collection_modifyitems(session, config, items):
 
 def pytest_xdist_make_scheduler(config, log):
     """pytest-xdist (``-n``): whole files to a worker (their module fixtures built once), the files
-    of `SAME_WORKER` together."""
+    of `SAME_WORKER` together, in `LONGEST_FIRST`'s order (xdist would otherwise sort them by their
+    number of tests: a one-test file of two minutes last)."""
     from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False
 
     class FileScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
