@@ -104,29 +104,30 @@ def test_int8_with_calibration_images(tmp_path, calib_dir, fmt):
     q = m.export["quantization"]
     assert q["calibration"] == {"source": str(calib_dir), "samples": 6}
     assert r.parity.tolerance["max_rel"] == 0.15
-    if fmt == "onnx":
-        import onnx
-
-        ops = {n.op_type for n in onnx.load(str(r.artifact)).graph.node}
-        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    if fmt == "onnx":  # the default form: TensorRT's
+        _is_int8_form(r.artifact, "s8s8", onnx.TensorProto.INT8, "QuantizeLinear")
 
 
 @pytest.mark.parametrize("form,zero_point_type,op", [
-    ("s8s8", onnx.TensorProto.INT8, "QuantizeLinear"),  # the default: TensorRT's form
     ("u8s8", onnx.TensorProto.UINT8, "QuantizeLinear"),  # what ONNX Runtime's CPU kernels take
     ("u8s8-qop", onnx.TensorProto.UINT8, "QLinearConv"),
 ])
 def test_onnx_int8_forms(tmp_path, form, zero_point_type, op):
     from autotimm_deploy.exporter.formats.onnx import OnnxOptions
 
-    opts = ExportOptions(precision="int8", calib_data="sample-pictures",
-                         format_options={} if form == "s8s8" else {"onnx": OnnxOptions(int8_form=form)})
+    opts = ExportOptions(precision="int8", calib_data="sample-pictures", format_options={"onnx": OnnxOptions(int8_form=form)})
     (r,) = export(SPEC, ["onnx"], tmp_path, opts)
     assert r.ok, r.parity.failures
-    q = load_manifest(r.artifact).export["quantization"]
+    _is_int8_form(r.artifact, form, zero_point_type, op)
+
+
+def _is_int8_form(artifact, form: str, zero_point_type: int, op: str) -> None:
+    """The manifest says ``form``, the graph has ``op`` and its activations' zero points' type."""
+    q = load_manifest(artifact).export["quantization"]
     assert q["form"] == form and q["activations"] == ("int8 symmetric" if form == "s8s8" else "uint8 asymmetric")
-    graph = onnx.load(str(r.artifact)).graph
-    assert op in {n.op_type for n in graph.node}
+    graph = onnx.load(str(artifact)).graph
+    ops = {n.op_type for n in graph.node}
+    assert op in ops and (op != "QuantizeLinear" or "DequantizeLinear" in ops)
     inits = {t.name: t for t in graph.initializer}
     activation_zero_points = [inits[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear" and
                               len(n.input) > 2 and n.input[2] in inits]

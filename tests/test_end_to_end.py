@@ -1,10 +1,9 @@
-"""End-to-end parity for AutoTimm checkpoints: raw non-square pictures through AutoTimm's own eval
-transform, predict() and geometry against our preprocessing, the artifact and our answers; and the
-check catches a pipeline that drifts from AutoTimm's (the stretch we used to apply to detectors)."""
+"""End-to-end parity for AutoTimm checkpoints (raw non-square pictures through AutoTimm's own eval
+transform, predict() and geometry against our preprocessing, the artifact and our answers; its
+passing answers are checked in tests/test_autotimm.py): the check catches a pipeline that drifts
+from AutoTimm's (the stretch we used to apply to detectors)."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
@@ -18,24 +17,7 @@ from autotimm_models import SIZE, make_checkpoints  # noqa: E402
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    return make_checkpoints(tmp_path_factory.mktemp("e2e"), names=("fcos", "fcn", "classifier"))
-
-
-@pytest.mark.parametrize("variant", ["fcos", "fcn", "classifier"])
-def test_same_answers_as_autotimm_on_raw_pictures(variant, checkpoints, tmp_path):
-    spec = spec_from_checkpoint(checkpoints[variant], img_size=(SIZE, SIZE))
-    (r,) = export(spec, ["onnx"], tmp_path)
-    assert r.ok, (r.error, r.parity and r.parity.failures)
-    e2e = json.loads(r.manifest.read_text())["parity"]["end_to_end"]
-    assert e2e["verdict"] == "pass" and e2e["against"].startswith("AutoTimm's eval transform")
-    assert [p["picture"] for p in e2e["pictures"]] == ["coffee", "rocket", "chelsea", "astronaut-crop"]
-    for p in e2e["pictures"]:
-        if variant == "fcos":
-            assert p["reference"] > 0 and p["matched"] == p["reference"] == p["ours"] and p["min_iou"] >= 0.95
-        elif variant == "fcn":
-            assert p["mask_iou"] >= 0.99
-        else:
-            assert p["top1_same"]
+    return make_checkpoints(tmp_path_factory.mktemp("e2e"), names=("fcos", "fcn"))
 
 
 def test_a_drifting_pipeline_fails_end_to_end(checkpoints, tmp_path, monkeypatch):

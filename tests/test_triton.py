@@ -377,7 +377,7 @@ def test_ensemble_gives_autotimms_boxes_on_a_non_square_picture(tmp_path):
 
     ckpt = make_checkpoints(tmp_path / "ckpt", names=("fcos",))["fcos"]
     spec = spec_from_checkpoint(ckpt, img_size=(SIZE, SIZE))
-    (r,) = export(spec, ["onnx"], tmp_path / "out")
+    (r,) = export(spec, ["onnx"], tmp_path / "out", verify=False)  # held to AutoTimm's boxes below, through Triton
     assert r.ok and load_manifest(r.artifact).preprocessing["resize"] == "letterbox"
     picture = _picture("coffee")  # 600 x 400
     rgb = decode(np.frombuffer(picture, np.uint8))
