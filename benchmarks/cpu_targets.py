@@ -50,13 +50,23 @@ def peak_share(candidate) -> str:
     return "-" if pct is None else f"{pct:.1f} %"
 
 
+def why_untimed(candidate) -> str:
+    """The skip reason, the export's error, or the gate's failures of a candidate that got no time."""
+    row = candidate.row(False)
+    if row["note"]:
+        return row["note"]
+    if row["failures"]:
+        return "failed its gate: " + "; ".join(map(str, row["failures"]))
+    return "passed, not timed"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=MODELS)
     ap.add_argument("--max-time", type=float, default=20.0)
     ap.add_argument("--out", default="bench-cpu")
     a = ap.parse_args()
-    speedups, over_ort, every = [], [], {}
+    speedups, over_ort, every, untimed = [], [], {}, {}
     print("| model | eager fp32 ms | chosen | its ms | speedup [95% CI] | vs ORT fp32 | % of peak | max_rel | cosine "
           "| top1 | runner-up |")
     print("|---|---:|---|---:|---|---:|---:|---:|---:|---:|---|")
@@ -69,6 +79,7 @@ def main() -> None:
             every[model] = (eager.get("median_ms"), {c.label: (c.median_ms, c.result.export_seconds if c.result else 0,
                                                                  c.result and c.result.ok)
                                                       for c in ranked})
+            untimed[model] = {c.label: why_untimed(c) for c in ranked if c.median_ms is None}
             if winner is None:
                 print(f"| {model} | {eager.get('median_ms')} | none passed | | | | | | | | |")
                 continue
@@ -99,6 +110,10 @@ def main() -> None:
             ms, secs, ok = cands.get(label, (None, None, None))
             cells.append(f"{ms:.2f} ({secs:.0f} s)" if ms is not None else ("-" if not ok else "passed, untimed"))
         print(f"| {model} | {eager_ms:.2f} | " + " | ".join(cells) + " |")
+    print("\nWhy a candidate was not timed\n")
+    for model, reasons in untimed.items():
+        for label, why in reasons.items():
+            print(f"- {model}, {label}: {why}")
 
 
 if __name__ == "__main__":
