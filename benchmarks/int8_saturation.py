@@ -17,6 +17,12 @@ Then ExecuTorch (with ``--executorch``): PT2E int8 with XNNPACKQuantizer (the ex
 config, calibrated on the same pictures, batch fixed; for CNNs: a transformer's residual adds, which
 the exporter keeps in float, are quantized here), run as the quantized PyTorch module (each Q/DQ pair
 in float) and as the lowered XNNPACK program, both against eager fp32.
+
+Then AOTInductor (with ``--aoti``): PT2E int8 with X86InductorQuantizer (the exporter's config: uint8
+activations, per-channel int8 weights, scales below 2**-12 allowed), as is, with 7-bit activations
+(torchao's ``reduce_range``, "for CPUs without VNNI") and with 7-bit weights, each run as the
+quantized PyTorch module and as the frozen package Inductor compiles to oneDNN's int8 kernels, both
+against eager fp32.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ def main() -> None:
     ap.add_argument("--pictures", type=int, default=16)
     ap.add_argument("--openvino", action="store_true", help="also OpenVINO int8 with NNCF's overflow_fix settings")
     ap.add_argument("--executorch", action="store_true", help="also ExecuTorch int8: Q/DQ in PyTorch against XNNPACK")
+    ap.add_argument("--aoti", action="store_true", help="also AOTInductor int8: Q/DQ in PyTorch against oneDNN")
     a = ap.parse_args()
     import onnxruntime as ort
 
@@ -61,6 +68,7 @@ def main() -> None:
     print("| model | form | weights | unfused cosine, max_rel | fused cosine, max_rel |\n|---|---|---|---|---|")
     openvino_rows: list[str] = []
     executorch_rows: list[str] = []
+    aoti_rows: list[str] = []
     for name in a.models.split(","):
         with tempfile.TemporaryDirectory() as d:
             (r,) = export(ModelSpec(name, img_size=(a.img_size, a.img_size)), ["onnx"], d, verify=False)
@@ -76,12 +84,18 @@ def main() -> None:
                 openvino_rows.append(_openvino_row(name, r.artifact, x))
             if a.executorch:
                 executorch_rows.append(_executorch_row(name, a.img_size, x))
+            if a.aoti:
+                aoti_rows += [_aoti_row(name, a.img_size, x, bits) for bits in AOTI_BITS]
     if openvino_rows:
         print("\n| model | overflow_fix off | first layer (NNCF's default) | every layer (7-bit weights) |\n|---|---|---|---|")
         print("\n".join(openvino_rows))
     if executorch_rows:
         print("\n| model | Q/DQ in PyTorch cosine, max_rel | XNNPACK cosine, max_rel |\n|---|---|---|")
         print("\n".join(executorch_rows))
+    if aoti_rows:
+        print("\n| model | int8 | Q/DQ in PyTorch cosine, max_rel | oneDNN (AOTInductor) cosine, max_rel |"
+              "\n|---|---|---|---|")
+        print("\n".join(aoti_rows))
 
 
 def _openvino_row(name: str, onnx_path: Path, x: np.ndarray) -> str:
@@ -131,6 +145,40 @@ def _executorch_row(name: str, size: int, x: np.ndarray) -> str:
         path.write_bytes(_lower(program))
         lowered = Runtime.get().load_program(str(path)).load_method("forward").execute([example])[0].numpy()
     return f"| {name} | {_metrics(simulated, ref)} | {_metrics(lowered, ref)} |"
+
+
+AOTI_BITS = ("8-bit", "7-bit activations (reduce_range)", "7-bit weights")
+
+
+def _aoti_row(name: str, size: int, x: np.ndarray, bits: str) -> str:
+    import torch
+    from autotimm_deploy.exporter.formats.torch_program import fine_activation_scales, program_module, seven_bit_weights
+    from autotimm_deploy.exporter.models import build_model
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+
+    example = torch.from_numpy(x)
+    module = program_module(build_model(ModelSpec(name, img_size=(size, size))))
+    config = fine_activation_scales(get_default_x86_inductor_quantization_config(reduce_range="activations" in bits))
+    if "weights" in bits:
+        config = seven_bit_weights(config)
+    with torch.no_grad():
+        ref = module(example).numpy()
+        prepared = prepare_pt2e(torch.export.export(module, (example,), strict=False).module(),
+                                X86InductorQuantizer().set_global(config))
+        prepared(example)
+        quantized = convert_pt2e(prepared)
+        simulated = quantized(example).numpy()
+        program = torch.export.export(quantized, (example,), strict=False)
+        with tempfile.TemporaryDirectory() as d:
+            path = torch._inductor.aoti_compile_and_package(program, package_path=str(Path(d, "m.pt2")),
+                                                            inductor_configs={"freezing": True})
+            compiled = torch._inductor.aoti_load_package(path)(example)
+    compiled = (compiled[0] if isinstance(compiled, (list, tuple)) else compiled).numpy()
+    return f"| {name} | {bits} | {_metrics(simulated, ref)} | {_metrics(compiled, ref)} |"
 
 
 if __name__ == "__main__":

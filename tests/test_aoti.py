@@ -117,6 +117,41 @@ def test_frozen_bf16_and_int8_packages(tmp_path, precision, own):
             np.testing.assert_allclose(v[0], both[name][0], rtol=0, atol=1e-3 * np.abs(v).max())
 
 
+def test_int8_quantizes_small_signals_and_narrows_weights_on_the_retry():
+    """What the int8 build quantizes, before Inductor compiles it: activations spanning 1e-5 keep
+    their signal (no 2**-12 floor on the scales: random-weight efficientnet_b0's logits rounded to 0
+    with it), and the 7-bit retry of a CPU without VNNI keeps every int8 weight in [-64, 63]."""
+    pytest.importorskip("torchao")
+    from types import SimpleNamespace
+
+    from autotimm_deploy.exporter.formats.aoti import _quantize_x86
+    from autotimm_deploy.exporter.formats.int8_plan import Int8Plan, narrow_plans
+
+    assert narrow_plans(get_format("aoti"), saturates=True) == [Int8Plan(narrow_weights=True)]
+    assert narrow_plans(get_format("aoti"), saturates=False) == []
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    with torch.no_grad():
+        model[2].weight.mul_(1e-4), model[2].bias.zero_()  # its outputs span ~1e-5
+    calibration = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    x = torch.from_numpy(calibration[:4])
+    program = torch.export.export(model, (x[:1],))
+    weights = {}
+    for plan in (None, Int8Plan(narrow_weights=True)):
+        ctx = SimpleNamespace(calibration=calibration, int8_plan=plan, calibration_info={},
+                              options=ExportOptions(precision="int8", static=True, batch_size=1))
+        quantized, info = _quantize_x86(program, x[:1], ctx)
+        weights[plan] = [t for t in quantized.state_dict.values() if t.dtype == torch.int8]
+        with torch.no_grad():
+            y, ref = torch.cat([quantized.module()(x[i:i + 1]) for i in range(4)]), model(x)
+        assert float(torch.nn.functional.cosine_similarity(y.flatten(), ref.flatten(), dim=0)) > 0.99
+        assert ("weights" in info) == (plan is not None)
+    assert weights[None] and max(int(w.abs().max()) for w in weights[None]) > 64  # 8 bits use their range
+    narrow = weights[Int8Plan(narrow_weights=True)]
+    assert narrow and all(int(w.min()) >= -64 and int(w.max()) <= 63 for w in narrow)
+
+
 def test_bf16_refusals(tmp_path):
     with pytest.raises(UserError, match="cannot export detection at bf16: its boxes would be computed in bfloat16"):
         export(ModelSpec("test_resnet", task="detection", num_classes=3, img_size=(128, 128)), ["aoti"], tmp_path / "d",

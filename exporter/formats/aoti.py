@@ -21,7 +21,9 @@ Precisions and Inductor's options (each a ``--target cpu`` candidate, see `autot
   bfloat16 lose whole pixels.
 - ``--int8``: PT2E post-training quantization with torchao's ``X86InductorQuantizer`` (int8
   activations and per-channel weights), calibrated on the calibration pictures, frozen, so Inductor
-  lowers it to oneDNN's quantized convolutions and matmuls (VNNI / AMX-INT8).
+  lowers it to oneDNN's quantized convolutions and matmuls (VNNI / AMX-INT8). Without VNNI, oneDNN
+  adds pairs of u8 x s8 products in 16 bits, which 8-bit weights can saturate: an artifact that then
+  misses its gate is retried with 7-bit weights first (`int8_plan`).
 
 A frozen CPU package with a dynamic batch holds two compiled models: ``model``, any batch, and
 ``batch<N>``, the batch fixed to ``--batch-size`` (1 unless given) at the model's size. Inductor
@@ -93,6 +95,7 @@ class AOTIFormat(Format):
     description = "AOTInductor package: compiled C++/CUDA kernels + weights, runs without Python (CPU or --device cuda)"
     precisions = ("fp32", "bf16", "int8")
     keeps_float = True  # int8 layers kept in float get no qconfig (`int8_plan`)
+    int8_narrow_weights = True  # 7-bit weights where oneDNN's int8 kernels saturate (no VNNI)
     dynamic_size = True
     embeds_preprocessing = True
     Options = AOTIOptions
@@ -216,7 +219,13 @@ def _bfloat16_module():
 def _quantize_x86(program, example, ctx: ExportContext):
     """PT2E int8 for Inductor's x86 lowering: ``program`` quantized and exported again with its dims."""
     from autotimm_deploy.exporter.formats.dims import export_program
-    from autotimm_deploy.exporter.formats.torch_program import planned_float, quantize_pt2e
+    from autotimm_deploy.exporter.formats.int8_plan import narrow_weights_record
+    from autotimm_deploy.exporter.formats.torch_program import (
+        fine_activation_scales,
+        planned_float,
+        quantize_pt2e,
+        seven_bit_weights,
+    )
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer,
         get_default_x86_inductor_quantization_config,
@@ -226,7 +235,11 @@ def _quantize_x86(program, example, ctx: ExportContext):
             "scheme": "int8 activations (asymmetric uint8), per-channel int8 weights; frozen",
             "calibration": ctx.calibration_info}
     graph = program.module()
-    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    config = fine_activation_scales(get_default_x86_inductor_quantization_config())
+    if ctx.int8_plan is not None and ctx.int8_plan.narrow_weights:
+        config = seven_bit_weights(config)
+        info["weights"] = narrow_weights_record("per-channel weights in [-64, 63] (oneDNN behind Inductor)")
+    quantizer = X86InductorQuantizer().set_global(config)
     for name in sorted(planned_float(graph, ctx.int8_plan, info)):
         quantizer.set_module_name_qconfig(name, None)
     dims = None if ctx.options.static else True

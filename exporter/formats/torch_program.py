@@ -90,6 +90,16 @@ def fine_activation_scales(config):
                                output_activation=finer(config.output_activation), weight=finer(config.weight))
 
 
+def seven_bit_weights(config):
+    """A PT2E ``QuantizationConfig`` whose int8 weights stay in [-64, 63]: where x86 int8 kernels add
+    pairs of u8 x s8 products in 16 bits (no VNNI or AMX: oneDNN's, behind Inductor), 8-bit weights
+    can saturate them (mobilenetv3_small_100 at 128 px on a Zen 3: cosine 0.9989 as quantized,
+    0.9690 through oneDNN; 7-bit weights 0.9982 and 0.9982: benchmarks/int8_saturation.py --aoti)."""
+    import dataclasses
+
+    return dataclasses.replace(config, weight=dataclasses.replace(config.weight, quant_min=-64, quant_max=63))
+
+
 def quantize_pt2e(graph, quantizer, ctx, dims) -> "object":
     """PT2E post-training quantization of ``graph`` (an exported program's module) with
     ``quantizer``, calibrated on ``ctx.calibration``: the observed, then converted module."""
