@@ -208,6 +208,56 @@ def test_pointwise_conv1d_is_a_matmul_for_litert(tmp_path):
         assert r.ok, (r.error, r.parity and r.parity.failures)
 
 
+class EcaBlock(nn.Module):
+    """ecaresnet's bottleneck in small: ECA's gate (``x * y.expand_as(x)``) after a BatchNorm, then the
+    residual add."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.layers import EcaModule
+
+        self.embed = nn.Conv2d(3, 16, 4, stride=4)
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.eca = EcaModule(16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        f = self.embed(x)
+        return self.head(torch.relu(f + self.eca(self.bn(self.conv(f)))).mean((2, 3)))
+
+
+def test_an_expanded_gate_broadcasts_along_a_symbolic_batch(tmp_path):
+    """LiteRT's converter failed on ECA's gate with a dynamic batch ("'tfl.mul' op operands don't have
+    broadcast-compatible shapes", ecaresnet50d): the expand_as is left to broadcast, batch symbol and
+    all, and the program computes the same at another batch."""
+    from torch.export import Dim
+
+    torch.manual_seed(0)
+    module = EcaBlock().eval()
+    program = edge_program(module, torch.randn(2, 3, SIZE, SIZE), ({0: Dim("batch", min=1, max=8)},))
+    ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert "aten.expand_as.default" not in ops and "aten.expand.default" not in ops
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        got = program.module()(x)
+        torch.testing.assert_close(got[0] if isinstance(got, (tuple, list)) else got, module(x), rtol=1e-5, atol=1e-6)
+    if get_format("litert").unavailable_reason() is None:
+        model = from_module(EcaBlock(), "eca", SIZE)
+        (r,) = export(model.spec, ["litert"], tmp_path, model=model)
+        assert r.ok, (r.error, r.parity and r.parity.failures)
+
+
+def test_broadcast_of_symbolic_shapes():
+    from autotimm_deploy.exporter.formats.edge_rewrite import _broadcast
+
+    assert _broadcast(["s0", 16, 8, 8], ["s0", 16, 1, 1]) == ["s0", 16, 8, 8]
+    assert _broadcast([16, 1, 1], ["s0", 16, 8, 8]) == ["s0", 16, 8, 8]
+    assert _broadcast([1, 16, 1, 1], ["s0", 16, 8, 8]) == ["s0", 16, 8, 8]
+    assert _broadcast(["s0", 16], ["s1", 16]) is None  # two batches that may differ: undecided
+    assert _broadcast(["s0", 16], [4, 16]) is None  # s0 may be 1 or 4
+
+
 class BicubicBranches(nn.Module):
     """CrossViT's cross-branch resize in small: a map resized bicubically to other grids (by size,
     with and without aligned corners, and by a kept scale factor), then classified."""

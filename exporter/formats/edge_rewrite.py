@@ -9,8 +9,9 @@ ncnn) in the ``torch.export`` program they start from (issue #32).
   written as the windows flattened, ``(B, C, windows, size * size)``: the same elements in the same
   order, no tensor of six axes (Core ML holds five).
 - An operand of add / sub / mul / div that is an ``expand`` (or a permute of one) where
-  broadcasting gives the same result, left to broadcast: LiteRT's converter rejected HaloAttn's
-  relative logits, two expanded five-axis terms added, as not broadcast-compatible.
+  broadcasting gives the same result, left to broadcast, also along a symbolic batch: LiteRT's
+  converter rejected HaloAttn's relative logits, two expanded five-axis terms added, and ECA's gate
+  (``x * y.expand_as(x)``, ecaresnet50d) as not broadcast-compatible.
 
 - ``addcmul`` / ``addcdiv`` (ConvNeXt-V2's global response norm: ``torch.addcmul``), which Core ML
   and pnnx have no translation for: decomposed into their multiplies / divides and add (PyTorch's own
@@ -234,31 +235,31 @@ COREML_REWRITES = (bicubic_as_matmuls,)  # Core ML has no bicubic resize; the ot
 
 
 def broadcast_not_expanded(graph) -> bool:
-    """An operand of add / sub / mul / div that is ``expand(x)``, or a permute of it, as ``x`` (or
-    its permute) where broadcasting gives the same result (HaloAttn's relative logits: two
-    five-axis expanded, permuted terms added; LiteRT's converter rejected that add as not
-    broadcast-compatible); whether any was replaced."""
+    """An operand of add / sub / mul / div that is ``expand(x)`` (or ``expand_as``), or a permute of
+    it, as ``x`` (or its permute) where broadcasting gives the same result, symbolic batch included
+    (HaloAttn's relative logits: two five-axis expanded, permuted terms added; ECA's gate; LiteRT's
+    converter rejected both as not broadcast-compatible); whether any was replaced."""
     import torch
 
     aten = torch.ops.aten
     replaced = False
     for node in [n for n in graph.nodes if n.op == "call_function"
                  and n.target in (aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor)]:
-        operands, shapes = list(node.args[:2]), [_fixed(o) for o in node.args[:2]]
+        operands, shapes = list(node.args[:2]), [_dims(o) for o in node.args[:2]]
         for k, operand in enumerate(node.args[:2]):
             permute = operand if getattr(operand, "target", None) is aten.permute.default else None
             expand = permute.args[0] if permute is not None else operand
-            if getattr(expand, "target", None) is not aten.expand.default:
+            if getattr(expand, "target", None) not in (aten.expand.default, aten.expand_as.default):
                 continue
             x = expand.args[0]
             if permute is not None and x.meta["val"].dim() != expand.meta["val"].dim():
                 continue
             order = list(permute.args[1]) if permute is not None else None
-            shape = _fixed(x)
-            if shape is None or None in shapes or _fixed(node) is None:
+            shape = _dims(x)
+            if shape is None or None in shapes or _dims(node) is None:
                 continue
             shape = shape if order is None else [shape[p] for p in order]
-            if list(torch.broadcast_shapes(*shapes[:k], shape, *shapes[k + 1:])) != _fixed(node):
+            if _broadcast(*shapes[:k], shape, *shapes[k + 1:]) != _dims(node):
                 continue
             shapes[k] = shape
             with graph.inserting_before(node):
@@ -269,16 +270,36 @@ def broadcast_not_expanded(graph) -> bool:
     return replaced
 
 
-def _fixed(value):
-    """The shape of a node's value as ints (a number: ``[]``), None where an axis is symbolic."""
+def _dims(value):
+    """A node's shape with a symbolic axis as its expression's text (``s0``: the same symbol reads the
+    same in every node of a program); None where its value is unknown."""
     import torch
 
     if not isinstance(value, torch.fx.Node):
         return []
     if "val" not in value.meta:
         return None
-    shape = list(value.meta["val"].shape)
-    return shape if all(isinstance(s, int) for s in shape) else None
+    return [s if isinstance(s, int) else str(s) for s in value.meta["val"].shape]
+
+
+def _broadcast(*shapes):
+    """The broadcast of ``shapes`` (`_dims`), or None where it depends on a symbol's value: two
+    different symbols, or a symbol against a size other than 1, on one axis (a symbol against 1 is
+    that symbol, whatever its value)."""
+    rank = max(len(s) for s in shapes)
+    out = []
+    for axis in range(rank):
+        sizes = {s[axis - rank + len(s)] for s in shapes if axis - rank + len(s) >= 0} - {1}
+        if len(sizes) > 1:
+            return None
+        out.append(sizes.pop() if sizes else 1)
+    return out
+
+
+def _fixed(value):
+    """The shape of a node's value as ints (a number: ``[]``), None where an axis is symbolic."""
+    dims = _dims(value)
+    return dims if dims is not None and all(isinstance(s, int) for s in dims) else None
 
 
 def _flat_windows(graph, node):
