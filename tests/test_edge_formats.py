@@ -302,11 +302,13 @@ def test_executorch_int8_keeps_a_transformers_residual_adds_in_float(tmp_path):
     for name, expected in (("test_vit", {torch.ops.aten.add.Tensor}), ("test_resnet", set())):
         graph = folded_program(build_model(ModelSpec(name, num_classes=4, img_size=(64, 64))), x).module()
         assert residual_adds_of_transformers(graph) == expected, name
-    # two of test_vit's six blocks (ExecuTorch's lowering takes time by the graph's size), through the own-module door
-    import timm
+    # two of test_vit's six blocks (ExecuTorch's lowering takes time by the graph's size), built as the
+    # exporter builds timm models (exportable: explicit softmax attention), through the own-module door
     from autotimm_deploy.exporter.models.custom import from_module
+    from autotimm_deploy.exporter.models.timm_backbone import create_timm_model
 
-    vit = from_module(timm.create_model("test_vit", depth=2, num_classes=10, img_size=64).eval(), "vit_2", 64)
+    vit = from_module(create_timm_model(ModelSpec("test_vit", num_classes=10, img_size=(64, 64)), depth=2,
+                                        num_classes=10).eval(), "vit_2", 64)
     (r,) = export(vit.spec, ["executorch"], tmp_path, ExportOptions(precision="int8", calib_data="sample-pictures",
                                                                      calib_samples=16), model=vit)
     assert r.ok, (r.error, r.parity and r.parity.failures)

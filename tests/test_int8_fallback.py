@@ -172,7 +172,7 @@ def test_which_cpus_saturate_int8():
     assert int8_saturates({"avx2", "fma"}, "x86_64") and int8_saturates({"avx512f", "avx512bw"}, "x86_64")
     assert not int8_saturates({"avx2", "avx512_vnni"}, "x86_64") and not int8_saturates({"avx_vnni"}, "AMD64")
     assert not int8_saturates({"asimd"}, "aarch64") and not int8_saturates(set(), "x86_64")  # flags unread: unknown
-    for fmt in ("onnx", "openvino"):
+    for fmt in ("onnx", "openvino", "aoti"):
         assert narrow_plans(get_format(fmt), saturates=True) == [Int8Plan(narrow_weights=True)]
         assert narrow_plans(get_format(fmt), saturates=False) == []
     assert narrow_plans(get_format("executorch"), saturates=True) == []  # (XNNPACK's quantizer has no 7-bit form)

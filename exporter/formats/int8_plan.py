@@ -43,7 +43,7 @@ class Int8Plan:
     calibrator: str | None = None  # None: the format's default
     groups: tuple[str, ...] = ()  # which kinds of layer are kept in float
     modules: tuple[str, ...] = ()  # their timm module paths
-    narrow_weights: bool = False  # weights in 7 bits (ONNX Runtime's reduce_range): no 16-bit saturation
+    narrow_weights: bool = False  # weights in 7 bits (`Format.int8_narrow_weights`): no 16-bit saturation
 
     def record(self) -> dict[str, Any]:
         return {"calibrator": self.calibrator, "weight_bits": 7 if self.narrow_weights else 8,
