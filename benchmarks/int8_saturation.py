@@ -117,34 +117,42 @@ def _openvino_row(name: str, onnx_path: Path, x: np.ndarray) -> str:
     return f"| {name} | {' | '.join(cells)} |"
 
 
+def _pt2e(name: str, size: int, x: np.ndarray, quantizer, trace):
+    """``name`` (random weights) on ``x``: eager's logits, the PT2E-quantized module's (each Q/DQ pair
+    in float) and that module's program, traced by ``trace(module, example)``."""
+    import torch
+    from autotimm_deploy.exporter.formats.torch_program import program_module
+    from autotimm_deploy.exporter.models import build_model
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    example = torch.from_numpy(x)
+    module = program_module(build_model(ModelSpec(name, img_size=(size, size))))
+    with torch.no_grad():
+        prepared = prepare_pt2e(trace(module, example).module(), quantizer)
+        prepared(example)
+        quantized = convert_pt2e(prepared)
+        return module(example).numpy(), quantized(example).numpy(), torch.export.export(quantized, (example,),
+                                                                                       strict=False)
+
+
 def _executorch_row(name: str, size: int, x: np.ndarray) -> str:
     import torch
     from autotimm_deploy.exporter.formats.edge_rewrite import edge_program
     from autotimm_deploy.exporter.formats.executorch import _lower
-    from autotimm_deploy.exporter.formats.torch_program import fine_activation_scales, program_module
-    from autotimm_deploy.exporter.models import build_model
+    from autotimm_deploy.exporter.formats.torch_program import fine_activation_scales
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
     from executorch.runtime import Runtime
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    example = torch.from_numpy(x)
-    module = program_module(build_model(ModelSpec(name, img_size=(size, size))))
     quantizer = XNNPACKQuantizer().set_global(fine_activation_scales(get_symmetric_quantization_config(is_per_channel=True)))
-    with torch.no_grad():
-        ref = module(example).numpy()
-        prepared = prepare_pt2e(edge_program(module, example).module(), quantizer)
-        prepared(example)
-        quantized = convert_pt2e(prepared)
-        simulated = quantized(example).numpy()
-        program = torch.export.export(quantized, (example,), strict=False)
+    ref, simulated, program = _pt2e(name, size, x, quantizer, edge_program)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d, "m.pte")
         path.write_bytes(_lower(program))
-        lowered = Runtime.get().load_program(str(path)).load_method("forward").execute([example])[0].numpy()
-    return f"| {name} | {_metrics(simulated, ref)} | {_metrics(lowered, ref)} |"
+        lowered = Runtime.get().load_program(str(path)).load_method("forward").execute([torch.from_numpy(x)])[0]
+    return f"| {name} | {_metrics(simulated, ref)} | {_metrics(lowered.numpy(), ref)} |"
 
 
 AOTI_BITS = ("8-bit", "7-bit activations (reduce_range)", "7-bit weights")
@@ -152,31 +160,16 @@ AOTI_BITS = ("8-bit", "7-bit activations (reduce_range)", "7-bit weights")
 
 def _aoti_row(name: str, size: int, x: np.ndarray, bits: str) -> str:
     import torch
-    from autotimm_deploy.exporter.formats.torch_program import fine_activation_scales, program_module, seven_bit_weights
-    from autotimm_deploy.exporter.models import build_model
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        X86InductorQuantizer,
-        get_default_x86_inductor_quantization_config,
-    )
+    from autotimm_deploy.exporter.formats.aoti import x86_int8_config
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
 
-    example = torch.from_numpy(x)
-    module = program_module(build_model(ModelSpec(name, img_size=(size, size))))
-    config = fine_activation_scales(get_default_x86_inductor_quantization_config(reduce_range="activations" in bits))
-    if "weights" in bits:
-        config = seven_bit_weights(config)
-    with torch.no_grad():
-        ref = module(example).numpy()
-        prepared = prepare_pt2e(torch.export.export(module, (example,), strict=False).module(),
-                                X86InductorQuantizer().set_global(config))
-        prepared(example)
-        quantized = convert_pt2e(prepared)
-        simulated = quantized(example).numpy()
-        program = torch.export.export(quantized, (example,), strict=False)
-        with tempfile.TemporaryDirectory() as d:
-            path = torch._inductor.aoti_compile_and_package(program, package_path=str(Path(d, "m.pt2")),
-                                                            inductor_configs={"freezing": True})
-            compiled = torch._inductor.aoti_load_package(path)(example)
+    config = x86_int8_config(narrow_weights="weights" in bits, reduce_range="activations" in bits)
+    ref, simulated, program = _pt2e(name, size, x, X86InductorQuantizer().set_global(config),
+                                    lambda m, e: torch.export.export(m, (e,), strict=False))
+    with torch.no_grad(), tempfile.TemporaryDirectory() as d:
+        path = torch._inductor.aoti_compile_and_package(program, package_path=str(Path(d, "m.pt2")),
+                                                        inductor_configs={"freezing": True})
+        compiled = torch._inductor.aoti_load_package(path)(torch.from_numpy(x))
     compiled = (compiled[0] if isinstance(compiled, (list, tuple)) else compiled).numpy()
     return f"| {name} | {bits} | {_metrics(simulated, ref)} | {_metrics(compiled, ref)} |"
 

@@ -216,30 +216,32 @@ def _bfloat16_module():
     return Bfloat16Module
 
 
+def x86_int8_config(narrow_weights: bool = False, reduce_range: bool = False):
+    """X86InductorQuantizer's default config as the int8 build uses it: scales below its 2**-12
+    floor allowed, weights in 7 bits with ``narrow_weights``; ``reduce_range`` (7-bit activations,
+    torchao's own remedy for CPUs without VNNI) is for comparison only (benchmarks/int8_saturation.py)."""
+    from autotimm_deploy.exporter.formats.torch_program import fine_activation_scales, seven_bit_weights
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import get_default_x86_inductor_quantization_config
+
+    config = fine_activation_scales(get_default_x86_inductor_quantization_config(reduce_range=reduce_range))
+    return seven_bit_weights(config) if narrow_weights else config
+
+
 def _quantize_x86(program, example, ctx: ExportContext):
     """PT2E int8 for Inductor's x86 lowering: ``program`` quantized and exported again with its dims."""
     from autotimm_deploy.exporter.formats.dims import export_program
     from autotimm_deploy.exporter.formats.int8_plan import narrow_weights_record
-    from autotimm_deploy.exporter.formats.torch_program import (
-        fine_activation_scales,
-        planned_float,
-        quantize_pt2e,
-        seven_bit_weights,
-    )
-    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        X86InductorQuantizer,
-        get_default_x86_inductor_quantization_config,
-    )
+    from autotimm_deploy.exporter.formats.torch_program import planned_float, quantize_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
 
     info = {"tool": "torchao pt2e + X86InductorQuantizer",
             "scheme": "int8 activations (asymmetric uint8), per-channel int8 weights; frozen",
             "calibration": ctx.calibration_info}
     graph = program.module()
-    config = fine_activation_scales(get_default_x86_inductor_quantization_config())
-    if ctx.int8_plan is not None and ctx.int8_plan.narrow_weights:
-        config = seven_bit_weights(config)
+    narrow = ctx.int8_plan is not None and ctx.int8_plan.narrow_weights
+    if narrow:
         info["weights"] = narrow_weights_record("per-channel weights in [-64, 63] (oneDNN behind Inductor)")
-    quantizer = X86InductorQuantizer().set_global(config)
+    quantizer = X86InductorQuantizer().set_global(x86_int8_config(narrow))
     for name in sorted(planned_float(graph, ctx.int8_plan, info)):
         quantizer.set_module_name_qconfig(name, None)
     dims = None if ctx.options.static else True
