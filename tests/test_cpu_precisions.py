@@ -15,7 +15,7 @@ from autotimm_deploy.profiler.targets import open_target, resolve
 
 pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
 
-SPEC = ModelSpec("resnet18", num_classes=10, img_size=(64, 64))
+SPEC = ModelSpec("test_resnet", num_classes=10, img_size=(64, 64))
 PREP = {"input_size": [3, 64, 64], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
         "interpolation": "bicubic", "crop_pct": 0.875}
 
@@ -98,7 +98,7 @@ def test_openvino_throughput_path_matches_latency_path(openvino):
 def test_int8_with_calibration_images(tmp_path, calib_dir, fmt):
     opts = ExportOptions(precision="int8", calib_data=str(calib_dir), calib_samples=6)
     (r,) = export(SPEC, [fmt], tmp_path, opts)
-    assert r.artifact.name.startswith("resnet18-int8")
+    assert r.artifact.name.startswith("test_resnet-int8")
     assert r.ok, r.parity.failures
     m = load_manifest(r.artifact)
     q = m.export["quantization"]

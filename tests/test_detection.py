@@ -14,7 +14,7 @@ from autotimm_deploy.exporter.pipeline import export
 
 HEAD = {"fpn_channels": 64, "max_detections": 25}
 SPECS = {
-    "resnet18": ModelSpec("resnet18", task="detection", num_classes=5, img_size=(128, 128), head=HEAD),
+    "test_resnet": ModelSpec("test_resnet", task="detection", num_classes=5, img_size=(128, 128), head=HEAD),
     "test_vit": ModelSpec("test_vit", task="detection", num_classes=5, img_size=(128, 128),
                           head={**HEAD, "depthwise": True}),  # stride-16 features: FPN resamples P3/P5
 }
@@ -40,7 +40,7 @@ def test_detection_exports_with_task_parity(name, tmp_path):
 
 
 def test_nms_in_graph_equals_torchvision_batched_nms():
-    model = build_model(SPECS["resnet18"])
+    model = build_model(SPECS["test_resnet"])
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((3, 3, 128, 128), dtype=np.float32))
     with torch.no_grad():
         boxes, scores, labels, _ = model.candidates(model.head_outputs(x))
@@ -67,7 +67,7 @@ def test_nms_thresholds_and_padding_on_known_boxes():
 
 
 def test_raw_outputs():
-    spec = SPECS["resnet18"].replace(head={**HEAD, "raw": True})
+    spec = SPECS["test_resnet"].replace(head={**HEAD, "raw": True})
     m = build_model(spec)
     outs = m(torch.zeros(1, 3, 128, 128))
     assert m.output_names[:3] == ("cls_p3", "reg_p3", "ctr_p3") and len(outs) == 15

@@ -267,7 +267,7 @@ def test_detection_and_segmentation_end_to_end(tmp_path, coco):
     """Eager and the ONNX artifact scored on the same files: the same numbers (fp32)."""
     pics, _, masks = rectangles(4, size=(48, 80), classes=3)
     seg = write_mask_folder(tmp_path / "seg", pics, masks)
-    cases = [(ModelSpec("resnet18", task="detection", num_classes=3, img_size=(128, 128),
+    cases = [(ModelSpec("test_resnet", task="detection", num_classes=3, img_size=(128, 128),
                         head={"fpn_channels": 32, "max_detections": 10, "score_threshold": 0.0}), coco[0], "mAP"),
              (ModelSpec("test_resnet", task="semantic-segmentation", num_classes=4, img_size=(64, 64)), seg, "mIoU")]
     for spec, data, primary in cases:

@@ -13,7 +13,7 @@ from autotimm_deploy.exporter.pipeline import export
 
 HEAD = {"fpn_channels": 64, "max_detections": 15}
 SPECS = {
-    "resnet18": ModelSpec("resnet18", task="instance-segmentation", num_classes=5, img_size=(128, 128), head=HEAD),
+    "test_resnet": ModelSpec("test_resnet", task="instance-segmentation", num_classes=5, img_size=(128, 128), head=HEAD),
     "test_vit": ModelSpec("test_vit", task="instance-segmentation", num_classes=5, img_size=(128, 128),
                           head={**HEAD, "depthwise": True}),
 }
@@ -34,7 +34,7 @@ def test_instance_exports_with_mask_parity(name, tmp_path):
 
 
 def test_masks_live_inside_their_boxes():
-    model = build_model(SPECS["resnet18"])
+    model = build_model(SPECS["test_resnet"])
     x = torch.from_numpy(np.random.default_rng(1).standard_normal((2, 3, 128, 128), dtype=np.float32))
     with torch.no_grad():
         boxes, scores, labels, count, masks = model(x)
@@ -67,6 +67,6 @@ def test_mask_iou_metric_and_gate():
 
 def test_instance_rejects_detection_only_options():
     with pytest.raises(UserError, match="raw"):
-        build_model(SPECS["resnet18"].replace(head={**HEAD, "raw": True}))
+        build_model(SPECS["test_resnet"].replace(head={**HEAD, "raw": True}))
     with pytest.raises(UserError, match="divisible"):
-        build_model(SPECS["resnet18"].replace(img_size=(96, 96)))
+        build_model(SPECS["test_resnet"].replace(img_size=(96, 96)))

@@ -11,7 +11,7 @@ from autotimm_deploy.exporter.parity import TOLERANCES, compare
 from autotimm_deploy.exporter.pipeline import export
 
 CASES = {
-    "resnet18-fcn": ModelSpec("resnet18", task="semantic-segmentation", num_classes=5, img_size=(64, 96),
+    "resnet-fcn": ModelSpec("test_resnet", task="semantic-segmentation", num_classes=5, img_size=(64, 96),
                               head={"head": "fcn", "argmax": True}),
     "swin-deeplabv3plus": ModelSpec("swin_tiny_patch4_window7_224", task="semantic-segmentation", num_classes=4,
                                     img_size=(64, 64), head={"head": "deeplabv3plus"}),

@@ -144,8 +144,8 @@ def test_weak_int8_needs_enough_calibration(tmp_path):
         loader_chain(plan, tmp_path / "m.onnx", tmp_path / "m.engine", None)
 
 
-@pytest.mark.parametrize("spec", [ModelSpec("resnet18", num_classes=10, img_size=(64, 64)),
-                                  ModelSpec("resnet18", task="detection", num_classes=5, img_size=(128, 128),
+@pytest.mark.parametrize("spec", [ModelSpec("test_resnet", num_classes=10, img_size=(64, 64)),
+                                  ModelSpec("test_resnet", task="detection", num_classes=5, img_size=(128, 128),
                                             head={"fpn_channels": 32, "max_detections": 20})],
                          ids=["classification", "detection"])
 def test_fp16_compute_onnx_parity_in_onnxruntime(tmp_path, spec):
