@@ -41,8 +41,8 @@ def artifacts(tmp_path_factory):
     """A classifier (ONNX, TorchScript, OpenVINO) and a detector (ONNX), exported once."""
     out = tmp_path_factory.mktemp("artifacts")
     formats = ["onnx", "torchscript"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
-    cls = export(ModelSpec("resnet18", num_classes=7, img_size=(64, 64)), formats, out / "cls", ExportOptions())
-    det = export(ModelSpec("resnet18", task="detection", num_classes=3, img_size=(128, 128),
+    cls = export(ModelSpec("test_resnet", num_classes=7, img_size=(64, 64)), formats, out / "cls", ExportOptions())
+    det = export(ModelSpec("test_resnet", task="detection", num_classes=3, img_size=(128, 128),
                            head={"fpn_channels": 32, "max_detections": 10, "score_threshold": 0.0}),
                  ["onnx"], out / "det", ExportOptions())
     assert all(r.ok for r in cls + det), [(r.format, r.error) for r in cls + det]
@@ -71,7 +71,7 @@ def test_every_config_parses_with_tritons_schema(tmp_path, artifacts):
 
     cls, det = artifacts
     # a TensorRT engine's manifest (no TensorRT here: the ONNX manifest, renamed, stands in for its config)
-    engine = tmp_path / "src" / "resnet18.engine"
+    engine = tmp_path / "src" / "test_resnet.engine"
     engine.parent.mkdir()
     shutil.copy(cls["onnx"], engine)
     m = json.loads(cls["onnx"].with_name(cls["onnx"].name + ".json").read_text())
@@ -83,17 +83,17 @@ def test_every_config_parses_with_tritons_schema(tmp_path, artifacts):
     gpu = build_repository([cls["onnx"], cls["torchscript"], engine, det, *openvino], tmp_path / "gpu",
                            ServeOptions(kind="gpu", instances=2, ort_tensorrt=True, max_batch=8))
     # and an engine whose profile starts at batch 4: Triton must not batch it (its batcher would send fewer)
-    engine4 = tmp_path / "src" / "resnet18-b4.engine"
+    engine4 = tmp_path / "src" / "test_resnet-b4.engine"
     shutil.copy(engine, engine4)
     m.update(artifact=engine4.name, files={engine4.name: m["files"][engine.name]},
              batch={"dynamic": True, "min": 4, "opt": 8, "max": 16})
     engine4.with_name(engine4.name + ".json").write_text(json.dumps(m))
     cpu = build_repository([cls["onnx"], cls["torchscript"], *openvino, engine4], tmp_path / "cpu", ServeOptions(queue_delay_us=500))
     notes = {x.name: x.note for x in cpu if x.note}
-    assert "runs on gpu, not --kind cpu" in notes["resnet18-b4_engine"]  # said, not silently dropped
-    assert "batches of" in notes["resnet18-b4_engine_ensemble"]
-    assert not (tmp_path / "cpu" / "resnet18-b4_engine").exists()
-    b4 = _configs(tmp_path / "cpu")["resnet18-b4_engine_python"]
+    assert "runs on gpu, not --kind cpu" in notes["test_resnet-b4_engine"]  # said, not silently dropped
+    assert "batches of" in notes["test_resnet-b4_engine_ensemble"]
+    assert not (tmp_path / "cpu" / "test_resnet-b4_engine").exists()
+    b4 = _configs(tmp_path / "cpu")["test_resnet-b4_engine_python"]
     assert b4.max_batch_size == 0 and list(b4.input[0].dims) == [-1, 3, 64, 64]  # the client sends whole batches
     assert b4.instance_group[0].kind == b4.instance_group[0].KIND_GPU  # our TensorRT runtime needs the GPU
     assert list(b4.model_warmup[0].inputs["input"].dims) == [4, 3, 64, 64]
@@ -101,7 +101,7 @@ def test_every_config_parses_with_tritons_schema(tmp_path, artifacts):
     written = [x for x in gpu + cpu if not x.note]
     assert len(configs) == len(written)  # every model written has a config, and every config parses
 
-    onnx = configs["resnet18_onnx"]
+    onnx = configs["test_resnet_onnx"]
     assert onnx.backend == "onnxruntime" and onnx.max_batch_size == 8 and onnx.default_model_filename == "model.onnx"
     assert [(i.name, list(i.dims)) for i in onnx.input] == [("input", [3, 64, 64])]
     assert [(o.name, list(o.dims)) for o in onnx.output] == [("logits", [7])]
@@ -110,30 +110,30 @@ def test_every_config_parses_with_tritons_schema(tmp_path, artifacts):
     accelerator = onnx.optimization.execution_accelerators.gpu_execution_accelerator[0]
     assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP32"
     assert onnx.model_warmup[0].inputs["input"].zero_data and list(onnx.model_warmup[0].inputs["input"].dims) == [3, 64, 64]
-    trt = configs["resnet18_engine"]
+    trt = configs["test_resnet_engine"]
     assert trt.backend == "tensorrt" and trt.max_batch_size == 8 and trt.default_model_filename == "model.plan"
-    torch_model = configs["resnet18_pt"]
+    torch_model = configs["test_resnet_pt"]
     assert torch_model.backend == "pytorch" and [i.name for i in torch_model.input] == ["INPUT__0"]
     assert [o.name for o in torch_model.output] == ["OUTPUT__0"]
-    assert configs["cpu/resnet18_onnx"].dynamic_batching.max_queue_delay_microseconds == 500
+    assert configs["cpu/test_resnet_onnx"].dynamic_batching.max_queue_delay_microseconds == 500
     if "openvino" in cls:
-        ov = configs["cpu/resnet18_xml"]
+        ov = configs["cpu/test_resnet_xml"]
         assert ov.backend == "openvino" and ov.instance_group[0].kind == ov.instance_group[0].KIND_CPU
-        assert sorted(p.name for p in (tmp_path / "cpu" / "resnet18_xml" / "1").iterdir()) == ["model.bin", "model.xml"]
+        assert sorted(p.name for p in (tmp_path / "cpu" / "test_resnet_xml" / "1").iterdir()) == ["model.bin", "model.xml"]
     if openvino:  # Triton's OpenVINO backend has no GPU instances, nor has our OpenVINO runtime
-        assert not (tmp_path / "gpu" / "resnet18_xml").exists()
-        ov_py = configs["resnet18_xml_python"]
+        assert not (tmp_path / "gpu" / "test_resnet_xml").exists()
+        ov_py = configs["test_resnet_xml_python"]
         assert ov_py.instance_group[0].kind == ov_py.instance_group[0].KIND_CPU
     # the detector: num_detections is one scalar per picture (dims [1] reshaped to []), boxes go back
     # to the picture's pixels in the ensemble
-    det_py = configs["resnet18-det_onnx_python"]
+    det_py = configs["test_resnet-det_onnx_python"]
     count = next(o for o in det_py.output if o.name == "num_detections")
     assert list(count.dims) == [1] and list(count.reshape.shape) == []
-    steps = [s.model_name for s in configs["resnet18-det_onnx_ensemble"].ensemble_scheduling.step]
-    assert steps == ["resnet18-det_onnx_preprocess", "resnet18-det_onnx_python", "resnet18-det_onnx_boxes"]
+    steps = [s.model_name for s in configs["test_resnet-det_onnx_ensemble"].ensemble_scheduling.step]
+    assert steps == ["test_resnet-det_onnx_preprocess", "test_resnet-det_onnx_python", "test_resnet-det_onnx_boxes"]
     native = build_repository([cls["torchscript"]], tmp_path / "native", ensemble_over="native")
     (ens,) = [c for n, c in _configs(tmp_path / "native").items() if n.endswith("_ensemble")]
-    assert ens.ensemble_scheduling.step[1].model_name == "resnet18_pt"
+    assert ens.ensemble_scheduling.step[1].model_name == "test_resnet_pt"
     assert dict(ens.ensemble_scheduling.step[1].input_map) == {"INPUT__0": "preprocessed"}
     assert {m.role for m in native} == {"native", "python", "preprocess", "ensemble"}
     assert "__MODEL__" not in (tmp_path / "cpu" / "client.py").read_text()
@@ -169,11 +169,11 @@ def test_served_by_a_real_triton_over_http_and_grpc(tmp_path, artifacts):
     picture = _picture()
     data = np.frombuffer(picture, np.uint8)
     with serving(repo) as server:
-        assert set(server.skipped) == {"resnet18_onnx", "resnet18_pt", "resnet18-det_onnx"}  # native: validated only
+        assert set(server.skipped) == {"test_resnet_onnx", "test_resnet_pt", "test_resnet-det_onnx"}  # native: validated only
         for client, url in ((http, server.http_url), (grpc, server.grpc_url)):
             c = client.InferenceServerClient(url)
-            for artifact, base in ((cls["onnx"], "resnet18_onnx"), (cls["torchscript"], "resnet18_pt"),
-                                   (det, "resnet18-det_onnx")):
+            for artifact, base in ((cls["onnx"], "test_resnet_onnx"), (cls["torchscript"], "test_resnet_pt"),
+                                   (det, "test_resnet-det_onnx")):
                 x, expected = _expected(artifact, picture)
                 image = client.InferInput("IMAGE", list(data.shape), "UINT8")
                 image.set_data_from_numpy(data)
@@ -186,14 +186,14 @@ def test_served_by_a_real_triton_over_http_and_grpc(tmp_path, artifacts):
                 got = c.infer(f"{base}_python", [feed])
                 first = got.as_numpy(load_manifest(artifact).outputs[0].name)
                 assert first.shape[0] == 2
-                if base != "resnet18-det_onnx":
+                if base != "test_resnet-det_onnx":
                     np.testing.assert_allclose(first[:1], expected["logits"], rtol=1e-4, atol=1e-4)
         broken = http.InferInput("IMAGE", [4], "UINT8")
         broken.set_data_from_numpy(np.array([1, 2, 3, 4], np.uint8))
         with pytest.raises(Exception, match="not an image file"):
-            http.InferenceServerClient(server.http_url).infer("resnet18_onnx_ensemble", [broken])
+            http.InferenceServerClient(server.http_url).infer("test_resnet_onnx_ensemble", [broken])
         p = subprocess.run([sys.executable, str(repo / "client.py"), str(_write(tmp_path, picture)), "--url",
-                            server.grpc_url, "--grpc", "--model", "resnet18_onnx_ensemble"],
+                            server.grpc_url, "--grpc", "--model", "test_resnet_onnx_ensemble"],
                            capture_output=True, text=True, timeout=120)
         assert p.returncode == 0 and p.stdout.count("class") == 5, p.stdout + p.stderr
         _profile_served(server)
@@ -210,12 +210,12 @@ def _profile_served(server):
     from autotimm_deploy.profiler.pipeline import profile
     from autotimm_deploy.profiler.targets import open_target, resolve
 
-    http_url = f"triton://{server.http_url}/resnet18_onnx_python"
-    grpc_url = f"triton://{server.grpc_url}/resnet18_onnx_python?protocol=grpc"
+    http_url = f"triton://{server.http_url}/test_resnet_onnx_python"
+    grpc_url = f"triton://{server.grpc_url}/test_resnet_onnx_python?protocol=grpc"
     settings = Settings(batch_sizes=[1, 2], harness=HarnessConfig(max_time=0.5, warmup_time=0.2))
     report = profile([http_url, grpc_url], settings, compare_eager=True, isolate=False)
     runs = {run["target"]["label"]: run for run in report["runs"]}
-    assert {"resnet18 [eager]", "resnet18_onnx_python [triton http]", "resnet18_onnx_python [triton grpc]"} <= \
+    assert {"test_resnet [eager]", "test_resnet_onnx_python [triton http]", "test_resnet_onnx_python [triton grpc]"} <= \
         set(runs), runs
     served = [run for run in report["runs"] if run["runtime"] == "triton"]
     assert len(served) == 2 and all(not p.get("error") and p["stats_ms"]["p50"] > 0 for r in served for p in r["points"])
@@ -232,10 +232,10 @@ def _profile_served(server):
 def test_profiler_bad_served_targets_are_one_line(tmp_path):
     from autotimm_deploy.exporter.triton.server import free_port
 
-    nobody = f"triton://127.0.0.1:{free_port()}/resnet18_onnx_python"
+    nobody = f"triton://127.0.0.1:{free_port()}/test_resnet_onnx_python"
     for args, message in [([nobody], "no Triton server answers"),
                           (["triton://127.0.0.1/"], "a served model is triton://HOST[:PORT]/MODEL"),
-                          (["resnet18", "--concurrency", "1,4"], "--concurrency measures served models"),
+                          (["test_resnet", "--concurrency", "1,4"], "--concurrency measures served models"),
                           ([nobody, "--concurrency", "0"], "--concurrency takes numbers of clients")]:
         p = call_cli("autotimm_deploy.profiler.cli", *args, "--no-isolate")
         assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
@@ -255,12 +255,12 @@ def test_the_server_is_stopped_when_the_test_fails(tmp_path, artifacts):
     cls, _ = artifacts
     build_repository([cls["onnx"]], tmp_path / "repo")
     with pytest.raises(RuntimeError, match="a failing test"):
-        with serving(tmp_path / "repo", models=["resnet18_onnx_python"]) as server:
+        with serving(tmp_path / "repo", models=["test_resnet_onnx_python"]) as server:
             process = server.process
             raise RuntimeError("a failing test")
     assert process.poll() is not None
     with pytest.raises(UserError, match="this server has no onnxruntime backend"):
-        with serving(tmp_path / "repo", models=["resnet18_onnx"]):
+        with serving(tmp_path / "repo", models=["test_resnet_onnx"]):
             pass
     import socket
 
