@@ -124,6 +124,23 @@ def test_old_opset_uses_torchscript_exporter_without_simplify(tmp_path):
     assert onnx.load(str(r.artifact)).opset_import[0].version == 17
 
 
+def test_torchlib_is_listed_once_a_process(tmp_path, monkeypatch):
+    """torch.onnx.export lists onnxscript's torchlib anew at each call, for its operator registry:
+    the exporter lets it list once a process, and puts torch's lookup back after each export."""
+    from torch.onnx._internal import _lazy_import
+
+    import autotimm_deploy.exporter.formats.onnx_graph as og
+
+    apis = _lazy_import.onnxscript_apis
+    real, calls = apis.get_torchlib_ops, []
+    monkeypatch.setattr(og, "_TORCHLIB_OPS", {})
+    monkeypatch.setattr(apis._module, "get_torchlib_ops", lambda: calls.append(1) or real())
+    for i in range(2):
+        (r,) = export(SMALL, ["onnx"], tmp_path / str(i), verify=False)
+        assert r.ok and r.info["exporter"] == "torch.onnx.dynamo"
+    assert len(calls) == 1 and "get_torchlib_ops" not in vars(apis)
+
+
 def test_dynamo_failure_falls_back_and_is_recorded(tmp_path, monkeypatch):
     import autotimm_deploy.exporter.formats.onnx_graph as fo
 
