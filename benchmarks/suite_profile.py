@@ -23,7 +23,7 @@ from collections import Counter
 PROCESSES = (("exec(eval(sys.stdin", "pytest worker"), ("litert_convert", "LiteRT converter"),
              ("profiler.worker", "profiler worker (--isolate)"), ("exporter.cli", "autotimm-export (subprocess)"),
              ("profiler.cli", "autotimm-profile (subprocess)"), ("triton_python_backend_stub", "Triton Python stub"),
-             ("ray", "Ray (its own processes)"))
+             ("/ray/", "Ray (its own processes)"), ("ray::", "Ray (its own processes)"))
 # A phase: a frame's text on the stack (file and function as py-spy writes them).
 PHASES = (("all imports", "_find_and_load"),
           ("torch.export tracing", "_log_export_wrapper.<locals>.wrapper (torch/export/_trace.py"),
@@ -38,17 +38,20 @@ PHASES = (("all imports", "_find_and_load"),
           ("AOTInductor compile", "_compile (exporter/formats/aoti.py"),
           ("OpenVINO", "(openvino/"), ("NNCF", "(nncf/"), ("Core ML", "(coremltools/"),
           ("sympy", "(sympy/"), ("parity", "(exporter/parity.py"))
-_PROCESS = re.compile(r'process \d+:"([^"]*)"')
+_PROCESS = re.compile(r'process \d+:"(.*?)"(?:;|$)', re.S)
 _TEST = re.compile(r"^(\w+) \(((test_\w+)|conftest)\.py")
 
 
 def _samples(path: str):
     """(stack frames, sampled process's command line, count) for each line of a py-spy raw file."""
+    record = ""
     with open(path) as f:
-        for line in f:
-            stack, _, count = line.rstrip("\n").rpartition(" ")
-            if not count.isdigit():  # a command line with a space at its end: not a sample line
+        for line in f:  # a command line with a newline in it (python -c) goes on over the next lines
+            record += line
+            stack, _, count = record.rstrip("\n").rpartition(" ")
+            if not (count.isdigit() and stack.endswith((")", '"'))):  # a sample ends in a frame, then its count
                 continue
+            record = ""
             commands = _PROCESS.findall(stack)
             yield stack, (commands[-1] if commands else ""), int(count)
 
@@ -80,7 +83,7 @@ def main() -> None:
                 by_phase[name] += n
         if wanted in stack:
             tests = [m.group(1) + " (" + m.group(2) + ")" for f in stack.split(";") if (m := _TEST.match(f))]
-            by_test[tests[-1] if tests else "(outside a test: a subprocess)"] += n
+            by_test[tests[0] if tests else f"(no test on the stack: {_kind(command)})"] += n  # the test or fixture
     print(f"{total / a.rate:.0f} CPU s sampled\n")
     print(_table("process", by_kind, total, a.rate), end="\n\n")
     print(_table("phase (nested)", by_phase, total, a.rate), end="\n\n")

@@ -138,7 +138,7 @@ def test_torchlib_is_listed_once_a_process(tmp_path, monkeypatch):
     for i in range(2):
         (r,) = export(SMALL, ["onnx"], tmp_path / str(i), verify=False)
         assert r.ok and r.info["exporter"] == "torch.onnx.dynamo"
-    assert len(calls) == 1 and "get_torchlib_ops" not in vars(apis)
+    assert len(calls) == 1 and "get_torchlib_ops" not in vars(apis) and og._LISTED["users"] == 0
 
 
 def test_dynamo_failure_falls_back_and_is_recorded(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -51,37 +52,47 @@ def _dynamo_program(ctx: ExportContext, names: tuple[list[str], list[str]], opti
 
 
 _TORCHLIB_OPS: dict = {}  # onnxscript's lister -> what it listed
+_LISTED = {"lock": threading.Lock(), "users": 0, "before": None}  # exports inside, what was there before
 
 
 @contextlib.contextmanager
 def torchlib_listed_once():
     """``torch.onnx.export`` builds its operator registry anew at each call, and most of that (0.9 s
     of CPU a call here, 0.2 s with this) is onnxscript listing torchlib's functions, the same list each
-    time: listed once a process, for every export within it (a recipe's models, the test suite).
-    Where torch's internals differ, exports go on as they were."""
+    time: listed once a process, for every export within it (a recipe's models, the test suite). The
+    first export in puts the cached lister on torch's lazy module, the last one out takes it off
+    (threads may overlap); where torch's internals differ, exports go on as they were."""
     try:
         from torch.onnx._internal import _lazy_import
 
         apis = _lazy_import.onnxscript_apis
-        lister = apis.get_torchlib_ops
-    except (ImportError, AttributeError):
+        with _LISTED["lock"]:
+            if not _LISTED["users"]:
+                _LISTED["before"] = vars(apis).get("get_torchlib_ops")  # (the lazy module holds none)
+                apis.get_torchlib_ops = _cached_lister(apis.get_torchlib_ops)
+            _LISTED["users"] += 1
+    except (ImportError, AttributeError, TypeError):
+        apis = None
+    try:
         yield
-        return
+    finally:
+        if apis is not None:
+            with _LISTED["lock"]:
+                _LISTED["users"] -= 1
+                if not _LISTED["users"]:
+                    if _LISTED["before"] is None:
+                        vars(apis).pop("get_torchlib_ops", None)
+                    else:
+                        apis.get_torchlib_ops = _LISTED["before"]
 
+
+def _cached_lister(lister):
     def listed():
         if lister not in _TORCHLIB_OPS:
             _TORCHLIB_OPS[lister] = lister()
         return _TORCHLIB_OPS[lister]
 
-    before = vars(apis).get("get_torchlib_ops")  # (torch's lazy module holds none of its own)
-    apis.get_torchlib_ops = listed  # found before the lazy module's lookup of the real one
-    try:
-        yield
-    finally:
-        if before is None:
-            vars(apis).pop("get_torchlib_ops", None)
-        else:
-            apis.get_torchlib_ops = before
+    return listed
 
 
 def translated_program(ctx: ExportContext):
