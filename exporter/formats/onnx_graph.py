@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import threading
 import warnings
@@ -51,7 +52,6 @@ def _dynamo_program(ctx: ExportContext, names: tuple[list[str], list[str]], opti
     return program
 
 
-_TORCHLIB_OPS: dict = {}  # onnxscript's lister -> what it listed
 _LISTED = {"lock": threading.Lock(), "users": 0, "before": None}  # exports inside, what was there before
 
 
@@ -69,7 +69,7 @@ def torchlib_listed_once():
         with _LISTED["lock"]:
             if not _LISTED["users"]:
                 _LISTED["before"] = vars(apis).get("get_torchlib_ops")  # (the lazy module holds none)
-                apis.get_torchlib_ops = _cached_lister(apis.get_torchlib_ops)
+                apis.get_torchlib_ops = functools.partial(_listed_by, apis.get_torchlib_ops)
             _LISTED["users"] += 1
     except (ImportError, AttributeError, TypeError):
         apis = None
@@ -86,13 +86,10 @@ def torchlib_listed_once():
                         apis.get_torchlib_ops = _LISTED["before"]
 
 
-def _cached_lister(lister):
-    def listed():
-        if lister not in _TORCHLIB_OPS:
-            _TORCHLIB_OPS[lister] = lister()
-        return _TORCHLIB_OPS[lister]
-
-    return listed
+@functools.cache
+def _listed_by(lister):
+    """What onnxscript's ``lister`` lists, once a process."""
+    return lister()
 
 
 def translated_program(ctx: ExportContext):
