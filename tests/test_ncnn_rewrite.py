@@ -173,6 +173,19 @@ class SplitsAndSteps(nn.Module):
         return self.head(y.mean((2, 3)))
 
 
+class ClassMap(nn.Module):
+    """A segmentation's outputs: scores and their class map (``argmax`` over channels), with ties
+    at most pixels (scores rounded to whole numbers; PyTorch's argmax takes the first of them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+
+    def forward(self, x):
+        scores = torch.round(self.conv(x))
+        return scores, scores.argmax(1)
+
+
 MODULES = {
     "batch_reshape_unbind": lambda: Tokens(QkvAttention()),
     "select_on_dim_0": lambda: Tokens(QkvAttention(indexed=True)),
@@ -186,7 +199,7 @@ MODULES = {
     "query_blocks_of_wide_heads": lambda: Halo(64),
     "uneven_chunk_strided_slice": SplitsAndSteps,
 }
-GONE = {"aten.unbind.int", "aten.var.correction", "aten.var.dim", "aten.linalg_vector_norm.default", "aten.chunk.default",
+GONE = {"aten.argmax.default", "aten.unbind.int", "aten.var.correction", "aten.var.dim", "aten.linalg_vector_norm.default", "aten.chunk.default",
         "aten.unfold.default", "aten.repeat_interleave.self_int"}
 
 
@@ -236,3 +249,25 @@ def test_ncnn_export_passes_parity(name, tmp_path):
     (r,) = export(model.spec, ["ncnn"], tmp_path, model=model)
     assert r.ok, (r.error, r.parity and r.parity.failures)
     assert r.parity.metrics["logits"]["max_rel"] < 1e-4
+
+
+def test_class_map_is_exact_with_ties(tmp_path):
+    """ncnn's ArgMax takes the whole blob: the class map is a running comparison, which keeps
+    PyTorch's answer (the first of equal scores) at every pixel; the ncnn artifact gives it exactly."""
+    torch.manual_seed(0)
+    module = ClassMap().eval()
+    example, graph_module = rewritten(module)
+    assert "aten.argmax.default" not in {str(n.target) for n in graph_module.graph.nodes}
+    with torch.no_grad():
+        scores, classes = module(example)
+        got = graph_module(example)[1]
+    top = scores.max(1, keepdim=True).values
+    assert ((scores == top).sum(1) > 1).float().mean() > 0.3  # ties at many pixels: the check means something
+    assert torch.equal(got.long(), classes)
+    reason = get_format("ncnn").unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    model = from_module(module, "class-map", SIZE, output_names=("logits", "mask"), task="semantic-segmentation")
+    (r,) = export(model.spec, ["ncnn"], tmp_path, model=model)
+    assert r.ok, (r.error, r.parity and r.parity.failures)
+    assert r.parity.metrics["mask"]["agreement"] == 1.0

@@ -19,7 +19,8 @@ graph, each step into an equal computation:
    the batch (LeViT's ``bn(x.flatten(0, 1))``) into ``x * scale + shift``, and that flatten and
    ``reshape_as`` into plain reshapes; ``repeat_interleave`` into an expanded axis; attention over
    more than four axes into its matmuls and softmax (ncnn's SDPA takes three); a map cut into
-   blocks through six axes (HaloAttn's queries) as its blocks sliced and stacked;
+   blocks through six axes (HaloAttn's queries) as its blocks sliced and stacked; a segmentation's
+   class map (``argmax`` along an axis) as a running comparison (ncnn's ArgMax takes the whole blob);
 2. a reshape out of a tensor ncnn cannot hold, computed once per index of one of its input's axes
    and concatenated, so that step 3 takes that axis out of the whole region before it;
 3. every ``select`` moved above the ops that make what it selects from (permute, transpose,
@@ -148,6 +149,8 @@ def _decompose(gm, node) -> None:
             node.replace_all_uses_with(node.args[0])
         elif node.target is aten.clamp_min.default:  # pnnx knows clamp(x, min), not clamp_min
             node.replace_all_uses_with(_call(graph, aten.clamp.default, node.args[0], node.args[1]))
+        elif node.target is aten.argmax.default and _arg(node, 1, "dim", None) is not None:
+            _argmax(graph, node)
 
 
 def _batch_norm_as_affine(gm, node) -> None:
@@ -176,6 +179,35 @@ def _batch_norm_as_affine(gm, node) -> None:
 
 def _arg(node, index: int, name: str, default):
     return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
+
+
+def _argmax(graph, node) -> None:
+    """``argmax(x, dim)`` (a segmentation's class map) as a running comparison along ``dim``: ncnn's
+    ArgMax takes the whole blob, not an axis. ``best`` is the largest value so far; position ``c``
+    wins where its value is strictly larger (``relu(sign(x_c - best))``, exact for any difference, so
+    the first of equal values keeps the place, as in PyTorch), and the index is ``max(index, wins * c)``
+    (c is larger than every index before it). Six layers a position. The index is float (exact up to
+    2**24 positions); the ncnn runtime returns it in the manifest's dtype. Only an index that is an
+    output is rewritten: one that other ops use stays (pnnx names it)."""
+    aten = _aten()
+    x, dim, keepdim = node.args[0], _arg(node, 1, "dim", None), _arg(node, 2, "keepdim", False)
+    if any(user.op != "output" for user in node.users):
+        return
+    shape = _shape(x)
+    dim %= len(shape)
+
+    def at(c: int):
+        return _call(graph, aten.slice.Tensor, x, dim, c, c + 1)
+
+    best = at(0)
+    index = _call(graph, aten.mul.Tensor, best, 0.0)
+    for c in range(1, shape[dim]):
+        value = at(c)
+        wins = _call(graph, aten.relu.default, _call(graph, aten.sign.default, _call(graph, aten.sub.Tensor, value, best)))
+        index = _call(graph, aten.maximum.default, index, _call(graph, aten.mul.Tensor, wins, float(c)))
+        if c + 1 < shape[dim]:
+            best = _call(graph, aten.maximum.default, best, value)
+    node.replace_all_uses_with(index if keepdim else _call(graph, aten.reshape.default, index, _shape(node)))
 
 
 def _unbind(graph, node) -> None:
