@@ -128,7 +128,8 @@ def test_translations_for_ops_coremltools_lacks():
             mask = (pos & big) | ~pos ^ big
             rows = torch.gather(mask, 1, floor[:, :4])  # a boolean gather
             area = torch.ops.aten.alias.default(x).abs().reshape(x.shape[0], 6, 2).prod(-1)
-            return torch.gather(x, 1, floor), rows.int(), area
+            shifted = torch.gather(x, 1, (floor - 1).clamp(min=0)) + torch.gather(x, 1, (idx + 1).clamp(max=11))
+            return torch.gather(x, 1, floor), rows.int(), area, shifted
 
     ct = quiet_import("coremltools")
     coreml_ops.register()
@@ -139,7 +140,7 @@ def test_translations_for_ops_coremltools_lacks():
     ops = {op.op_type for op in model._mil_program.functions["main"].operations}
     assert {"floor_div", "reduce_prod", "gather_along_axis", "logical_and", "logical_or", "logical_xor",
             "logical_not"} <= ops, ops
-    assert len(package_interface(model.get_spec())["outputs"]) == 3
+    assert len(package_interface(model.get_spec())["outputs"]) == 4
 
 
 @pytest.mark.parametrize("form,op", [("linear", "constexpr_affine_dequantize"), ("palette4", "constexpr_lut_to_dense")])

@@ -10,6 +10,10 @@
   coremltools computes every ``div`` in float32, so the index came out float and the ``gather``
   that uses it was refused; integer floor division stays in int32 here (``floor_div``).
 - ``aten.alias`` (a view that changes nothing; Swin's window attention, GhostNet): identity.
+- ``clamp`` of an integer tensor with one bound (``labels.clamp(min=0)``: AutoTimm's instance
+  masks pick each detection's class with it): coremltools fills the missing bound with float32's
+  largest value and clamps in float32, and the ``gather`` that used the result was refused ("expects
+  tensor ... of dtype int32 ... but got fp32"); integers stay int32 here (``maximum`` / ``minimum``).
 - ``torch.gather`` of a boolean tensor (our NMS looks up which candidates a pick suppresses): Core
   ML gathers numbers only, so the mask is gathered as int32 and cast back.
 """
@@ -23,6 +27,7 @@ def register() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
+    import numpy as np
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.frontend.torch.ops import _get_inputs, _get_kwinputs
     from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY, register_torch_op
@@ -65,6 +70,24 @@ def register() -> None:
         integer_floor_div.integer_floor = True
         for name in [k for k, f in known.items() if f is div]:
             known[name] = integer_floor_div
+    clamp = known.get("clamp")
+    if clamp is not None and not getattr(clamp, "integers", False):
+        def integer_clamp(context, node):
+            inputs = _get_inputs(context, node, expected=[1, 2, 3])
+            x, bounds = inputs[0], list(inputs[1:3])
+            if not is_int(x.dtype) or all(b is None for b in bounds) or any(
+                    b is not None and (b.val is None or not is_int(b.dtype)) for b in bounds):
+                clamp(context, node)  # floats, and bounds known only at run time, as coremltools does them
+                return
+            out = mb.cast(x=x, dtype="int32")
+            for bound, op in zip(bounds, (mb.maximum, mb.minimum)):
+                if bound is not None:
+                    out = op(x=out, y=mb.const(val=np.int32(bound.val)))
+            context.add(mb.identity(x=out, name=node.name))
+
+        integer_clamp.integers = True
+        for name in [k for k, f in known.items() if f is clamp]:
+            known[name] = integer_clamp
     def alias(context, node):
         context.add(mb.identity(x=_get_inputs(context, node, expected=1)[0], name=node.name))
 
