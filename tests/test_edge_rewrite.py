@@ -5,7 +5,7 @@ interface, off macOS). Each export failed without the rewrite."""
 
 import pytest
 import torch
-from autotimm_deploy.exporter.formats import get_format
+from autotimm_deploy.exporter.formats import ExportOptions, get_format
 from autotimm_deploy.exporter.formats.edge_rewrite import edge_program
 from autotimm_deploy.exporter.models import from_module
 from autotimm_deploy.exporter.pipeline import export
@@ -297,3 +297,64 @@ def test_bicubic_resize_is_two_matmuls_for_core_ml(tmp_path):
         model = from_module(BicubicBranches(), "bicubic", SIZE)
         (r,) = export(model.spec, ["coreml"], tmp_path, model=model)
         assert r.artifact is not None and r.error is None, r.error
+
+
+def test_roi_align_as_matrix_products_equals_torchvisions():
+    """Against torchvision's kernel: adaptive and fixed sampling, aligned or not, several pictures,
+    empty boxes, boxes past the picture and the whole picture, bins of two shapes."""
+    from torchvision.ops import roi_align as torchvision_roi_align
+
+    from autotimm_deploy.exporter.formats.roi_align import roi_align
+
+    torch.manual_seed(0)
+    for batch, height, width in ((1, 8, 8), (3, 13, 17)):
+        maps = torch.randn(batch, 4, height, width)
+        corner = torch.rand(40, 2) * torch.tensor([width * 8.8, height * 8.8]) - 4  # past the picture too
+        boxes = torch.cat([corner, corner + torch.rand(40, 2) * torch.tensor([width * 7.2, height * 7.2])], 1)
+        boxes[:4, 2:] = boxes[:4, :2]  # empty
+        boxes[4:6] = torch.tensor([0.0, 0.0, width * 8, height * 8])
+        rois = torch.cat([torch.randint(0, batch, (40, 1)).float(), boxes], 1)
+        for aligned in (True, False):
+            for sampling in (-1, 2):
+                for bins in ((7, 7), (5, 3)):
+                    want = torchvision_roi_align(maps, rois, bins, 1 / 8, sampling, aligned)
+                    got = roi_align(maps, rois, 1 / 8, *bins, sampling, aligned)
+                    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+class MaskPooling(nn.Module):
+    """An instance segmenter's mask branch in small: RoIAlign (adaptive sampling, aligned) of boxes
+    the model computes from the picture, on a stride-4 map."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Conv2d(3, 8, 4, stride=4)
+        self.box = nn.Linear(8, 4)
+        self.head = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        from torchvision.ops import roi_align
+
+        f = self.features(x)
+        corners = torch.sigmoid(self.box(f.mean((2, 3)))) * SIZE
+        boxes = torch.cat([torch.minimum(corners[:, :2], corners[:, 2:]), torch.maximum(corners[:, :2], corners[:, 2:])], 1)
+        index = torch.arange(x.shape[0], dtype=boxes.dtype)[:, None]
+        pooled = roi_align(f, torch.cat([index, boxes], 1), (4, 4), 0.25, -1, True)
+        return self.head(pooled.flatten(1))
+
+
+def test_roi_align_is_matrix_products_for_the_edge_converters(tmp_path):
+    """ExecuTorch had no kernel for it ("Missing out variants: {'torchvision::roi_align'}"), LiteRT and
+    Core ML could not read it: AutoTimm's InstanceSegmentor failed all three."""
+    torch.manual_seed(0)
+    module = MaskPooling().eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    program = edge_program(module, x)
+    assert "torchvision.roi_align.default" not in {str(n.target) for n in program.graph.nodes}
+    with torch.no_grad():
+        got = program.module()(x)
+        torch.testing.assert_close(got[0] if isinstance(got, (tuple, list)) else got, module(x), rtol=1e-5, atol=1e-5)
+    if get_format("executorch").unavailable_reason() is None:
+        model = from_module(MaskPooling(), "mask-pooling", SIZE)
+        (r,) = export(model.spec, ["executorch"], tmp_path, ExportOptions(static=True), model=model)  # (CI time)
+        assert r.ok, (r.error, r.parity and r.parity.failures)

@@ -21,6 +21,10 @@ ncnn) in the ``torch.export`` program they start from (issue #32).
   distilled head, ``torch.stack(logits).sum(0)``): pnnx puts that axis where ncnn has no axis (the
   batch's) and ncnn summed over the classes instead.
 
+- torchvision's ``roi_align`` (AutoTimm's InstanceSegmentor pools its mask features with it), which
+  ExecuTorch has no kernel for and LiteRT and Core ML cannot read: as matrix products
+  (`exporter/formats/roi_align.py`).
+
 - For Core ML alone (`COREML_REWRITES`): ``upsample_bicubic2d`` (CrossViT resizes one branch's
   tokens to the other's grid with ``F.interpolate(mode="bicubic")``), which coremltools has no
   translation for, as two matrix products with constant interpolation matrices.
@@ -41,7 +45,8 @@ from autotimm_deploy.exporter.formats.torch_program import folded_program
 
 def edge_program(module, example, dims=None, also=()):
     """``folded_program(module, example, dims)`` with the ops above decomposed, every ``unfold`` written
-    as its windows, expanded operands of elementwise ops left to broadcast and sums of a stack added;
+    as its windows, expanded operands of elementwise ops left to broadcast, sums of a stack added and
+    RoIAlign as matrix products;
     ``also``: a format's own rewrites (`LITERT_REWRITES`)."""
     import warnings
 
@@ -51,7 +56,7 @@ def edge_program(module, example, dims=None, also=()):
     program = decomposed(program)
     graph_module = program.module()
     changed = [rewrite(graph_module.graph) for rewrite in (broadcast_not_expanded, unfold_as_windows,
-                                                               stack_reduced_as_adds, *also)]
+                                                               stack_reduced_as_adds, roi_align_as_products, *also)]
     if not any(changed):
         return program
     graph_module.recompile()
@@ -106,6 +111,17 @@ def unfold_as_windows(graph) -> bool:
         graph.erase_node(node)
         replaced = True
     return replaced
+
+
+def roi_align_as_products(graph) -> bool:
+    """Each ``torchvision::roi_align`` in ``graph`` computed by `roi_align.roi_align` (traced into
+    matrix products when the graph is exported again); whether there was one."""
+    from autotimm_deploy.exporter.formats.roi_align import roi_align
+
+    nodes = [n for n in graph.nodes if n.op == "call_function" and str(n.target) == "torchvision.roi_align.default"]
+    for node in nodes:
+        node.target = roi_align
+    return bool(nodes)
 
 
 def stack_reduced_as_adds(graph) -> bool:
