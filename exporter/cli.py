@@ -326,6 +326,20 @@ def check_mode_flags(a) -> None:
         raise UserError(f"{calib[0]}: the calibration options only apply to --int8 (or --target)")
 
 
+CHECKPOINT_SUFFIXES = (".ckpt", ".pth", ".pt", ".bin", ".safetensors")
+
+
+def checkpoint_as_model(a) -> None:
+    """``autotimm-export model.ckpt``: a checkpoint file given where the model name goes is taken as
+    ``--checkpoint`` (an AutoTimm checkpoint names its own model; a state dict still needs one)."""
+    if not a.model or a.checkpoint or not a.model.lower().endswith(CHECKPOINT_SUFFIXES):
+        return
+    if not Path(a.model).is_file():
+        raise UserError(f"{a.model} looks like a checkpoint file but there is no such file (a timm model is named "
+                        "without a suffix, e.g. resnet50)")
+    a.model, a.checkpoint = None, a.model
+
+
 def main(a) -> int:
     if a.list_formats:
         return list_formats(a.json)
@@ -341,6 +355,7 @@ def main(a) -> int:
         return run_recipe(a)
     if a.ray:
         raise UserError("--ray runs a recipe's cells on a Ray cluster: use it with --recipe FILE.yaml")
+    checkpoint_as_model(a)
     if not a.model and (not a.checkpoint or a.architecture == "builtin"):
         raise UserError("give a timm model name, e.g. autotimm-export resnet50, or an AutoTimm --checkpoint "
                         "(or --list-formats, --recipe)")

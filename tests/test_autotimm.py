@@ -270,7 +270,7 @@ def test_paste_masks_matches_interpolate():
 @pytest.mark.slow
 def test_cli_exports_an_autotimm_checkpoint(export_cli, checkpoints, tmp_path):
     out = tmp_path / "out"
-    r = export_cli("--checkpoint", str(checkpoints["deeplabv3plus"]), "--img-size", str(SIZE), "-o", str(out),
+    r = export_cli(str(checkpoints["deeplabv3plus"]), "--img-size", str(SIZE), "-o", str(out),  # as --checkpoint
                    "--format", "onnx")
     assert r.returncode == 0, r.stderr + r.stdout
     assert "vs AutoTimm SemanticSegmentor.predict(): pass" in r.stdout

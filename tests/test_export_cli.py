@@ -49,6 +49,8 @@ BAD = {
     "no model": ([], "give a timm model name"),
     "pretrained offline": (["test_resnet", "--pretrained", "--img-size", "64"], "could not load pretrained weights"),
     "missing checkpoint": (["test_resnet", "--checkpoint", "nope.pth", "--img-size", "64"], "checkpoint not found"),
+    "missing checkpoint as the model": (["nope.ckpt"], "looks like a checkpoint file but there is no such file"),
+    "state dict as the model": (["{wrong}"], "name the model: autotimm-export MODEL --checkpoint"),
     "garbage checkpoint": (["test_resnet", "--checkpoint", "{garbage}", "--img-size", "64"], "cannot read checkpoint"),
     "wrong checkpoint": (["test_resnet", "--checkpoint", "{wrong}", "--img-size", "64"], "does not match the model"),
     "opset out of range": (["test_resnet", "--opset", "99", "--img-size", "64"], "--opset 99 is out of range"),
