@@ -42,18 +42,26 @@ def picture_files(paths: Iterable[str | Path]) -> list[Path]:
             raise UserError(f"no such picture or folder: {p}")
     if not out:
         raise UserError("give at least one picture file or folder")
-    return out
+    first: dict[Path, Path] = {}  # a file named twice is read once
+    for f in out:
+        first.setdefault(f.resolve(), f)
+    return list(first.values())
 
 
 def read_picture(path: Path, prep: dict[str, Any]) -> np.ndarray:
     """A picture file -> HWC uint8 RGB, decoded as the reference transform's loader does: OpenCV's
     (``library`` cv2) turns the picture upright by its EXIF orientation, PIL's does not; grey,
     palette, CMYK and transparent pictures become RGB (alpha dropped), 16-bit ones 8-bit (>> 8)."""
+    import warnings
+
     from PIL import Image, ImageOps
 
     setattr(Image, "MAX_IMAGE_PIXELS", MAX_PICTURE_PIXELS)  # PIL refuses far larger pictures (a decompression bomb)
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # PIL warns from half its limit: such a picture is refused below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
             if img.width * img.height > MAX_PICTURE_PIXELS:
                 raise UserError(f"{path} is {img.width}x{img.height}, more than {MAX_PICTURE_PIXELS:,} pixels: refused; "
                                 "scale it down first")

@@ -4,6 +4,7 @@ answers out: a table (or ``--json``), and with ``-o DIR`` each picture annotated
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -69,7 +70,9 @@ def main(a) -> int:
             raise UserError("-o needs a folder name (use -o . for the current folder)")
         check_out_dir(out)
         stems = _outputs(out, files)
+        created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)  # the first folder made
         make_out_dir(out)
+    written: list[Path] = []
 
     with progress_bar(counts=True) as bar:
         task = bar.add_task(Path(a.artifact).name, total=len(files))
@@ -80,12 +83,21 @@ def main(a) -> int:
                 if answer.mask is not None:
                     answer.mask_file = out / f"{stem}.mask.png"
                     atomic_write_bytes(answer.mask_file, mask_png(answer.mask))
+                    written.append(answer.mask_file)
                 answer.annotated = out / f"{stem}.pred.png"
                 atomic_write_bytes(answer.annotated, draw(answer.picture, answer))
+                written.append(answer.annotated)
             bar.advance(task)
 
-        answers = predict(a.artifact, files, runtime=a.runtime, device=a.device, names=names, top_k=a.top_k,
-                          min_score=a.min_score, on_answer=done)
+        try:
+            answers = predict(a.artifact, files, runtime=a.runtime, device=a.device, names=names, top_k=a.top_k,
+                              min_score=a.min_score, on_answer=done)
+        except BaseException:  # a picture it cannot read, an interrupt: no partial set of answers is left
+            for f in written:
+                f.unlink(missing_ok=True)
+            if out is not None and created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            raise
     if a.json:
         print(json.dumps({"artifact": str(a.artifact), "results": [x.to_dict() for x in answers]}, indent=2))
     print_answers(answers, console(a.json))

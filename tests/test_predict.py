@@ -133,11 +133,16 @@ def test_cli_errors_are_one_line_and_leave_nothing(tmp_path, pictures):
     edited.with_name(edited.name + ".json").write_text(json.dumps(j))
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
+    mixed = tmp_path / "mixed"  # a good picture, then a broken one: the first answer is not left behind
+    mixed.mkdir()
+    (mixed / "a.jpg").write_bytes(next(pictures.glob("*.jpg")).read_bytes())
+    (mixed / "b.jpg").write_bytes(bad.read_bytes())
     cases = [([str(edited), str(pictures)], "the onnxruntime runtime failed on input [1, 3, 32, 32] float32, the "
                                            "input its manifest describes: "),
              ([str(artifact), str(fifo)], "is neither a picture file nor a folder"),
              ([str(artifact), str(tmp_path / "missing.jpg")], "no such picture"),
              ([str(artifact), str(bad)], "cannot read picture"),
+             ([str(artifact), str(mixed)], "cannot read picture"),
              ([str(lonely), str(pictures)], "no manifest"),
              ([str(artifact), str(pictures), "--class-names", str(names)], "2 class names for a model with 3 classes"),
              ([str(artifact), str(pictures), "-o", str(bad)], "not a folder"),
@@ -147,7 +152,7 @@ def test_cli_errors_are_one_line_and_leave_nothing(tmp_path, pictures):
         r = cli("autotimm_deploy.profiler.predict_cli", *args, *([] if "-o" in args else ["-o", str(tmp_path / "out")]))
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and message in lines[0], (args, r.stderr)
-    assert files_under(tmp_path / "out") == []
+    assert not (tmp_path / "out").exists()  # not even the folder
     with pytest.raises(UserError, match="holds no pictures"):
         predict(artifact, [tmp_path / "a"])
 

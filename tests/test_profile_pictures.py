@@ -107,11 +107,16 @@ def test_cli_table_json_markdown(detector, pictures, tmp_path):
 @pytest.mark.parametrize("args, says", [
     (["--csv", "x.csv"], "--csv does not apply with --pictures"),
     (["--interleave"], "--interleave does not apply with --pictures"),
+    (["--json", "{picture}"], "which this command reads"),  # a report over a picture it reads: refused, not written
+    (["--markdown", "{picture}"], "which this command reads"),
 ])
 def test_cli_refuses_what_it_cannot_honour(detector, pictures, tmp_path, args, says):
+    picture = picture_files([pictures])[0]
+    before = picture.read_bytes()
+    args = [a.format(picture=picture) for a in args]
     p = call_cli("autotimm_deploy.profiler.cli", str(detector), "--pictures", str(pictures), *args, cwd=tmp_path)
     assert p.returncode != 0 and says in p.stderr and "Traceback" not in p.stderr
-    assert not (tmp_path / "x.csv").exists()
+    assert not (tmp_path / "x.csv").exists() and picture.read_bytes() == before
 
 
 def test_errors_one_line(tmp_path, pictures, detector):
