@@ -486,7 +486,11 @@ def check_triton_repo(a) -> None:
     else:
         from autotimm_deploy.exporter.triton.repository import KNOWN_FORMATS, check_destination
 
-        check_destination(a.triton_repo)
+        repository, out = Path(a.triton_repo).resolve(), Path(a.out).resolve()
+        if repository == out or repository in out.parents:
+            raise UserError(f"--triton-repo {a.triton_repo} would hold -o {a.out}: give the repository a folder of its "
+                            f"own, e.g. -o {a.out} --triton-repo {Path(a.out) / 'repository'}")
+        check_destination(a.triton_repo, made_by_export=repository.parent == out)
         serve_options(a).check()
         formats = csv_list(a.format) if not (a.recipe or a.target) else []
         if formats and not set(formats) & set(KNOWN_FORMATS):

@@ -445,7 +445,7 @@ def verify_pictures(model, session, precision: str = "fp32") -> ParityReport:
     for key, img in non_square_pictures().items():
         x = picture_input(img, model.layout)
         with torch.no_grad():
-            ref = dict(zip(model.output_names, (t.numpy() for t in model(torch.from_numpy(x)))))
+            ref = dict(zip(model.output_names, (t.numpy() for t in model(torch.tensor(x)))))  # (x may be read-only)
         try:
             per_picture[key] = compare_outputs(ref, session.infer({name: x}), tol)
         except Exception as e:  # noqa: BLE001 - a runtime crash is a parity failure

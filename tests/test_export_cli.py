@@ -179,3 +179,12 @@ def test_in_process_runs_show_what_a_process_would(monkeypatch):
     assert (p.returncode, p.stdout, p.stderr.splitlines()) == (3, "out\n", ["a library warning", "from C"])
     p = call_cli("fake_cli", "x")
     assert p.returncode == 1 and "bad thing" in p.stderr
+
+
+def test_triton_repo_is_not_the_output_folder(tmp_path, export_cli):
+    """Refused before the export, which would have made the folder and left its artifacts behind."""
+    out = tmp_path / "out"
+    for repository in (out, tmp_path):
+        p = export_cli("test_resnet", "--img-size", "64", "-f", "onnx", "-o", str(out), "--triton-repo", str(repository))
+        assert p.returncode == 2 and "would hold -o" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+        assert not out.exists()

@@ -117,14 +117,18 @@ def base_name(artifact: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{stem}_{ext}" if stem else artifact.name)
 
 
-def check_destination(repository: str | Path) -> Path:
+def check_destination(repository: str | Path, made_by_export: bool = False) -> Path:
     """A new folder in an existing one (checked before an export starts, and again when writing),
-    as an absolute path."""
+    as an absolute path. ``made_by_export``: its parent is the export's output folder, which the
+    export makes (and checks) first."""
     repository = Path(repository)
     if repository.exists() or repository.is_symlink():
         raise UserError(f"{repository} already exists: give a new folder for the model repository")
     repository = repository.resolve()
     parent = repository.parent
+    if made_by_export and not parent.exists():
+        schema()  # the [triton] extra
+        return repository
     if not parent.is_dir():
         raise UserError(f"folder {parent} {'is a file' if parent.exists() else 'does not exist'}: give a new folder "
                         "inside an existing one for the model repository")
