@@ -32,7 +32,7 @@ from autotimm_deploy.exporter.core.limits import MAX_IMG_SIDE, check_max_drop
 from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig, manifest_path
 from autotimm_deploy.exporter.core.operators import recording
 from autotimm_deploy.exporter.core.results import AccuracyReport, MetricKind, ParityReport, Verdict
-from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.core.spec import ModelSpec, unprintable
 from autotimm_deploy.exporter.end_to_end import against_python, end_to_end
 from autotimm_deploy.exporter.evaluate import budget_report, evaluate
 from autotimm_deploy.exporter.formats import (
@@ -412,7 +412,7 @@ def _refuse_taken(targets: dict[str, Path], force: bool = False) -> None:
 def check_stem(name: str) -> str:
     """A user's ``--name``: a plain file stem in the output folder."""
     plain_name(name, "--name")
-    if not name.strip() or len(name.encode()) > 200:
+    if not name.strip() or len(name.encode()) > 200 or unprintable(name):
         raise UserError(f"--name takes 1 to 200 bytes of visible characters, got {name[:40]!r}")
     if name.startswith("."):
         raise UserError(f"--name {name!r} would make hidden files; give a name that starts with a letter or digit")

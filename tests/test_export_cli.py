@@ -60,6 +60,7 @@ BAD = {
     "detection size": (["test_resnet", "--task", "detection", "--img-size", "100"], "must be divisible by 128"),
     "option for another task": (["test_resnet", "--fpn-channels", "64", "--img-size", "64"],
                                 "--fpn-channels does not apply to classification"),
+    "name with a newline": (["test_resnet", "--name", "a\nb", "--img-size", "64"], "--name takes 1 to 200 bytes"),
     "num classes": (["test_resnet", "--num-classes", "0", "--img-size", "64"], "--num-classes"),
 }
 

@@ -188,6 +188,10 @@ def test_class_names_travel_in_the_formats_own_metadata(tmp_path):
         assert json.loads(model.get_rt_info(["autotimm_deploy", "class_names"]).astype(str)) == list(NAMES)
     with pytest.raises(UserError, match="2 class names for a model with 3 classes"):
         ModelSpec("test_resnet", num_classes=3, class_names=("a", "b"))
+    for bad in ("b\nc", "\u202ex", "x\x1b[2J"):  # a row split, reversed text, a terminal escape
+        with pytest.raises(UserError, match="no control characters"):
+            ModelSpec("test_resnet", num_classes=3, class_names=("a", bad, "c"))
+    assert ModelSpec("test_resnet", num_classes=3, class_names=("chat", "café", "猫")).class_names[2] == "猫"
 
 
 def test_pictures_of_every_kind_are_read_as_rgb(tmp_path):

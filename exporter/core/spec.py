@@ -211,13 +211,26 @@ def check_preprocess(pre: dict[str, Any], in_chans: int, name: Callable[[str], s
                             f"got {vals!r}")
 
 
+_BIDI_CONTROLS = set(range(0x202A, 0x202F)) | set(range(0x2066, 0x206A))
+
+
+def unprintable(text: str) -> bool:
+    """Whether ``text`` holds a control character (a newline, NUL, an escape) or a bidirectional
+    override, which would break a table row or reorder what a terminal shows."""
+    import unicodedata
+
+    return any(unicodedata.category(c) == "Cc" or ord(c) in _BIDI_CONTROLS for c in text)
+
+
 def check_class_names(names: Any, num_classes: int | None) -> tuple[str, ...]:
-    """Class names, one per label: non-empty text, as many as the model's classes."""
+    """Class names, one per label: non-empty printable text, as many as the model's classes."""
     if isinstance(names, str) or not isinstance(names, (list, tuple)) or not 1 <= len(names) <= MAX_CLASSES:
         raise UserError(f"class names are a list of 1 to {MAX_CLASSES} names, one per class, got {str(names)[:60]!r}")
-    bad = next((n for n in names if not isinstance(n, str) or not n.strip() or len(n) > 200), None)
+    bad = next((n for n in names if not isinstance(n, str) or not n.strip() or len(n) > 200
+                or unprintable(n.strip())), None)
     if bad is not None:
-        raise UserError(f"class names are 1 to 200 characters of text each, got {str(bad)[:60]!r}")
+        raise UserError(f"class names are 1 to 200 printable characters each (no control characters), got "
+                        f"{str(bad)[:60]!r}")
     if num_classes is not None and len(names) != num_classes:
         raise UserError(f"{len(names)} class names for a model with {num_classes} classes: give one name per class")
     return tuple(n.strip() for n in names)
