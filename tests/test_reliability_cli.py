@@ -430,3 +430,31 @@ def test_a_good_core_ml_package_unzips(tmp_path):
     (tmp_path / "into").mkdir()
     safe_extract(good, tmp_path / "into")
     assert (tmp_path / "into" / "m.mlpackage" / "Data" / "com.apple.CoreML" / "model.mlmodel").read_bytes() == b"spec"
+
+
+def test_torchs_chatter_is_not_a_line_before_the_error(capsys):
+    """torch's "No CUDA runtime is found" (Inductor, NNCF) and ExecuTorch's pytree notice came before a
+    command's one line; --debug keeps them."""
+    import argparse
+    import logging
+
+    from autotimm_deploy.exporter.core.cli import LIBRARY_CHATTER, run_cli
+
+    def main(a):
+        for name in LIBRARY_CHATTER:
+            logging.getLogger(name).warning("chatter")
+        raise UserError("the one line")
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--debug", action="store_true")
+    levels = {name: logging.getLogger(name).level for name in LIBRARY_CHATTER}
+    try:
+        assert run_cli("prog", main, parser, []) == 2
+        assert capsys.readouterr().err == "prog: error: the one line\n"
+        for name in LIBRARY_CHATTER:
+            logging.getLogger(name).setLevel(logging.NOTSET)
+        run_cli("prog", main, parser, ["--debug"])
+        assert capsys.readouterr().err.count("chatter") == len(LIBRARY_CHATTER)
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)

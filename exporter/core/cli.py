@@ -11,6 +11,7 @@ keeps its own signal handling.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -98,6 +99,11 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
+# torch's warnings a user can do nothing about, each a stray line before a command's own: "No CUDA runtime
+# is found" (Inductor, NNCF on a CPU machine), "<enum 'KernelPreference'> is an Enum subclass" (ExecuTorch)
+LIBRARY_CHATTER = ("torch.utils.cpp_extension", "torch.utils._pytree")
+
+
 def run_cli(prog: str, main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv=None) -> int:
     """Parse, run, and turn every exception a user can meet into one line and an exit code. While
     ``main`` runs, Ctrl-C, SIGTERM and SIGHUP raise `Interrupted` (cleaned up like Ctrl-C); the
@@ -108,6 +114,9 @@ def run_cli(prog: str, main: Callable[[argparse.Namespace], int], parser: argpar
         args = parser.parse_args(argv)
     except KeyboardInterrupt as e:  # called in-process (a CLI's own process ends in `_quit`)
         return _interrupted(prog, e)
+    if not getattr(args, "debug", False):
+        for name in LIBRARY_CHATTER:
+            logging.getLogger(name).setLevel(logging.ERROR)
     before = _on_signals(_terminate, sigint=_ctrl_c)
     hook, sys.unraisablehook = sys.unraisablehook, _quiet_dropped(sys.unraisablehook)
     try:
