@@ -86,7 +86,8 @@ PREP = {"input_size": [3, 64, 64], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.
     ("mean", "abc", "preprocessing.mean takes 3 finite number(s)"),  # an internal error before
     ("mean", [0.5], "preprocessing.mean takes 3 finite number(s)"),
     ("interpolation", "fancy", "preprocessing.interpolation takes one of"),
-    ("crop_pct", -1, "preprocessing.crop_pct is -1, not a positive number"),
+    ("crop_pct", -1, "preprocessing.crop_pct is -1, not a number in (0, 2.0]"),
+    ("crop_pct", 70, "preprocessing.crop_pct is 70, not a number in (0, 2.0]"),  # an internal error before
     ("input_size", "big", "preprocessing.input_size is 'big', not [channels, height, width]"),
     ("input_size", [3, 0, 64], "preprocessing.input_size[1] is 0"),
     ("resize", "zoom", "preprocessing.resize takes one of crop, stretch, letterbox"),

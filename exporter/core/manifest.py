@@ -185,6 +185,7 @@ def check_bounds(manifest: Manifest) -> None:
     _check_preprocessing(manifest.preprocessing)
 
 
+MAX_CROP_PCT = 2.0  # timm's own reach 1.15; far above, the resize before the crop is under a pixel
 LOOSE = ("crop_pct", "pad_value")  # preprocessing keys `_check_preprocessing` bounds itself
 
 
@@ -206,8 +207,8 @@ def _check_preprocessing(prep: Any) -> None:
     check_preprocess({k: prep[k] for k in PREPROCESS_KEYS if prep.get(k) is not None and k not in LOOSE}, size[0],
                      name=lambda key: f"preprocessing.{key}")
     crop, pad = prep.get("crop_pct"), prep.get("pad_value")
-    if crop is not None and not (is_number(crop) and crop > 0):
-        raise ValueError(f"preprocessing.crop_pct is {crop!r}, not a positive number")
+    if crop is not None and not (is_number(crop) and 0 < crop <= MAX_CROP_PCT):
+        raise ValueError(f"preprocessing.crop_pct is {crop!r}, not a number in (0, {MAX_CROP_PCT}]")
     if pad is not None and not (isinstance(pad, list) and pad and all(is_number(v) and 0 <= v <= 255 for v in pad)):
         raise ValueError(f"preprocessing.pad_value is {pad!r}, not numbers from 0 to 255")
     if prep.get("library", "pil") not in LIBRARIES:
