@@ -131,6 +131,14 @@ def test_cli_errors_are_one_line_and_leave_nothing(tmp_path, pictures):
     j = json.loads(artifact.with_name(artifact.name + ".json").read_text())
     j["inputs"][0]["shape"][2:] = j["preprocessing"]["input_size"][1:] = [32, 32]
     edited.with_name(edited.name + ".json").write_text(json.dumps(j))
+    retold = {}  # its manifest edited to another model's: two classes, named; a segmenter
+    for key, change in (("names", {"num_classes": 2, "class_names": ["a", "b"]}), ("task", {"task": "semantic-segmentation"})):
+        retold[key] = tmp_path / key / artifact.name
+        retold[key].parent.mkdir()
+        retold[key].write_bytes(artifact.read_bytes())
+        m = json.loads(artifact.with_name(artifact.name + ".json").read_text())
+        m["spec"].update(change)
+        retold[key].with_name(artifact.name + ".json").write_text(json.dumps(m))
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
     mixed = tmp_path / "mixed"  # a good picture, then a broken one: the first answer is not left behind
@@ -144,6 +152,8 @@ def test_cli_errors_are_one_line_and_leave_nothing(tmp_path, pictures):
              ([str(artifact), str(bad)], "cannot read picture"),
              ([str(artifact), str(mixed)], "cannot read picture"),
              ([str(lonely), str(pictures)], "no manifest"),
+             ([str(retold["names"]), str(pictures)], "the model scores 3 classes but 2 class names were given"),
+             ([str(retold["task"]), str(pictures)], "are not a semantic-segmentation model's, as its manifest says"),
              ([str(artifact), str(pictures), "--class-names", str(names)], "2 class names for a model with 3 classes"),
              ([str(artifact), str(pictures), "-o", str(bad)], "not a folder"),
              ([str(tmp_path / "nothing.onnx"), str(pictures)], "no such file")]

@@ -83,10 +83,32 @@ def _name(names: list[str] | None, label: int) -> str:
     return names[label] if names and 0 <= label < len(names) else str(label)
 
 
+# what one picture's outputs hold for a task: (output, rank without the batch) of the scores the answer reads
+_SCORES = {"classification": ("probs", "logits", 1), "semantic-segmentation": ("mask", "logits", 2)}
+
+
+def _check_outputs(outputs: dict[str, np.ndarray], task: str, names: list[str] | None) -> None:
+    """The outputs are what the manifest's task and class names say, else one line (an edited manifest
+    would otherwise give a classifier's scores as a class map, or names beside the wrong scores)."""
+    if task not in _SCORES:
+        return
+    first, second, rank = _SCORES[task]
+    key = next((k for k in (first, second) if k in outputs), None)
+    shape = None if key is None else np.shape(outputs[key])[1:]
+    if key is None or len(shape) != rank + (key == "logits" and task != "classification"):
+        got = ", ".join(f"{k} {list(np.shape(v))}" for k, v in outputs.items())
+        raise UserError(f"the artifact's outputs ({got}) are not a {task} model's, as its manifest says: re-export "
+                        "the artifact, or restore its manifest")
+    if task == "classification" and names and shape[0] != len(names):
+        raise UserError(f"the model scores {shape[0]} classes but {len(names)} class names were given: give one name "
+                        "per class (--class-names), or re-export the artifact")
+
+
 def answer(outputs: dict[str, np.ndarray], geometry: Geometry, task: str, names: list[str] | None, path: Path,
            top_k: int = 5, min_score: float = 0.0) -> Answer:
     """One picture's outputs (batch of one) as its answer in its own pixels. Instance masks are
     probabilities or already thresholded in the graph (AutoTimm's ``mask_threshold``): cut at 0.5."""
+    _check_outputs(outputs, task, names)
     h0, w0 = geometry.picture
     a = Answer(path, w0, h0, task)
     if task == "classification":
