@@ -142,6 +142,9 @@ def predict(artifact: str | Path, pictures: Iterable[str | Path], runtime: str |
     """Run ``artifact`` on each picture file (folders searched) and return the answers, in order:
     ``top_k`` classes, detections scoring ``min_score`` or more (0: every one the model returns).
     ``on_answer(a)`` sees each as it comes (progress, writing annotated copies)."""
+    if str(artifact).startswith(("triton://", "http://", "https://", "grpc://")):
+        raise UserError(f"{artifact} is a served model: autotimm-predict runs an artifact file (Triton answers "
+                        "pictures through the client.py its model repository holds)")
     files = picture_files(pictures)
     path = Path(artifact)
     _, manifest = detect(path)

@@ -189,3 +189,20 @@ def test_triton_repo_is_not_the_output_folder(tmp_path, export_cli):
         p = export_cli("test_resnet", "--img-size", "64", "-f", "onnx", "-o", str(out), "--triton-repo", str(repository))
         assert p.returncode == 2 and "would hold -o" in p.stderr and len(p.stderr.strip().splitlines()) == 1
         assert not out.exists()
+
+
+def test_what_a_path_really_is_is_said(tmp_path, export_cli):
+    """A broken link as -o, a folder as --checkpoint, a served model given to predict: each said as it is."""
+    from autotimm_deploy.exporter.core.errors import UserError
+    from autotimm_deploy.profiler.predict import predict
+
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone")
+    p = export_cli("test_resnet", "--img-size", "64", "-o", str(link))
+    assert p.returncode == 2 and "is a broken symbolic link" in p.stderr and not (tmp_path / "gone").exists()
+    folder = tmp_path / "best.ckpt"
+    folder.mkdir()
+    p = export_cli("test_resnet", "--checkpoint", str(folder), "--img-size", "64", "-o", str(tmp_path / "o"))
+    assert p.returncode == 2 and "is a folder, not a file" in p.stderr
+    with pytest.raises(UserError, match="is a served model: autotimm-predict runs an artifact file"):
+        predict("triton://localhost:8000/m", [tmp_path])

@@ -91,6 +91,9 @@ def check_out_dir(out_dir: Path) -> None:
     """Refuse an output folder we could not write, without creating anything yet."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output path {out_dir} exists and is not a folder")
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise UserError(f"output path {out_dir} is a broken symbolic link (to {os.readlink(out_dir)}): give a folder, "
+                        "or make the one it points to")
     existing = out_dir
     while not existing.exists():
         existing = existing.parent

@@ -85,7 +85,7 @@ def _safetensors_data(path: Path, head: bytes, size: int) -> int:
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
+        raise UserError(f"checkpoint {path} is a folder, not a file" if path.is_dir() else f"checkpoint not found: {path}")
     check_unpacked_size(path)
     try:
         if path.suffix == ".safetensors":

@@ -119,7 +119,7 @@ def read_lightning_checkpoint(path: str | Path) -> LightningCheckpoint | None:
     kept, so recognising, describing and building one checkpoint reads it once."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
+        raise UserError(f"checkpoint {path} is a folder, not a file" if path.is_dir() else f"checkpoint not found: {path}")
     st = path.stat()
     return _read(path.resolve(), st.st_size, st.st_mtime_ns)
 
