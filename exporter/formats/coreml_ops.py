@@ -27,7 +27,6 @@ def register() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    import numpy as np
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.frontend.torch.ops import _get_inputs, _get_kwinputs
     from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY, register_torch_op
@@ -72,20 +71,7 @@ def register() -> None:
             known[name] = integer_floor_div
     clamp = known.get("clamp")
     if clamp is not None and not getattr(clamp, "integers", False):
-        def integer_clamp(context, node):
-            inputs = _get_inputs(context, node, expected=[1, 2, 3])
-            x, bounds = inputs[0], list(inputs[1:3])
-            if not is_int(x.dtype) or all(b is None for b in bounds) or any(
-                    b is not None and (b.val is None or not is_int(b.dtype)) for b in bounds):
-                clamp(context, node)  # floats, and bounds known only at run time, as coremltools does them
-                return
-            out = mb.cast(x=x, dtype="int32")
-            for bound, op in zip(bounds, (mb.maximum, mb.minimum)):
-                if bound is not None:
-                    out = op(x=out, y=mb.const(val=np.int32(bound.val)))
-            context.add(mb.identity(x=out, name=node.name))
-
-        integer_clamp.integers = True
+        integer_clamp = _integer_clamp(clamp, mb, _get_inputs, is_int)
         for name in [k for k, f in known.items() if f is clamp]:
             known[name] = integer_clamp
     def alias(context, node):
@@ -107,6 +93,28 @@ def register() -> None:
         boolean_gather.booleans = True
         known["gather"] = boolean_gather
     _REGISTERED = True
+
+
+def _integer_clamp(clamp, mb, get_inputs, is_int):
+    """``clamp`` with integer bounds on an integer tensor in int32 (``maximum`` / ``minimum``);
+    anything else as coremltools translates it."""
+    import numpy as np
+
+    def translation(context, node):
+        inputs = get_inputs(context, node, expected=[1, 2, 3])
+        x, bounds = inputs[0], list(inputs[1:3])
+        if not is_int(x.dtype) or all(b is None for b in bounds) or any(
+                b is not None and (b.val is None or not is_int(b.dtype)) for b in bounds):
+            clamp(context, node)  # floats, and bounds known only at run time, as coremltools does them
+            return
+        out = mb.cast(x=x, dtype="int32")
+        for bound, op in zip(bounds, (mb.maximum, mb.minimum)):
+            if bound is not None:
+                out = op(x=out, y=mb.const(val=np.int32(bound.val)))
+        context.add(mb.identity(x=out, name=node.name))
+
+    translation.integers = True
+    return translation
 
 
 def _booleans_only(op: str, translate, get_inputs, is_bool):
