@@ -172,7 +172,7 @@ def test_litert_graph_that_bakes_its_batch_in_is_not_called_dynamic(monkeypatch,
 
         def get_signature_runner(self):
             runner = lambda **feed: {"logits": np.zeros((1, 6), np.float32), "count": np.float32(0)}  # noqa: E731
-            runner.get_input_details = lambda: {"input": {}}
+            runner.get_input_details = lambda: {"input": {"dtype": np.float32}}
             return runner
 
     monkeypatch.setattr(ai_edge_litert.interpreter, "Interpreter", Interpreter)

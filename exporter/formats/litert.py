@@ -148,8 +148,8 @@ def _resizes(path: Path, batch: int, ctx: ExportContext) -> str | None:
     with captured_output():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
         try:
             runner = Interpreter(model_path=str(path)).get_signature_runner()
-            (name,) = runner.get_input_details()
-            outputs = runner(**{name: np.zeros((batch, ctx.spec.in_chans, *ctx.spec.img_size), np.float32)})
+            ((name, details),) = runner.get_input_details().items()  # a full-integer int8 graph takes int8
+            outputs = runner(**{name: np.zeros((batch, ctx.spec.in_chans, *ctx.spec.img_size), details["dtype"])})
         except Exception as e:  # noqa: BLE001 - the interpreter's own error, kept for the manifest
             return first_line(e, 200)
     rows = {np.asarray(v).shape[0] for v in outputs.values() if np.asarray(v).ndim}
