@@ -230,6 +230,9 @@ def plan_profile(job: ProfileJob, recipe: Recipe, force: bool = False, here: boo
     date). The settings measure on the device's kind (a fleet device ``cpu@box`` is a ``cpu``)."""
     row = {"key": job.key, "kind": job.kind, "device": job.device, "runtime": job.runtime,
            "model": job.export.model.name, "task": job.export.task.task, "result": str(job.result_path(recipe))}
+    if job.kind != "eager" and job.export.artifact.exists() and not job.export.exported:
+        return {**row, "status": JobStatus.FAILED, "reason": f"{job.export.artifact.name} has no manifest beside it "
+                "(deleted, or an export cut off): re-export it (autotimm-export --recipe ... --force)"}, None, None
     reason = _why_not(job, here)
     if reason:
         return {**row, "status": JobStatus.SKIPPED, "reason": reason}, None, None

@@ -97,6 +97,22 @@ def test_recipe_matrix_and_skips(tmp_path):
     assert all(j.artifact.parent == tmp_path / "out" / "tiny" / "artifacts" for j in jobs)
 
 
+def test_an_artifact_without_its_manifest_fails_its_timing(tmp_path):
+    """Not "not exported" (a skip, exit 0): the file is there, its manifest is not."""
+    from autotimm_deploy.recipes.jobs import JobStatus
+    from autotimm_deploy.recipes.runner import plan_profile
+
+    recipe = load_recipe(write(tmp_path, TINY.replace("formats: [onnx, torchscript, trt]", "formats: [onnx]")),
+                         tmp_path / "out")
+    job = next(j for j in recipe.profile_jobs() if j.kind != "eager" and j.key == "test_resnet.onnx")
+    job.export.artifact.parent.mkdir(parents=True)
+    job.export.artifact.write_bytes(b"onnx")
+    row, settings, _ = plan_profile(job, recipe)
+    assert row["status"] == JobStatus.FAILED and "has no manifest beside it" in row["reason"] and settings is None
+    job.export.artifact.unlink()
+    assert plan_profile(job, recipe)[0]["status"] == JobStatus.SKIPPED
+
+
 def test_format_options_reach_the_exports(tmp_path):
     """format_options: a format's own options (what --target cpu's winner needs, e.g. ONNX's u8s8)."""
     text = TINY.replace("num_classes: 4", "num_classes: 4\nformat_options:\n  onnx: {int8_form: u8s8}")
