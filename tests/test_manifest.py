@@ -58,6 +58,16 @@ def test_manifest_names_outside_the_folder_are_refused(tmp_path, files, artifact
         load_manifest(art)
 
 
+def test_a_manifest_without_a_field_names_it(tmp_path):
+    art = tmp_path / "m.onnx"
+    path = write_manifest(_manifest(), art)
+    data = json.loads(path.read_text())
+    del data["spec"], data["format"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="is malformed: it has no format, spec; re-export"):
+        load_manifest(art)
+
+
 def test_a_manifest_beside_another_file_is_not_that_files_manifest(tmp_path):
     """Copied (or left by a rename) beside another file, its hashes would vouch for the artifact it
     names while the other file is run or served."""

@@ -3,6 +3,7 @@ profiler reads manifests too."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -105,6 +106,10 @@ def load_manifest(path: str | Path) -> Manifest:
             f"manifest {path} has schema_version {version!r}; this version reads {SCHEMA_VERSION} (re-export the artifact)"
         )
     try:
+        missing = [f.name for f in dataclasses.fields(Manifest) if f.name not in data
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ValueError(f"it has no {', '.join(missing)}")
         manifest = Manifest.from_dict(data)
         # names are joined to the manifest's folder to read, replace and delete files: plain names only
         for name in [manifest.artifact, *manifest.files]:
