@@ -182,8 +182,9 @@ class ClassMap(nn.Module):
         self.conv = nn.Conv2d(3, 6, 3, padding=1)
 
     def forward(self, x):
-        scores = torch.round(self.conv(x))
-        return scores, scores.argmax(1)
+        logits = self.conv(x)
+        scores = torch.round(logits * 3) * 1e38  # infinite from 4 up (as fp16 overflows), class 0's too
+        return logits, scores.argmax(1)
 
 
 MODULES = {
@@ -259,10 +260,12 @@ def test_class_map_is_exact_with_ties(tmp_path):
     example, graph_module = rewritten(module)
     assert "aten.argmax.default" not in {str(n.target) for n in graph_module.graph.nodes}
     with torch.no_grad():
-        scores, classes = module(example)
+        logits, classes = module(example)
         got = graph_module(example)[1]
+    scores = torch.round(logits * 3) * 1e38
     top = scores.max(1, keepdim=True).values
     assert ((scores == top).sum(1) > 1).float().mean() > 0.3  # ties at many pixels: the check means something
+    assert scores[:, 0].isinf().any() and (scores.isinf() & (scores > 0)).any()
     assert torch.equal(got.long(), classes)
     reason = get_format("ncnn").unavailable_reason()
     if reason:

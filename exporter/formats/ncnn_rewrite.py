@@ -186,8 +186,8 @@ def _argmax(graph, node) -> None:
     ArgMax takes the whole blob, not an axis. ``best`` is the largest value so far; position ``c``
     wins where its value is strictly larger (``relu(sign(x_c - best))``, exact for any difference, so
     the first of equal values keeps the place, as in PyTorch), and the index is ``max(index, wins * c)``
-    (c is larger than every index before it). Six layers a position. The index is float (exact up to
-    2**24 positions); the ncnn runtime returns it in the manifest's dtype. Only an index that is an
+    (c is larger than every index before it; an infinite score wins or loses like any other). Six layers
+    a position. The index is float (exact up to 2**24 positions, 2048 in fp16); the ncnn runtime returns it in the manifest's dtype. Only an index that is an
     output is rewritten: one that other ops use stays (pnnx names it)."""
     aten = _aten()
     x, dim, keepdim = node.args[0], _arg(node, 1, "dim", None), _arg(node, 2, "keepdim", False)
@@ -200,11 +200,12 @@ def _argmax(graph, node) -> None:
         return _call(graph, aten.slice.Tensor, x, dim, c, c + 1)
 
     best = at(0)
-    index = _call(graph, aten.mul.Tensor, best, 0.0)
+    index = _call(graph, aten.mul.Tensor, best, 0.0) if shape[dim] == 1 else None  # (0 * inf: only for one position)
     for c in range(1, shape[dim]):
         value = at(c)
         wins = _call(graph, aten.relu.default, _call(graph, aten.sign.default, _call(graph, aten.sub.Tensor, value, best)))
-        index = _call(graph, aten.maximum.default, index, _call(graph, aten.mul.Tensor, wins, float(c)))
+        won = _call(graph, aten.mul.Tensor, wins, float(c))
+        index = won if index is None else _call(graph, aten.maximum.default, index, won)
         if c + 1 < shape[dim]:
             best = _call(graph, aten.maximum.default, best, value)
     node.replace_all_uses_with(index if keepdim else _call(graph, aten.reshape.default, index, _shape(node)))
