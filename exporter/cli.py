@@ -326,18 +326,14 @@ def check_mode_flags(a) -> None:
         raise UserError(f"{calib[0]}: the calibration options only apply to --int8 (or --target)")
 
 
-CHECKPOINT_SUFFIXES = (".ckpt", ".pth", ".pt", ".bin", ".safetensors")
-
-
 def checkpoint_as_model(a) -> None:
-    """``autotimm-export model.ckpt``: a checkpoint file given where the model name goes is taken as
-    ``--checkpoint`` (an AutoTimm checkpoint names its own model; a state dict still needs one)."""
-    if not a.model or a.checkpoint or not a.model.lower().endswith(CHECKPOINT_SUFFIXES):
-        return
-    if not Path(a.model).is_file():
-        raise UserError(f"{a.model} looks like a checkpoint file but there is no such file (a timm model is named "
-                        "without a suffix, e.g. resnet50)")
-    a.model, a.checkpoint = None, a.model
+    """``autotimm-export model.ckpt``: an existing checkpoint file given where the model name goes is
+    taken as ``--checkpoint`` (an AutoTimm checkpoint names its own model; a state dict still needs one).
+    A name that is no file stays a name: timm has some with these suffixes (``beit3_base_patch16_224.pt``)."""
+    from autotimm_deploy.exporter.models.weights import CHECKPOINT_SUFFIXES
+
+    if a.model and not a.checkpoint and a.model.lower().endswith(CHECKPOINT_SUFFIXES) and Path(a.model).is_file():
+        a.model, a.checkpoint = None, a.model
 
 
 def main(a) -> int:

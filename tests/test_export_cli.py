@@ -49,7 +49,7 @@ BAD = {
     "no model": ([], "give a timm model name"),
     "pretrained offline": (["test_resnet", "--pretrained", "--img-size", "64"], "could not load pretrained weights"),
     "missing checkpoint": (["test_resnet", "--checkpoint", "nope.pth", "--img-size", "64"], "checkpoint not found"),
-    "missing checkpoint as the model": (["nope.ckpt"], "looks like a checkpoint file but there is no such file"),
+    "missing checkpoint as the model": (["nope.ckpt"], "nor is there a checkpoint file of that name"),
     "state dict as the model": (["{wrong}"], "name the model: autotimm-export MODEL --checkpoint"),
     "garbage checkpoint": (["test_resnet", "--checkpoint", "{garbage}", "--img-size", "64"], "cannot read checkpoint"),
     "wrong checkpoint": (["test_resnet", "--checkpoint", "{wrong}", "--img-size", "64"], "does not match the model"),

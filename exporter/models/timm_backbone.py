@@ -11,6 +11,7 @@ import functools
 import torch
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.spec import DEFAULT_CLASSES, ModelSpec
+from autotimm_deploy.exporter.models.weights import CHECKPOINT_SUFFIXES
 
 
 def _timm():
@@ -38,6 +39,8 @@ def check_model_name(name: str) -> None:
         return
     close = difflib.get_close_matches(base, (*VARIANTS, *_all_names()), n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+    if name.lower().endswith(CHECKPOINT_SUFFIXES):
+        hint += " (nor is there a checkpoint file of that name)"
     raise UserError(f"unknown timm model {name!r}{hint}")
 
 

@@ -12,6 +12,8 @@ from autotimm_deploy.exporter.core.environment import available_memory
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.limits import MAX_INFLATION
 
+CHECKPOINT_SUFFIXES = (".ckpt", ".pth", ".pt", ".bin", ".safetensors")  # what a checkpoint file is named
+
 # Containers that training scripts wrap a state dict in, tried in this order.
 _NESTED_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module", "net")
 # Prefixes added by DataParallel, Lightning modules, torch.compile, our own task wrappers.
