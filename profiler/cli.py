@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -139,9 +140,11 @@ def _check_outputs(a) -> None:
         raise UserError("--plot writes a PNG file: give it a path (standard output takes --json, --csv or --markdown)")
     _to_stdout(a)
     protected = [q for target in a.targets if Path(target).exists() for q in artifact_files(Path(target))]
-    for given in a.pictures or ():  # the pictures --pictures reads (a folder's, however named)
-        p = Path(given)
-        protected += [f for f in p.rglob("*") if f.is_file()] if p.is_dir() else [p] if p.is_file() else []
+    if a.pictures:  # and the pictures --pictures reads
+        from autotimm_deploy.profiler.predict import picture_files
+
+        with contextlib.suppress(UserError):  # none to read: said when they are read
+            protected += picture_files(a.pictures)
     check_report_paths({f"--{name}": (None if getattr(a, name) == STDOUT else getattr(a, name))
                         for name in (*TEXT_REPORTS, "plot")}, protected)
 

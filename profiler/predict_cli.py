@@ -3,14 +3,14 @@ answers out: a table (or ``--json``), and with ``-o DIR`` each picture annotated
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
 import sys
 from pathlib import Path
 
 from autotimm_deploy.exporter.core.cli import EXIT_OK, OneLineParser, console, float_in, int_in, progress_bar, run_cli
 from autotimm_deploy.exporter.core.errors import UserError
-from autotimm_deploy.exporter.core.files import atomic_write_bytes, check_out_dir, make_out_dir
+from autotimm_deploy.exporter.core.files import atomic_write_bytes, check_out_dir, out_dir_for
 from autotimm_deploy.exporter.core.spec import read_class_names
 from autotimm_deploy.profiler.runtimes import runtime_names
 from rich.markup import escape
@@ -70,33 +70,32 @@ def main(a) -> int:
             raise UserError("-o needs a folder name (use -o . for the current folder)")
         check_out_dir(out)
         stems = _outputs(out, files)
-        created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)  # the first folder made
-        make_out_dir(out)
-    written: list[Path] = []
+    made: list[Path] = []  # answers this run wrote where there was no file
 
-    with progress_bar(counts=True) as bar:
+    def write(path: Path, data: bytes) -> Path:
+        if not path.exists():
+            made.append(path)
+        atomic_write_bytes(path, data)
+        return path
+
+    # the folders it makes are removed again if it stops and leaves them empty
+    with out_dir_for(out) if out is not None else contextlib.nullcontext(), progress_bar(counts=True) as bar:
         task = bar.add_task(Path(a.artifact).name, total=len(files))
 
         def done(answer) -> None:
             if out is not None:
                 stem = stems[answer.file]
                 if answer.mask is not None:
-                    answer.mask_file = out / f"{stem}.mask.png"
-                    atomic_write_bytes(answer.mask_file, mask_png(answer.mask))
-                    written.append(answer.mask_file)
-                answer.annotated = out / f"{stem}.pred.png"
-                atomic_write_bytes(answer.annotated, draw(answer.picture, answer))
-                written.append(answer.annotated)
+                    answer.mask_file = write(out / f"{stem}.mask.png", mask_png(answer.mask))
+                answer.annotated = write(out / f"{stem}.pred.png", draw(answer.picture, answer))
             bar.advance(task)
 
         try:
             answers = predict(a.artifact, files, runtime=a.runtime, device=a.device, names=names, top_k=a.top_k,
                               min_score=a.min_score, on_answer=done)
-        except BaseException:  # a picture it cannot read, an interrupt: no partial set of answers is left
-            for f in written:
+        except BaseException:  # a picture it cannot read, an interrupt: no partial set of new answers is left
+            for f in made:
                 f.unlink(missing_ok=True)
-            if out is not None and created is not None:
-                shutil.rmtree(created, ignore_errors=True)
             raise
     if a.json:
         print(json.dumps({"artifact": str(a.artifact), "results": [x.to_dict() for x in answers]}, indent=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -115,6 +116,14 @@ def test_cli_json_and_annotated_pictures(tmp_path, pictures):
     with Image.open(out / "coffee.mask.png") as m, Image.open(out / "coffee.pred.png") as p:
         assert m.size == (600, 400) and p.size == (600, 400)
         assert np.asarray(m).max() < 3
+    # again, with a broken picture after them: it stops; the answers already there stay, its new ones do not
+    more = tmp_path / "more"
+    shutil.copytree(pictures, more)
+    (more / "extra.jpg").write_bytes((more / "chelsea.jpg").read_bytes())
+    (more / "zz.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    r = call_cli("autotimm_deploy.profiler.predict_cli", str(artifact), str(more), "-o", str(out))
+    assert r.returncode == 2 and "cannot read picture" in r.stderr
+    assert files_under(out) == sorted(f"{n}.{k}.png" for n in ("astronaut", "chelsea", "coffee") for k in ("mask", "pred"))
 
 
 def test_cli_errors_are_one_line_and_leave_nothing(tmp_path, pictures):
