@@ -10,7 +10,7 @@ from pathlib import Path
 
 from autotimm_deploy.exporter.core.cli import EXIT_OK, OneLineParser, console, float_in, int_in, progress_bar, run_cli
 from autotimm_deploy.exporter.core.errors import UserError
-from autotimm_deploy.exporter.core.files import atomic_write_bytes, check_out_dir, out_dir_for
+from autotimm_deploy.exporter.core.files import atomic_write_bytes, check_out_dir, out_dir_for, remove_file
 from autotimm_deploy.exporter.core.spec import read_class_names
 from autotimm_deploy.profiler.runtimes import runtime_names
 from rich.markup import escape
@@ -95,7 +95,7 @@ def main(a) -> int:
                               min_score=a.min_score, on_answer=done)
         except BaseException:  # a picture it cannot read, an interrupt: no partial set of new answers is left
             for f in made:
-                f.unlink(missing_ok=True)
+                remove_file(out, f.name)
             raise
     if a.json:
         print(json.dumps({"artifact": str(a.artifact), "results": [x.to_dict() for x in answers]}, indent=2))

@@ -83,19 +83,19 @@ def _name(names: list[str] | None, label: int) -> str:
     return names[label] if names and 0 <= label < len(names) else str(label)
 
 
-# what one picture's outputs hold for a task: (output, rank without the batch) of the scores the answer reads
-_SCORES = {"classification": ("probs", "logits", 1), "semantic-segmentation": ("mask", "logits", 2)}
+# the outputs an answer reads for a task, first found first, with their rank without the batch
+_SCORES = {"classification": {"probs": 1, "logits": 1}, "semantic-segmentation": {"mask": 2, "logits": 3}}
 
 
 def _check_outputs(outputs: dict[str, np.ndarray], task: str, names: list[str] | None) -> None:
     """The outputs are what the manifest's task and class names say, else one line (an edited manifest
     would otherwise give a classifier's scores as a class map, or names beside the wrong scores)."""
-    if task not in _SCORES:
+    ranks = _SCORES.get(task, {})
+    key = next((k for k in ranks if k in outputs), None)
+    if key is None and not ranks:
         return
-    first, second, rank = _SCORES[task]
-    key = next((k for k in (first, second) if k in outputs), None)
     shape = None if key is None else np.shape(outputs[key])[1:]
-    if key is None or len(shape) != rank + (key == "logits" and task != "classification"):
+    if key is None or len(shape) != ranks[key]:
         got = ", ".join(f"{k} {list(np.shape(v))}" for k, v in outputs.items())
         raise UserError(f"the artifact's outputs ({got}) are not a {task} model's, as its manifest says: re-export "
                         "the artifact, or restore its manifest")

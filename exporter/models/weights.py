@@ -84,10 +84,16 @@ def _safetensors_data(path: Path, head: bytes, size: int) -> int:
     return size - 8 - header
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def checkpoint_file(path: str | Path) -> Path:
+    """``path`` when it is a file, else one line saying what it is."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} is a folder, not a file" if path.is_dir() else f"checkpoint not found: {path}")
+    return path
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    path = checkpoint_file(path)
     check_unpacked_size(path)
     try:
         if path.suffix == ".safetensors":

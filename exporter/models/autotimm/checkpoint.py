@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from autotimm_deploy.exporter.core.errors import UserError, first_line
-from autotimm_deploy.exporter.models.weights import check_unpacked_size
+from autotimm_deploy.exporter.models.weights import check_unpacked_size, checkpoint_file
 
 COMPILED = "._orig_mod"  # torch.compile's wrapper, in keys saved with AutoTimm's compile_model=True
 
@@ -117,9 +117,7 @@ def read_lightning_checkpoint(path: str | Path) -> LightningCheckpoint | None:
     """The checkpoint at ``path`` if it is a Lightning checkpoint (a dict with ``state_dict`` and
     ``hyper_parameters``), else None. Unreadable files are a `UserError`. The last file read is
     kept, so recognising, describing and building one checkpoint reads it once."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} is a folder, not a file" if path.is_dir() else f"checkpoint not found: {path}")
+    path = checkpoint_file(path)
     st = path.stat()
     return _read(path.resolve(), st.st_size, st.st_mtime_ns)
 
