@@ -50,6 +50,7 @@ from autotimm_deploy.exporter.core.spec import (
 from autotimm_deploy.exporter.formats import FORMATS, ExportOptions, export_order
 from autotimm_deploy.exporter.formats.dims import AUTO_MIN_SIZE, parse_dynamic_size
 from autotimm_deploy.exporter.parity import reference_summary, summary
+from autotimm_deploy.profiler.report.table import interval_text
 from autotimm_deploy.exporter.triton.console import (
     add_serve_options,
     check_serve_options_used,
@@ -552,7 +553,7 @@ def print_ranking(rows: list[dict], eager: dict, out: Console) -> None:
         precision = r["precision"] + (f" ({r['variant']})" if r.get("variant") else "")
         t.add_row("[green]chosen[/]" if r["chosen"] else "", r["format"], precision,
                   f"{r['median_ms']:.2f}" if r["median_ms"] is not None else "-",
-                  f"{sp['ratio']:.2f}x [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}]" if sp else "-",
+                  f"{sp['ratio']:.2f}x {interval_text(sp)}" if sp else "-",
                   r["parity"] or "-", f"{r['max_rel']:.1e}" if r["max_rel"] is not None else "-",
                   f"{r['top1_agreement']:.0%}" if r["top1_agreement"] is not None else "-", *acc,
                   escape(r["note"] or "; ".join(r["failures"])[:80]))

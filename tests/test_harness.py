@@ -4,7 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
-from autotimm_deploy.profiler.measure.stats import median_ci, median_ci_ranks, summarize
+from autotimm_deploy.profiler.measure.stats import median_ci, median_ci_ranks, ratio_summary, summarize
 from autotimm_deploy.profiler.measure.sweep import Point, batches_in_range, powers_of_two, sweep
 from autotimm_deploy.profiler.measure.timing import HarnessConfig, measure
 
@@ -39,6 +39,16 @@ def test_summary_statistics_exact():
     assert median_ci_ranks(100) == (39, 60)  # ranks 40 and 61 (1-based), the textbook answer
     assert (s.ci_low, s.ci_high) == (40, 61)
     assert median_ci([5.0] * 9) == (5.0, 5.0)
+
+
+def test_no_interval_under_six_samples():
+    """min..max holds the median with 1 - 2 * 0.5**n: 0.9375 at five samples, under 95 %, so no CI is
+    reported there (None, shown as "no CI"); at six it is min..max (0.969)."""
+    assert median_ci([3.0, 1.0, 2.0, 5.0, 4.0]) == (None, None) and median_ci([]) == (None, None)
+    assert median_ci([3.0, 1.0, 2.0, 6.0, 5.0, 4.0]) == (1.0, 6.0)
+    s = summarize([2.0])
+    assert (s.n, s.p50, s.ci_low, s.ci_high) == (1, 2.0, None, None)
+    assert ratio_summary([1.5, 2.0]) == {"ratio": 1.75, "ci_low": None, "ci_high": None, "rounds": 2}
 
 
 def test_warmup_runs_until_stable_then_forced_iterations():

@@ -77,7 +77,8 @@ def test_report_per_batch_with_eager(detector, pictures):
     assert [p["batch"] for p in run["points"]] == [1, 2] and report["pictures"]["found"] == 3
     for p in run["points"]:
         assert set(p["steps_ms"]) == {*STEPS, "end to end (eager)", "compute only (eager)"}
-        assert all(s["n"] >= 3 and s["ci_low"] <= s["p50"] <= s["ci_high"] for s in p["steps_ms"].values())
+        # three samples hold no 95 % interval of the median (profiler/measure/stats.py): none is made up
+        assert all(s["n"] == 3 and s["ci_low"] is s["ci_high"] is None for s in p["steps_ms"].values())
         assert p["speedup_vs_eager"]["ratio"] > 0
         assert p["images_per_s"] == pytest.approx(p["batch"] / p["steps_ms"]["end to end"]["p50"] * 1e3)
 

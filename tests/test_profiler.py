@@ -1,5 +1,6 @@
 """Runtimes on a tiny exported model, the profiler API and CLI, its renderers and bad inputs."""
 
+import csv
 import json
 import os
 
@@ -66,7 +67,8 @@ def test_profile_report_schema_and_compare_eager(small_artifacts):
         assert run["points"][0]["speedup_vs_batch1"] == 1.0
         assert run["memory"]["peak_rss_mb"] > 0
     vs = onnx_run["points"][0]["vs_baseline"]
-    assert vs["ci_low"] <= vs["ratio"] <= vs["ci_high"] and vs["rounds"] >= 1
+    assert vs["rounds"] >= 1 and (vs["ci_low"] is None) == (vs["rounds"] < 6)  # no 95 % CI under 6
+    assert vs["ci_low"] is None or vs["ci_low"] <= vs["ratio"] <= vs["ci_high"]
     assert report["environment"]["cpu"] and report["environment"]["packages"]["onnxruntime"]
 
 
@@ -104,6 +106,25 @@ def test_cli_isolated_with_every_renderer(small_artifacts, tmp_path):
 
     assert matplotlib.image.imread(str(paths["png"])).shape[0] > 100
     assert "median ms" in p.stdout  # the rich table
+
+
+def test_few_iterations_say_there_is_no_interval(small_artifacts, tmp_path):
+    """--iterations 2: two samples hold no 95 % interval of the median. Every renderer says so
+    (JSON null, an empty CSV cell, "no CI" in the table and Markdown) and the plot draws no whisker;
+    none of them prints an interval of [x, x]."""
+    paths = {k: tmp_path / f"r.{k}" for k in ("json", "csv", "md", "png")}
+    p = call_cli("autotimm_deploy.profiler.cli", str(small_artifacts["onnx"]), "--compare-eager", "--no-isolate",
+                 "--iterations", "2", "--warmup-time", "0", "--json", str(paths["json"]), "--csv", str(paths["csv"]),
+                 "--markdown", str(paths["md"]), "--plot", str(paths["png"]))
+    assert p.returncode == 0, p.stderr
+    runs = json.loads(paths["json"].read_text())["runs"]
+    onnx_point = next(r for r in runs if r["runtime"] == "onnxruntime")["points"][0]
+    assert onnx_point["stats_ms"]["n"] == 2 and onnx_point["stats_ms"]["ci_low"] is None
+    assert onnx_point["vs_baseline"]["rounds"] == 2 and onnx_point["vs_baseline"]["ci_high"] is None
+    row = next(r for r in csv.DictReader(paths["csv"].open()) if r["runtime"] == "onnxruntime")
+    assert row["ci_low_ms"] == row["speedup_ci_high"] == "" and float(row["median_ms"]) > 0
+    assert "(no CI: n<6)" in paths["md"].read_text() and "(no CI: n<6)" in p.stdout
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_json_to_stdout_and_eager_by_name():

@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from autotimm_deploy.exporter.core.results import MIN_CI_SAMPLES
 
 Z95 = 1.959963984540054
 
@@ -20,17 +21,18 @@ def median_ci_ranks(n: int, z: float = Z95) -> tuple[int, int]:
     return lo, hi
 
 
-def median_ci(values, z: float = Z95) -> tuple[float, float]:
+def median_ci(values, z: float = Z95) -> tuple[float, float] | tuple[None, None]:
+    """The median's 95 % CI, or (None, None) under `MIN_CI_SAMPLES` samples."""
     v = np.sort(np.asarray(values, dtype=np.float64))
-    if v.size == 0:
-        return math.nan, math.nan
+    if v.size < MIN_CI_SAMPLES:
+        return None, None
     lo, hi = median_ci_ranks(v.size, z)
     return float(v[lo]), float(v[hi])
 
 
 def ci_halfwidth_rel(values) -> float:
     """Half-width of the median's CI relative to the median (0.02 = ±2 %)."""
-    if len(values) < 5:
+    if len(values) < MIN_CI_SAMPLES:
         return math.inf
     lo, hi = median_ci(values)
     med = float(np.median(values))
@@ -48,8 +50,8 @@ class Stats:
     p95: float
     p99: float
     max: float
-    ci_low: float  # 95 % CI of the median
-    ci_high: float
+    ci_low: float | None  # 95 % CI of the median (None under MIN_CI_SAMPLES samples)
+    ci_high: float | None
 
     def to_dict(self) -> dict:
         return asdict(self)

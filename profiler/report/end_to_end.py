@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from autotimm_deploy.exporter.core.files import atomic_write_text
+from autotimm_deploy.profiler.report.table import interval_text
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -17,12 +18,12 @@ STEP_COLUMNS = ("end to end", "decode", "preprocess", "compute only", "answers",
 def _ms(stats: dict | None) -> str:
     if not stats:
         return "-"
-    return f"{stats['p50']:.2f} [{stats['ci_low']:.2f}, {stats['ci_high']:.2f}]"
+    return f"{stats['p50']:.2f} {interval_text(stats)}"
 
 
 def _speedup(point: dict) -> str:
     s = point.get("speedup_vs_eager")
-    return "-" if not s else f"{s['ratio']:.2f}x [{s['ci_low']:.2f}, {s['ci_high']:.2f}]"
+    return "-" if not s else f"{s['ratio']:.2f}x {interval_text(s)}"
 
 
 def rows(report: dict) -> tuple[list[str], list[list[str]]]:

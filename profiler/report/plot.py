@@ -225,8 +225,9 @@ def _draw_batch_panels(ax_lat, ax_tp, series: list) -> list:
     for run, c, pts in series:
         b = [p["batch"] for p in pts]
         med = [p["stats_ms"]["p50"] for p in pts]
-        lo = [p["stats_ms"].get("ci_low", m) for p, m in zip(pts, med)]
-        hi = [p["stats_ms"].get("ci_high", m) for p, m in zip(pts, med)]
+        # no CI under 6 samples: the whisker shrinks to the median
+        lo = [m if p["stats_ms"].get("ci_low") is None else p["stats_ms"]["ci_low"] for p, m in zip(pts, med)]
+        hi = [m if p["stats_ms"].get("ci_high") is None else p["stats_ms"]["ci_high"] for p, m in zip(pts, med)]
         ax_lat.fill_between(b, lo, hi, color=c, alpha=0.22, lw=0)
         h = ax_lat.errorbar(b, med, yerr=[[m - l for m, l in zip(med, lo)], [h_ - m for m, h_ in zip(med, hi)]],
                             color=c, marker="o", ms=5, lw=1.8, capsize=3,
@@ -278,7 +279,7 @@ def _speedup_panel(ax, speed) -> None:
         for p in pts:
             vs = p["vs_baseline"]
             r = vs["ratio"]
-            lo, hi = vs.get("ci_low", r), vs.get("ci_high", r)
+            lo, hi = vs.get("ci_low"), vs.get("ci_high")
             unclear = lo is not None and hi is not None and lo <= 1.0 <= hi
             err = [[max(0.0, r - lo)], [max(0.0, hi - r)]] if lo is not None and hi is not None else None
             ax.barh(y, r, height=0.68, color=c, alpha=0.4 if unclear else 0.9, xerr=err,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from autotimm_deploy.exporter.core.results import ProfileRun
+from autotimm_deploy.exporter.core.results import MIN_CI_SAMPLES, ProfileRun
+
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -63,10 +64,16 @@ def peak_lines(report: dict) -> list[str]:
     return out
 
 
+def interval_text(d: dict, spec: str = ".2f") -> str:
+    """``[lo, hi]`` of a dict's ``ci_low`` / ``ci_high``, or what stands where there is none."""
+    lo, hi = d.get("ci_low"), d.get("ci_high")
+    return f"(no CI: n<{MIN_CI_SAMPLES})" if lo is None or hi is None else f"[{lo:{spec}}, {hi:{spec}}]"
+
+
 def speedup_text(r: dict) -> str:
     if r.get("speedup_vs_baseline") is None:
         return "-"
-    return f"{r['speedup_vs_baseline']:.2f}x [{r['speedup_ci_low']:.2f}, {r['speedup_ci_high']:.2f}]"
+    return f"{r['speedup_vs_baseline']:.2f}x " + interval_text({"ci_low": r["speedup_ci_low"], "ci_high": r["speedup_ci_high"]})
 
 
 def cells(r: dict) -> list[str]:
