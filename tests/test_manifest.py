@@ -68,6 +68,24 @@ def test_a_manifest_without_a_field_names_it(tmp_path):
         load_manifest(art)
 
 
+@pytest.mark.parametrize("key,value,says", [
+    ("num_classes", "3", "--num-classes takes an integer, got '3'"),
+    ("in_chans", 3.0, "--in-chans takes an integer, got 3.0"),
+    ("img_size", "64", "--img-size takes two integer sides (height, width), got '64'"),
+    ("img_size", [64, 64, 3], "--img-size takes two integer sides (height, width), got (64, 64, 3)"),
+])
+def test_a_spec_value_of_the_wrong_type_is_named(tmp_path, key, value, says):
+    """An edited spec value of the wrong type: the field and what it takes, not Python's comparison error."""
+    art = tmp_path / "m.onnx"
+    path = write_manifest(_manifest(), art)
+    data = json.loads(path.read_text())
+    data["spec"][key] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError) as e:
+        load_manifest(art)
+    assert str(e.value) == f"manifest {path} is malformed: {says}; re-export the artifact"
+
+
 def test_a_manifest_beside_another_file_is_not_that_files_manifest(tmp_path):
     """Copied (or left by a rename) beside another file, its hashes would vouch for the artifact it
     names while the other file is run or served."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -81,6 +82,11 @@ class ModelSpec:
             raise UserError("weights='checkpoint' and a checkpoint path go together")
         if self.checkpoint is not None:  # the manifest says which file, wherever it is read from
             object.__setattr__(self, "checkpoint", str(Path(self.checkpoint).expanduser().absolute()))
+        for key in ("num_classes", "in_chans"):  # a manifest or recipe may hold anything: type before range
+            if getattr(self, key) is not None and not _is_int(getattr(self, key)):
+                raise UserError(f"{_flag(key)} takes an integer, got {getattr(self, key)!r}")
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, int(getattr(self, key)))
         if self.num_classes is not None and not 1 <= self.num_classes <= MAX_CLASSES:
             raise UserError(f"--num-classes takes 1 to {MAX_CLASSES}, got {self.num_classes}")
         if not 1 <= self.in_chans <= MAX_IN_CHANS:
@@ -101,20 +107,24 @@ class ModelSpec:
             raise UserError(f"unknown segmentation head {self.head['head']!r}; choose one of: {', '.join(SEG_HEADS)}")
         for key, top in HEAD_INT_LIMITS.items():
             v = self.head.get(key)
-            if key in self.head and (not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= top):
+            if key in self.head and (not _is_int(v) or not 1 <= v <= top):
                 raise UserError(f"--{key.replace('_', '-')} takes an integer from 1 to {top}, got {v!r}")
         if "strides" in self.head:
             v = self.head["strides"]
             if (not isinstance(v, (list, tuple)) or not 1 <= len(v) <= 8
-                    or not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 1024 for x in v)):
+                    or not all(_is_int(x) and 1 <= x <= 1024 for x in v)):
                 raise UserError(f"--strides takes 1 to 8 integers from 1 to 1024, got {v!r}")
         for key in ("depthwise", "raw", "argmax", "multi_label"):
             if key in self.head and not isinstance(self.head[key], bool):
                 raise UserError(f"--{key.replace('_', '-')} is a switch (true or false), got {self.head[key]!r}")
         for key in ("score_threshold", "iou_threshold", "mask_threshold"):
-            if key in self.head and not 0.0 <= float(self.head[key]) <= 1.0:
+            if key in self.head and not (is_number(self.head[key]) and 0.0 <= self.head[key] <= 1.0):
                 raise UserError(f"--{key.replace('_', '-')} must be between 0 and 1, got {self.head[key]}")
         if self.img_size is not None:
+            if _is_int(self.img_size):  # one side: a square
+                object.__setattr__(self, "img_size", (int(self.img_size),) * 2)
+            if not isinstance(self.img_size, (tuple, list)) or len(self.img_size) != 2 or not all(_is_int(s) for s in self.img_size):
+                raise UserError(f"--img-size takes two integer sides (height, width), got {self.img_size!r}")
             h, w = self.img_size
             if not (1 <= h <= MAX_IMG_SIDE and 1 <= w <= MAX_IMG_SIDE):
                 raise UserError(f"--img-size takes sides from 1 to {MAX_IMG_SIDE}, got {h}x{w}")
@@ -163,7 +173,7 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
         d = dict(d)
-        if d.get("img_size") is not None:
+        if isinstance(d.get("img_size"), list):
             d["img_size"] = tuple(d["img_size"])
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
@@ -175,6 +185,11 @@ class ModelSpec:
 def is_number(v: Any) -> bool:
     """A finite int or float (not a bool)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v: Any) -> bool:
+    """An integer (numpy's too), not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _flag(key: str) -> str:
