@@ -18,6 +18,7 @@ from autotimm_deploy.profiler.pipeline import profile
 from autotimm_deploy.profiler.artifact import open_artifact
 from autotimm_deploy.profiler.runtimes import RUNTIMES, available_runtimes, runtime_class
 from autotimm_deploy.profiler.targets import open_target, resolve
+from autotimm_deploy.profiler.report.table import skipped_text
 
 from tests.conftest import SMALL, call_cli, files_under, run_cli
 
@@ -76,9 +77,12 @@ def test_static_artifact_profiles_only_its_batch(tmp_path):
     from autotimm_deploy.exporter.formats import ExportOptions
 
     (r,) = export(SMALL, ["onnx"], tmp_path, ExportOptions(static=True, batch_size=2), verify=False)
-    report = profile([str(r.artifact)], Settings(batch_sizes=[1, 2, 4], harness=FAST))
+    report = profile([str(r.artifact)], Settings(batch_sizes=[1, 4], harness=FAST))
     (run,) = report["runs"]
     assert [p["batch"] for p in run["points"]] == [2] and run["batches_skipped"] == [1, 4]
+    # batch 2 was not asked: the table says it was measured instead
+    assert skipped_text(run, [1, 4]).endswith("batch sizes 1, 4 skipped (outside its batch range); "
+                                              "measured at its fixed batch 2 instead")
 
 
 def test_cli_isolated_with_every_renderer(small_artifacts, tmp_path):

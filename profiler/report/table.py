@@ -70,6 +70,14 @@ def interval_text(d: dict, spec: str = ".2f") -> str:
     return f"(no CI: n<{MIN_CI_SAMPLES})" if lo is None or hi is None else f"[{lo:{spec}}, {hi:{spec}}]"
 
 
+def skipped_text(run: dict, asked: list[int]) -> str:
+    """Which asked batch sizes a run skipped, and the fixed batch it was measured at instead, if any."""
+    text = (f"{run['target']['label']}: batch sizes {', '.join(map(str, run['batches_skipped']))} skipped "
+            "(outside its batch range)")
+    instead = [str(p["batch"]) for p in run["points"] if p["batch"] not in asked]
+    return text + (f"; measured at its fixed batch {', '.join(instead)} instead" if instead else "")
+
+
 def speedup_text(r: dict) -> str:
     if r.get("speedup_vs_baseline") is None:
         return "-"
@@ -105,8 +113,7 @@ def render(report: dict, console: "Console") -> None:
         console.print(f"[yellow]warning:[/] {escape(w)}")
     for run in report["runs"]:
         if run.get("batches_skipped"):
-            console.print(f"{escape(run['target']['label'])}: batch sizes "
-                          f"{', '.join(map(str, run['batches_skipped']))} skipped (outside its batch range)")
+            console.print(escape(skipped_text(run, report["settings"].get("batch_sizes") or [])))
     split = [(r["target"]["label"], r["phases_ms"]) for r in report["runs"] if r.get("phases_ms")]
     if split:
         t = Table(title="GPU time split (medians, each phase timed alone)")
