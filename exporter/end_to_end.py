@@ -208,6 +208,10 @@ def end_to_end(model, predict: Callable[[np.ndarray], dict[str, np.ndarray]], pi
         return {"verdict": "not run", "reason": "the preprocessing was overridden (--resize, --mean ...): AutoTimm's "
                                                 "eval transform is not what the artifact expects"}
     prep = describe(model.preprocessing, spec.task)
+    _, h, w = prep["input_size"]
+    if h != w:
+        return {"verdict": "not run", "reason": f"AutoTimm's eval transforms make square pictures (one image_size); "
+                                                f"this artifact takes {h}x{w}: the check against them runs at square sizes"}
     try:
         transform = reference_transform(prep, spec.task, spec.model)
     except Exception as e:  # noqa: BLE001 - AutoTimm (or albumentations) missing or changed

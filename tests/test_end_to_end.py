@@ -45,6 +45,15 @@ def test_overridden_preprocessing_is_not_compared(checkpoints, tmp_path):
     assert r.ok and r.parity.end_to_end["verdict"] == "not run" and "overridden" in r.parity.end_to_end["reason"]
 
 
+def test_a_non_square_artifact_is_not_held_to_square_references(checkpoints, tmp_path):
+    """AutoTimm's eval transforms take one image_size (square pictures): a 64x96 artifact passes its
+    tensor parity against predict() and says why the end-to-end check did not run, not a failure."""
+    spec = spec_from_checkpoint(checkpoints["fcn"], img_size=(SIZE, SIZE + 32))
+    (r,) = export(spec, ["onnx"], tmp_path)
+    assert r.ok, r.parity.failures
+    assert r.parity.end_to_end["verdict"] == "not run" and "64x96" in r.parity.end_to_end["reason"]
+
+
 def test_only_near_ties_at_the_edge_may_go_unmatched():
     """A detection may be missing on one side only where a near tie decides what makes the cut
     (within 0.02 of the lowest score kept); a missing confident one is a real difference."""
