@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-o", "--repo", required=True, help="the repository folder to create (must not exist)")
     b.add_argument("--name", action="append", help="the served name of each artifact, in order (repeat)")
     b.add_argument("--json", action="store_true", help="print the models as JSON")
+    b.add_argument("--allow-failed", action="store_true",
+                   help="serve artifacts whose manifest says they failed their parity check (refused otherwise)")
     add_serve_options(b)
     s = sub.add_parser("serve", help="serve a repository with the tritonserver bundled in nvidia-pytriton "
                                      "(Python backend: the _python, _preprocess and _ensemble models)")
@@ -34,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", action="append", help="load only these models (repeat)")
     s.add_argument("--http-port", type=int_in(1, 65535), default=8000)
     s.add_argument("--grpc-port", type=int_in(1, 65535), default=8001)
+    for command in (b, s):  # --debug after the command too: where the error lines suggest it
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
@@ -44,7 +48,8 @@ def main(a: argparse.Namespace) -> int:
 def _build(a: argparse.Namespace) -> int:
     from autotimm_deploy.exporter.triton import build_repository
 
-    models = build_repository(a.artifacts, a.repo, serve_options(a), names=a.name, ensemble_over=a.ensemble_over)
+    models = build_repository(a.artifacts, a.repo, serve_options(a), names=a.name, ensemble_over=a.ensemble_over,
+                              allow_failed=a.allow_failed)
     if a.json:
         print(json.dumps({"repository": a.repo, "models": [vars(m) for m in models]}, indent=2))
     print_models(models, a.repo, console(a.json))

@@ -25,9 +25,19 @@ def needs(fmt: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def pte(small_artifacts):
+def edge_artifacts(tmp_path_factory):
+    """`SMALL` in ExecuTorch and ncnn, each through its parity check (conftest's small_artifacts
+    exports every format; this file reads only these two)."""
+    formats = [f for f in ("executorch", "ncnn") if not get_format(f).unavailable_reason()]
+    results = export(SMALL, formats, tmp_path_factory.mktemp("edge"))
+    assert all(r.ok for r in results), [(r.format, r.error) for r in results]
+    return {r.format: r.artifact for r in results}
+
+
+@pytest.fixture(scope="module")
+def pte(edge_artifacts):
     needs("executorch")
-    return small_artifacts["executorch"]
+    return edge_artifacts["executorch"]
 
 
 def test_executorch_records_the_batch_its_memory_is_planned_for(pte):
@@ -67,9 +77,9 @@ def test_broken_edge_files_are_one_line(tmp_path, fmt, suffix, bad):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def test_ncnn_needs_its_bin(small_artifacts, tmp_path):
+def test_ncnn_needs_its_bin(edge_artifacts, tmp_path):
     needs("ncnn")
-    param = small_artifacts["ncnn"]
+    param = edge_artifacts["ncnn"]
     shutil.copy(param, tmp_path)  # without its .bin and its manifest
     with pytest.raises(UserError, match="needs its .bin"):
         resolve(str(tmp_path / param.name))

@@ -321,7 +321,10 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, artifacts):
     cases.append(([str(copied), "-o", str(tmp_path / "r10")], f"describes {cls['onnx'].name}, not v2.onnx"))
     for name, change, message in [("nopre", lambda j: j.pop("preprocessing"), "preprocessing.input_size"),
                                   ("noout", lambda j: j.update(outputs=[]), "no well-formed outputs"),
-                                  ("fmt", lambda j: j.update(format="foo"), "is a 'foo' artifact")]:
+                                  ("fmt", lambda j: j.update(format="foo"), "is a 'foo' artifact"),
+                                  ("failed", lambda j: j["parity"].update(verdict="fail", failures=["logits: max_rel 0.5"]),
+                                   "failed its parity check (logits: max_rel 0.5): served, it would give wrong answers; "
+                                   "re-export it, or pass --allow-failed")]:
         odd = tmp_path / name / cls["onnx"].name  # valid JSON, a field a config needs broken
         odd.parent.mkdir()
         shutil.copy(cls["onnx"], odd)
@@ -335,6 +338,10 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, artifacts):
         assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
         assert len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert files_under(tmp_path) == before  # nothing written, no temporary folder left
+    # served anyway when asked (--debug after the command, where the internal-error line points)
+    p = call_cli("autotimm_deploy.exporter.triton_cli", "build", str(tmp_path / "failed" / cls["onnx"].name), "-o",
+                 str(tmp_path / "r-anyway"), "--allow-failed", "--debug")
+    assert p.returncode == 0 and (tmp_path / "r-anyway" / "models.json").is_file(), p.stderr
     # autotimm-export --triton-repo checks its folder before exporting anything
     out = tmp_path / "out"
     p = call_cli("autotimm_deploy.exporter.cli", "test_resnet", "-o", str(out), "--triton-repo", str(taken))

@@ -22,9 +22,10 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.files import disk_full_is_fault
 from autotimm_deploy.exporter.core.manifest import MANIFEST_SUFFIX, Manifest, load_manifest, manifest_path, verify_files
+from autotimm_deploy.exporter.core.results import Verdict
 from autotimm_deploy.exporter.inputs.preprocess import describe
 from autotimm_deploy.exporter.triton.config import (
     NATIVE,
@@ -141,11 +142,12 @@ def check_destination(repository: str | Path, made_by_export: bool = False) -> P
 
 def build_repository(artifacts: list[str | Path], repository: str | Path, options: ServeOptions | None = None,
                      names: list[str] | None = None, ensemble_over: str = "python",
-                     skip_unserved: bool = False) -> list[RepoModel]:
+                     skip_unserved: bool = False, allow_failed: bool = False) -> list[RepoModel]:
     """Write the repository at ``repository`` (which must not exist) for ``artifacts`` (files with
     their manifests, or folders of them); ``names``: the base name of each, default from its file.
     ``skip_unserved``: an artifact of a format no Triton model serves (ncnn, LiteRT, ...) is listed
-    as not written, with why, instead of refusing them all; none served is still a `UserError`."""
+    as not written, with why, instead of refusing them all; none served is still a `UserError`.
+    ``allow_failed``: serve an artifact whose manifest says it failed its parity check (refused otherwise)."""
     options = options or ServeOptions()
     options.check()
     if ensemble_over not in ("python", "native"):
@@ -154,7 +156,7 @@ def build_repository(artifacts: list[str | Path], repository: str | Path, option
     paths = find_artifacts(artifacts)
     if names is not None and len(names) != len(paths):
         raise UserError(f"{len(names)} names for {len(paths)} artifacts: pass one --name per artifact, in order")
-    served, skipped = _load_manifests(paths, names, skip_unserved)
+    served, skipped = _load_manifests(paths, names, skip_unserved, allow_failed)
     if not served:
         raise NothingServed(f"Triton serves none of these artifacts ({', '.join(m.artifact for m in skipped)}): "
                            f"no repository written at {repository} (it serves {', '.join(KNOWN_FORMATS)})")
@@ -207,8 +209,8 @@ def _write_repository(repository: Path, bases: list[str], loaded: list[tuple[Pat
     return models
 
 
-def _load_manifests(paths: list[Path], names: list[str] | None,
-                    skip_unserved: bool) -> tuple[list[tuple[Path, Manifest, str]], list[RepoModel]]:
+def _load_manifests(paths: list[Path], names: list[str] | None, skip_unserved: bool,
+                    allow_failed: bool = False) -> tuple[list[tuple[Path, Manifest, str]], list[RepoModel]]:
     """(folder, manifest, base name) of each artifact to serve, its files verified; and, with
     ``skip_unserved``, the rows of those of a format no Triton model serves."""
     loaded, skipped = [], []
@@ -223,6 +225,10 @@ def _load_manifests(paths: list[Path], names: list[str] | None,
             continue
         verify_files(manifest, folder)
         check_servable(manifest, manifest_path(path))
+        if not allow_failed and manifest.parity is not None and manifest.parity.verdict == Verdict.FAIL:
+            why = first_line((manifest.parity.failures or ["see its manifest"])[0], 120)
+            raise UserError(f"{folder / manifest.artifact} failed its parity check ({why}): served, it would give "
+                            "wrong answers; re-export it, or pass --allow-failed to serve it anyway")
         loaded.append((folder, manifest, names[i] if names else base_name(folder / manifest.artifact)))
     return loaded, skipped
 
