@@ -299,7 +299,7 @@ def eager_outputs(model, x: np.ndarray) -> dict[str, np.ndarray]:
     ref = _cached(model, "eager", x)
     if ref is None:
         with torch.no_grad():
-            ref = _frozen(model(torch.from_numpy(x)), model.output_names)
+            ref = _frozen(model(torch.from_numpy(x.copy())), model.output_names)  # (a model may write its input)
         _store(model, "eager", x, ref)
     return ref
 
@@ -355,9 +355,12 @@ def verify(model, session, precision: str = "fp32", batches: tuple[int, ...] | N
                 against[key] = compare_outputs(own, out, tol)
     merged = _merge(per_batch)
     problems = [f"{name}: {p}" for name, m in merged.items() for p in failures(m, precision)]
-    exact, notes = _exact(model, precision, merged, problems, compared, tol)
+    # a model that is not deterministic has no answer to be judged by, float64's included
+    shaky = _unreproducible(model, compared[0], tol) if problems and compared else []
+    exact, notes = (None, []) if shaky else _exact(model, precision, merged, problems, compared, tol)
     if exact is not None and exact["verdict"] == "pass":
         problems = []
+    problems += shaky
     report_against = None
     if reference and against:  # (none when the runtime itself failed: that failure is reported once, above)
         metrics = _merge(against)
@@ -431,6 +434,22 @@ def _exact(model, precision: str, merged: dict, problems: list[str], compared: l
                    f"artifact is within {exact['factor']:g}x that (gate against eager: {'; '.join(problems)})"]
 
 
+def _unreproducible(model, run: tuple, tol) -> list[str]:
+    """Where eager itself gives other outputs for the same pictures (random ops, dropout left in training
+    mode, state kept between calls), the failure that says so; else none. Run only once parity has failed."""
+    import torch
+
+    x, ref, _ = run
+    with torch.no_grad():
+        again = dict(zip(model.output_names, (t.detach().numpy() for t in model(torch.from_numpy(x.copy())))))
+    drift = {n: compare(ref[n], again[n], tol).get("max_rel") for n in ref
+             if n in again and np.issubdtype(ref[n].dtype, np.floating) and ref[n].shape == again[n].shape}
+    drift = {n: d for n, d in drift.items() if d is not None and d > tol.max_rel}
+    return [f"{n}: eager itself is not reproducible (max_rel {d:.3g} between two runs on the same pictures): "
+            "the model has random ops, dropout in training mode or state kept between calls; make it "
+            "deterministic (model.eval()) before exporting" for n, d in drift.items()]
+
+
 def verify_pictures(model, session, precision: str = "fp32") -> ParityReport:
     """An artifact with its preprocessing inside (``--embed-preprocessing``): it and the eager wrapper
     on the same raw non-square 8-bit pictures, one at a time (each its own size)."""
@@ -475,7 +494,7 @@ def _reference_outputs(reference, x: np.ndarray) -> dict[str, np.ndarray] | str:
 
     try:
         with torch.no_grad():
-            return {k: v.numpy() for k, v in reference(torch.from_numpy(x)).items()}
+            return {k: v.numpy() for k, v in reference(torch.from_numpy(x.copy())).items()}
     except Exception as e:  # noqa: BLE001 - the reference implementation's own error, in one line
         return f"the reference failed: {type(e).__name__}: {first_line(e, 200)}"
 

@@ -77,3 +77,43 @@ def test_a_well_conditioned_model_keeps_the_plain_tolerance():
     report = verify(model, Session(lambda x: exact(x) * 1.01))  # 1 % off
     assert report.verdict == Verdict.FAIL and report.exact is None  # eager holds the gate against float64
     assert verify(model, Session(_run(model, torch.float32))).exact is None  # it passed: nothing to judge
+
+
+class Noisy(Cancelling):
+    """Cancelling's logits plus noise: eager differs from itself, so from float64 as much as any artifact."""
+
+    def forward(self, x):
+        y = super().forward(x)
+        return y + torch.randn_like(y)
+
+
+class Doubling(torch.nn.Module):
+    """Writes its input in place before using it."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(3, 6)
+
+    def forward(self, x):
+        x.mul_(2)
+        return self.proj(x.mean((2, 3)))
+
+
+def test_a_model_that_is_not_reproducible_fails_and_says_why():
+    """The float64 judgement would pass random outputs (eager's own error is as large as any): a model
+    whose two eager runs on the same pictures differ fails, naming that."""
+    torch.manual_seed(0)
+    model = from_module(Noisy(1e5), "noisy", 32)
+    report = verify(model, Session(lambda x: np.zeros((x.shape[0], 6))))
+    assert report.verdict == Verdict.FAIL and report.exact is None
+    assert any("eager itself is not reproducible" in f for f in report.failures)
+
+
+def test_a_model_that_writes_its_input_is_compared_on_the_same_pictures():
+    """Eager runs on a copy of the pictures: the artifact gets them as they were, not doubled."""
+    torch.manual_seed(0)
+    model = from_module(Doubling(), "doubling", 32)
+    inner = Doubling()
+    inner.load_state_dict(model.module.state_dict())
+    report = verify(model, Session(lambda x: inner(torch.from_numpy(x.copy())).detach().numpy()))
+    assert report.verdict == Verdict.PASS, report.failures
