@@ -638,8 +638,14 @@ def _io_signature(model, options: ExportOptions, parity: bool = True) -> dict[st
         x = parity_pictures(model.preprocessing, batch, (batch,) if options.static else BATCHES)
     else:
         x = np.zeros((batch, spec.in_chans, *spec.img_size), np.float32)
-    with torch.no_grad():  # counted once, on the forward that is run anyway
-        outs, flops = counted(model, lambda: model(torch.from_numpy(x)))
+    try:
+        with torch.no_grad():  # counted once, on the forward that is run anyway (on a copy: it may write it)
+            outs, flops = counted(model, lambda: model(torch.from_numpy(x.copy())))
+    except Exception as e:  # noqa: BLE001 - a user's own module (from_module): its error, in one line
+        if spec.weights != "module":
+            raise
+        raise UserError(f"{spec.model} failed on the parity pictures ({list(x.shape)}; from_module ran it on zeros "
+                        f"only): {type(e).__name__}: {first_line(e)}") from None
     if parity:
         keep_reference(model, x, outs)
     dim0 = options.batch_size if options.static else "batch"

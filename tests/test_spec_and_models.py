@@ -143,6 +143,59 @@ def test_bring_your_own_module_with_its_postprocessing(tmp_path):
         from_module(Net(), "my-net", 64, in_chans=1)
 
 
+@pytest.mark.parametrize("kwargs,says", [
+    ({"task": "detection"}, "as a detection model needs an output boxes [batch, N, 4] (what its answers read), got "
+                            "logits [2, 5]"),
+    ({"task": "semantic-segmentation"}, "needs an output logits [batch, C, H, W] or mask [batch, H, W]"),
+    ({"num_classes": 7}, "scores 5 classes, not num_classes=7"),
+    ({"output_names": ("input",)}, "a graph's input has that name"),
+    ({"img_size": 64.5}, "--img-size takes two integer sides (height, width), got 64.5"),
+    ({"output_names": ("out",), "task": "classification"}, "needs an output logits [batch, C] or probs [batch, C]"),
+])
+def test_from_module_holds_outputs_to_the_task_given(kwargs, says):
+    """What the answers read, by name and rank; the classes counted agree; names and sizes that are no such."""
+    import torch
+    from autotimm_deploy.exporter import from_module
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    with pytest.raises(UserError) as e:
+        from_module(net, "net", **{"img_size": 32, **kwargs})
+    assert says in str(e.value)
+    assert from_module(net, "net", 32, output_names="logits").spec.num_classes == 5  # a plain string is one name
+    feature_map = torch.nn.Conv2d(3, 4, 1)  # no task given: any outputs pass (a feature extractor)
+    assert from_module(feature_map, "features", 32).spec.num_classes is None
+
+
+def test_from_module_dtypes_and_errors_past_the_zero_batch(tmp_path):
+    """bfloat16 and complex outputs are refused up front; a forward that fails only on real pictures
+    (from_module ran zeros) is one line from export, with nothing written."""
+    import torch
+    from autotimm_deploy.exporter import export, from_module
+
+    class Cast(torch.nn.Module):
+        def __init__(self, dtype):
+            super().__init__()
+            self.dtype = dtype
+
+        def forward(self, x):
+            return x.mean((2, 3)).to(self.dtype)
+
+    for dtype, fix in ((torch.bfloat16, "as float32"), (torch.complex64, "real and imaginary parts")):
+        with pytest.raises(UserError, match=f"output logits is {str(dtype)[6:]}.*{fix}"):
+            from_module(Cast(dtype), "cast", 32)
+
+    class PicksyAboutPictures(torch.nn.Module):
+        def forward(self, x):
+            if x.abs().sum() > 0:
+                raise ValueError("no pictures, please")
+            return x.mean((2, 3))
+
+    model = from_module(PicksyAboutPictures(), "picky", 32)
+    with pytest.raises(UserError, match=r"picky failed on the parity pictures .*ValueError: no pictures, please"):
+        export(model.spec, ["onnx"], tmp_path / "out", model=model)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_a_relative_checkpoint_path_is_kept_absolute(tmp_path, monkeypatch):
     """The manifest names the checkpoint wherever it is read from, not relative to where export ran."""
     monkeypatch.chdir(tmp_path)

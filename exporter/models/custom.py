@@ -14,6 +14,43 @@ from autotimm_deploy.exporter.models.timm_backbone import preprocessing_record
 from torch import nn
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+INPUT_NAMES = {"input", "image"}  # what the graphs call their input (plain, and with preprocessing embedded)
+COMPLEX = (torch.complex32, torch.complex64, torch.complex128)
+# what an answer (autotimm-predict, the end-to-end checks) reads for each task: output -> its dims
+# without the batch ("N" detections, "C" classes, "H"/"W" any size), any one of a group
+TASK_OUTPUTS = {
+    "classification": [{"logits": "C", "probs": "C"}],
+    "semantic-segmentation": [{"logits": "CHW", "mask": "HW"}],
+    "detection": [{"boxes": "N4"}, {"scores": "N"}, {"labels": "N"}],
+    "instance-segmentation": [{"boxes": "N4"}, {"scores": "N"}, {"labels": "N"}, {"masks": "NHW"}],
+}
+
+
+def check_task_outputs(name: str, task: str, outs: dict[str, torch.Tensor], num_classes: int | None,
+                       strict: bool = True) -> int | None:
+    """The outputs are the ``task``'s, named as its answers read them, else one line; returns the number
+    of classes they score (None where they do not say). Not ``strict``: outputs that are not the task's
+    pass, unchecked."""
+    found, classes = {}, None
+    for group in TASK_OUTPUTS[task]:
+        key = next((k for k in group if k in outs), None)
+        dims = group.get(key, "")
+        shape = tuple(outs[key].shape[1:]) if key else None
+        if key is None or len(shape) != len(dims) or any(d == "4" and s != 4 for d, s in zip(dims, shape)):
+            if not strict:
+                return None
+            want = " or ".join(f"{k} [batch, {', '.join(d)}]" for k, d in group.items())
+            raise UserError(f"{name} as a {task} model needs an output {want} (what its answers read), got "
+                            + ", ".join(f"{k} {list(t.shape)}" for k, t in outs.items())
+                            + ": name the outputs so (output_names), or give the right task")
+        n = shape[dims.index("N")] if "N" in dims else None
+        if n is not None and found.setdefault("N", n) != n:
+            raise UserError(f"{name}'s detection outputs hold different numbers of detections: "
+                            + ", ".join(f"{k} {list(t.shape)}" for k, t in outs.items()))
+        classes = shape[dims.index("C")] if "C" in dims else classes
+    if num_classes is not None and classes is not None and classes != num_classes:
+        raise UserError(f"{name} scores {classes} classes, not num_classes={num_classes}: give {classes}, or leave it out")
+    return classes
 
 
 class UserModel(nn.Module):
@@ -35,18 +72,21 @@ class UserModel(nn.Module):
 
 
 def from_module(module: nn.Module, name: str, img_size: int | tuple[int, int], output_names: Sequence[str] = ("logits",),
-                task: str = "classification", in_chans: int = 3, num_classes: int | None = None,
+                task: str | None = None, in_chans: int = 3, num_classes: int | None = None,
                 preprocessing: dict[str, Any] | None = None) -> nn.Module:
     """``module`` ready for `autotimm_deploy.exporter.pipeline.export` (``export(model.spec, formats,
     out, model=model)``). ``preprocessing`` (mean, std, interpolation, crop_pct) is what callers
     must apply to pictures; default ImageNet statistics, bilinear resize, no crop. One zero batch is
-    run to check the outputs match ``output_names``."""
+    run to check the outputs match ``output_names``, and a ``task`` given (default: classification) that
+    they are the outputs its answers read (`TASK_OUTPUTS`)."""
     plain_name(name, "the model name")
-    names = tuple(output_names)
+    names = (output_names,) if isinstance(output_names, str) else tuple(output_names)
     if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n.isidentifier() for n in names):
         raise UserError(f"output_names must be distinct identifiers, got {list(names)}")
-    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    spec = ModelSpec(name, task=task, img_size=size, in_chans=in_chans, num_classes=num_classes, weights="module",
+    if INPUT_NAMES & set(names):
+        raise UserError(f"output_names {sorted(INPUT_NAMES & set(names))}: a graph's input has that name; name the "
+                        "outputs otherwise")
+    spec = ModelSpec(name, task=task or "classification", img_size=img_size, in_chans=in_chans, num_classes=num_classes, weights="module",
                      preprocess=dict(preprocessing or {}))  # checked there
     model = UserModel(module, names).eval()
     try:
@@ -58,6 +98,14 @@ def from_module(module: nn.Module, name: str, img_size: int | tuple[int, int], o
     if len(outs) != len(names) or not all(isinstance(t, torch.Tensor) and t.shape[:1] == (2,) for t in outs):
         raise UserError(f"{name} returns {len(outs)} output(s) for the {len(names)} output_names {list(names)}; each "
                         "must be a tensor whose first dimension is the batch")
+    for n, t in zip(names, outs):
+        if t.dtype in (torch.bfloat16, *COMPLEX):
+            fix = "its real and imaginary parts as two outputs" if t.dtype in COMPLEX else "it as float32 (.float())"
+            raise UserError(f"{name}'s output {n} is {str(t.dtype)[6:]}, which the formats' runtimes do not all "
+                            f"return: return {fix}")
+    # a module left at the default task may be anything (a feature map): held to a task only when given one
+    found = check_task_outputs(name, spec.task, dict(zip(names, outs)), spec.num_classes, strict=task is not None)
+    spec = spec.replace(num_classes=found) if spec.num_classes is None and found else spec
     mean_std = IMAGENET if in_chans == 3 else {"mean": [0.5] * in_chans, "std": [0.25] * in_chans}
     model.spec = spec
     model.preprocessing = preprocessing_record(model.spec, mean_std["mean"], mean_std["std"], "bilinear", 1.0,
