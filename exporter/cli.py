@@ -333,7 +333,14 @@ def checkpoint_as_model(a) -> None:
     A name that is no file stays a name: timm has some with these suffixes (``beit3_base_patch16_224.pt``)."""
     from autotimm_deploy.exporter.models.weights import CHECKPOINT_SUFFIXES
 
-    if a.model and not a.checkpoint and a.model.lower().endswith(CHECKPOINT_SUFFIXES) and Path(a.model).is_file():
+    if not a.model or a.checkpoint or not a.model.lower().endswith(CHECKPOINT_SUFFIXES):
+        return
+    if Path(a.model).is_dir():
+        raise UserError(f"{a.model} is a folder, not a checkpoint file: give the .ckpt file inside it")
+    if Path(a.model).is_file():
+        if a.pretrained:
+            raise UserError(f"--pretrained does not apply to a checkpoint ({a.model}): its weights are the "
+                            "checkpoint's; leave --pretrained out")
         a.model, a.checkpoint = None, a.model
 
 
@@ -353,7 +360,11 @@ def main(a) -> int:
     if a.ray:
         raise UserError("--ray runs a recipe's cells on a Ray cluster: use it with --recipe FILE.yaml")
     checkpoint_as_model(a)
-    if not a.model and (not a.checkpoint or a.architecture == "builtin"):
+    if not a.model and a.checkpoint and a.architecture == "builtin":
+        raise UserError(f"an AutoTimm checkpoint ({a.checkpoint}) is rebuilt with AutoTimm's own modules: leave out "
+                        "--architecture builtin, or name the timm model a plain state dict is for "
+                        "(autotimm-export MODEL --checkpoint FILE)")
+    if not a.model and not a.checkpoint:
         raise UserError("give a timm model name, e.g. autotimm-export resnet50, or an AutoTimm --checkpoint "
                         "(or --list-formats, --recipe)")
     formats = csv_list(a.format)
