@@ -168,6 +168,25 @@ def test_edited_checkpoint_names_the_mismatch(checkpoints, tmp_path):
         build_model(spec_from_checkpoint(edited, img_size=(SIZE, SIZE)))
 
 
+@pytest.mark.parametrize("edit,says", [
+    (lambda ck: ck["hyper_parameters"].update(score_thresh=2.0),
+     "whose hyper-parameters are refused (--score-threshold must be between 0 and 1, got 2.0; a value read from the "
+     "checkpoint, not a flag): a damaged or edited checkpoint"),
+    (lambda ck: ck["hyper_parameters"].update(fpn_channels="64"), "--fpn-channels takes an integer from 1 to 4096, got '64'"),
+    (lambda ck: ck.update(datamodule_hyper_parameters={"image_size": "64"}),
+     "whose training image_size is '64', not a side in pixels: give --img-size"),
+])
+def test_a_checkpoints_own_bad_values_are_said_to_be_its(checkpoints, tmp_path, edit, says):
+    """A value the spec refuses that came from the checkpoint, not from a flag the user typed."""
+    ck = torch.load(checkpoints["fcos"], weights_only=True)
+    edit(ck)
+    edited = tmp_path / "edited.ckpt"
+    torch.save(ck, edited)
+    with pytest.raises(UserError) as e:
+        spec_from_checkpoint(edited)
+    assert says in str(e.value) and str(e.value).startswith(f"{edited} holds an AutoTimm ObjectDetector")
+
+
 def test_preprocessing_overrides_are_recorded(checkpoints, tmp_path):
     spec = spec_from_checkpoint(checkpoints["classifier"], img_size=(SIZE, SIZE),
                                 preprocess={"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "crop_pct": 1.0})

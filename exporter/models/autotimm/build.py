@@ -22,6 +22,7 @@ import torch
 from autotimm_deploy.exporter.core.capture import captured_output
 from autotimm_deploy.exporter.core.errors import MissingExtra, UserError, first_line
 from autotimm_deploy.exporter.core.files import sha256_file
+from autotimm_deploy.exporter.core.limits import MAX_IMG_SIDE
 from autotimm_deploy.exporter.core.spec import DETECTION_ARCHS, ModelSpec
 from autotimm_deploy.exporter.models.autotimm.checkpoint import LightningCheckpoint, read_lightning_checkpoint
 from autotimm_deploy.exporter.models.autotimm.tasks import STRUCTURAL, TASKS, AutoTimmTask, for_spec, identify
@@ -128,6 +129,11 @@ def spec_from_checkpoint(checkpoint: str | Path, model: str | None = None, task:
         raise UserError(f"{what} with {hp['num_classes']} classes, not {num_classes}: leave --num-classes out")
     settings = {**t.fixed, **{opt: _plain(hp[arg]) for opt, arg in t.options.items()
                                if arg in hp and hp[arg] is not None}}
+    try:  # the checkpoint's own values, before any flag: a refusal names where the value came from
+        ModelSpec(model=name, task=t.task, num_classes=classes, head=settings, architecture="autotimm")
+    except UserError as e:
+        raise UserError(f"{what} whose hyper-parameters are refused ({e}; a value read from the checkpoint, not a "
+                        "flag): a damaged or edited checkpoint") from None
     for key, value in (head or {}).items():
         _check_option(t, key, what)
         if key in STRUCTURAL and key in settings and value != settings[key]:
@@ -135,8 +141,10 @@ def spec_from_checkpoint(checkpoint: str | Path, model: str | None = None, task:
                             "thresholds can change after training")
         settings[key] = value
     size = (ck.transform_config or {}).get("image_size", ck.datamodule.get("image_size"))  # a TransformConfig's wins
-    if fields.get("img_size") is None and isinstance(size, int) and not isinstance(size, bool) and size > 0:
-        fields["img_size"] = (size, size)  # the DataModule's training size, when it was saved
+    if fields.get("img_size") is None and size is not None:  # the DataModule's training size, when it was saved
+        if type(size) is not int or not 0 < size <= MAX_IMG_SIDE:  # AutoTimm's DataModules take one side
+            raise UserError(f"{what} whose training image_size is {size!r}, not a side in pixels: give --img-size")
+        fields["img_size"] = (size, size)
     if fields.get("img_size") is None and t.variants:
         fields["img_size"] = (t.variants[name],) * 2  # the variant's own size, not timm's 224 for an unknown name
     return ModelSpec(model=name, task=t.task, num_classes=classes, weights="checkpoint",
