@@ -149,7 +149,9 @@ def _export_options(p) -> None:
     e = p.add_argument_group("export")
     e.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18; below 18 uses the TorchScript exporter)")
     e.add_argument("--static", action="store_true", help="fix the batch dimension to --batch-size")
-    e.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=1, help="the batch for --static (default 1)")
+    e.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=1, help="the fixed batch with --static; without it, the batch a dynamic "
+                   "export is optimised for (TensorRT's opt profile, the manifest's batch.opt) and falls back to where "
+                   "a format cannot keep the batch dynamic (default 1)")
     e.add_argument("--no-simplify", action="store_true", help="skip onnxslim graph simplification")
     pr = e.add_mutually_exclusive_group()
     pr.add_argument("--precision", choices=PRECISIONS,

@@ -23,7 +23,7 @@ def collect(recipe: Recipe) -> benchmark_page.PageData:
             continue
         m = load_manifest(job.artifact)
         params[_model_key(job)] = m.model.get("params")
-        data.artifacts.append({"artifact": job.artifact.name, "model": job.model.name, "task": _task_label(job),
+        data.artifacts.append({"artifact": job.artifact.name, "model": _model_name(job), "task": _task_label(job),
                                "format": job.format, "precision": job.precision, "device": job.device,
                                "mb": sum(e["bytes"] for e in m.files.values()) / 2**20,
                                "parity": str(m.parity.verdict) if m.parity else "not checked",
@@ -44,7 +44,7 @@ def collect(recipe: Recipe) -> benchmark_page.PageData:
         run = ProfileRun.from_dict(report["runs"][0])
         points = {p.batch: p for p in run.points if not p.error}
         data.records.append({
-            "model": pj.export.model.name, "task": _task_label(pj.export), "device": pj.device,
+            "model": _model_name(pj.export), "task": _task_label(pj.export), "device": pj.device,
             "runtime": "eager" if pj.kind == "eager" else f"{pj.runtime} {pj.export.precision}",
             "params": params.get(_model_key(pj.export)), "img_size": pj.export.spec.img_size,
             "ms": {b: p.median_ms for b, p in points.items()},
@@ -75,8 +75,12 @@ def _inference_memory(mem: dict) -> float | None:
     return max(0.0, mem["peak_rss_mb"] - (mem.get("baseline_rss_mb") or 0.0))
 
 
+def _model_name(job: ExportJob) -> str:
+    return f"{job.model.name} [{job.model.label}]" if job.model.label else job.model.name
+
+
 def _model_key(job: ExportJob) -> str:
-    return f"{job.model.name}|{_task_label(job)}"
+    return f"{job.model.name}|{job.model.label}|{_task_label(job)}"
 
 
 def _task_label(job: ExportJob) -> str:

@@ -202,6 +202,11 @@ def gpu_index(device: str) -> int:
     return int(device_kind(canonical_device(device)).partition(":")[2])
 
 
+def labels(model: ModelEntry, task: TaskEntry) -> str:
+    """What a model's and a task's ``label:`` add to their file stems: ``-<model label>-<task label>``."""
+    return "".join(f"-{label}" for label in (model.label, task.label) if label)
+
+
 def export_jobs(recipe: Recipe) -> list[ExportJob]:
     """Every (model, task, format, precision) of the recipe, in order; name collisions are errors. A
     format built on the GPU that runs it (TensorRT engines are tied to the GPU model) is one job per
@@ -217,7 +222,7 @@ def export_jobs(recipe: Recipe) -> list[ExportJob]:
                 for p in recipe.precisions:
                     for device in (gpus or [None]) if cls.needs_cuda else [None]:
                         tag = f"-{device_tag(device)}" if device else ""
-                        stem = spec.stem(p) + (f"-{t.label}" if t.label else "") + tag
+                        stem = spec.stem(p) + labels(m, t) + tag
                         job = ExportJob(m, t, fmt, p, spec, stem, recipe.artifacts_dir / f"{stem}{cls.suffix}",
                                         recipe.calibration, recipe.evaluation, device=device,
                                         format_options=dict(recipe.format_options.get(fmt, {})))
@@ -228,7 +233,8 @@ def export_jobs(recipe: Recipe) -> list[ExportJob]:
                         elif cls.needs_cuda and not gpus:
                             job.skipped = f"{fmt} is built on the GPU that runs it: the recipe's devices name no CUDA GPU"
                         elif job.key in seen:
-                            raise UserError(f"{recipe.path}: two entries make {job.key}; give a task a `label:`")
+                            raise UserError(f"{recipe.path}: two entries make {job.key}; give one of the models or "
+                                            "tasks that make it a `label:` of its own")
                         seen[job.key] = job
                         jobs.append(job)
     return jobs
@@ -242,7 +248,7 @@ def profile_jobs(recipe: Recipe) -> list[ProfileJob]:
         for job in recipe.export_jobs():
             if job.skipped:
                 continue
-            stem = job.spec.stem() + (f"-{job.task.label}" if job.task.label else "")
+            stem = job.spec.stem() + labels(job.model, job.task)
             if stem not in eager_seen:
                 eager_seen.add(stem)
                 jobs.append(ProfileJob("eager", f"{stem}.eager", device, job, "eager"))

@@ -72,7 +72,8 @@ def prepare_exports(recipe: Recipe) -> list[ExportJob]:
 
 
 def export_row(job: ExportJob) -> dict:
-    row = {"artifact": str(job.artifact), "model": job.model.name, "task": job.task.task, "label": job.task.label,
+    row = {"artifact": str(job.artifact), "model": job.model.name, "model_label": job.model.label,
+           "task": job.task.task, "label": job.task.label,
            "format": job.format, "precision": job.precision}
     return {**row, "device": job.device} if job.device else row
 

@@ -66,7 +66,7 @@ SCHEMA_VERSION = 1
 SHIPPED = Path(__file__).resolve().parent  # the recipes that ship with the package: recipes/*.yaml
 TOP_KEYS = {"recipe", "name", "description", "models", "tasks", "formats", "precisions", "batch_sizes", "devices",
             "img_size", "num_classes", "calibration", "eval", "profile", "format_options"}
-MODEL_KEYS = {"model", "img_size", "num_classes", "reference"}
+MODEL_KEYS = {"model", "img_size", "num_classes", "reference", "label"}
 # a model's `reference:` (AutoTimm's benchmark page's numbers): each a number from 0 to its most
 REFERENCE_KEYS = {"params_m": 1e6, "size_mb": 1e7, "v100_ms": 1e6, "top1": 100.0}
 TASK_KEYS = {"task", "img_size", "num_classes", "label", "architecture"}  # plus the task's head options
@@ -144,6 +144,7 @@ class ModelEntry:
     img_size: tuple[int, int] | None = None
     num_classes: int | None = None
     reference: dict[str, Any] = field(default_factory=dict)  # AutoTimm's benchmark page's numbers, for display
+    label: str | None = None  # told apart from another entry of the same model (file stems, report rows)
 
 
 @dataclass
@@ -369,7 +370,7 @@ def _entry(entry, key: str, line: int):
 
 
 def _models(data, default_size, default_classes) -> list[ModelEntry]:
-    """``models:``: timm names or ``{model, img_size, num_classes, reference}``; the recipe's
+    """``models:``: timm names or ``{model, img_size, num_classes, reference, label}``; the recipe's
     ``img_size`` and ``num_classes`` fill in what a model leaves out."""
     models = []
     entries = _list(data, "models")
@@ -384,8 +385,17 @@ def _models(data, default_size, default_classes) -> list[ModelEntry]:
         except UserError as e:
             raise _LineError(_line(entry, "model", line), str(e)) from None
         models.append(ModelEntry(entry["model"], _img_size(entry, line) or default_size,
-                                 _classes(entry, line) or default_classes, _reference(entry, line)))
+                                 _classes(entry, line) or default_classes, _reference(entry, line),
+                                 _label(entry, line)))
     return models
+
+
+def _label(entry, line: int) -> str | None:
+    """A model's or task's ``label:``, added to its file stems."""
+    label = entry.get("label")
+    if label is not None and not _short_name(label):
+        raise _LineError(_line(entry, "label", line), f"label must be a short name (letters, digits, - _), got {label!r}")
+    return label
 
 
 def _reference(entry, line: int) -> dict[str, float]:
@@ -428,10 +438,8 @@ def _tasks(data) -> list[TaskEntry]:
             ModelSpec("resnet18", task=entry["task"], head=head, architecture=architecture)
         except UserError as e:
             raise _LineError(line, str(e)) from None
-        label = entry.get("label")
-        if label is not None and not _short_name(label):
-            raise _LineError(_line(entry, "label", line), f"label must be a short name (letters, digits, - _), got {label!r}")
-        tasks.append(TaskEntry(entry["task"], head, _img_size(entry, line), _classes(entry, line), label, architecture))
+        tasks.append(TaskEntry(entry["task"], head, _img_size(entry, line), _classes(entry, line), _label(entry, line),
+                               architecture))
     return tasks
 
 

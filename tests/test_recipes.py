@@ -97,6 +97,21 @@ def test_recipe_matrix_and_skips(tmp_path):
     assert all(j.artifact.parent == tmp_path / "out" / "tiny" / "artifacts" for j in jobs)
 
 
+def test_two_entries_of_one_model_are_told_apart_by_their_labels(tmp_path):
+    """The same model at two sizes: the clash asks for a label, and a model's label (as a task's) goes
+    into its file stems, profile rows and report."""
+    two = "recipe: 1\nmodels: [{model: test_resnet, img_size: 64}, {model: test_resnet, img_size: 96%s}]\nformats: [onnx]\n"
+    with pytest.raises(UserError, match="two entries make test_resnet.onnx; give one of the models or tasks that make "
+                                        "it a `label:` of its own"):
+        load_recipe(write(tmp_path, two % ""), tmp_path / "out").export_jobs()
+    recipe = load_recipe(write(tmp_path, two % ", label: s96"), tmp_path / "out")
+    assert [(j.artifact.name, j.spec.img_size) for j in recipe.export_jobs()] == [
+        ("test_resnet.onnx", (64, 64)), ("test_resnet-s96.onnx", (96, 96))]
+    assert [j.key for j in recipe.profile_jobs() if j.kind == "eager"] == ["test_resnet.eager", "test_resnet-s96.eager"]
+    with pytest.raises(UserError, match="label must be a short name"):
+        load_recipe(write(tmp_path, two % ", label: 'a b'"), tmp_path / "out")
+
+
 def test_an_artifact_without_its_manifest_fails_its_timing(tmp_path):
     """Not "not exported" (a skip, exit 0): the file is there, its manifest is not."""
     from autotimm_deploy.recipes.jobs import JobStatus
