@@ -274,7 +274,11 @@ def export(
     options = options or ExportOptions()
     step = progress or (lambda _text, advance=True: None)
     out_dir = Path(out_dir)
+    if isinstance(formats, str):  # export(spec, "onnx"): one format, not its letters
+        formats = [f.strip() for f in formats.split(",")]
     order = export_order(list(formats))
+    if not order:
+        raise UserError("no formats to export: name at least one (see autotimm-export --list-formats)")
     check_formats(order, spec, options)
     stem = check_stem(name) if name is not None else spec.stem(options.precision)
     targets = planned_paths(order, out_dir, stem)

@@ -55,6 +55,7 @@ BAD = {
     "a checkpoint and --architecture builtin": (["--checkpoint", "{wrong}", "--architecture", "builtin"],
                                                 "is rebuilt with AutoTimm's own modules: leave out --architecture"),
     "a folder named as a checkpoint": (["{folder}"], "is a folder, not a checkpoint file"),
+    "an empty checkpoint": (["{empty}"], "is empty (0 bytes): an interrupted save or copy?"),
     "garbage checkpoint": (["test_resnet", "--checkpoint", "{garbage}", "--img-size", "64"], "cannot read checkpoint"),
     "wrong checkpoint": (["test_resnet", "--checkpoint", "{wrong}", "--img-size", "64"], "does not match the model"),
     "opset out of range": (["test_resnet", "--opset", "99", "--img-size", "64"], "--opset 99 is out of range"),
@@ -74,7 +75,9 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, tmp_path, export_cli
     args, message = BAD[case]
     garbage, wrong = _bad_checkpoints(tmp_path)
     (tmp_path / "run.ckpt").mkdir()
-    args = [a.format(garbage=garbage, wrong=wrong, folder=tmp_path / "run.ckpt") for a in args]
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    args = [a.format(garbage=garbage, wrong=wrong, folder=tmp_path / "run.ckpt", empty=tmp_path / "empty.ckpt")
+            for a in args]
     out = tmp_path / "out"
     p = export_cli(*args, "-o", str(out))
     assert p.returncode == 2, p.stderr

@@ -166,6 +166,14 @@ def test_from_module_holds_outputs_to_the_task_given(kwargs, says):
     assert from_module(feature_map, "features", 32).spec.num_classes is None
 
 
+def test_export_without_formats_is_refused(tmp_path):
+    from autotimm_deploy.exporter import export
+
+    with pytest.raises(UserError, match="no formats to export"):
+        export(ModelSpec("test_resnet", img_size=(32, 32)), [], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_from_module_dtypes_and_errors_past_the_zero_batch(tmp_path):
     """bfloat16 and complex outputs are refused up front; a forward that fails only on real pictures
     (from_module ran zeros) is one line from export, with nothing written."""

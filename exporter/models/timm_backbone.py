@@ -159,9 +159,8 @@ def check_forward(model: torch.nn.Module, spec: ModelSpec) -> None:
         with torch.no_grad():
             model(x)
     except Exception as e:  # noqa: BLE001
-        raise UserError(
-            f"{spec.model} cannot run at {_hw(spec)} with {spec.in_chans} channel(s): {first_line(e)}{_size_hint(spec)}"
-        ) from None
+        raise UserError(f"{spec.model} cannot run at {_hw(spec)} with {spec.in_chans} channel(s): "
+                        f"{first_line(e).rstrip('.')}{_size_hint(spec)}") from None
 
 
 def _size_hint(spec: ModelSpec) -> str:

@@ -127,14 +127,18 @@ def _read(path: Path, _size: int, _mtime_ns: int) -> LightningCheckpoint | None:
     # size and mtime are only the cache key: a file rewritten in place is read again
     if path.suffix == ".safetensors":
         return None
+    if _size == 0:
+        raise UserError(f"checkpoint {path} is empty (0 bytes): an interrupted save or copy? give the file again")
     check_unpacked_size(path)  # a zip bomb is refused from its directory, before torch inflates it
     try:
         obj = _load(path)
     except Exception as e:  # noqa: BLE001 - corrupt, truncated, not a torch file, ...
-        raise UserError(
-            f"cannot read checkpoint {path}: not a torch checkpoint of tensors and plain values "
-            f"({type(e).__name__}: {first_line(str(e).replace('weights_only=False', 'weights_only=…'), 120)})"
-        ) from None
+        # torch's weights-only refusal is a paragraph of advice to unpickle (never taken here): its own line
+        why = ("its pickle holds objects other than tensors and plain values, or is no pickle" if
+               isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e) else
+               f"{type(e).__name__}: {first_line(e, 120)}")
+        raise UserError(f"cannot read checkpoint {path}: not a torch checkpoint of tensors and plain values ({why})"
+                        ) from None
     if not (isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict)
             and isinstance(obj.get("hyper_parameters"), dict)):
         return None
