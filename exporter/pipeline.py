@@ -31,7 +31,7 @@ from autotimm_deploy.exporter.core.files import (
 from autotimm_deploy.exporter.core.limits import MAX_IMG_SIDE, check_max_drop
 from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig, manifest_path
 from autotimm_deploy.exporter.core.operators import recording
-from autotimm_deploy.exporter.core.results import AccuracyReport, MetricKind, ParityReport, Verdict
+from autotimm_deploy.exporter.core.results import AccuracyReport, ParityReport, Verdict, accepted, tolerance_only
 from autotimm_deploy.exporter.core.spec import ModelSpec, unprintable
 from autotimm_deploy.exporter.end_to_end import against_python, end_to_end
 from autotimm_deploy.exporter.evaluate import budget_report, evaluate
@@ -99,27 +99,6 @@ class ExportResult:
             "command": self.command,
             "ok": self.ok,
         }
-
-
-def accepted(parity: ParityReport | None, accuracy: AccuracyReport | None) -> bool:
-    """The one rule for an artifact that exported: within the accuracy budget when one was given, and
-    through the parity gate, which for reduced precision (a proxy on sample pictures) yields to a
-    budget held on the user's own data. An fp32 artifact off eager is a bug, whatever its accuracy."""
-    if accuracy is not None and accuracy.error:
-        return False
-    budget = accuracy is not None and accuracy.verdict is not None
-    if budget and not accuracy.passed:
-        return False
-    if parity is None or parity.passed or parity.verdict == Verdict.NOT_RUN:
-        return True
-    return budget and parity.precision != "fp32" and _tolerance_only(parity)
-
-
-def _tolerance_only(parity: ParityReport) -> bool:
-    """Every parity failure is a number past its tolerance; none is an error (a runtime failure at
-    another batch or size, a missing output, NaN) that the budget, scored at one size, never saw."""
-    metrics = [*parity.metrics.values(), *((parity.reference or {}).get("metrics") or {}).values()]
-    return all(str(m.get("kind")) != str(MetricKind.ERROR) for m in metrics)
 
 
 def planned_paths(formats: Iterable[str], out_dir: Path, stem: str) -> dict[str, Path]:
@@ -474,7 +453,7 @@ def _retries_int8(fmt: str, ctx: ExportContext, result: ExportResult) -> bool:
     keeps layers in float by measured accuracy instead), in a format that can retry."""
     cls = get_format(fmt)
     return (ctx.options.precision == "int8" and ctx.budget is None and result.error is None
-            and result.parity is not None and not result.ok and _tolerance_only(result.parity)
+            and result.parity is not None and not result.ok and tolerance_only(result.parity)
             and (len(cls.int8_calibrators) > 1 or cls.keeps_float))
 
 

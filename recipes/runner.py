@@ -19,7 +19,8 @@ from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.files import atomic_write_text
 from autotimm_deploy.exporter.formats import get_format
 from autotimm_deploy.exporter.models import build_model
-from autotimm_deploy.exporter.pipeline import accepted, export
+from autotimm_deploy.exporter.core.results import accepted
+from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.profiler.measure.settings import Settings
 from autotimm_deploy.profiler.measure.timing import HarnessConfig
 from autotimm_deploy.profiler.pipeline import cuda_visible, profile

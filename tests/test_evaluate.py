@@ -236,7 +236,7 @@ def test_mask_folder_errors(tmp_path):
 
 def test_budget_overrides_only_a_reduced_precision_tolerance_failure():
     from autotimm_deploy.exporter.core.results import AccuracyReport, ParityReport
-    from autotimm_deploy.exporter.pipeline import accepted
+    from autotimm_deploy.exporter.core.results import accepted
 
     within = AccuracyReport({}, "top1", {"top1": 90.0}, {"top1": 89.5}, 0.5, 1.0, Verdict.PASS)
     past = AccuracyReport({}, "top1", {"top1": 90.0}, {"top1": 85.0}, 5.0, 1.0, Verdict.FAIL)

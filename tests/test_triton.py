@@ -323,7 +323,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, artifacts):
                                   ("noout", lambda j: j.update(outputs=[]), "no well-formed outputs"),
                                   ("fmt", lambda j: j.update(format="foo"), "is a 'foo' artifact"),
                                   ("failed", lambda j: j["parity"].update(verdict="fail", failures=["logits: max_rel 0.5"]),
-                                   "failed its parity check (logits: max_rel 0.5): served, it would give wrong answers; "
+                                   "failed its checks (logits: max_rel 0.5): served, it would give wrong answers; "
                                    "re-export it, or pass --allow-failed")]:
         odd = tmp_path / name / cls["onnx"].name  # valid JSON, a field a config needs broken
         odd.parent.mkdir()
@@ -342,6 +342,18 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, artifacts):
     p = call_cli("autotimm_deploy.exporter.triton_cli", "build", str(tmp_path / "failed" / cls["onnx"].name), "-o",
                  str(tmp_path / "r-anyway"), "--allow-failed", "--debug")
     assert p.returncode == 0 and (tmp_path / "r-anyway" / "models.json").is_file(), p.stderr
+    # found in a folder (a recipe's output) beside one that passed: listed as not written, the rest served
+    shutil.copy(cls["onnx"], tmp_path / "failed" / "good.onnx")
+    good = json.loads(cls["onnx"].with_name(cls["onnx"].name + ".json").read_text())
+    (tmp_path / "failed" / "good.onnx.json").write_text(json.dumps({**good, "artifact": "good.onnx", "files": {
+        "good.onnx" if k == cls["onnx"].name else k: v for k, v in good["files"].items()}}))
+    p = call_cli("autotimm_deploy.exporter.triton_cli", "build", str(tmp_path / "failed"), "-o", str(tmp_path / "r-dir"),
+                 "--json")
+    assert p.returncode == 0, p.stderr
+    models = json.loads(p.stdout)["models"]
+    (failed,) = [m for m in models if m["artifact"] == cls["onnx"].name]
+    assert failed["name"] == "-" and failed["note"].startswith("not written: it failed its checks (logits: max_rel 0.5)")
+    assert "good_onnx" in {m["name"] for m in models if m["artifact"] == "good.onnx"}
     # autotimm-export --triton-repo checks its folder before exporting anything
     out = tmp_path / "out"
     p = call_cli("autotimm_deploy.exporter.cli", "test_resnet", "-o", str(out), "--triton-repo", str(taken))

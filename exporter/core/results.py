@@ -189,3 +189,24 @@ class ProfileRun:
         known = {f.name for f in fields(cls)}
         return cls(**{**{k: v for k, v in d.items() if k in known},
                       "points": [ProfilePoint.from_dict(p) for p in d["points"]]})
+
+
+def accepted(parity: ParityReport | None, accuracy: AccuracyReport | None) -> bool:
+    """The one rule for an artifact that exported: within the accuracy budget when one was given, and
+    through the parity gate, which for reduced precision (a proxy on sample pictures) yields to a
+    budget held on the user's own data. An fp32 artifact off eager is a bug, whatever its accuracy."""
+    if accuracy is not None and accuracy.error:
+        return False
+    budget = accuracy is not None and accuracy.verdict is not None
+    if budget and not accuracy.passed:
+        return False
+    if parity is None or parity.passed or parity.verdict == Verdict.NOT_RUN:
+        return True
+    return budget and parity.precision != "fp32" and tolerance_only(parity)
+
+
+def tolerance_only(parity: ParityReport) -> bool:
+    """Every parity failure is a number past its tolerance; none is an error (a runtime failure at
+    another batch or size, a missing output, NaN) that the budget, scored at one size, never saw."""
+    metrics = [*parity.metrics.values(), *((parity.reference or {}).get("metrics") or {}).values()]
+    return all(str(m.get("kind")) != str(MetricKind.ERROR) for m in metrics)

@@ -25,7 +25,7 @@ from pathlib import Path
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.files import disk_full_is_fault
 from autotimm_deploy.exporter.core.manifest import MANIFEST_SUFFIX, Manifest, load_manifest, manifest_path, verify_files
-from autotimm_deploy.exporter.core.results import Verdict
+from autotimm_deploy.exporter.core.results import accepted
 from autotimm_deploy.exporter.inputs.preprocess import describe
 from autotimm_deploy.exporter.triton.config import (
     NATIVE,
@@ -147,7 +147,8 @@ def build_repository(artifacts: list[str | Path], repository: str | Path, option
     their manifests, or folders of them); ``names``: the base name of each, default from its file.
     ``skip_unserved``: an artifact of a format no Triton model serves (ncnn, LiteRT, ...) is listed
     as not written, with why, instead of refusing them all; none served is still a `UserError`.
-    ``allow_failed``: serve an artifact whose manifest says it failed its parity check (refused otherwise)."""
+    ``allow_failed``: serve an artifact its manifest says failed its checks (`accepted`): else one named
+    directly is refused, and one found in a folder is listed as not written, with why."""
     options = options or ServeOptions()
     options.check()
     if ensemble_over not in ("python", "native"):
@@ -156,10 +157,11 @@ def build_repository(artifacts: list[str | Path], repository: str | Path, option
     paths = find_artifacts(artifacts)
     if names is not None and len(names) != len(paths):
         raise UserError(f"{len(names)} names for {len(paths)} artifacts: pass one --name per artifact, in order")
-    served, skipped = _load_manifests(paths, names, skip_unserved, allow_failed)
+    named = {Path(p) for p in artifacts if not Path(p).is_dir()}
+    served, skipped = _load_manifests(paths, names, skip_unserved, None if allow_failed else named)
     if not served:
-        raise NothingServed(f"Triton serves none of these artifacts ({', '.join(m.artifact for m in skipped)}): "
-                           f"no repository written at {repository} (it serves {', '.join(KNOWN_FORMATS)})")
+        raise NothingServed(f"none of these artifacts can be served ({'; '.join(f'{m.artifact}: {m.note}' for m in skipped)}"
+                            f"): no repository written at {repository}")
     if options.ort_tensorrt and not skip_unserved and not any(m.format == "onnx" for _, m, _ in served):
         raise UserError("--ort-tensorrt applies to ONNX artifacts (ONNX Runtime's TensorRT accelerator) and none of "
                         f"these is one ({', '.join(m.artifact for _, m, _ in served)}): drop it, or add the ONNX export")
@@ -209,10 +211,20 @@ def _write_repository(repository: Path, bases: list[str], loaded: list[tuple[Pat
     return models
 
 
+def _failed_because(m: Manifest) -> str:
+    """Why a manifest's artifact is not `accepted`: its accuracy budget, else its first parity failure."""
+    a = m.accuracy
+    if a is not None and (a.error or a.passed is False):
+        return first_line(a.error or f"{a.primary} dropped {a.drop} points, past its budget of {a.max_drop}", 120)
+    return first_line(((m.parity.failures if m.parity else None) or ["see its manifest"])[0], 120)
+
+
 def _load_manifests(paths: list[Path], names: list[str] | None, skip_unserved: bool,
-                    allow_failed: bool = False) -> tuple[list[tuple[Path, Manifest, str]], list[RepoModel]]:
+                    named: set[Path] | None = None) -> tuple[list[tuple[Path, Manifest, str]], list[RepoModel]]:
     """(folder, manifest, base name) of each artifact to serve, its files verified; and, with
-    ``skip_unserved``, the rows of those of a format no Triton model serves."""
+    ``skip_unserved``, the rows of those of a format no Triton model serves. ``named``: the paths given
+    directly, refused when their manifest says they failed their checks (found in a folder: a row
+    saying so); None: failed artifacts are served too."""
     loaded, skipped = [], []
     for i, path in enumerate(paths):
         if not manifest_path(path).is_file():
@@ -225,10 +237,14 @@ def _load_manifests(paths: list[Path], names: list[str] | None, skip_unserved: b
             continue
         verify_files(manifest, folder)
         check_servable(manifest, manifest_path(path))
-        if not allow_failed and manifest.parity is not None and manifest.parity.verdict == Verdict.FAIL:
-            why = first_line((manifest.parity.failures or ["see its manifest"])[0], 120)
-            raise UserError(f"{folder / manifest.artifact} failed its parity check ({why}): served, it would give "
-                            "wrong answers; re-export it, or pass --allow-failed to serve it anyway")
+        if named is not None and not accepted(manifest.parity, manifest.accuracy):
+            why = _failed_because(manifest)
+            if path in named:
+                raise UserError(f"{folder / manifest.artifact} failed its checks ({why}): served, it would give wrong "
+                                "answers; re-export it, or pass --allow-failed to serve it anyway")
+            skipped.append(RepoModel("-", "-", "-", manifest.artifact, note=f"not written: it failed its checks ({why}); "
+                                                                           "--allow-failed serves it anyway"))
+            continue
         loaded.append((folder, manifest, names[i] if names else base_name(folder / manifest.artifact)))
     return loaded, skipped
 
