@@ -21,6 +21,7 @@ from autotimm_deploy.exporter.formats import ExportOptions
 from autotimm_deploy.exporter.core.manifest import load_manifest
 from autotimm_deploy.exporter.select import target_cpu
 from autotimm_deploy.profiler.measure.peak import device_peak, percent_of_peak
+from autotimm_deploy.profiler.report.table import interval_text
 
 MODELS = "resnet50,mobilenetv3_small_100,efficientnet_b0,convnext_tiny,vit_base_patch16_224"
 
@@ -92,7 +93,7 @@ def main() -> None:
                 over_ort.append(ort / winner.median_ms)
             top1 = "-" if row["top1_agreement"] is None else f"{row['top1_agreement']:.0%}"
             print(f"| {model} | {eager['median_ms']:.2f} | {winner.label} | {winner.median_ms:.2f} | "
-                  f"{sp['ratio']:.2f}x [{sp['ci_low']:.2f}, {sp['ci_high']:.2f}] | "
+                  f"{sp['ratio']:.2f}x {interval_text(sp)} | "
                   f"{f'{ort / winner.median_ms:.2f}x' if ort else '-'} | {peak_share(winner)} | {row['max_rel']:.1e} | "
                   f"{row['cosine']:.5f} | {top1} | "
                   f"{second.label + f' {second.median_ms:.2f} ms' if second else '-'} |", flush=True)

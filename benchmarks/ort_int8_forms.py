@@ -22,6 +22,7 @@ from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.profiler.measure.settings import Settings
 from autotimm_deploy.profiler.measure.timing import HarnessConfig
 from autotimm_deploy.profiler.pipeline import profile
+from autotimm_deploy.profiler.report.table import interval_text
 
 FORMS = ("s8s8", "u8s8", "u8s8-qop")
 
@@ -52,7 +53,7 @@ def markdown(rows: list[dict]) -> str:
         cells = []
         for f in FORMS:
             v = r[f]["vs_fp32"]
-            cells += [f"{r[f]['ms']:.2f} ({v['ratio']:.2f}x [{v['ci_low']:.2f}, {v['ci_high']:.2f}])",
+            cells += [f"{r[f]['ms']:.2f} ({v['ratio']:.2f}x {interval_text(v)})",
                       f"{r[f]['cosine']:.4f}" if r[f]["cosine"] is not None else r[f]["verdict"]]
         lines.append(f"| {r['model']} | {r['fp32_ms']:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

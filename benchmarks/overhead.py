@@ -23,6 +23,7 @@ from autotimm_deploy.profiler.measure.sweep import powers_of_two, timed_call
 from autotimm_deploy.profiler.measure.timing import HarnessConfig, measure
 from autotimm_deploy.profiler.pipeline import profile
 from autotimm_deploy.profiler.targets import open_target, resolve
+from autotimm_deploy.profiler.report.table import interval_text
 
 
 def artifact(model: str, out: Path) -> Path:
@@ -80,7 +81,7 @@ def main() -> None:
         e, x = eager["points"][0], onnx["points"][0]
         vs = x["vs_baseline"]
         print(f"| {model} | {e['stats_ms']['p50']:.2f} | {x['stats_ms']['p50']:.2f} | "
-              f"{vs['ratio']:.2f}x [{vs['ci_low']:.2f}, {vs['ci_high']:.2f}] |", flush=True)
+              f"{vs['ratio']:.2f}x {interval_text(vs)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -338,11 +338,8 @@ def checkpoint_as_model(a) -> None:
     if not a.model or a.checkpoint or not a.model.lower().endswith(CHECKPOINT_SUFFIXES):
         return
     if Path(a.model).is_dir():
-        raise UserError(f"{a.model} is a folder, not a checkpoint file: give the .ckpt file inside it")
+        raise UserError(f"{a.model} is a folder, not a checkpoint file: give the checkpoint file itself")
     if Path(a.model).is_file():
-        if a.pretrained:
-            raise UserError(f"--pretrained does not apply to a checkpoint ({a.model}): its weights are the "
-                            "checkpoint's; leave --pretrained out")
         a.model, a.checkpoint = None, a.model
 
 
@@ -362,7 +359,10 @@ def main(a) -> int:
     if a.ray:
         raise UserError("--ray runs a recipe's cells on a Ray cluster: use it with --recipe FILE.yaml")
     checkpoint_as_model(a)
-    if not a.model and a.checkpoint and a.architecture == "builtin":
+    if a.checkpoint and a.pretrained:
+        raise UserError(f"--pretrained does not apply with a checkpoint ({a.checkpoint}): the weights are the "
+                        "checkpoint's; leave --pretrained out")
+    if not a.model and a.checkpoint and a.architecture == "builtin" and Path(a.checkpoint).is_file():
         raise UserError(f"an AutoTimm checkpoint ({a.checkpoint}) is rebuilt with AutoTimm's own modules: leave out "
                         "--architecture builtin, or name the timm model a plain state dict is for "
                         "(autotimm-export MODEL --checkpoint FILE)")

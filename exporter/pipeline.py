@@ -627,8 +627,9 @@ def _io_signature(model, options: ExportOptions, parity: bool = True) -> dict[st
     except Exception as e:  # noqa: BLE001 - a user's own module (from_module): its error, in one line
         if spec.weights != "module":
             raise
-        raise UserError(f"{spec.model} failed on the parity pictures ({list(x.shape)}; from_module ran it on zeros "
-                        f"only): {type(e).__name__}: {first_line(e)}") from None
+        what = "the parity pictures" if x.any() else "zeros"
+        raise UserError(f"{spec.model} failed on a batch of {what} {list(x.shape)}: {type(e).__name__}: "
+                        f"{first_line(e)}") from None
     if parity:
         keep_reference(model, x, outs)
     dim0 = options.batch_size if options.static else "batch"

@@ -10,13 +10,13 @@ from autotimm_deploy.exporter.core.manifest import load_manifest
 from autotimm_deploy.exporter.core.results import ProfileRun
 from autotimm_deploy.profiler.report import benchmark_page
 from autotimm_deploy.recipes.jobs import ExportJob
-from autotimm_deploy.recipes.schema import Recipe
+from autotimm_deploy.recipes.schema import ModelEntry, Recipe
 
 
 def collect(recipe: Recipe) -> benchmark_page.PageData:
     """Flat records from the recipe's export manifests and profile result files."""
     data = benchmark_page.PageData(recipe.name, recipe.description, list(recipe.batch_sizes),
-                                   references={m.name: m.reference for m in recipe.models if m.reference})
+                                   references={_entry_name(m): m.reference for m in recipe.models if m.reference})
     params, eager_accuracy = {}, {}
     for job in recipe.export_jobs():
         if job.skipped or not job.exported:
@@ -75,8 +75,13 @@ def _inference_memory(mem: dict) -> float | None:
     return max(0.0, mem["peak_rss_mb"] - (mem.get("baseline_rss_mb") or 0.0))
 
 
+def _entry_name(model: ModelEntry) -> str:
+    """A model entry as the page names it: its name, and its label where it has one."""
+    return f"{model.name} [{model.label}]" if model.label else model.name
+
+
 def _model_name(job: ExportJob) -> str:
-    return f"{job.model.name} [{job.model.label}]" if job.model.label else job.model.name
+    return _entry_name(job.model)
 
 
 def _model_key(job: ExportJob) -> str:

@@ -174,7 +174,7 @@ def test_edited_checkpoint_names_the_mismatch(checkpoints, tmp_path):
      "checkpoint, not a flag): a damaged or edited checkpoint"),
     (lambda ck: ck["hyper_parameters"].update(fpn_channels="64"), "--fpn-channels takes an integer from 1 to 4096, got '64'"),
     (lambda ck: ck.update(datamodule_hyper_parameters={"image_size": "64"}),
-     "whose training image_size is '64', not a side in pixels: give --img-size"),
+     "whose training image_size is '64', not a size in pixels: give --img-size"),
 ])
 def test_a_checkpoints_own_bad_values_are_said_to_be_its(checkpoints, tmp_path, edit, says):
     """A value the spec refuses that came from the checkpoint, not from a flag the user typed."""
@@ -185,6 +185,18 @@ def test_a_checkpoints_own_bad_values_are_said_to_be_its(checkpoints, tmp_path, 
     with pytest.raises(UserError) as e:
         spec_from_checkpoint(edited)
     assert says in str(e.value) and str(e.value).startswith(f"{edited} holds an AutoTimm ObjectDetector")
+
+
+def test_a_flag_replaces_a_bad_threshold_and_a_pair_is_a_size(checkpoints, tmp_path):
+    """A threshold flag mends the checkpoint's bad value (thresholds may change after training); a
+    DataModule of one's own that saved (h, w) gives that size."""
+    ck = torch.load(checkpoints["fcos"], weights_only=True)
+    ck["hyper_parameters"].update(score_thresh=2.0)
+    ck["datamodule_hyper_parameters"] = {"image_size": (64, 96)}
+    edited = tmp_path / "edited.ckpt"
+    torch.save(ck, edited)
+    spec = spec_from_checkpoint(edited, head={"score_threshold": 0.3})
+    assert spec.head["score_threshold"] == 0.3 and spec.img_size == (64, 96)
 
 
 def test_preprocessing_overrides_are_recorded(checkpoints, tmp_path):

@@ -51,7 +51,7 @@ BAD = {
     "missing checkpoint": (["test_resnet", "--checkpoint", "nope.pth", "--img-size", "64"], "checkpoint not found"),
     "missing checkpoint as the model": (["nope.ckpt"], "nor is there a checkpoint file of that name"),
     "state dict as the model": (["{wrong}"], "name the model: autotimm-export MODEL --checkpoint"),
-    "a checkpoint and --pretrained": (["{wrong}", "--pretrained"], "--pretrained does not apply to a checkpoint"),
+    "a checkpoint and --pretrained": (["{wrong}", "--pretrained"], "--pretrained does not apply with a checkpoint"),
     "a checkpoint and --architecture builtin": (["--checkpoint", "{wrong}", "--architecture", "builtin"],
                                                 "is rebuilt with AutoTimm's own modules: leave out --architecture"),
     "a folder named as a checkpoint": (["{folder}"], "is a folder, not a checkpoint file"),

@@ -77,12 +77,12 @@ def test_static_artifact_profiles_only_its_batch(tmp_path):
     from autotimm_deploy.exporter.formats import ExportOptions
 
     (r,) = export(SMALL, ["onnx"], tmp_path, ExportOptions(static=True, batch_size=2), verify=False)
-    report = profile([str(r.artifact)], Settings(batch_sizes=[1, 4], harness=FAST))
+    report = profile([str(r.artifact)], Settings(batch_sizes=[1, 2, 4], harness=FAST))
     (run,) = report["runs"]
     assert [p["batch"] for p in run["points"]] == [2] and run["batches_skipped"] == [1, 4]
-    # batch 2 was not asked: the table says it was measured instead
-    assert skipped_text(run, [1, 4]).endswith("batch sizes 1, 4 skipped (outside its batch range); "
-                                              "measured at its fixed batch 2 instead")
+    assert skipped_text(run, [1, 2, 4]).endswith("batch sizes 1, 4 skipped (outside its batch range)")
+    # batch 2 not asked (--batch-sizes 1,4): the table says it was measured instead
+    assert skipped_text(run, [1, 4]).endswith("skipped (outside its batch range); measured at its fixed batch 2 instead")
 
 
 def test_cli_isolated_with_every_renderer(small_artifacts, tmp_path):
@@ -127,7 +127,7 @@ def test_few_iterations_say_there_is_no_interval(small_artifacts, tmp_path):
     assert onnx_point["vs_baseline"]["rounds"] == 2 and onnx_point["vs_baseline"]["ci_high"] is None
     row = next(r for r in csv.DictReader(paths["csv"].open()) if r["runtime"] == "onnxruntime")
     assert row["ci_low_ms"] == row["speedup_ci_high"] == "" and float(row["median_ms"]) > 0
-    assert "(no CI: n<6)" in paths["md"].read_text() and "(no CI: n<6)" in p.stdout
+    assert "(no CI: <6 rounds)" in paths["md"].read_text() and "(no CI:" in p.stdout  # (the table wraps its cells)
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

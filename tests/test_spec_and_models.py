@@ -161,9 +161,32 @@ def test_from_module_holds_outputs_to_the_task_given(kwargs, says):
     with pytest.raises(UserError) as e:
         from_module(net, "net", **{"img_size": 32, **kwargs})
     assert says in str(e.value)
+
+
+def test_from_module_reads_classes_and_leaves_a_module_without_a_task_unchecked():
+    import torch
+    from autotimm_deploy.exporter import from_module
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     assert from_module(net, "net", 32, output_names="logits").spec.num_classes == 5  # a plain string is one name
     feature_map = torch.nn.Conv2d(3, 4, 1)  # no task given: any outputs pass (a feature extractor)
     assert from_module(feature_map, "features", 32).spec.num_classes is None
+
+
+def test_numpy_numbers_become_plain_in_the_spec():
+    """numpy's integers and whole floats are taken as the numbers they are, and kept as Python's (the
+    manifest is JSON); a float side with a fraction is not a size."""
+    import numpy as np
+
+    spec = ModelSpec("test_resnet", task="detection", num_classes=np.int64(3), img_size=np.array([64, 96]),
+                     head={"fpn_channels": np.int64(16)})
+    assert json.loads(json.dumps(spec.to_dict()))["head"] == {"fpn_channels": 16}
+    assert spec.img_size == (64, 96) and type(spec.num_classes) is int
+    assert ModelSpec("test_resnet", img_size=(64.0, 64.0)).img_size == (64, 64)
+    with pytest.raises(UserError, match="takes two integer sides"):
+        ModelSpec("test_resnet", img_size=(64.5, 64))
+    with pytest.raises(UserError, match="--in-chans takes an integer, got None"):
+        ModelSpec("test_resnet", in_chans=None)
 
 
 def test_export_without_formats_is_refused(tmp_path):
@@ -199,7 +222,7 @@ def test_from_module_dtypes_and_errors_past_the_zero_batch(tmp_path):
             return x.mean((2, 3))
 
     model = from_module(PicksyAboutPictures(), "picky", 32)
-    with pytest.raises(UserError, match=r"picky failed on the parity pictures .*ValueError: no pictures, please"):
+    with pytest.raises(UserError, match=r"picky failed on a batch of the parity pictures \[4, 3, 32, 32\]: ValueError: no pictures, please"):
         export(model.spec, ["onnx"], tmp_path / "out", model=model)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 

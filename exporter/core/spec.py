@@ -7,7 +7,7 @@ import numbers
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.limits import MAX_CLASSES, MAX_IMG_SIDE, MAX_IN_CHANS
@@ -83,7 +83,7 @@ class ModelSpec:
         if self.checkpoint is not None:  # the manifest says which file, wherever it is read from
             object.__setattr__(self, "checkpoint", str(Path(self.checkpoint).expanduser().absolute()))
         for key in ("num_classes", "in_chans"):  # a manifest or recipe may hold anything: type before range
-            if getattr(self, key) is not None and not _is_int(getattr(self, key)):
+            if (key == "in_chans" or getattr(self, key) is not None) and not _is_int(getattr(self, key)):
                 raise UserError(f"{_flag(key)} takes an integer, got {getattr(self, key)!r}")
             if getattr(self, key) is not None:
                 object.__setattr__(self, key, int(getattr(self, key)))
@@ -109,11 +109,14 @@ class ModelSpec:
             v = self.head.get(key)
             if key in self.head and (not _is_int(v) or not 1 <= v <= top):
                 raise UserError(f"--{key.replace('_', '-')} takes an integer from 1 to {top}, got {v!r}")
+            if key in self.head:  # numpy's integers as Python's: the manifest is JSON
+                object.__setattr__(self, "head", {**self.head, key: int(v)})
         if "strides" in self.head:
             v = self.head["strides"]
             if (not isinstance(v, (list, tuple)) or not 1 <= len(v) <= 8
                     or not all(_is_int(x) and 1 <= x <= 1024 for x in v)):
                 raise UserError(f"--strides takes 1 to 8 integers from 1 to 1024, got {v!r}")
+            object.__setattr__(self, "head", {**self.head, "strides": type(v)(int(x) for x in v)})
         for key in ("depthwise", "raw", "argmax", "multi_label"):
             if key in self.head and not isinstance(self.head[key], bool):
                 raise UserError(f"--{key.replace('_', '-')} is a switch (true or false), got {self.head[key]!r}")
@@ -121,14 +124,14 @@ class ModelSpec:
             if key in self.head and not (is_number(self.head[key]) and 0.0 <= self.head[key] <= 1.0):
                 raise UserError(f"--{key.replace('_', '-')} must be between 0 and 1, got {self.head[key]}")
         if self.img_size is not None:
-            if _is_int(self.img_size):  # one side: a square
-                object.__setattr__(self, "img_size", (int(self.img_size),) * 2)
-            if not isinstance(self.img_size, (tuple, list)) or len(self.img_size) != 2 or not all(_is_int(s) for s in self.img_size):
+            size = (self.img_size,) * 2 if _whole(self.img_size) else self.img_size  # one side: a square
+            sides = tuple(size) if isinstance(size, Iterable) and not isinstance(size, (str, bytes)) else ()
+            if len(sides) != 2 or not all(_whole(s) for s in sides):
                 raise UserError(f"--img-size takes two integer sides (height, width), got {self.img_size!r}")
-            h, w = self.img_size
+            h, w = int(sides[0]), int(sides[1])
             if not (1 <= h <= MAX_IMG_SIDE and 1 <= w <= MAX_IMG_SIDE):
                 raise UserError(f"--img-size takes sides from 1 to {MAX_IMG_SIDE}, got {h}x{w}")
-            object.__setattr__(self, "img_size", (int(h), int(w)))
+            object.__setattr__(self, "img_size", (h, w))
         check_preprocess(self.preprocess, self.in_chans)
         if self.class_names is not None:
             names = check_class_names(self.class_names, self.num_classes)
@@ -190,6 +193,12 @@ def is_number(v: Any) -> bool:
 def _is_int(v: Any) -> bool:
     """An integer (numpy's too), not a bool."""
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _whole(v: Any) -> bool:
+    """An integer, or a float with no fraction (64.0), not a bool."""
+    return _is_int(v) or (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+                          and float(v).is_integer())
 
 
 def _flag(key: str) -> str:

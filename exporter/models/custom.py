@@ -77,8 +77,9 @@ def from_module(module: nn.Module, name: str, img_size: int | tuple[int, int], o
     """``module`` ready for `autotimm_deploy.exporter.pipeline.export` (``export(model.spec, formats,
     out, model=model)``). ``preprocessing`` (mean, std, interpolation, crop_pct) is what callers
     must apply to pictures; default ImageNet statistics, bilinear resize, no crop. One zero batch is
-    run to check the outputs match ``output_names``, and a ``task`` given (default: classification) that
-    they are the outputs its answers read (`TASK_OUTPUTS`)."""
+    run to check the outputs match ``output_names``; given a ``task``, that they are the outputs its
+    answers read (`TASK_OUTPUTS`). Without one the module is a classifier for file names and reports,
+    and its outputs are not checked against a task."""
     plain_name(name, "the model name")
     names = (output_names,) if isinstance(output_names, str) else tuple(output_names)
     if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n.isidentifier() for n in names):

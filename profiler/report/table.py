@@ -64,24 +64,28 @@ def peak_lines(report: dict) -> list[str]:
     return out
 
 
-def interval_text(d: dict, spec: str = ".2f") -> str:
-    """``[lo, hi]`` of a dict's ``ci_low`` / ``ci_high``, or what stands where there is none."""
+def interval_text(d: dict) -> str:
+    """``[lo, hi]`` of a dict's ``ci_low`` / ``ci_high``, or what stands where there is none (a ratio's
+    interval counts interleaved rounds, a latency's samples)."""
     lo, hi = d.get("ci_low"), d.get("ci_high")
-    return f"(no CI: n<{MIN_CI_SAMPLES})" if lo is None or hi is None else f"[{lo:{spec}}, {hi:{spec}}]"
+    if lo is None or hi is None:
+        return f"(no CI: <{MIN_CI_SAMPLES} rounds)" if "rounds" in d else f"(no CI: n<{MIN_CI_SAMPLES})"
+    return f"[{lo:.2f}, {hi:.2f}]"
 
 
 def skipped_text(run: dict, asked: list[int]) -> str:
     """Which asked batch sizes a run skipped, and the fixed batch it was measured at instead, if any."""
     text = (f"{run['target']['label']}: batch sizes {', '.join(map(str, run['batches_skipped']))} skipped "
             "(outside its batch range)")
-    instead = [str(p["batch"]) for p in run["points"] if p["batch"] not in asked]
+    instead = [str(p["batch"]) for p in run["points"] if asked and p["batch"] not in asked]
     return text + (f"; measured at its fixed batch {', '.join(instead)} instead" if instead else "")
 
 
 def speedup_text(r: dict) -> str:
     if r.get("speedup_vs_baseline") is None:
         return "-"
-    return f"{r['speedup_vs_baseline']:.2f}x " + interval_text({"ci_low": r["speedup_ci_low"], "ci_high": r["speedup_ci_high"]})
+    return f"{r['speedup_vs_baseline']:.2f}x " + interval_text({"ci_low": r["speedup_ci_low"], "ci_high": r["speedup_ci_high"],
+                                                              "rounds": None})
 
 
 def cells(r: dict) -> list[str]:

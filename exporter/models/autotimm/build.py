@@ -129,8 +129,9 @@ def spec_from_checkpoint(checkpoint: str | Path, model: str | None = None, task:
         raise UserError(f"{what} with {hp['num_classes']} classes, not {num_classes}: leave --num-classes out")
     settings = {**t.fixed, **{opt: _plain(hp[arg]) for opt, arg in t.options.items()
                                if arg in hp and hp[arg] is not None}}
-    try:  # the checkpoint's own values, before any flag: a refusal names where the value came from
-        ModelSpec(model=name, task=t.task, num_classes=classes, head=settings, architecture="autotimm")
+    try:  # the checkpoint's own values, before any flag (less those a flag replaces): a refusal says whose
+        own = {k: v for k, v in settings.items() if k in STRUCTURAL or k not in (head or {})}
+        ModelSpec(model=name, task=t.task, num_classes=classes, head=own, architecture="autotimm")
     except UserError as e:
         raise UserError(f"{what} whose hyper-parameters are refused ({e}; a value read from the checkpoint, not a "
                         "flag): a damaged or edited checkpoint") from None
@@ -142,9 +143,10 @@ def spec_from_checkpoint(checkpoint: str | Path, model: str | None = None, task:
         settings[key] = value
     size = (ck.transform_config or {}).get("image_size", ck.datamodule.get("image_size"))  # a TransformConfig's wins
     if fields.get("img_size") is None and size is not None:  # the DataModule's training size, when it was saved
-        if type(size) is not int or not 0 < size <= MAX_IMG_SIDE:  # AutoTimm's DataModules take one side
-            raise UserError(f"{what} whose training image_size is {size!r}, not a side in pixels: give --img-size")
-        fields["img_size"] = (size, size)
+        sides = list(size) if isinstance(size, (list, tuple)) and len(size) == 2 else [size, size]
+        if not all(type(s) is int and 0 < s <= MAX_IMG_SIDE for s in sides):  # one side, or (h, w) of a DataModule of one's own
+            raise UserError(f"{what} whose training image_size is {size!r}, not a size in pixels: give --img-size")
+        fields["img_size"] = tuple(sides)
     if fields.get("img_size") is None and t.variants:
         fields["img_size"] = (t.variants[name],) * 2  # the variant's own size, not timm's 224 for an unknown name
     return ModelSpec(model=name, task=t.task, num_classes=classes, weights="checkpoint",
