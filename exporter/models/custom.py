@@ -31,7 +31,7 @@ def check_task_outputs(name: str, task: str, outs: dict[str, torch.Tensor], num_
     """The outputs are the ``task``'s, named as its answers read them, else one line; returns the number
     of classes they score (None where they do not say). Not ``strict``: outputs that are not the task's
     pass, unchecked."""
-    found, classes = {}, None
+    count, classes = {}, None  # the detections every detection output holds; the classes scored
     for group in TASK_OUTPUTS[task]:
         key = next((k for k in group if k in outs), None)
         dims = group.get(key, "")
@@ -44,7 +44,7 @@ def check_task_outputs(name: str, task: str, outs: dict[str, torch.Tensor], num_
                             + ", ".join(f"{k} {list(t.shape)}" for k, t in outs.items())
                             + ": name the outputs so (output_names), or give the right task")
         n = shape[dims.index("N")] if "N" in dims else None
-        if n is not None and found.setdefault("N", n) != n:
+        if n is not None and count.setdefault("N", n) != n:
             raise UserError(f"{name}'s detection outputs hold different numbers of detections: "
                             + ", ".join(f"{k} {list(t.shape)}" for k, t in outs.items()))
         classes = shape[dims.index("C")] if "C" in dims else classes
@@ -87,8 +87,8 @@ def from_module(module: nn.Module, name: str, img_size: int | tuple[int, int], o
     if INPUT_NAMES & set(names):
         raise UserError(f"output_names {sorted(INPUT_NAMES & set(names))}: a graph's input has that name; name the "
                         "outputs otherwise")
-    spec = ModelSpec(name, task=task or "classification", img_size=img_size, in_chans=in_chans, num_classes=num_classes, weights="module",
-                     preprocess=dict(preprocessing or {}))  # checked there
+    spec = ModelSpec(name, task=task or "classification", img_size=img_size, in_chans=in_chans,
+                     num_classes=num_classes, weights="module", preprocess=dict(preprocessing or {}))  # checked there
     model = UserModel(module, names).eval()
     try:
         with torch.no_grad():

@@ -160,8 +160,8 @@ def build_repository(artifacts: list[str | Path], repository: str | Path, option
     named = {Path(p) for p in artifacts if not Path(p).is_dir()}
     served, skipped = _load_manifests(paths, names, skip_unserved, None if allow_failed else named)
     if not served:
-        raise NothingServed(f"none of these artifacts can be served ({'; '.join(f'{m.artifact}: {m.note}' for m in skipped)}"
-                            f"): no repository written at {repository}")
+        why = "; ".join(f"{m.artifact}: {m.note}" for m in skipped)
+        raise NothingServed(f"none of these artifacts can be served ({why}): no repository written at {repository}")
     if options.ort_tensorrt and not skip_unserved and not any(m.format == "onnx" for _, m, _ in served):
         raise UserError("--ort-tensorrt applies to ONNX artifacts (ONNX Runtime's TensorRT accelerator) and none of "
                         f"these is one ({', '.join(m.artifact for _, m, _ in served)}): drop it, or add the ONNX export")
