@@ -363,9 +363,9 @@ def main(a) -> int:
         raise UserError(f"--pretrained does not apply with a checkpoint ({a.checkpoint}): the weights are the "
                         "checkpoint's; leave --pretrained out")
     if not a.model and a.checkpoint and a.architecture == "builtin" and Path(a.checkpoint).is_file():
-        raise UserError(f"an AutoTimm checkpoint ({a.checkpoint}) is rebuilt with AutoTimm's own modules: leave out "
-                        "--architecture builtin, or name the timm model a plain state dict is for "
-                        "(autotimm-export MODEL --checkpoint FILE)")
+        raise UserError(f"give a timm model name with a checkpoint and --architecture builtin (autotimm-export MODEL "
+                        f"--checkpoint {a.checkpoint}); an AutoTimm checkpoint names its own model: leave "
+                        "--architecture builtin out")
     if not a.model and not a.checkpoint:
         raise UserError("give a timm model name, e.g. autotimm-export resnet50, or an AutoTimm --checkpoint "
                         "(or --list-formats, --recipe)")

@@ -53,7 +53,8 @@ BAD = {
     "state dict as the model": (["{wrong}"], "name the model: autotimm-export MODEL --checkpoint"),
     "a checkpoint and --pretrained": (["{wrong}", "--pretrained"], "--pretrained does not apply with a checkpoint"),
     "a checkpoint and --architecture builtin": (["--checkpoint", "{wrong}", "--architecture", "builtin"],
-                                                "is rebuilt with AutoTimm's own modules: leave out --architecture"),
+                                                "an AutoTimm checkpoint names its own model: leave --architecture "
+                                                "builtin out"),
     "a folder named as a checkpoint": (["{folder}"], "is a folder, not a checkpoint file"),
     "an empty checkpoint": (["{empty}"], "is empty (0 bytes): an interrupted save or copy?"),
     "garbage checkpoint": (["test_resnet", "--checkpoint", "{garbage}", "--img-size", "64"], "cannot read checkpoint"),
