@@ -494,9 +494,12 @@ def _calibration(data, path: Path, precisions: list) -> dict:
         _unknown(calibration, CALIBRATION_KEYS, "calibration")
         _positive(calibration.get("samples"), _line(calibration, "samples", calibration.line), "samples",
                   MAX_CALIBRATION_SAMPLES)
-        source = calibration.get("data")
+        source, where = calibration.get("data"), _line(calibration, "data", calibration.line)
         if isinstance(source, str) and source != SAMPLE_PICTURES and not Path(source).is_absolute():
             calibration = {**calibration, "data": str((path.parent / source).resolve())}
+        if "int8" in precisions and isinstance(source, str) and source != SAMPLE_PICTURES \
+                and not Path(calibration["data"]).exists():  # refused with the recipe, not job by job
+            raise _LineError(where, f"calibration data not found: {calibration['data']}")
     if "int8" in precisions and not calibration.get("data") and not calibration.get("random"):
         raise _LineError(_line(data, "precisions", data.line),
                          "int8 needs calibration: add `calibration: {data: DIR|FILE.npy|sample-pictures}`")

@@ -65,6 +65,8 @@ def test_shipped_recipes_load(path):
     (("tasks: [classification]", "tasks:\n  - {task: detection, fpn_channels: 0}"), 7, "--fpn-channels takes an integer from 1 to 4096"),
     (("batch_sizes: [1, 2]", "batch_sizes: [1, 2"), 10, "not valid YAML"),
     (("num_classes: 4", "num_classes: 4\neval: {data: nowhere/}"), 12, "eval data not found"),
+    (("calibration: {data: sample-pictures, samples: 4}", "calibration: {data: nowhere/, samples: 4}"), 12,
+     "calibration data not found"),
     (("num_classes: 4", "num_classes: 4\neval: {data: ., max_drop: 200}"), 12, "max_drop takes 0 to 100"),
     (("num_classes: 4", "num_classes: 4\neval: {dat: .}"), 12, "unknown key 'dat' in eval"),
     (("tasks: [classification]", "tasks: [classification, semantic-segmentation]\neval: {data: .}"), 7,
