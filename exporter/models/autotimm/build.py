@@ -144,7 +144,7 @@ def spec_from_checkpoint(checkpoint: str | Path, model: str | None = None, task:
     size = (ck.transform_config or {}).get("image_size", ck.datamodule.get("image_size"))  # a TransformConfig's wins
     if fields.get("img_size") is None and size is not None:  # the DataModule's training size, when it was saved
         sides = list(size) if isinstance(size, (list, tuple)) and len(size) == 2 else [size, size]
-        if not all(type(s) is int and 0 < s <= MAX_IMG_SIDE for s in sides):  # one side, or (h, w) of a DataModule of one's own
+        if not all(type(s) is int and 0 < s <= MAX_IMG_SIDE for s in sides):  # one side, or (h, w) of one's own
             raise UserError(f"{what} whose training image_size is {size!r}, not a size in pixels: give --img-size")
         fields["img_size"] = tuple(sides)
     if fields.get("img_size") is None and t.variants:
