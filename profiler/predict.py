@@ -128,12 +128,28 @@ def picture_pipeline(path: Path, manifest: Manifest | None, names: list[str] | N
     if not manifest.preprocessing:
         raise UserError(f"{path}'s manifest records no preprocessing: {tool} cannot turn pictures into its input")
     task = manifest.spec.get("task", "classification")
+    _check_own_module(path, manifest, task, tool)
     prep = describe(manifest.preprocessing, task)
     embedded = (prep.get("embedded") or {}).get("layout")
     if manifest.size.get("dynamic") and not embedded:
         raise UserError(f"{path} takes inputs of any size (--dynamic-size): {tool} feeds the export size "
                         "the manifest's preprocessing describes; export it at a fixed size to use it on pictures")
     return PicturePipeline(task, prep, embedded, class_names(manifest, names))
+
+
+def _check_own_module(path: Path, manifest: Manifest, task: str, tool: str) -> None:
+    """An artifact of a user's own module (``from_module``, which holds outputs to a task only when
+    given one) has the outputs its task's answers read, else one line saying how to export it again."""
+    from autotimm_deploy.exporter.models.custom import TASK_OUTPUTS
+
+    if manifest.spec.get("weights") != "module" or task not in TASK_OUTPUTS:
+        return
+    have = {o.name for o in manifest.outputs}
+    missing = [" or ".join(group) for group in TASK_OUTPUTS[task] if not have & set(group)]
+    if missing:
+        raise UserError(f"{path} is your own module's (from_module), with outputs {', '.join(sorted(have))}; a "
+                        f"{task} answer reads {', '.join(missing)}: {tool} cannot answer from it. Export it again "
+                        f"with from_module(..., task={task!r}, output_names=...) naming its outputs so")
 
 
 def predict(artifact: str | Path, pictures: Iterable[str | Path], runtime: str | None = None,

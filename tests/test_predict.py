@@ -63,6 +63,24 @@ def test_classification_top_k_with_names(tmp_path, pictures):
     assert a.top[0]["label"] == int(outs["logits"][0].argmax())
 
 
+def test_own_module_answers_only_from_outputs_its_task_reads(tmp_path, pictures):
+    """from_module without a task takes any outputs; predict then says how to export it again instead
+    of calling its manifest edited. Named so, the same module answers."""
+    import torch
+    from autotimm_deploy.exporter import from_module
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    for names, out in ((("scores",), "odd"), (("logits",), "named")):
+        model = from_module(net, "net", 32, output_names=names)
+        (r,) = export(model.spec, ["onnx"], tmp_path / out, model=model)
+        assert r.ok, r.parity.failures
+        if out == "odd":
+            with pytest.raises(UserError, match=r"is your own module's \(from_module\), with outputs scores; a "
+                                                 r"classification answer reads logits or probs: .* naming its outputs so"):
+                predict(r.artifact, [pictures])
+    assert len(predict(r.artifact, [pictures])[0].top) == 3
+
+
 def test_letterboxed_detections_in_picture_pixels(tmp_path, pictures):
     """Boxes leave in the picture's pixels: the letterbox's scale and padding removed, clipped."""
     spec = ModelSpec("test_resnet", task="detection", num_classes=3, img_size=(128, 128),
