@@ -151,10 +151,15 @@ def small_artifacts(tmp_path_factory):
     before changing one). AOTInductor compiles for ~25 s: tests/test_aoti.py builds its own; Core ML's
     parity runs on macOS only (tests/test_coreml.py)."""
     from autotimm_deploy.exporter.formats import available_formats
+
+    return export_small([f for f in available_formats() if f not in ("aoti", "coreml")], tmp_path_factory.mktemp("small"))
+
+
+def export_small(formats: list[str], out) -> dict:
+    """`SMALL` exported to ``formats`` in ``out``, each through its parity check: format -> artifact."""
     from autotimm_deploy.exporter.pipeline import export
 
-    out = tmp_path_factory.mktemp("small")
-    results = export(SMALL, [f for f in available_formats() if f not in ("aoti", "coreml")], out)
+    results = export(SMALL, formats, out)
     for r in results:
         assert r.ok, (r.format, r.error, r.parity and r.parity.failures)
     return {r.format: r.artifact for r in results}

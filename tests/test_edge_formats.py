@@ -15,7 +15,7 @@ from autotimm_deploy.exporter.formats import ExportOptions, get_format
 from autotimm_deploy.exporter.pipeline import export
 from autotimm_deploy.profiler.targets import open_target, resolve
 
-from tests.conftest import SMALL, call_cli, files_under, run_cli
+from tests.conftest import SMALL, call_cli, export_small, files_under, run_cli
 
 
 def needs(fmt: str) -> None:
@@ -29,9 +29,7 @@ def edge_artifacts(tmp_path_factory):
     """`SMALL` in ExecuTorch and ncnn, each through its parity check (conftest's small_artifacts
     exports every format; this file reads only these two)."""
     formats = [f for f in ("executorch", "ncnn") if not get_format(f).unavailable_reason()]
-    results = export(SMALL, formats, tmp_path_factory.mktemp("edge"))
-    assert all(r.ok for r in results), [(r.format, r.error) for r in results]
-    return {r.format: r.artifact for r in results}
+    return export_small(formats, tmp_path_factory.mktemp("edge"))
 
 
 @pytest.fixture(scope="module")

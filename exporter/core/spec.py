@@ -109,14 +109,14 @@ class ModelSpec:
             v = self.head.get(key)
             if key in self.head and (not _is_int(v) or not 1 <= v <= top):
                 raise UserError(f"--{key.replace('_', '-')} takes an integer from 1 to {top}, got {v!r}")
-            if key in self.head:  # numpy's integers as Python's: the manifest is JSON
-                object.__setattr__(self, "head", {**self.head, key: int(v)})
         if "strides" in self.head:
             v = self.head["strides"]
             if (not isinstance(v, (list, tuple)) or not 1 <= len(v) <= 8
                     or not all(_is_int(x) and 1 <= x <= 1024 for x in v)):
                 raise UserError(f"--strides takes 1 to 8 integers from 1 to 1024, got {v!r}")
-            object.__setattr__(self, "head", {**self.head, "strides": type(v)(int(x) for x in v)})
+        # numpy's integers as Python's: the manifest is JSON
+        object.__setattr__(self, "head", {k: int(v) if k in HEAD_INT_LIMITS else type(v)(map(int, v)) if k == "strides"
+                                          else v for k, v in self.head.items()})
         for key in ("depthwise", "raw", "argmax", "multi_label"):
             if key in self.head and not isinstance(self.head[key], bool):
                 raise UserError(f"--{key.replace('_', '-')} is a switch (true or false), got {self.head[key]!r}")

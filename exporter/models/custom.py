@@ -31,7 +31,7 @@ def check_task_outputs(name: str, task: str, outs: dict[str, torch.Tensor], num_
     """The outputs are the ``task``'s, named as its answers read them, else one line; returns the number
     of classes they score (None where they do not say). Not ``strict``: outputs that are not the task's
     pass, unchecked."""
-    count, classes = {}, None  # the detections every detection output holds; the classes scored
+    detections, classes = None, None  # what every detection output holds; the classes scored
     for group in TASK_OUTPUTS[task]:
         key = next((k for k in group if k in outs), None)
         dims = group.get(key, "")
@@ -44,9 +44,10 @@ def check_task_outputs(name: str, task: str, outs: dict[str, torch.Tensor], num_
                             + ", ".join(f"{k} {list(t.shape)}" for k, t in outs.items())
                             + ": name the outputs so (output_names), or give the right task")
         n = shape[dims.index("N")] if "N" in dims else None
-        if n is not None and count.setdefault("N", n) != n:
+        if n is not None and detections not in (None, n):
             raise UserError(f"{name}'s detection outputs hold different numbers of detections: "
                             + ", ".join(f"{k} {list(t.shape)}" for k, t in outs.items()))
+        detections = n if n is not None else detections
         classes = shape[dims.index("C")] if "C" in dims else classes
     if num_classes is not None and classes is not None and classes != num_classes:
         raise UserError(f"{name} scores {classes} classes, not num_classes={num_classes}: give {classes}, or leave it out")
