@@ -97,15 +97,20 @@ def run_picture(session, picture: np.ndarray, prep: dict[str, Any], embedded: st
 def _infer(session, feed: dict[str, np.ndarray]) -> dict:
     """``session.infer``; a runtime that refuses the input its manifest describes (a manifest edited,
     or not the artifact's own) is a `UserError` with the runtime's whole message on one line."""
+    shapes = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in feed.items())
     try:
-        return session.infer(feed)
+        result = session.infer(feed)
     except (UserError, Fault, MemoryError):
         raise
     except Exception as e:  # noqa: BLE001 - each runtime raises its own kinds
-        shapes = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in feed.items())
         raise UserError(f"the {session.name} runtime failed on {shapes}, the input its manifest describes: "
                         f"{' '.join(str(e).split())[:400] or type(e).__name__}; if the manifest was edited, "
                         "re-export the artifact") from None
+    nan = [k for k, v in result.items() if np.issubdtype(np.asarray(v).dtype, np.floating) and np.isnan(v).any()]
+    if nan:  # never an answer: a broken artifact or an edited manifest (its parity check would have failed)
+        raise UserError(f"the {session.name} runtime answered NaN in {', '.join(nan)} on {shapes}: the artifact or "
+                        "its manifest is broken; re-export the artifact")
+    return result
 
 
 @dataclass

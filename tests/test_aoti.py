@@ -66,6 +66,22 @@ def test_package_without_manifest_is_recognised(package, tmp_path):
     assert detect(bare)[0] == "aoti"
 
 
+def test_a_package_refuses_a_size_it_was_not_compiled_for(package, tmp_path):
+    """Its kernels do not check: at 32 px they read past their buffers (NaN, exit 0), at 256 px they
+    answered another class. The package records its input shape, and the runtime holds inputs to it,
+    whatever an edited manifest or --img-size says."""
+    meta = torch._inductor.aoti_load_package(str(package.artifact)).get_metadata()
+    assert meta["autotimm_deploy.input_shape"] == "[null, 3, 64, 64]"
+    bare = tmp_path / "model.aoti.pt2"  # no manifest: the profiler's --img-size decides what it is fed
+    shutil.copy(package.artifact, bare)
+    with open_artifact(bare, runtime="aoti") as session:
+        for shape in [(1, 3, 32, 32), (2, 3, 256, 256)]:
+            with pytest.raises(UserError, match=r"compiled for inputs of shape \[any, 3, 64, 64\] and cannot run"):
+                session.run(session.prepare({"input": np.zeros(shape, np.float32)}))
+        (y,) = session.run(session.prepare({"input": np.zeros((3, 3, 64, 64), np.float32)}))  # its own size runs
+        assert tuple(y.shape) == (3, 7)
+
+
 def test_refusals_are_one_line(package, tmp_path, export_cli):
     with pytest.raises(UserError, match="compiled for cpu and cannot run on cuda"):
         open_artifact(package.artifact, manifest=load_manifest(package.artifact), device="cuda")

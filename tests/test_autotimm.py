@@ -206,7 +206,7 @@ def test_preprocessing_overrides_are_recorded(checkpoints, tmp_path):
     prep = json.loads(r.manifest.read_text())["preprocessing"]
     assert (prep["mean"], prep["std"], prep["crop_pct"]) == ([0.5] * 3, [0.25] * 3, 1.0)
     assert prep["source"].endswith("set by the user: crop_pct, mean, std")
-    with pytest.raises(UserError, match="--std values must be positive"):
+    with pytest.raises(UserError, match="--std values must be at least 0.001"):
         ModelSpec("resnet18", preprocess={"std": [0.2, 0.0, 0.2]})
 
 

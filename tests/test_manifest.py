@@ -110,7 +110,8 @@ PREP = {"input_size": [3, 64, 64], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.
 
 
 @pytest.mark.parametrize("key,value,says", [
-    ("std", [0, 0, 0], "preprocessing.std values must be positive"),  # NaN answers before
+    ("std", [0, 0, 0], "preprocessing.std values must be at least 0.001"),  # NaN answers before
+    ("std", [1e-300, 1, 1], "preprocessing.std values must be at least 0.001"),  # 0 in float32: NaN answers, exit 0
     ("mean", "abc", "preprocessing.mean takes 3 finite number(s)"),  # an internal error before
     ("mean", [0.5], "preprocessing.mean takes 3 finite number(s)"),
     ("interpolation", "fancy", "preprocessing.interpolation takes one of"),

@@ -25,6 +25,9 @@ from autotimm_deploy.exporter.core.spec import LIBRARIES, PREPROCESS_KEYS, Model
 
 SCHEMA_VERSION = 1
 MANIFEST_SUFFIX = ".json"
+# an AOTInductor package's own metadata: the input shape each of its models was compiled for, as JSON
+# ([null, 3, 224, 224]: null where the dim is symbolic), which its runtime holds every input to
+PACKAGE_INPUT_SHAPE = "autotimm_deploy.input_shape"
 
 
 @dataclass

@@ -205,8 +205,11 @@ def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
+MIN_STD = 1e-3  # timm's are 0.2-0.3; 1e-300 passed "> 0" and became 0 in float32: NaN answers
+
+
 def check_preprocess(pre: dict[str, Any], in_chans: int, name: Callable[[str], str] = _flag) -> None:
-    """Preprocessing overrides: per-channel mean/std (std > 0), a known interpolation, 0 < crop_pct <= 1;
+    """Preprocessing overrides: per-channel mean/std (std >= MIN_STD), a known interpolation, 0 < crop_pct <= 1;
     a `UserError` naming the value as ``name(key)`` does (the command line's flag, or a manifest's field)."""
     for key in pre:
         if key not in PREPROCESS_KEYS:
@@ -218,8 +221,9 @@ def check_preprocess(pre: dict[str, Any], in_chans: int, name: Callable[[str], s
         if (not isinstance(vals, (list, tuple)) or len(vals) != in_chans
                 or not all(is_number(v) for v in vals)):
             raise UserError(f"{name(key)} takes {in_chans} finite number(s), one per input channel, got {vals!r}")
-        if key == "std" and min(vals) <= 0:
-            raise UserError(f"{name('std')} values must be positive, got {list(vals)}")
+        if key == "std" and min(vals) < MIN_STD:
+            raise UserError(f"{name('std')} values must be at least {MIN_STD:g} (pixels are scaled to [0, 1] before "
+                            f"it divides them; below, inputs overflow float32), got {list(vals)}")
     known = {"interpolation": INTERPOLATIONS, "resize": RESIZE_MODES}
     for key in (k for k in known if k in pre and pre[k] not in known[k]):
         raise UserError(f"{name(key)} takes one of {', '.join(known[key])}, got {pre[key]!r}")

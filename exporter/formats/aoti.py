@@ -38,12 +38,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from autotimm_deploy.exporter.core.errors import ExportFailed, MissingExtra, UserError, first_line
+from autotimm_deploy.exporter.core.manifest import PACKAGE_INPUT_SHAPE
 from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, cli_option, register_format
 from autotimm_deploy.exporter.formats.dims import export_program
 from autotimm_deploy.exporter.formats.file_checks import zip_check, zip_names
@@ -187,13 +189,23 @@ def _compile(programs: dict, path: Path, configs: dict) -> None:
             files = {}
             for name, program in programs.items():
                 args, kwargs = program.example_inputs
+                metadata = {PACKAGE_INPUT_SHAPE: json.dumps(_input_shape(program))}
                 files[name] = torch._inductor.aot_compile(program.module(check_guards=False), args, kwargs,
-                                                          options={**configs, "aot_inductor.package": True})
+                                                          options={**configs, "aot_inductor.package": True,
+                                                                   "aot_inductor.metadata": metadata})
             package_aoti(str(path), files)
     except Exception as e:  # noqa: BLE001 - Inductor lowering or the C++ compiler failed
         raise ExportFailed(f"AOTInductor compile failed: {first_line(e)}") from e
     if not path.is_file() or path.stat().st_size == 0:
         raise ExportFailed("AOTInductor produced no package")
+
+
+def _input_shape(program) -> list[int | None]:
+    """The shape of ``program``'s input, None where a dim is symbolic: what the package is compiled for
+    (the compiled kernels do not check it, and read past their buffers on another size)."""
+    name = program.graph_signature.user_inputs[0]
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)
+    return [d if isinstance(d, int) else None for d in node.meta["val"].shape]
 
 
 def _bfloat16_module():

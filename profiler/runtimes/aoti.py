@@ -7,6 +7,7 @@ shape and its any-batch ``model`` on the rest."""
 from __future__ import annotations
 
 from autotimm_deploy.exporter.core.errors import UserError, first_line
+from autotimm_deploy.exporter.core.manifest import PACKAGE_INPUT_SHAPE
 from autotimm_deploy.profiler.runtimes._torch import TorchSession
 from autotimm_deploy.profiler.runtimes.base import register_runtime
 
@@ -57,7 +58,30 @@ class AOTISession(TorchSession):
         except Exception as e:  # noqa: BLE001 - corrupt package, or compiled by another torch
             raise UserError(f"cannot load AOTInductor package {self.path}: {first_line(e, 200)} (packages run "
                             "with the torch version that compiled them)") from None
+        models = [Guarded(m, self.path.name) for m in models]
         return ByShape(models[0], models[1], tuple(tuned["input_shape"])) if tuned else models[0]
+
+
+class Guarded:
+    """A package's model that refuses inputs of a shape it was not compiled for (the shape its own
+    metadata records, `PACKAGE_INPUT_SHAPE`): its compiled kernels do not check, and on another size
+    they read past their buffers and answer wrongly."""
+
+    def __init__(self, model, name: str):
+        import json
+
+        self.model, self.name = model, name
+        shape = model.get_metadata().get(PACKAGE_INPUT_SHAPE)
+        self.shape = None if shape is None else tuple(json.loads(shape))
+
+    def __call__(self, x, *rest):
+        if self.shape is not None and (x.dim() != len(self.shape) or any(
+                want is not None and want != got for want, got in zip(self.shape, x.shape))):
+            wanted = ", ".join("any" if d is None else str(d) for d in self.shape)
+            raise UserError(f"{self.name} was compiled for inputs of shape [{wanted}] and cannot run "
+                            f"{list(x.shape)}: give the size it was exported at (its manifest or --img-size "
+                            "says otherwise), or export it again at this size")
+        return self.model(x, *rest)
 
 
 class ByShape:
