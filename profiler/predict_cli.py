@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
 from autotimm_deploy.exporter.core.cli import EXIT_OK, OneLineParser, console, float_in, int_in, progress_bar, run_cli
 from autotimm_deploy.exporter.core.errors import UserError
-from autotimm_deploy.exporter.core.files import atomic_write_bytes, check_out_dir, out_dir_for, remove_file
+from autotimm_deploy.exporter.core.files import (
+    check_out_dir,
+    folder_lock,
+    out_dir_for,
+    place_files,
+    remove_stale_scratch,
+    scratch_dir,
+    write_bytes,
+)
 from autotimm_deploy.exporter.core.spec import read_class_names
 from autotimm_deploy.profiler.runtimes import runtime_names
 from rich.markup import escape
@@ -55,7 +64,27 @@ def _outputs(out: Path, files: list[Path]) -> dict[Path, str]:
         for name in (f"{stem}.pred.png", f"{stem}.mask.png"):
             if (out / name).resolve() in inputs:
                 raise UserError(f"-o {out} would overwrite the picture {out / name}: write the answers elsewhere")
+            if (out / name).is_dir() and not (out / name).is_symlink():
+                raise UserError(f"-o {out} holds a folder named {name}, where this picture's answer goes: rename "
+                                "it or pass another -o")
     return stems
+
+
+ANSWER_SUFFIXES = (".pred.png", ".mask.png")
+
+
+def _not_answers(files: list[Path], given: list[str], out: Path | None) -> list[Path]:
+    """The pictures to answer: those a folder search found inside ``-o`` named like this tool's answers
+    (an earlier run's ``*.pred.png``, ``*.mask.png``) are left out; a file named on the command line stays."""
+    if out is None:
+        return files
+    named = {Path(g).resolve() for g in given if Path(g).is_file()}
+    home = out.resolve()
+    kept = [f for f in files if f.resolve() in named or f.resolve().parent != home
+            or not f.name.endswith(ANSWER_SUFFIXES)]
+    if not kept:
+        raise UserError(f"the pictures given are only answers written into -o {out} by an earlier run")
+    return kept
 
 
 def main(a) -> int:
@@ -63,40 +92,45 @@ def main(a) -> int:
     from autotimm_deploy.profiler.report.annotate import draw, mask_png
 
     names = read_class_names(a.class_names) if a.class_names else None
-    files = picture_files(a.pictures)
     out = Path(a.out) if a.out is not None else None
     if out is not None:
         if not str(a.out).strip():
             raise UserError("-o needs a folder name (use -o . for the current folder)")
         check_out_dir(out)
-        stems = _outputs(out, files)
-    made: list[Path] = []  # answers this run wrote where there was no file
+    files = _not_answers(picture_files(a.pictures), a.pictures, out)
+    stems = _outputs(out, files) if out is not None else {}
+    # answers go to a scratch folder inside -o and into place together at the end: a run that stops
+    # (a picture it cannot read, an interrupt) leaves -o as it was; the folders it made, if left empty, go
+    with contextlib.ExitStack() as stack:
+        scratch = None
+        if out is not None:
+            stack.enter_context(out_dir_for(out))
+            stack.enter_context(folder_lock(out, "autotimm command"))
+            remove_stale_scratch(out)
+            scratch = scratch_dir(out, "predict-")
+            stack.callback(shutil.rmtree, scratch, ignore_errors=True)
+        bar = stack.enter_context(progress_bar(counts=True))
+        written: list[str] = []
 
-    def write(path: Path, data: bytes) -> Path:
-        if not path.exists():
-            made.append(path)
-        atomic_write_bytes(path, data)
-        return path
+        def write(name: str, data: bytes) -> Path:
+            write_bytes(scratch / name, data)
+            written.append(name)
+            return out / name
 
-    # the folders it makes are removed again if it stops and leaves them empty
-    with out_dir_for(out) if out is not None else contextlib.nullcontext(), progress_bar(counts=True) as bar:
         task = bar.add_task(Path(a.artifact).name, total=len(files))
 
         def done(answer) -> None:
             if out is not None:
                 stem = stems[answer.file]
                 if answer.mask is not None:
-                    answer.mask_file = write(out / f"{stem}.mask.png", mask_png(answer.mask))
-                answer.annotated = write(out / f"{stem}.pred.png", draw(answer.picture, answer))
+                    answer.mask_file = write(f"{stem}.mask.png", mask_png(answer.mask))
+                answer.annotated = write(f"{stem}.pred.png", draw(answer.picture, answer))
             bar.advance(task)
 
-        try:
-            answers = predict(a.artifact, files, runtime=a.runtime, device=a.device, names=names, top_k=a.top_k,
-                              min_score=a.min_score, on_answer=done)
-        except BaseException:  # a picture it cannot read, an interrupt: no partial set of new answers is left
-            for f in made:
-                remove_file(out, f.name)
-            raise
+        answers = predict(a.artifact, files, runtime=a.runtime, device=a.device, names=names, top_k=a.top_k,
+                          min_score=a.min_score, on_answer=done)
+        if scratch is not None:
+            place_files(scratch, out, written)
     if a.json:
         print(json.dumps({"artifact": str(a.artifact), "results": [x.to_dict() for x in answers]}, indent=2))
     print_answers(answers, console(a.json))

@@ -134,14 +134,30 @@ def test_cli_json_and_annotated_pictures(tmp_path, pictures):
     with Image.open(out / "coffee.mask.png") as m, Image.open(out / "coffee.pred.png") as p:
         assert m.size == (600, 400) and p.size == (600, 400)
         assert np.asarray(m).max() < 3
-    # again, with a broken picture after them: it stops; the answers already there stay, its new ones do not
+    # again, with a broken picture after them: it stops; the answers already there stay as they were (it
+    # had replaced chelsea's with its own and left it so), its new ones are not left
+    before = {f: (out / f).read_bytes() for f in files_under(out)}
     more = tmp_path / "more"
     shutil.copytree(pictures, more)
+    (more / "chelsea.jpg").write_bytes((more / "coffee.png").read_bytes())  # another answer for chelsea
     (more / "extra.jpg").write_bytes((more / "chelsea.jpg").read_bytes())
     (more / "zz.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     r = call_cli("autotimm_deploy.profiler.predict_cli", str(artifact), str(more), "-o", str(out))
     assert r.returncode == 2 and "cannot read picture" in r.stderr
-    assert files_under(out) == sorted(f"{n}.{k}.png" for n in ("astronaut", "chelsea", "coffee") for k in ("mask", "pred"))
+    assert {f: (out / f).read_bytes() for f in files_under(out)} == before
+    # one writer at a time: another run into the same -o is refused, and cannot take the first one's answers
+    from autotimm_deploy.exporter.core.files import folder_lock
+
+    with folder_lock(out):
+        r = call_cli("autotimm_deploy.profiler.predict_cli", str(artifact), str(pictures), "-o", str(out))
+    assert r.returncode == 2 and "another autotimm command is writing into" in r.stderr
+    # -o inside the pictures' folder: a second run does not answer the first one's answers
+    inside = more / "seen"
+    for _ in range(2):
+        (more / "zz.jpg").unlink(missing_ok=True)
+        r = call_cli("autotimm_deploy.profiler.predict_cli", str(artifact), str(more), "-o", str(inside), "--json")
+        assert r.returncode == 0, r.stderr
+        assert len(json.loads(r.stdout)["results"]) == 4
 
 
 def test_cli_errors_are_one_line_and_leave_nothing(tmp_path, pictures):

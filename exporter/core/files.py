@@ -151,6 +151,30 @@ def remove_file(folder: Path, name: str) -> None:
         path.unlink()
 
 
+def place_files(scratch: Path, folder: Path, names: list[str]) -> None:
+    """Move the files ``names`` from ``scratch`` into ``folder`` (on one disk: renames), all or none:
+    each file it replaces is first moved aside into ``scratch``, and on any error or interrupt the
+    files placed are taken back and those they replaced put back. A full disk is a `Fault`."""
+    moved: list[tuple[str, Path | None]] = []  # (name, where what it replaced waits)
+    with disk_full_is_fault(folder):
+        try:
+            for name in names:
+                target, aside = folder / plain_name(name), None
+                if target.is_symlink() or target.exists():
+                    aside = scratch / f".replaced-{len(moved)}"
+                    os.replace(target, aside)
+                moved.append((name, aside))
+                os.replace(scratch / name, target)
+        except BaseException:
+            for name, aside in reversed(moved):
+                with contextlib.suppress(OSError):
+                    if aside is not None:
+                        os.replace(aside, folder / name)
+                    else:
+                        (folder / name).unlink(missing_ok=True)
+            raise
+
+
 @contextlib.contextmanager
 def folder_lock(folder: Path, what: str = "autotimm-export") -> Iterator[None]:
     """Hold ``folder`` for one writer: a second export into it is refused in one line."""
