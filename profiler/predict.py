@@ -14,6 +14,7 @@ import numpy as np
 from autotimm_deploy.exporter.core.errors import Fault, UserError, first_line
 from autotimm_deploy.exporter.core.limits import MAX_IMG_SIDE
 from autotimm_deploy.exporter.core.manifest import Manifest
+from autotimm_deploy.exporter.core.spec import TASK_OUTPUTS
 from autotimm_deploy.exporter.inputs.answers import Answer, answer, class_names, picture_geometry, picture_outputs
 from autotimm_deploy.exporter.inputs.pictures import picture_input
 from autotimm_deploy.exporter.inputs.preprocess import describe, prepare
@@ -145,8 +146,6 @@ def picture_pipeline(path: Path, manifest: Manifest | None, names: list[str] | N
 def _check_own_module(path: Path, manifest: Manifest, task: str, tool: str) -> None:
     """An artifact of a user's own module (``from_module``, which holds outputs to a task only when
     given one) has the outputs its task's answers read, else one line saying how to export it again."""
-    from autotimm_deploy.exporter.models.custom import TASK_OUTPUTS
-
     if manifest.spec.get("weights") != "module" or task not in TASK_OUTPUTS:
         return
     have = {o.name for o in manifest.outputs}

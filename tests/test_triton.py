@@ -322,6 +322,10 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, artifacts):
     for name, change, message in [("nopre", lambda j: j.pop("preprocessing"), "preprocessing.input_size"),
                                   ("noout", lambda j: j.update(outputs=[]), "no well-formed outputs"),
                                   ("fmt", lambda j: j.update(format="foo"), "is a 'foo' artifact"),
+                                  # a classifier's manifest edited to a detector (an internal StopIteration before)
+                                  ("task", lambda j: j["spec"].update(task="detection"),
+                                   "says it is a detection model, but its outputs (logits ['batch', 7]) have no "
+                                   "boxes [batch, N, 4]"),
                                   ("failed", lambda j: j["parity"].update(verdict="fail", failures=["logits: max_rel 0.5"]),
                                    "failed its checks (logits: max_rel 0.5): served, it would give wrong answers; "
                                    "re-export it, or pass --allow-failed")]:

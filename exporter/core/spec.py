@@ -13,6 +13,14 @@ from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.limits import MAX_CLASSES, MAX_IMG_SIDE, MAX_IN_CHANS
 
 TASKS = ("classification", "detection", "semantic-segmentation", "instance-segmentation")
+# what an answer (autotimm-predict, the end-to-end checks, a Triton ensemble) reads for each task: output ->
+# its dims without the batch ("N" detections, "C" classes, "H"/"W" any size), any one of a group
+TASK_OUTPUTS = {
+    "classification": [{"logits": "C", "probs": "C"}],
+    "semantic-segmentation": [{"logits": "CHW", "mask": "HW"}],
+    "detection": [{"boxes": "N4"}, {"scores": "N"}, {"labels": "N"}],
+    "instance-segmentation": [{"boxes": "N4"}, {"scores": "N"}, {"labels": "N"}, {"masks": "NHW"}],
+}
 WEIGHTS = ("random", "pretrained", "checkpoint", "module")  # module: a user's own nn.Module, as given
 DEFAULT_CLASSES = {"detection": 80, "semantic-segmentation": 21, "instance-segmentation": 80}
 # Head options each task accepts (``ModelSpec.head`` keys); anything else is a user error.
@@ -206,6 +214,15 @@ def _flag(key: str) -> str:
 
 
 MIN_STD = 1e-3  # timm's are 0.2-0.3; 1e-300 passed "> 0" and became 0 in float32: NaN answers
+
+
+def task_outputs_missing(task: str, shapes: dict[str, list]) -> str | None:
+    """What the ``task``'s answers read that outputs of these ``shapes`` (batch first) lack, or None."""
+    for group in TASK_OUTPUTS.get(task, []):
+        key = next((k for k in group if k in shapes), None)
+        if key is None or len(shapes[key]) - 1 != len(group[key]):
+            return " or ".join(f"{k} [batch, {', '.join(d)}]" for k, d in group.items())
+    return None
 
 
 def check_preprocess(pre: dict[str, Any], in_chans: int, name: Callable[[str], str] = _flag) -> None:

@@ -9,21 +9,13 @@ from typing import Any, Sequence
 import torch
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.files import plain_name
-from autotimm_deploy.exporter.core.spec import ModelSpec
+from autotimm_deploy.exporter.core.spec import TASK_OUTPUTS, ModelSpec
 from autotimm_deploy.exporter.models.timm_backbone import preprocessing_record
 from torch import nn
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 INPUT_NAMES = {"input", "image"}  # what the graphs call their input (plain, and with preprocessing embedded)
 COMPLEX = (torch.complex32, torch.complex64, torch.complex128)
-# what an answer (autotimm-predict, the end-to-end checks) reads for each task: output -> its dims
-# without the batch ("N" detections, "C" classes, "H"/"W" any size), any one of a group
-TASK_OUTPUTS = {
-    "classification": [{"logits": "C", "probs": "C"}],
-    "semantic-segmentation": [{"logits": "CHW", "mask": "HW"}],
-    "detection": [{"boxes": "N4"}, {"scores": "N"}, {"labels": "N"}],
-    "instance-segmentation": [{"boxes": "N4"}, {"scores": "N"}, {"labels": "N"}, {"masks": "NHW"}],
-}
 
 
 def check_task_outputs(name: str, task: str, outs: dict[str, torch.Tensor], num_classes: int | None,

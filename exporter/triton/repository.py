@@ -26,6 +26,7 @@ from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.files import disk_full_is_fault
 from autotimm_deploy.exporter.core.manifest import MANIFEST_SUFFIX, Manifest, load_manifest, manifest_path, verify_files
 from autotimm_deploy.exporter.core.results import accepted
+from autotimm_deploy.exporter.core.spec import task_outputs_missing
 from autotimm_deploy.exporter.inputs.preprocess import describe
 from autotimm_deploy.exporter.triton.config import (
     NATIVE,
@@ -104,6 +105,13 @@ def check_servable(m: Manifest, path: Path) -> None:
         if not sigs or not all(isinstance(s.shape, list) and s.shape and isinstance(s.dtype, str) and s.name
                                for s in sigs):
             fail(f"has no well-formed {kind} (name, dtype, shape)")
+    task = m.spec.get("task", "classification")
+    # a user's own module left at the default task may have any outputs (served as they are)
+    missing = task_outputs_missing(task, {s.name: s.shape for s in m.outputs}) \
+        if task in BOX_TASKS or m.spec.get("weights") != "module" else None
+    if missing:
+        fail(f"says it is a {task} model, but its outputs ({', '.join(f'{s.name} {s.shape}' for s in m.outputs)}) "
+             f"have no {missing}, which its answers read")
     size = (m.preprocessing or {}).get("input_size") if isinstance(m.preprocessing, dict) else None
     if not (isinstance(size, list) and len(size) == 3 and all(type(v) is int and v > 0 for v in size)):
         fail("has no preprocessing.input_size [C, H, W]")
