@@ -58,6 +58,7 @@ from autotimm_deploy.exporter.parity import BATCHES, TOLERANCES, keep_reference,
 from autotimm_deploy.exporter.parity import verify as check_parity
 from autotimm_deploy.exporter.parity import verify_pictures
 from autotimm_deploy.profiler.artifact import open_artifact
+from autotimm_deploy.profiler.runtimes import runtime_class
 
 
 @dataclass
@@ -259,6 +260,9 @@ def export(
     if not order:
         raise UserError("no formats to export: name at least one (see autotimm-export --list-formats)")
     check_formats(order, spec, options)
+    if verify:  # the runtimes that check the artifacts, installed (onnxruntime missing: every ONNX artifact "failed")
+        for fmt in order:
+            runtime_class(get_format(fmt).default_runtime)
     stem = check_stem(name) if name is not None else spec.stem(options.precision)
     targets = planned_paths(order, out_dir, stem)
     _refuse_taken(targets, force)

@@ -195,6 +195,31 @@ def test_missing_runtime_names_the_extra(monkeypatch, small_artifacts):
         open_artifact(small_artifacts["onnx"], manifest=load_manifest(small_artifacts["onnx"]))
 
 
+def test_a_missing_or_broken_runtime_is_one_line(monkeypatch, small_artifacts, tmp_path):
+    """onnxruntime is one of our own dependencies (it was "install the [dev] extra"); an installed runtime
+    whose import fails was an internal ImportError; an export checked by a missing runtime went ahead and
+    kept every artifact as failed."""
+    monkeypatch.setattr(RUNTIMES["onnxruntime"], "requires", ("surely_not_installed_mod",))
+    with pytest.raises(UserError, match=r"surely_not_installed_mod\) is not installed, though autotimm-deploy "
+                                        r"depends on it: install it again \(pip install --force-reinstall"):
+        open_artifact(small_artifacts["onnx"], manifest=load_manifest(small_artifacts["onnx"]))
+    from autotimm_deploy.exporter.core.spec import ModelSpec
+    from autotimm_deploy.exporter.pipeline import export
+
+    with pytest.raises(UserError, match="is not installed, though autotimm-deploy depends on it"):
+        export(ModelSpec("test_resnet", img_size=(64, 64)), ["onnx"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    monkeypatch.undo()
+
+    def broken(self, *args, **kwargs):
+        raise ImportError("libonnxruntime.so: cannot open shared object file")
+
+    monkeypatch.setattr(RUNTIMES["onnxruntime"], "__init__", broken)
+    with pytest.raises(UserError, match=r"the onnxruntime runtime is installed but cannot be imported "
+                                        r"\(libonnxruntime.so: cannot open shared object file\): install it again"):
+        open_artifact(small_artifacts["onnx"], manifest=load_manifest(small_artifacts["onnx"]))
+
+
 def test_artifact_without_manifest(small_artifacts, tmp_path):
     import shutil
 

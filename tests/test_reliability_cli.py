@@ -458,3 +458,19 @@ def test_torchs_chatter_is_not_a_line_before_the_error(capsys):
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
+
+
+def test_a_package_that_fails_to_import_is_one_line(capsys):
+    """An installed package whose import fails (a shared library missing) was an internal error."""
+    import argparse
+
+    from autotimm_deploy.exporter.core.cli import run_cli
+
+    def main(_args):
+        raise ImportError("libopenvino.so.2530: cannot open shared object file", name="openvino")
+
+    assert run_cli("autotimm-x", main, argparse.ArgumentParser(), []) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["autotimm-x: error: openvino cannot be imported (libopenvino.so.2530: cannot open shared object "
+                   "file): the installation is incomplete or broken; install it again (pip install --force-reinstall "
+                   "with the extra that provides it)"]

@@ -80,7 +80,7 @@ import math  # noqa: E402
 from typing import Callable  # noqa: E402
 
 from autotimm_deploy.exporter.core.environment import cores_available  # noqa: E402
-from autotimm_deploy.exporter.core.errors import Fault, Interrupted, UserError, first_line  # noqa: E402
+from autotimm_deploy.exporter.core.errors import Fault, Interrupted, UserError, broken_install, first_line  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn  # noqa: E402
 
@@ -132,6 +132,12 @@ def run_cli(prog: str, main: Callable[[argparse.Namespace], int], parser: argpar
         return e.exit_code
     except KeyboardInterrupt as e:
         return _interrupted(prog, e)
+    except ImportError as e:  # a package installed but broken, or removed after installing
+        if getattr(args, "debug", False):
+            raise
+        error = broken_install(e)
+        sys.stderr.write(f"{prog}: error: {first_line(error, 2000)}\n")
+        return error.exit_code
     except Exception as e:  # noqa: BLE001 - a bug: still one line, traceback only on request
         if getattr(args, "debug", False):
             raise

@@ -13,9 +13,20 @@ class UserError(Exception):
 class MissingExtra(UserError):
     """An optional dependency is not installed."""
 
-    def __init__(self, what: str, extra: str):
-        super().__init__(f"{what} is not installed; install the [{extra}] extra: pip install 'autotimm-deploy[{extra}]'")
+    def __init__(self, what: str, extra: str | None):
+        """``extra`` None: one of autotimm-deploy's own dependencies."""
+        super().__init__(f"{what} is not installed; install the [{extra}] extra: pip install 'autotimm-deploy[{extra}]'"
+                         if extra else f"{what} is not installed, though autotimm-deploy depends on it: install it "
+                                       "again (pip install --force-reinstall autotimm-deploy)")
         self.extra = extra
+
+
+def broken_install(e: ImportError) -> UserError:
+    """An installed package that fails to import (a missing shared library, a version mismatch), as one line."""
+    what = getattr(e, "name", None) or "a module autotimm-deploy needs"
+    detail = " ".join(str(e).split())[:200]
+    return UserError(f"{what} cannot be imported ({detail}): the installation is incomplete or broken; install it "
+                     "again (pip install --force-reinstall with the extra that provides it)")
 
 
 class RuntimeUnavailable(UserError):

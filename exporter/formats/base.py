@@ -300,7 +300,7 @@ class Format:
     def unavailable_reason(cls) -> str | None:
         """None when this format can run here, else why not (what to install, a missing GPU)."""
         missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
-        extra = str(MissingExtra(", ".join(missing), cls.extra or "dev")) if missing else None
+        extra = str(MissingExtra(", ".join(missing), cls.extra)) if missing else None
         if cls.needs_cuda is None:
             return extra
         problems = [extra.rstrip(".")] if extra else []

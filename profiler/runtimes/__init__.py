@@ -33,7 +33,7 @@ def runtime_class(name: str) -> type[Session]:
     cls = RUNTIMES[name]
     missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
     if missing:
-        raise MissingExtra(f"the {name} runtime ({', '.join(missing)})", cls.extra or "dev")
+        raise MissingExtra(f"the {name} runtime ({', '.join(missing)})", cls.extra)
     return cls
 
 
@@ -53,7 +53,12 @@ def open_session(path: str | Path | None, runtime: str, manifest: Manifest | Non
         able = ", ".join(n for n, c in RUNTIMES.items() if manifest.format in c.formats) or "none"
         raise UserError(f"the {runtime} runtime cannot run a {manifest.format} artifact: leave --runtime out, or "
                         f"pass one that can ({able})")
-    return cls(path, manifest, device=device, threads=threads, **options)
+    try:
+        return cls(path, manifest, device=device, threads=threads, **options)
+    except ImportError as e:  # installed, but its import fails (a shared library missing, a version clash)
+        extra = f"'autotimm-deploy[{cls.extra}]'" if cls.extra else "autotimm-deploy"
+        raise UserError(f"the {runtime} runtime is installed but cannot be imported ({' '.join(str(e).split())[:200]}):"
+                        f" install it again (pip install --force-reinstall {extra})") from None
 
 
 def available_runtimes(device: str = "cpu") -> list[str]:
