@@ -598,8 +598,8 @@ def print_table(results, out: Console) -> None:
             continue
         verdict = summary(r.parity)
         style = "green" if r.ok else "red"
-        t.add_row(r.format, r.artifact.name, f"{r.params / 1e6:.1f}", f"{r.bytes / 2**20:.1f}", f"{r.export_seconds:.1f}",
-                  r.exporter or "", f"[{style}]{verdict}[/]",
+        t.add_row(r.format, escape(r.artifact.name), f"{r.params / 1e6:.1f}", f"{r.bytes / 2**20:.1f}",
+                  f"{r.export_seconds:.1f}", escape(r.exporter or ""), f"[{style}]{escape(verdict)}[/]",
                   *([accuracy_cell(r.accuracy)] if scored else []))
     out.print(t)
     if scored:

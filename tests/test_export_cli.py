@@ -215,3 +215,11 @@ def test_what_a_path_really_is_is_said(tmp_path, export_cli):
     assert p.returncode == 2 and "is a folder, not a file" in p.stderr
     with pytest.raises(UserError, match="is a served model: autotimm-predict runs an artifact file"):
         predict("triton://localhost:8000/m", [tmp_path])
+
+
+def test_names_with_brackets_are_shown_as_they_are(tmp_path, export_cli):
+    """The table is rich markup: a file named m[bold]x.pt was shown as mx.pt, and "[dev]" in a parity
+    failure vanished."""
+    p = export_cli("test_resnet", "--img-size", "64", "-f", "torchscript", "-o", str(tmp_path), "--name", "m[bold]x")
+    assert p.returncode == 0, p.stderr
+    assert "m[bold]x.pt" in p.stdout + p.stderr and (tmp_path / "m[bold]x.pt").is_file()
