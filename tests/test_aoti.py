@@ -82,6 +82,17 @@ def test_a_package_refuses_a_size_it_was_not_compiled_for(package, tmp_path):
         assert tuple(y.shape) == (3, 7)
 
 
+def test_an_unusable_tmpdir_is_named(package, tmp_path, monkeypatch):
+    """AOTInductor unpacks a package into $TMPDIR itself (no fallback): a missing one gave torch's "Loading
+    outdated pt2 file" warning and a hint to re-export the package; the export kept a failed artifact."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "gone"))
+    with pytest.raises(UserError, match=r"TMPDIR=.*gone does not exist, and AOTInductor unpacks into it"):
+        open_artifact(package.artifact, manifest=load_manifest(package.artifact))
+    with pytest.raises(UserError, match="does not exist, and AOTInductor unpacks into it"):
+        export(SPEC, ["aoti"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_refusals_are_one_line(package, tmp_path, export_cli):
     with pytest.raises(UserError, match="compiled for cpu and cannot run on cuda"):
         open_artifact(package.artifact, manifest=load_manifest(package.artifact), device="cuda")

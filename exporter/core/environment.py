@@ -8,8 +8,20 @@ import platform
 from importlib import metadata
 from typing import Any
 
+from autotimm_deploy.exporter.core.errors import UserError
+
 PACKAGES = ("torch", "timm", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "onnxslim", "openvino", "nncf",
             "tensorrt", "polygraphy", "numpy")
+
+
+def check_tmpdir(who: str) -> None:
+    """``$TMPDIR`` a writable folder, where ``who`` (a library that reads it itself, not through Python's
+    `tempfile`, which falls back to /tmp) writes: else a one-line `UserError`."""
+    tmp = os.environ.get("TMPDIR")
+    if tmp and not (os.path.isdir(tmp) and os.access(tmp, os.W_OK | os.X_OK)):
+        state = "is not writable" if os.path.isdir(tmp) else "does not exist"
+        raise UserError(f"TMPDIR={tmp} {state}, and {who} unpacks into it: point TMPDIR at a writable folder "
+                        "(or unset it)")
 
 
 def package_versions(names=PACKAGES) -> dict[str, str]:

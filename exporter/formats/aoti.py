@@ -44,6 +44,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from autotimm_deploy.exporter.core.environment import check_tmpdir
 from autotimm_deploy.exporter.core.errors import ExportFailed, MissingExtra, UserError, first_line
 from autotimm_deploy.exporter.core.manifest import PACKAGE_INPUT_SHAPE
 from autotimm_deploy.exporter.formats.base import ExportContext, Exported, Format, cli_option, register_format
@@ -113,6 +114,7 @@ class AOTIFormat(Format):
         import importlib.util
 
         check_device(options.of("aoti").device)
+        check_tmpdir("AOTInductor")
         if options.precision != "fp32" and options.embed_preprocessing:
             raise UserError(f"AOTInductor --{options.precision} does not combine with --embed-preprocessing (the "
                             "picture's preprocessing stays in float32): export fp32 with it, or drop it")

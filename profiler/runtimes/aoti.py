@@ -6,6 +6,7 @@ shape and its any-batch ``model`` on the rest."""
 
 from __future__ import annotations
 
+from autotimm_deploy.exporter.core.environment import check_tmpdir
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.manifest import PACKAGE_INPUT_SHAPE
 from autotimm_deploy.profiler.runtimes._torch import TorchSession
@@ -45,6 +46,7 @@ class AOTISession(TorchSession):
             raise UserError(f"{self.path.name} was compiled for {built} and cannot run on {self.device}; profile it "
                             f"with --device {built}, or re-export with autotimm-export --format aoti --device "
                             f"{self.device.split(':')[0]}")
+        check_tmpdir("AOTInductor")
         device = self.torch.device(self.device)
         index = (device.index or 0) if device.type == "cuda" else -1  # -1: the CPU runner
         from torch._inductor.package import load_package
