@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.exporter.core.files import check_encodable
 from autotimm_deploy.exporter.core.manifest import Manifest, load_manifest, manifest_path, verify_files
 from autotimm_deploy.exporter.formats import FORMATS, Format, get_format
 from autotimm_deploy.profiler.runtimes import Session, open_session
@@ -40,6 +41,7 @@ def detect(path: Path) -> tuple[str, Manifest | None]:
         raise UserError(f"no such file: {path}")
     if not path.is_file():
         raise UserError(f"{path} is not a file")
+    check_encodable(path.absolute(), "artifact")
     manifest = load_manifest(path) if manifest_path(path).exists() else None
     fmt = manifest.format if manifest else format_of_name(path)
     if fmt is None:

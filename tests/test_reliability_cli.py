@@ -474,3 +474,21 @@ def test_a_package_that_fails_to_import_is_one_line(capsys):
     assert err == ["autotimm-x: error: openvino cannot be imported (libopenvino.so.2530: cannot open shared object "
                    "file): the installation is incomplete or broken; install it again (pip install --force-reinstall "
                    "with the extra that provides it)"]
+
+
+def test_a_path_not_utf8_under_the_locale_is_one_line(tmp_path):
+    """Under LC_ALL=C without Python's UTF-8 mode a non-ASCII name reaches Python as undecodable bytes
+    (surrogates); onnx.checker, onnxruntime and TorchScript each failed on it with "incompatible arguments"."""
+    from autotimm_deploy.exporter.core.errors import UserError
+    from autotimm_deploy.exporter.core.spec import ModelSpec
+    from autotimm_deploy.exporter.pipeline import export
+    from autotimm_deploy.profiler.artifact import detect
+
+    odd = tmp_path / "caf\udcc3\udca9"
+    with pytest.raises(UserError, match="is not valid UTF-8 under this locale"):
+        export(ModelSpec("test_resnet", img_size=(64, 64)), ["onnx"], odd)
+    artifact = tmp_path / "m\udcc3\udca9.onnx"
+    artifact.write_bytes(b"x")
+    with pytest.raises(UserError, match="artifact .* is not valid UTF-8 under this locale"):
+        detect(artifact)
+    assert len(list(tmp_path.iterdir())) == 1  # the artifact alone: no output folder made

@@ -87,8 +87,21 @@ def file_entries(paths: list[Path]) -> dict[str, dict[str, Any]]:
     return {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in paths}
 
 
+def check_encodable(path: Path, what: str) -> None:
+    """``path`` can be handed to the converters and runtimes, whose C++ takes paths as UTF-8: under a
+    non-UTF-8 locale (LC_ALL=C without Python's UTF-8 mode) a non-ASCII name reaches Python as
+    undecodable bytes, and every library failed on it with its own "incompatible arguments"."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{what} {str(path).encode('utf-8', 'surrogateescape').decode('utf-8', 'replace')} is not "
+                        "valid UTF-8 under this locale, and the converters and runtimes take UTF-8 paths: use a UTF-8 "
+                        "locale (LANG=C.UTF-8) or PYTHONUTF8=1, or an ASCII path") from None
+
+
 def check_out_dir(out_dir: Path) -> None:
     """Refuse an output folder we could not write, without creating anything yet."""
+    check_encodable(out_dir, "output folder")
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"output path {out_dir} exists and is not a folder")
     if out_dir.is_symlink() and not out_dir.exists():
