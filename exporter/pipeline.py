@@ -470,7 +470,7 @@ def _attempt(fmt: str, ctx: ExportContext, io: dict, template: ExportResult, out
     step(f"export {fmt}")
     t0 = time.perf_counter()
     try:
-        with disk_full_is_fault(f"{fmt} into {out_dir}"), recording() as trace:
+        with disk_full_is_fault(f"{fmt} into {out_dir}", ctx.workdir), recording() as trace:
             exported = get_format(fmt)().export(ctx)
     except Fault:
         raise

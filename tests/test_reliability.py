@@ -150,6 +150,23 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsy
     assert "no space left" in _one_line(capsys) and files_under(out) == []
 
 
+def test_a_library_failing_on_a_full_disk_in_its_own_words_is_said_to_be_the_disk(tmp_path, monkeypatch):
+    """OpenVINO's save_model on a full disk says "basic_ios::clear: iostream error"."""
+    from autotimm_deploy.exporter.formats.torchscript import TorchScriptFormat
+
+    out = tmp_path / "out"
+    usage = namedtuple("U", "total used free")
+
+    def save(*args, **kwargs):  # the disk fills while the format writes (the check before found room)
+        monkeypatch.setattr(files_mod.shutil, "disk_usage", lambda p: usage(2**30, 2**30, 4096))
+        raise RuntimeError("basic_ios::clear: iostream error")
+
+    monkeypatch.setattr(TorchScriptFormat, "export", save)
+    with pytest.raises(Fault, match="no space left on the device writing torchscript into"):
+        export(SPEC, ["torchscript"], out, verify=False)
+    assert files_under(out) == []
+
+
 def test_too_little_free_space_is_refused_up_front(tmp_path, monkeypatch):
     monkeypatch.setattr(files_mod.shutil, "disk_usage", lambda p: namedtuple("U", "total used free")(1, 1, 1024))
     with pytest.raises(UserError, match="MB free"):

@@ -29,16 +29,28 @@ _DIGESTS: dict[tuple[str, int, int], str] = {}
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+NEARLY_FULL = 16 * 2**20  # free bytes under which a library's failure to write is taken for a full disk
+
+
 @contextlib.contextmanager
-def disk_full_is_fault(what: object) -> Iterator[None]:
+def disk_full_is_fault(what: object, folder: Path | None = None) -> Iterator[None]:
     """A full disk (or quota) inside the block is a `Fault` in one line: "no space left on the
-    device writing ``what``: free some space and rerun". Every other error passes unchanged."""
+    device writing ``what``: free some space and rerun". With ``folder``, so is any error while its
+    disk is nearly full: libraries that write in C++ say so in their own words (OpenVINO's
+    "basic_ios::clear: iostream error"). Every other error passes unchanged."""
     try:
         yield
-    except OSError as e:
-        if e.errno in _DISK_FULL:
+    except Exception as e:
+        if (isinstance(e, OSError) and e.errno in _DISK_FULL) or (folder is not None and _nearly_full(folder)):
             raise Fault(f"no space left on the device writing {what}: free some space and rerun") from None
         raise
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < NEARLY_FULL
+    except OSError:
+        return False
 
 
 def atomic_write_text(path: Path, text: str) -> None:
