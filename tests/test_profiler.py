@@ -220,6 +220,31 @@ def test_a_missing_or_broken_runtime_is_one_line(monkeypatch, small_artifacts, t
         open_artifact(small_artifacts["onnx"], manifest=load_manifest(small_artifacts["onnx"]))
 
 
+@pytest.mark.parametrize("fmt", ["litert", "executorch"])
+def test_edge_runtimes_print_nothing_of_their_own(fmt, small_artifacts, tmp_path):
+    """LiteRT printed "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on every run, ExecuTorch
+    its C++ resize messages before a one-line error."""
+    from PIL import Image
+    from skimage import data
+
+    if fmt not in small_artifacts:
+        pytest.skip(f"{fmt} is not exported here")
+    Image.fromarray(data.chelsea()).save(tmp_path / "cat.jpg")
+    # fresh interpreters: what C++ writes to the process's stderr (call_cli holds C's stderr elsewhere)
+    r = run_cli("autotimm_deploy.profiler.predict_cli", str(small_artifacts[fmt]), str(tmp_path / "cat.jpg"), "--json")
+    assert r.returncode == 0 and r.stderr.lstrip().startswith("autotimm-predict"), r.stderr
+    if fmt != "executorch":
+        return
+    edited = tmp_path / "edited" / small_artifacts[fmt].name  # its manifest edited to a size it holds no memory for
+    edited.parent.mkdir()
+    edited.write_bytes(small_artifacts[fmt].read_bytes())
+    m = json.loads(small_artifacts[fmt].with_name(small_artifacts[fmt].name + ".json").read_text())
+    m["inputs"][0]["shape"][2:] = m["preprocessing"]["input_size"][1:] = [256, 256]
+    edited.with_name(edited.name + ".json").write_text(json.dumps(m))
+    r = run_cli("autotimm_deploy.profiler.predict_cli", str(edited), str(tmp_path / "cat.jpg"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
 def test_artifact_without_manifest(small_artifacts, tmp_path):
     import shutil
 

@@ -40,12 +40,20 @@ def captured_output() -> Iterator[Captured]:
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(Exception):
                     stream.flush()
+            _flush_c_streams()  # what C++ wrote through stdio's buffers goes to the sink, not after it
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             for fd in saved:
                 os.close(fd)
             sink.seek(0)
             result.text = sink.read().decode("utf-8", "replace")
+
+
+def _flush_c_streams() -> None:
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
 
 
 def quiet_import(name: str):

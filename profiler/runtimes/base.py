@@ -4,9 +4,10 @@ harness in `autotimm_deploy.profiler.measure.timing` calls `run` and `synchroniz
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
+from autotimm_deploy.exporter.core.capture import captured_output
 from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig
 
 
@@ -17,6 +18,18 @@ _KINDS = {"f": "float", "i": "integer", "u": "integer", "b": "bool"}  # numpy dt
 
 class WrongOutputs(RuntimeError):
     """A call's answer lacks an output the session declares, or holds one of another shape or dtype."""
+
+
+def quiet_first(seen: set, key: Any, call: Callable[[], Any]) -> Any:
+    """``call()``, what it prints to the process's stdout and stderr dropped the first time at each
+    ``key`` (the input shapes): a runtime's C++ creates its delegates and plans memory then, and logs
+    it ("Created TensorFlow Lite XNNPACK delegate", ExecuTorch's resize messages before its error)."""
+    if key in seen:
+        return call()
+    with captured_output():
+        result = call()
+    seen.add(key)
+    return result
 
 
 def register_runtime(cls: type["Session"]) -> type["Session"]:

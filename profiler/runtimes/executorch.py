@@ -10,7 +10,7 @@ import numpy as np
 from autotimm_deploy.exporter.core.capture import captured_output
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.manifest import TensorSig
-from autotimm_deploy.profiler.runtimes.base import Session, register_runtime
+from autotimm_deploy.profiler.runtimes.base import Session, quiet_first, register_runtime
 
 DTYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "float16", 6: "float32", 7: "float64",
           11: "bool", 15: "bfloat16"}  # ExecuTorch ScalarType codes
@@ -31,6 +31,7 @@ class ExecuTorchSession(Session):
         from executorch.runtime import Runtime
 
         self.torch = torch
+        self._seen: set = set()  # input shapes run once (`quiet_first`)
         if self.threads:
             portable_lib._unsafe_reset_threadpool(int(self.threads))
         try:
@@ -61,7 +62,7 @@ class ExecuTorchSession(Session):
         return tensors
 
     def run(self, prepared: Any) -> Any:
-        return self.method.execute(prepared)
+        return quiet_first(self._seen, tuple(tuple(t.shape) for t in prepared), lambda: self.method.execute(prepared))
 
     def fetch(self, outputs: Any) -> dict[str, np.ndarray]:
         return {n: t.numpy() for n, t in zip(self.output_names, outputs)}

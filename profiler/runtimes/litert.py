@@ -17,7 +17,7 @@ import numpy as np
 from autotimm_deploy.exporter.core.capture import captured_output
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.manifest import TensorSig
-from autotimm_deploy.profiler.runtimes.base import Session, register_runtime
+from autotimm_deploy.profiler.runtimes.base import Session, quiet_first, register_runtime
 
 
 def _numeric(name: str) -> tuple:
@@ -35,6 +35,8 @@ class LiteRTSession(Session):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         from ai_edge_litert.interpreter import Interpreter
+
+        self._seen: set = set()  # input shapes run once (`quiet_first`)
 
         try:
             with captured_output():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
@@ -75,7 +77,7 @@ class LiteRTSession(Session):
         return out
 
     def run(self, prepared: Any) -> Any:
-        outputs = self.runner(**prepared)
+        outputs = quiet_first(self._seen, tuple(a.shape for a in prepared.values()), lambda: self.runner(**prepared))
         batch = next(iter(prepared.values())).shape[0]
         first = np.asarray(outputs[self.out_names[0]])
         if first.ndim and first.shape[0] != batch:
