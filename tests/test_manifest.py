@@ -143,3 +143,21 @@ def test_sha256(tmp_path):
     p = tmp_path / "f"
     p.write_bytes(b"abc")
     assert sha256_file(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_a_manifest_that_is_not_a_regular_file_or_is_huge_is_refused(tmp_path, monkeypatch):
+    """A FIFO named like the manifest blocked autotimm-predict and autotimm-profile forever."""
+    import os
+
+    import autotimm_deploy.exporter.core.manifest as manifest_mod
+
+    art = tmp_path / "m.onnx"
+    art.write_bytes(b"x")
+    os.mkfifo(tmp_path / "m.onnx.json")
+    with pytest.raises(UserError, match="m.onnx.json is not a regular file"):
+        load_manifest(art)
+    (tmp_path / "m.onnx.json").unlink()
+    (tmp_path / "m.onnx.json").write_text(" " * 2048 + "{}")
+    monkeypatch.setattr(manifest_mod, "MAX_MANIFEST_BYTES", 1024)
+    with pytest.raises(UserError, match="more than a manifest holds"):
+        load_manifest(art)

@@ -25,6 +25,7 @@ from autotimm_deploy.exporter.core.spec import LIBRARIES, PREPROCESS_KEYS, Model
 
 SCHEMA_VERSION = 1
 MANIFEST_SUFFIX = ".json"
+MAX_MANIFEST_BYTES = 64 * 2**20  # ours are kilobytes (class names, layer rankings); a 300 MB one took 700 MB to read
 # an AOTInductor package's own metadata: the input shape each of its models was compiled for, as JSON
 # ([null, 3, 224, 224]: null where the dim is symbolic), which its runtime holds every input to
 PACKAGE_INPUT_SHAPE = "autotimm_deploy.input_shape"
@@ -95,6 +96,11 @@ def load_manifest(path: str | Path) -> Manifest:
         path = manifest_path(path)
     else:
         artifact = None
+    if path.exists() and not path.is_file():  # a FIFO would block the read forever; a folder, a device
+        raise UserError(f"manifest {path} is not a regular file; re-export the artifact")
+    if path.is_file() and path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise UserError(f"manifest {path} is {path.stat().st_size / 2**20:.0f} MB, more than a manifest holds "
+                        f"({MAX_MANIFEST_BYTES / 2**20:.0f} MB at most); re-export the artifact")
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
