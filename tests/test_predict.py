@@ -175,7 +175,8 @@ def test_cli_errors_are_one_line_and_leave_nothing(tmp_path, pictures):
     j["inputs"][0]["shape"][2:] = j["preprocessing"]["input_size"][1:] = [32, 32]
     edited.with_name(edited.name + ".json").write_text(json.dumps(j))
     retold = {}  # its manifest edited to another model's: two classes, named; a segmenter
-    for key, change in (("names", {"num_classes": 2, "class_names": ["a", "b"]}), ("task", {"task": "semantic-segmentation"})):
+    for key, change in (("names", {"num_classes": 2, "class_names": ["a", "b"]}), ("task", {"task": "semantic-segmentation"}),
+                        ("det", {"task": "detection"})):
         retold[key] = tmp_path / key / artifact.name
         retold[key].parent.mkdir()
         retold[key].write_bytes(artifact.read_bytes())
@@ -203,6 +204,7 @@ def test_cli_errors_are_one_line_and_leave_nothing(tmp_path, pictures):
              ([str(lonely), str(pictures)], "no manifest"),
              ([str(retold["names"]), str(pictures)], "the model scores 3 classes but 2 class names were given"),
              ([str(retold["task"]), str(pictures)], "are not a semantic-segmentation model's, as its manifest says"),
+             ([str(retold["det"]), str(pictures)], "are not a detection model's, as its manifest says"),  # was "--raw"
              ([str(retold["nan"]), str(pictures)], "the onnxruntime runtime answered NaN in logits on input [1, 3, 64"),
              ([str(artifact), str(pictures), "--class-names", str(names)], "2 class names for a model with 3 classes"),
              ([str(artifact), str(pictures), "-o", str(bad)], "not a folder"),

@@ -90,9 +90,13 @@ _SCORES = {"classification": {"probs": 1, "logits": 1}, "semantic-segmentation":
 def _check_outputs(outputs: dict[str, np.ndarray], task: str, names: list[str] | None) -> None:
     """The outputs are what the manifest's task and class names say, else one line (an edited manifest
     would otherwise give a classifier's scores as a class map, or names beside the wrong scores)."""
+    if task in ("detection", "instance-segmentation") and "boxes" not in outputs and \
+            any(k.startswith("cls_p") for k in outputs):
+        raise UserError("this artifact has raw head outputs (--raw): autotimm-predict needs the decoded "
+                        "detections (export without --raw)")
     ranks = _SCORES.get(task, {})
     key = next((k for k in ranks if k in outputs), None)
-    if key is None and not ranks:
+    if key is None and not ranks and "boxes" in outputs:
         return
     shape = None if key is None else np.shape(outputs[key])[1:]
     if key is None or len(shape) != ranks[key]:
@@ -122,9 +126,6 @@ def answer(outputs: dict[str, np.ndarray], geometry: Geometry, task: str, names:
         order = np.argsort(-probs, kind="stable")[:top_k]
         a.top = [{"label": int(i), "name": _name(names, int(i)), "prob": round(float(probs[i]), 6)} for i in order]
     elif task in ("detection", "instance-segmentation"):
-        if "boxes" not in outputs:
-            raise UserError("this artifact has raw head outputs (--raw): autotimm-predict needs the decoded "
-                            "detections (export without --raw)")
         n = int(np.asarray(outputs["num_detections"]).reshape(-1)[0]) if "num_detections" in outputs else \
             len(outputs["scores"][0])
         boxes = geometry.boxes_to_picture(np.asarray(outputs["boxes"][0][:n], np.float64))
