@@ -328,6 +328,11 @@ def test_error_lines_are_short_and_without_colour_codes():
     noisy = "\x1b[31mRuntimeError\x1b[0m: " + "graph(%x : Float(*, 3)) " * 500 + "\n" + "more IR\n" * 1000
     line = first_line(RuntimeError(noisy), 200)
     assert "\x1b" not in line and len(line) <= 200 and "\n" not in line
+    # OpenVINO says where first and what last: a truncated .bin read "Exception from src/inference/src/cpp/core.cpp:84:"
+    openvino = ("Exception from src/inference/src/cpp/core.cpp:84:\nCheck 'is_valid_weights_range(m_weights_provider->"
+                "size(), offset, size)' failed at src/core/xml_util/src/xml_deserialize_util.cpp:900:\n"
+                "Incorrect weights in bin file!\n\n")
+    assert first_line(RuntimeError(openvino)) == "Incorrect weights in bin file!"
 
 
 def test_a_model_that_fixes_its_batch_is_exported_with_a_static_batch(tmp_path, monkeypatch):

@@ -54,10 +54,16 @@ class Interrupted(KeyboardInterrupt):
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 
+# a line that only says where in a C++ library an error was raised (OpenVINO's "Exception from
+# src/inference/src/cpp/core.cpp:84:", "Check 'x' failed at src/core/...cpp:900:")
+_WHERE = re.compile(r"^(Exception from \S+:\d+:?|Check '.*' failed at \S+:\d+:?)$")
+
+
 def first_line(e: BaseException | str, limit: int = 300) -> str:
     """The first non-empty line of an exception's message (ANSI colour codes removed, at most
     ``limit`` characters), for one-line reports."""
     text = _ANSI.sub("", str(e))
-    line = next((s.strip() for s in text.splitlines() if s.strip()), type(e).__name__ if isinstance(e, BaseException)
-                else "")
+    lines = [s.strip() for s in text.splitlines() if s.strip()]
+    said = [s for s in lines if not _WHERE.match(s)]  # OpenVINO's first lines say where, its last what
+    line = next(iter(said or lines), type(e).__name__ if isinstance(e, BaseException) else "")
     return line if len(line) <= limit else line[:limit - 1] + "…"
