@@ -365,3 +365,6 @@ def test_triton_repo_with_an_edge_format_serves_the_rest_and_lists_it(tmp_path, 
     with pytest.raises(UserError, match="is a 'ncnn' artifact, which no Triton model serves"):  # autotimm-triton build, named: still refused
         build_repository([ncnn], tmp_path / "repo2")
     assert not (tmp_path / "repo2").exists() and not list(tmp_path.glob(".repo2*"))
+    # the export's folder (onnx and ncnn) named: the ONNX model served, the ncnn one listed (it refused them all)
+    served = build_repository([out], tmp_path / "repo3")
+    assert [m.name for m in served][-1] == "-" and served[-1].note.startswith("not written: Triton serves no ncnn")

@@ -166,7 +166,7 @@ def build_repository(artifacts: list[str | Path], repository: str | Path, option
     if names is not None and len(names) != len(paths):
         raise UserError(f"{len(names)} names for {len(paths)} artifacts: pass one --name per artifact, in order")
     named = {Path(p) for p in artifacts if not Path(p).is_dir()}
-    served, skipped = _load_manifests(paths, names, skip_unserved, None if allow_failed else named)
+    served, skipped = _load_manifests(paths, names, skip_unserved, named, allow_failed)
     if not served:
         why = "; ".join(f"{m.artifact}: {m.note}" for m in skipped)
         raise NothingServed(f"none of these artifacts can be served ({why}): no repository written at {repository}")
@@ -227,12 +227,12 @@ def _failed_because(m: Manifest) -> str:
     return first_line(((m.parity.failures if m.parity else None) or ["see its manifest"])[0], 120)
 
 
-def _load_manifests(paths: list[Path], names: list[str] | None, skip_unserved: bool,
-                    named: set[Path] | None = None) -> tuple[list[tuple[Path, Manifest, str]], list[RepoModel]]:
-    """(folder, manifest, base name) of each artifact to serve, its files verified; and, with
-    ``skip_unserved``, the rows of those of a format no Triton model serves. ``named``: the paths given
-    directly, refused when their manifest says they failed their checks (found in a folder: a row
-    saying so); None: failed artifacts are served too."""
+def _load_manifests(paths: list[Path], names: list[str] | None, skip_unserved: bool, named: set[Path],
+                    allow_failed: bool = False) -> tuple[list[tuple[Path, Manifest, str]], list[RepoModel]]:
+    """(folder, manifest, base name) of each artifact to serve, its files verified; and the rows of
+    those of a format no Triton model serves, found in a folder or with ``skip_unserved`` (named
+    directly, in ``named``: refused). Unless ``allow_failed``, one whose manifest says it failed its
+    checks is refused when named directly, a row saying so when found in a folder."""
     loaded, skipped = [], []
     for i, path in enumerate(paths):
         if not manifest_path(path).is_file():
@@ -240,12 +240,12 @@ def _load_manifests(paths: list[Path], names: list[str] | None, skip_unserved: b
                             "export the model with autotimm-export")
         manifest = load_manifest(path)
         folder = manifest_path(path).parent
-        if skip_unserved and manifest.format not in KNOWN_FORMATS:
+        if (skip_unserved or path not in named) and manifest.format not in KNOWN_FORMATS:
             skipped.append(unserved(manifest))
             continue
         verify_files(manifest, folder)
         check_servable(manifest, manifest_path(path))
-        if named is not None and not accepted(manifest.parity, manifest.accuracy):
+        if not allow_failed and not accepted(manifest.parity, manifest.accuracy):
             why = _failed_because(manifest)
             if path in named:
                 raise UserError(f"{folder / manifest.artifact} failed its checks ({why}): served, it would give wrong "
