@@ -86,6 +86,7 @@ def open_artifact(path: str | Path | None, manifest: Manifest | None = None, run
         if manifest is None:
             raise UserError(f"cannot tell which runtime runs {path}: no manifest and no --runtime")
         if manifest.format not in FORMATS:
-            raise UserError(f"no runtime for format {manifest.format!r}; pass --runtime")
+            raise UserError(f"the manifest of {path} names an unknown format {manifest.format!r} (known: "
+                            f"{', '.join(FORMATS)}): re-export the artifact, or restore its manifest")
         runtime = default_runtime(manifest.format)
     return open_session(path, runtime, manifest, **options)

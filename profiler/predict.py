@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from autotimm_deploy.exporter.core.errors import Fault, UserError, first_line
 from autotimm_deploy.exporter.core.limits import MAX_IMG_SIDE
-from autotimm_deploy.exporter.core.manifest import Manifest
+from autotimm_deploy.exporter.core.manifest import Manifest, artifact_given
 from autotimm_deploy.exporter.core.spec import TASK_OUTPUTS
 from autotimm_deploy.exporter.inputs.answers import Answer, answer, class_names, picture_geometry, picture_outputs
 from autotimm_deploy.exporter.inputs.pictures import picture_input
@@ -166,7 +166,7 @@ def predict(artifact: str | Path, pictures: Iterable[str | Path], runtime: str |
         raise UserError(f"{artifact} is a served model: autotimm-predict runs an artifact file (Triton answers "
                         "pictures through the client.py its model repository holds)")
     files = picture_files(pictures)
-    path = Path(artifact)
+    path = artifact_given(artifact)
     _, manifest = detect(path)
     pipe = picture_pipeline(path, manifest, names)
     out: list[Answer] = []

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from autotimm_deploy.exporter.core.errors import UserError
-from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig
+from autotimm_deploy.exporter.core.manifest import Manifest, TensorSig, artifact_given
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.models import build_model, check_model_name
 from autotimm_deploy.exporter.models.flops import counted
@@ -41,8 +41,7 @@ def resolve(text: str | Path, runtime: str | None = None, img_size: tuple[int, i
         return _served(text, runtime)
     path = Path(text)
     if path.exists() or path.name.lower().endswith((*endings(), ".json")):
-        if path.name.endswith(".json") and path.with_suffix("").exists():
-            path = path.with_suffix("")  # a manifest was given: profile its artifact
+        path = artifact_given(path)
         fmt, manifest = detect(path)
         spec = ModelSpec.from_dict(manifest.spec) if manifest else None
         rt = runtime or default_runtime(fmt)

@@ -161,3 +161,16 @@ def test_a_manifest_that_is_not_a_regular_file_or_is_huge_is_refused(tmp_path, m
     monkeypatch.setattr(manifest_mod, "MAX_MANIFEST_BYTES", 1024)
     with pytest.raises(UserError, match="more than a manifest holds"):
         load_manifest(art)
+
+
+def test_a_manifest_given_for_its_artifact_means_the_artifact(tmp_path):
+    """autotimm-predict said "unknown extension .json" and autotimm-triton "no manifest (m.onnx.json.json)";
+    autotimm-profile already took it."""
+    from autotimm_deploy.exporter.core.manifest import artifact_given
+
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    (tmp_path / "m.onnx.json").write_text("{}")
+    (tmp_path / "lone.onnx.json").write_text("{}")
+    assert artifact_given(tmp_path / "m.onnx.json") == tmp_path / "m.onnx"
+    assert artifact_given(str(tmp_path / "m.onnx")) == tmp_path / "m.onnx"
+    assert artifact_given(tmp_path / "lone.onnx.json") == tmp_path / "lone.onnx.json"  # no artifact: as given

@@ -189,6 +189,11 @@ def test_cli_errors_are_one_line_and_leave_nothing(tmp_path, pictures):
     m = json.loads(artifact.with_name(artifact.name + ".json").read_text())
     m["preprocessing"]["mean"] = [1e38] * 3
     retold["nan"].with_name(artifact.name + ".json").write_text(json.dumps(m))
+    retold["fmt"] = tmp_path / "fmt" / artifact.name  # an unknown format: was "no runtime for format; pass --runtime"
+    retold["fmt"].parent.mkdir()
+    retold["fmt"].write_bytes(artifact.read_bytes())
+    m = json.loads(artifact.with_name(artifact.name + ".json").read_text())
+    retold["fmt"].with_name(artifact.name + ".json").write_text(json.dumps({**m, "format": "banana"}))
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
     mixed = tmp_path / "mixed"  # a good picture, then a broken one: the first answer is not left behind
@@ -205,6 +210,7 @@ def test_cli_errors_are_one_line_and_leave_nothing(tmp_path, pictures):
              ([str(retold["names"]), str(pictures)], "the model scores 3 classes but 2 class names were given"),
              ([str(retold["task"]), str(pictures)], "are not a semantic-segmentation model's, as its manifest says"),
              ([str(retold["det"]), str(pictures)], "are not a detection model's, as its manifest says"),  # was "--raw"
+             ([str(retold["fmt"]), str(pictures)], "names an unknown format 'banana' (known: "),
              ([str(retold["nan"]), str(pictures)], "the onnxruntime runtime answered NaN in logits on input [1, 3, 64"),
              ([str(artifact), str(pictures), "--class-names", str(names)], "2 class names for a model with 3 classes"),
              ([str(artifact), str(pictures), "-o", str(bad)], "not a folder"),

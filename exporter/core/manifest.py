@@ -87,6 +87,17 @@ def manifest_path(artifact: str | Path) -> Path:
     return artifact.with_name(artifact.name + MANIFEST_SUFFIX)
 
 
+def artifact_given(path: str | Path) -> Path:
+    """``path``, or, when it names a manifest whose artifact lies beside it, that artifact (a user
+    who gives ``model.onnx.json`` where an artifact is asked means ``model.onnx``)."""
+    path = Path(path)
+    if path.name.endswith(MANIFEST_SUFFIX) and path.is_file():
+        artifact = path.with_name(path.name[:-len(MANIFEST_SUFFIX)])
+        if artifact.is_file():
+            return artifact
+    return path
+
+
 def load_manifest(path: str | Path) -> Manifest:
     """Load a manifest, given its own path or its artifact's; validate ``schema_version``, and that
     an artifact's manifest is its own (not one copied beside it, or left by a rename: its hashes

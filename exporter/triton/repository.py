@@ -24,7 +24,14 @@ from pathlib import Path
 
 from autotimm_deploy.exporter.core.errors import UserError, first_line
 from autotimm_deploy.exporter.core.files import disk_full_is_fault
-from autotimm_deploy.exporter.core.manifest import MANIFEST_SUFFIX, Manifest, load_manifest, manifest_path, verify_files
+from autotimm_deploy.exporter.core.manifest import (
+    MANIFEST_SUFFIX,
+    Manifest,
+    artifact_given,
+    load_manifest,
+    manifest_path,
+    verify_files,
+)
 from autotimm_deploy.exporter.core.results import accepted
 from autotimm_deploy.exporter.core.spec import task_outputs_missing
 from autotimm_deploy.exporter.inputs.preprocess import describe
@@ -58,7 +65,7 @@ class RepoModel:
 def find_artifacts(paths: list[str | Path]) -> list[Path]:
     """Artifacts named directly, or every artifact with a manifest under a folder (a recipe's output)."""
     found: list[Path] = []
-    for p in map(Path, paths):
+    for p in map(artifact_given, paths):
         if p.is_dir():
             beside = [m.with_name(m.name[: -len(MANIFEST_SUFFIX)]) for m in sorted(p.rglob(f"*{MANIFEST_SUFFIX}"))]
             artifacts = [a for a in beside if a.is_file()]  # a manifest lies beside its artifact
@@ -165,7 +172,7 @@ def build_repository(artifacts: list[str | Path], repository: str | Path, option
     paths = find_artifacts(artifacts)
     if names is not None and len(names) != len(paths):
         raise UserError(f"{len(names)} names for {len(paths)} artifacts: pass one --name per artifact, in order")
-    named = {Path(p) for p in artifacts if not Path(p).is_dir()}
+    named = {artifact_given(p) for p in artifacts if not Path(p).is_dir()}
     served, skipped = _load_manifests(paths, names, skip_unserved, named, allow_failed)
     if not served:
         why = "; ".join(f"{m.artifact}: {m.note}" for m in skipped)
