@@ -77,7 +77,8 @@ def read_picture(path: Path, prep: dict[str, Any]) -> np.ndarray:
     except Image.DecompressionBombError:
         raise UserError(f"{path} is larger than {MAX_PICTURE_PIXELS:,} pixels: refused; scale it down first") from None
     except Exception as e:  # noqa: BLE001 - not a picture, truncated, ...
-        raise UserError(f"cannot read picture {path}: {first_line(e, 150)}; give a whole picture file (PNG, JPEG, "
+        why = "the file is empty" if path.is_file() and path.stat().st_size == 0 else first_line(e, 150)
+        raise UserError(f"cannot read picture {path}: {why}; give a whole picture file (PNG, JPEG, "
                         "...), or leave this one out") from None
 
 

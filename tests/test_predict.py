@@ -164,6 +164,8 @@ def test_cli_errors_are_one_line_and_leave_nothing(tmp_path, pictures):
     artifact = _export(tmp_path / "a", ModelSpec("test_resnet", num_classes=3, img_size=(64, 64)))
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 not a jpeg")
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
     names = tmp_path / "names.txt"
     names.write_text("a\nb\n")
     lonely = tmp_path / "lonely.onnx"
@@ -205,6 +207,7 @@ def test_cli_errors_are_one_line_and_leave_nothing(tmp_path, pictures):
              ([str(artifact), str(fifo)], "is neither a picture file nor a folder"),
              ([str(artifact), str(tmp_path / "missing.jpg")], "no such picture"),
              ([str(artifact), str(bad)], "cannot read picture"),
+             ([str(artifact), str(empty)], "empty.jpg: the file is empty"),
              ([str(artifact), str(mixed)], "cannot read picture"),
              ([str(lonely), str(pictures)], "no manifest"),
              ([str(retold["names"]), str(pictures)], "the model scores 3 classes but 2 class names were given"),

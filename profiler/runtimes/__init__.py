@@ -51,7 +51,7 @@ def open_session(path: str | Path | None, runtime: str, manifest: Manifest | Non
         raise UserError(f"the {runtime} runtime does not run on {device} (it runs on: {', '.join(cls.devices)})")
     if manifest is not None and manifest.format not in cls.formats:
         able = ", ".join(n for n, c in RUNTIMES.items() if manifest.format in c.formats) or "none"
-        raise UserError(f"the {runtime} runtime cannot run a {manifest.format} artifact: leave --runtime out, or "
+        raise UserError(f"the {runtime} runtime cannot run {manifest.format} artifacts: leave --runtime out, or "
                         f"pass one that can ({able})")
     try:
         return cls(path, manifest, device=device, threads=threads, **options)
