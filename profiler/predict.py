@@ -96,6 +96,9 @@ def run_picture(session, picture: np.ndarray, prep: dict[str, Any], embedded: st
     return {k: np.asarray(v)[:1] for k, v in result.items()}, geometry
 
 
+_ANSWERED = {name for groups in TASK_OUTPUTS.values() for group in groups for name in group}  # what answers read
+
+
 def _infer(session, feed: dict[str, np.ndarray]) -> dict:
     """``session.infer``; a runtime that refuses the input its manifest describes (a manifest edited,
     or not the artifact's own) is a `UserError` with the runtime's whole message on one line."""
@@ -108,7 +111,8 @@ def _infer(session, feed: dict[str, np.ndarray]) -> dict:
         raise UserError(f"the {session.name} runtime failed on {shapes}, the input its manifest describes: "
                         f"{' '.join(str(e).split())[:400] or type(e).__name__}; if the manifest was edited, "
                         "re-export the artifact") from None
-    nan = [k for k, v in result.items() if np.issubdtype(np.asarray(v).dtype, np.floating) and np.isnan(v).any()]
+    nan = [k for k, v in result.items() if k in _ANSWERED and np.issubdtype(np.asarray(v).dtype, np.floating)
+           and np.isnan(v).any()]
     if nan:  # never an answer: a broken artifact or an edited manifest (its parity check would have failed)
         raise UserError(f"the {session.name} runtime answered NaN in {', '.join(nan)} on {shapes}: the artifact or "
                         "its manifest is broken; re-export the artifact")

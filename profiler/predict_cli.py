@@ -13,7 +13,9 @@ from autotimm_deploy.exporter.core.cli import EXIT_OK, OneLineParser, console, f
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.files import (
     check_out_dir,
+    SCRATCH_PREFIX,
     folder_lock,
+    keeps_replaced,
     out_dir_for,
     place_files,
     remove_stale_scratch,
@@ -51,13 +53,13 @@ def build_parser() -> OneLineParser:
 def _outputs(out: Path, files: list[Path]) -> dict[Path, str]:
     """Each picture's output stem in ``out``, unique (a second ``cat.jpg`` from another folder: cat-2)."""
     stems: dict[Path, str] = {}
-    taken: set[str] = set()
+    taken: set[str] = set()  # case-folded: Cat.jpg and cat.png are one file name on macOS and Windows
     for f in files:
         stem, n = f.stem, 1
-        while stem in taken:
+        while stem.casefold() in taken:
             n += 1
             stem = f"{f.stem}-{n}"
-        taken.add(stem)
+        taken.add(stem.casefold())
         stems[f] = stem
     inputs = {f.resolve() for f in files}
     for stem in stems.values():
@@ -75,13 +77,15 @@ ANSWER_SUFFIXES = (".pred.png", ".mask.png")
 
 def _not_answers(files: list[Path], given: list[str], out: Path | None) -> list[Path]:
     """The pictures to answer: those a folder search found inside ``-o`` named like this tool's answers
-    (an earlier run's ``*.pred.png``, ``*.mask.png``) are left out; a file named on the command line stays."""
+    (an earlier run's ``*.pred.png``, ``*.mask.png``), or in a scratch folder a killed run left, are
+    left out; a file named on the command line stays."""
     if out is None:
         return files
     named = {Path(g).resolve() for g in given if Path(g).is_file()}
     home = out.resolve()
-    kept = [f for f in files if f.resolve() in named or f.resolve().parent != home
-            or not f.name.endswith(ANSWER_SUFFIXES)]
+    kept = [f for f in files if f.resolve() in named or (
+        not any(part.startswith(SCRATCH_PREFIX) for part in f.parts)
+        and (f.resolve().parent != home or not f.name.endswith(ANSWER_SUFFIXES)))]
     if not kept:
         raise UserError(f"the pictures given are only answers written into -o {out} by an earlier run")
     return kept
@@ -105,10 +109,10 @@ def main(a) -> int:
         scratch = None
         if out is not None:
             stack.enter_context(out_dir_for(out))
-            stack.enter_context(folder_lock(out, "autotimm command"))
+            stack.enter_context(folder_lock(out))
             remove_stale_scratch(out)
             scratch = scratch_dir(out, "predict-")
-            stack.callback(shutil.rmtree, scratch, ignore_errors=True)
+            stack.callback(lambda: keeps_replaced(scratch) or shutil.rmtree(scratch, ignore_errors=True))
         bar = stack.enter_context(progress_bar(counts=True))
         written: list[str] = []
 

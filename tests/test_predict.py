@@ -289,3 +289,15 @@ def test_pictures_of_every_kind_are_read_as_rgb(tmp_path):
     assert upright.shape == reference.shape == (451, 300, 3)
     assert np.abs(upright.astype(int) - reference.astype(int)).max() <= 2  # (two JPEG decoders)
     assert read_picture(tmp_path / "turned.jpg", {"library": "pil"}).shape == (300, 451, 3)  # PIL's own loader
+
+
+def test_answer_names_differ_beyond_case_and_scratch_is_no_picture(tmp_path):
+    """Cat.jpg and cat.png would write one file on macOS and Windows; a scratch folder a killed run left
+    inside -o (inside the pictures' folder) holds no pictures to answer."""
+    from autotimm_deploy.profiler.predict_cli import _not_answers, _outputs
+
+    files = [tmp_path / "Cat.jpg", tmp_path / "cat.png"]
+    assert list(_outputs(tmp_path / "out", files).values()) == ["Cat", "cat-2"]
+    left = tmp_path / "out" / ".autotimm-99999-predict-x" / "dog.pred.png"
+    kept = _not_answers([*files, left, tmp_path / "out" / "dog.pred.png"], [str(tmp_path)], tmp_path / "out")
+    assert kept == files

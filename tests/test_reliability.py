@@ -106,7 +106,7 @@ def test_a_second_export_into_a_busy_folder_is_refused(tmp_path, capsys):
     out.mkdir()
     with folder_lock(out):
         code = export_entry(["test_resnet", "--img-size", "64", "-f", "torchscript", "-o", str(out)])
-    assert code == 2 and "another autotimm-export is writing" in _one_line(capsys)
+    assert code == 2 and "another autotimm command is writing" in _one_line(capsys)
     assert files_under(out) == []
 
 

@@ -492,3 +492,38 @@ def test_a_path_not_utf8_under_the_locale_is_one_line(tmp_path):
     with pytest.raises(UserError, match="artifact .* is not valid UTF-8 under this locale"):
         detect(artifact)
     assert len(list(tmp_path.iterdir())) == 1  # the artifact alone: no output folder made
+
+
+def test_our_own_broken_import_is_an_internal_error(capsys):
+    """A bug in the project's own imports is not the user's installation."""
+    import argparse
+
+    from autotimm_deploy.exporter.core.cli import run_cli
+
+    def main(_args):
+        raise ImportError("cannot import name 'nothing'", name="autotimm_deploy.exporter.core.spec")
+
+    assert run_cli("autotimm-x", main, argparse.ArgumentParser(), []) == 1
+    assert "internal error: ImportError" in capsys.readouterr().err
+
+
+def test_answers_go_in_all_or_none(tmp_path):
+    """`place_files` (predict -o): on an error the files it replaced are back, nothing of its own stays;
+    on success what they replaced is gone from its scratch folder."""
+    from autotimm_deploy.exporter.core.files import keeps_replaced, place_files
+
+    out, scratch = tmp_path / "out", tmp_path / "out" / ".autotimm-1-predict-x"
+    scratch.mkdir(parents=True)
+    (out / "a.pred.png").write_bytes(b"old a")
+    (out / "link.pred.png").symlink_to(tmp_path / "elsewhere")
+    for name in ("a.pred.png", "link.pred.png"):
+        (scratch / name).write_bytes(b"new")
+    with pytest.raises(FileNotFoundError):  # the third is missing: the two before are taken back
+        place_files(scratch, out, ["a.pred.png", "link.pred.png", "gone.pred.png"])
+    assert (out / "a.pred.png").read_bytes() == b"old a" and (out / "link.pred.png").is_symlink()
+    assert not (out / "gone.pred.png").exists() and not keeps_replaced(scratch)
+    (scratch / "a.pred.png").write_bytes(b"new")
+    (scratch / "link.pred.png").write_bytes(b"new")
+    place_files(scratch, out, ["a.pred.png", "link.pred.png"])
+    assert (out / "a.pred.png").read_bytes() == b"new" and not (out / "link.pred.png").is_symlink()
+    assert list(scratch.iterdir()) == []

@@ -22,6 +22,7 @@ def captured_output() -> Iterator[Captured]:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
+    _flush_c_streams()  # what C wrote before goes where it was going, not into the sink
     try:
         saved = [os.dup(1), os.dup(2)]
     except OSError:  # no real descriptors (an embedded interpreter): nothing to redirect

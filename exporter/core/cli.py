@@ -132,15 +132,13 @@ def run_cli(prog: str, main: Callable[[argparse.Namespace], int], parser: argpar
         return e.exit_code
     except KeyboardInterrupt as e:
         return _interrupted(prog, e)
-    except ImportError as e:  # a package installed but broken, or removed after installing
-        if getattr(args, "debug", False):
-            raise
-        error = broken_install(e)
-        sys.stderr.write(f"{prog}: error: {first_line(error, 2000)}\n")
-        return error.exit_code
     except Exception as e:  # noqa: BLE001 - a bug: still one line, traceback only on request
         if getattr(args, "debug", False):
             raise
+        if isinstance(e, ImportError) and not (e.name or "").startswith("autotimm_deploy"):
+            error = broken_install(e)  # a package installed but broken, or removed after installing
+            sys.stderr.write(f"{prog}: error: {first_line(error, 2000)}\n")
+            return error.exit_code
         sys.stderr.write(f"{prog}: internal error: {type(e).__name__}: {first_line(e)} (rerun with --debug)\n")
         return EXIT_FAILED
     finally:

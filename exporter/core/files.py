@@ -41,7 +41,9 @@ def disk_full_is_fault(what: object, folder: Path | None = None) -> Iterator[Non
     try:
         yield
     except Exception as e:
-        if (isinstance(e, OSError) and e.errno in _DISK_FULL) or (folder is not None and _nearly_full(folder)):
+        ours = isinstance(e, (UserError, Fault))  # already one line, saying what is wrong
+        if (isinstance(e, OSError) and e.errno in _DISK_FULL) or (not ours and folder is not None
+                                                                    and _nearly_full(folder)):
             raise Fault(f"no space left on the device writing {what}: free some space and rerun") from None
         raise
 
@@ -178,31 +180,54 @@ def remove_file(folder: Path, name: str) -> None:
 
 def place_files(scratch: Path, folder: Path, names: list[str]) -> None:
     """Move the files ``names`` from ``scratch`` into ``folder`` (on one disk: renames), all or none:
-    each file it replaces is first moved aside into ``scratch``, and on any error or interrupt the
-    files placed are taken back and those they replaced put back. A full disk is a `Fault`."""
-    moved: list[tuple[str, Path | None]] = []  # (name, where what it replaced waits)
+    each file it replaces is first moved aside into ``scratch`` (deleted once all are in), and on any
+    error or interrupt the files placed are taken back and those they replaced put back. Should one
+    not go back, it stays in ``scratch`` (`keeps_replaced`), which the error names. A full disk is a `Fault`."""
+    moved: list[tuple[str, Path | None]] = []  # (name, where what it replaced waits), recorded before the move
     with disk_full_is_fault(folder):
         try:
             for name in names:
-                target, aside = folder / plain_name(name), None
-                if target.is_symlink() or target.exists():
-                    aside = scratch / f".replaced-{len(moved)}"
-                    os.replace(target, aside)
+                target = folder / plain_name(name)
+                aside = scratch / f"{REPLACED}{len(moved)}" if target.is_symlink() or target.exists() else None
                 moved.append((name, aside))
+                if aside is not None:
+                    os.replace(target, aside)
                 os.replace(scratch / name, target)
         except BaseException:
-            for name, aside in reversed(moved):
-                with contextlib.suppress(OSError):
-                    if aside is not None:
-                        os.replace(aside, folder / name)
-                    else:
-                        (folder / name).unlink(missing_ok=True)
+            lost = _put_back(folder, moved)
+            if lost:
+                raise Fault(f"could not put back {', '.join(lost)} in {folder}: they are in {scratch}") from None
             raise
+    for _, aside in moved:
+        if aside is not None:
+            aside.unlink(missing_ok=True)
+
+
+REPLACED = ".replaced-"  # what `place_files` moved aside, in its scratch folder
+
+
+def _put_back(folder: Path, moved: list[tuple[str, Path | None]]) -> list[str]:
+    """Undo `place_files`' moves, last first; the names whose old file could not go back."""
+    lost = []
+    for name, aside in reversed(moved):
+        try:
+            if aside is None:
+                (folder / name).unlink(missing_ok=True)
+            elif aside.is_symlink() or aside.exists():
+                os.replace(aside, folder / name)
+        except OSError:
+            lost.append(name)
+    return lost
+
+
+def keeps_replaced(scratch: Path) -> bool:
+    """Whether ``scratch`` still holds a file `place_files` could not put back (then it must stay)."""
+    return any(p.name.startswith(REPLACED) for p in Path(scratch).iterdir()) if Path(scratch).is_dir() else False
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, what: str = "autotimm-export") -> Iterator[None]:
-    """Hold ``folder`` for one writer: a second export into it is refused in one line."""
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder`` for one writer (an export, a predict's answers): a second is refused in one line."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
@@ -215,7 +240,7 @@ def folder_lock(folder: Path, what: str = "autotimm-export") -> Iterator[None]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise UserError(f"another {what} is writing into {folder}; wait for it to finish, "
+                raise UserError(f"another autotimm command is writing into {folder}; wait for it to finish, "
                                 "or pass another -o") from None
             if _same_file(os.fstat(fd), folder):
                 break
@@ -299,7 +324,8 @@ def stale_scratch(folder: Path) -> list[Path]:
 
 def remove_stale_scratch(folder: Path) -> None:
     for p in stale_scratch(folder):
-        shutil.rmtree(p, ignore_errors=True)
+        if not keeps_replaced(p):  # a user's file a killed `place_files` had moved aside: left for them
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def check_free_space(folder: Path, need_bytes: int, what: str) -> None:

@@ -213,7 +213,7 @@ def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-MIN_STD = 1e-3  # timm's are 0.2-0.3; 1e-300 passed "> 0" and became 0 in float32: NaN answers
+MIN_STD = 1e-3  # a sanity bound (timm's are 0.2-0.3); 1e-300 passed "> 0", became 0 in float32: NaN answers
 
 
 def task_outputs_missing(task: str, shapes: dict[str, list]) -> str | None:
@@ -240,7 +240,7 @@ def check_preprocess(pre: dict[str, Any], in_chans: int, name: Callable[[str], s
             raise UserError(f"{name(key)} takes {in_chans} finite number(s), one per input channel, got {vals!r}")
         if key == "std" and min(vals) < MIN_STD:
             raise UserError(f"{name('std')} values must be at least {MIN_STD:g} (pixels are scaled to [0, 1] before "
-                            f"it divides them; below, inputs overflow float32), got {list(vals)}")
+                            f"it divides them: timm's are about 0.2), got {list(vals)}")
     known = {"interpolation": INTERPOLATIONS, "resize": RESIZE_MODES}
     for key in (k for k in known if k in pre and pre[k] not in known[k]):
         raise UserError(f"{name(key)} takes one of {', '.join(known[key])}, got {pre[key]!r}")

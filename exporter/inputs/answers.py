@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.manifest import Manifest
-from autotimm_deploy.exporter.core.spec import check_class_names
+from autotimm_deploy.exporter.core.spec import check_class_names, task_outputs_missing
 from autotimm_deploy.exporter.inputs.preprocess import Geometry
 
 
@@ -96,7 +96,7 @@ def _check_outputs(outputs: dict[str, np.ndarray], task: str, names: list[str] |
                         "detections (export without --raw)")
     ranks = _SCORES.get(task, {})
     key = next((k for k in ranks if k in outputs), None)
-    if key is None and not ranks and "boxes" in outputs:
+    if not ranks and not task_outputs_missing(task, {k: np.shape(v) for k, v in outputs.items()}):
         return
     shape = None if key is None else np.shape(outputs[key])[1:]
     if key is None or len(shape) != ranks[key]:

@@ -116,6 +116,9 @@ def check_servable(m: Manifest, path: Path) -> None:
     # a user's own module left at the default task may have any outputs (served as they are)
     missing = task_outputs_missing(task, {s.name: s.shape for s in m.outputs}) \
         if task in BOX_TASKS or m.spec.get("weights") != "module" else None
+    if missing and (m.spec.get("head") or {}).get("raw"):
+        raise UserError(f"{path.name[:-len(MANIFEST_SUFFIX)]} holds a {task} head's raw outputs (--raw): the ensemble "
+                        "answers with decoded boxes; export it without --raw for the server")
     if missing:
         fail(f"says it is a {task} model, but its outputs ({', '.join(f'{s.name} {s.shape}' for s in m.outputs)}) "
              f"have no {missing}, which its answers read")

@@ -60,7 +60,11 @@ class AOTISession(TorchSession):
         except Exception as e:  # noqa: BLE001 - corrupt package, or compiled by another torch
             raise UserError(f"cannot load AOTInductor package {self.path}: {first_line(e, 200)} (packages run "
                             "with the torch version that compiled them)") from None
-        models = [Guarded(m, self.path.name) for m in models]
+        try:
+            models = [Guarded(m, self.path.name) for m in models]
+        except ValueError as e:  # its metadata edited
+            raise UserError(f"{self.path.name}'s recorded input shape is malformed ({first_line(e)}): re-export "
+                            "it") from None
         return ByShape(models[0], models[1], tuple(tuned["input_shape"])) if tuned else models[0]
 
 
@@ -75,14 +79,19 @@ class Guarded:
         self.model, self.name = model, name
         shape = model.get_metadata().get(PACKAGE_INPUT_SHAPE)
         self.shape = None if shape is None else tuple(json.loads(shape))
+        if self.shape is not None and not all(d is None or type(d) is int for d in self.shape):
+            raise ValueError(f"{shape!r} is not a list of sizes")
+        self.accepted: tuple | None = None  # the last shape checked (the profiler runs one shape many times)
 
     def __call__(self, x, *rest):
-        if self.shape is not None and (x.dim() != len(self.shape) or any(
-                want is not None and want != got for want, got in zip(self.shape, x.shape))):
-            wanted = ", ".join("any" if d is None else str(d) for d in self.shape)
-            raise UserError(f"{self.name} was compiled for inputs of shape [{wanted}] and cannot run "
-                            f"{list(x.shape)}: give the size it was exported at (its manifest or --img-size "
-                            "says otherwise), or export it again at this size")
+        if self.shape is not None and tuple(x.shape) != self.accepted:
+            if x.dim() != len(self.shape) or any(want is not None and want != got
+                                                 for want, got in zip(self.shape, x.shape)):
+                wanted = ", ".join("any" if d is None else str(d) for d in self.shape)
+                raise UserError(f"{self.name} was compiled for inputs of shape [{wanted}] and cannot run "
+                                f"{list(x.shape)}: feed it that shape (its manifest or --img-size says another), or "
+                                "export it again for this one")
+            self.accepted = tuple(x.shape)
         return self.model(x, *rest)
 
 
