@@ -12,8 +12,8 @@ from pathlib import Path
 from autotimm_deploy.exporter.core.cli import EXIT_OK, OneLineParser, console, float_in, int_in, progress_bar, run_cli
 from autotimm_deploy.exporter.core.errors import UserError
 from autotimm_deploy.exporter.core.files import (
-    check_out_dir,
     SCRATCH_PREFIX,
+    check_out_dir,
     folder_lock,
     keeps_replaced,
     out_dir_for,
