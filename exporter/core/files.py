@@ -183,6 +183,8 @@ def place_files(scratch: Path, folder: Path, names: list[str]) -> None:
     each file it replaces is first moved aside into ``scratch`` (deleted once all are in), and on any
     error or interrupt the files placed are taken back and those they replaced put back. Should one
     not go back, it stays in ``scratch`` (`keeps_replaced`), which the error names. A full disk is a `Fault`."""
+    if Path(scratch).resolve().parent != Path(folder).resolve():  # every move stays inside ``folder``
+        raise ValueError(f"{scratch} is not a scratch folder directly inside {folder}")
     moved: list[tuple[str, Path | None]] = []  # (name, where what it replaced waits), recorded before the move
     with disk_full_is_fault(folder):
         try:

@@ -191,10 +191,10 @@ def _compile(programs: dict, path: Path, configs: dict) -> None:
             files = {}
             for name, program in programs.items():
                 args, kwargs = program.example_inputs
-                metadata = {PACKAGE_INPUT_SHAPE: json.dumps(_input_shape(program))}
+                shape = _input_shape(program)
+                metadata = {"aot_inductor.metadata": {PACKAGE_INPUT_SHAPE: json.dumps(shape)}} if shape else {}
                 files[name] = torch._inductor.aot_compile(program.module(check_guards=False), args, kwargs,
-                                                          options={**configs, "aot_inductor.package": True,
-                                                                   "aot_inductor.metadata": metadata})
+                                                          options={**configs, "aot_inductor.package": True, **metadata})
             package_aoti(str(path), files)
     except Exception as e:  # noqa: BLE001 - Inductor lowering or the C++ compiler failed
         raise ExportFailed(f"AOTInductor compile failed: {first_line(e)}") from e
@@ -202,12 +202,14 @@ def _compile(programs: dict, path: Path, configs: dict) -> None:
         raise ExportFailed("AOTInductor produced no package")
 
 
-def _input_shape(program) -> list[int | None]:
+def _input_shape(program) -> list[int | None] | None:
     """The shape of ``program``'s input, None where a dim is symbolic: what the package is compiled for
-    (the compiled kernels do not check it, and read past their buffers on another size)."""
-    name = program.graph_signature.user_inputs[0]
-    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name)
-    return [d if isinstance(d, int) else None for d in node.meta["val"].shape]
+    (the compiled kernels do not check it, and read past their buffers on another size). None when the
+    program has no tensor input it records (the package is then not held to a shape)."""
+    inputs = program.graph_signature.user_inputs
+    node = next((n for n in program.graph.nodes if n.op == "placeholder" and inputs and n.name == inputs[0]), None)
+    value = node.meta.get("val") if node is not None else None
+    return [d if isinstance(d, int) else None for d in value.shape] if hasattr(value, "shape") else None
 
 
 def _bfloat16_module():

@@ -83,28 +83,22 @@ def _name(names: list[str] | None, label: int) -> str:
     return names[label] if names and 0 <= label < len(names) else str(label)
 
 
-# the outputs an answer reads for a task, first found first, with their rank without the batch
-_SCORES = {"classification": {"probs": 1, "logits": 1}, "semantic-segmentation": {"mask": 2, "logits": 3}}
-
-
 def _check_outputs(outputs: dict[str, np.ndarray], task: str, names: list[str] | None) -> None:
-    """The outputs are what the manifest's task and class names say, else one line (an edited manifest
-    would otherwise give a classifier's scores as a class map, or names beside the wrong scores)."""
+    """The outputs are what the manifest's task (`TASK_OUTPUTS`) and class names say, else one line (an
+    edited manifest would otherwise give a classifier's scores as a class map, or names beside the wrong
+    scores)."""
     if task in ("detection", "instance-segmentation") and "boxes" not in outputs and \
             any(k.startswith("cls_p") for k in outputs):
         raise UserError("this artifact has raw head outputs (--raw): autotimm-predict needs the decoded "
                         "detections (export without --raw)")
-    ranks = _SCORES.get(task, {})
-    key = next((k for k in ranks if k in outputs), None)
-    if not ranks and not task_outputs_missing(task, {k: np.shape(v) for k, v in outputs.items()}):
-        return
-    shape = None if key is None else np.shape(outputs[key])[1:]
-    if key is None or len(shape) != ranks[key]:
-        got = ", ".join(f"{k} {list(np.shape(v))}" for k, v in outputs.items())
+    shapes = {k: np.shape(v) for k, v in outputs.items()}
+    if task_outputs_missing(task, shapes):
+        got = ", ".join(f"{k} {list(v)}" for k, v in shapes.items())
         raise UserError(f"the artifact's outputs ({got}) are not a {task} model's, as its manifest says: re-export "
                         "the artifact, or restore its manifest")
-    if task == "classification" and names and shape[0] != len(names):
-        raise UserError(f"the model scores {shape[0]} classes but {len(names)} class names were given: give one name "
+    classes = shapes["logits" if "logits" in shapes else "probs"][1] if task == "classification" else None
+    if names and classes is not None and classes != len(names):
+        raise UserError(f"the model scores {classes} classes but {len(names)} class names were given: give one name "
                         "per class (--class-names), or re-export the artifact")
 
 
