@@ -18,6 +18,7 @@ from autotimm_deploy.exporter.core.errors import ExportFailed, first_line
 from autotimm_deploy.exporter.core.operators import nms_operator, recording
 from autotimm_deploy.exporter.formats.base import BatchRange, ExportContext, Exported
 from autotimm_deploy.exporter.formats.dims import onnx_axes, with_dynamic_dims
+from autotimm_deploy.exporter.formats.onnx_fusable import fusable
 from autotimm_deploy.exporter.formats.onnx_nms import translation_table
 
 INLINE_LIMIT = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave room for the graph itself
@@ -190,6 +191,8 @@ def export_graph(ctx: ExportContext) -> tuple[Any, Exported]:
 
     if ctx.options.simplify:
         proto, graph.info["simplifier"] = _simplify(proto)
+        if rewritten := fusable(proto):
+            graph.info["fusable"] = rewritten
     return proto, graph
 
 

@@ -22,6 +22,7 @@ from autotimm_deploy.exporter.formats.onnx_graph import FP32_GRAPH, fp32_proto, 
 from autotimm_deploy.exporter.formats.int8_plan import kept, narrow_weights_record
 from autotimm_deploy.exporter.formats.onnx_int8 import module_name
 from autotimm_deploy.exporter.formats.onnx_nms import exact_openvino_nms
+from autotimm_deploy.exporter.formats.openvino_fusable import fusable
 
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "default"}
 # our calibrator name -> NNCF's activation range estimator; the first is NNCF's own default
@@ -63,6 +64,8 @@ class OpenVinoFormat(Format):
         except Exception as e:  # noqa: BLE001
             raise ExportFailed(f"openvino.convert_model failed: {first_line(e)}") from e
         exact_openvino_nms(model)
+        if rewritten := {**graph.info.get("fusable", {}), **fusable(model)}:
+            graph.info["fusable"] = rewritten
         precision = ctx.options.precision
         # kept for `diagnose` (a reduced artifact's layers against this fp32 IR), with the timm module
         # of each ONNX node the IR's operations are named after
