@@ -64,6 +64,8 @@ def test_openvino_gets_its_own_operators_back(exported):
     r = exported["openvino"]
     assert r.ok, (r.error, r.parity and r.parity.failures)
     assert r.info["fusable"] == {"gelu": 1, "group_norm": 1, "roll": 2, "hsigmoid": 1}
+    rolls = [op for op in ov.Core().read_model(str(r.artifact)).get_ordered_ops() if op.get_type_name() == "Roll"]
+    assert len(rolls) == 1 and sorted(rolls[0].input_value(2).get_node().get_data().tolist()) == [2, 3]  # both axes
     ops = {op.get_type_name() for op in ov.Core().read_model(str(r.artifact)).get_ordered_ops()}
     assert {"GroupNormalization", "Roll", "HSigmoid", "Gelu"} <= ops
     assert not ops & {"MVN", "HardSigmoid", "Concat", "Erf"}, ops

@@ -121,8 +121,15 @@ def _roll(node) -> bool:
     size = dims[a[3]]
     if size <= 0 or not (0 < a[1] < size and a[2] == size and b[1] == 0 and b[2] == a[1]):
         return False
-    roll = ov.opset7.roll(a[0], ov.opset13.constant(np.array([size - a[1]], np.int64)),
-                          ov.opset13.constant(np.array([a[3]], np.int64)))
+    source, shifts, axes = a[0], [size - a[1]], [a[3]]
+    inner = source.get_node()
+    if inner.get_type_name() == "Roll" and len(source.get_target_inputs()) == 2:  # only these two slices read it
+        before = _constant(inner, 1), _constant(inner, 2)
+        if None not in before and len(before[0]) == len(before[1]) and a[3] not in [x % len(dims) for x in before[1]]:
+            # torch.roll over two axes, as one Roll (as OpenVINO's own frontend writes it)
+            source, shifts, axes = inner.input(0).get_source_output(), before[0] + shifts, before[1] + axes
+    roll = ov.opset7.roll(source, ov.opset13.constant(np.array(shifts, np.int64)),
+                          ov.opset13.constant(np.array(axes, np.int64)))
     return _replace(node, roll)
 
 
