@@ -25,6 +25,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -79,7 +80,8 @@ def layers(fmt: str, path: Path, size: tuple[int, int]) -> int:
 
 
 def benchmark_app(xml: Path, size: tuple[int, int], seconds: int) -> float | None:
-    tool = shutil.which("benchmark_app")
+    beside = Path(sys.executable).with_name("benchmark_app")  # the venv's, when it is not activated
+    tool = shutil.which("benchmark_app") or (str(beside) if beside.exists() else None)
     if tool is None:
         return None
     out = subprocess.run([tool, "-m", str(xml), "-d", "CPU", "-hint", "latency", "-t", str(seconds),

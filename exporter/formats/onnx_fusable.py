@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-_TOLERANCE = 1e-4
+_TOLERANCE = 1e-4  # for 1/sqrt 2 (written rounded); 1 and 0.5 must be exact: the rewrite's exactness rests on them
 
 
 def fusable(proto) -> dict[str, int]:
@@ -55,8 +55,8 @@ def _gelu_halved_last(graph) -> int:
         rest = [i for i in node.input if i != name]
         return rest[0] if len(node.input) == 2 and len(rest) == 1 else None
 
-    def near(name: str | None, value: float) -> bool:
-        return name in scalars and abs(scalars[name] - value) <= _TOLERANCE * abs(value)
+    def near(name: str | None, value: float, tolerance: float = 0.0) -> bool:
+        return name in scalars and abs(scalars[name] - value) <= tolerance * abs(value)
 
     count = 0
     for erf in [n for n in graph.node if n.op_type == "Erf"]:
@@ -64,7 +64,7 @@ def _gelu_halved_last(graph) -> int:
         if scale is None or scale.op_type not in ("Div", "Mul") or len(scale.input) != 2:
             continue
         x, by = scale.input
-        if not near(by, math.sqrt(2.0) if scale.op_type == "Div" else math.sqrt(0.5)):
+        if not near(by, math.sqrt(2.0) if scale.op_type == "Div" else math.sqrt(0.5), _TOLERANCE):
             continue
         add = only_consumer(erf.output[0], "Add")
         if add is None or not near(other(add, erf.output[0]), 1.0):
