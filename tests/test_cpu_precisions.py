@@ -69,11 +69,11 @@ def test_openvino_reports_what_it_computes_in(monkeypatch, openvino):
     """OpenVINO's compiled model says its inference precision: a bf16 IR on a CPU without bf16 runs f32."""
     r = openvino["bf16"]
     with open_artifact(r.artifact, manifest=load_manifest(r.artifact)) as s:
-        monkeypatch.setattr(s, "compiled", lambda hint: type("C", (), {"get_property": lambda self, k: FakeType("f32")})())
+        monkeypatch.setattr(s, "latency_compiled", lambda: type("C", (), {"get_property": lambda self, k: FakeType("f32")})())
         assert s.compute_precision() == "fp32"
-        monkeypatch.setattr(s, "compiled", lambda hint: type("C", (), {"get_property": lambda self, k: FakeType("bf16")})())
+        monkeypatch.setattr(s, "latency_compiled", lambda: type("C", (), {"get_property": lambda self, k: FakeType("bf16")})())
         assert s.compute_precision() == "bf16"
-        monkeypatch.setattr(s, "compiled", lambda hint: 1 / 0)  # an OpenVINO that cannot say: what was asked
+        monkeypatch.setattr(s, "latency_compiled", lambda: 1 / 0)  # an OpenVINO that cannot say: what was asked
         assert s.compute_precision() == "bf16"
 
 
@@ -92,6 +92,20 @@ def test_openvino_throughput_path_matches_latency_path(openvino):
         sliced = np.concatenate([s.infer({"input": x["input"][i:i + 1]})["logits"] for i in range(5)])
         batched = s.infer(x)["logits"]  # THROUGHPUT-compiled model, batch split across requests
     np.testing.assert_allclose(batched, sliced, rtol=1e-5, atol=1e-6)
+
+
+def test_openvino_runs_each_batch_on_a_model_fixed_to_it(openvino):
+    """As ``benchmark_app -shape`` does: a fixed shape spares the CPU plugin its shape inference on
+    every call. The answers are those of the dynamic model."""
+    r = openvino["fp32"]
+    with open_artifact(r.artifact, manifest=load_manifest(r.artifact), batch_mode="latency") as s:
+        x = s.random_arrays(3)
+        assert [p.get_partial_shape().to_string() for p in s.model.inputs] == ["[?,3,64,64]"]
+        fixed = s.infer(x)["logits"]
+        assert [str(s.latency_compiled(b).inputs[0].get_partial_shape()) for b in (1, 3)] == ["[1,3,64,64]", "[3,3,64,64]"]
+        request = s.compiled("LATENCY").create_infer_request()
+        dynamic = request.infer([x["input"]])[request.model_outputs[0]]
+    np.testing.assert_allclose(fixed, dynamic, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
