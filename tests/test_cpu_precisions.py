@@ -108,6 +108,19 @@ def test_openvino_runs_each_batch_on_a_model_fixed_to_it(openvino):
     np.testing.assert_allclose(fixed, dynamic, rtol=1e-5, atol=1e-6)
 
 
+def test_openvino_fixes_only_a_dynamic_batch(tmp_path):
+    """A second input with a fixed first dim (not a batch) keeps it; a batch range opens at its least."""
+    import openvino as ov
+
+    x = ov.opset13.parameter(ov.PartialShape([ov.Dimension(2, 8), 3]), ov.Type.f32, name="x")
+    scale = ov.opset13.parameter(ov.PartialShape([3]), ov.Type.f32, name="scale")
+    ov.save_model(ov.Model([ov.opset13.multiply(x, scale)], [x, scale]), str(tmp_path / "two.xml"))
+    with open_artifact(tmp_path / "two.xml", runtime="openvino", batch_mode="latency") as s:
+        assert [str(p.get_partial_shape()) for p in s.latency_compiled().inputs] == ["[2,3]", "[3]"]
+        out = s.run(s.prepare({"x": np.ones((2, 3), np.float32), "scale": np.arange(3, dtype=np.float32)}))
+    np.testing.assert_array_equal(out[0], [[0, 1, 2], [0, 1, 2]])
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
 def test_int8_with_calibration_images(tmp_path, calib_dir, fmt):
     opts = ExportOptions(precision="int8", calib_data=str(calib_dir), calib_samples=6)

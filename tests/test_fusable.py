@@ -24,10 +24,10 @@ class Spelled(nn.Module):
     def __init__(self):
         super().__init__()
         self.embed = nn.Conv2d(3, 8, 4, stride=4)
-        self.norm = nn.GroupNorm(1, 8)
+        self.norm = nn.GroupNorm(2, 8)
         self.gate = nn.Conv2d(8, 8, 1)
         self.fc1, self.act, self.fc2 = nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8)
-        self.head = nn.Linear(8, 5)
+        self.head = nn.Linear(8 * (SIZE // 4) ** 2, 5)  # every position its own weights: a wrong roll shows
         for p in self.parameters():  # an affine norm and biases that are not zero
             nn.init.normal_(p, std=0.5)
 
@@ -35,7 +35,7 @@ class Spelled(nn.Module):
         x = torch.roll(self.norm(self.embed(x)), shifts=(2, 3), dims=(2, 3))
         x = x * nn.functional.hardsigmoid(self.gate(x.mean((2, 3), keepdim=True)))
         x = x.permute(0, 2, 3, 1)
-        return self.head((x + self.fc2(self.act(self.fc1(x)))).mean((1, 2)))
+        return self.head((x + self.fc2(self.act(self.fc1(x)))).flatten(1))
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,11 @@ def test_openvino_gets_its_own_operators_back(exported):
     assert r.ok, (r.error, r.parity and r.parity.failures)
     assert r.info["fusable"] == {"gelu": 1, "group_norm": 1, "roll": 2, "hsigmoid": 1}
     rolls = [op for op in ov.Core().read_model(str(r.artifact)).get_ordered_ops() if op.get_type_name() == "Roll"]
-    assert len(rolls) == 1 and sorted(rolls[0].input_value(2).get_node().get_data().tolist()) == [2, 3]  # both axes
+    assert len(rolls) == 1  # both axes, with torch's shifts
+    shifts, axes = (rolls[0].input_value(i).get_node().get_data().tolist() for i in (1, 2))
+    assert dict(zip(axes, shifts)) == {2: 2, 3: 3}
+    norms = [op for op in ov.Core().read_model(str(r.artifact)).get_ordered_ops() if op.get_type_name() == "GroupNormalization"]
+    assert [op.get_attributes()["num_groups"] for op in norms] == [2]
     ops = {op.get_type_name() for op in ov.Core().read_model(str(r.artifact)).get_ordered_ops()}
     assert {"GroupNormalization", "Roll", "HSigmoid", "Gelu"} <= ops
     assert not ops & {"MVN", "HardSigmoid", "Concat", "Erf"}, ops
@@ -98,6 +102,25 @@ def test_the_gelu_rewrite_is_exact_and_only_where_the_pattern_is_whole():
     proto = _gelu_graph("x")
     before = _run(proto, feeds)
     assert fusable(proto) == {"gelu": 1}
-    assert [list(n.input) for n in proto.graph.node[-2:]] == [["x", "a"], ["h", "half"]]
+    assert [list(n.input) for n in proto.graph.node[-2:]] == [["x", "a"], ["h_times_x", "half"]]
     np.testing.assert_array_equal(_run(proto, feeds), before)  # bit for bit
     assert fusable(_gelu_graph("other")) == {}  # the last product is not with x: not a GELU
+
+
+@pytest.mark.parametrize("where", ["e", "a", "h"])
+def test_the_gelu_rewrite_leaves_a_step_that_is_read_elsewhere(where):
+    """An intermediate read by another node, or given as a graph output, must keep its value."""
+    proto = _gelu_graph("x")
+    proto.graph.output.append(helper.make_tensor_value_info(where, TensorProto.FLOAT, [64]))
+    assert fusable(proto) == {}
+    proto = _gelu_graph("x")
+    proto.graph.node.append(helper.make_node("Neg", [where], ["n"]))
+    assert fusable(proto) == {}
+
+
+def test_the_gelu_rewrite_leaves_float16_alone():
+    """(x * s) * 0.5 overflows float16 where x * (0.5 * s) does not."""
+    proto = _gelu_graph("x")
+    for t in proto.graph.initializer:
+        t.CopyFrom(helper.make_tensor(t.name, TensorProto.FLOAT16, [], [onnx.numpy_helper.to_array(t).item()]))
+    assert fusable(proto) == {}

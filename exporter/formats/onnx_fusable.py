@@ -5,14 +5,18 @@ GELU. torch.onnx writes ``gelu`` (opset < 20, no ``Gelu`` operator) as
 ``x * (0.5 * (1 + erf(x / sqrt 2)))``. ONNX Runtime's GELU fusion knows ``(x * (1 + erf(x / sqrt 2))) * 0.5``
 and ``(0.5 * x) * (1 + erf(...))`` but not that order, so every GELU of a transformer's MLP ran as
 five passes over its widest tensor. Moving the halving last is exact: a product with 0.5 is a change
-of exponent, so ``x * (0.5 * y)`` and ``(x * y) * 0.5`` round to the same float (short of subnormals).
-OpenVINO and TensorRT fuse either order."""
+of exponent, so ``x * (0.5 * y)`` and ``(x * y) * 0.5`` round to the same float (short of subnormals,
+and of overflow, which is why float16 graphs, whose range ends at 65504, are left as they are).
+OpenVINO and TensorRT fuse either order. The reordered product gets a new name, so that no tensor
+of this graph is compared by name with a different quantity in a graph left as it was."""
 
 from __future__ import annotations
 
 import math
 
-_TOLERANCE = 1e-4  # for 1/sqrt 2 (written rounded); 1 and 0.5 must be exact: the rewrite's exactness rests on them
+_TOLERANCE = 2e-3  # for sqrt 2, rounded to its dtype (bfloat16: 1.4140625); only whether runtimes fuse rests on it,
+# while the rewrite's exactness rests on 1 and 0.5, which must be exact
+_WIDE = (1, 16)  # TensorProto FLOAT, BFLOAT16: float32's range; FLOAT16's is too short (see above)
 
 
 def fusable(proto) -> dict[str, int]:
@@ -22,16 +26,18 @@ def fusable(proto) -> dict[str, int]:
 
 
 def _scalars(graph) -> dict[str, float]:
-    """The one-element constants of ``graph`` (initializers and Constant nodes), by name."""
+    """The one-element float32 / bfloat16 constants of ``graph`` (initializers that are not also
+    inputs, and Constant nodes), by name."""
     from onnx import numpy_helper
 
-    values = {t.name: t for t in graph.initializer}
+    inputs = {v.name for v in graph.input}
+    values = {t.name: t for t in graph.initializer if t.name not in inputs}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             values[node.output[0]] = node.attribute[0].t
     out = {}
     for name, tensor in values.items():
-        if math.prod(tensor.dims) == 1:
+        if math.prod(tensor.dims) == 1 and tensor.data_type in _WIDE:
             out[name] = float(numpy_helper.to_array(tensor).reshape(-1)[0])
     return out
 
@@ -76,10 +82,16 @@ def _gelu_halved_last(graph) -> int:
         last = only_consumer(half.output[0], "Mul")
         if last is None or other(last, half.output[0]) != x:
             continue
-        # x * (0.5 * s)  ->  (x * s) * 0.5: the same two nodes, their inputs exchanged
+        # x * (0.5 * s)  ->  (x * s) * 0.5: the same two nodes, their inputs exchanged, and the
+        # product renamed (its value changed)
+        product = f"{half.output[0]}_times_x"
+        for info in graph.value_info:
+            if info.name == half.output[0]:
+                info.name = product
         del half.input[:]
         half.input.extend([x, add.output[0]])
+        half.output[0] = product
         del last.input[:]
-        last.input.extend([half.output[0], half_name])
+        last.input.extend([product, half_name])
         count += 1
     return count
