@@ -37,7 +37,7 @@ class OpenVinoSession(Session):
         export = self.manifest.export if self.manifest else {}
         self.precision = self.options.get("inference_precision") or export.get("inference_precision", "f32")
         self._compiled: dict[str, Any] = {}
-        self._requests: dict[int, Any] = {}  # batch -> an infer request of the LATENCY model for it
+        self._latency: tuple[int, Any] | None = None  # (batch, an infer request of the LATENCY model for it)
         self._queue = None
         if not self.inputs:
             self.inputs = [_sig(p, "input") for p in self.model.inputs]
@@ -53,13 +53,13 @@ class OpenVinoSession(Session):
     def _request(self, batch: int):
         """The infer request for ``batch``; only the last batch's is kept (each fixed model holds its
         own packed weights, and the harness runs one batch size after another)."""
-        if batch not in self._requests:
-            self._requests = {batch: self._fixed(batch).create_infer_request()}
-        return self._requests[batch]
+        if self._latency is None or self._latency[0] != batch:
+            self._latency = (batch, self._fixed(batch).create_infer_request())
+        return self._latency[1]
 
     def latency_compiled(self, batch: int | None = None):
         """The LATENCY-compiled model that runs ``batch`` (default: the one compiled on opening)."""
-        return self._request(batch or next(iter(self._requests))).get_compiled_model()
+        return self._request(batch or self._latency[0]).get_compiled_model()
 
     def _fixed(self, batch: int):
         """The LATENCY model reshaped to ``batch``, or the dynamic one where an input has another
