@@ -28,7 +28,8 @@ from autotimm_deploy.exporter.core.limits import MAX_BATCH, MAX_ITERATIONS, MAX_
 from autotimm_deploy.exporter.core.results import ProfilePoint, ProfileRun
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.profiler.measure.load import CpuSnapshot, assess, loadavg
-from autotimm_deploy.profiler.measure.peak import Peak, device_peak, percent_of_peak, read_cpu_facts
+from autotimm_deploy.profiler.measure.peak import (Peak, device_peak, percent_of_peak, read_cpu_facts,
+                                                   with_measured_clock)
 from autotimm_deploy.profiler.measure.settings import Settings
 from autotimm_deploy.profiler.measure.sweep import batches_in_range, phase_split, sweep
 from autotimm_deploy.profiler.measure.timing import clock_for
@@ -203,7 +204,7 @@ def flops_per_image(session) -> int | None:
 def _assemble_runs(targets: list[Target], sessions: list, settings: Settings, points: list, kept: list[int],
                    dropped: list[int], machine: dict, phases: dict[int, dict], memory: dict) -> list[ProfileRun]:
     """One run record per target; ``memory`` holds loaded_mb (one per target), baseline_rss_mb, peak_gpu_mb."""
-    facts = None if settings.device.startswith("cuda") else read_cpu_facts()
+    facts = None if settings.device.startswith("cuda") else with_measured_clock(read_cpu_facts(), settings.threads)
     flops = [flops_per_image(s) for s in sessions]
     peaks = [device_peak(settings.device, _precision(s), settings.threads, facts) for s in sessions]
     return [ProfileRun(

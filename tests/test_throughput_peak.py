@@ -11,7 +11,9 @@ import torch
 from autotimm_deploy.exporter import export, from_module
 from autotimm_deploy.exporter.core.environment import physical_cores
 from autotimm_deploy.exporter.core.manifest import load_manifest
-from autotimm_deploy.profiler.measure.peak import CpuFacts, cpu_peak, device_peak, percent_of_peak, read_cpu_facts
+from autotimm_deploy.profiler.measure.clock import gemm_flops_per_s
+from autotimm_deploy.profiler.measure.peak import (CpuFacts, cpu_peak, device_peak, percent_of_peak, read_cpu_facts,
+                                                   with_measured_clock)
 from autotimm_deploy.profiler.measure.settings import Settings
 from autotimm_deploy.profiler.measure.timing import HarnessConfig
 from autotimm_deploy.profiler.pipeline import profile
@@ -125,6 +127,43 @@ def test_cpu_facts_from_cpuinfo_and_sys(tmp_path, name, freq, mhz, source):
     assert {"avx512_vnni", "avx512f"} <= facts.flags and (facts.vendor, facts.family, facts.model) == ("GenuineIntel",
                                                                                                      "6", "207")
     assert read_cpu_facts(str(tmp_path / "missing"), str(tmp_path)).mhz is None
+
+
+ZEN5 = frozenset("avx2 fma avx512f avx512_vnni avx512_bf16".split())
+
+
+def test_clock_raised_to_what_a_gemm_proves():
+    """A VM's "cpu MHz" (2596) is below the boost the cores ran at: a GEMM at 505 GFLOP/s on 2 cores
+    needs 3945 MHz at AVX-512's 64 FLOPs per cycle, and the int8 peak follows that clock."""
+    facts = CpuFacts("AuthenticAMD", "26", "2", ZEN5, 2, 2596.0, "/proc/cpuinfo 'cpu MHz'")
+    asked = []
+
+    def gemm(cores):
+        asked.append(cores)
+        return 505e9 * cores / 2
+
+    raised = with_measured_clock(facts, measure=gemm)
+    assert raised.mhz == pytest.approx(505e9 / (2 * 64) / 1e6) and asked == [2]
+    assert "at least: an fp32 GEMM ran at 505 GFLOP/s on 2 core(s)" in raised.mhz_source
+    assert "'cpu MHz' said 2596 MHz" in raised.mhz_source
+    assert cpu_peak("int8", raised).flops_per_s == pytest.approx(505e9 * 4)
+    assert with_measured_clock(facts, threads=1, measure=gemm).mhz == pytest.approx(505e9 / 2 / 64 / 1e6)
+    assert asked[-1] == 1  # measured on the cores the run uses
+    # a slower GEMM (a loaded machine), no oneDNN, no flags: the read clock stays
+    assert with_measured_clock(facts, measure=lambda cores: 100e9) is facts
+    assert with_measured_clock(facts, measure=lambda cores: None) is facts
+    bare = CpuFacts(physical_cores=2, mhz=2000.0, mhz_source="test")
+    assert with_measured_clock(bare, measure=gemm) is bare
+    # Zen 4 runs AVX-512 as two halves: the same rate proves twice the clock; no clock read at all
+    zen4 = with_measured_clock(CpuFacts("AuthenticAMD", "25", "17", ZEN5, 2, None, None), measure=gemm)
+    assert zen4.mhz == pytest.approx(505e9 / (2 * 32) / 1e6) and "said" not in zen4.mhz_source
+
+
+def test_gemm_runs_here_and_restores_threads():
+    before = torch.get_num_threads()
+    rate = gemm_flops_per_s(1)
+    assert rate is None or rate > 1e9  # ~2 GFLOP in a few ms on any CPU oneDNN supports
+    assert torch.get_num_threads() == before
 
 
 @pytest.mark.parametrize("fmt, runtime", [("onnx", "onnxruntime"), ("openvino", "openvino")])

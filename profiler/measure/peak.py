@@ -36,10 +36,12 @@ a documented source is kept here)."""
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 from autotimm_deploy.exporter.core.environment import cpuinfo_blocks, physical_cores, usable_cpu_blocks
+from autotimm_deploy.profiler.measure.clock import measured_gemm
 
 
 @dataclass(frozen=True)
@@ -159,9 +161,30 @@ def _clock(sys_root: Path, first: dict[str, str]) -> tuple[float | None, str | N
         return None, None
 
 
+def with_measured_clock(facts: CpuFacts, threads: int | None = None,
+                        measure: Callable[[int], float | None] = measured_gemm) -> CpuFacts:
+    """``facts`` with the clock raised to the least one that ``measure``'s fp32 GEMM rate (FLOP/s on
+    that many cores) needs at the flags' fp32 rate, where that is above the read clock
+    (profiler/measure/clock.py); unchanged where no fp32 rate or core count is known or nothing ran."""
+    unit = cpu_peak("fp32", replace(facts, mhz=1.0))
+    if not unit.per_cycle or not unit.cores:
+        return facts
+    cores = min(unit.cores, threads) if threads else unit.cores
+    rate = measure(cores)
+    if not rate:
+        return facts
+    mhz = rate / (cores * unit.per_cycle) / 1e6
+    if facts.mhz and mhz <= facts.mhz:
+        return facts
+    read = f"; {facts.mhz_source} said {facts.mhz:.0f} MHz" if facts.mhz else ""
+    return replace(facts, mhz=mhz, mhz_source=f"at least: an fp32 GEMM ran at {rate / 1e9:.0f} GFLOP/s on {cores} "
+                                              f"core(s){read}")
+
+
 def device_peak(device: str, precision: str, threads: int | None = None, facts: CpuFacts | None = None) -> Peak:
-    """The peak of ``device`` for ``precision``: the CPU's from its facts; none on a GPU (why said)."""
+    """The peak of ``device`` for ``precision``: the CPU's from its facts (read, then the clock
+    measured); none on a GPU (why said)."""
     if device.startswith("cuda"):
         return Peak(precision, None, how="GPU peak not derived: no GPU table with a documented source is kept here, "
                                          "and the clock under load varies")
-    return cpu_peak(precision, facts or read_cpu_facts(), threads)
+    return cpu_peak(precision, facts or with_measured_clock(read_cpu_facts(), threads), threads)
