@@ -19,23 +19,21 @@ import warnings
 from functools import lru_cache
 
 GEMM_N = 1024  # one 1024^3 product: ~2.1 GFLOP, a few ms on two cores
-ROUNDS = 8
+ROUNDS = 16
 
 
 def gemm_flops_per_s(threads: int) -> float | None:
     """The best of ``ROUNDS`` timed fp32 oneDNN GEMMs on ``threads`` threads; None without oneDNN."""
     import torch
-
-    with warnings.catch_warnings():  # the module defines TorchScript classes: torch warns on import
-        warnings.simplefilter("ignore", FutureWarning)
-        from torch.utils import mkldnn
+    from torch.utils import mkldnn
 
     if not torch.backends.mkldnn.is_available():
         return None
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # to_mkldnn defines TorchScript classes: torch warns
             layer = mkldnn.to_mkldnn(torch.nn.Linear(GEMM_N, GEMM_N, bias=False).eval())
             x = torch.randn(GEMM_N, GEMM_N).to_mkldnn()
             layer(x)
