@@ -31,8 +31,11 @@ def run_model(model: str, size: int, batch: int, tmp: Path, max_time: float) -> 
     for r in results:
         manifest = load_manifest(r.manifest)
         flops = manifest.model["flops"]["per_image"]
-        with open_session(r.artifact, RUNTIMES[r.format], manifest, batch_mode="latency") as one, \
-                open_session(r.artifact, RUNTIMES[r.format], manifest, batch_mode="throughput") as many:
+        # measured in turns in one process: neither session may keep idle threads spinning (the profiler's
+        # own rule for targets sharing the cores), or one mode's spin takes the other's CPU
+        with open_session(r.artifact, RUNTIMES[r.format], manifest, batch_mode="latency", shared_cores=True) as one, \
+                open_session(r.artifact, RUNTIMES[r.format], manifest, batch_mode="throughput",
+                             shared_cores=True) as many:
             m = measure([timed_call(one, batch, False), timed_call(many, batch, False)],
                         HarnessConfig(max_time=max_time, warmup_time=3.0))
             peak = device_peak("cpu", many.compute_precision())
@@ -53,6 +56,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--max-time", type=float, default=10.0)
     a = p.parse_args()
+    device_peak("cpu", "fp32")  # the clock's GEMM measured once, before any runtime holds threads
     with tempfile.TemporaryDirectory() as tmp:
         rows = [row for m in a.models.split(",") for row in run_model(m, a.size, a.batch, Path(tmp), a.max_time)]
     print(json.dumps(rows, indent=2))

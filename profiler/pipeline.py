@@ -28,7 +28,7 @@ from autotimm_deploy.exporter.core.limits import MAX_BATCH, MAX_ITERATIONS, MAX_
 from autotimm_deploy.exporter.core.results import ProfilePoint, ProfileRun
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.profiler.measure.load import CpuSnapshot, assess, loadavg
-from autotimm_deploy.profiler.measure.peak import (Peak, device_peak, percent_of_peak, read_cpu_facts,
+from autotimm_deploy.profiler.measure.peak import (CpuFacts, Peak, device_peak, percent_of_peak, read_cpu_facts,
                                                    with_measured_clock)
 from autotimm_deploy.profiler.measure.settings import Settings
 from autotimm_deploy.profiler.measure.sweep import batches_in_range, phase_split, sweep
@@ -90,6 +90,9 @@ def run_group(targets: list[Target], settings: Settings,
 
     Every session opened is closed on every path out: success, an error, Ctrl-C."""
     step = on_progress or (lambda _t: None)
+    # the CPU's facts, its clock measured by a GEMM before any runtime holds threads (5 % lower beside
+    # an OpenVINO model here): "% of peak" reads them after the sweep
+    facts = None if settings.device.startswith("cuda") else with_measured_clock(read_cpu_facts(), settings.threads)
     for t in targets:  # import each runtime's libraries first: the baseline holds them, not the model
         for module in RUNTIMES[t.runtime].requires:
             # opening the session below names the extra to install; what libraries print on import is noise
@@ -102,7 +105,7 @@ def run_group(targets: list[Target], settings: Settings,
         points, machine, peak_gpu = _sweep_group(sessions, targets, settings, kept, step)
         phases = _gpu_phases(sessions, targets, settings, kept, points, step)
         memory = {"loaded_mb": loaded, "baseline_rss_mb": baseline_rss, "peak_gpu_mb": peak_gpu}
-        return _assemble_runs(targets, sessions, settings, points, kept, dropped, machine, phases, memory)
+        return _assemble_runs(targets, sessions, settings, points, kept, dropped, machine, phases, memory, facts)
 
 
 def _open_sessions(targets: list[Target], settings: Settings, stack: contextlib.ExitStack,
@@ -202,9 +205,10 @@ def flops_per_image(session) -> int | None:
 
 
 def _assemble_runs(targets: list[Target], sessions: list, settings: Settings, points: list, kept: list[int],
-                   dropped: list[int], machine: dict, phases: dict[int, dict], memory: dict) -> list[ProfileRun]:
-    """One run record per target; ``memory`` holds loaded_mb (one per target), baseline_rss_mb, peak_gpu_mb."""
-    facts = None if settings.device.startswith("cuda") else with_measured_clock(read_cpu_facts(), settings.threads)
+                   dropped: list[int], machine: dict, phases: dict[int, dict], memory: dict,
+                   facts: CpuFacts | None) -> list[ProfileRun]:
+    """One run record per target; ``memory`` holds loaded_mb (one per target), baseline_rss_mb, peak_gpu_mb;
+    ``facts`` the CPU's (None on a GPU)."""
     flops = [flops_per_image(s) for s in sessions]
     peaks = [device_peak(settings.device, _precision(s), settings.threads, facts) for s in sessions]
     return [ProfileRun(
