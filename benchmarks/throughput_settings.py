@@ -17,7 +17,8 @@ from pathlib import Path
 from autotimm_deploy.exporter.core.manifest import load_manifest
 from autotimm_deploy.exporter.core.spec import ModelSpec
 from autotimm_deploy.exporter.pipeline import export
-from autotimm_deploy.profiler.measure.peak import device_peak, percent_of_peak
+from autotimm_deploy.profiler.measure.peak import (CpuFacts, device_peak, percent_of_peak, read_cpu_facts,
+                                                   with_measured_clock)
 from autotimm_deploy.profiler.measure.sweep import timed_call
 from autotimm_deploy.profiler.measure.timing import HarnessConfig, measure
 from autotimm_deploy.profiler.runtimes import open_session
@@ -25,7 +26,7 @@ from autotimm_deploy.profiler.runtimes import open_session
 RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}
 
 
-def run_model(model: str, size: int, batch: int, tmp: Path, max_time: float) -> list[dict]:
+def run_model(model: str, size: int, batch: int, tmp: Path, max_time: float, facts: CpuFacts) -> list[dict]:
     results = export(ModelSpec(model, img_size=(size, size)), list(RUNTIMES), tmp, verify=False, force=True)
     out = []
     for r in results:
@@ -38,7 +39,7 @@ def run_model(model: str, size: int, batch: int, tmp: Path, max_time: float) -> 
                              shared_cores=True) as many:
             m = measure([timed_call(one, batch, False), timed_call(many, batch, False)],
                         HarnessConfig(max_time=max_time, warmup_time=3.0))
-            peak = device_peak("cpu", many.compute_precision())
+            peak = device_peak("cpu", many.compute_precision(), facts=facts)
             row = {"model": model, "runtime": RUNTIMES[r.format], "batch": batch, "gflops": flops / 1e9,
                    "peak": peak.how, "throughput_vs_latency": m.ratio(1)}
             for mode, i, s in (("latency", 0, one), ("throughput", 1, many)):
@@ -56,9 +57,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--max-time", type=float, default=10.0)
     a = p.parse_args()
-    device_peak("cpu", "fp32")  # the clock's GEMM measured once, before any runtime holds threads
+    facts = with_measured_clock(read_cpu_facts())  # the clock's GEMM, before any runtime holds threads
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [row for m in a.models.split(",") for row in run_model(m, a.size, a.batch, Path(tmp), a.max_time)]
+        rows = [row for m in a.models.split(",") for row in run_model(m, a.size, a.batch, Path(tmp), a.max_time, facts)]
     print(json.dumps(rows, indent=2))
 
 

@@ -84,15 +84,20 @@ def target_from_dict(d: dict, img_size) -> Target:
     return resolve(d["path"], d["runtime"], img_size)
 
 
-def run_group(targets: list[Target], settings: Settings,
-              on_progress: Callable[[str], None] | None = None) -> list[ProfileRun]:
-    """Open every target of one group, sweep them together, return one run record per target.
+def cpu_facts(settings: Settings) -> CpuFacts | None:
+    """The CPU's facts for "% of peak", the clock measured by a GEMM (None on a GPU). Measured before
+    any runtime holds threads (5 % lower beside an OpenVINO model here), once for a whole report."""
+    return None if settings.device.startswith("cuda") else with_measured_clock(read_cpu_facts(), settings.threads)
+
+
+def run_group(targets: list[Target], settings: Settings, on_progress: Callable[[str], None] | None = None,
+              facts: CpuFacts | None = None) -> list[ProfileRun]:
+    """Open every target of one group, sweep them together, return one run record per target
+    (``facts``: the report's `cpu_facts`, measured here when not given).
 
     Every session opened is closed on every path out: success, an error, Ctrl-C."""
     step = on_progress or (lambda _t: None)
-    # the CPU's facts, its clock measured by a GEMM before any runtime holds threads (5 % lower beside
-    # an OpenVINO model here): "% of peak" reads them after the sweep
-    facts = None if settings.device.startswith("cuda") else with_measured_clock(read_cpu_facts(), settings.threads)
+    facts = facts or cpu_facts(settings)
     for t in targets:  # import each runtime's libraries first: the baseline holds them, not the model
         for module in RUNTIMES[t.runtime].requires:
             # opening the session below names the extra to install; what libraries print on import is noise
@@ -240,8 +245,9 @@ def _threads_used(settings: Settings) -> int:
     return settings.threads or torch.get_num_threads()
 
 
-def _run_isolated(targets: list[Target], settings: Settings, on_progress) -> list[ProfileRun]:
-    job = {"targets": [target_to_dict(t) for t in targets], "settings": settings.to_dict()}
+def _run_isolated(targets: list[Target], settings: Settings, on_progress, facts: CpuFacts | None) -> list[ProfileRun]:
+    job = {"targets": [target_to_dict(t) for t in targets], "settings": settings.to_dict(),
+           "cpu_facts": facts.to_dict() if facts else None}
     # -P (-I before Python 3.11): the worker never imports from the current folder, where a stray
     # module of the same name as one of ours or a dependency's could otherwise run
     isolation = "-P" if sys.version_info >= (3, 11) else "-I"
@@ -306,9 +312,11 @@ def profile(target_texts: list, settings: Settings | None = None, runtime: str |
     groups = plan_groups(targets, compare_eager, interleave)
     if isolate is None:
         isolate = len(groups) > 1
+    facts = cpu_facts(settings)  # one clock for every row of the report, whichever process measures it
     runs = []
     for group in groups:
-        runs += _run_isolated(group, settings, on_progress) if isolate else run_group(group, settings, on_progress)
+        runs += (_run_isolated(group, settings, on_progress, facts) if isolate
+                 else run_group(group, settings, on_progress, facts))
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": "autotimm-profile",

@@ -7,6 +7,7 @@ import json
 import sys
 
 from autotimm_deploy.exporter.core.errors import UserError
+from autotimm_deploy.profiler.measure.peak import CpuFacts
 from autotimm_deploy.profiler.measure.settings import Settings
 from autotimm_deploy.profiler.pipeline import run_group, target_from_dict
 
@@ -16,7 +17,8 @@ def main() -> int:
     settings = Settings.from_dict(job["settings"])
     try:
         targets = [target_from_dict(d, settings.img_size) for d in job["targets"]]
-        runs = run_group(targets, settings, on_progress=lambda t: print(f"progress: {t}", file=sys.stderr, flush=True))
+        facts = CpuFacts.from_dict(job["cpu_facts"]) if job.get("cpu_facts") else None
+        runs = run_group(targets, settings, lambda t: print(f"progress: {t}", file=sys.stderr, flush=True), facts)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -155,15 +155,57 @@ def test_clock_raised_to_what_a_gemm_proves():
     bare = CpuFacts(physical_cores=2, mhz=2000.0, mhz_source="test")
     assert with_measured_clock(bare, measure=gemm) is bare
     # Zen 4 runs AVX-512 as two halves: the same rate proves twice the clock; no clock read at all
-    zen4 = with_measured_clock(CpuFacts("AuthenticAMD", "25", "17", ZEN5, 2, None, None), measure=gemm)
-    assert zen4.mhz == pytest.approx(505e9 / (2 * 32) / 1e6) and "said" not in zen4.mhz_source
+    zen4 = with_measured_clock(CpuFacts("AuthenticAMD", "25", "17", ZEN5, 2, None, None), measure=lambda c: 250e9)
+    assert zen4.mhz == pytest.approx(250e9 / (2 * 32) / 1e6) and "said" not in zen4.mhz_source
 
 
-def test_gemm_runs_here_and_restores_threads():
+def test_clock_left_alone_where_nothing_can_prove_more():
+    asked = []
+    turbo = CpuFacts("AuthenticAMD", "26", "2", ZEN5, 2, 4100.0, "cpufreq cpuinfo_max_freq, lscpu's 'CPU max MHz'")
+    assert with_measured_clock(turbo, measure=lambda cores: asked.append(cores) or 5e11) is turbo and not asked
+    vm = CpuFacts("AuthenticAMD", "26", "2", ZEN5, 2, 2596.0, "/proc/cpuinfo 'cpu MHz'")
+    assert with_measured_clock(vm, measure=lambda cores: 2e12) is vm  # 15.6 GHz: not an fp32 rate
+    assert with_measured_clock(vm, threads=8, measure=lambda cores: asked.append(cores) or 5e11).mhz > 2596
+    assert asked == [2]  # more threads than cores: the cores
+    assert CpuFacts.from_dict(json.loads(json.dumps(vm.to_dict()))) == vm
+
+
+def test_gemm_measures_fp32_and_restores_threads(monkeypatch):
     before = torch.get_num_threads()
-    rate = gemm_flops_per_s(1)
-    assert rate is None or rate > 1e9  # ~2 GFLOP in a few ms on any CPU oneDNN supports
-    assert torch.get_num_threads() == before
+    torch.set_num_threads(2)
+    try:
+        state = torch.random.get_rng_state()
+        rate = gemm_flops_per_s(1)
+        assert rate > 1e9  # ~2 GFLOP in a few ms on any CPU oneDNN supports (x86 and aarch64 builds have it)
+        assert torch.get_num_threads() == 2 and torch.equal(torch.random.get_rng_state(), state)
+        monkeypatch.setattr(torch.ops.aten, "mkldnn_linear", lambda *a: (_ for _ in ()).throw(RuntimeError("no")))
+        assert gemm_flops_per_s(1) is None and torch.get_num_threads() == 2
+        monkeypatch.undo()
+        torch.set_float32_matmul_precision("medium")  # fp32 products may run in bf16: nothing proves a clock
+        assert gemm_flops_per_s(1) is None
+    finally:
+        torch.set_float32_matmul_precision("highest")
+        torch.set_num_threads(before)
+
+
+def test_one_measured_clock_for_every_row(artifacts, monkeypatch):
+    """profile() measures the clock once and every group, isolated in its own worker or not, reads it."""
+    from autotimm_deploy.profiler import pipeline
+
+    calls = []
+
+    def measured(facts, threads=None):
+        calls.append(threads)
+        return CpuFacts(facts.vendor, facts.family, facts.model, facts.flags, facts.physical_cores, 3333.0,
+                        "measured in the test")
+
+    monkeypatch.setattr(pipeline, "with_measured_clock", measured)
+    report = profile([str(artifacts["onnx"].artifact), str(artifacts["openvino"].artifact)],
+                     Settings(batch_sizes=[1], harness=FAST), isolate=True)
+    assert len(calls) == 1 and len(report["runs"]) == 2
+    for run in report["runs"]:
+        if run["peak"]["flops_per_s"]:  # a CPU whose flags give an fp32 rate
+            assert run["peak"]["mhz"] == 3333.0 and "measured in the test" in run["peak"]["how"]
 
 
 @pytest.mark.parametrize("fmt, runtime", [("onnx", "onnxruntime"), ("openvino", "openvino")])

@@ -1,47 +1,48 @@
-"""The clock the cores reach on vector code, at least, measured: the read clock can be far below it.
+"""The fp32 GEMM rate this process reaches, which proves the clock the cores run at is at least
+rate / (cores x fp32 FLOPs per cycle) (``peak.with_measured_clock``): the read clock can be far below it.
 
 In a VM without cpufreq, ``/proc/cpuinfo``'s "cpu MHz" is the hypervisor's nominal rate, and a model
 name's "@ 2.60GHz" is the base clock: cores boost above both. On an AMD EPYC Zen 5 VM reporting
-2596 MHz, an fp32 oneDNN GEMM ran at 470-505 GFLOP/s on 2 cores, which needs at least 3.7-3.9 GHz at
-AVX-512's 64 FLOPs per cycle; a peak from 2596 MHz put OpenVINO's int8 resnet50 at 117 % of it.
+2596 MHz, an fp32 oneDNN GEMM ran at 445-505 GFLOP/s on 2 cores (between processes), which needs
+3.5-3.9 GHz at AVX-512's 64 FLOPs per cycle; a peak from 2596 MHz put OpenVINO's int8 resnet50 at
+117 % of it.
 
-    clock >= GEMM FLOP/s / (cores x fp32 FLOPs per cycle per core)
-
-is a lower bound (no kernel exceeds its instruction set's rate), so the peak built on the larger of
-the read and the measured clocks can still understate, and no longer overstates for that reason.
-The GEMM goes through oneDNN (``torch.utils.mkldnn``), which picks the widest vector ISA from the
-CPU's flags on any vendor; MKL's GEMM takes its AVX2 path on AMD, half the rate."""
+The GEMM runs through oneDNN (``aten.mkldnn_linear``), which picks the widest vector ISA from the
+CPU's flags on any vendor (MKL's GEMM takes its AVX2 path on AMD, half the rate), in IEEE fp32 only:
+where torch lets fp32 products run in bf16 or tf32, nothing is measured (the rate would prove a
+clock several times too high). Its inputs come from a private generator: the caller's random
+numbers do not move."""
 
 from __future__ import annotations
 
 import time
-import warnings
 from functools import lru_cache
 
 GEMM_N = 1024  # one 1024^3 product: ~2.1 GFLOP, a few ms on two cores
-ROUNDS = 16
+ROUNDS = 12
 
 
 def gemm_flops_per_s(threads: int) -> float | None:
-    """The best of ``ROUNDS`` timed fp32 oneDNN GEMMs on ``threads`` threads; None without oneDNN."""
+    """The best of ``ROUNDS`` timed fp32 oneDNN GEMMs (``GEMM_N``^3) on ``threads`` threads; None
+    without oneDNN or where fp32 products may run in a reduced precision."""
     import torch
-    from torch.utils import mkldnn
 
-    if not torch.backends.mkldnn.is_available():
+    fp32_math = getattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision", "none")
+    if (not torch.backends.mkldnn.is_available() or torch.get_float32_matmul_precision() != "highest"
+            or fp32_math not in ("none", "ieee")):
         return None
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # to_mkldnn defines TorchScript classes: torch warns
-            layer = mkldnn.to_mkldnn(torch.nn.Linear(GEMM_N, GEMM_N, bias=False).eval())
-            x = torch.randn(GEMM_N, GEMM_N).to_mkldnn()
-            layer(x)
-            layer(x)
+        with torch.no_grad():
+            numbers = torch.Generator().manual_seed(0)
+            w = torch.rand(GEMM_N, GEMM_N, generator=numbers).to_mkldnn()
+            x = torch.rand(GEMM_N, GEMM_N, generator=numbers).to_mkldnn()
+            torch.ops.aten.mkldnn_linear(x, w, None)
             best = float("inf")
             for _ in range(ROUNDS):
                 start = time.perf_counter()
-                layer(x)
+                torch.ops.aten.mkldnn_linear(x, w, None)
                 best = min(best, time.perf_counter() - start)
     except RuntimeError:  # a build whose oneDNN lacks this CPU's kernels
         return None

@@ -29,9 +29,13 @@ Cores: the physical cores (not hyper-threads: they share the vector units) among
 process may run on, at most the threads the run asked for. Clock, first found: cpufreq's
 ``cpuinfo_max_freq`` (lscpu's "CPU max MHz": the highest turbo; wide-vector code runs slower, so
 the column understates), the nominal clock in the model name ("@ 2.60GHz"), ``/proc/cpuinfo``'s
-"cpu MHz" (the kernel's current reading; in a VM, the rate the hypervisor reports). Without a
-clock or the flags the peak is None and the reason says why. GPUs: no peak (no device table with
-a documented source is kept here)."""
+"cpu MHz" (the kernel's current reading; in a VM, the rate the hypervisor reports). The last two
+can be far below the clock the cores run at, so the profiler also times an fp32 GEMM and takes the
+clock that rate needs where it is higher (``with_measured_clock``, profiler/measure/clock.py): a
+lower bound of the clock, so on that path the column reads the model's rate against what an
+fp32 GEMM proves, and can exceed 100 % by the GEMM's own distance from the true peak. Without a
+clock (read or measured) or the flags the peak is None and the reason says why. GPUs: no peak (no
+device table with a documented source is kept here)."""
 
 from __future__ import annotations
 
@@ -67,6 +71,11 @@ CPU_RATES: dict[str, tuple[Rate, ...]] = {
     "tf32": FP32,
 }
 HALF_WIDE = {("AuthenticAMD", "25")}  # (vendor, family) running 512-bit instructions as two halves: Zen 4
+# (Zen 5, family 26, runs them full width: an fp32 oneDNN GEMM at 245 GFLOP/s a core, 2026-12-08, needs 64
+# FLOPs a cycle at 3.8 GHz; at 32 it would need 7.7 GHz)
+MAX_MHZ = 7000.0  # above any x86 core's clock: a GEMM "proving" more ran in a reduced precision, not fp32
+MAX_FREQ_SOURCE = "cpufreq cpuinfo_max_freq"
+
 
 
 @dataclass
@@ -80,6 +89,13 @@ class CpuFacts:
     physical_cores: int | None = None  # among the cores this process may use
     mhz: float | None = None
     mhz_source: str | None = None
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "flags": sorted(self.flags)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CpuFacts":
+        return cls(**{**d, "flags": frozenset(d.get("flags", ()))})
 
 
 @dataclass
@@ -149,7 +165,7 @@ def _clock(sys_root: Path, first: dict[str, str]) -> tuple[float | None, str | N
     try:
         cpu = first.get("processor", "0")
         khz = int(Path(sys_root, f"devices/system/cpu/cpu{cpu}/cpufreq/cpuinfo_max_freq").read_text())
-        return khz / 1000, "cpufreq cpuinfo_max_freq, lscpu's 'CPU max MHz'"
+        return khz / 1000, f"{MAX_FREQ_SOURCE}, lscpu's 'CPU max MHz'"
     except (OSError, ValueError):
         pass
     named = re.search(r"@\s*([0-9.]+)\s*GHz", first.get("model name", ""))
@@ -165,20 +181,23 @@ def with_measured_clock(facts: CpuFacts, threads: int | None = None,
                         measure: Callable[[int], float | None] = measured_gemm) -> CpuFacts:
     """``facts`` with the clock raised to the least one that ``measure``'s fp32 GEMM rate (FLOP/s on
     that many cores) needs at the flags' fp32 rate, where that is above the read clock
-    (profiler/measure/clock.py); unchanged where no fp32 rate or core count is known or nothing ran."""
-    unit = cpu_peak("fp32", replace(facts, mhz=1.0))
+    (profiler/measure/clock.py). Unchanged, and nothing run, where the clock is cpufreq's maximum
+    (the highest turbo: nothing proves more) or no fp32 rate or core count is known; unchanged where
+    the GEMM could not run or proves an impossible clock."""
+    if (facts.mhz_source or "").startswith(MAX_FREQ_SOURCE):
+        return facts
+    unit = cpu_peak("fp32", replace(facts, mhz=1.0), threads)
     if not unit.per_cycle or not unit.cores:
         return facts
-    cores = min(unit.cores, threads) if threads else unit.cores
-    rate = measure(cores)
+    rate = measure(unit.cores)
     if not rate:
         return facts
-    mhz = rate / (cores * unit.per_cycle) / 1e6
-    if facts.mhz and mhz <= facts.mhz:
+    mhz = rate / (unit.cores * unit.per_cycle) / 1e6
+    if (facts.mhz and mhz <= facts.mhz) or mhz > MAX_MHZ:
         return facts
     read = f"; {facts.mhz_source} said {facts.mhz:.0f} MHz" if facts.mhz else ""
-    return replace(facts, mhz=mhz, mhz_source=f"at least: an fp32 GEMM ran at {rate / 1e9:.0f} GFLOP/s on {cores} "
-                                              f"core(s){read}")
+    return replace(facts, mhz=mhz, mhz_source=f"at least: an fp32 GEMM ran at {rate / 1e9:.0f} GFLOP/s on "
+                                              f"{unit.cores} core(s){read}")
 
 
 def device_peak(device: str, precision: str, threads: int | None = None, facts: CpuFacts | None = None) -> Peak:
