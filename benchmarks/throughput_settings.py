@@ -59,7 +59,8 @@ def main() -> None:
     a = p.parse_args()
     facts = with_measured_clock(read_cpu_facts())  # the clock's GEMM, before any runtime holds threads
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [row for m in a.models.split(",") for row in run_model(m, a.size, a.batch, Path(tmp), a.max_time, facts)]
+        rows = [row for m in a.models.split(",")
+                for row in run_model(m, a.size, a.batch, Path(tmp), a.max_time, facts)]
     print(json.dumps(rows, indent=2))
 
 

@@ -77,7 +77,6 @@ MAX_MHZ = 7000.0  # above any x86 core's clock: a GEMM "proving" more ran in a r
 MAX_FREQ_SOURCE = "cpufreq cpuinfo_max_freq"
 
 
-
 @dataclass
 class CpuFacts:
     """What the peak is derived from; each field None where it could not be read."""
