@@ -38,7 +38,8 @@ from autotimm_deploy.profiler.measure.timing import HarnessConfig
 from autotimm_deploy.profiler.pipeline import profile
 from autotimm_deploy.profiler.report.table import interval_text
 
-MODELS = "resnet50,mobilenetv3_large_100,efficientnet_b0,convnext_tiny,vit_small_patch16_224,poolformer_s12,swin_tiny_patch4_window7_224"
+MODELS = ("resnet50,mobilenetv3_large_100,efficientnet_b0,convnext_tiny,vit_small_patch16_224,poolformer_s12,"
+          "swin_tiny_patch4_window7_224")
 PEERS = {"openvino": "ov.convert_model (OpenVINO's PyTorch frontend)", "onnx": "torch.onnx TorchScript exporter"}
 
 

@@ -76,26 +76,23 @@ def _group_norm(node) -> bool:
     into, back = _source(node, 0), _only_user(node.output(0))
     if into.get_type_name() != "Reshape" or back is None or back.get_type_name() != "Reshape":
         return False
-    grouped = node.get_output_partial_shape(0)
-    x = into.input(0).get_source_output()
+    grouped, x = node.get_output_partial_shape(0), into.input(0).get_source_output()
     shape = x.get_partial_shape()
-    if grouped.rank.is_dynamic or grouped.rank.get_length() != 3 or shape.rank.is_dynamic or shape.rank.get_length() < 4:  # [N, C, H, W...]
-        return False
+    if (grouped.rank.is_dynamic or shape.rank.is_dynamic or grouped.rank.get_length() != 3
+            or shape.rank.get_length() < 4):
+        return False  # not [N, G, K] viewing [N, C, H, W, ...]
     axes = _constant(node, 1)
     if axes is None or [a % 3 for a in axes] != [2]:
         return False
-    channels, groups = shape[1], grouped[1]
-    if not (channels.is_static and groups.is_static) or channels.get_length() % groups.get_length():
+    per_channel, per_group = _static(shape[1:]), _static(grouped[1:])  # [C, H, W, ...], [G, K]
+    if per_channel is None or per_group is None or per_channel[0] % per_group[0]:
         return False
-    if _static(shape[1:]) is None or _static(grouped[1:]) is None:
+    c, groups = per_channel[0], per_group[0]
+    if per_group[1] != int(np.prod(per_channel)) // groups or back.get_output_partial_shape(0) != shape:
         return False
-    per_group = int(np.prod(_static(shape[1:]))) // groups.get_length()
-    if grouped[2].get_length() != per_group or back.get_output_partial_shape(0) != shape:
-        return False
-    c = channels.get_length()
     norm = ov.opset12.group_normalization(x, ov.opset13.constant(np.ones(c, np.float32)),
                                           ov.opset13.constant(np.zeros(c, np.float32)),
-                                          num_groups=groups.get_length(), epsilon=float(node.get_attributes()["eps"]))
+                                          num_groups=groups, epsilon=float(node.get_attributes()["eps"]))
     return _replace(back, norm)
 
 
